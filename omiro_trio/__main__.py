@@ -1,0 +1,3 @@
+from omiro_trio.cli import main
+
+main()

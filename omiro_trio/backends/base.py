@@ -1,0 +1,145 @@
+"""The backend seam: what the hub needs from shared state.
+
+Two implementations satisfy it without inheriting: ``memory.MemoryBackend``
+(one process, the default) and, with the Redis backend, one that lets many
+servers act as one service. One contract test suite
+(``tests/integration/test_backend_contract.py``) runs against each.
+
+Rules every implementation keeps:
+
+* ``join``, ``widen`` and ``leave`` are atomic: "find me a compatible waiting
+  partner, or put me in the queue" is one step, and a session is never in
+  two matches, nor matched after ``release_session``.
+* ``release_session`` also makes the session idle (leaves its queue or ends
+  its match) and returns the ended match, so a dying socket can never leave
+  a partner waiting on a ghost.
+* Every method may raise ``BackendUnavailable``; none raises for a client's
+  mistake.
+* Lifecycle: ``async with open_backend(config) as backend`` — no tasks are
+  started before that, and none outlive it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from omiro_trio.matchmaking import Match, Preferences, Waiting
+
+BusHandler = Callable[[bytes], Awaitable[None]]
+"""Receives each bus message addressed to a session on this server."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    online: int
+    waiting: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ban:
+    target: str  # an IP address or a CIDR network
+    reason: str
+    until: float | None  # unix time; None: permanent
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRecord:
+    reported_ip: str
+    reported: str  # session id
+    reporter: str  # session id
+    reporter_ip: str
+    reason: str
+    at: float  # unix time
+    transcript: tuple[str, ...]
+
+
+class Backend(Protocol):
+    """Shared state for matchmaking, sessions, bans, limits and delivery."""
+
+    @property
+    def server_id(self) -> str:
+        """This server's id on the bus."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the backend answers (readiness); raise ``BackendUnavailable``."""
+        ...
+
+    # -- sessions -------------------------------------------------------
+
+    async def claim_session(self, session_id: str) -> bool:
+        """Record that ``session_id`` has a live socket on this server.
+
+        Returns False if it already has one anywhere (the caller answers 409).
+        """
+        ...
+
+    async def release_session(self, session_id: str) -> Match | None:
+        """Forget the live socket; make the session idle; return its ended match."""
+        ...
+
+    # -- matching ------------------------------------------------------
+
+    async def join(self, session_id: str, prefs: Preferences) -> Match | Waiting:
+        """Match with a compatible waiting session, or wait. The session must be idle."""
+        ...
+
+    async def widen(self, session_id: str, ticket: int) -> Match | None:
+        """The interest timeout of wait ``ticket`` passed: match anyone in the mode, or wait."""
+        ...
+
+    async def leave(self, session_id: str) -> Match | None:
+        """Become idle: leave the queue or end the match (returned)."""
+        ...
+
+    async def block(self, a: str, b: str) -> None:
+        """Never match these two sessions again."""
+        ...
+
+    # -- abuse control -------------------------------------------------
+
+    async def hit_rate_limit(self, key: str, limit: int, window_s: float) -> float | None:
+        """Count one event against ``limit`` per ``window_s`` for ``key``.
+
+        Returns None when allowed, else the seconds until it would be.
+        """
+        ...
+
+    async def ban_for(self, ip: str) -> Ban | None:
+        """The ban in force for ``ip`` (by address or network), if any."""
+        ...
+
+    async def record_report(self, report: ReportRecord) -> None:
+        """Keep a report for the operators."""
+        ...
+
+    # -- stats and delivery --------------------------------------------
+
+    async def stats(self) -> Stats:
+        """Sessions with a live socket, and how many of them wait (service-wide)."""
+        ...
+
+    async def publish(self, session_id: str, message: bytes) -> bool:
+        """Deliver ``message`` to the server holding ``session_id``.
+
+        Returns False when no server holds it (the session is gone).
+        """
+        ...
+
+    async def run_bus(
+        self,
+        handler: BusHandler,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Feed bus messages addressed to this server to ``handler``, until cancelled."""
+        ...
+
+    async def sweep(self) -> None:
+        """Periodic housekeeping: expire cooldowns, blocks, windows, dead servers."""
+        ...

@@ -1,0 +1,165 @@
+"""In-process backend: the default, for one server.
+
+Every method finishes without a checkpoint, so each is atomic with respect
+to every other task of the process: that is what makes ``join`` "one
+lock-free step". Durations use trio's clock (so tests can use
+``autojump_clock``); ban and report times are unix time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import trio
+
+from omiro_trio.backends.base import Ban, BusHandler, ReportRecord, Stats
+from omiro_trio.matchmaking import Match, Matchmaker, Preferences, Waiting
+
+MAX_REPORTS_KEPT = 10_000
+
+
+class MemoryBackend:
+    """Shared state kept in this process. See ``backends.base.Backend``.
+
+    Args:
+        interest_timeout_s, rematch_cooldown_s: the matching rules' timings.
+        block_ttl_s: how long a block from a report lasts.
+        monotonic: the clock for durations (default: trio's).
+        wall: unix time, for bans and reports.
+    """
+
+    def __init__(
+        self,
+        *,
+        interest_timeout_s: float,
+        rematch_cooldown_s: float,
+        block_ttl_s: float,
+        monotonic: Callable[[], float] = trio.current_time,
+        wall: Callable[[], float] = time.time,
+        new_match_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+    ) -> None:
+        self._now = monotonic
+        self._wall = wall
+        self._mm = Matchmaker(
+            interest_timeout_s=interest_timeout_s,
+            rematch_cooldown_s=rematch_cooldown_s,
+            block_ttl_s=block_ttl_s,
+            new_match_id=new_match_id,
+        )
+        self._live: set[str] = set()
+        self._windows: dict[str, tuple[float, int, float]] = {}  # key -> (start, count, window)
+        self._bans: dict[str, Ban] = {}
+        self._reports: deque[ReportRecord] = deque(maxlen=MAX_REPORTS_KEPT)
+        self._server_id = "local"
+
+    @property
+    def server_id(self) -> str:
+        return self._server_id
+
+    @property
+    def matchmaker(self) -> Matchmaker:
+        """The matching state, for tests and stats."""
+        return self._mm
+
+    async def ping(self) -> None:
+        return None
+
+    async def claim_session(self, session_id: str) -> bool:
+        if session_id in self._live:
+            return False
+        self._live.add(session_id)
+        return True
+
+    async def release_session(self, session_id: str) -> Match | None:
+        self._live.discard(session_id)
+        return self._mm.leave(session_id, self._now())
+
+    async def join(self, session_id: str, prefs: Preferences) -> Match | Waiting:
+        return self._mm.join(session_id, prefs, self._now())
+
+    async def widen(self, session_id: str, ticket: int) -> Match | None:
+        return self._mm.widen(session_id, ticket, self._now())
+
+    async def leave(self, session_id: str) -> Match | None:
+        return self._mm.leave(session_id, self._now())
+
+    async def block(self, a: str, b: str) -> None:
+        self._mm.block(a, b, self._now())
+
+    async def hit_rate_limit(self, key: str, limit: int, window_s: float) -> float | None:
+        now = self._now()
+        start, count, _ = self._windows.get(key, (now, 0, window_s))
+        if now - start >= window_s:
+            start, count = now, 0
+        if count >= limit:
+            return max(0.0, start + window_s - now)
+        self._windows[key] = (start, count + 1, window_s)
+        return None
+
+    async def ban_for(self, ip: str) -> Ban | None:
+        if not self._bans:
+            return None
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return None
+        now = self._wall()
+        for ban in self._bans.values():
+            if ban.until is not None and ban.until <= now:
+                continue
+            if address in ipaddress.ip_network(ban.target, strict=False):
+                return ban
+        return None
+
+    async def add_ban(self, ban: Ban) -> None:
+        self._bans[ban.target] = ban
+
+    async def record_report(self, report: ReportRecord) -> None:
+        self._reports.appendleft(report)
+
+    async def reports(self) -> list[ReportRecord]:
+        return list(self._reports)
+
+    async def stats(self) -> Stats:
+        return Stats(online=len(self._live), waiting=self._mm.waiting_count())
+
+    async def publish(self, session_id: str, message: bytes) -> bool:
+        # One server: every live session is local, and the hub delivers to
+        # local sessions itself. A session not there is gone.
+        return False
+
+    async def run_bus(
+        self,
+        handler: BusHandler,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def sweep(self) -> None:
+        now = self._now()
+        self._mm.prune(now)
+        stale = [k for k, (start, _, window) in self._windows.items() if now - start >= window]
+        for key in stale:
+            del self._windows[key]
+        wall = self._wall()
+        for target in [t for t, b in self._bans.items() if b.until is not None and b.until <= wall]:
+            del self._bans[target]
+
+
+@asynccontextmanager
+async def open_memory_backend(
+    *, interest_timeout_s: float, rematch_cooldown_s: float, block_ttl_s: float
+) -> AsyncIterator[MemoryBackend]:
+    """Open the in-process backend; nothing to close."""
+    yield MemoryBackend(
+        interest_timeout_s=interest_timeout_s,
+        rematch_cooldown_s=rematch_cooldown_s,
+        block_ttl_s=block_ttl_s,
+    )

@@ -1,0 +1,412 @@
+"""Typed, frozen configuration from ``omiro.toml`` and ``OMIRO_*`` variables.
+
+Rules (``docs/configuration.md`` is the user-facing version):
+
+* Precedence: built-in defaults < the TOML file < the environment.
+* One frozen struct per TOML table; attribute names are the TOML keys of the
+  public contract in DESIGN.md. Lists are ``tuple[str, ...]``; durations that
+  may be fractional are ``float`` (TOML integers are accepted).
+* Strict: an unknown table or key, a wrong type or an invalid value raises
+  :class:`~omiro_trio.errors.ConfigError` whose message starts with where the
+  value came from (the file path, or the environment variable) and names the
+  key as ``table.key``. A missing file or invalid TOML (with its line) is a
+  ``ConfigError`` too. Nothing is silently ignored.
+* Environment: every key has an override ``OMIRO_<TABLE>_<KEY>`` (upper
+  case), parsed to the key's type: integers, floats, booleans
+  (``true/false/1/0/yes/no``), lists as a JSON array of strings or a
+  comma-separated string (empty string: empty list). Any other ``OMIRO_*``
+  variable is an error, except the reserved ``OMIRO_CONFIG`` (the config
+  file's path, read by the CLI).
+* Secrets (``session.secret``, ``admin.token``, ``ice.turn_secret``) can also
+  come from a file named by ``OMIRO_<TABLE>_<KEY>_FILE`` (one trailing newline
+  stripped, must not be empty). Setting both the variable and ``_FILE`` is an
+  error. Secrets never appear in error messages, and :func:`config_as_dict`
+  masks them.
+
+This module is pure: it reads the one file it is given and the mapping it is
+passed (``os.environ`` by default), and imports nothing from the rest of Omiro
+except the error type.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import math
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+from omiro_trio.errors import ConfigError
+
+__all__ = [
+    "SECRET_KEYS",
+    "AdminConfig",
+    "BackendConfig",
+    "Config",
+    "ConfigError",
+    "IceConfig",
+    "LimitsConfig",
+    "LogConfig",
+    "MatchmakingConfig",
+    "RedisConfig",
+    "ReportsConfig",
+    "ServerConfig",
+    "SessionConfig",
+    "config_as_dict",
+    "env_var_name",
+    "load_config",
+]
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]  # 0: any free port (tests)
+Positive = Annotated[int, msgspec.Meta(gt=0)]
+Duration = Annotated[float, msgspec.Meta(ge=0)]
+PositiveDuration = Annotated[int, msgspec.Meta(gt=0)]
+
+
+class _Table(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of every table: immutable, hashable, no unknown keys."""
+
+
+class ServerConfig(_Table, frozen=True):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    allowed_origins: tuple[str, ...] = ()  # empty: same host as the request
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs whose forwarding headers are believed
+    max_frame_bytes: Positive = 65536
+    send_queue: Positive = 256
+    idle_timeout_s: Duration = 60.0
+    drain_grace_s: Duration = 10.0
+
+
+class SessionConfig(_Table, frozen=True):
+    secret: str = ""  # empty: random per process
+    token_ttl_s: PositiveDuration = 600
+
+
+class BackendConfig(_Table, frozen=True):
+    kind: Literal["memory", "redis"] = "memory"
+
+
+class RedisConfig(_Table, frozen=True):
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "omiro:"
+
+
+class MatchmakingConfig(_Table, frozen=True):
+    interest_timeout_s: Duration = 5.0
+    rematch_cooldown_s: Duration = 300.0
+
+
+class LimitsConfig(_Table, frozen=True):
+    sessions_per_ip_per_minute: Positive = 60
+    sockets_per_ip: Positive = 10
+    messages_per_second: Positive = 20
+    message_burst: Positive = 40
+    nexts_per_minute: Positive = 30
+    reports_per_hour: Positive = 10
+    max_chat_length: Positive = 1000
+
+
+class ReportsConfig(_Table, frozen=True):
+    autoban_reporters: Positive = 3
+    autoban_window_s: PositiveDuration = 3600
+    autoban_s: PositiveDuration = 86400
+
+
+class IceConfig(_Table, frozen=True):
+    urls: tuple[str, ...] = ("stun:stun.l.google.com:19302",)
+    turn_urls: tuple[str, ...] = ()
+    turn_secret: str = ""  # coturn static-auth-secret
+    turn_ttl_s: PositiveDuration = 3600
+    relay_only: bool = False
+
+
+class AdminConfig(_Table, frozen=True):
+    token: str = ""  # empty: /admin answers 404
+
+
+class LogConfig(_Table, frozen=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The whole configuration; one attribute per TOML table."""
+
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    session: SessionConfig = msgspec.field(default_factory=SessionConfig)
+    backend: BackendConfig = msgspec.field(default_factory=BackendConfig)
+    redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
+    matchmaking: MatchmakingConfig = msgspec.field(default_factory=MatchmakingConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    reports: ReportsConfig = msgspec.field(default_factory=ReportsConfig)
+    ice: IceConfig = msgspec.field(default_factory=IceConfig)
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+
+
+SECRET_KEYS: frozenset[tuple[str, str]] = frozenset(
+    {("session", "secret"), ("admin", "token"), ("ice", "turn_secret")}
+)
+ENV_PREFIX = "OMIRO_"
+RESERVED_ENV: frozenset[str] = frozenset({"OMIRO_CONFIG"})
+
+# table -> key -> the key's type with Annotated constraints stripped.
+_TABLES: dict[str, type[_Table]] = typing.get_type_hints(Config)
+_KEY_TYPES: dict[str, dict[str, Any]] = {
+    table: typing.get_type_hints(cls) for table, cls in _TABLES.items()
+}
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no"})
+_ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
+_TURN_SCHEMES = ("turn:", "turns:")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_ORIGIN_RE = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#@\sA-Z]+")
+
+
+def env_var_name(table: str, key: str) -> str:
+    """Return the environment variable that overrides ``table.key``."""
+    return f"{ENV_PREFIX}{table}_{key}".upper()
+
+
+_ENV_KEYS: dict[str, tuple[str, str]] = {
+    env_var_name(table, key): (table, key) for table, keys in _KEY_TYPES.items() for key in keys
+}
+
+# Where each (table, key) that is not a default came from, for error messages.
+_Sources = dict[tuple[str, str], str]
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Build the configuration: defaults, then the TOML file, then the environment.
+
+    Args:
+        path: the TOML file; ``None`` means defaults (plus environment) only.
+        environ: the environment to read ``OMIRO_*`` variables from;
+            ``None`` means ``os.environ``.
+
+    Raises:
+        ConfigError: the file is missing or not TOML, or a table, key, type,
+            value or variable is invalid. The message names the source and key.
+    """
+    raw: dict[str, dict[str, Any]] = {}
+    sources: _Sources = {}
+    if path is not None:
+        _merge_file(Path(path), raw, sources)
+    _merge_environ(os.environ if environ is None else environ, raw, sources)
+    try:
+        config = msgspec.convert(raw, Config, strict=True)
+    except msgspec.ValidationError as exc:
+        raise _translate(exc, sources) from None
+    _check_values(config, sources)
+    return config
+
+
+def config_as_dict(config: Config, *, mask_secrets: bool = True) -> dict[str, dict[str, Any]]:
+    """Return the configuration as plain ``{table: {key: value}}`` (lists, not tuples).
+
+    Secrets are ``"***"`` when set and ``""`` when empty, and a password in
+    ``redis.url`` is replaced by ``***``, unless ``mask_secrets`` is false.
+    """
+    result: dict[str, dict[str, Any]] = {}
+    for table in _TABLES:
+        values = msgspec.structs.asdict(getattr(config, table))
+        for key, value in values.items():
+            if isinstance(value, tuple):
+                values[key] = list(value)
+            elif mask_secrets and (table, key) in SECRET_KEYS:
+                values[key] = "***" if value else ""
+            elif mask_secrets and (table, key) == ("redis", "url"):
+                values[key] = _mask_password(value)
+        result[table] = values
+    return result
+
+
+def _merge_file(path: Path, raw: dict[str, dict[str, Any]], sources: _Sources) -> None:
+    try:
+        with path.open("rb") as f:
+            document = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 ({exc.reason})") from None
+    for table, values in document.items():
+        if table not in _TABLES:
+            raise ConfigError(f"{path}: {table}: unknown table{_suggest(table, _TABLES)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: {table}: must be a table ([{table}]), not a value")
+        for key, value in values.items():
+            if key not in _KEY_TYPES[table]:
+                hint = _suggest(key, _KEY_TYPES[table], f"{table}.")
+                raise ConfigError(f"{path}: {table}.{key}: unknown key{hint}")
+            raw.setdefault(table, {})[key] = value
+            sources[(table, key)] = str(path)
+
+
+def _merge_environ(
+    environ: Mapping[str, str], raw: dict[str, dict[str, Any]], sources: _Sources
+) -> None:
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV:
+            continue
+        if name in _ENV_KEYS:
+            table, key = _ENV_KEYS[name]
+            if name + "_FILE" in environ and (table, key) in SECRET_KEYS:
+                raise ConfigError(
+                    f"{name}: {table}.{key}: set either {name} or {name}_FILE, not both"
+                )
+            value = _parse_env(name, environ[name], table, key)
+            where = name
+        elif name.endswith("_FILE") and _ENV_KEYS.get(name[:-5]) in SECRET_KEYS:
+            table, key = _ENV_KEYS[name[:-5]]
+            value = _read_secret_file(name, environ[name], table, key)
+            where = f"{name} ({environ[name]})"
+        else:
+            hint = _suggest(
+                name, [*_ENV_KEYS, *(f"{n}_FILE" for n, k in _ENV_KEYS.items() if k in SECRET_KEYS)]
+            )
+            raise ConfigError(f"{name}: unknown Omiro environment variable{hint}")
+        raw.setdefault(table, {})[key] = value
+        sources[(table, key)] = where
+
+
+def _parse_env(name: str, text: str, table: str, key: str) -> Any:
+    """Parse one variable's text to the type of ``table.key``."""
+    tp = _KEY_TYPES[table][key]
+    stripped = text.strip()
+    problem = ""
+    if tp is bool:
+        if stripped.lower() in _TRUE:
+            return True
+        if stripped.lower() in _FALSE:
+            return False
+        problem = "expected a boolean (true/false/1/0/yes/no)"
+    elif tp is int:
+        try:
+            return int(stripped)
+        except ValueError:
+            problem = "expected an integer"
+    elif tp is float:
+        try:
+            return float(stripped)
+        except ValueError:
+            problem = "expected a number"
+    elif typing.get_origin(tp) is tuple:
+        if not stripped.startswith("["):
+            return [item.strip() for item in stripped.split(",") if item.strip()]
+        try:
+            items = json.loads(stripped)
+        except ValueError as exc:
+            problem = f"invalid JSON array ({exc})"
+        else:
+            if isinstance(items, list) and all(isinstance(i, str) for i in items):
+                return items
+            problem = "expected a JSON array of strings"
+    else:  # str and Literal: checked by msgspec like a TOML value
+        return text
+    raise ConfigError(f"{name}: {table}.{key}: {problem}, got {text!r}")
+
+
+def _read_secret_file(name: str, file: str, table: str, key: str) -> str:
+    try:
+        secret = Path(file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+        raise ConfigError(f"{name}: {table}.{key}: cannot read {file}: {reason}") from None
+    secret = secret.removesuffix("\n").removesuffix("\r")
+    if not secret:
+        raise ConfigError(f"{name}: {table}.{key}: secret file {file} is empty")
+    return secret
+
+
+def _translate(exc: msgspec.ValidationError, sources: _Sources) -> ConfigError:
+    """Turn msgspec's ``... - at `$.table.key[i]``` into ``source: table.key[i]: ...``."""
+    message, _, where = str(exc).rpartition(" - at `$.")
+    match = re.fullmatch(r"(\w+)\.(\w+)(.*)`", where)
+    if not message or match is None:  # unknown fields are caught earlier; be safe anyway
+        return ConfigError(f"invalid configuration: {exc}")
+    table, key, index = match.groups()
+    allowed = typing.get_args(_KEY_TYPES[table][key])
+    if typing.get_origin(_KEY_TYPES[table][key]) is Literal:
+        message += f" (expected one of {', '.join(map(repr, allowed))})"
+    return _error(sources, table, key, message[0].lower() + message[1:], index)
+
+
+def _error(sources: _Sources, table: str, key: str, problem: str, index: str = "") -> ConfigError:
+    source = sources.get((table, key), "default")
+    return ConfigError(f"{source}: {table}.{key}{index}: {problem}")
+
+
+def _check_values(config: Config, sources: _Sources) -> None:
+    """Checks that types and numeric bounds cannot express."""
+    for table in _TABLES:
+        for key, value in msgspec.structs.asdict(getattr(config, table)).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise _error(sources, table, key, f"must be a finite number, got {value}")
+    server, ice = config.server, config.ice
+    if not server.host.strip():
+        raise _error(sources, "server", "host", "must not be empty")
+    for i, cidr in enumerate(server.trusted_proxies):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            problem = f"not an IP address or CIDR network: {cidr!r}"
+            raise _error(sources, "server", "trusted_proxies", problem, f"[{i}]") from None
+    for i, origin in enumerate(server.allowed_origins):
+        if not _valid_origin(origin):
+            problem = f"expected scheme://host[:port] in lower case, no path, got {origin!r}"
+            raise _error(sources, "server", "allowed_origins", problem, f"[{i}]")
+    for key, urls, schemes in (
+        ("urls", ice.urls, _ICE_SCHEMES),
+        ("turn_urls", ice.turn_urls, _TURN_SCHEMES),
+    ):
+        for i, url in enumerate(urls):
+            if not url.startswith(schemes) or url.endswith(":") or any(c.isspace() for c in url):
+                problem = f"expected a URL starting with {' or '.join(schemes)}, got {url!r}"
+                raise _error(sources, "ice", key, problem, f"[{i}]")
+    if ice.relay_only and not ice.turn_urls:
+        raise _error(sources, "ice", "relay_only", "needs at least one ice.turn_urls entry")
+    if ice.turn_urls and not ice.turn_secret:
+        problem = "needs ice.turn_secret to issue TURN credentials"
+        raise _error(sources, "ice", "turn_urls", problem)
+    url = config.redis.url
+    if not url.startswith(_REDIS_SCHEMES) or url in _REDIS_SCHEMES:
+        # Not echoed: a Redis URL may carry a password.
+        problem = f"expected a URL starting with {', '.join(_REDIS_SCHEMES)}"
+        raise _error(sources, "redis", "url", problem)
+
+
+def _valid_origin(origin: str) -> bool:
+    if _ORIGIN_RE.fullmatch(origin) is None or origin.endswith(":"):
+        return False
+    try:
+        parts = urlsplit(origin)
+        parts.port  # noqa: B018 -- raises ValueError for a bad port
+    except ValueError:
+        return False
+    return bool(parts.hostname)
+
+
+def _mask_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    return f"{scheme}{sep}{user}{colon}***{at}{host}" if password else url
+
+
+def _suggest(name: str, candidates: typing.Iterable[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""

@@ -1,0 +1,324 @@
+"""The ``/ws`` handler: the only translator between a socket and the hub.
+
+One connection, one nursery: trio-websocket's reader task, our writer (the
+session's bounded outbox to the socket), a keepalive pinger, the session's
+interest timer, and the frame loop in the handler's own task. Whoever ends
+the connection (the client, a close code decided by the hub, the server
+draining) cancels that nursery; cleanup runs shielded and bounded: the hub
+forgets the session and tells its partner, then the socket is closed with
+the chosen code.
+
+Handshake checks run before the upgrade is accepted, in PROTOCOL.md's order:
+403 origin, 403 banned, 429 rate limited, 401 token, 409 already connected
+(plus 503 while draining).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import msgspec
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
+
+from omiro_trio import protocol
+from omiro_trio.addresses import client_ip, origin_allowed
+from omiro_trio.context import ServerContext
+from omiro_trio.errors import InvalidToken, ProtocolViolation
+from omiro_trio.hub import (
+    CLOSE_GOING_AWAY,
+    CLOSE_NORMAL,
+    CLOSE_PROTOCOL_ERRORS,
+    CLOSE_RATE_LIMITED,
+    Session,
+)
+from omiro_trio.matchmaking import Preferences
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT_S = 10.0
+CLOSE_TIMEOUT_S = 2.0
+INCOMING_QUEUE = 4  # frames trio-websocket buffers before it stops reading the socket
+RECEIVE_BYTES = 16384
+PROTOCOL_ERRORS_ALLOWED = 20  # per ERROR_WINDOW_S, then 4000
+RATE_VIOLATIONS_ALLOWED = 10  # per ERROR_WINDOW_S, then 4029
+ERROR_WINDOW_S = 60.0
+CONCURRENT_LIMIT_RETRY_S = 5
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """The parts of the upgrade request the handshake checks need."""
+
+    target: str
+    headers: dict[str, list[str]]  # lower-case name -> values in order
+    method: str = "GET"
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.get(name)
+        return values[0] if values else None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    status: int
+    body: dict[str, Any]
+    retry_after_s: int | None = None
+
+
+class TokenBucket:
+    """``rate`` tokens a second, up to ``burst``; one per message."""
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._at = now
+
+    def take(self, now: float) -> bool:
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+class WindowCounter:
+    """Counts events in fixed windows; ``hit`` says whether the allowance is exceeded."""
+
+    def __init__(self, allowed: int, window_s: float) -> None:
+        self._allowed = allowed
+        self._window_s = window_s
+        self._start = -math.inf
+        self._count = 0
+
+    def hit(self, now: float) -> bool:
+        if now - self._start >= self._window_s:
+            self._start, self._count = now, 0
+        self._count += 1
+        return self._count > self._allowed
+
+
+def peer_ip(stream: trio.abc.Stream) -> str:
+    socket = getattr(stream, "socket", None)
+    if socket is None:
+        return "unknown"
+    return str(socket.getpeername()[0])
+
+
+async def admit(ctx: ServerContext, head: RequestHead, ip: str) -> str | Rejection:
+    """Run the handshake checks; return the session id to accept, or why not."""
+    config = ctx.config
+    if not origin_allowed(
+        head.header("origin"), head.header("host"), config.server.allowed_origins
+    ):
+        return Rejection(403, {"error": "origin_not_allowed", "message": "origin not allowed"})
+    ban = await ctx.backend.ban_for(ip)
+    if ban is not None:
+        return Rejection(
+            403, {"error": "banned", "message": "this address is banned", "until": ban.until}
+        )
+    if ctx.hub.draining:
+        return Rejection(
+            503, {"error": "draining", "message": "server is shutting down"}, retry_after_s=1
+        )
+    if ctx.hub.sockets_from(ip) >= config.limits.sockets_per_ip:
+        return Rejection(
+            429,
+            {
+                "error": "rate_limited",
+                "message": "too many open sockets from this address",
+                "retry_after": CONCURRENT_LIMIT_RETRY_S,
+            },
+            retry_after_s=CONCURRENT_LIMIT_RETRY_S,
+        )
+    token = head.header("x-session-token")
+    if token is None:
+        tokens = parse_qs(urlsplit(head.target).query).get("token")
+        token = tokens[0] if tokens else None
+    if token is None:
+        return Rejection(401, {"error": "invalid_token", "message": "missing session token"})
+    try:
+        session_id = ctx.signer.verify(token, ctx.wall())
+    except InvalidToken as exc:
+        return Rejection(
+            401, {"error": "invalid_token", "message": f"invalid session token: {exc}"}
+        )
+    if not await ctx.backend.claim_session(session_id):
+        return Rejection(
+            409, {"error": "already_connected", "message": "this session is already connected"}
+        )
+    return session_id
+
+
+async def serve_connection(ctx: ServerContext, stream: trio.abc.Stream, head: RequestHead) -> None:
+    """Handle one ``/ws`` upgrade request on ``stream`` until the socket closes.
+
+    Closes ``stream`` before returning, whatever happens.
+    """
+    headers = head.headers
+    ip = client_ip(
+        peer_ip(stream),
+        head.header("cf-connecting-ip"),
+        headers.get("x-forwarded-for", []),
+        ctx.trusted_proxies,
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+                    request = await wrap_server_stream(
+                        nursery,
+                        stream,
+                        message_queue_size=INCOMING_QUEUE,
+                        max_message_size=ctx.config.server.max_frame_bytes,
+                        receive_buffer_size=RECEIVE_BYTES,
+                    )
+            except (trio.TooSlowError, ConnectionClosed):
+                nursery.cancel_scope.cancel()
+                return
+            verdict = await admit(ctx, head, ip)
+            if isinstance(verdict, Rejection):
+                ctx.metrics.rejections.labels(str(verdict.status)).inc()
+                extra = [(b"content-type", b"application/json")]
+                if verdict.retry_after_s is not None:
+                    extra.append((b"retry-after", str(verdict.retry_after_s).encode()))
+                with trio.move_on_after(CLOSE_TIMEOUT_S):
+                    await request.reject(
+                        verdict.status, extra_headers=extra, body=msgspec.json.encode(verdict.body)
+                    )
+                nursery.cancel_scope.cancel()
+                return
+            session_id = verdict
+            try:
+                ws = await request.accept()
+            except ConnectionClosed:
+                await ctx.backend.release_session(session_id)
+                nursery.cancel_scope.cancel()
+                return
+            try:
+                await _run_session(
+                    ctx,
+                    ws,
+                    stream,
+                    Session(session_id, ip, send_queue=ctx.config.server.send_queue),
+                )
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+
+
+async def _run_session(
+    ctx: ServerContext, ws: WebSocketConnection, stream: trio.abc.Stream, session: Session
+) -> None:
+    hub = ctx.hub
+    writing = False
+
+    async def write_loop() -> None:
+        nonlocal writing
+        async for frame in session.outbox:
+            writing = True
+            try:
+                await ws.send_message(frame)
+            except ConnectionClosed:
+                session.close(CLOSE_GOING_AWAY)
+                return
+            writing = False
+
+    async def keepalive() -> None:
+        interval = ctx.config.server.idle_timeout_s / 2
+        while True:
+            await trio.sleep(interval)
+            with trio.move_on_after(interval) as waited:
+                try:
+                    await ws.ping()
+                except ConnectionClosed:
+                    return
+            if waited.cancelled_caught:
+                session.close(CLOSE_GOING_AWAY, "no pong", partner_reason="timeout")
+                return
+
+    hub.attach(session)
+    try:
+        with session.cancel_scope:
+            async with trio.open_nursery() as nursery:
+                session.nursery = nursery
+                nursery.start_soon(write_loop)
+                nursery.start_soon(keepalive)
+                session.send(protocol.encode("hello", ctx.hello_data(session.id)))
+                if hub.draining:
+                    session.send(hub.draining_frame)
+                await _read_loop(ctx, ws, session)
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await hub.detach(session)
+            code = session.close_code
+            if code is not None:
+                ctx.metrics.closes.labels(str(code)).inc()
+            if writing or session.partner_reason == "timeout":
+                # Mid-frame or a dead peer: a close frame cannot be delivered.
+                await stream.aclose()
+            else:
+                with trio.move_on_after(CLOSE_TIMEOUT_S):
+                    await ws.aclose(code or CLOSE_NORMAL, session.close_reason or None)
+
+
+async def _read_loop(ctx: ServerContext, ws: WebSocketConnection, session: Session) -> None:
+    """Read and dispatch frames until the client leaves or the session is closed."""
+    hub = ctx.hub
+    limits = ctx.limits
+    config = ctx.config.limits
+    clock: Callable[[], float] = trio.current_time
+    bucket = TokenBucket(config.messages_per_second, config.message_burst, clock())
+    nexts = WindowCounter(config.nexts_per_minute, 60.0)
+    errors = WindowCounter(PROTOCOL_ERRORS_ALLOWED, ERROR_WINDOW_S)
+    violations = WindowCounter(RATE_VIOLATIONS_ALLOWED, ERROR_WINDOW_S)
+    while True:
+        try:
+            frame = await ws.get_message()
+        except ConnectionClosed:
+            return
+        now = clock()
+        try:
+            message = protocol.parse_client_frame(frame, limits)
+        except ProtocolViolation as exc:
+            ctx.metrics.protocol_errors.labels(exc.code).inc()
+            session.send(protocol.error_frame(exc.code, exc.message, exc.op))
+            if errors.hit(now):
+                session.close(CLOSE_PROTOCOL_ERRORS, "too many protocol errors")
+                return
+            continue
+        op = protocol.OP_NAMES[type(message)]
+        if not bucket.take(now) or (isinstance(message, protocol.Next) and nexts.hit(now)):
+            ctx.metrics.protocol_errors.labels("rate_limited").inc()
+            session.send(protocol.error_frame("rate_limited", "slow down", op))
+            if violations.hit(now):
+                session.close(CLOSE_RATE_LIMITED, "rate limit exceeded")
+                return
+            continue
+        if isinstance(message, protocol.RELAYED):
+            await hub.relay(session, message)
+        elif isinstance(message, protocol.JoinQueue | protocol.Next):
+            if hub.draining:
+                session.send(hub.draining_frame)
+            elif isinstance(message, protocol.JoinQueue):
+                prefs = Preferences(message.mode, message.interests)
+                await hub.join(session, prefs, ended_reason="next")
+            else:
+                await hub.next(session)
+        elif isinstance(message, protocol.LeaveQueue):
+            await hub.leave(session)
+        elif isinstance(message, protocol.Report):
+            await hub.report(session, message.reason)
+        elif isinstance(message, protocol.Disconnect):
+            session.close(CLOSE_NORMAL)
+            return

@@ -1,0 +1,46 @@
+"""Omiro's exceptions, split by whose fault they are.
+
+* ``ProtocolViolation``: a client sent something wrong. It carries the
+  PROTOCOL.md error code and becomes an ``error`` op or a close code; it never
+  reaches the log as a traceback.
+* ``ConfigError``: the operator's configuration is wrong; names key and file.
+* ``BackendUnavailable``: the environment failed (Redis gone); raised ``from``
+  its cause.
+
+Anything else is a bug and should be loud.
+"""
+
+from __future__ import annotations
+
+
+class OmiroError(Exception):
+    """Root of every error Omiro raises on purpose."""
+
+
+class ProtocolViolation(OmiroError):
+    """A client frame broke the wire contract.
+
+    Args:
+        code: one of the PROTOCOL.md error codes (``bad_json``, ``bad_request``,
+            ``unknown_op``, ``message_too_long``, ...).
+        message: human-readable text for the client.
+        op: the offending op, when it could be read.
+    """
+
+    def __init__(self, code: str, message: str, op: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.op = op
+
+
+class ConfigError(OmiroError):
+    """The configuration is invalid; the message names the key and the file."""
+
+
+class BackendUnavailable(OmiroError):
+    """The shared backend did not answer."""
+
+
+class InvalidToken(OmiroError):
+    """A session token is missing, malformed, forged or expired."""

@@ -1,0 +1,392 @@
+"""Sessions on this server and delivery between partners.
+
+The hub is the only place that changes a session's local view of its match.
+The backend owns the truth (who waits, who is matched with whom); the hub
+keeps a copy per local session so that relaying a message costs no backend
+round trip, and applies what the backend decided in this order:
+
+* The side whose operation formed or ended a match updates itself, then
+  tells the partner: directly when the partner is on this server, through
+  the backend's bus when it is on another.
+* Every event names its ``match_id``. A session remembers the last few
+  matches it saw end, so an event that arrives late (a ``matched`` for a
+  match already ended, a relay from an old partner) is dropped instead of
+  resurrecting a dead match or reaching the wrong person.
+
+With the memory backend no backend call has a checkpoint, so each hub
+operation is atomic. With a shared backend the ``match_id`` checks above are
+what keep every interleaving correct.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+import trio
+
+from omiro_trio import protocol
+from omiro_trio.backends.base import Backend, ReportRecord
+from omiro_trio.matchmaking import Match, Preferences, Waiting
+from omiro_trio.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+TRANSCRIPT_LINES = 20
+ENDED_REMEMBERED = 8
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_RESTARTING = 1012
+CLOSE_PROTOCOL_ERRORS = 4000
+CLOSE_SLOW_CONSUMER = 4008
+CLOSE_RATE_LIMITED = 4029
+
+
+class BusMessage(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What one server tells another about a session it holds."""
+
+    to: str
+    kind: str  # "matched" | "ended" | "relay"
+    match_id: str
+    match: tuple[str, str, str, tuple[str, ...]] | None = None  # caller, callee, mode, common
+    reason: str = ""
+    frame: str = ""
+    chat: str | None = None
+
+
+_bus_encoder = msgspec.json.Encoder()
+_bus_decoder = msgspec.json.Decoder(BusMessage)
+
+
+class Session:
+    """One live socket's session on this server.
+
+    The connection handler owns it: it reads ``outbox`` and sends what it
+    gets, and when ``close`` is called (by anyone) it stops and closes the
+    socket with ``close_code``. ``send`` never blocks: a full outbox means
+    the client stopped reading, and the session is closed with 4008.
+    """
+
+    def __init__(self, session_id: str, ip: str, *, send_queue: int) -> None:
+        self.id = session_id
+        self.ip = ip
+        self._outbox, self.outbox = trio.open_memory_channel[str](send_queue)
+        self.match: Match | None = None
+        self.prefs: Preferences | None = None
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.partner_reason = "left"  # what the partner hears when this socket ends
+        self.cancel_scope = trio.CancelScope()
+        self.widen_scope: trio.CancelScope | None = None
+        self.transcript: deque[tuple[str, str]] = deque(maxlen=TRANSCRIPT_LINES)
+        self.ended: deque[str] = deque(maxlen=ENDED_REMEMBERED)
+        self.slow_consumer = False
+        self.nursery: trio.Nursery | None = None  # set by the connection that owns it
+
+    def send(self, frame: str) -> None:
+        """Queue a frame for the client without blocking."""
+        try:
+            self._outbox.send_nowait(frame)
+        except trio.WouldBlock:
+            self.slow_consumer = True
+            self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    def close(self, code: int, reason: str = "", *, partner_reason: str = "left") -> None:
+        """Ask the connection to close with ``code``; the first call wins."""
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+            self.partner_reason = partner_reason
+        self.cancel_scope.cancel()
+
+    def close_outbox(self) -> None:
+        self._outbox.close()
+
+    def stop_widen(self) -> None:
+        if self.widen_scope is not None:
+            self.widen_scope.cancel()
+            self.widen_scope = None
+
+
+class Hub:
+    """Local sessions and the operations the WebSocket handler calls.
+
+    Args:
+        backend: the shared state.
+        metrics: counters to update.
+        reconnect_after_ms: what ``server_draining`` tells clients.
+    """
+
+    def __init__(self, backend: Backend, metrics: Metrics, *, reconnect_after_ms: int = 1000):
+        self.backend = backend
+        self.metrics = metrics
+        self.sessions: dict[str, Session] = {}
+        self.draining = False
+        self.draining_frame = protocol.encode(
+            "server_draining", {"reconnect_after_ms": reconnect_after_ms}
+        )
+        self._sockets_per_ip: dict[str, int] = {}
+        self._no_sessions = trio.Event()
+        self._no_sessions.set()
+
+    # -- lifecycle -----------------------------------------------------
+
+    def sockets_from(self, ip: str) -> int:
+        return self._sockets_per_ip.get(ip, 0)
+
+    def attach(self, session: Session) -> None:
+        """Register a session whose socket was just accepted (already claimed)."""
+        self.sessions[session.id] = session
+        self._sockets_per_ip[session.ip] = self._sockets_per_ip.get(session.ip, 0) + 1
+        if self._no_sessions.is_set():
+            self._no_sessions = trio.Event()
+        self.metrics.connections.inc()
+
+    async def detach(self, session: Session) -> None:
+        """Forget a session whose socket is gone; tell its partner.
+
+        Call shielded: it must finish even while the server is cancelling.
+        """
+        if self.sessions.get(session.id) is not session:
+            return
+        del self.sessions[session.id]
+        left = self._sockets_per_ip[session.ip] - 1
+        if left:
+            self._sockets_per_ip[session.ip] = left
+        else:
+            del self._sockets_per_ip[session.ip]
+        session.stop_widen()
+        session.close_outbox()
+        self.metrics.connections.dec()
+        try:
+            ended = await self.backend.release_session(session.id)
+            if ended is not None:
+                await self._end(session, ended, session.partner_reason)
+        finally:
+            if not self.sessions:
+                self._no_sessions.set()
+
+    async def wait_empty(self) -> None:
+        """Return when no session is attached."""
+        await self._no_sessions.wait()
+
+    def start_drain(self) -> None:
+        """Tell every client to go elsewhere; the server closes sockets after a grace period."""
+        self.draining = True
+        for session in list(self.sessions.values()):
+            session.send(self.draining_frame)
+
+    def close_all(self, code: int, reason: str) -> None:
+        for session in list(self.sessions.values()):
+            session.close(code, reason)
+
+    # -- client operations ---------------------------------------------
+
+    async def join(self, session: Session, prefs: Preferences, *, ended_reason: str) -> None:
+        """Enter the waiting pool (ending a current match first)."""
+        await self._make_idle(session, ended_reason)
+        session.prefs = prefs
+        result = await self.backend.join(session.id, prefs)
+        if isinstance(result, Waiting):
+            session.send(
+                protocol.encode("queued", {"mode": prefs.mode, "interests": list(prefs.interests)})
+            )
+            if result.widen_after_s is not None:
+                session.widen_scope = trio.CancelScope()
+                self._nursery_of(session).start_soon(
+                    self._widen_later,
+                    session,
+                    result.ticket,
+                    result.widen_after_s,
+                    session.widen_scope,
+                )
+        else:
+            await self._form(session, result)
+
+    async def next(self, session: Session) -> None:
+        await self.join(session, session.prefs or Preferences(), ended_reason="next")
+
+    async def leave(self, session: Session) -> None:
+        """Become idle: stop searching, or end the current match."""
+        await self._make_idle(session, "left")
+
+    async def relay(self, session: Session, message: protocol.ClientMessage) -> None:
+        """Send a chat, typing or signaling message to the current partner only."""
+        match = session.match
+        op = protocol.OP_NAMES[type(message)]
+        if match is None:
+            session.send(protocol.error_frame("not_matched", "you have no partner right now", op))
+            return
+        frame = protocol.encode(op, protocol.relay_data(message, session.id))
+        chat = message.message if isinstance(message, protocol.Chat) else None
+        if chat is not None:
+            session.transcript.append((session.id, chat))
+        partner_id = match.partner_of(session.id)
+        partner = self.sessions.get(partner_id)
+        self.metrics.relayed.labels(op).inc()
+        if partner is not None:
+            self._apply_relay(partner, match.match_id, frame, chat)
+        else:
+            await self._publish(
+                BusMessage(
+                    to=partner_id, kind="relay", match_id=match.match_id, frame=frame, chat=chat
+                )
+            )
+
+    async def report(self, session: Session, reason: str) -> None:
+        """End the match, block the pair, keep the report with the transcript."""
+        match = session.match
+        if match is None:
+            session.send(
+                protocol.error_frame("not_matched", "you have no partner to report", "report")
+            )
+            return
+        partner_id = match.partner_of(session.id)
+        await self.backend.block(session.id, partner_id)
+        partner = self.sessions.get(partner_id)
+        transcript = tuple(
+            f"{'reporter' if sender == session.id else 'reported'}: {text}"
+            for sender, text in session.transcript
+        )
+        await self.backend.record_report(
+            ReportRecord(
+                reported_ip=partner.ip if partner is not None else "",
+                reported=partner_id,
+                reporter=session.id,
+                reporter_ip=session.ip,
+                reason=reason,
+                at=time.time(),
+                transcript=transcript,
+            )
+        )
+        self.metrics.reports.inc()
+        await self._make_idle(session, "reported")
+
+    # -- bus -----------------------------------------------------------
+
+    async def on_bus(self, raw: bytes) -> None:
+        """Apply a message another server sent about one of our sessions."""
+        try:
+            message = _bus_decoder.decode(raw)
+        except msgspec.DecodeError:
+            log.warning("dropped a malformed bus message")
+            return
+        session = self.sessions.get(message.to)
+        if session is None:
+            return
+        if message.kind == "relay":
+            self._apply_relay(session, message.match_id, message.frame, message.chat)
+        elif message.kind == "ended":
+            self._apply_ended(session, message.match_id, message.reason)
+        elif message.kind == "matched" and message.match is not None:
+            caller, callee, mode, common = message.match
+            self._apply_match(session, Match(message.match_id, caller, callee, mode, common))
+
+    # -- internals -----------------------------------------------------
+
+    def _nursery_of(self, session: Session) -> trio.Nursery:
+        if session.nursery is None:
+            raise RuntimeError("session has no nursery: attach it from a connection")
+        return session.nursery
+
+    async def _widen_later(
+        self, session: Session, ticket: int, delay_s: float, scope: trio.CancelScope
+    ) -> None:
+        with scope:
+            await trio.sleep(delay_s)
+        if scope.cancelled_caught:
+            return
+        # Past this point the backend may form a match: finish the delivery
+        # even if the session is being torn down, so nobody is left matched
+        # with a partner that never heard of it.
+        with trio.CancelScope(shield=True):
+            match = await self.backend.widen(session.id, ticket)
+            if match is not None:
+                await self._form(session, match)
+
+    async def _make_idle(self, session: Session, partner_reason: str) -> None:
+        session.stop_widen()
+        ended = await self.backend.leave(session.id)
+        if ended is not None:
+            await self._end(session, ended, partner_reason)
+
+    async def _form(self, session: Session, match: Match) -> None:
+        """``session``'s operation formed ``match``: tell both sides."""
+        self.metrics.matches.inc()
+        self._apply_match(session, match)
+        partner_id = match.partner_of(session.id)
+        partner = self.sessions.get(partner_id)
+        if partner is not None:
+            self._apply_match(partner, match)
+        else:
+            common = match.common_interests
+            await self._publish(
+                BusMessage(
+                    to=partner_id,
+                    kind="matched",
+                    match_id=match.match_id,
+                    match=(match.caller, match.callee, match.mode, common),
+                )
+            )
+
+    async def _end(self, session: Session, match: Match, partner_reason: str) -> None:
+        """``session``'s operation ended ``match``: update it, tell the partner."""
+        self._forget_match(session, match.match_id)
+        partner_id = match.partner_of(session.id)
+        partner = self.sessions.get(partner_id)
+        if partner is not None:
+            self._apply_ended(partner, match.match_id, partner_reason)
+        else:
+            await self._publish(
+                BusMessage(
+                    to=partner_id, kind="ended", match_id=match.match_id, reason=partner_reason
+                )
+            )
+
+    def _forget_match(self, session: Session, match_id: str) -> None:
+        session.ended.append(match_id)
+        if session.match is not None and session.match.match_id == match_id:
+            session.match = None
+            session.transcript.clear()
+
+    def _apply_match(self, session: Session, match: Match) -> None:
+        if match.match_id in session.ended:
+            return
+        session.stop_widen()
+        session.match = match
+        session.transcript.clear()
+        partner_id = match.partner_of(session.id)
+        data: Mapping[str, Any] = {
+            "partner": partner_id,
+            "match_id": match.match_id,
+            "should_call": match.should_call(session.id),
+            "mode": match.mode,
+            "common_interests": list(match.common_interests),
+        }
+        session.send(protocol.encode("match_found", data))
+
+    def _apply_ended(self, session: Session, match_id: str, reason: str) -> None:
+        current = session.match
+        self._forget_match(session, match_id)
+        if current is not None and current.match_id == match_id:
+            session.send(protocol.encode("partner_disconnected", {"reason": reason}))
+
+    def _apply_relay(self, session: Session, match_id: str, frame: str, chat: str | None) -> None:
+        current = session.match
+        if current is None or current.match_id != match_id:
+            return  # a late message from a match that ended: it reaches nobody
+        if chat is not None:
+            session.transcript.append((current.partner_of(session.id), chat))
+        session.send(frame)
+
+    async def _publish(self, message: BusMessage) -> None:
+        await self.backend.publish(message.to, _bus_encoder.encode(message))

@@ -1,0 +1,288 @@
+"""The matching rules of PROTOCOL.md as pure state: no I/O, no trio.
+
+Time arrives as a ``now`` argument and match ids from an injected callable,
+so every rule can be tested synchronously and exhaustively. The memory
+backend wraps one ``Matchmaker``; the Redis backend implements the same
+rules in Lua and runs the same contract tests.
+
+State and invariants:
+
+* A session is in at most one of: idle (unknown here), waiting (in
+  ``_waiting``), matched (in ``_matches``). No session is in two matches.
+* Every waiting session is in exactly the queues its preferences name: each
+  ``(mode, interest)`` queue of its interests, and the ``(mode, "")`` general
+  queue if it has no interests or its interest timeout has passed
+  ("widened"). Queues are insertion-ordered dicts, oldest first.
+* "Find a compatible waiting partner, or wait" is one call (``join`` or
+  ``widen``) that either forms a match or enqueues: nothing can run between.
+
+Compatibility: same mode (queues are per mode), not the same session, not
+blocked. A partner from the last ``rematch_cooldown_s`` seconds is taken only
+when nobody else is available to the joiner at that moment. Two sessions that
+are both available to each other are always matched when the later of them
+becomes available, so no pair is left waiting side by side.
+
+The partner that was already waiting (waited longest) is the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+GENERAL = ""
+"""The interest name of each mode's general queue."""
+
+SCAN_LIMIT = 256
+"""How many entries of one queue a lookup may skip (blocked, cooldown).
+
+Keeps a match O(number of my interests) even with pathological queues."""
+
+
+@dataclass(frozen=True, slots=True)
+class Preferences:
+    """What a session asked for in ``join_queue``: already validated."""
+
+    mode: str = "video"
+    interests: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """A formed match. ``caller`` waited longest and sends the offer."""
+
+    match_id: str
+    caller: str
+    callee: str
+    mode: str
+    common_interests: tuple[str, ...]
+
+    def partner_of(self, session_id: str) -> str:
+        """The other side of the match."""
+        if session_id == self.caller:
+            return self.callee
+        if session_id == self.callee:
+            return self.caller
+        raise ValueError(f"{session_id} is not in match {self.match_id}")
+
+    def should_call(self, session_id: str) -> bool:
+        return session_id == self.caller
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """``join`` found nobody: the session waits.
+
+    ``ticket`` identifies this wait; ``widen`` with an older ticket does
+    nothing, so a stale interest timer can never act on a newer wait.
+    ``widen_after_s`` is when to call ``widen`` (None: already in the general
+    queue).
+    """
+
+    ticket: int
+    widen_after_s: float | None
+
+
+@dataclass(slots=True)
+class _Entry:
+    session_id: str
+    prefs: Preferences
+    since: float
+    ticket: int
+    widened: bool
+
+
+def _pair(a: str, b: str) -> tuple[str, str]:
+    return (a, b) if a < b else (b, a)
+
+
+class Matchmaker:
+    """All matching state of one service.
+
+    Args:
+        interest_timeout_s: how long a session with interests waits for a
+            partner sharing one before it takes anyone in its mode.
+        rematch_cooldown_s: how long two former partners avoid each other.
+        block_ttl_s: how long a block (from a report) is remembered; at
+            least the life of the sessions involved.
+        new_match_id: makes a fresh, unique match id.
+    """
+
+    def __init__(
+        self,
+        *,
+        interest_timeout_s: float,
+        rematch_cooldown_s: float,
+        block_ttl_s: float,
+        new_match_id: Callable[[], str],
+    ) -> None:
+        self._interest_timeout_s = interest_timeout_s
+        self._cooldown_s = rematch_cooldown_s
+        self._block_ttl_s = block_ttl_s
+        self._new_match_id = new_match_id
+        self._queues: dict[tuple[str, str], dict[str, None]] = {}
+        self._waiting: dict[str, _Entry] = {}
+        self._matches: dict[str, Match] = {}
+        self._recent: dict[tuple[str, str], float] = {}  # pair -> cooldown ends
+        self._blocks: dict[tuple[str, str], float] = {}  # pair -> block ends
+        self._tickets = 0
+
+    # -- queries -------------------------------------------------------
+
+    def state_of(self, session_id: str) -> str:
+        """``"idle"``, ``"waiting"`` or ``"matched"``."""
+        if session_id in self._waiting:
+            return "waiting"
+        if session_id in self._matches:
+            return "matched"
+        return "idle"
+
+    def match_of(self, session_id: str) -> Match | None:
+        return self._matches.get(session_id)
+
+    def waiting_count(self) -> int:
+        return len(self._waiting)
+
+    def matched_count(self) -> int:
+        """Sessions in a match (two per match)."""
+        return len(self._matches)
+
+    def waiting_ids(self) -> Iterable[str]:
+        return self._waiting.keys()
+
+    def is_blocked(self, a: str, b: str, now: float) -> bool:
+        ends = self._blocks.get(_pair(a, b))
+        return ends is not None and ends > now
+
+    # -- operations ----------------------------------------------------
+
+    def join(self, session_id: str, prefs: Preferences, now: float) -> Match | Waiting:
+        """Match ``session_id`` with a compatible waiting partner, or enqueue it.
+
+        Raises:
+            ValueError: the session is not idle (callers leave first).
+        """
+        if self.state_of(session_id) != "idle":
+            raise ValueError(f"{session_id} is {self.state_of(session_id)}, not idle")
+        widen_now = not prefs.interests or self._interest_timeout_s <= 0
+        names = list(prefs.interests)
+        if widen_now:
+            names.append(GENERAL)
+        partner = self._find(session_id, prefs.mode, names, now)
+        if partner is not None:
+            return self._form(partner, session_id, prefs, now)
+        self._tickets += 1
+        entry = _Entry(session_id, prefs, now, self._tickets, widened=widen_now)
+        self._waiting[session_id] = entry
+        for name in names:
+            self._queues.setdefault((prefs.mode, name), {})[session_id] = None
+        return Waiting(entry.ticket, None if widen_now else self._interest_timeout_s)
+
+    def widen(self, session_id: str, ticket: int, now: float) -> Match | None:
+        """The interest timeout of wait ``ticket`` passed: take anyone in the mode.
+
+        Returns the match formed, or None (no one available: the session now
+        also waits in the general queue; or the ticket is stale).
+        """
+        entry = self._waiting.get(session_id)
+        if entry is None or entry.ticket != ticket or entry.widened:
+            return None
+        partner = self._find(session_id, entry.prefs.mode, [GENERAL], now)
+        if partner is not None:
+            self._unqueue(entry)
+            return self._form(partner, session_id, entry.prefs, now, joiner_since=entry.since)
+        entry.widened = True
+        self._queues.setdefault((entry.prefs.mode, GENERAL), {})[session_id] = None
+        return None
+
+    def leave(self, session_id: str, now: float) -> Match | None:
+        """Make the session idle: leave the queue, or end its match.
+
+        Returns the match that ended (its partner is now idle too), if any.
+        """
+        entry = self._waiting.get(session_id)
+        if entry is not None:
+            self._unqueue(entry)
+            return None
+        match = self._matches.pop(session_id, None)
+        if match is None:
+            return None
+        del self._matches[match.partner_of(session_id)]
+        self._recent[_pair(match.caller, match.callee)] = now + self._cooldown_s
+        return match
+
+    def block(self, a: str, b: str, now: float) -> None:
+        """Never match ``a`` and ``b`` again (for ``block_ttl_s``)."""
+        self._blocks[_pair(a, b)] = now + self._block_ttl_s
+
+    def prune(self, now: float) -> None:
+        """Forget cooldowns and blocks that have run out."""
+        for table in (self._recent, self._blocks):
+            for key in [k for k, ends in table.items() if ends <= now]:
+                del table[key]
+
+    # -- internals -----------------------------------------------------
+
+    def _find(self, session_id: str, mode: str, names: list[str], now: float) -> _Entry | None:
+        """The oldest available partner in the named queues of ``mode``.
+
+        A recent partner is returned only when no one else is available.
+        """
+        fresh: _Entry | None = None
+        recent: _Entry | None = None
+        for name in names:
+            queue = self._queues.get((mode, name))
+            if not queue:
+                continue
+            for scanned, other_id in enumerate(queue):
+                if scanned >= SCAN_LIMIT:
+                    break
+                if other_id == session_id:
+                    continue
+                pair = _pair(session_id, other_id)
+                block_ends = self._blocks.get(pair)
+                if block_ends is not None and block_ends > now:
+                    continue
+                other = self._waiting[other_id]
+                cooldown_ends = self._recent.get(pair)
+                if cooldown_ends is not None and cooldown_ends > now:
+                    if recent is None or other.since < recent.since:
+                        recent = other
+                    continue
+                if fresh is None or other.since < fresh.since:
+                    fresh = other
+                break  # queues are oldest-first: the rest of this one is younger
+        return fresh if fresh is not None else recent
+
+    def _form(
+        self,
+        waiter: _Entry,
+        joiner_id: str,
+        joiner_prefs: Preferences,
+        now: float,
+        *,
+        joiner_since: float | None = None,
+    ) -> Match:
+        self._unqueue(waiter)
+        common = tuple(i for i in joiner_prefs.interests if i in waiter.prefs.interests)
+        waiter_first = joiner_since is None or waiter.since <= joiner_since
+        caller, callee = (
+            (waiter.session_id, joiner_id) if waiter_first else (joiner_id, waiter.session_id)
+        )
+        match = Match(self._new_match_id(), caller, callee, joiner_prefs.mode, common)
+        self._matches[caller] = match
+        self._matches[callee] = match
+        return match
+
+    def _unqueue(self, entry: _Entry) -> None:
+        del self._waiting[entry.session_id]
+        names = list(entry.prefs.interests)
+        if entry.widened:
+            names.append(GENERAL)
+        for name in names:
+            key = (entry.prefs.mode, name)
+            queue = self._queues.get(key)
+            if queue is not None:
+                queue.pop(entry.session_id, None)
+                if not queue:
+                    del self._queues[key]

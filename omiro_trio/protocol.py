@@ -1,0 +1,473 @@
+"""Client frames to typed messages, and server messages to frames.
+
+This module is pure: no I/O, no trio, no clock. It implements the WebSocket
+part of PROTOCOL.md ("WebSocket messages") and nothing else.
+
+Invariants:
+
+* ``parse_client_frame`` returns exactly one of the ten ``ClientMessage``
+  classes or raises ``ProtocolViolation``; no other exception escapes it, for
+  any ``str`` or ``bytes`` input (a property test holds it to that).
+* A returned message is already valid and normalised: ``Chat.message`` is
+  trimmed and 1..``max_chat_length`` characters; ``JoinQueue.mode`` is in
+  ``MODES`` and its interests are trimmed, lower-cased, non-empty, unique,
+  at most ``MAX_INTERESTS`` of at most ``MAX_INTEREST_LENGTH`` characters;
+  ``sdp`` is non-empty; an ICE candidate is ``None`` or an object whose
+  ``candidate`` is a string, ``sdpMid`` string/null/absent and
+  ``sdpMLineIndex`` integer/null/absent, other keys kept as sent;
+  ``Report.reason`` is trimmed and at most ``MAX_REPORT_REASON_LENGTH``.
+  Every string in a message encodes to UTF-8 (lone surrogates are rejected),
+  so relaying it can never fail to encode.
+* Validation is strict: a JSON string is not a number, a number is not a
+  boolean, ``true`` is not a string. Unknown fields are ignored everywhere.
+* Each frame is decoded once into an envelope whose ``data`` stays raw JSON,
+  then ``data`` is decoded by one ``msgspec`` decoder chosen by ``op``. The
+  op of a ``ProtocolViolation`` is set whenever the envelope decoded.
+* Lengths are counted in Unicode code points (Python ``len``); the frame
+  limit is counted in UTF-8 bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+import msgspec
+
+from omiro_trio.errors import ProtocolViolation
+
+__all__ = [
+    "MAX_INTERESTS",
+    "MAX_INTEREST_LENGTH",
+    "MAX_REPORT_REASON_LENGTH",
+    "MODES",
+    "OP_NAMES",
+    "RELAYED",
+    "Chat",
+    "ClientMessage",
+    "Disconnect",
+    "IceCandidate",
+    "JoinQueue",
+    "LeaveQueue",
+    "Limits",
+    "Next",
+    "Report",
+    "Typing",
+    "WebrtcAnswer",
+    "WebrtcOffer",
+    "encode",
+    "error_frame",
+    "parse_client_frame",
+    "relay_data",
+]
+
+MODES: Final[tuple[str, ...]] = ("video", "text")
+MAX_INTERESTS: Final = 10
+MAX_INTEREST_LENGTH: Final = 32
+MAX_REPORT_REASON_LENGTH: Final = 500
+
+# Longest op name echoed inside an error *message*; the ``op`` field of the
+# error carries the op as sent.
+_MAX_ECHOED_OP_LENGTH: Final = 64
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-server limits on client frames, announced to clients in ``hello``."""
+
+    max_chat_length: int = 1000
+    max_frame_bytes: int = 65536
+
+    def __post_init__(self) -> None:
+        if self.max_chat_length < 1:
+            raise ValueError("max_chat_length must be at least 1")
+        if self.max_frame_bytes < 1:
+            raise ValueError("max_frame_bytes must be at least 1")
+
+
+class JoinQueue(msgspec.Struct, frozen=True, gc=False):
+    """Enter the waiting pool (leaving any current match first)."""
+
+    mode: str = "video"
+    interests: tuple[str, ...] = ()
+
+
+class LeaveQueue(msgspec.Struct, frozen=True, gc=False):
+    """Stop searching."""
+
+
+class Next(msgspec.Struct, frozen=True, gc=False):
+    """End the current match and rejoin with the same preferences."""
+
+
+class Disconnect(msgspec.Struct, frozen=True, gc=False):
+    """Leave everything; the server then closes the socket with 1000."""
+
+
+class Chat(msgspec.Struct, frozen=True, gc=False):
+    """A chat line for the partner, trimmed, 1..max_chat_length characters."""
+
+    message: str
+
+
+class Typing(msgspec.Struct, frozen=True, gc=False):
+    """Typing indicator for the partner."""
+
+    typing: bool
+
+
+class WebrtcOffer(msgspec.Struct, frozen=True, gc=False):
+    """SDP offer for the partner (non-empty)."""
+
+    sdp: str
+
+
+class WebrtcAnswer(msgspec.Struct, frozen=True, gc=False):
+    """SDP answer for the partner (non-empty)."""
+
+    sdp: str
+
+
+class IceCandidate(msgspec.Struct, frozen=True):
+    """An ICE candidate object as the client sent it, or ``None`` (end of candidates)."""
+
+    candidate: dict[str, Any] | None
+
+
+class Report(msgspec.Struct, frozen=True, gc=False):
+    """Report the current partner; the reason is trimmed, possibly empty."""
+
+    reason: str = ""
+
+
+ClientMessage = (
+    JoinQueue
+    | LeaveQueue
+    | Next
+    | Disconnect
+    | Chat
+    | Typing
+    | WebrtcOffer
+    | WebrtcAnswer
+    | IceCandidate
+    | Report
+)
+
+OP_NAMES: Final[dict[type, str]] = {
+    JoinQueue: "join_queue",
+    LeaveQueue: "leave_queue",
+    Next: "next",
+    Disconnect: "disconnect",
+    Chat: "chat",
+    Typing: "typing",
+    WebrtcOffer: "webrtc_offer",
+    WebrtcAnswer: "webrtc_answer",
+    IceCandidate: "ice_candidate",
+    Report: "report",
+}
+
+RELAYED: Final[tuple[type, ...]] = (Chat, Typing, WebrtcOffer, WebrtcAnswer, IceCandidate)
+
+
+# -- parsing ---------------------------------------------------------------------------
+
+
+class _Envelope(msgspec.Struct, gc=False):
+    op: str
+    # Kept raw so that the op is known before ``data`` is validated.
+    data: msgspec.Raw = msgspec.Raw(b"null")
+
+
+_ENVELOPE_DECODER: Final = msgspec.json.Decoder(_Envelope)
+_T = TypeVar("_T")
+
+
+def _decoder_or_none(message_type: type[_T]) -> msgspec.json.Decoder[_T | None]:
+    """A decoder for ``data``, which may be an object or null (null reads as absent)."""
+    return msgspec.json.Decoder(message_type | None)
+
+
+def _bad(op: str, message: str) -> ProtocolViolation:
+    return ProtocolViolation("bad_request", message, op)
+
+
+def _require(value: _T | None, field: str, op: str) -> _T:
+    # ``data`` null or absent means {}: a required field is then missing.
+    if value is None:
+        raise _bad(op, f"data.{field} is required")
+    return value
+
+
+_JOIN_QUEUE_DECODER: Final = _decoder_or_none(JoinQueue)
+
+
+def _parse_join_queue(raw: msgspec.Raw, limits: Limits) -> JoinQueue:
+    message = _JOIN_QUEUE_DECODER.decode(raw)
+    if message is None:
+        return JoinQueue()
+    if message.mode not in MODES:
+        raise _bad("join_queue", "data.mode must be " + " or ".join(f'"{m}"' for m in MODES))
+    if not message.interests:
+        return message
+    normalised = (interest.strip().lower() for interest in message.interests)
+    interests = tuple(dict.fromkeys(interest for interest in normalised if interest))
+    if len(interests) > MAX_INTERESTS:
+        raise _bad("join_queue", f"data.interests must hold at most {MAX_INTERESTS} interests")
+    for interest in interests:
+        if len(interest) > MAX_INTEREST_LENGTH:
+            raise _bad(
+                "join_queue",
+                f"each of data.interests must be at most {MAX_INTEREST_LENGTH} characters long",
+            )
+    return JoinQueue(mode=message.mode, interests=interests)
+
+
+_LEAVE_QUEUE_DECODER: Final = _decoder_or_none(LeaveQueue)
+_NEXT_DECODER: Final = _decoder_or_none(Next)
+_DISCONNECT_DECODER: Final = _decoder_or_none(Disconnect)
+
+_LEAVE_QUEUE: Final = LeaveQueue()
+_NEXT: Final = Next()
+_DISCONNECT: Final = Disconnect()
+
+
+def _parse_leave_queue(raw: msgspec.Raw, limits: Limits) -> LeaveQueue:
+    _LEAVE_QUEUE_DECODER.decode(raw)  # only checks that data is an object or null
+    return _LEAVE_QUEUE
+
+
+def _parse_next(raw: msgspec.Raw, limits: Limits) -> Next:
+    _NEXT_DECODER.decode(raw)
+    return _NEXT
+
+
+def _parse_disconnect(raw: msgspec.Raw, limits: Limits) -> Disconnect:
+    _DISCONNECT_DECODER.decode(raw)
+    return _DISCONNECT
+
+
+_CHAT_DECODER: Final = _decoder_or_none(Chat)
+
+
+def _parse_chat(raw: msgspec.Raw, limits: Limits) -> Chat:
+    message = _require(_CHAT_DECODER.decode(raw), "message", "chat")
+    text = message.message.strip()
+    if not text:
+        raise _bad("chat", "data.message must not be empty")
+    if len(text) > limits.max_chat_length:
+        raise ProtocolViolation(
+            "message_too_long",
+            f"data.message must be at most {limits.max_chat_length} characters long",
+            "chat",
+        )
+    return message if len(text) == len(message.message) else Chat(text)
+
+
+_TYPING_DECODER: Final = _decoder_or_none(Typing)
+
+
+def _parse_typing(raw: msgspec.Raw, limits: Limits) -> Typing:
+    message = _require(_TYPING_DECODER.decode(raw), "typing", "typing")
+    return message
+
+
+_WEBRTC_OFFER_DECODER: Final = _decoder_or_none(WebrtcOffer)
+_WEBRTC_ANSWER_DECODER: Final = _decoder_or_none(WebrtcAnswer)
+
+
+def _parse_webrtc_offer(raw: msgspec.Raw, limits: Limits) -> WebrtcOffer:
+    message = _require(_WEBRTC_OFFER_DECODER.decode(raw), "sdp", "webrtc_offer")
+    if not message.sdp:
+        raise _bad("webrtc_offer", "data.sdp must not be empty")
+    return message
+
+
+def _parse_webrtc_answer(raw: msgspec.Raw, limits: Limits) -> WebrtcAnswer:
+    message = _require(_WEBRTC_ANSWER_DECODER.decode(raw), "sdp", "webrtc_answer")
+    if not message.sdp:
+        raise _bad("webrtc_answer", "data.sdp must not be empty")
+    return message
+
+
+_ICE_CANDIDATE_DECODER: Final = _decoder_or_none(IceCandidate)
+
+
+def _parse_ice_candidate(raw: msgspec.Raw, limits: Limits) -> IceCandidate:
+    message = _require(_ICE_CANDIDATE_DECODER.decode(raw), "candidate", "ice_candidate")
+    candidate = message.candidate
+    if candidate is None:
+        return message
+    if not isinstance(candidate.get("candidate"), str):
+        raise _bad("ice_candidate", "data.candidate.candidate must be a string")
+    sdp_mid = candidate.get("sdpMid")
+    if sdp_mid is not None and not isinstance(sdp_mid, str):
+        raise _bad("ice_candidate", "data.candidate.sdpMid must be a string or null")
+    index = candidate.get("sdpMLineIndex")
+    if index is not None and type(index) is not int:  # bool is not an index
+        raise _bad("ice_candidate", "data.candidate.sdpMLineIndex must be an integer or null")
+    return message
+
+
+_REPORT_DECODER: Final = _decoder_or_none(Report)
+_EMPTY_REPORT: Final = Report()
+
+
+def _parse_report(raw: msgspec.Raw, limits: Limits) -> Report:
+    message = _REPORT_DECODER.decode(raw)
+    if message is None:
+        return _EMPTY_REPORT
+    reason = message.reason.strip()
+    if len(reason) > MAX_REPORT_REASON_LENGTH:
+        raise _bad(
+            "report", f"data.reason must be at most {MAX_REPORT_REASON_LENGTH} characters long"
+        )
+    return message if len(reason) == len(message.reason) else Report(reason)
+
+
+_PARSERS: Final[dict[str, Callable[[msgspec.Raw, Limits], ClientMessage]]] = {
+    "join_queue": _parse_join_queue,
+    "leave_queue": _parse_leave_queue,
+    "next": _parse_next,
+    "disconnect": _parse_disconnect,
+    "chat": _parse_chat,
+    "typing": _parse_typing,
+    "webrtc_offer": _parse_webrtc_offer,
+    "webrtc_answer": _parse_webrtc_answer,
+    "ice_candidate": _parse_ice_candidate,
+    "report": _parse_report,
+}
+assert set(_PARSERS) == set(OP_NAMES.values())
+
+
+def parse_client_frame(frame: str | bytes, limits: Limits) -> ClientMessage:
+    """Decode and validate one client frame.
+
+    Args:
+        frame: the payload of one WebSocket message; ``bytes`` means a binary
+            frame, which the protocol does not allow.
+        limits: the server's limits.
+
+    Returns:
+        The typed, normalised message (see the module invariants).
+
+    Raises:
+        ProtocolViolation: with the PROTOCOL.md code (``bad_json``,
+            ``bad_request``, ``unknown_op``, ``message_too_long``), a sentence
+            naming the offending field, and the op when the envelope could be
+            read (else ``None``).
+    """
+    if not isinstance(frame, str):
+        raise ProtocolViolation("bad_request", "only text frames are accepted, not binary")
+    # A code point is at most 4 UTF-8 bytes: encode only when the limit could be exceeded.
+    if len(frame) * 4 > limits.max_frame_bytes and (
+        len(frame) > limits.max_frame_bytes
+        or len(frame.encode("utf-8", "surrogatepass")) > limits.max_frame_bytes
+    ):
+        raise ProtocolViolation(
+            "message_too_long", f"the frame is larger than {limits.max_frame_bytes} bytes"
+        )
+    try:
+        envelope = _ENVELOPE_DECODER.decode(frame)
+    except msgspec.ValidationError as exc:
+        raise ProtocolViolation("bad_request", _describe(exc, "")) from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolViolation("bad_json", f"the frame is not valid JSON ({exc})") from None
+    except UnicodeEncodeError:
+        raise ProtocolViolation("bad_json", "the frame is not valid UTF-8") from None
+    except RecursionError:
+        raise ProtocolViolation("bad_request", "the frame is nested too deeply") from None
+
+    op = envelope.op
+    parser = _PARSERS.get(op)
+    if parser is None:
+        shown = repr(op) if len(op) <= _MAX_ECHOED_OP_LENGTH else "(name too long to show)"
+        raise ProtocolViolation("unknown_op", f"unknown op {shown}", op)
+    try:
+        return parser(envelope.data, limits)
+    except msgspec.ValidationError as exc:
+        raise ProtocolViolation("bad_request", _describe(exc, "data"), op) from None
+    except RecursionError:
+        raise ProtocolViolation("bad_request", "data is nested too deeply", op) from None
+
+
+# msgspec's ValidationError texts, e.g. "Expected `str`, got `int` - at `$.message`".
+_EXPECTED_RE: Final = re.compile(r"Expected `([^`]+)`, got `([^`]+)`(?: - at `\$([^`]*)`)?")
+_MISSING_RE: Final = re.compile(r"Object missing required field `([^`]+)`(?: - at `\$([^`]*)`)?")
+_OTHER_RE: Final = re.compile(r"(.+?)(?: - at `\$([^`]*)`)?")
+_TYPE_NAMES: Final = {
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "a boolean",
+    "object": "an object",
+    "array": "an array",
+    "null": "null",
+}
+
+
+def _field(prefix: str, path: str | None) -> str:
+    name = (prefix + (path or "")).lstrip(".")
+    return name or "the frame"
+
+
+def _describe(exc: msgspec.ValidationError, prefix: str) -> str:
+    """Turn msgspec's validation error into a sentence naming the field.
+
+    ``prefix`` is where the decoded value sits in the frame (``"data"`` or
+    ``""`` for the envelope).
+    """
+    text = str(exc)
+    if match := _EXPECTED_RE.fullmatch(text):
+        expected, _got, path = match.groups()
+        kinds = " or ".join(_TYPE_NAMES.get(k, k) for k in expected.split(" | "))
+        return f"{_field(prefix, path)} must be {kinds}"
+    if match := _MISSING_RE.fullmatch(text):
+        name, path = match.groups()
+        return f"{_field(prefix, path)}.{name} is required".removeprefix("the frame.")
+    if match := _OTHER_RE.fullmatch(text):
+        what, path = match.groups()
+        return f"{_field(prefix, path)} is invalid: {what[:1].lower()}{what[1:]}"
+    return f"{_field(prefix, None)} is invalid"  # pragma: no cover - _OTHER_RE matches any text
+
+
+# -- encoding --------------------------------------------------------------------------
+
+_ENCODER: Final = msgspec.json.Encoder()
+_EMPTY: Final[Mapping[str, Any]] = {}
+
+
+def encode(op: str, data: Mapping[str, Any] | None = None) -> str:
+    """Render one server message as a compact JSON text frame.
+
+    ``data`` may hold anything msgspec encodes (dicts, lists, str, int, float,
+    bool, None, Structs); ``None`` means ``{}``.
+    """
+    if data is None:
+        data = _EMPTY
+    elif not isinstance(data, dict):
+        data = dict(data)
+    return _ENCODER.encode({"op": op, "data": data}).decode("utf-8")
+
+
+def error_frame(code: str, message: str, op: str | None) -> str:
+    """The ``error`` message for a PROTOCOL.md error code."""
+    return encode("error", {"code": code, "message": message, "op": op})
+
+
+def relay_data(message: ClientMessage, sender: str) -> dict[str, Any]:
+    """The ``data`` the partner receives for a relayed message, tagged ``"from": sender``.
+
+    Raises:
+        TypeError: ``message`` is not one of ``RELAYED`` (a bug in the caller).
+    """
+    if isinstance(message, Chat):
+        return {"message": message.message, "from": sender}
+    if isinstance(message, Typing):
+        return {"typing": message.typing, "from": sender}
+    if isinstance(message, WebrtcOffer | WebrtcAnswer):
+        return {"sdp": message.sdp, "from": sender}
+    if isinstance(message, IceCandidate):
+        return {"candidate": message.candidate, "from": sender}
+    raise TypeError(f"{type(message).__name__} is not relayed to the partner")

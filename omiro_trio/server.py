@@ -1,0 +1,165 @@
+"""``serve(config)``: the whole service in one ``trio.run``.
+
+Task tree::
+
+    serve
+     └─ backend (async with)              closed last
+         └─ nursery
+             ├─ bus listener              backend.run_bus → hub.on_bus
+             ├─ janitor                   backend.sweep every JANITOR_INTERVAL_S
+             ├─ hypercorn lifespan        quart-trio startup/shutdown
+             └─ front door                one listener; /ws → connection.py, rest → hypercorn
+                 └─ connection handlers   (their own nursery, cancelled last)
+
+Shutdown (``stop`` set, e.g. by SIGINT/SIGTERM): readiness goes 503, every
+client gets ``server_draining``, new sockets are refused; sockets still open
+after ``drain_grace_s`` are closed with 1012; then the listener, HTTP
+connections, lifespan and bus stop, and the backend closes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+
+import trio
+from hypercorn.app_wrappers import ASGIWrapper
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio.lifespan import Lifespan
+
+from omiro_trio.backends.base import Backend
+from omiro_trio.backends.memory import open_memory_backend
+from omiro_trio.config import Config
+from omiro_trio.connection import serve_connection
+from omiro_trio.context import ServerContext
+from omiro_trio.errors import ConfigError
+from omiro_trio.front import FrontDoor
+from omiro_trio.hub import CLOSE_RESTARTING, Hub
+from omiro_trio.metrics import Metrics
+from omiro_trio.tokens import TokenSigner, new_secret
+from omiro_trio.web import create_app
+
+log = logging.getLogger(__name__)
+
+JANITOR_INTERVAL_S = 10.0
+CLOSE_WAIT_S = 5.0
+HTTP_GRACE_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """What ``serve`` reports once it accepts connections."""
+
+    url: str  # e.g. http://127.0.0.1:8080
+    port: int
+    context: ServerContext
+
+
+@asynccontextmanager
+async def open_backend(config: Config) -> AsyncIterator[Backend]:
+    """Open the configured backend; it is closed when the block exits."""
+    if config.backend.kind == "memory":
+        async with open_memory_backend(
+            interest_timeout_s=config.matchmaking.interest_timeout_s,
+            rematch_cooldown_s=config.matchmaking.rematch_cooldown_s,
+            # A block outlives both sessions: a session lives at most its
+            # token's life plus one connection.
+            block_ttl_s=max(config.session.token_ttl_s * 2, 86400),
+        ) as backend:
+            yield backend
+    else:
+        raise ConfigError(f"backend.kind = {config.backend.kind!r} is not available in this build")
+
+
+def _hyper_config() -> HyperConfig:
+    hyper = HyperConfig()
+    hyper.accesslog = None
+    hyper.errorlog = logging.getLogger("omiro.http")
+    hyper.keep_alive_timeout = 30
+    hyper.graceful_timeout = HTTP_GRACE_S
+    hyper.include_server_header = False
+    return hyper
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def _janitor(backend: Backend) -> None:
+    while True:
+        await trio.sleep(JANITOR_INTERVAL_S)
+        await backend.sweep()
+
+
+async def serve(
+    config: Config,
+    stop: trio.Event,
+    *,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run Omiro until ``stop`` is set, then drain and return.
+
+    Reports a ``Running`` (bound URL and port) through ``task_status`` once
+    connections are accepted.
+    """
+    if config.session.secret:
+        secret = config.session.secret.encode()
+    else:
+        secret = new_secret()
+        log.warning(
+            "no session.secret configured: using a random one for this process "
+            "(tokens die with it; a cluster must share one secret)"
+        )
+    signer = TokenSigner(secret, config.session.token_ttl_s)
+    metrics = Metrics()
+    async with open_backend(config) as backend:
+        hub = Hub(backend, metrics)
+        ctx = ServerContext(config=config, backend=backend, hub=hub, signer=signer, metrics=metrics)
+        app = ASGIWrapper(create_app(ctx))
+        hyper = _hyper_config()
+        lifespan_state: dict[str, object] = {}
+        lifespan = Lifespan(app, hyper, lifespan_state)
+        listeners = await trio.open_tcp_listeners(config.server.port, host=config.server.host)
+        sockname = listeners[0].socket.getsockname()
+        running = Running(_url(config.server.host, sockname[1]), sockname[1], ctx)
+        async with trio.open_nursery() as services:
+            await services.start(backend.run_bus, hub.on_bus)
+            services.start_soon(_janitor, backend)
+            await services.start(lifespan.handle_lifespan)
+            await lifespan.wait_for_startup()
+            async with trio.open_nursery() as connections:
+                door = FrontDoor(app, hyper, lifespan_state, partial(serve_connection, ctx))
+                accepting = trio.CancelScope()
+
+                async def accept() -> None:
+                    with accepting:
+                        await door.serve(listeners, handler_nursery=connections)
+
+                connections.start_soon(accept)
+                log.info("Omiro listening on %s (backend: %s)", running.url, config.backend.kind)
+                task_status.started(running)
+                await stop.wait()
+                await _drain(hub, config.server.drain_grace_s)
+                accepting.cancel()
+                for listener in listeners:
+                    await listener.aclose()
+                await door.context.terminated.set()
+                connections.cancel_scope.deadline = trio.current_time() + HTTP_GRACE_S
+            await lifespan.wait_for_shutdown()
+            services.cancel_scope.cancel()
+    log.info("Omiro stopped")
+
+
+async def _drain(hub: Hub, grace_s: float) -> None:
+    log.info("draining: telling %d clients to reconnect elsewhere", len(hub.sessions))
+    hub.start_drain()
+    with trio.move_on_after(grace_s):
+        await hub.wait_empty()
+    if hub.sessions:
+        log.info("closing %d sockets that are still open", len(hub.sessions))
+        hub.close_all(CLOSE_RESTARTING, "server restarting")
+        with trio.move_on_after(CLOSE_WAIT_S):
+            await hub.wait_empty()

@@ -1,0 +1,153 @@
+"""HTTP routes (quart-trio): the page, sessions, health, stats, metrics.
+
+The WebSocket endpoint is not here: ``front.py`` hands ``/ws`` upgrades to
+``connection.py`` before they reach this app. Every error answer is JSON
+``{"error": CODE, "message": TEXT}`` (PROTOCOL.md).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+from pathlib import Path
+from typing import Any
+
+from quart import Response, jsonify, request, send_from_directory
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from omiro_trio.addresses import client_ip
+from omiro_trio.context import ServerContext
+from omiro_trio.errors import BackendUnavailable
+from omiro_trio.metrics import CONTENT_TYPE
+
+log = logging.getLogger(__name__)
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Permissions-Policy": "camera=(self), microphone=(self), geolocation=()",
+}
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; media-src 'self' blob: mediastream:; "
+    "connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+def frontend_dir() -> Path:
+    """The frontend folder of the installed package."""
+    path = Path(str(importlib.resources.files("omiro_trio") / "frontend"))
+    if not (path / "index.html").is_file():
+        raise RuntimeError(f"the frontend is missing from the installed package ({path})")
+    return path
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> Response:
+    response = jsonify({"error": code, "message": message, **extra})
+    response.status_code = status
+    return response
+
+
+def create_app(ctx: ServerContext) -> QuartTrio:
+    """The quart-trio app of one server."""
+    app = QuartTrio("omiro_trio", static_folder=None)
+    static = frontend_dir()
+
+    def remote_ip() -> str:
+        return client_ip(
+            request.remote_addr or "unknown",
+            request.headers.get("CF-Connecting-IP"),
+            request.headers.getlist("X-Forwarded-For"),
+            ctx.trusted_proxies,
+        )
+
+    @app.after_request
+    async def add_headers(response: Response) -> Response:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if response.mimetype == "text/html":
+            response.headers.setdefault("Content-Security-Policy", PAGE_CSP)
+        return response
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return _error(exc.code or 500, code, exc.description or code)
+
+    @app.errorhandler(BackendUnavailable)
+    async def backend_down(exc: BackendUnavailable) -> Response:
+        return _error(503, "unavailable", "the backend is not answering; try again shortly")
+
+    @app.get("/")
+    async def index() -> Response:
+        response = await send_from_directory(static, "index.html")
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+    @app.get("/<path:filename>")
+    async def asset(filename: str) -> Response:
+        response = await send_from_directory(static, filename)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+    @app.get("/session/new")
+    async def new_session() -> Response:
+        ip = remote_ip()
+        ban = await ctx.backend.ban_for(ip)
+        if ban is not None:
+            return _error(403, "banned", "this address is banned", until=ban.until)
+        retry = await ctx.backend.hit_rate_limit(
+            f"sessions:{ip}", ctx.config.limits.sessions_per_ip_per_minute, 60.0
+        )
+        if retry is not None:
+            seconds = max(1, int(retry + 0.999))
+            response = _error(
+                429, "rate_limited", "too many new sessions; try again later", retry_after=seconds
+            )
+            response.headers["Retry-After"] = str(seconds)
+            return response
+        issued = ctx.signer.issue(ctx.wall())
+        ctx.metrics.sessions_issued.inc()
+        response = jsonify(
+            {
+                "token": issued.token,
+                "session_id": issued.session_id,
+                "expires_at": issued.expires_at,
+            }
+        )
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if ctx.hub.draining:
+            return _error(503, "draining", "the server is shutting down")
+        try:
+            await ctx.backend.ping()
+        except BackendUnavailable:
+            return _error(503, "unavailable", "the backend is not answering")
+        return jsonify({"status": "ready"})
+
+    @app.get("/stats")
+    async def stats() -> Response:
+        current = await ctx.backend.stats()
+        ctx.metrics.online.set(current.online)
+        ctx.metrics.waiting.set(current.waiting)
+        response = jsonify({"online": current.online, "waiting": current.waiting})
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        current = await ctx.backend.stats()
+        ctx.metrics.online.set(current.online)
+        ctx.metrics.waiting.set(current.waiting)
+        return Response(ctx.metrics.render(), content_type=CONTENT_TYPE)
+
+    return app

@@ -1,0 +1,515 @@
+"""Unit tests for ``omiro_trio.config``.
+
+Pure and synchronous: every test passes ``environ`` explicitly so the real
+environment never leaks in, and writes TOML files under ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from omiro_trio.config import (
+    AdminConfig,
+    BackendConfig,
+    Config,
+    IceConfig,
+    LimitsConfig,
+    LogConfig,
+    MatchmakingConfig,
+    RedisConfig,
+    ReportsConfig,
+    ServerConfig,
+    SessionConfig,
+    config_as_dict,
+    load_config,
+)
+from omiro_trio.errors import ConfigError
+
+SAMPLE = Path(__file__).parents[2] / "omiro.toml"
+
+# The "Configuration names (public contract)" block of DESIGN.md, verbatim.
+DESIGN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "server": {
+        "host": "127.0.0.1",
+        "port": 8080,
+        "allowed_origins": [],
+        "trusted_proxies": [],
+        "max_frame_bytes": 65536,
+        "send_queue": 256,
+        "idle_timeout_s": 60,
+        "drain_grace_s": 10,
+    },
+    "session": {"secret": "", "token_ttl_s": 600},
+    "backend": {"kind": "memory"},
+    "redis": {"url": "redis://127.0.0.1:6379/0", "key_prefix": "omiro:"},
+    "matchmaking": {"interest_timeout_s": 5, "rematch_cooldown_s": 300},
+    "limits": {
+        "sessions_per_ip_per_minute": 60,
+        "sockets_per_ip": 10,
+        "messages_per_second": 20,
+        "message_burst": 40,
+        "nexts_per_minute": 30,
+        "reports_per_hour": 10,
+        "max_chat_length": 1000,
+    },
+    "reports": {"autoban_reporters": 3, "autoban_window_s": 3600, "autoban_s": 86400},
+    "ice": {
+        "urls": ["stun:stun.l.google.com:19302"],
+        "turn_urls": [],
+        "turn_secret": "",
+        "turn_ttl_s": 3600,
+        "relay_only": False,
+    },
+    "admin": {"token": ""},
+    "log": {"level": "info", "format": "text"},
+}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "omiro.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load_error(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> str:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={} if environ is None else environ)
+    return str(info.value)
+
+
+def env_error(environ: dict[str, str]) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ=environ)
+    return str(info.value)
+
+
+# --- defaults and the sample file -------------------------------------------
+
+
+def test_config_defaults_equal_design() -> None:
+    config = load_config(environ={})
+    assert config_as_dict(config, mask_secrets=False) == DESIGN_DEFAULTS
+    assert config == Config()
+
+
+def test_config_table_types_and_attribute_names() -> None:
+    config = load_config(environ={})
+    tables = {
+        "server": ServerConfig,
+        "session": SessionConfig,
+        "backend": BackendConfig,
+        "redis": RedisConfig,
+        "matchmaking": MatchmakingConfig,
+        "limits": LimitsConfig,
+        "reports": ReportsConfig,
+        "ice": IceConfig,
+        "admin": AdminConfig,
+        "log": LogConfig,
+    }
+    for table, cls in tables.items():
+        assert type(getattr(config, table)) is cls
+    assert config.server.port == 8080
+    assert config.limits.messages_per_second == 20
+    assert config.ice.urls == ("stun:stun.l.google.com:19302",)
+    assert config.log.format == "text"
+    assert isinstance(config.server.idle_timeout_s, float)
+    assert isinstance(config.matchmaking.interest_timeout_s, float)
+    assert isinstance(config.server.allowed_origins, tuple)
+
+
+def test_config_is_frozen_and_hashable() -> None:
+    config = load_config(environ={})
+    with pytest.raises(AttributeError):
+        config.server.port = 1  # type: ignore[misc]
+    assert hash(config) == hash(load_config(environ={}))
+
+
+def test_config_sample_file_loads_and_equals_defaults() -> None:
+    assert load_config(SAMPLE, environ={}) == Config()
+
+
+def test_config_sample_file_lists_every_key() -> None:
+    with SAMPLE.open("rb") as f:
+        document = tomllib.load(f)
+    assert document == DESIGN_DEFAULTS
+
+
+def test_config_file_values_are_used(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [server]
+        port = 0
+        idle_timeout_s = 0.5
+        trusted_proxies = ["10.0.0.0/8", "::1", "192.168.1.7/24"]
+        allowed_origins = ["https://chat.example.org", "http://localhost:8080"]
+        [backend]
+        kind = "redis"
+        [ice]
+        urls = []
+        turn_urls = ["turns:turn.example.org:5349"]
+        turn_secret = "s3cret"
+        relay_only = true
+        [log]
+        format = "json"
+        """,
+    )
+    config = load_config(path, environ={})
+    assert config.server.port == 0
+    assert config.server.idle_timeout_s == 0.5
+    assert config.server.trusted_proxies == ("10.0.0.0/8", "::1", "192.168.1.7/24")
+    assert config.backend.kind == "redis"
+    assert config.ice.urls == ()
+    assert config.ice.relay_only is True
+    assert config.log.format == "json"
+    assert config.server.host == "127.0.0.1"  # untouched keys keep defaults
+
+
+def test_config_partial_file_keeps_other_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[limits]\nmessage_burst = 5\n"), environ={})
+    assert config.limits.message_burst == 5
+    assert config.limits.messages_per_second == 20
+    assert config.server == ServerConfig()
+
+
+# --- file errors --------------------------------------------------------------
+
+
+def test_config_missing_file_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match=r"nope\.toml"):
+        load_config(path, environ={})
+
+
+def test_config_invalid_toml_names_file_and_line(tmp_path: Path) -> None:
+    message = load_error(tmp_path, '[server]\nport = 8080\nhost = "unterminated\n')
+    assert str(tmp_path / "omiro.toml") in message
+    assert "line 3" in message
+
+
+def test_config_unknown_table_names_it(tmp_path: Path) -> None:
+    message = load_error(tmp_path, "[sever]\nport = 1\n")
+    assert "sever" in message
+    assert str(tmp_path / "omiro.toml") in message
+    assert "did you mean server" in message
+
+
+def test_config_unknown_key_names_table_key_and_file(tmp_path: Path) -> None:
+    message = load_error(tmp_path, "[server]\nprot = 8080\n")
+    assert "server.prot" in message
+    assert str(tmp_path / "omiro.toml") in message
+    assert "server.port" in message  # the suggestion
+
+
+def test_config_subtable_is_unknown_key(tmp_path: Path) -> None:
+    message = load_error(tmp_path, "[server.tls]\ncert = 'x'\n")
+    assert "server.tls" in message
+
+
+def test_config_table_given_as_value(tmp_path: Path) -> None:
+    assert "server" in load_error(tmp_path, "server = 1\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[server]\nport = "8080"\n', "server.port"),
+        ("[server]\nport = 8080.0\n", "server.port"),
+        ("[server]\nport = true\n", "server.port"),
+        ('[server]\nidle_timeout_s = "60"\n', "server.idle_timeout_s"),
+        ('[server]\nallowed_origins = "https://a.example"\n', "server.allowed_origins"),
+        ("[ice]\nurls = [1]\n", "ice.urls[0]"),
+        ('[ice]\nrelay_only = "yes"\n', "ice.relay_only"),
+        ("[admin]\ntoken = 1234\n", "admin.token"),
+        ('[backend]\nkind = "postgres"\n', "backend.kind"),
+        ('[log]\nlevel = "INFO"\n', "log.level"),
+        ('[log]\nformat = "xml"\n', "log.format"),
+    ],
+)
+def test_config_wrong_type_names_table_key_and_file(tmp_path: Path, text: str, key: str) -> None:
+    message = load_error(tmp_path, text)
+    assert key in message
+    assert str(tmp_path / "omiro.toml") in message
+
+
+def test_config_bad_literal_lists_choices(tmp_path: Path) -> None:
+    message = load_error(tmp_path, '[backend]\nkind = "postgres"\n')
+    assert "'memory'" in message
+    assert "'redis'" in message
+
+
+def test_config_int_accepted_for_float_seconds(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[matchmaking]\ninterest_timeout_s = 2\n"), environ={})
+    assert config.matchmaking.interest_timeout_s == 2.0
+    assert isinstance(config.matchmaking.interest_timeout_s, float)
+
+
+# --- value checks -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[server]\nport = 70000\n", "server.port"),
+        ("[server]\nport = -1\n", "server.port"),
+        ("[server]\nmax_frame_bytes = 0\n", "server.max_frame_bytes"),
+        ("[server]\nsend_queue = -5\n", "server.send_queue"),
+        ("[server]\nidle_timeout_s = -1\n", "server.idle_timeout_s"),
+        ("[server]\ndrain_grace_s = nan\n", "server.drain_grace_s"),
+        ("[server]\ndrain_grace_s = inf\n", "server.drain_grace_s"),
+        ('[server]\nhost = ""\n', "server.host"),
+        ("[session]\ntoken_ttl_s = 0\n", "session.token_ttl_s"),
+        ("[matchmaking]\nrematch_cooldown_s = -0.1\n", "matchmaking.rematch_cooldown_s"),
+        ("[limits]\nmessages_per_second = 0\n", "limits.messages_per_second"),
+        ("[reports]\nautoban_reporters = 0\n", "reports.autoban_reporters"),
+        ("[ice]\nturn_ttl_s = 0\n", "ice.turn_ttl_s"),
+        ('[server]\ntrusted_proxies = ["10.0.0.0/33"]\n', "server.trusted_proxies[0]"),
+        ('[server]\ntrusted_proxies = ["::1", "proxy.local"]\n', "server.trusted_proxies[1]"),
+        ('[server]\nallowed_origins = ["chat.example.org"]\n', "server.allowed_origins[0]"),
+        ('[server]\nallowed_origins = ["https://a.example/"]\n', "server.allowed_origins[0]"),
+        ('[server]\nallowed_origins = ["https://a.example:99999"]\n', "server.allowed_origins"),
+        ('[server]\nallowed_origins = ["https://a.example:x"]\n', "server.allowed_origins"),
+        ('[server]\nallowed_origins = ["https://A.example"]\n', "server.allowed_origins"),
+        ('[server]\nallowed_origins = ["*"]\n', "server.allowed_origins"),
+        ('[ice]\nurls = ["http://stun.example.org"]\n', "ice.urls[0]"),
+        ('[ice]\nurls = ["stun.example.org:3478"]\n', "ice.urls[0]"),
+        ('[ice]\nurls = ["stun:"]\n', "ice.urls[0]"),
+        ('[ice]\nturn_urls = ["stun:a:1"]\nturn_secret = "x"\n', "ice.turn_urls[0]"),
+        ('[ice]\nturn_urls = ["turn:a:3478"]\n', "ice.turn_urls"),
+        ("[ice]\nrelay_only = true\n", "ice.relay_only"),
+        ('[redis]\nurl = "http://127.0.0.1:6379"\n', "redis.url"),
+        ('[redis]\nurl = "redis://"\n', "redis.url"),
+    ],
+)
+def test_config_invalid_value_names_table_key_and_file(tmp_path: Path, text: str, key: str) -> None:
+    message = load_error(tmp_path, text)
+    assert key in message
+    assert str(tmp_path / "omiro.toml") in message
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["https://chat.example.org", "http://localhost:8080", "http://[::1]:8080", "http://10.0.0.1"],
+)
+def test_config_valid_origins_accepted(origin: str) -> None:
+    config = load_config(environ={"OMIRO_SERVER_ALLOWED_ORIGINS": origin})
+    assert config.server.allowed_origins == (origin,)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379/0", "rediss://:pw@redis.example:6380", "unix:///run/r.sock"]
+)
+def test_config_valid_redis_urls_accepted(url: str) -> None:
+    assert load_config(environ={"OMIRO_REDIS_URL": url}).redis.url == url
+
+
+def test_config_redis_url_error_does_not_echo_password() -> None:
+    message = env_error({"OMIRO_REDIS_URL": "http://:hunter2@example.org"})
+    assert "redis.url" in message
+    assert "hunter2" not in message
+
+
+# --- environment --------------------------------------------------------------
+
+
+def test_config_env_overrides_each_type() -> None:
+    config = load_config(
+        environ={
+            "OMIRO_SERVER_PORT": "8081",
+            "OMIRO_SERVER_HOST": "0.0.0.0",
+            "OMIRO_MATCHMAKING_INTEREST_TIMEOUT_S": "0.5",
+            "OMIRO_SERVER_DRAIN_GRACE_S": "3",
+            "OMIRO_ICE_RELAY_ONLY": "yes",
+            "OMIRO_ICE_TURN_URLS": '["turn:turn.example.org:3478"]',
+            "OMIRO_ICE_TURN_SECRET": "t",
+            "OMIRO_ICE_URLS": "[]",
+            "OMIRO_SERVER_TRUSTED_PROXIES": "10.0.0.0/8, 172.16.0.0/12",
+            "OMIRO_BACKEND_KIND": "redis",
+            "OMIRO_REDIS_URL": "redis://redis:6379/1",
+            "OMIRO_LOG_FORMAT": "json",
+            "OMIRO_CONFIG": "/does/not/matter.toml",  # reserved for the CLI
+        }
+    )
+    assert config.server.port == 8081
+    assert config.server.host == "0.0.0.0"
+    assert config.matchmaking.interest_timeout_s == 0.5
+    assert config.server.drain_grace_s == 3.0
+    assert config.ice.relay_only is True
+    assert config.ice.turn_urls == ("turn:turn.example.org:3478",)
+    assert config.ice.urls == ()
+    assert config.server.trusted_proxies == ("10.0.0.0/8", "172.16.0.0/12")
+    assert config.backend.kind == "redis"
+    assert config.redis.url == "redis://redis:6379/1"
+    assert config.log.format == "json"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("true", True), ("1", True), ("YES", True), ("false", False), ("0", False), ("no", False)],
+)
+def test_config_env_booleans(text: str, expected: bool) -> None:
+    environ = {
+        "OMIRO_ICE_RELAY_ONLY": text,
+        "OMIRO_ICE_TURN_URLS": "turn:a",
+        "OMIRO_ICE_TURN_SECRET": "s",
+    }
+    assert load_config(environ=environ).ice.relay_only is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", ()),
+        ("stun:a:1", ("stun:a:1",)),
+        ("stun:a:1,stuns:b:2", ("stun:a:1", "stuns:b:2")),
+        (" stun:a:1 , ", ("stun:a:1",)),
+        ("[]", ()),
+        ('["stun:a:1", "turn:b:2"]', ("stun:a:1", "turn:b:2")),
+    ],
+)
+def test_config_env_lists(text: str, expected: tuple[str, ...]) -> None:
+    assert load_config(environ={"OMIRO_ICE_URLS": text}).ice.urls == expected
+
+
+def test_config_env_wins_over_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nport = 9000\nsend_queue = 8\n")
+    config = load_config(path, environ={"OMIRO_SERVER_PORT": "9001"})
+    assert config.server.port == 9001
+    assert config.server.send_queue == 8
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"OMIRO_SERVER_PORT": "eighty"},
+        {"OMIRO_SERVER_PORT": "80.5"},
+        {"OMIRO_SERVER_PORT": ""},
+        {"OMIRO_SERVER_IDLE_TIMEOUT_S": "soon"},
+        {"OMIRO_ICE_RELAY_ONLY": "maybe"},
+        {"OMIRO_ICE_URLS": "[1, 2]"},
+        {"OMIRO_ICE_URLS": '["stun:a"'},
+        {"OMIRO_BACKEND_KIND": "postgres"},
+        {"OMIRO_SERVER_PORT": "70000"},
+        {"OMIRO_SERVER_TRUSTED_PROXIES": "not-a-network"},
+        {"OMIRO_SERVER_IDLE_TIMEOUT_S": "inf"},
+    ],
+)
+def test_config_bad_env_value_names_variable(environ: dict[str, str]) -> None:
+    (name,) = environ
+    message = env_error(environ)
+    assert name in message
+
+
+def test_config_bad_env_value_beats_good_file(tmp_path: Path) -> None:
+    message = load_error(tmp_path, "[server]\nport = 1\n", {"OMIRO_SERVER_PORT": "x"})
+    assert "OMIRO_SERVER_PORT" in message
+    assert "server.port" in message
+
+
+@pytest.mark.parametrize(
+    "name", ["OMIRO_SERVER_PROT", "OMIRO_FOO", "OMIRO_SERVER_PORT_FILE", "OMIRO_"]
+)
+def test_config_unknown_omiro_variable_is_error(name: str) -> None:
+    assert name in env_error({name: "1"})
+
+
+def test_config_unknown_variable_suggests_name() -> None:
+    assert "OMIRO_SERVER_PORT" in env_error({"OMIRO_SERVER_PROT": "1"}).split("did you mean")[1]
+
+
+def test_config_other_variables_ignored() -> None:
+    environ = {"PATH": "/bin", "OMIRO": "x", "omiro_server_port": "1", "OMIRO_CONFIG": "x"}
+    assert load_config(environ=environ) == Config()
+
+
+# --- secrets ------------------------------------------------------------------
+
+
+def test_config_secret_from_file(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("abc def\n", encoding="utf-8")
+    config = load_config(environ={"OMIRO_ADMIN_TOKEN_FILE": str(secret)})
+    assert config.admin.token == "abc def"
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "var"),
+    [
+        ("session", "secret", "OMIRO_SESSION_SECRET"),
+        ("admin", "token", "OMIRO_ADMIN_TOKEN"),
+        ("ice", "turn_secret", "OMIRO_ICE_TURN_SECRET"),
+    ],
+)
+def test_config_every_secret_has_env_and_file(
+    tmp_path: Path, table: str, key: str, var: str
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("from-file\r\n", encoding="utf-8")
+    from_env = load_config(environ={var: "from-env"})
+    from_file = load_config(environ={f"{var}_FILE": str(secret)})
+    assert getattr(getattr(from_env, table), key) == "from-env"
+    assert getattr(getattr(from_file, table), key) == "from-file"
+
+
+def test_config_secret_file_wins_over_toml(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("env-side", encoding="utf-8")
+    path = write(tmp_path, '[session]\nsecret = "toml-side"\n')
+    config = load_config(path, environ={"OMIRO_SESSION_SECRET_FILE": str(secret)})
+    assert config.session.secret == "env-side"
+
+
+def test_config_secret_and_secret_file_both_set_is_error(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("x", encoding="utf-8")
+    message = env_error({"OMIRO_SESSION_SECRET": "y", "OMIRO_SESSION_SECRET_FILE": str(secret)})
+    assert "OMIRO_SESSION_SECRET" in message
+    assert "session.secret" in message
+
+
+def test_config_missing_secret_file_names_variable_and_path(tmp_path: Path) -> None:
+    missing = tmp_path / "absent"
+    message = env_error({"OMIRO_ADMIN_TOKEN_FILE": str(missing)})
+    assert "OMIRO_ADMIN_TOKEN_FILE" in message
+    assert str(missing) in message
+
+
+def test_config_empty_secret_file_is_error(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("\n", encoding="utf-8")
+    assert "OMIRO_ADMIN_TOKEN_FILE" in env_error({"OMIRO_ADMIN_TOKEN_FILE": str(secret)})
+
+
+# --- config_as_dict -----------------------------------------------------------
+
+
+def test_config_as_dict_masks_secrets() -> None:
+    config = load_config(
+        environ={
+            "OMIRO_ADMIN_TOKEN": "admin-token",
+            "OMIRO_ICE_TURN_SECRET": "turn-secret",
+            "OMIRO_REDIS_URL": "redis://user:redis-pw@redis:6379/0",
+        }
+    )
+    masked = config_as_dict(config)
+    assert masked["admin"]["token"] == "***"
+    assert masked["ice"]["turn_secret"] == "***"
+    assert masked["session"]["secret"] == ""  # empty stays empty
+    assert masked["redis"]["url"] == "redis://user:***@redis:6379/0"
+    assert "admin-token" not in repr(masked)
+    plain = config_as_dict(config, mask_secrets=False)
+    assert plain["admin"]["token"] == "admin-token"
+    assert plain["redis"]["url"] == "redis://user:redis-pw@redis:6379/0"
+
+
+def test_config_as_dict_round_trips() -> None:
+    config = load_config(environ={"OMIRO_SERVER_TRUSTED_PROXIES": "10.0.0.0/8"})
+    as_dict = config_as_dict(config, mask_secrets=False)
+    assert as_dict["server"]["trusted_proxies"] == ["10.0.0.0/8"]
+    assert msgspec.convert(as_dict, Config) == config
