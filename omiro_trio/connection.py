@@ -35,6 +35,7 @@ from omiro_trio.hub import (
     CLOSE_NORMAL,
     CLOSE_PROTOCOL_ERRORS,
     CLOSE_RATE_LIMITED,
+    CLOSE_SLOW_CONSUMER,
     Session,
 )
 from omiro_trio.matchmaking import Preferences
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 2.0
+FRAME_WRITE_TIMEOUT_S = 5.0
 INCOMING_QUEUE = 4  # frames trio-websocket buffers before it stops reading the socket
 RECEIVE_BYTES = 16384
 PROTOCOL_ERRORS_ALLOWED = 20  # per ERROR_WINDOW_S, then 4000
@@ -220,18 +222,25 @@ async def _run_session(
     ctx: ServerContext, ws: WebSocketConnection, stream: trio.abc.Stream, session: Session
 ) -> None:
     hub = ctx.hub
-    writing = False
+    torn = False  # part of a frame may be on the wire: no close frame can follow
 
     async def write_loop() -> None:
-        nonlocal writing
+        nonlocal torn
         async for frame in session.outbox:
-            writing = True
-            try:
-                await ws.send_message(frame)
-            except ConnectionClosed:
-                session.close(CLOSE_GOING_AWAY)
+            # A frame is written whole even while the session is being
+            # closed, so the close frame that follows is well-formed; a frame
+            # that cannot be written in time means the client stopped reading.
+            with trio.CancelScope(shield=True) as writing:
+                writing.deadline = trio.current_time() + FRAME_WRITE_TIMEOUT_S
+                try:
+                    await ws.send_message(frame)
+                except ConnectionClosed:
+                    session.close(CLOSE_GOING_AWAY)
+                    return
+            if writing.cancelled_caught:
+                torn = True
+                session.close(CLOSE_SLOW_CONSUMER, "slow consumer")
                 return
-            writing = False
 
     async def keepalive() -> None:
         interval = ctx.config.server.idle_timeout_s / 2
@@ -264,7 +273,7 @@ async def _run_session(
             code = session.close_code
             if code is not None:
                 ctx.metrics.closes.labels(str(code)).inc()
-            if writing or session.partner_reason == "timeout":
+            if torn or session.partner_reason == "timeout":
                 # Mid-frame or a dead peer: a close frame cannot be delivered.
                 await stream.aclose()
             else:

@@ -1,0 +1,38 @@
+"""Shared fixtures: real Omiro servers on 127.0.0.1 port 0 (see support.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trio
+from support import Harness, StartServer, make_config
+
+from omiro_trio.server import Running, serve
+
+
+@pytest.fixture
+async def start_server(nursery: trio.Nursery) -> AsyncIterator[StartServer]:
+    """Start servers with config overrides; each is drained and stopped after the test.
+
+    Servers run in a nursery of their own so that they finish draining while
+    the test's clients (in ``nursery``) are still there to answer.
+    """
+    stops: list[trio.Event] = []
+    async with trio.open_nursery() as servers:
+
+        async def start(**overrides: Any) -> Harness:
+            stop = trio.Event()
+            stops.append(stop)
+            running: Running = await servers.start(serve, make_config(**overrides), stop)
+            return Harness(running, nursery)
+
+        yield start
+        for stop in stops:
+            stop.set()
+
+
+@pytest.fixture
+async def server(start_server: StartServer) -> Harness:
+    return await start_server()

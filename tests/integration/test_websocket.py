@@ -1,0 +1,390 @@
+"""The /ws protocol over real sockets: handshake, matching, relays, endings."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from support import WAIT_S, Client, Harness, StartServer, wait_until
+from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
+
+from omiro_trio.backends.base import Ban
+
+
+async def test_pair_hello_queued_match_found(server: Harness) -> None:
+    a = await server.connect()
+    b = await server.connect()
+    assert a.hello["ice_servers"] == []
+    assert a.hello["limits"] == {"max_chat_length": 1000, "max_frame_bytes": 65536}
+    await a.send("join_queue", {"mode": "video"})
+    assert await a.expect("queued") == {"mode": "video", "interests": []}
+    await b.send("join_queue")
+    found_a = await a.expect("match_found")
+    found_b = await b.expect("match_found")
+    assert found_a["partner"] == b.session_id
+    assert found_b["partner"] == a.session_id
+    assert found_a["match_id"] == found_b["match_id"]
+    assert (found_a["should_call"], found_b["should_call"]) == (True, False)  # a waited
+    assert found_a["mode"] == found_b["mode"] == "video"
+    assert found_a["common_interests"] == found_b["common_interests"] == []
+
+
+@pytest.mark.parametrize(
+    ("op", "data"),
+    [
+        ("chat", {"message": "hello there"}),
+        ("typing", {"typing": True}),
+        ("typing", {"typing": False}),
+        ("webrtc_offer", {"sdp": "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n"}),
+        ("webrtc_answer", {"sdp": "v=0\r\n"}),
+        (
+            "ice_candidate",
+            {
+                "candidate": {
+                    "candidate": "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host",
+                    "sdpMid": "0",
+                    "sdpMLineIndex": 0,
+                    "usernameFragment": "abcd",
+                }
+            },
+        ),
+        ("ice_candidate", {"candidate": None}),
+    ],
+)
+async def test_relay_reaches_partner_with_from(
+    server: Harness, op: str, data: dict[str, object]
+) -> None:
+    a, b = await server.pair()
+    await a.send(op, data)
+    assert await b.expect(op) == {**data, "from": a.session_id}
+    await b.send(op, data)
+    assert await a.expect(op) == {**data, "from": b.session_id}
+
+
+async def test_chat_is_trimmed_and_never_echoed(server: Harness) -> None:
+    a, b = await server.pair()
+    await a.send("chat", {"message": "  hi  "})
+    assert (await b.expect("chat"))["message"] == "hi"
+    await a.expect_nothing()
+
+
+async def test_next_ends_match_for_both_and_requeues_sender(server: Harness) -> None:
+    a, b = await server.pair()
+    await b.send("next")
+    assert await a.expect("partner_disconnected") == {"reason": "next"}
+    assert (await b.expect("queued"))["mode"] == "video"
+    # a is idle now (the client decides whether to rejoin): c meets b, not a
+    c = await server.connect()
+    await c.send("join_queue")
+    found_c = await c.expect("match_found")
+    assert found_c["partner"] == b.session_id
+    assert (await b.expect("match_found"))["partner"] == c.session_id
+    await a.expect_nothing()
+
+
+async def test_next_keeps_preferences(server: Harness) -> None:
+    a, b = await server.pair(mode="text", interests=["Music"])
+    await b.send("next")
+    await a.expect("partner_disconnected")
+    assert await b.expect("queued") == {"mode": "text", "interests": ["music"]}
+
+
+async def test_join_while_matched_ends_match_first(server: Harness) -> None:
+    a, b = await server.pair()
+    await a.send("join_queue", {"mode": "text"})
+    assert await b.expect("partner_disconnected") == {"reason": "next"}
+    assert (await a.expect("queued"))["mode"] == "text"
+
+
+async def test_leave_queue_ends_match_and_stops_searching(server: Harness) -> None:
+    a, b = await server.pair()
+    await a.send("leave_queue")
+    assert await b.expect("partner_disconnected") == {"reason": "left"}
+    await a.send("chat", {"message": "anyone?"})
+    assert (await a.expect("error"))["code"] == "not_matched"
+    c = await server.connect()
+    await c.send("join_queue")
+    await c.expect("queued")
+    await a.expect_nothing()
+    assert (await server.ctx.backend.stats()).waiting == 1
+
+
+async def test_disconnect_closes_1000_and_tells_partner(server: Harness) -> None:
+    a, b = await server.pair()
+    await a.send("disconnect")
+    assert await a.expect_closed() == 1000
+    assert await b.expect("partner_disconnected") == {"reason": "left"}
+
+
+async def test_socket_death_tells_partner(server: Harness) -> None:
+    a, b = await server.pair()
+    await a.ws._stream.aclose()  # the TCP connection drops without a close frame
+    assert await b.expect("partner_disconnected") == {"reason": "left"}
+    await wait_until(lambda: len(server.ctx.hub.sessions) == 1)
+
+
+async def test_relay_after_match_ended_reaches_nobody(server: Harness) -> None:
+    a, b = await server.pair()
+    c = await server.connect()
+    await b.send("next")
+    await a.expect("partner_disconnected")
+    await b.expect("queued")
+    await a.send("chat", {"message": "still there?"})
+    error = await a.expect("error")
+    assert error == {"code": "not_matched", "message": error["message"], "op": "chat"}
+    await b.expect_nothing()
+    await c.expect_nothing()
+
+
+async def test_relay_without_match_is_not_matched(server: Harness) -> None:
+    a = await server.connect()
+    for op, data in [("chat", {"message": "x"}), ("webrtc_offer", {"sdp": "v=0"})]:
+        await a.send(op, data)
+        assert (await a.expect("error"))["code"] == "not_matched"
+
+
+async def test_report_ends_match_and_blocks_the_pair(server: Harness) -> None:
+    a, b = await server.pair()
+    await a.send("chat", {"message": "hi"})
+    await b.expect("chat")
+    await b.send("chat", {"message": "rude words"})
+    await a.expect("chat")
+    await a.send("report", {"reason": "abuse"})
+    assert await b.expect("partner_disconnected") == {"reason": "reported"}
+    # Both look again and are alone: still never matched with each other.
+    await a.send("join_queue")
+    await a.expect("queued")
+    await b.send("join_queue")
+    await b.expect("queued")
+    await a.expect_nothing()
+    c = await server.connect()
+    await c.send("join_queue")
+    assert (await c.expect("match_found"))["partner"] == a.session_id
+    reports = await server.ctx.backend.reports()  # type: ignore[attr-defined]
+    assert reports[0].reporter == a.session_id
+    assert reports[0].reported == b.session_id
+    assert reports[0].reason == "abuse"
+    assert reports[0].transcript == ("reporter: hi", "reported: rude words")
+
+
+async def test_report_without_match_is_not_matched(server: Harness) -> None:
+    a = await server.connect()
+    await a.send("report", {"reason": "x"})
+    assert (await a.expect("error"))["code"] == "not_matched"
+
+
+async def test_modes_never_mix(server: Harness) -> None:
+    video = await server.connect()
+    text = await server.connect()
+    await video.send("join_queue", {"mode": "video"})
+    await video.expect("queued")
+    await text.send("join_queue", {"mode": "text"})
+    await text.expect("queued")
+    await video.expect_nothing()
+    text2 = await server.connect()
+    await text2.send("join_queue", {"mode": "text"})
+    found = await text2.expect("match_found")
+    assert found["partner"] == text.session_id
+    assert found["mode"] == "text"
+
+
+async def test_interests_match_then_fall_back_to_anyone(start_server: StartServer) -> None:
+    server = await start_server(matchmaking__interest_timeout_s=0.3)
+    a = await server.connect()
+    b = await server.connect()
+    await a.send("join_queue", {"interests": ["Music", "chess"]})
+    await a.expect("queued")
+    await b.send("join_queue", {"interests": ["CHESS"]})
+    assert (await b.expect("match_found"))["common_interests"] == ["chess"]
+    assert (await a.expect("match_found"))["common_interests"] == ["chess"]
+    c = await server.connect()
+    d = await server.connect()
+    await c.send("join_queue", {"interests": ["go"]})
+    await c.expect("queued")
+    await d.send("join_queue")  # no interests: c is not available to d yet
+    await d.expect("queued")
+    with trio.fail_after(WAIT_S):
+        found_c = await c.expect("match_found")
+    found_d = await d.expect("match_found")
+    assert found_c["partner"] == d.session_id
+    assert found_c["common_interests"] == found_d["common_interests"] == []
+    assert found_c["should_call"] != found_d["should_call"]
+    assert found_c["should_call"]  # c waited longest
+
+
+async def test_rematch_cooldown_prefers_someone_new(server: Harness) -> None:
+    a, b = await server.pair()
+    c = await server.connect()
+    await b.send("next")
+    await a.expect("partner_disconnected")
+    await b.expect("queued")
+    await c.send("join_queue")
+    assert (await c.expect("match_found"))["partner"] == b.session_id
+    await b.expect("match_found")
+    await c.send("next")  # c waits; b is idle; a rejoins: a and c never met
+    await b.expect("partner_disconnected")
+    await c.expect("queued")
+    await a.send("join_queue")
+    assert (await a.expect("match_found"))["partner"] == c.session_id
+
+
+async def test_former_partners_rematch_when_alone(server: Harness) -> None:
+    a, b = await server.pair()
+    await b.send("next")
+    await a.expect("partner_disconnected")
+    await b.expect("queued")
+    await a.send("join_queue")
+    assert (await a.expect("match_found"))["partner"] == b.session_id
+
+
+# -- handshake ------------------------------------------------------------
+
+
+async def _rejected(server: Harness, token: str | None, **kw: object) -> ConnectionRejected:
+    url = server.ws_url if token is None else f"{server.ws_url}?token={token}"
+    with pytest.raises(ConnectionRejected) as info:
+        async with open_websocket_url(url, **kw):  # type: ignore[arg-type]
+            pass
+    return info.value
+
+
+async def test_handshake_second_socket_same_session_409(server: Harness) -> None:
+    token = server.token()
+    first = await server.connect(token)
+    rejected = await _rejected(server, token)
+    assert rejected.status_code == 409
+    assert b'"already_connected"' in (rejected.body or b"")
+    await first.send("disconnect")
+    await first.expect_closed()
+    await wait_until(lambda: not server.ctx.hub.sessions)
+    again = await server.connect(token)  # the session may reconnect once its socket is gone
+    assert again.session_id == first.session_id
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        None,
+        "",
+        "garbage",
+        "a:b",
+        "a:b:c:d",
+        "00000000-0000-4000-8000-000000000000:9999999999:" + "0" * 64,
+    ],
+)
+async def test_handshake_bad_token_401(server: Harness, token: str | None) -> None:
+    rejected = await _rejected(server, token)
+    assert rejected.status_code == 401
+    assert b'"invalid_token"' in (rejected.body or b"")
+
+
+async def test_handshake_expired_and_tampered_tokens_401(server: Harness) -> None:
+    issued = server.ctx.signer.issue(server.ctx.wall() - 3600)
+    assert (await _rejected(server, issued.token)).status_code == 401
+    good = server.token()
+    tampered = good[:-1] + ("0" if good[-1] != "0" else "1")
+    assert (await _rejected(server, tampered)).status_code == 401
+
+
+async def test_handshake_token_in_header(server: Harness) -> None:
+    ws = await server.raw_connect(None, headers=[("X-Session-Token", server.token())])
+    client = Client(ws)
+    assert (await client.expect("hello"))["session_id"]
+
+
+async def test_handshake_foreign_origin_403(server: Harness) -> None:
+    rejected = await _rejected(server, server.token(), extra_headers=[("Origin", "https://evil.example")])
+    assert rejected.status_code == 403
+    host = server.url.removeprefix("http://")
+    ws = await server.raw_connect(server.token(), headers=[("Origin", f"http://{host}")])
+    assert (await Client(ws).expect("hello"))["session_id"]
+
+
+async def test_handshake_banned_ip_403(server: Harness) -> None:
+    await server.ctx.backend.add_ban(  # type: ignore[attr-defined]
+        Ban("127.0.0.0/8", "test", None, 0.0)
+    )
+    rejected = await _rejected(server, server.token())
+    assert rejected.status_code == 403
+    assert b'"banned"' in (rejected.body or b"")
+
+
+async def test_handshake_sockets_per_ip_429(start_server: StartServer) -> None:
+    server = await start_server(limits__sockets_per_ip=2)
+    await server.connect()
+    await server.connect()
+    rejected = await _rejected(server, server.token())
+    assert rejected.status_code == 429
+    assert dict(rejected.headers).get(b"retry-after") is not None
+
+
+# -- abuse of the socket ----------------------------------------------------
+
+
+async def test_bad_frames_get_errors_and_the_socket_survives(server: Harness) -> None:
+    a, b = await server.pair()
+    await a.ws.send_message("{not json")
+    assert (await a.expect("error"))["code"] == "bad_json"
+    await a.send("fly")
+    error = await a.expect("error")
+    assert (error["code"], error["op"]) == ("unknown_op", "fly")
+    assert "fly" in error["message"]
+    await a.send("chat", {"message": 5})
+    assert (await a.expect("error"))["code"] == "bad_request"
+    await a.ws.send_message(b"\x00\x01")
+    assert (await a.expect("error"))["code"] == "bad_request"
+    await a.send("chat", {"message": "x" * 1001})
+    assert (await a.expect("error"))["code"] == "message_too_long"
+    await a.send("chat", {"message": "still fine"})
+    assert (await b.expect("chat"))["message"] == "still fine"
+    await b.expect_nothing()  # none of the bad frames reached the partner
+
+
+async def _send_until_closed(client: Client, frames: list[str]) -> None:
+    """Send frames; the server may close the socket before the last ones."""
+    for frame in frames:
+        try:
+            await client.ws.send_message(frame)
+        except ConnectionClosed:
+            return
+
+
+async def test_too_many_protocol_errors_close_4000(server: Harness) -> None:
+    a, b = await server.pair()
+    await _send_until_closed(a, ["nope"] * 25)
+    assert await a.expect_closed() == 4000
+    assert await b.expect("partner_disconnected") == {"reason": "left"}
+
+
+async def test_oversized_frame_closes_1009(server: Harness) -> None:
+    a, b = await server.pair()
+    await a.ws.send_message('{"op":"chat","data":{"message":"' + "x" * 70000 + '"}}')
+    assert await a.expect_closed() == 1009
+    assert await b.expect("partner_disconnected") == {"reason": "left"}
+
+
+async def test_message_rate_limit_then_4029(start_server: StartServer) -> None:
+    server = await start_server(limits__messages_per_second=1, limits__message_burst=4)
+    a, b = await server.pair()  # join_queue takes one of a's four
+    for i in range(3):
+        await a.send("typing", {"typing": bool(i % 2)})
+    for _ in range(3):
+        await b.expect("typing")
+    await a.send("typing", {"typing": True})
+    assert await a.expect("error") == {
+        "code": "rate_limited",
+        "message": "slow down",
+        "op": "typing",
+    }
+    await b.expect_nothing()
+    await _send_until_closed(a, ['{"op":"typing","data":{"typing":true}}'] * 15)
+    assert await a.expect_closed() == 4029
+
+
+async def test_nexts_per_minute_limit(start_server: StartServer) -> None:
+    server = await start_server(limits__nexts_per_minute=2)
+    a = await server.connect()
+    for _ in range(2):
+        await a.send("next")
+        await a.expect("queued")
+    await a.send("next")
+    assert (await a.expect("error"))["code"] == "rate_limited"

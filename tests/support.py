@@ -1,0 +1,135 @@
+"""Test support: a config maker, a protocol client, a server harness, bounded waits.
+
+Testing policy (as trio-websocket's own suite): servers listen on loopback
+only, on a free port; every wait is bounded by ``trio.fail_after``; nothing
+sleeps to wait for something to happen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
+
+from omiro_trio.config import Config, load_config
+from omiro_trio.server import Running
+
+WAIT_S = 5.0
+
+BASE_ENV = {
+    "OMIRO_SERVER_HOST": "127.0.0.1",
+    "OMIRO_SERVER_PORT": "0",
+    "OMIRO_SERVER_DRAIN_GRACE_S": "0.1",
+    "OMIRO_ICE_URLS": "[]",
+    "OMIRO_LOG_LEVEL": "warning",
+}
+
+
+def make_config(**overrides: Any) -> Config:
+    """A test config; overrides as ``table__key=value`` (e.g. ``limits__message_burst=5``)."""
+    env = dict(BASE_ENV)
+    for name, value in overrides.items():
+        table, key = name.split("__", 1)
+        text = (
+            msgspec.json.encode(value).decode() if isinstance(value, list | tuple) else str(value)
+        )
+        env[f"OMIRO_{table.upper()}_{key.upper()}"] = text
+    return load_config(None, environ=env)
+
+
+class Client:
+    """One WebSocket client speaking the Omiro protocol, with a bounded inbox."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+        self.session_id = ""
+        self.hello: dict[str, Any] = {}
+
+    async def send(self, op: str, data: dict[str, Any] | None = None) -> None:
+        frame: dict[str, Any] = {"op": op}
+        if data is not None:
+            frame["data"] = data
+        await self.ws.send_message(msgspec.json.encode(frame).decode())
+
+    async def recv(self, wait_s: float = WAIT_S) -> tuple[str, dict[str, Any]]:
+        with trio.fail_after(wait_s):
+            raw = await self.ws.get_message()
+        message = msgspec.json.decode(raw)
+        return message["op"], message.get("data") or {}
+
+    async def expect(self, op: str, wait_s: float = WAIT_S) -> dict[str, Any]:
+        got, data = await self.recv(wait_s)
+        assert got == op, f"expected {op}, got {got} {data}"
+        return data
+
+    async def expect_closed(self, wait_s: float = WAIT_S) -> int | None:
+        """Read (and drop) frames until the server closes; return the close code."""
+        with trio.fail_after(wait_s):
+            while True:
+                try:
+                    await self.ws.get_message()
+                except ConnectionClosed as exc:
+                    return exc.reason.code if exc.reason is not None else None
+
+    async def expect_nothing(self, quiet_s: float = 0.2) -> None:
+        """Assert that no frame arrives within ``quiet_s``."""
+        with trio.move_on_after(quiet_s):
+            raw = await self.ws.get_message()
+            raise AssertionError(f"unexpected frame {raw!r}")
+
+
+class Harness:
+    """A running server plus helpers to mint sessions and connect clients."""
+
+    def __init__(self, running: Running, nursery: trio.Nursery) -> None:
+        self.running = running
+        self.ctx = running.context
+        self.nursery = nursery
+        self.url = running.url
+        self.ws_url = running.url.replace("http://", "ws://") + "/ws"
+
+    def token(self) -> str:
+        return self.ctx.signer.issue(self.ctx.wall()).token
+
+    async def raw_connect(
+        self, token: str | None = None, *, headers: list[tuple[str, str]] | None = None
+    ) -> WebSocketConnection:
+        url = self.ws_url if token is None else f"{self.ws_url}?token={token}"
+        return await connect_websocket_url(
+            self.nursery, url, extra_headers=headers, message_queue_size=4096
+        )
+
+    async def connect(self, token: str | None = None) -> Client:
+        client = Client(await self.raw_connect(token or self.token()))
+        client.hello = await client.expect("hello")
+        client.session_id = client.hello["session_id"]
+        return client
+
+    async def pair(self, **join: Any) -> tuple[Client, Client]:
+        """Two matched clients; the first waited, so it is the caller."""
+        a = await self.connect()
+        b = await self.connect()
+        await a.send("join_queue", join or None)
+        await a.expect("queued")
+        await b.send("join_queue", join or None)
+        await a.expect("match_found")
+        await b.expect("match_found")
+        return a, b
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.ctx.metrics.registry.get_sample_value(name, labels or None)
+        return 0.0 if value is None else value
+
+
+async def wait_until(predicate: Callable[[], bool], wait_s: float = WAIT_S) -> None:
+    """Bounded polling: return once ``predicate()`` holds, fail after ``wait_s``."""
+    with trio.fail_after(wait_s):
+        while not predicate():  # noqa: ASYNC110 - bounded polling of state owned elsewhere
+            await trio.sleep(0.01)
+
+
+StartServer = Callable[..., Awaitable[Harness]]
+"""The ``start_server`` fixture: start a server with ``table__key=value`` overrides."""
