@@ -232,11 +232,14 @@ async def _run_session(
             # that cannot be written in time means the client stopped reading.
             with trio.CancelScope(shield=True) as writing:
                 writing.deadline = trio.current_time() + FRAME_WRITE_TIMEOUT_S
+                session.write_scope = writing
                 try:
                     await ws.send_message(frame)
                 except ConnectionClosed:
                     session.close(CLOSE_GOING_AWAY)
                     return
+                finally:
+                    session.write_scope = None
             if writing.cancelled_caught:
                 torn = True
                 session.close(CLOSE_SLOW_CONSUMER, "slow consumer")
@@ -278,7 +281,21 @@ async def _run_session(
                 await stream.aclose()
             else:
                 with trio.move_on_after(CLOSE_TIMEOUT_S):
+                    await _flush(ws, session)
                     await ws.aclose(code or CLOSE_NORMAL, session.close_reason or None)
+
+
+async def _flush(ws: WebSocketConnection, session: Session) -> None:
+    """Send what is still queued, so a client that leaves hears all that happened first."""
+    while True:
+        try:
+            frame = session.outbox.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return
+        try:
+            await ws.send_message(frame)
+        except ConnectionClosed:
+            return
 
 
 async def _read_loop(ctx: ServerContext, ws: WebSocketConnection, session: Session) -> None:

@@ -89,6 +89,7 @@ class Session:
         self.ended: deque[str] = deque(maxlen=ENDED_REMEMBERED)
         self.slow_consumer = False
         self.nursery: trio.Nursery | None = None  # set by the connection that owns it
+        self.write_scope: trio.CancelScope | None = None  # the frame being written, if any
 
     def send(self, frame: str) -> None:
         """Queue a frame for the client without blocking."""
@@ -106,6 +107,8 @@ class Session:
             self.close_code = code
             self.close_reason = reason
             self.partner_reason = partner_reason
+        if code == CLOSE_SLOW_CONSUMER and self.write_scope is not None:
+            self.write_scope.cancel()  # it is stuck on a client that does not read
         self.cancel_scope.cancel()
 
     def close_outbox(self) -> None:

@@ -23,10 +23,17 @@ async def start_server(nursery: trio.Nursery) -> AsyncIterator[StartServer]:
     async with trio.open_nursery() as servers:
 
         async def start(**overrides: Any) -> Harness:
+            config = make_config(**overrides)
             stop = trio.Event()
+            stopped = trio.Event()
             stops.append(stop)
-            running: Running = await servers.start(serve, make_config(**overrides), stop)
-            return Harness(running, nursery)
+
+            async def run(*, task_status: trio.TaskStatus[Running]) -> None:
+                await serve(config, stop, task_status=task_status)
+                stopped.set()
+
+            running: Running = await servers.start(run)
+            return Harness(running, nursery, stop, stopped)
 
         yield start
         for stop in stops:

@@ -84,8 +84,12 @@ class Client:
 class Harness:
     """A running server plus helpers to mint sessions and connect clients."""
 
-    def __init__(self, running: Running, nursery: trio.Nursery) -> None:
+    def __init__(
+        self, running: Running, nursery: trio.Nursery, stop: trio.Event, stopped: trio.Event
+    ) -> None:
         self.running = running
+        self.stop = stop  # set it to drain and stop the server
+        self.stopped = stopped  # set once the server has stopped
         self.ctx = running.context
         self.nursery = nursery
         self.url = running.url

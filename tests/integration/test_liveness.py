@@ -1,0 +1,123 @@
+"""Sockets that die, stop reading, or outlive the server: nobody else suffers."""
+
+from __future__ import annotations
+
+import socket
+
+import msgspec
+import trio
+import wsproto
+from support import Client, Harness, StartServer, wait_until
+from wsproto.events import AcceptConnection, Request, TextMessage
+
+
+class RawClient:
+    """A WebSocket client that only does what it is told: no pongs, no reading."""
+
+    def __init__(self, stream: trio.SocketStream, ws: wsproto.WSConnection) -> None:
+        self.stream = stream
+        self.ws = ws
+
+    @classmethod
+    async def connect(cls, server: Harness, *, receive_buffer: int | None = None) -> RawClient:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if receive_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        await sock.connect(("127.0.0.1", server.running.port))
+        stream = trio.SocketStream(sock)
+        ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        target = f"/ws?token={server.token()}"
+        await stream.send_all(ws.send(Request(host="127.0.0.1", target=target)))
+        head = b""
+        with trio.fail_after(5):
+            while b"\r\n\r\n" not in head:
+                head += await stream.receive_some(1)  # stop exactly at the head's end
+        ws.receive_data(head)
+        assert any(isinstance(event, AcceptConnection) for event in ws.events())
+        return cls(stream, ws)
+
+    async def send(self, op: str, data: dict[str, object] | None = None) -> None:
+        frame = msgspec.json.encode({"op": op, "data": data or {}}).decode()
+        await self.stream.send_all(self.ws.send(TextMessage(data=frame)))
+
+
+async def test_dead_peer_dropped_within_idle_timeout(start_server: StartServer) -> None:
+    server = await start_server(server__idle_timeout_s=0.6)
+    dead = await RawClient.connect(server)
+    await dead.send("join_queue")
+    partner = await server.connect()
+    await partner.send("join_queue")
+    await partner.expect("match_found")
+    start = trio.current_time()
+    # The dead peer never answers pings: within idle_timeout_s it is gone.
+    assert await partner.expect("partner_disconnected", wait_s=3) == {"reason": "timeout"}
+    assert trio.current_time() - start <= 0.6 + 0.3
+    await wait_until(lambda: len(server.ctx.hub.sessions) == 1)
+
+
+async def test_live_idle_client_is_kept(start_server: StartServer) -> None:
+    server = await start_server(server__idle_timeout_s=0.4)
+    a, b = await server.pair()
+    # Several ping periods pass; both clients answer pings and stay matched.
+    with trio.move_on_after(1.2):
+        await a.expect("never")
+    await a.send("chat", {"message": "still here"})
+    assert (await b.expect("chat"))["message"] == "still here"
+
+
+async def test_slow_consumer_closed_4008_and_others_unaffected(start_server: StartServer) -> None:
+    server = await start_server(
+        server__send_queue=8,
+        limits__max_chat_length=60000,
+        limits__messages_per_second=10000,
+        limits__message_burst=10000,
+    )
+    slow = await RawClient.connect(server, receive_buffer=4096)
+    await slow.send("join_queue")
+    flooder = await server.connect()
+    await flooder.send("join_queue")
+    await flooder.expect("match_found")
+    c, d = await server.pair()
+    big = "x" * 59000
+    with trio.fail_after(10):
+        for _ in range(400):  # ~24 MB for a client that reads nothing
+            await flooder.send("chat", {"message": big})
+            if server.metric("omiro_socket_closes_total", code="4008"):
+                break
+        assert await flooder.expect("partner_disconnected") == {"reason": "left"}
+    assert server.metric("omiro_socket_closes_total", code="4008") == 1
+    # The other pair never noticed.
+    with trio.fail_after(1):
+        await c.send("chat", {"message": "fine?"})
+        assert (await d.expect("chat"))["message"] == "fine?"
+    await wait_until(lambda: len(server.ctx.hub.sessions) == 3)
+
+
+async def test_drain_tells_clients_then_closes_1012(start_server: StartServer) -> None:
+    server = await start_server(server__drain_grace_s=0.5)
+    a, b = await server.pair()
+    waiting = await server.connect()
+    await waiting.send("join_queue")
+    await waiting.expect("queued")
+    server.stop.set()
+    for client in (a, b, waiting):
+        assert await client.expect("server_draining") == {"reconnect_after_ms": 1000}
+    await waiting.send("join_queue")  # no new matches while draining
+    assert await waiting.expect("server_draining") == {"reconnect_after_ms": 1000}
+    for client in (a, b, waiting):
+        assert await client.expect_closed() == 1012
+    with trio.fail_after(5):
+        await server.stopped.wait()
+
+
+async def test_drain_ends_early_when_clients_leave(start_server: StartServer) -> None:
+    server = await start_server(server__drain_grace_s=30)
+    client: Client = await server.connect()
+    server.stop.set()
+    await client.expect("server_draining")
+    start = trio.current_time()
+    await client.send("disconnect")
+    assert await client.expect_closed() == 1000
+    with trio.fail_after(5):  # far less than the 30 s grace
+        await server.stopped.wait()
+    assert trio.current_time() - start < 5
