@@ -64,10 +64,14 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
         server = msgspec.structs.replace(server, port=port)
     config = msgspec.structs.replace(config, server=server)
     setup_logging(config.log.level, config.log.format)
+    failed = False
     try:
         trio.run(_serve_until_signalled, config)
-    except OSError as exc:
-        log.error("could not start: %s", exc)
+    except* OSError as group:  # the port is taken, the address is not ours, ...
+        for exc in group.exceptions:
+            log.error("could not start: %s", exc)
+        failed = True
+    if failed:
         sys.exit(1)
 
 

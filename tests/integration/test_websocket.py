@@ -292,7 +292,9 @@ async def test_handshake_token_in_header(server: Harness) -> None:
 
 
 async def test_handshake_foreign_origin_403(server: Harness) -> None:
-    rejected = await _rejected(server, server.token(), extra_headers=[("Origin", "https://evil.example")])
+    rejected = await _rejected(
+        server, server.token(), extra_headers=[("Origin", "https://evil.example")]
+    )
     assert rejected.status_code == 403
     host = server.url.removeprefix("http://")
     ws = await server.raw_connect(server.token(), headers=[("Origin", f"http://{host}")])

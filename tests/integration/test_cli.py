@@ -1,0 +1,159 @@
+"""The ``omiro`` command as a user runs it: real processes, real signals."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+START_S = 20.0
+OMIRO = str(Path(sys.executable).with_name("omiro"))  # the installed console script
+LISTENING = re.compile(r"listening on (http://\S+)")
+
+
+def omiro_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMIRO_")}
+    env.update(OMIRO_ICE_URLS="[]", **extra)
+    return env
+
+
+class ServerProcess:
+    def __init__(self, process: subprocess.Popen[str], url: str, log: list[str]) -> None:
+        self.process = process
+        self.url = url
+        self.log = log
+
+    def stop(self, signum: int) -> tuple[int, str]:
+        self.process.send_signal(signum)
+        _, err = self.process.communicate(timeout=START_S)
+        return self.process.returncode, "".join(self.log) + err
+
+
+@pytest.fixture
+def omiro_serve(tmp_path: Path) -> Iterator[ServerProcess]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "omiro_trio", "serve", "--host", "127.0.0.1", "--port", "0"],
+        cwd=tmp_path,  # never the source tree: the installed package runs
+        env=omiro_env(),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stderr is not None
+    log: list[str] = []
+    url = None
+    for line in process.stderr:  # bounded by the pytest timeout and START_S below
+        log.append(line)
+        found = LISTENING.search(line)
+        if found:
+            url = found.group(1)
+            break
+    assert url is not None, "".join(log)
+    yield ServerProcess(process, url, log)
+    if process.poll() is None:
+        process.kill()
+        process.communicate(timeout=START_S)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_serve_stops_cleanly_on_signal(omiro_serve: ServerProcess, signum: int) -> None:
+    assert httpx.get(f"{omiro_serve.url}/healthz", timeout=5).json() == {"status": "ok"}
+    code, log = omiro_serve.stop(signum)
+    assert code == 0, log
+    assert "Traceback" not in log
+    assert "draining" in log
+    assert "Omiro stopped" in log
+
+
+def test_serve_logs_random_secret_warning(omiro_serve: ServerProcess) -> None:
+    assert any("no session.secret configured" in line for line in omiro_serve.log)
+    omiro_serve.stop(signal.SIGTERM)
+
+
+def test_serve_port_in_use_exits_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "omiro_trio", "serve", "--port", str(port)],
+            cwd=tmp_path,
+            env=omiro_env(),
+            capture_output=True,
+            text=True,
+            timeout=START_S,
+        )
+    assert result.returncode == 1
+    assert "could not start" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_masks_secrets(tmp_path: Path) -> None:
+    config = tmp_path / "omiro.toml"
+    config.write_text("[server]\nport = 9000\n[limits]\nmax_chat_length = 500\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "omiro_trio", "check-config", "--config", str(config)],
+        cwd=tmp_path,
+        env=omiro_env(OMIRO_SESSION_SECRET="hunter2", OMIRO_ADMIN_TOKEN="t0ken"),
+        capture_output=True,
+        text=True,
+        timeout=START_S,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "port = 9000" in result.stdout
+    assert "max_chat_length = 500" in result.stdout
+    assert 'secret = "***"' in result.stdout
+    assert "hunter2" not in result.stdout
+    assert "t0ken" not in result.stdout
+
+
+def test_check_config_names_the_bad_key_and_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "omiro.toml"
+    config.write_text("[server]\nprot = 9000\n")
+    result = subprocess.run(
+        [OMIRO, "check-config", "--config", str(config)],
+        cwd=tmp_path,
+        env=omiro_env(),
+        capture_output=True,
+        text=True,
+        timeout=START_S,
+    )
+    assert result.returncode == 2
+    assert "server.prot" in result.stderr
+    assert str(config) in result.stderr
+
+
+def test_check_config_reads_omiro_config_env(tmp_path: Path) -> None:
+    config = tmp_path / "elsewhere.toml"
+    config.write_text('[backend]\nkind = "memory"\n[matchmaking]\ninterest_timeout_s = 2.5\n')
+    result = subprocess.run(
+        [OMIRO, "check-config"],
+        cwd=tmp_path,
+        env=omiro_env(OMIRO_CONFIG=str(config)),
+        capture_output=True,
+        text=True,
+        timeout=START_S,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "interest_timeout_s = 2.5" in result.stdout
+
+
+def test_sample_config_is_valid(tmp_path: Path) -> None:
+    sample = Path(__file__).parents[2] / "omiro.toml"
+    result = subprocess.run(
+        [OMIRO, "check-config", "--config", str(sample)],
+        cwd=tmp_path,
+        env=omiro_env(),
+        capture_output=True,
+        text=True,
+        timeout=START_S,
+    )
+    assert result.returncode == 0, result.stderr
