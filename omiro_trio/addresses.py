@@ -26,11 +26,14 @@ def _in_any(ip: str, networks: tuple[Network, ...]) -> bool:
 
 
 def _valid_ip(text: str) -> str | None:
-    text = text.strip()
+    """The canonical form of an address (IPv4-mapped IPv6 as IPv4), or None."""
     try:
-        return str(ipaddress.ip_address(text))
+        address = ipaddress.ip_address(text.strip())
     except ValueError:
         return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 def client_ip(
@@ -52,6 +55,7 @@ def client_ip(
         forwarded_for: every ``X-Forwarded-For`` header value, in order.
         trusted: the ``trusted_proxies`` networks.
     """
+    peer = _valid_ip(peer) or peer
     if not trusted or not _in_any(peer, trusted):
         return peer
     if cf_connecting_ip is not None:

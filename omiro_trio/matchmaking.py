@@ -23,6 +23,9 @@ are both available to each other are always matched when the later of them
 becomes available, so no pair is left waiting side by side.
 
 The partner that was already waiting (waited longest) is the caller.
+Within one queue, order is first come, first served by when each session
+entered that queue: a session with interests enters its mode's general
+queue when its interest timeout passes.
 """
 
 from __future__ import annotations

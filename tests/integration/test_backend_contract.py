@@ -1,0 +1,579 @@
+"""The backend contract: what every ``Backend`` must do, run against each one.
+
+Every test goes through the ``Backend`` Protocol only, so a new backend runs
+the whole suite by adding its name to the ``backend`` fixture's params.
+Methods outside the Protocol (``add_ban``, ``reports``) are used only where
+a backend has them; those tests skip otherwise. Time passes through trio's
+``autojump_clock`` (backends measure durations with ``trio.current_time``);
+nothing sleeps for real, and ``trio.fail_after`` bounds every wait.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from omiro_trio.backends.base import Backend, Ban, ReportRecord, Stats
+from omiro_trio.backends.memory import open_memory_backend
+from omiro_trio.matchmaking import Match, Preferences, Waiting
+
+INTEREST_TIMEOUT_S = 10.0
+COOLDOWN_S = 30.0
+BLOCK_TTL_S = 60.0
+WAIT_S = 600.0  # virtual seconds under autojump_clock: a hang fails at once
+
+
+@pytest.fixture(params=["memory"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    """An open backend with the timings above, closed at the end of the test."""
+    timings: dict[str, Any] = {
+        "interest_timeout_s": INTEREST_TIMEOUT_S,
+        "rematch_cooldown_s": COOLDOWN_S,
+        "block_ttl_s": BLOCK_TTL_S,
+    }
+    if request.param == "memory":
+        async with open_memory_backend(**timings) as opened:
+            yield opened
+    else:  # pragma: no cover - a new param without its branch
+        raise AssertionError(f"no backend {request.param!r}")
+
+
+def prefs(*interests: str, mode: str = "video") -> Preferences:
+    return Preferences(mode=mode, interests=interests)
+
+
+async def waits(backend: Backend, session_id: str, p: Preferences | None = None) -> Waiting:
+    result = await backend.join(session_id, p or prefs())
+    assert isinstance(result, Waiting), f"{session_id}: expected to wait, got {result}"
+    return result
+
+
+async def matches(backend: Backend, session_id: str, p: Preferences | None = None) -> Match:
+    result = await backend.join(session_id, p or prefs())
+    assert isinstance(result, Match), f"{session_id}: expected a match, got {result}"
+    return result
+
+
+async def former_partners(backend: Backend, a: str, b: str) -> None:
+    """Match ``a`` with ``b`` and end the match: their cooldown starts now."""
+    await waits(backend, a)
+    await matches(backend, b)
+    assert await backend.leave(a) is not None
+
+
+# -- liveness and sessions -------------------------------------------------
+
+
+async def test_ping_answers(backend: Backend) -> None:
+    with trio.fail_after(5):
+        await backend.ping()
+    assert isinstance(backend.server_id, str)
+    assert backend.server_id
+
+
+async def test_claim_session_refuses_a_second_claim(backend: Backend) -> None:
+    assert await backend.claim_session("s1") is True
+    assert await backend.claim_session("s1") is False
+    assert await backend.claim_session("s2") is True
+
+
+async def test_release_session_makes_it_claimable_again(backend: Backend) -> None:
+    assert await backend.claim_session("s1")
+    assert await backend.release_session("s1") is None
+    assert await backend.claim_session("s1") is True
+    assert await backend.claim_session("s1") is False
+
+
+async def test_release_session_of_a_waiting_session_leaves_the_queue(backend: Backend) -> None:
+    assert await backend.claim_session("a")
+    await waits(backend, "a")
+    assert await backend.release_session("a") is None
+    assert (await backend.stats()).waiting == 0
+    assert await backend.claim_session("b")
+    await waits(backend, "b")
+
+
+async def test_release_session_of_a_matched_session_returns_the_match(backend: Backend) -> None:
+    for sid in ("a", "b"):
+        assert await backend.claim_session(sid)
+    await waits(backend, "a")
+    formed = await matches(backend, "b")
+    ended = await backend.release_session("b")
+    assert ended == formed
+    # The partner is idle: leaving finds nothing, and it can join again.
+    assert await backend.leave("a") is None
+    await waits(backend, "a")
+    assert await backend.claim_session("c")
+    assert (await matches(backend, "c")).caller == "a"
+
+
+async def test_release_session_never_matches_the_released_one_later(backend: Backend) -> None:
+    await waits(backend, "a", prefs("music"))
+    await backend.release_session("a")
+    await waits(backend, "b", prefs("music"))
+    await waits(backend, "c")
+    assert (await backend.stats()).waiting == 2
+
+
+# -- join, widen, leave, block -------------------------------------------------
+
+
+async def test_join_first_session_waits_without_widen_timer(backend: Backend) -> None:
+    waiting = await waits(backend, "a")
+    assert waiting.widen_after_s is None
+
+
+async def test_join_matches_the_waiting_session_which_calls(backend: Backend) -> None:
+    await waits(backend, "a")
+    match = await matches(backend, "b")
+    assert (match.caller, match.callee, match.mode) == ("a", "b", "video")
+    assert match.common_interests == ()
+    assert match.should_call("a")
+    assert not match.should_call("b")
+    assert match.match_id
+
+
+async def test_join_match_ids_are_unique(backend: Backend) -> None:
+    ids = set()
+    for n in range(5):
+        await waits(backend, f"a{n}")
+        ids.add((await matches(backend, f"b{n}")).match_id)
+    assert len(ids) == 5
+
+
+async def test_join_modes_never_mix(backend: Backend) -> None:
+    await waits(backend, "v", prefs(mode="video"))
+    await waits(backend, "t", prefs(mode="text"))
+    await waits(backend, "vi", prefs("music", mode="video"))
+    await waits(backend, "ti", prefs("music", mode="text"))
+    assert (await backend.stats()).waiting == 4
+    match = await matches(backend, "t2", prefs(mode="text"))
+    assert (match.caller, match.mode) == ("t", "text")
+
+
+async def test_join_takes_the_oldest_waiting_partner(
+    backend: Backend, autojump_clock: trio.testing.MockClock
+) -> None:
+    await waits(backend, "old", prefs("music"))
+    await trio.sleep(1)
+    await waits(backend, "young", prefs("books"))
+    # The joiner names "books" first; "old" still waited longest.
+    match = await matches(backend, "c", prefs("books", "music"))
+    assert (match.caller, match.common_interests) == ("old", ("music",))
+    assert (await matches(backend, "d", prefs("books"))).caller == "young"
+
+
+async def test_join_shared_interest_matches_at_once(backend: Backend) -> None:
+    waiting = await waits(backend, "a", prefs("music", "books", "films"))
+    assert waiting.widen_after_s == INTEREST_TIMEOUT_S
+    match = await matches(backend, "b", prefs("films", "games", "music"))
+    assert match.caller == "a"
+    assert match.common_interests == ("films", "music")
+
+
+async def test_join_with_interests_does_not_take_a_no_interest_waiter(backend: Backend) -> None:
+    await waits(backend, "a")
+    waiting = await waits(backend, "b", prefs("music"))
+    assert waiting.widen_after_s == INTEREST_TIMEOUT_S
+    assert (await backend.stats()).waiting == 2
+
+
+@pytest.mark.parametrize(("interests_first", "caller"), [(True, "a"), (False, "b")])
+async def test_widen_after_the_interest_timeout_takes_anyone(
+    backend: Backend,
+    autojump_clock: trio.testing.MockClock,
+    interests_first: bool,
+    caller: str,
+) -> None:
+    if not interests_first:
+        await waits(backend, "b")
+        await trio.sleep(1)
+    waiting = await waits(backend, "a", prefs("music"))
+    if interests_first:
+        await trio.sleep(1)
+        await waits(backend, "b")
+    assert waiting.widen_after_s is not None
+    await trio.sleep(waiting.widen_after_s)
+    match = await backend.widen("a", waiting.ticket)
+    assert isinstance(match, Match)
+    assert {match.caller, match.callee} == {"a", "b"}
+    assert match.caller == caller  # whoever waited longer
+    assert match.common_interests == ()
+    assert (await backend.stats()).waiting == 0
+
+
+async def test_widen_with_nobody_available_waits_for_anyone(
+    backend: Backend, autojump_clock: trio.testing.MockClock
+) -> None:
+    waiting = await waits(backend, "a", prefs("music"))
+    await trio.sleep(INTEREST_TIMEOUT_S)
+    assert await backend.widen("a", waiting.ticket) is None
+    match = await matches(backend, "b")
+    assert (match.caller, match.common_interests) == ("a", ())
+
+
+async def test_widen_with_a_stale_ticket_does_nothing(
+    backend: Backend, autojump_clock: trio.testing.MockClock
+) -> None:
+    stale = await waits(backend, "a", prefs("music"))
+    await backend.leave("a")
+    fresh = await waits(backend, "a", prefs("music"))
+    await waits(backend, "b")
+    await trio.sleep(INTEREST_TIMEOUT_S)
+    assert await backend.widen("a", stale.ticket) is None
+    assert (await backend.stats()).waiting == 2
+    assert isinstance(await backend.widen("a", fresh.ticket), Match)
+
+
+async def test_widen_of_a_matched_session_does_nothing(backend: Backend) -> None:
+    waiting = await waits(backend, "a", prefs("music"))
+    formed = await matches(backend, "b", prefs("music"))
+    await waits(backend, "c")
+    assert await backend.widen("a", waiting.ticket) is None
+    assert await backend.leave("a") == formed
+
+
+async def test_leave_from_the_queue_returns_none(backend: Backend) -> None:
+    await waits(backend, "a", prefs("music"))
+    assert await backend.leave("a") is None
+    assert (await backend.stats()).waiting == 0
+    await waits(backend, "b", prefs("music"))
+
+
+async def test_leave_from_a_match_ends_it_for_both(backend: Backend) -> None:
+    await waits(backend, "a")
+    formed = await matches(backend, "b")
+    assert await backend.leave("a") == formed
+    assert await backend.leave("b") is None
+    assert await backend.leave("a") is None
+    # Both are idle: both can join again (and, former partners with nobody
+    # else waiting, meet again).
+    await waits(backend, "b")
+    assert (await matches(backend, "a")).caller == "b"
+
+
+async def test_leave_when_idle_returns_none(backend: Backend) -> None:
+    assert await backend.leave("nobody") is None
+
+
+async def test_block_prevents_a_match_even_when_nobody_else_waits(backend: Backend) -> None:
+    await backend.block("a", "b")
+    await waits(backend, "a")
+    await waits(backend, "b")
+    await waits(backend, "x", prefs(mode="text"))
+    assert (await backend.stats()).waiting == 3
+    # Blocks are per pair: a third session meets the oldest waiter.
+    assert (await matches(backend, "c")).caller == "a"
+
+
+async def test_block_works_in_both_directions(backend: Backend) -> None:
+    await backend.block("a", "b")
+    await waits(backend, "b", prefs("music"))
+    await waits(backend, "a", prefs("music"))
+    assert (await backend.stats()).waiting == 2
+
+
+async def test_block_expires_after_block_ttl(
+    backend: Backend, autojump_clock: trio.testing.MockClock
+) -> None:
+    await backend.block("a", "b")
+    await waits(backend, "a")
+    await trio.sleep(BLOCK_TTL_S - 1)
+    await waits(backend, "b")
+    await backend.leave("b")
+    await trio.sleep(1)
+    assert (await matches(backend, "b")).caller == "a"
+
+
+# -- cooldown and interest timeout in time ---------------------------------
+
+
+async def test_cooldown_skips_a_former_partner_while_someone_else_waits(
+    backend: Backend, autojump_clock: trio.testing.MockClock
+) -> None:
+    await former_partners(backend, "a", "b")
+    # Different interests keep "a" and "c" apart; "a" waited longer.
+    await waits(backend, "a", prefs("music"))
+    await trio.sleep(1)
+    await waits(backend, "c", prefs("books"))
+    match = await matches(backend, "b", prefs("music", "books"))
+    assert (match.caller, match.common_interests) == ("c", ("books",))
+
+
+async def test_cooldown_former_partner_matched_when_nobody_else_waits(backend: Backend) -> None:
+    await former_partners(backend, "a", "b")
+    await waits(backend, "a")
+    await waits(backend, "t", prefs(mode="text"))
+    assert (await matches(backend, "b")).caller == "a"
+
+
+async def test_cooldown_former_partner_fresh_again_after_rematch_cooldown(
+    backend: Backend, autojump_clock: trio.testing.MockClock
+) -> None:
+    await former_partners(backend, "a", "b")
+    await waits(backend, "a", prefs("music"))
+    await trio.sleep(1)
+    await waits(backend, "c", prefs("books"))
+    await trio.sleep(COOLDOWN_S - 1)
+    # "a" waited longest and is no longer a former partner of "b".
+    assert (await matches(backend, "b", prefs("music", "books"))).caller == "a"
+
+
+# -- rate limits -----------------------------------------------------------
+
+
+async def test_hit_rate_limit_allows_limit_then_gives_retry_after(
+    backend: Backend, autojump_clock: trio.testing.MockClock
+) -> None:
+    for _ in range(3):
+        assert await backend.hit_rate_limit("ip:1", 3, 10.0) is None
+    retry_after = await backend.hit_rate_limit("ip:1", 3, 10.0)
+    assert retry_after is not None
+    assert 0 < retry_after <= 10.0
+    # Other keys have their own window.
+    assert await backend.hit_rate_limit("ip:2", 3, 10.0) is None
+    await trio.sleep(retry_after)
+    assert await backend.hit_rate_limit("ip:1", 3, 10.0) is None
+
+
+async def test_hit_rate_limit_retry_after_shrinks_with_time(
+    backend: Backend, autojump_clock: trio.testing.MockClock
+) -> None:
+    assert await backend.hit_rate_limit("k", 1, 10.0) is None
+    await trio.sleep(4)
+    retry_after = await backend.hit_rate_limit("k", 1, 10.0)
+    assert retry_after == pytest.approx(6.0, abs=0.5)
+
+
+# -- stats, bans, reports, delivery, sweep ---------------------------------
+
+
+async def test_stats_counts_claimed_and_waiting_sessions(backend: Backend) -> None:
+    assert await backend.stats() == Stats(online=0, waiting=0)
+    for sid in ("a", "b", "c"):
+        assert await backend.claim_session(sid)
+    assert await backend.stats() == Stats(online=3, waiting=0)
+    await waits(backend, "a")
+    await waits(backend, "c", prefs(mode="text"))
+    assert await backend.stats() == Stats(online=3, waiting=2)
+    await matches(backend, "b")
+    assert await backend.stats() == Stats(online=3, waiting=1)
+    await backend.release_session("c")
+    assert await backend.stats() == Stats(online=2, waiting=0)
+
+
+def _add_ban(backend: Backend) -> Any:
+    add_ban = getattr(backend, "add_ban", None)
+    if add_ban is None:
+        pytest.skip("this backend has no add_ban")
+    return add_ban
+
+
+def _ban(target: str, until: float | None = None) -> Ban:
+    return Ban(target=target, reason="test", until=until, created_at=time.time())
+
+
+async def test_ban_for_matches_an_address(backend: Backend) -> None:
+    add_ban = _add_ban(backend)
+    assert await backend.ban_for("203.0.113.7") is None
+    ban = _ban("203.0.113.7", until=time.time() + 3600)
+    await add_ban(ban)
+    assert await backend.ban_for("203.0.113.7") == ban
+    assert await backend.ban_for("203.0.113.8") is None
+
+
+@pytest.mark.parametrize(
+    ("network", "inside", "outside"),
+    [
+        ("198.51.100.0/24", "198.51.100.42", "198.51.101.1"),
+        ("2001:db8::/32", "2001:db8::1", "2001:db9::1"),
+    ],
+)
+async def test_ban_for_matches_a_cidr(
+    backend: Backend, network: str, inside: str, outside: str
+) -> None:
+    add_ban = _add_ban(backend)
+    ban = _ban(network)
+    await add_ban(ban)
+    assert await backend.ban_for(inside) == ban
+    assert await backend.ban_for(outside) is None
+
+
+async def test_ban_for_ignores_an_expired_ban(backend: Backend) -> None:
+    add_ban = _add_ban(backend)
+    await add_ban(_ban("203.0.113.7", until=time.time() - 1))
+    await add_ban(_ban("198.51.100.0/24", until=time.time() - 1))
+    assert await backend.ban_for("203.0.113.7") is None
+    assert await backend.ban_for("198.51.100.9") is None
+
+
+async def test_ban_for_ignores_a_malformed_address(backend: Backend) -> None:
+    add_ban = _add_ban(backend)
+    await add_ban(_ban("0.0.0.0/0"))
+    assert await backend.ban_for("not-an-ip") is None
+    assert await backend.ban_for("192.0.2.1") is not None
+
+
+def _report(n: int) -> ReportRecord:
+    return ReportRecord(
+        reported_ip="203.0.113.7",
+        reported=f"bad{n}",
+        reporter=f"good{n}",
+        reporter_ip="198.51.100.1",
+        reason="spam",
+        at=1_700_000_000.0 + n,
+        transcript=("hi", f"line {n}"),
+    )
+
+
+async def test_record_report_keeps_reports_newest_first(backend: Backend) -> None:
+    reports = getattr(backend, "reports", None)
+    if reports is None:
+        pytest.skip("this backend has no reports()")
+    await backend.record_report(_report(1))
+    await backend.record_report(_report(2))
+    assert await reports() == [_report(2), _report(1)]
+
+
+async def test_publish_to_an_unknown_session_returns_false(backend: Backend) -> None:
+    assert await backend.publish("nobody", b"{}") is False
+
+
+async def test_run_bus_starts_and_stops_when_cancelled(backend: Backend) -> None:
+    received: list[bytes] = []
+
+    async def handler(message: bytes) -> None:
+        received.append(message)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(backend.run_bus, handler)
+            nursery.cancel_scope.cancel()
+    assert received == []
+
+
+async def test_sweep_keeps_what_is_in_force_and_expires_the_rest(
+    backend: Backend, autojump_clock: trio.testing.MockClock
+) -> None:
+    await backend.block("a", "b")
+    await former_partners(backend, "c", "d")
+    assert await backend.hit_rate_limit("k", 1, 10.0) is None
+    await trio.sleep(5)
+    await backend.sweep()
+    assert await backend.hit_rate_limit("k", 1, 10.0) is not None
+    await waits(backend, "a")
+    await waits(backend, "b")
+    assert (await backend.stats()).waiting == 2  # still blocked
+    await backend.leave("b")
+    await backend.leave("a")
+    # After every expiry and a sweep, nothing of it is left in force.
+    await trio.sleep(BLOCK_TTL_S)
+    await backend.sweep()
+    assert await backend.hit_rate_limit("k", 1, 10.0) is None
+    await waits(backend, "a")
+    assert (await matches(backend, "b")).caller == "a"
+    await waits(backend, "c")
+    assert (await matches(backend, "d")).caller == "c"
+
+
+async def test_sweep_leaves_sessions_and_queues_alone(backend: Backend) -> None:
+    for sid in ("a", "b", "c"):
+        assert await backend.claim_session(sid)
+    await waits(backend, "a")
+    await waits(backend, "b", prefs(mode="text"))
+    before = await backend.stats()
+    await backend.sweep()
+    assert await backend.stats() == before == Stats(online=3, waiting=2)
+    assert await backend.claim_session("a") is False
+    assert (await matches(backend, "c")).caller == "a"
+
+
+# -- concurrency -----------------------------------------------------------
+
+SESSIONS_N = 50
+ROUNDS = 6
+SEED = 20240611
+MODES = ("video", "video", "text")
+
+
+async def test_concurrent_joins_and_leaves_never_put_a_session_in_two_matches(
+    backend: Backend, autojump_clock: trio.testing.MockClock
+) -> None:
+    """50 sessions join, widen, leave and reconnect at once, in random order.
+
+    Each call is stamped with a logical clock before it starts and after it
+    returns. A match formed during a join/widen call lies within one wait of
+    each side (from the start of its join to the end of its leave); no wait
+    may hold two matches, no match may involve a session outside a wait, and
+    every match ends exactly once.
+    """
+    rng = random.Random(SEED)
+    tick = itertools.count()
+    waits_of: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    formed: dict[str, tuple[Match, int, int]] = {}
+    ended: Counter[str] = Counter()
+    ended_in: dict[tuple[str, int], str] = {}
+
+    def record_formed(match: Match | Waiting | None, start: int, end: int) -> None:
+        if isinstance(match, Match):
+            assert match.match_id not in formed, f"match id {match.match_id} reused"
+            formed[match.match_id] = (match, start, end)
+
+    async def session(sid: str, r: random.Random) -> None:
+        assert await backend.claim_session(sid)
+        for n in range(ROUNDS):
+            await trio.sleep(r.random() * 2)
+            p = prefs(*r.choice([(), (), ("x",), ("y",), ("x", "y")]), mode=r.choice(MODES))
+            start = next(tick)
+            result = await backend.join(sid, p)
+            record_formed(result, start, next(tick))
+            if isinstance(result, Waiting) and result.widen_after_s is not None:
+                await trio.sleep(r.random() * 2 * result.widen_after_s)
+                widen_start = next(tick)
+                widened = await backend.widen(sid, result.ticket)
+                record_formed(widened, widen_start, next(tick))
+            await trio.sleep(r.random() * 3)
+            last = n == ROUNDS - 1
+            release = last or r.random() < 0.2
+            if release:
+                match = await backend.release_session(sid)
+            else:
+                match = await backend.leave(sid)
+            waits_of[sid].append((start, next(tick)))
+            if match is not None:
+                ended[match.match_id] += 1
+                ended_in[(sid, n)] = match.match_id
+            if release and not last:
+                assert await backend.claim_session(sid)
+
+    sessions = [f"s{n:02d}" for n in range(SESSIONS_N)]
+    rng.shuffle(sessions)
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            for sid in sessions:
+                nursery.start_soon(session, sid, random.Random(rng.random()))
+
+    assert len(formed) >= SESSIONS_N, "too few matches to say anything"
+    assert set(ended) == set(formed), "a match formed but never ended, or the reverse"
+    assert all(count == 1 for count in ended.values()), f"ended twice: {ended}"
+    holder: dict[tuple[str, int], str] = {}
+    for match_id, (match, start, end) in formed.items():
+        for side in (match.caller, match.callee):
+            windows = [i for i, (ws, we) in enumerate(waits_of[side]) if ws <= end and we >= start]
+            assert windows, f"{match_id} formed with {side} outside any wait of its"
+            if len(windows) > 1:
+                continue  # the call overlapped two waits: cannot tell which
+            key = (side, windows[0])
+            assert key not in holder, f"{side} in {holder[key]} and {match_id} in one wait"
+            holder[key] = match_id
+    for key, match_id in ended_in.items():
+        assert holder.get(key, match_id) == match_id, f"{key} ended {match_id}"
+    assert await backend.stats() == Stats(online=0, waiting=0)
