@@ -25,6 +25,18 @@ def omiro_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_omiro(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``omiro`` console script to completion."""
+    return subprocess.run(
+        [OMIRO, *args],
+        cwd=cwd,
+        env=omiro_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=START_S,
+    )
+
+
 class ServerProcess:
     def __init__(self, process: subprocess.Popen[str], url: str, log: list[str]) -> None:
         self.process = process
@@ -99,13 +111,13 @@ def test_serve_port_in_use_exits_1(tmp_path: Path) -> None:
 def test_check_config_masks_secrets(tmp_path: Path) -> None:
     config = tmp_path / "omiro.toml"
     config.write_text("[server]\nport = 9000\n[limits]\nmax_chat_length = 500\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "omiro_trio", "check-config", "--config", str(config)],
-        cwd=tmp_path,
-        env=omiro_env(OMIRO_SESSION_SECRET="hunter2", OMIRO_ADMIN_TOKEN="t0ken"),
-        capture_output=True,
-        text=True,
-        timeout=START_S,
+    result = run_omiro(
+        tmp_path,
+        "check-config",
+        "--config",
+        str(config),
+        OMIRO_SESSION_SECRET="hunter2",
+        OMIRO_ADMIN_TOKEN="t0ken",
     )
     assert result.returncode == 0, result.stderr
     assert "port = 9000" in result.stdout
@@ -118,14 +130,7 @@ def test_check_config_masks_secrets(tmp_path: Path) -> None:
 def test_check_config_names_the_bad_key_and_exits_2(tmp_path: Path) -> None:
     config = tmp_path / "omiro.toml"
     config.write_text("[server]\nprot = 9000\n")
-    result = subprocess.run(
-        [OMIRO, "check-config", "--config", str(config)],
-        cwd=tmp_path,
-        env=omiro_env(),
-        capture_output=True,
-        text=True,
-        timeout=START_S,
-    )
+    result = run_omiro(tmp_path, "check-config", "--config", str(config))
     assert result.returncode == 2
     assert "server.prot" in result.stderr
     assert str(config) in result.stderr
@@ -134,26 +139,12 @@ def test_check_config_names_the_bad_key_and_exits_2(tmp_path: Path) -> None:
 def test_check_config_reads_omiro_config_env(tmp_path: Path) -> None:
     config = tmp_path / "elsewhere.toml"
     config.write_text('[backend]\nkind = "memory"\n[matchmaking]\ninterest_timeout_s = 2.5\n')
-    result = subprocess.run(
-        [OMIRO, "check-config"],
-        cwd=tmp_path,
-        env=omiro_env(OMIRO_CONFIG=str(config)),
-        capture_output=True,
-        text=True,
-        timeout=START_S,
-    )
+    result = run_omiro(tmp_path, "check-config", OMIRO_CONFIG=str(config))
     assert result.returncode == 0, result.stderr
     assert "interest_timeout_s = 2.5" in result.stdout
 
 
 def test_sample_config_is_valid(tmp_path: Path) -> None:
     sample = Path(__file__).parents[2] / "omiro.toml"
-    result = subprocess.run(
-        [OMIRO, "check-config", "--config", str(sample)],
-        cwd=tmp_path,
-        env=omiro_env(),
-        capture_output=True,
-        text=True,
-        timeout=START_S,
-    )
+    result = run_omiro(tmp_path, "check-config", "--config", str(sample))
     assert result.returncode == 0, result.stderr
