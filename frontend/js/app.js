@@ -1,0 +1,687 @@
+// Omiro's page: the user's intent, the screen state, and the wiring between
+// signaling (signaling.js), the call (call.js), the chat (chat.js), the
+// devices (media.js) and the interests field (interests.js).
+//
+// States (shown in body[data-state] and on the status line's data-state):
+//   idle          nothing going on; Start is the one big button
+//   starting      asking for the camera, fetching a session, opening the socket
+//   waiting       in the queue ("Looking for someone…"), also right after a
+//                 partner left or we pressed Next
+//   connected     matched with a stranger (the call may still be connecting)
+//   reconnecting  the socket dropped or the server is draining; we come back
+//                 and rejoin the queue by ourselves
+//   blocked       banned, or the devices were refused; a notice says what to do
+//
+// Invariant: `searching` is the user's wish to be in the queue or in a chat.
+// Every path that (re)gains a ready socket while `searching` sends
+// `join_queue`; every path that ends a match calls endCall(), which leaves no
+// RTCPeerConnection, remote track or timer behind.
+
+import { Signaling } from "./signaling.js";
+import { Call, peerConnectionCounts } from "./call.js";
+import { ChatView, TitleFlasher, TypingReporter } from "./chat.js";
+import { LocalMedia, describeMediaError } from "./media.js";
+import { InterestsField } from "./interests.js";
+
+const STATS_POLL_MS = 15_000;
+const QUALITY_POLL_MS = 2_000;
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  body: document.body,
+  start: $("start"),
+  next: $("next"),
+  stop: $("stop"),
+  report: $("report"),
+  reportDialog: $("report-dialog"),
+  textMode: $("text-mode"),
+  status: $("status"),
+  notice: $("notice"),
+  noticeText: $("notice-text"),
+  noticeActions: $("notice-actions"),
+  remoteVideo: $("remote-video"),
+  localVideo: $("local-video"),
+  unmuteRemote: $("unmute-remote"),
+  overlayCaption: $("overlay-caption"),
+  quality: $("quality"),
+  mute: $("mute"),
+  camera: $("camera"),
+  online: document.querySelector('[data-testid="online-count"] .online-text'),
+  composer: $("composer"),
+  chatInput: $("chat-input"),
+};
+
+const signaling = new Signaling();
+const media = new LocalMedia();
+const flasher = new TitleFlasher();
+const interests = new InterestsField({ input: $("interests"), chips: $("interest-chips") });
+const chat = new ChatView({
+  log: $("chat-log"),
+  input: ui.chatInput,
+  sendButton: $("chat-send"),
+  typing: $("typing"),
+  counter: $("char-count"),
+});
+const typing = new TypingReporter((on) => signaling.send("typing", { typing: on }));
+
+let state = "idle";
+let searching = false;
+let prefs = null; // what the server last heard from join_queue: {mode, interests}
+let match = null; // {id, partner, commonInterests, shouldCall}
+let call = null;
+let micOn = true;
+let cameraOn = true;
+let qualityTimer = null;
+let countdownTimer = null;
+let lastQuality = null;
+let partnerLeft = false; // the last match ended from the other side
+const stateLog = [];
+const reconnects = []; // {reason, delayMs} of every scheduled reconnection
+
+// ---------------------------------------------------------------- state
+
+function setState(next, text) {
+  if (next !== state) stateLog.push(next);
+  state = next;
+  ui.body.dataset.state = next;
+  ui.status.dataset.state = next;
+  if (text !== undefined) ui.status.textContent = text;
+  const active = searching && next !== "blocked";
+  ui.start.hidden = active;
+  ui.next.hidden = !active;
+  ui.stop.hidden = !active;
+  ui.next.disabled = next !== "connected";
+  ui.report.hidden = next !== "connected";
+  ui.textMode.disabled = active;
+  ui.body.dataset.active = String(active);
+  if (next === "connected") {
+    chat.setEnabled(true, "Say hi…");
+  } else {
+    chat.setEnabled(false, next === "waiting" ? "Waiting for a stranger…" : "Start to chat…");
+    chat.showTyping(false);
+  }
+}
+
+function currentMode() {
+  return ui.textMode.checked ? "text" : "video";
+}
+
+function waitingText() {
+  if (partnerLeft) return "Stranger left. Looking for someone new…";
+  const tags = prefs?.interests ?? [];
+  return tags.length
+    ? `Looking for someone who likes ${listText(tags)}…`
+    : "Looking for someone…";
+}
+
+function listText(items) {
+  if (items.length <= 1) return items.join("");
+  return `${items.slice(0, -1).join(", ")} and ${items[items.length - 1]}`;
+}
+
+// --------------------------------------------------------------- notices
+
+/** Show a message with optional buttons: [{label, action, primary}]. */
+function showNotice(text, actions = [], tone = "warn") {
+  ui.notice.hidden = false;
+  ui.notice.dataset.tone = tone;
+  ui.noticeText.textContent = text;
+  ui.noticeActions.replaceChildren(
+    ...actions.map(({ label, action, primary, testid }) => {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = primary ? "btn btn-small btn-primary" : "btn btn-small btn-ghost";
+      button.textContent = label;
+      if (testid) button.dataset.testid = testid;
+      button.addEventListener("click", action);
+      return button;
+    }),
+  );
+}
+
+function hideNotice() {
+  ui.notice.hidden = true;
+  ui.noticeActions.replaceChildren();
+  clearInterval(countdownTimer);
+  countdownTimer = null;
+}
+
+/** Run render(secondsLeft) every second until the deadline. */
+function countdown(delayMs, render) {
+  clearInterval(countdownTimer);
+  const deadline = performance.now() + delayMs;
+  const tick = () => {
+    const left = Math.max(0, Math.ceil((deadline - performance.now()) / 1000));
+    render(left);
+    if (left === 0) {
+      clearInterval(countdownTimer);
+      countdownTimer = null;
+    }
+  };
+  tick();
+  countdownTimer = setInterval(tick, 1000);
+}
+
+// ---------------------------------------------------------- user actions
+
+async function start() {
+  if (searching) return;
+  hideNotice();
+  searching = true;
+  partnerLeft = false;
+  const mode = currentMode();
+  if (mode === "video") {
+    setState("starting", "Allow your camera and microphone to start…");
+    try {
+      await media.open();
+    } catch (err) {
+      searching = false;
+      setState("blocked", "Video chat needs your camera and microphone.");
+      showNotice(describeMediaError(err), [
+        { label: "Chat by text instead", primary: true, testid: "use-text", action: startTextInstead },
+        { label: "Try again", action: () => start() },
+      ]);
+      return;
+    }
+    if (!searching) {
+      media.close(); // Stop was pressed while the permission prompt was open
+      return;
+    }
+    showLocalPreview();
+  } else {
+    media.close();
+  }
+  ui.body.dataset.mode = mode;
+  setState("starting", "Connecting…");
+  signaling.open();
+  if (signaling.ready) joinQueue();
+}
+
+function startTextInstead() {
+  ui.textMode.checked = true;
+  ui.body.dataset.mode = "text";
+  start();
+}
+
+function joinQueue() {
+  const wanted = { mode: currentMode(), interests: interests.tags };
+  if (signaling.send("join_queue", wanted)) {
+    prefs = wanted;
+    if (!match) setState("waiting", waitingText());
+  }
+}
+
+function samePrefs(a, b) {
+  return a && b && a.mode === b.mode && a.interests.join("\n") === b.interests.join("\n");
+}
+
+function next() {
+  if (!searching || (state !== "connected" && state !== "waiting")) return;
+  const wanted = { mode: currentMode(), interests: interests.tags };
+  const changed = !samePrefs(prefs, wanted);
+  if (state === "waiting" && !changed) return; // already looking
+  if (match) chat.addSystem("You skipped this stranger.");
+  endCall();
+  partnerLeft = false;
+  if (changed) joinQueue();
+  else signaling.send("next");
+  // If the socket is down, the reconnection rejoins the queue by itself.
+  setState("waiting", waitingText());
+}
+
+function stop() {
+  if (!searching && state !== "starting") return;
+  searching = false;
+  partnerLeft = false;
+  if (match) chat.addSystem("You ended the chat.");
+  endCall();
+  if (signaling.ready) signaling.send("leave_queue");
+  else signaling.close(); // no need to keep retrying for someone who left
+  media.close();
+  hideLocalPreview();
+  hideNotice();
+  setState("idle", "Press Start to meet someone new.");
+}
+
+function sendChat() {
+  const text = chat.draft;
+  if (!text || !match) return;
+  if (signaling.send("chat", { message: text })) {
+    chat.addMessage("you", text);
+    chat.clearDraft();
+    typing.stop();
+  }
+}
+
+function openReport() {
+  if (!match) return;
+  ui.reportDialog.returnValue = "";
+  ui.reportDialog.showModal();
+}
+
+function report(reason) {
+  if (!match) return;
+  if (!signaling.send("report", { reason })) return;
+  chat.addSystem("Thanks. You reported this stranger and won't meet them again.", "good");
+  endCall();
+  // The server leaves us idle after a report; look for the next person.
+  joinQueue();
+  setState("waiting", waitingText());
+}
+
+function toggleMic() {
+  micOn = !micOn;
+  media.setMicEnabled(micOn);
+  ui.mute.setAttribute("aria-pressed", String(!micOn));
+  ui.mute.title = micOn ? "Mute microphone (M)" : "Unmute microphone (M)";
+  ui.mute.querySelector(".sr-only").textContent = micOn ? "Mute microphone" : "Unmute microphone";
+}
+
+function toggleCamera() {
+  cameraOn = !cameraOn;
+  media.setCameraEnabled(cameraOn);
+  ui.camera.setAttribute("aria-pressed", String(!cameraOn));
+  ui.camera.title = cameraOn ? "Turn camera off (V)" : "Turn camera on (V)";
+  ui.camera.querySelector(".sr-only").textContent = cameraOn ? "Turn camera off" : "Turn camera on";
+  ui.body.dataset.camera = cameraOn ? "on" : "off";
+}
+
+// ------------------------------------------------------------- the call
+
+function showLocalPreview() {
+  ui.localVideo.srcObject = media.stream;
+  ui.localVideo.play().catch(() => {});
+  media.setMicEnabled(micOn);
+  media.setCameraEnabled(cameraOn);
+  ui.body.dataset.preview = media.hasVideo ? "on" : "off";
+}
+
+function hideLocalPreview() {
+  ui.localVideo.srcObject = null;
+  ui.body.dataset.preview = "off";
+}
+
+function beginCall(shouldCall) {
+  call = new Call({
+    iceServers: signaling.hello?.ice_servers ?? [],
+    polite: !shouldCall,
+    localStream: media.stream,
+    send: (op, data) => signaling.send(op, data),
+  });
+  const thisCall = call;
+  call.addEventListener("track", () => {
+    if (call !== thisCall) return;
+    if (ui.remoteVideo.srcObject !== thisCall.remoteStream) {
+      ui.remoteVideo.srcObject = thisCall.remoteStream;
+      playRemote();
+    }
+  });
+  call.addEventListener("state", ({ detail }) => {
+    if (call !== thisCall) return;
+    ui.body.dataset.call = detail.state;
+    if (detail.state === "failed" || detail.state === "disconnected") {
+      ui.overlayCaption.textContent = "The video connection dropped. Trying to restore it…";
+    }
+  });
+  ui.body.dataset.call = "new";
+  ui.body.dataset.media = "pending";
+  ui.overlayCaption.textContent = "Connecting video…";
+  qualityTimer = setInterval(updateQuality, QUALITY_POLL_MS);
+}
+
+function playRemote() {
+  ui.remoteVideo.muted = false;
+  ui.remoteVideo.play().catch(() => {
+    // Autoplay with sound was refused: play muted and offer a tap to unmute.
+    ui.remoteVideo.muted = true;
+    ui.remoteVideo.play().catch(() => {});
+    ui.unmuteRemote.hidden = false;
+  });
+}
+
+function endCall() {
+  match = null;
+  typing.reset();
+  chat.showTyping(false);
+  clearInterval(qualityTimer);
+  qualityTimer = null;
+  lastQuality = null;
+  ui.quality.hidden = true;
+  ui.unmuteRemote.hidden = true;
+  if (call) {
+    call.close();
+    call = null;
+  }
+  ui.remoteVideo.pause();
+  ui.remoteVideo.srcObject = null;
+  ui.remoteVideo.removeAttribute("src");
+  delete ui.body.dataset.call;
+  delete ui.body.dataset.media;
+}
+
+async function updateQuality() {
+  const current = call;
+  if (!current) return;
+  let quality = null;
+  try {
+    quality = await current.quality();
+  } catch {
+    /* closed meanwhile */
+  }
+  if (current !== call) return;
+  lastQuality = quality;
+  if (!quality) {
+    ui.quality.hidden = true;
+    return;
+  }
+  const rtt = quality.rttMs;
+  const grade = rtt === null ? "ok" : rtt < 150 ? "good" : rtt < 400 ? "ok" : "poor";
+  ui.quality.dataset.grade = grade;
+  ui.quality.dataset.path = quality.path;
+  ui.quality.textContent = `${rtt === null ? "–" : rtt} ms · ${quality.path}`;
+  ui.quality.title =
+    quality.path === "relayed"
+      ? "Round-trip time; the call goes through a relay server"
+      : "Round-trip time; the call goes directly between you";
+  ui.quality.hidden = false;
+}
+
+// ------------------------------------------------------ server messages
+
+const handlers = {
+  queued() {
+    if (searching && !match) setState("waiting", waitingText());
+  },
+
+  match_found(data) {
+    if (!searching) return; // crossed our leave_queue; the server ends it
+    endCall();
+    partnerLeft = false;
+    match = {
+      id: data.match_id ?? null,
+      partner: data.partner ?? null,
+      commonInterests: Array.isArray(data.common_interests) ? data.common_interests.map(String) : [],
+      shouldCall: data.should_call === true,
+    };
+    chat.clear();
+    const common = match.commonInterests;
+    const mode = data.mode === "text" ? "text" : "video";
+    chat.addSystem(
+      mode === "text"
+        ? "You're now chatting with a random stranger. Say hi!"
+        : "You're now talking with a random stranger. Say hi!",
+      "good",
+    );
+    if (common.length) chat.addSystem(`You both like ${listText(common)}.`, "good");
+    setState(
+      "connected",
+      common.length
+        ? `You're talking with a stranger · you both like ${listText(common)}`
+        : "You're talking with a stranger",
+    );
+    if (mode === "video" && media.stream) beginCall(match.shouldCall);
+    flasher.notify("Stranger found!");
+    chat.focus();
+    refreshOnline();
+  },
+
+  partner_disconnected(data) {
+    if (!match) return; // we had already moved on (next/stop/report)
+    const reason = data.reason;
+    chat.addSystem(
+      reason === "next"
+        ? "Stranger skipped to someone else."
+        : reason === "timeout"
+          ? "Stranger's connection timed out."
+          : reason === "reported"
+            ? "The chat was ended."
+            : "Stranger has disconnected.",
+      "warn",
+    );
+    endCall();
+    flasher.notify("Stranger left");
+    if (!searching) return;
+    partnerLeft = true;
+    setState("waiting", waitingText());
+    joinQueue();
+  },
+
+  chat(data) {
+    if (!match || typeof data.message !== "string") return;
+    chat.showTyping(false);
+    chat.addMessage("stranger", data.message);
+    flasher.notify("New message");
+  },
+
+  typing(data) {
+    if (match) chat.showTyping(data.typing === true);
+  },
+
+  webrtc_offer(data, op) {
+    call?.handleSignal(op, data);
+  },
+  webrtc_answer(data, op) {
+    call?.handleSignal(op, data);
+  },
+  ice_candidate(data, op) {
+    call?.handleSignal(op, data);
+  },
+
+  error(data) {
+    switch (data.code) {
+      case "not_matched":
+        // Our `next` crossed the partner's: we are out of the match but not
+        // queued, so queue now.
+        if (data.op === "next" && searching && !match) joinQueue();
+        break;
+      case "message_too_long":
+        chat.addSystem(`That message is too long (at most ${chat.maxLength} characters).`, "warn");
+        break;
+      case "rate_limited":
+        chat.addSystem("You're going a bit fast. Wait a moment and try again.", "warn");
+        if (data.op === "next" && searching && !match) joinQueue();
+        break;
+      case "banned":
+        break; // signaling emits "banned"
+      default:
+        if (data.op === "join_queue") {
+          showNotice(`The server refused to queue you: ${data.message || data.code}`);
+        }
+        console.warn("omiro: server error", data);
+    }
+  },
+};
+
+const RELAYED = new Set(["chat", "typing", "webrtc_offer", "webrtc_answer", "ice_candidate"]);
+
+signaling.addEventListener("message", ({ detail: { op, data } }) => {
+  // Relayed messages name their sender; anything not from the current
+  // partner is a leftover of an earlier match and is dropped.
+  if (RELAYED.has(op) && (!match || (data.from && match.partner && data.from !== match.partner))) return;
+  handlers[op]?.(data, op);
+});
+
+signaling.addEventListener("ready", ({ detail: { hello } }) => {
+  const max = hello?.limits?.max_chat_length;
+  if (Number.isInteger(max)) chat.maxLength = max;
+  hideNotice();
+  if (searching) joinQueue();
+  refreshOnline();
+});
+
+signaling.addEventListener("reconnecting", ({ detail: { reason, delayMs } }) => {
+  reconnects.push({ reason, delayMs });
+  if (match) chat.addSystem("Lost the connection to the server; this chat has ended.", "warn");
+  endCall();
+  partnerLeft = false;
+  if (!searching) return;
+  const what =
+    reason === "draining"
+      ? "The server is restarting."
+      : reason === "rate_limited"
+        ? "Too many new connections from your network."
+        : reason === "unreachable"
+          ? navigator.onLine === false
+            ? "You seem to be offline."
+            : "Can't reach the server."
+          : "Lost the connection to the server.";
+  setState("reconnecting", `${what} Reconnecting…`);
+  countdown(delayMs, (left) => {
+    showNotice(
+      left > 0 ? `${what} Trying again in ${left} s…` : `${what} Reconnecting…`,
+      [{ label: "Retry now", action: () => signaling.retryNow(), testid: "retry" }],
+      "info",
+    );
+  });
+});
+
+signaling.addEventListener("banned", ({ detail: { message, until } }) => {
+  searching = false;
+  endCall();
+  media.close();
+  hideLocalPreview();
+  const when = until ? ` until ${new Date(until * 1000).toLocaleString()}` : "";
+  setState("blocked", "You can't use Omiro right now.");
+  showNotice(`You have been banned from Omiro${when}.${message ? ` ${message}` : ""}`, [], "error");
+  ui.start.disabled = true;
+  ui.body.dataset.banned = "true";
+});
+
+signaling.addEventListener("closed", () => {
+  if (searching) return;
+  endCall();
+});
+
+// ------------------------------------------------------------ online count
+
+async function refreshOnline() {
+  try {
+    const response = await fetch(new URL("stats", document.baseURI), { cache: "no-store" });
+    if (!response.ok) throw new Error(String(response.status));
+    const stats = await response.json();
+    const online = Number(stats.online) || 0;
+    ui.online.textContent = `${online.toLocaleString()} online`;
+    ui.online.parentElement.dataset.online = String(online);
+  } catch {
+    ui.online.textContent = "offline";
+    delete ui.online.parentElement.dataset.online;
+  }
+}
+
+// ------------------------------------------------------------------ wiring
+
+ui.start.addEventListener("click", () => start());
+ui.next.addEventListener("click", () => next());
+ui.stop.addEventListener("click", () => stop());
+ui.report.addEventListener("click", () => openReport());
+ui.mute.addEventListener("click", () => toggleMic());
+ui.camera.addEventListener("click", () => toggleCamera());
+ui.remoteVideo.addEventListener("playing", () => {
+  if (call) ui.body.dataset.media = "playing";
+});
+ui.unmuteRemote.addEventListener("click", () => {
+  ui.remoteVideo.muted = false;
+  ui.unmuteRemote.hidden = true;
+});
+ui.reportDialog.addEventListener("close", () => {
+  if (ui.reportDialog.returnValue !== "report") return;
+  const chosen = ui.reportDialog.querySelector('input[name="reason"]:checked');
+  report(chosen?.value ?? "other");
+});
+ui.textMode.addEventListener("change", () => {
+  ui.body.dataset.mode = currentMode();
+});
+interests.addEventListener("change", () => {
+  // While only waiting, new interests take effect at once.
+  if (searching && state === "waiting" && !match) joinQueue();
+});
+
+ui.composer.addEventListener("submit", (event) => {
+  event.preventDefault();
+  sendChat();
+});
+ui.chatInput.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    sendChat();
+  }
+});
+ui.chatInput.addEventListener("input", () => {
+  if (match) typing.keystroke(ui.chatInput.value.trim().length > 0);
+});
+ui.chatInput.addEventListener("blur", () => typing.stop());
+
+document.addEventListener("keydown", (event) => {
+  if (event.defaultPrevented || ui.reportDialog.open) return;
+  if (event.key === "Escape") {
+    event.preventDefault();
+    next();
+    return;
+  }
+  const target = event.target;
+  const typingInField =
+    target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement || target?.isContentEditable;
+  if (typingInField || event.ctrlKey || event.metaKey || event.altKey) return;
+  if (event.key === "m" || event.key === "M") toggleMic();
+  else if (event.key === "v" || event.key === "V") toggleCamera();
+});
+
+window.addEventListener("online", () => signaling.retryNow());
+window.addEventListener("pagehide", () => signaling.close());
+window.addEventListener("pageshow", (event) => {
+  // Back from the back/forward cache: the socket is gone, start afresh.
+  if (event.persisted) location.reload();
+});
+document.addEventListener("visibilitychange", () => {
+  if (!document.hidden) refreshOnline();
+});
+
+setInterval(() => {
+  if (!document.hidden) refreshOnline();
+}, STATS_POLL_MS);
+refreshOnline();
+ui.body.dataset.mode = currentMode();
+ui.body.dataset.preview = "off";
+ui.body.dataset.camera = "on";
+setState("idle", "Press Start to meet someone new.");
+
+// A read-only window for tests and curious users (documented in docs/frontend.md).
+window.omiro = Object.freeze({
+  get state() {
+    return state;
+  },
+  stateLog,
+  reconnects,
+  get searching() {
+    return searching;
+  },
+  get sessionId() {
+    return signaling.sessionId;
+  },
+  get matchId() {
+    return match?.id ?? null;
+  },
+  get partnerId() {
+    return match?.partner ?? null;
+  },
+  get call() {
+    return call;
+  },
+  get pc() {
+    return call?.pc ?? null;
+  },
+  peerConnections: peerConnectionCounts,
+  get getUserMediaCalls() {
+    return media.getUserMediaCalls;
+  },
+  get gumCalled() {
+    return media.getUserMediaCalls > 0;
+  },
+  get quality() {
+    return lastQuality;
+  },
+  get prefs() {
+    return prefs;
+  },
+  signaling,
+});

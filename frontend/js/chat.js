@@ -1,0 +1,193 @@
+// The text chat beside the call: the message list, the composer, the
+// "Stranger is typing…" line, and the tab-title flash for unread messages.
+//
+// Invariant: text from the network is only ever put into the page with
+// textContent, never parsed as HTML.
+
+const TYPING_IDLE_MS = 3_000; // we stop "typing" after this long without a keystroke
+const TYPING_STALE_MS = 8_000; // a partner's "typing" that was never cleared expires
+const FLASH_INTERVAL_MS = 1_000;
+
+export class ChatView {
+  #log;
+  #input;
+  #sendButton;
+  #typing;
+  #counter;
+  #typingTimer = null;
+  #maxLength = 1000;
+
+  constructor({ log, input, sendButton, typing, counter }) {
+    this.#log = log;
+    this.#input = input;
+    this.#sendButton = sendButton;
+    this.#typing = typing;
+    this.#counter = counter;
+    input.addEventListener("input", () => this.#refresh());
+  }
+
+  get maxLength() {
+    return this.#maxLength;
+  }
+
+  set maxLength(n) {
+    if (Number.isInteger(n) && n > 0) {
+      this.#maxLength = n;
+      this.#input.maxLength = n;
+      this.#refresh();
+    }
+  }
+
+  /** The composer's text, trimmed, or "" if there is nothing sendable. */
+  get draft() {
+    const text = this.#input.value.trim();
+    return text.length > 0 && text.length <= this.#maxLength ? text : "";
+  }
+
+  clearDraft() {
+    this.#input.value = "";
+    this.#refresh();
+  }
+
+  setEnabled(enabled, placeholder) {
+    this.#input.disabled = !enabled;
+    if (placeholder) this.#input.placeholder = placeholder;
+    this.#refresh();
+  }
+
+  focus() {
+    if (!this.#input.disabled) this.#input.focus({ preventScroll: true });
+  }
+
+  clear() {
+    this.#log.replaceChildren();
+    this.showTyping(false);
+  }
+
+  /** who: "you" or "stranger". */
+  addMessage(who, text) {
+    const item = document.createElement("li");
+    item.className = `msg msg-${who}`;
+    const author = document.createElement("span");
+    author.className = "msg-author";
+    author.textContent = who === "you" ? "You" : "Stranger";
+    const body = document.createElement("span");
+    body.className = "msg-text";
+    body.textContent = text;
+    item.append(author, body);
+    this.#append(item);
+  }
+
+  /** A line from Omiro itself; tone: "info", "good" or "warn". */
+  addSystem(text, tone = "info") {
+    const item = document.createElement("li");
+    item.className = `msg msg-system tone-${tone}`;
+    item.textContent = text;
+    this.#append(item);
+  }
+
+  showTyping(on) {
+    clearTimeout(this.#typingTimer);
+    this.#typingTimer = null;
+    this.#typing.hidden = !on;
+    if (on) this.#typingTimer = setTimeout(() => this.showTyping(false), TYPING_STALE_MS);
+  }
+
+  #append(item) {
+    const log = this.#log;
+    const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 48;
+    log.append(item);
+    if (atBottom || !item.classList.contains("msg-stranger")) log.scrollTop = log.scrollHeight;
+  }
+
+  #refresh() {
+    const length = this.#input.value.trim().length;
+    this.#sendButton.disabled = this.#input.disabled || length === 0 || length > this.#maxLength;
+    const left = this.#maxLength - this.#input.value.length;
+    const show = !this.#input.disabled && left < Math.min(100, this.#maxLength / 5);
+    this.#counter.hidden = !show;
+    this.#counter.textContent = show ? String(left) : "";
+    // Grow with the text, up to the CSS max-height.
+    this.#input.style.height = "auto";
+    this.#input.style.height = `${this.#input.scrollHeight}px`;
+  }
+}
+
+/** Sends typing true on the first keystroke and false when the user pauses. */
+export class TypingReporter {
+  #send;
+  #typing = false;
+  #timer = null;
+
+  constructor(send) {
+    this.#send = send;
+  }
+
+  keystroke(hasText) {
+    clearTimeout(this.#timer);
+    if (!hasText) {
+      this.stop();
+      return;
+    }
+    if (!this.#typing) {
+      this.#typing = true;
+      this.#send(true);
+    }
+    this.#timer = setTimeout(() => this.stop(), TYPING_IDLE_MS);
+  }
+
+  stop() {
+    clearTimeout(this.#timer);
+    this.#timer = null;
+    if (this.#typing) {
+      this.#typing = false;
+      this.#send(false);
+    }
+  }
+
+  /** Forget state without telling anyone (the match is over). */
+  reset() {
+    clearTimeout(this.#timer);
+    this.#timer = null;
+    this.#typing = false;
+  }
+}
+
+/** Alternates the tab title while the page is hidden and something happened. */
+export class TitleFlasher {
+  #base;
+  #timer = null;
+  #count = 0;
+
+  constructor() {
+    this.#base = document.title;
+    document.addEventListener("visibilitychange", () => {
+      if (!document.hidden) this.stop();
+    });
+  }
+
+  get unread() {
+    return this.#count;
+  }
+
+  /** Call for each event; does nothing while the tab is visible. */
+  notify(label) {
+    if (!document.hidden) return;
+    this.#count += 1;
+    const text = this.#count > 1 ? `(${this.#count}) ${label}` : label;
+    clearInterval(this.#timer);
+    let on = true;
+    document.title = text;
+    this.#timer = setInterval(() => {
+      on = !on;
+      document.title = on ? text : this.#base;
+    }, FLASH_INTERVAL_MS);
+  }
+
+  stop() {
+    clearInterval(this.#timer);
+    this.#timer = null;
+    this.#count = 0;
+    document.title = this.#base;
+  }
+}

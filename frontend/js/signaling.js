@@ -1,0 +1,255 @@
+// The session and its WebSocket to the Omiro server (PROTOCOL.md, version 1).
+//
+// Invariants:
+// * Every connection attempt fetches a fresh token from `session/new`: a
+//   token whose session is already connected, or has expired, is refused by
+//   the server, so reusing one after a drop would only fail.
+// * While `wanted` is true a lost socket is reopened after a jittered,
+//   exponentially growing delay (reset by a `hello`); `server_draining`
+//   replaces the backoff with the server's own delay plus jitter, so a
+//   restarting server is not hit by every client in the same millisecond.
+// * Being banned (403 from `session/new`, close code 1008, or an `error`
+//   with code `banned`) ends the wish to be connected: nothing retries.
+// * URLs are relative to the page (document.baseURI), so Omiro works behind a
+//   reverse proxy under a path prefix; the WebSocket URL is absolute because
+//   the WebSocket constructor needs ws:// or wss://.
+//
+// Events (all CustomEvent, details in `event.detail`):
+//   ready         {hello}                   hello received; send() works now
+//   message       {op, data}                any other server message
+//   reconnecting  {reason, delayMs, attempt} a new attempt is scheduled; reason is
+//                 draining, lost, unreachable, rate_limited or server_error
+//   banned        {message, until}          until: unix seconds or null
+//   closed        {code}                    socket closed and no retry follows
+
+const BACKOFF_BASE_MS = 500;
+const BACKOFF_CAP_MS = 15_000;
+const DRAIN_JITTER_MIN_MS = 1_000;
+
+/** Full-range jitter on an exponential step, never less than half the step. */
+export function backoffDelayMs(attempt, random = Math.random) {
+  const step = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** Math.min(attempt, 16));
+  return Math.round(step / 2 + random() * (step / 2));
+}
+
+/** The server asked for `afterMs`; spread the herd over up to as long again. */
+export function drainDelayMs(afterMs, random = Math.random) {
+  const base = Math.max(0, Number(afterMs) || 0);
+  return Math.round(base + random() * Math.max(DRAIN_JITTER_MIN_MS, base));
+}
+
+/** `ws://…/ws?token=…` next to the page, keeping any path prefix. */
+export function webSocketUrl(token, base = document.baseURI) {
+  const url = new URL("ws", base);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  url.hash = "";
+  url.search = "";
+  url.searchParams.set("token", token);
+  return url.href;
+}
+
+export class Signaling extends EventTarget {
+  #ws = null;
+  #hello = null;
+  #timer = null;
+  #attempt = 0;
+  #connecting = false;
+  #drainDelay = null;
+  #wanted = false;
+  #base;
+
+  constructor({ base = document.baseURI } = {}) {
+    super();
+    this.#base = base;
+  }
+
+  /** True once `hello` arrived on the current socket. */
+  get ready() {
+    return this.#hello !== null && this.#ws?.readyState === WebSocket.OPEN;
+  }
+
+  get hello() {
+    return this.#hello;
+  }
+
+  get sessionId() {
+    return this.#hello?.session_id ?? null;
+  }
+
+  /** Start (or keep) being connected; a no-op when already on the way. */
+  open() {
+    this.#wanted = true;
+    if (this.#ws || this.#connecting || this.#timer) return;
+    this.#connect();
+  }
+
+  /** Reconnect now instead of waiting out a scheduled delay. */
+  retryNow() {
+    if (!this.#wanted || !this.#timer) return;
+    clearTimeout(this.#timer);
+    this.#timer = null;
+    this.#connect();
+  }
+
+  /** Leave for good: tell the server, close, and stop any retry. */
+  close() {
+    this.#wanted = false;
+    clearTimeout(this.#timer);
+    this.#timer = null;
+    const ws = this.#ws;
+    if (!ws) return;
+    if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ op: "disconnect", data: {} }));
+    ws.close(1000, "bye");
+  }
+
+  /** Send one envelope; returns false (and sends nothing) when not ready. */
+  send(op, data = {}) {
+    if (!this.ready) return false;
+    this.#ws.send(JSON.stringify({ op, data }));
+    return true;
+  }
+
+  #emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  #schedule(reason, delayMs) {
+    if (!this.#wanted) return;
+    clearTimeout(this.#timer);
+    const attempt = this.#attempt;
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
+      this.#connect();
+    }, delayMs);
+    this.#emit("reconnecting", { reason, delayMs, attempt });
+  }
+
+  #backoff(reason) {
+    const delay = backoffDelayMs(this.#attempt);
+    this.#attempt += 1;
+    this.#schedule(reason, delay);
+  }
+
+  async #connect() {
+    if (!this.#wanted || this.#ws || this.#connecting) return;
+    this.#connecting = true;
+    let session;
+    try {
+      session = await this.#newSession();
+    } finally {
+      this.#connecting = false;
+    }
+    if (!session || !this.#wanted) return;
+    this.#openSocket(session.token);
+  }
+
+  /** GET session/new; returns the session, or null after handling the failure. */
+  async #newSession() {
+    let response;
+    try {
+      response = await fetch(new URL("session/new", this.#base), {
+        cache: "no-store",
+        credentials: "same-origin",
+        headers: { Accept: "application/json" },
+      });
+    } catch {
+      this.#backoff("unreachable");
+      return null;
+    }
+    const body = await response.json().catch(() => ({}));
+    if (response.status === 403 && body.error === "banned") {
+      this.#wanted = false;
+      this.#emit("banned", { message: body.message ?? "", until: body.until ?? null });
+      return null;
+    }
+    if (response.status === 429) {
+      const header = Number(response.headers.get("Retry-After"));
+      const seconds = Number(body.retry_after) || header || 5;
+      // Jitter upwards only: retrying before retry_after would just be refused.
+      const delay = Math.round(seconds * 1000 + Math.random() * 1000);
+      this.#emit("rate_limited", { retryAfterS: seconds, delayMs: delay });
+      this.#schedule("rate_limited", delay);
+      return null;
+    }
+    if (!response.ok || typeof body.token !== "string") {
+      this.#backoff("server_error");
+      return null;
+    }
+    return body;
+  }
+
+  #openSocket(token) {
+    let ws;
+    try {
+      ws = new WebSocket(webSocketUrl(token, this.#base));
+    } catch {
+      this.#backoff("lost");
+      return;
+    }
+    this.#ws = ws;
+    this.#drainDelay = null;
+    ws.addEventListener("message", (event) => this.#onFrame(ws, event));
+    ws.addEventListener("close", (event) => this.#onClose(ws, event));
+  }
+
+  #onFrame(ws, event) {
+    if (ws !== this.#ws) return;
+    let frame;
+    try {
+      frame = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    if (!frame || typeof frame.op !== "string") return;
+    const data = frame.data && typeof frame.data === "object" ? frame.data : {};
+    switch (frame.op) {
+      case "hello":
+        this.#hello = data;
+        this.#attempt = 0;
+        this.#emit("ready", { hello: data });
+        break;
+      case "server_draining":
+        // Leave now so our partner hears about it from the server promptly,
+        // then come back after the server's delay (to it or its successor).
+        this.#drainDelay = drainDelayMs(data.reconnect_after_ms);
+        ws.close(1000, "draining");
+        break;
+      case "error":
+        if (data.code === "banned") {
+          this.#wanted = false;
+          this.#emit("banned", { message: data.message ?? "", until: data.until ?? null });
+        }
+        this.#emit("message", { op: frame.op, data });
+        break;
+      default:
+        this.#emit("message", { op: frame.op, data });
+    }
+  }
+
+  #onClose(ws, event) {
+    if (ws !== this.#ws) return;
+    const hadHello = this.#hello !== null;
+    this.#ws = null;
+    this.#hello = null;
+    if (event.code === 1008) {
+      if (this.#wanted) this.#emit("banned", { message: event.reason || "", until: null });
+      this.#wanted = false;
+    }
+    if (!this.#wanted) {
+      this.#emit("closed", { code: event.code });
+      return;
+    }
+    if (this.#drainDelay !== null) {
+      const delay = this.#drainDelay;
+      this.#drainDelay = null;
+      this.#schedule("draining", delay);
+    } else if (event.code === 1001 || event.code === 1012) {
+      this.#schedule("draining", drainDelayMs(0));
+    } else {
+      // A socket that never said hello (handshake refused) counts as a failed
+      // attempt; one that worked and then dropped starts the backoff afresh.
+      if (hadHello) this.#attempt = 0;
+      this.#backoff("lost");
+    }
+  }
+}
