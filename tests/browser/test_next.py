@@ -37,7 +37,7 @@ def test_next_returns_both_to_waiting_and_rematches_with_a_third(server, people)
         person.wait("() => window.omiro.stateLog.includes('waiting')")
     partner = alice if carol.partner_id == alice.session_id else bob
     other = bob if partner is alice else alice
-    assert partner.partner_id == carol.session_id
+    partner.wait(f"() => window.omiro.partnerId === {carol.session_id!r}")
     carol.wait_call_connected()
     partner.wait_call_connected()
     other.wait_state("waiting")
@@ -48,7 +48,8 @@ def test_next_returns_both_to_waiting_and_rematches_with_a_third(server, people)
     carol.testid("next").click()
     other.wait_state("connected")
     assert other.partner_id == carol.session_id
-    assert carol.partner_id == other.session_id
+    # Each page handles its own match_found: wait for Carol's too.
+    carol.wait(f"() => window.omiro.partnerId === {other.session_id!r}")
     other.wait_call_connected()
     carol.wait_call_connected()
     other.wait_media_flowing()
