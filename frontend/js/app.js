@@ -304,6 +304,7 @@ function hideLocalPreview() {
 function beginCall(shouldCall) {
   call = new Call({
     iceServers: signaling.hello?.ice_servers ?? [],
+    iceTransportPolicy: signaling.hello?.ice_transport_policy === "relay" ? "relay" : "all",
     polite: !shouldCall,
     localStream: media.stream,
     send: (op, data) => signaling.send(op, data),

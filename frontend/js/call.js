@@ -57,17 +57,18 @@ export class Call extends EventTarget {
   /**
    * @param {object} options
    * @param {RTCIceServer[]} options.iceServers from the server's `hello`
+   * @param {"all"|"relay"} [options.iceTransportPolicy] "relay": TURN only (server's relay_only)
    * @param {boolean} options.polite true when `should_call` was false
    * @param {MediaStream|null} options.localStream what we send (may be null)
    * @param {(op: string, data: object) => void} options.send signaling out
    */
-  constructor({ iceServers, polite, localStream, send }) {
+  constructor({ iceServers, iceTransportPolicy = "all", polite, localStream, send }) {
     super();
     this.#polite = polite;
     this.#send = send;
     this.#localStream = localStream;
     this.remoteStream = new MediaStream();
-    this.#pc = new RTCPeerConnection({ iceServers: iceServers ?? [] });
+    this.#pc = new RTCPeerConnection({ iceServers: iceServers ?? [], iceTransportPolicy });
     counts.created += 1;
 
     const pc = this.#pc;

@@ -22,6 +22,8 @@ def test_partner_closing_tab_shows_partner_left_and_requeues(make_server, people
     assert hello == [{"urls": ["stun:127.0.0.1:9"]}], hello
     used = alice.js("() => window.omiro.pc.getConfiguration().iceServers.map(s => s.urls)")
     assert used == [["stun:127.0.0.1:9"]], used
+    policy = alice.js("() => window.omiro.pc.getConfiguration().iceTransportPolicy")
+    assert policy == alice.js("() => window.omiro.signaling.hello.ice_transport_policy") == "all"
 
     bob.page.context.close()  # the tab (and its browser context) is gone
 
