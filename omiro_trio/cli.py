@@ -1,4 +1,4 @@
-"""The ``omiro`` command: ``serve`` and ``check-config``.
+"""The ``omiro`` command: ``serve``, ``check-config`` and ``ban``.
 
 Exit codes: 0 after a clean stop (Ctrl-C or SIGTERM included), 1 when the
 server could not start (port in use, ...), 2 for a configuration error.
@@ -10,7 +10,13 @@ import logging
 import os
 import signal
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 import msgspec
@@ -22,6 +28,8 @@ from omiro_trio.errors import ConfigError
 from omiro_trio.logging import setup_logging
 
 log = logging.getLogger("omiro")
+
+ADMIN_TIMEOUT_S = 10.0
 
 config_option = click.option(
     "--config",
@@ -107,3 +115,128 @@ def check_config(config_path: Path | None) -> None:
         for key, value in values.items():
             click.echo(f"{key} = {msgspec.json.encode(value).decode()}")
         click.echo()
+
+
+@main.group()
+def ban() -> None:
+    """Manage bans through a running server's /admin API."""
+
+
+def _admin_options(command: Callable[..., None]) -> Callable[..., None]:
+    command = click.option(
+        "--url",
+        default=None,
+        help="The server's base URL (default: from the config's server.host and server.port).",
+    )(command)
+    command = click.option(
+        "--token",
+        envvar="OMIRO_ADMIN_TOKEN",
+        default=None,
+        help="Admin bearer token (default: $OMIRO_ADMIN_TOKEN, else admin.token of the config).",
+    )(command)
+    return config_option(command)
+
+
+def _admin_call(
+    config_path: Path | None,
+    url: str | None,
+    token: str | None,
+    method: str,
+    path: str,
+    body: Any = None,
+) -> tuple[int, Any]:
+    """Call the admin API; return (status, decoded JSON or None). Exits 1 when unreachable."""
+    if url is None or token is None:
+        config = _load(config_path)
+        host = config.server.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        url = url or f"http://{'[' + host + ']' if ':' in host else host}:{config.server.port}"
+        token = token or config.admin.token
+    if not token:
+        click.echo("omiro: no admin token (set OMIRO_ADMIN_TOKEN or admin.token)", err=True)
+        sys.exit(2)
+    data = None if body is None else msgspec.json.encode(body)
+    req = urllib.request.Request(
+        url.rstrip("/") + path,
+        data=data,
+        method=method,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=ADMIN_TIMEOUT_S) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        click.echo(f"omiro: cannot reach {url}: {exc}", err=True)
+        sys.exit(1)
+    payload = msgspec.json.decode(raw) if raw else None
+    return status, payload
+
+
+def _fail(status: int, payload: Any) -> None:
+    message = payload.get("message") if isinstance(payload, dict) else None
+    click.echo(f"omiro: the server answered {status}: {message or payload}", err=True)
+    sys.exit(1)
+
+
+def _describe_ban(entry: dict[str, Any]) -> str:
+    until = entry.get("until")
+    ends = "permanent" if until is None else f"until {_unix(until)}"
+    reason = f"  {entry['reason']}" if entry.get("reason") else ""
+    return f"{entry['target']}\t{ends}{reason}"
+
+
+def _unix(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@ban.command("add")
+@_admin_options
+@click.argument("target")
+@click.option(
+    "--duration",
+    "duration_s",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Seconds the ban lasts (default: permanent).",
+)
+@click.option("--reason", default="", help="Why (kept with the ban, for operators).")
+def ban_add(
+    config_path: Path | None,
+    url: str | None,
+    token: str | None,
+    target: str,
+    duration_s: int | None,
+    reason: str,
+) -> None:
+    """Ban TARGET, an IP address or CIDR network; its open sockets are closed."""
+    body = {"target": target, "duration_s": duration_s, "reason": reason}
+    status, payload = _admin_call(config_path, url, token, "POST", "/admin/bans", body)
+    if status != 201:
+        _fail(status, payload)
+    click.echo(f"banned {_describe_ban(payload)}")
+
+
+@ban.command("list")
+@_admin_options
+def ban_list(config_path: Path | None, url: str | None, token: str | None) -> None:
+    """List the bans in force, newest first."""
+    status, payload = _admin_call(config_path, url, token, "GET", "/admin/bans")
+    if status != 200:
+        _fail(status, payload)
+    for entry in payload["bans"]:
+        click.echo(_describe_ban(entry))
+
+
+@ban.command("remove")
+@_admin_options
+@click.argument("target")
+def ban_remove(config_path: Path | None, url: str | None, token: str | None, target: str) -> None:
+    """Lift the ban of TARGET (exactly as it was banned)."""
+    path = "/admin/bans/" + urllib.parse.quote(target, safe="")
+    status, payload = _admin_call(config_path, url, token, "DELETE", path)
+    if status != 204:
+        _fail(status, payload)
+    click.echo(f"lifted the ban of {target}")

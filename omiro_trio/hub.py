@@ -20,6 +20,7 @@ what keep every interleaving correct.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections import deque
@@ -120,6 +121,13 @@ class Session:
             self.widen_scope = None
 
 
+def _in_network(ip: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    try:
+        return ipaddress.ip_address(ip) in network
+    except ValueError:
+        return False
+
+
 class Hub:
     """Local sessions and the operations the WebSocket handler calls.
 
@@ -187,6 +195,14 @@ class Hub:
         self.draining = True
         for session in list(self.sessions.values()):
             session.send(self.draining_frame)
+
+    def close_banned(self, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> int:
+        """Close every local socket from ``network`` with 1008; return how many."""
+        banned = [s for s in self.sessions.values() if _in_network(s.ip, network)]
+        for session in banned:
+            session.send(protocol.error_frame("banned", "this address is banned", None))
+            session.close(CLOSE_POLICY, "banned")
+        return len(banned)
 
     def close_all(self, code: int, reason: str) -> None:
         for session in list(self.sessions.values()):

@@ -17,6 +17,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from omiro_trio.addresses import client_ip
+from omiro_trio.admin import register_admin
 from omiro_trio.context import ServerContext
 from omiro_trio.errors import BackendUnavailable
 from omiro_trio.metrics import CONTENT_TYPE
@@ -79,6 +80,8 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     @app.errorhandler(BackendUnavailable)
     async def backend_down(exc: BackendUnavailable) -> Response:
         return _error(503, "unavailable", "the backend is not answering; try again shortly")
+
+    register_admin(app, ctx)
 
     @app.get("/")
     async def index() -> Response:

@@ -114,8 +114,24 @@ class Backend(Protocol):
         """The ban in force for ``ip`` (by address or network), if any."""
         ...
 
+    async def add_ban(self, ban: Ban) -> None:
+        """Ban ``ban.target`` (replacing a ban of the same target)."""
+        ...
+
+    async def remove_ban(self, target: str) -> bool:
+        """Lift the ban of exactly ``target``; False if there was none."""
+        ...
+
+    async def bans(self) -> list[Ban]:
+        """Every ban in force, newest first."""
+        ...
+
     async def record_report(self, report: ReportRecord) -> None:
         """Keep a report for the operators."""
+        ...
+
+    async def reports(self) -> list[ReportRecord]:
+        """The reports kept, newest first."""
         ...
 
     # -- stats and delivery --------------------------------------------

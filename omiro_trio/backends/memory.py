@@ -117,7 +117,16 @@ class MemoryBackend:
         return None
 
     async def add_ban(self, ban: Ban) -> None:
+        self._bans.pop(ban.target, None)  # re-adding moves it to the newest
         self._bans[ban.target] = ban
+
+    async def remove_ban(self, target: str) -> bool:
+        return self._bans.pop(target, None) is not None
+
+    async def bans(self) -> list[Ban]:
+        now = self._wall()
+        live = [b for b in self._bans.values() if b.until is None or b.until > now]
+        return live[::-1]
 
     async def record_report(self, report: ReportRecord) -> None:
         self._reports.appendleft(report)

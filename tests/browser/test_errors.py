@@ -87,8 +87,6 @@ def test_banned_by_session_new_shows_ban_and_stops(server, people):
 def test_real_ban_closes_the_socket_and_refuses_new_sessions(make_server, people):
     server = make_server(OMIRO_ADMIN_TOKEN=ADMIN_TOKEN)
     auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    if server.get_json("/admin/bans", headers=auth).get("status") == 404:
-        pytest.skip("the server has no /admin API yet")
     alice = people(server, "alice")
     alice.start(text=True)
     alice.wait_state("waiting")

@@ -2,8 +2,7 @@
 
 Every test goes through the ``Backend`` Protocol only, so a new backend runs
 the whole suite by adding its name to the ``backend`` fixture's params.
-Methods outside the Protocol (``add_ban``, ``reports``) are used only where
-a backend has them; those tests skip otherwise. Time passes through trio's
+Time passes through trio's
 ``autojump_clock`` (backends measure durations with ``trio.current_time``);
 nothing sleeps for real, and ``trio.fail_after`` bounds every wait.
 """
@@ -370,19 +369,12 @@ async def test_stats_counts_claimed_and_waiting_sessions(backend: Backend) -> No
     assert await backend.stats() == Stats(online=2, waiting=0)
 
 
-def _add_ban(backend: Backend) -> Any:
-    add_ban = getattr(backend, "add_ban", None)
-    if add_ban is None:
-        pytest.skip("this backend has no add_ban")
-    return add_ban
-
-
 def _ban(target: str, until: float | None = None) -> Ban:
     return Ban(target=target, reason="test", until=until, created_at=time.time())
 
 
 async def test_ban_for_matches_an_address(backend: Backend) -> None:
-    add_ban = _add_ban(backend)
+    add_ban = backend.add_ban
     assert await backend.ban_for("203.0.113.7") is None
     ban = _ban("203.0.113.7", until=time.time() + 3600)
     await add_ban(ban)
@@ -400,7 +392,7 @@ async def test_ban_for_matches_an_address(backend: Backend) -> None:
 async def test_ban_for_matches_a_cidr(
     backend: Backend, network: str, inside: str, outside: str
 ) -> None:
-    add_ban = _add_ban(backend)
+    add_ban = backend.add_ban
     ban = _ban(network)
     await add_ban(ban)
     assert await backend.ban_for(inside) == ban
@@ -408,7 +400,7 @@ async def test_ban_for_matches_a_cidr(
 
 
 async def test_ban_for_ignores_an_expired_ban(backend: Backend) -> None:
-    add_ban = _add_ban(backend)
+    add_ban = backend.add_ban
     await add_ban(_ban("203.0.113.7", until=time.time() - 1))
     await add_ban(_ban("198.51.100.0/24", until=time.time() - 1))
     assert await backend.ban_for("203.0.113.7") is None
@@ -416,10 +408,34 @@ async def test_ban_for_ignores_an_expired_ban(backend: Backend) -> None:
 
 
 async def test_ban_for_ignores_a_malformed_address(backend: Backend) -> None:
-    add_ban = _add_ban(backend)
+    add_ban = backend.add_ban
     await add_ban(_ban("0.0.0.0/0"))
     assert await backend.ban_for("not-an-ip") is None
     assert await backend.ban_for("192.0.2.1") is not None
+
+
+async def test_bans_lists_live_bans_newest_first(backend: Backend) -> None:
+    first, second = _ban("203.0.113.7"), _ban("198.51.100.0/24", until=time.time() + 60)
+    await backend.add_ban(first)
+    await backend.add_ban(second)
+    await backend.add_ban(_ban("192.0.2.1", until=time.time() - 1))
+    assert await backend.bans() == [second, first]
+
+
+async def test_add_ban_replaces_a_ban_of_the_same_target(backend: Backend) -> None:
+    await backend.add_ban(_ban("203.0.113.7", until=time.time() + 60))
+    newer = _ban("203.0.113.7")
+    await backend.add_ban(newer)
+    assert await backend.bans() == [newer]
+    assert await backend.ban_for("203.0.113.7") == newer
+
+
+async def test_remove_ban_lifts_it_once(backend: Backend) -> None:
+    await backend.add_ban(_ban("198.51.100.0/24"))
+    assert await backend.remove_ban("198.51.100.0/24") is True
+    assert await backend.ban_for("198.51.100.9") is None
+    assert await backend.bans() == []
+    assert await backend.remove_ban("198.51.100.0/24") is False
 
 
 def _report(n: int) -> ReportRecord:
@@ -435,12 +451,9 @@ def _report(n: int) -> ReportRecord:
 
 
 async def test_record_report_keeps_reports_newest_first(backend: Backend) -> None:
-    reports = getattr(backend, "reports", None)
-    if reports is None:
-        pytest.skip("this backend has no reports()")
     await backend.record_report(_report(1))
     await backend.record_report(_report(2))
-    assert await reports() == [_report(2), _report(1)]
+    assert await backend.reports() == [_report(2), _report(1)]
 
 
 async def test_publish_to_an_unknown_session_returns_false(backend: Backend) -> None:

@@ -1,0 +1,137 @@
+"""The ``/admin`` API (PROTOCOL.md "Admin API"): bans and reports.
+
+Every route needs ``Authorization: Bearer <admin.token>``, compared in
+constant time. With no admin token configured the whole API answers 404, as
+if it did not exist. Banning an address also closes the sockets already open
+from it (close code 1008, after an ``error`` with code ``banned``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+from typing import Any
+from urllib.parse import unquote
+
+import msgspec
+from quart import Response, jsonify, request
+from quart_trio import QuartTrio
+
+from omiro_trio.backends.base import Ban, ReportRecord
+from omiro_trio.context import ServerContext
+
+log = logging.getLogger(__name__)
+
+MAX_REASON_LENGTH = 500
+
+
+class BanRequest(msgspec.Struct, forbid_unknown_fields=False):
+    target: str
+    duration_s: int | None = None
+    reason: str = ""
+
+
+_ban_request = msgspec.json.Decoder(BanRequest)
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    response = jsonify({"error": code, "message": message})
+    response.status_code = status
+    return response
+
+
+def canonical_target(text: str) -> str | None:
+    """An IP address or CIDR network in canonical form (an address stays bare)."""
+    try:
+        network = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        return None
+    if network.num_addresses == 1:
+        return str(network.network_address)
+    return str(network)
+
+
+def ban_json(ban: Ban) -> dict[str, Any]:
+    return {
+        "target": ban.target,
+        "reason": ban.reason,
+        "until": None if ban.until is None else int(ban.until),
+        "created_at": int(ban.created_at),
+    }
+
+
+def report_json(report: ReportRecord) -> dict[str, Any]:
+    return {
+        "reported_ip": report.reported_ip,
+        "reported": report.reported,
+        "reporter": report.reporter,
+        "reason": report.reason,
+        "at": int(report.at),
+        "transcript": list(report.transcript),
+    }
+
+
+def register_admin(app: QuartTrio, ctx: ServerContext) -> None:
+    """Add the ``/admin`` routes to ``app``."""
+
+    def refused() -> Response | None:
+        token = ctx.config.admin.token
+        if not token:
+            return _error(404, "not_found", "The requested URL was not found on the server.")
+        sent = request.headers.get("Authorization", "")
+        scheme, _, credential = sent.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            credential.strip().encode(), token.encode()
+        ):
+            response = _error(401, "unauthorized", "a valid admin bearer token is required")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="omiro-admin"'
+            return response
+        return None
+
+    @app.get("/admin/bans")
+    async def list_bans() -> Response:
+        if (denied := refused()) is not None:
+            return denied
+        return jsonify({"bans": [ban_json(b) for b in await ctx.backend.bans()]})
+
+    @app.post("/admin/bans")
+    async def add_ban() -> Response:
+        if (denied := refused()) is not None:
+            return denied
+        try:
+            body = _ban_request.decode(await request.get_data(as_text=False))
+        except msgspec.DecodeError as exc:
+            return _error(400, "bad_request", f"invalid ban: {exc}")
+        target = canonical_target(body.target)
+        if target is None:
+            return _error(400, "bad_request", "target must be an IP address or a CIDR network")
+        if body.duration_s is not None and body.duration_s <= 0:
+            return _error(400, "bad_request", "duration_s must be a positive number or null")
+        if len(body.reason) > MAX_REASON_LENGTH:
+            return _error(400, "bad_request", f"reason is longer than {MAX_REASON_LENGTH}")
+        now = ctx.wall()
+        until = None if body.duration_s is None else now + body.duration_s
+        ban = Ban(target=target, reason=body.reason.strip(), until=until, created_at=now)
+        await ctx.backend.add_ban(ban)
+        closed = ctx.hub.close_banned(ipaddress.ip_network(target, strict=False))
+        log.info("banned %s (%s sockets closed)", target, closed)
+        response = jsonify(ban_json(ban))
+        response.status_code = 201
+        return response
+
+    @app.delete("/admin/bans/<path:target>")
+    async def remove_ban(target: str) -> Response:
+        if (denied := refused()) is not None:
+            return denied
+        canonical = canonical_target(unquote(target))
+        if canonical is None or not await ctx.backend.remove_ban(canonical):
+            return _error(404, "not_found", "no such ban")
+        log.info("lifted the ban of %s", canonical)
+        return Response("", status=204)
+
+    @app.get("/admin/reports")
+    async def list_reports() -> Response:
+        if (denied := refused()) is not None:
+            return denied
+        return jsonify({"reports": [report_json(r) for r in await ctx.backend.reports()]})

@@ -1,0 +1,148 @@
+"""The /admin API and `omiro ban`: bans that bite at once, reports for operators."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from support import Harness, StartServer, wait_until
+
+TOKEN = "s3cret-admin"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+OMIRO = str(Path(sys.executable).with_name("omiro"))
+
+
+@pytest.fixture
+async def admin_server(start_server: StartServer) -> Harness:
+    return await start_server(admin__token=TOKEN)
+
+
+async def test_admin_is_404_without_a_configured_token(server: Harness) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        for method, path in [
+            ("GET", "/admin/bans"),
+            ("POST", "/admin/bans"),
+            ("GET", "/admin/reports"),
+        ]:
+            response = await http.request(method, path, headers=AUTH)
+            assert response.status_code == 404, path
+            assert response.json()["error"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"Authorization": "Basic x"}],
+)
+async def test_admin_needs_the_bearer_token(admin_server: Harness, headers: dict[str, str]) -> None:
+    async with httpx.AsyncClient(base_url=admin_server.url) as http:
+        response = await http.get("/admin/bans", headers=headers)
+    assert response.status_code == 401
+    assert response.json()["error"] == "unauthorized"
+    assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_ban_add_list_remove(admin_server: Harness) -> None:
+    async with httpx.AsyncClient(base_url=admin_server.url, headers=AUTH) as http:
+        created = await http.post(
+            "/admin/bans", json={"target": "198.51.100.7/24", "duration_s": 60, "reason": "spam"}
+        )
+        assert created.status_code == 201
+        ban = created.json()
+        assert ban["target"] == "198.51.100.0/24"  # canonical network
+        assert ban["reason"] == "spam"
+        assert ban["until"] - ban["created_at"] == 60
+        permanent = await http.post("/admin/bans", json={"target": "2001:db8::1"})
+        assert permanent.json()["until"] is None
+        listed = (await http.get("/admin/bans")).json()["bans"]
+        assert [b["target"] for b in listed] == ["2001:db8::1", "198.51.100.0/24"]
+        assert (await http.delete("/admin/bans/198.51.100.0%2F24")).status_code == 204
+        assert (await http.delete("/admin/bans/198.51.100.0%2F24")).status_code == 404
+        assert [b["target"] for b in (await http.get("/admin/bans")).json()["bans"]] == [
+            "2001:db8::1"
+        ]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"target": "not an ip"},
+        {"target": "300.1.1.1"},
+        {"target": "10.0.0.1", "duration_s": 0},
+        {"target": "10.0.0.1", "duration_s": "soon"},
+        {"target": "10.0.0.1", "reason": "x" * 501},
+        {"reason": "no target"},
+    ],
+)
+async def test_bad_ban_is_400(admin_server: Harness, body: dict[str, object]) -> None:
+    async with httpx.AsyncClient(base_url=admin_server.url, headers=AUTH) as http:
+        response = await http.post("/admin/bans", json=body)
+        assert response.status_code == 400
+        assert response.json()["error"] == "bad_request"
+        assert (await http.get("/admin/bans")).json()["bans"] == []
+
+
+async def test_ban_closes_open_sockets_1008_and_refuses_new_ones(admin_server: Harness) -> None:
+    a, b = await admin_server.pair()
+    async with httpx.AsyncClient(base_url=admin_server.url, headers=AUTH) as http:
+        response = await http.post("/admin/bans", json={"target": "127.0.0.1", "reason": "x"})
+        assert response.status_code == 201
+        for client in (a, b):
+            assert (await client.expect("error"))["code"] == "banned"
+            assert await client.expect_closed() == 1008
+        await wait_until(lambda: not admin_server.ctx.hub.sessions)
+        refused = await http.get("/session/new")
+        assert refused.status_code == 403
+        assert refused.json()["error"] == "banned"
+        assert (await http.delete("/admin/bans/127.0.0.1")).status_code == 204
+        assert (await http.get("/session/new")).status_code == 200
+
+
+async def test_reports_are_listed_newest_first(admin_server: Harness) -> None:
+    a, b = await admin_server.pair()
+    await b.send("chat", {"message": "buy my stuff"})
+    await a.expect("chat")
+    await a.send("report", {"reason": "spam"})
+    await b.expect("partner_disconnected")
+    async with httpx.AsyncClient(base_url=admin_server.url, headers=AUTH) as http:
+        reports = (await http.get("/admin/reports")).json()["reports"]
+    assert len(reports) == 1
+    report = reports[0]
+    assert report["reported_ip"] == "127.0.0.1"
+    assert report["reporter"] == a.session_id
+    assert report["reported"] == b.session_id
+    assert report["reason"] == "spam"
+    assert report["transcript"] == ["reported: buy my stuff"]
+    assert abs(report["at"] - admin_server.ctx.wall()) < 5
+
+
+async def _omiro(*args: str) -> subprocess.CompletedProcess[str]:
+    return await trio.run_process(
+        [OMIRO, *args], capture_stdout=True, capture_stderr=True, check=False
+    )  # type: ignore[return-value]
+
+
+async def test_ban_cli_drives_the_api(admin_server: Harness) -> None:
+    common = ("--url", admin_server.url, "--token", TOKEN)
+    added = await _omiro(
+        "ban", "add", "203.0.113.0/24", "--duration", "600", "--reason", "raid", *common
+    )
+    assert added.returncode == 0, added.stderr
+    assert b"203.0.113.0/24" in added.stdout
+    assert await admin_server.ctx.backend.ban_for("203.0.113.9") is not None
+    listed = await _omiro("ban", "list", *common)
+    assert listed.returncode == 0
+    assert b"203.0.113.0/24\tuntil " in listed.stdout
+    assert b"raid" in listed.stdout
+    removed = await _omiro("ban", "remove", "203.0.113.0/24", *common)
+    assert removed.returncode == 0, removed.stderr
+    assert await admin_server.ctx.backend.ban_for("203.0.113.9") is None
+    again = await _omiro("ban", "remove", "203.0.113.0/24", *common)
+    assert again.returncode == 1
+    assert b"no such ban" in again.stderr
+    wrong = await _omiro("ban", "list", "--url", admin_server.url, "--token", "nope")
+    assert wrong.returncode == 1
+    assert b"401" in wrong.stderr
