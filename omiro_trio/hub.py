@@ -25,13 +25,14 @@ import logging
 import time
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 import trio
 
 from omiro_trio import protocol
-from omiro_trio.backends.base import Backend, ReportRecord
+from omiro_trio.backends.base import Backend, Ban, ReportRecord
 from omiro_trio.matchmaking import Match, Preferences, Waiting
 from omiro_trio.metrics import Metrics
 
@@ -121,6 +122,16 @@ class Session:
             self.widen_scope = None
 
 
+@dataclass(frozen=True, slots=True)
+class ReportPolicy:
+    """How reports are limited and when they ban (config ``[reports]``, ``limits``)."""
+
+    per_reporter_per_hour: int = 10
+    autoban_reporters: int = 3
+    autoban_window_s: float = 3600.0
+    autoban_s: float = 86400.0
+
+
 def _in_network(ip: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
     try:
         return ipaddress.ip_address(ip) in network
@@ -137,9 +148,17 @@ class Hub:
         reconnect_after_ms: what ``server_draining`` tells clients.
     """
 
-    def __init__(self, backend: Backend, metrics: Metrics, *, reconnect_after_ms: int = 1000):
+    def __init__(
+        self,
+        backend: Backend,
+        metrics: Metrics,
+        *,
+        reports: ReportPolicy | None = None,
+        reconnect_after_ms: int = 1000,
+    ):
         self.backend = backend
         self.metrics = metrics
+        self.report_policy = reports or ReportPolicy()
         self.sessions: dict[str, Session] = {}
         self.draining = False
         self.draining_frame = protocol.encode(
@@ -272,13 +291,27 @@ class Hub:
         partner_id = match.partner_of(session.id)
         await self.backend.block(session.id, partner_id)
         partner = self.sessions.get(partner_id)
+        reported_ip = partner.ip if partner is not None else ""
         transcript = tuple(
             f"{'reporter' if sender == session.id else 'reported'}: {text}"
             for sender, text in session.transcript
         )
+        await self._make_idle(session, "reported")
+        policy = self.report_policy
+        over = await self.backend.hit_rate_limit(
+            f"reports:{session.ip}", policy.per_reporter_per_hour, 3600.0
+        )
+        if over is not None:
+            # The match still ends and the pair stays apart; the report just does not count.
+            session.send(
+                protocol.error_frame(
+                    "rate_limited", "too many reports: this one was not recorded", "report"
+                )
+            )
+            return
         await self.backend.record_report(
             ReportRecord(
-                reported_ip=partner.ip if partner is not None else "",
+                reported_ip=reported_ip,
                 reported=partner_id,
                 reporter=session.id,
                 reporter_ip=session.ip,
@@ -288,7 +321,29 @@ class Hub:
             )
         )
         self.metrics.reports.inc()
-        await self._make_idle(session, "reported")
+        if reported_ip and reported_ip != session.ip:  # one address cannot report itself away
+            reporters = await self.backend.count_reporter(
+                reported_ip, session.ip, policy.autoban_window_s
+            )
+            if reporters >= policy.autoban_reporters:
+                await self._autoban(reported_ip, reporters)
+
+    async def _autoban(self, ip: str, reporters: int) -> None:
+        if await self.backend.ban_for(ip) is not None:
+            return  # never shorten a ban an operator set
+        now = time.time()
+        await self.backend.add_ban(
+            Ban(ip, f"reported by {reporters} people", now + self.report_policy.autoban_s, now)
+        )
+        closed = self.close_banned(ipaddress.ip_network(ip))
+        self.metrics.autobans.inc()
+        log.info(
+            "banned %s for %.0f s after %d reports (%d sockets closed)",
+            ip,
+            self.report_policy.autoban_s,
+            reporters,
+            closed,
+        )
 
     # -- bus -----------------------------------------------------------
 

@@ -44,6 +44,7 @@ class Metrics:
             registry=r,
         )
         self.reports = Counter("omiro_reports", "Reports received", registry=r)
+        self.autobans = Counter("omiro_autobans", "Addresses banned for being reported", registry=r)
         self.waiting = Gauge(
             "omiro_waiting", "Sessions waiting for a partner (service-wide)", registry=r
         )

@@ -37,7 +37,7 @@ from omiro_trio.connection import serve_connection
 from omiro_trio.context import ServerContext
 from omiro_trio.errors import ConfigError
 from omiro_trio.front import FrontDoor
-from omiro_trio.hub import CLOSE_RESTARTING, Hub
+from omiro_trio.hub import CLOSE_RESTARTING, Hub, ReportPolicy
 from omiro_trio.metrics import Metrics
 from omiro_trio.tokens import TokenSigner, new_secret
 from omiro_trio.web import create_app
@@ -116,7 +116,16 @@ async def serve(
     signer = TokenSigner(secret, config.session.token_ttl_s)
     metrics = Metrics()
     async with open_backend(config) as backend:
-        hub = Hub(backend, metrics)
+        hub = Hub(
+            backend,
+            metrics,
+            reports=ReportPolicy(
+                per_reporter_per_hour=config.limits.reports_per_hour,
+                autoban_reporters=config.reports.autoban_reporters,
+                autoban_window_s=config.reports.autoban_window_s,
+                autoban_s=config.reports.autoban_s,
+            ),
+        )
         ctx = ServerContext(config=config, backend=backend, hub=hub, signer=signer, metrics=metrics)
         app = ASGIWrapper(create_app(ctx))
         hyper = _hyper_config()

@@ -106,8 +106,10 @@ class Harness:
             self.nursery, url, extra_headers=headers, message_queue_size=4096
         )
 
-    async def connect(self, token: str | None = None) -> Client:
-        client = Client(await self.raw_connect(token or self.token()))
+    async def connect(
+        self, token: str | None = None, *, headers: list[tuple[str, str]] | None = None
+    ) -> Client:
+        client = Client(await self.raw_connect(token or self.token(), headers=headers))
         client.hello = await client.expect("hello")
         client.session_id = client.hello["session_id"]
         return client

@@ -134,6 +134,11 @@ class Backend(Protocol):
         """The reports kept, newest first."""
         ...
 
+    async def count_reporter(self, reported_ip: str, reporter_ip: str, window_s: float) -> int:
+        """Note that ``reporter_ip`` reported ``reported_ip``; return how many distinct
+        reporter IPs did so within the last ``window_s`` seconds (this one included)."""
+        ...
+
     # -- stats and delivery --------------------------------------------
 
     async def stats(self) -> Stats:

@@ -55,6 +55,8 @@ class MemoryBackend:
         self._windows: dict[str, tuple[float, int, float]] = {}  # key -> (start, count, window)
         self._bans: dict[str, Ban] = {}
         self._reports: deque[ReportRecord] = deque(maxlen=MAX_REPORTS_KEPT)
+        self._reporters: dict[str, dict[str, float]] = {}  # reported ip -> reporter ip -> when
+        self._reporter_window_s = 0.0
         self._server_id = "local"
 
     @property
@@ -134,6 +136,13 @@ class MemoryBackend:
     async def reports(self) -> list[ReportRecord]:
         return list(self._reports)
 
+    async def count_reporter(self, reported_ip: str, reporter_ip: str, window_s: float) -> int:
+        now = self._now()
+        self._reporter_window_s = max(self._reporter_window_s, window_s)
+        seen = self._reporters.setdefault(reported_ip, {})
+        seen[reporter_ip] = now
+        return sum(1 for at in seen.values() if now - at < window_s)
+
     async def stats(self) -> Stats:
         return Stats(online=len(self._live), waiting=self._mm.waiting_count())
 
@@ -157,6 +166,11 @@ class MemoryBackend:
         stale = [k for k, (start, _, window) in self._windows.items() if now - start >= window]
         for key in stale:
             del self._windows[key]
+        for reported, seen in list(self._reporters.items()):
+            for reporter in [r for r, at in seen.items() if now - at >= self._reporter_window_s]:
+                del seen[reporter]
+            if not seen:
+                del self._reporters[reported]
         wall = self._wall()
         for target in [t for t, b in self._bans.items() if b.until is not None and b.until <= wall]:
             del self._bans[target]

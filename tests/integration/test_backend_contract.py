@@ -456,6 +456,17 @@ async def test_record_report_keeps_reports_newest_first(backend: Backend) -> Non
     assert await backend.reports() == [_report(2), _report(1)]
 
 
+async def test_count_reporter_counts_distinct_addresses_in_the_window(
+    backend: Backend, autojump_clock: trio.testing.MockClock
+) -> None:
+    assert await backend.count_reporter("203.0.113.7", "198.51.100.1", 60) == 1
+    assert await backend.count_reporter("203.0.113.7", "198.51.100.1", 60) == 1
+    assert await backend.count_reporter("203.0.113.7", "198.51.100.2", 60) == 2
+    assert await backend.count_reporter("192.0.2.1", "198.51.100.1", 60) == 1
+    await trio.sleep(61)
+    assert await backend.count_reporter("203.0.113.7", "198.51.100.3", 60) == 1
+
+
 async def test_publish_to_an_unknown_session_returns_false(backend: Backend) -> None:
     assert await backend.publish("nobody", b"{}") is False
 
