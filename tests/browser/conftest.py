@@ -415,3 +415,22 @@ def people(browser: Any) -> Iterator[Callable[..., Person]]:
     for context, _ in opened:
         context.close()
     assert not errors, f"errors in the page: {errors}"
+
+
+@pytest.fixture
+def pair(people: Callable[..., Person]) -> Callable[..., tuple[Person, Person]]:
+    """Factory: pair(server) opens alice and bob, presses Start on both and waits
+    until they are matched and their call is connected."""
+
+    def open_pair(server: OmiroServer) -> tuple[Person, Person]:
+        alice = people(server, "alice")
+        bob = people(server, "bob")
+        alice.start()
+        bob.start()
+        for person in (alice, bob):
+            person.wait_state("connected")
+        for person in (alice, bob):
+            person.wait_call_connected()
+        return alice, bob
+
+    return open_pair

@@ -157,14 +157,8 @@ RELEASE_OFFERS = """() => {
 }"""
 
 
-def test_call_survives_ice_restarts_from_either_side_and_offer_glare(server, people):
-    alice = people(server, "alice")
-    bob = people(server, "bob")
-    alice.start()
-    bob.start()
-    for person in (alice, bob):
-        person.wait_state("connected")
-        person.wait_call_connected()
+def test_call_survives_ice_restarts_from_either_side_and_offer_glare(server, pair):
+    alice, bob = pair(server)
     caller = alice if alice.js("() => !window.omiro.call.polite") else bob
     callee = bob if caller is alice else alice
 

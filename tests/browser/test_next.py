@@ -13,15 +13,8 @@ def waited_after_connected(person) -> bool:
     return "connected" in log and "waiting" in log[log.index("connected") :]
 
 
-def test_next_returns_both_to_waiting_and_rematches_with_a_third(server, people):
-    alice = people(server, "alice")
-    bob = people(server, "bob")
-    alice.start()
-    bob.start()
-    for person in (alice, bob):
-        person.wait_state("connected")
-    alice.wait_call_connected()
-    bob.wait_call_connected()
+def test_next_returns_both_to_waiting_and_rematches_with_a_third(server, people, pair):
+    alice, bob = pair(server)
 
     carol = people(server, "carol")
     carol.start()
@@ -58,13 +51,8 @@ def test_next_returns_both_to_waiting_and_rematches_with_a_third(server, people)
     assert partner.probe()["live"] == 0
 
 
-def test_ten_nexts_in_a_row_leave_no_peer_connection_behind(server, people):
-    alice = people(server, "alice")
-    bob = people(server, "bob")
-    alice.start()
-    bob.start()
-    for person in (alice, bob):
-        person.wait_state("connected")
+def test_ten_nexts_in_a_row_leave_no_peer_connection_behind(server, pair):
+    alice, bob = pair(server)
 
     for round_ in range(10):
         old = alice.js("() => window.omiro.matchId")

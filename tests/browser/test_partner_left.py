@@ -7,17 +7,11 @@ import pytest
 pytestmark = pytest.mark.browser
 
 
-def test_partner_closing_tab_shows_partner_left_and_requeues(make_server, people):
+def test_partner_closing_tab_shows_partner_left_and_requeues(make_server, people, pair):
     # An unreachable STUN server: candidates gathering lags, the loopback call
     # still connects, and the page must have used exactly what hello said.
     server = make_server(OMIRO_ICE_URLS='["stun:127.0.0.1:9"]')
-    alice = people(server, "alice")
-    bob = people(server, "bob")
-    alice.start()
-    bob.start()
-    for person in (alice, bob):
-        person.wait_state("connected")
-    alice.wait_call_connected()
+    alice, bob = pair(server)
     hello = alice.js("() => window.omiro.signaling.hello.ice_servers")
     assert hello == [{"urls": ["stun:127.0.0.1:9"]}], hello
     used = alice.js("() => window.omiro.pc.getConfiguration().iceServers.map(s => s.urls)")

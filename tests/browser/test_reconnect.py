@@ -7,15 +7,9 @@ import pytest
 pytestmark = pytest.mark.browser
 
 
-def test_pages_reconnect_after_restart_and_crash_and_rejoin(make_server, people):
+def test_pages_reconnect_after_restart_and_crash_and_rejoin(make_server, pair):
     server = make_server()
-    alice = people(server, "alice")
-    bob = people(server, "bob")
-    alice.start()
-    bob.start()
-    for person in (alice, bob):
-        person.wait_state("connected")
-    alice.wait_call_connected()
+    alice, bob = pair(server)
     first_ids = {alice.session_id, bob.session_id}
 
     # Graceful restart: SIGTERM makes the server send server_draining.
