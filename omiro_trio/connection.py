@@ -200,9 +200,14 @@ async def serve_connection(ctx: ServerContext, stream: trio.abc.Stream, head: Re
             session_id = verdict
             try:
                 ws = await request.accept()
-            except ConnectionClosed:
-                await ctx.backend.release_session(session_id)
+            except (ConnectionClosed, trio.Cancelled) as exc:
+                # The session was claimed: give it back, or its token would
+                # answer 409 until the server restarts.
+                with trio.CancelScope(shield=True):
+                    await ctx.backend.release_session(session_id)
                 nursery.cancel_scope.cancel()
+                if isinstance(exc, trio.Cancelled):
+                    raise
                 return
             try:
                 await _run_session(

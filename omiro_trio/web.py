@@ -7,12 +7,10 @@ The WebSocket endpoint is not here: ``front.py`` hands ``/ws`` upgrades to
 
 from __future__ import annotations
 
-import importlib.resources
 import logging
-from pathlib import Path
 from typing import Any
 
-from quart import Response, jsonify, request, send_from_directory
+from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -21,6 +19,7 @@ from omiro_trio.admin import register_admin
 from omiro_trio.context import ServerContext
 from omiro_trio.errors import BackendUnavailable
 from omiro_trio.metrics import CONTENT_TYPE
+from omiro_trio.static import etag_matches, frontend_dir, load_assets
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +36,6 @@ PAGE_CSP = (
 )
 
 
-def frontend_dir() -> Path:
-    """The frontend folder of the installed package."""
-    path = Path(str(importlib.resources.files("omiro_trio") / "frontend"))
-    if not (path / "index.html").is_file():
-        raise RuntimeError(f"the frontend is missing from the installed package ({path})")
-    return path
-
-
 def _error(status: int, code: str, message: str, **extra: Any) -> Response:
     response = jsonify({"error": code, "message": message, **extra})
     response.status_code = status
@@ -54,7 +45,7 @@ def _error(status: int, code: str, message: str, **extra: Any) -> Response:
 def create_app(ctx: ServerContext) -> QuartTrio:
     """The quart-trio app of one server."""
     app = QuartTrio("omiro_trio", static_folder=None)
-    static = frontend_dir()
+    assets = load_assets(frontend_dir())
 
     def remote_ip() -> str:
         return client_ip(
@@ -84,16 +75,15 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     register_admin(app, ctx)
 
     @app.get("/")
-    async def index() -> Response:
-        response = await send_from_directory(static, "index.html")
-        response.headers["Cache-Control"] = "no-cache"
-        return response
-
     @app.get("/<path:filename>")
-    async def asset(filename: str) -> Response:
-        response = await send_from_directory(static, filename)
-        response.headers["Cache-Control"] = "no-cache"
-        return response
+    async def asset(filename: str = "") -> Response:
+        found = assets.get("/" + filename)
+        if found is None:
+            return _error(404, "not_found", "The requested URL was not found on the server.")
+        headers = {"ETag": found.etag, "Cache-Control": "no-cache"}
+        if etag_matches(request.headers.get("If-None-Match"), found.etag):
+            return Response(b"", status=304, headers=headers)
+        return Response(found.body, content_type=found.content_type, headers=headers)
 
     @app.get("/session/new")
     async def new_session() -> Response:

@@ -115,6 +115,29 @@ async def test_page_served_from_package_with_security_headers(server: Harness) -
         assert "javascript" in script.headers["content-type"]
 
 
+async def test_assets_revalidate_with_etags(server: Harness) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        for path, kind in [
+            ("/", "text/html"),
+            ("/index.html", "text/html"),
+            ("/css/app.css", "text/css"),
+            ("/js/call.js", "text/javascript"),
+            ("/favicon.svg", "image/svg+xml"),
+        ]:
+            first = await http.get(path)
+            assert first.status_code == 200, path
+            assert first.headers["content-type"].startswith(kind), path
+            assert first.headers["cache-control"] == "no-cache"
+            etag = first.headers["etag"]
+            again = await http.get(path, headers={"If-None-Match": etag})
+            assert again.status_code == 304, path
+            assert again.content == b""
+            changed = await http.get(path, headers={"If-None-Match": '"stale"'})
+            assert changed.status_code == 200
+            assert changed.content == first.content
+        assert (await http.get("/")).content == (await http.get("/index.html")).content
+
+
 async def test_unknown_path_and_traversal_are_json_404(server: Harness) -> None:
     async with httpx.AsyncClient(base_url=server.url) as http:
         for path in ("/nope", "/../pyproject.toml", "/%2e%2e/omiro_trio/config.py", "/ws"):
