@@ -1,0 +1,84 @@
+"""Page-load benchmark: the page and its assets from a real `omiro serve`.
+
+Starts the server as in relay.py (pinned apart from this load generator),
+then ROUNDS times fetches the page and every asset it loads, all at once as
+a browser does, on fresh connections; then REQUESTS sequential requests for
+one asset and for /healthz on a kept-alive connection, and a revalidation
+(If-None-Match → 304). Loopback only, bounded in count and time.
+
+    .venv/bin/python benchmarks/page_load.py [--rounds 20] [--requests 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import httpx
+import trio
+from relay import start_server
+
+ASSETS = [
+    "/",
+    "/css/app.css",
+    "/js/app.js",
+    "/js/call.js",
+    "/js/chat.js",
+    "/js/signaling.js",
+    "/js/media.js",
+    "/js/interests.js",
+    "/favicon.svg",
+]
+
+
+async def run(args: argparse.Namespace, url: str) -> dict[str, float]:
+    results: dict[str, float] = {}
+    with trio.fail_after(120):
+        page_ms: list[float] = []
+        for _ in range(args.rounds):
+            async with httpx.AsyncClient(base_url=url) as http:
+                start = time.perf_counter()
+                async with trio.open_nursery() as nursery:
+                    for path in ASSETS:
+                        nursery.start_soon(http.get, path)
+                page_ms.append((time.perf_counter() - start) * 1000)
+        results["page_all_assets_ms_median"] = statistics.median(page_ms)
+        async with httpx.AsyncClient(base_url=url) as http:
+            for label, path, headers in [
+                ("asset_ms", "/js/app.js", {}),
+                ("healthz_ms", "/healthz", {}),
+            ]:
+                start = time.perf_counter()
+                for _ in range(args.requests):
+                    (await http.get(path, headers=headers)).raise_for_status()
+                results[label] = (time.perf_counter() - start) / args.requests * 1000
+            etag = (await http.get("/js/app.js")).headers["etag"]
+            start = time.perf_counter()
+            for _ in range(args.requests):
+                assert (await http.get("/js/app.js", headers={"If-None-Match": etag})).status_code == 304
+            results["revalidate_304_ms"] = (time.perf_counter() - start) / args.requests * 1000
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=500)
+    args = parser.parse_args()
+    pin = len(os.sched_getaffinity(0)) >= 2
+    process, url = start_server(pin)
+    try:
+        if pin:
+            os.sched_setaffinity(0, {1})
+        results = trio.run(run, args, url)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    print(json.dumps({"args": vars(args), "pinned": pin, **results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Relay benchmark: chat frames between matched pairs through a real `omiro serve`.
+
+Starts `omiro serve` (memory backend) as its own process on 127.0.0.1, pinned
+to one core when the machine has two or more, with the load generator pinned
+to another; opens IDLE idle sockets (they are what makes GC pauses show up
+in the tail), matches PAIRS pairs, then measures:
+
+1. throughput: every pair sends MESSAGES chat frames one way as fast as the
+   server takes them, with at most WINDOW unanswered frames per pair;
+2. latency: the same pairs send at a fixed total RATE for SECONDS seconds;
+   p50/p99/max from send to receipt (one clock: same process);
+3. server memory (VmRSS) before and after the idle sockets.
+
+Everything stays on loopback, every loop is bounded in count and time, and
+the server is stopped at the end. Needs the test extras (httpx).
+
+    .venv/bin/python benchmarks/relay.py [--pairs 50] [--idle 1000] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+import httpx
+import trio
+from trio_websocket import WebSocketConnection, connect_websocket_url
+
+LISTENING = re.compile(r"listening on (http://\S+)")
+DEADLINE_S = 300
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_server(pin: bool) -> tuple[subprocess.Popen[str], str]:
+    env = dict(os.environ)
+    env.update(
+        OMIRO_ICE_URLS="[]",
+        OMIRO_LOG_LEVEL="info",
+        OMIRO_LIMITS_MESSAGES_PER_SECOND="10000000",
+        OMIRO_LIMITS_MESSAGE_BURST="10000000",
+        OMIRO_LIMITS_SOCKETS_PER_IP="1000000",
+        OMIRO_LIMITS_SESSIONS_PER_IP_PER_MINUTE="1000000",
+    )
+    command = [sys.executable, "-m", "omiro_trio", "serve", "--host", "127.0.0.1", "--port", "0"]
+    process = subprocess.Popen(
+        command,
+        env=env,
+        cwd="/",
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=(lambda: os.sched_setaffinity(0, {0})) if pin else None,
+    )
+    assert process.stderr is not None
+    for line in process.stderr:
+        found = LISTENING.search(line)
+        if found:
+            return process, found.group(1)
+    raise RuntimeError("the server did not start")
+
+
+async def open_client(
+    nursery: trio.Nursery, http: httpx.AsyncClient, ws_url: str
+) -> tuple[WebSocketConnection, str]:
+    token = (await http.get("/session/new")).json()["token"]
+    ws = await connect_websocket_url(nursery, f"{ws_url}?token={token}", message_queue_size=4096)
+    hello = json.loads(await ws.get_message())
+    return ws, hello["data"]["session_id"]
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def run(args: argparse.Namespace, url: str, pid: int) -> dict[str, float]:
+    ws_url = url.replace("http://", "ws://") + "/ws"
+    results: dict[str, float] = {}
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery, httpx.AsyncClient(base_url=url) as http:
+            results["rss_empty_kib"] = rss_kib(pid)
+            idle = [await open_client(nursery, http, ws_url) for _ in range(args.idle)]
+            results["rss_idle_kib"] = rss_kib(pid)
+            if args.idle:
+                per_socket = (results["rss_idle_kib"] - results["rss_empty_kib"]) / args.idle
+                results["kib_per_idle_socket"] = per_socket
+
+            pairs: list[tuple[WebSocketConnection, WebSocketConnection]] = []
+            for _ in range(args.pairs):
+                a, _ = await open_client(nursery, http, ws_url)
+                b, _ = await open_client(nursery, http, ws_url)
+                await a.send_message('{"op":"join_queue","data":{"mode":"text"}}')
+                assert json.loads(await a.get_message())["op"] == "queued"
+                await b.send_message('{"op":"join_queue","data":{"mode":"text"}}')
+                assert json.loads(await a.get_message())["op"] == "match_found"
+                assert json.loads(await b.get_message())["op"] == "match_found"
+                pairs.append((a, b))
+
+            # 1. Throughput with a bounded window per pair.
+            async def blast(a: WebSocketConnection, b: WebSocketConnection) -> None:
+                window = trio.Semaphore(args.window)
+
+                async def send() -> None:
+                    for i in range(args.messages):
+                        await window.acquire()
+                        await a.send_message(f'{{"op":"chat","data":{{"message":"m{i}"}}}}')
+
+                async def receive() -> None:
+                    for _ in range(args.messages):
+                        await b.get_message()
+                        window.release()
+
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(send)
+                    inner.start_soon(receive)
+
+            cpu_before, start = cpu_seconds(pid), time.perf_counter()
+            async with trio.open_nursery() as blasts:
+                for a, b in pairs:
+                    blasts.start_soon(blast, a, b)
+            elapsed = time.perf_counter() - start
+            total = args.messages * len(pairs)
+            results["throughput_msgs_per_s"] = total / elapsed
+            results["server_cpu_per_msg_us"] = (cpu_seconds(pid) - cpu_before) / total * 1e6
+
+            # 2. Latency at a fixed offered rate.
+            latencies: list[float] = []
+            per_pair_interval = len(pairs) / args.rate
+            count = int(args.seconds * args.rate / len(pairs))
+
+            async def paced(a: WebSocketConnection, b: WebSocketConnection, offset: float) -> None:
+                async def send() -> None:
+                    await trio.sleep(offset)
+                    begin = trio.current_time()
+                    for i in range(count):
+                        await trio.sleep_until(begin + i * per_pair_interval)
+                        stamp = f"{time.perf_counter():.9f}"
+                        await a.send_message(f'{{"op":"chat","data":{{"message":"{stamp}"}}}}')
+
+                async def receive() -> None:
+                    for _ in range(count):
+                        message = json.loads(await b.get_message())
+                        latencies.append(time.perf_counter() - float(message["data"]["message"]))
+
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(send)
+                    inner.start_soon(receive)
+
+            async with trio.open_nursery() as pacers:
+                for n, (a, b) in enumerate(pairs):
+                    pacers.start_soon(paced, a, b, n * per_pair_interval / len(pairs))
+            results["latency_p50_ms"] = statistics.median(latencies) * 1000
+            results["latency_p99_ms"] = percentile(latencies, 0.99) * 1000
+            results["latency_max_ms"] = max(latencies) * 1000
+            results["latency_samples"] = len(latencies)
+            results["rss_end_kib"] = rss_kib(pid)
+            for ws, _ in idle:
+                await ws.aclose()
+            nursery.cancel_scope.cancel()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=50)
+    parser.add_argument("--idle", type=int, default=1000)
+    parser.add_argument("--messages", type=int, default=2000, help="per pair, throughput phase")
+    parser.add_argument("--window", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=1000.0, help="msgs/s in all, latency phase")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    pin = len(os.sched_getaffinity(0)) >= 2
+    process, url = start_server(pin)
+    try:
+        if pin:
+            os.sched_setaffinity(0, {1})
+        results = trio.run(run, args, url, process.pid)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    print(json.dumps({"args": vars(args), "pinned": pin, **results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
