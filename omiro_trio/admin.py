@@ -20,6 +20,7 @@ from quart_trio import QuartTrio
 
 from omiro_trio.backends.base import Ban, ReportRecord
 from omiro_trio.context import ServerContext
+from omiro_trio.responses import json_error, not_found
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,6 @@ class BanRequest(msgspec.Struct, forbid_unknown_fields=False):
 
 
 _ban_request = msgspec.json.Decoder(BanRequest)
-
-
-def _error(status: int, code: str, message: str) -> Response:
-    response = jsonify({"error": code, "message": message})
-    response.status_code = status
-    return response
 
 
 def canonical_target(text: str) -> str | None:
@@ -78,13 +73,13 @@ def register_admin(app: QuartTrio, ctx: ServerContext) -> None:
     def refused() -> Response | None:
         token = ctx.config.admin.token
         if not token:
-            return _error(404, "not_found", "The requested URL was not found on the server.")
+            return not_found()
         sent = request.headers.get("Authorization", "")
         scheme, _, credential = sent.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             credential.strip().encode(), token.encode()
         ):
-            response = _error(401, "unauthorized", "a valid admin bearer token is required")
+            response = json_error(401, "unauthorized", "a valid admin bearer token is required")
             response.headers["WWW-Authenticate"] = 'Bearer realm="omiro-admin"'
             return response
         return None
@@ -102,14 +97,14 @@ def register_admin(app: QuartTrio, ctx: ServerContext) -> None:
         try:
             body = _ban_request.decode(await request.get_data(as_text=False))
         except msgspec.DecodeError as exc:
-            return _error(400, "bad_request", f"invalid ban: {exc}")
+            return json_error(400, "bad_request", f"invalid ban: {exc}")
         target = canonical_target(body.target)
         if target is None:
-            return _error(400, "bad_request", "target must be an IP address or a CIDR network")
+            return json_error(400, "bad_request", "target must be an IP address or a CIDR network")
         if body.duration_s is not None and body.duration_s <= 0:
-            return _error(400, "bad_request", "duration_s must be a positive number or null")
+            return json_error(400, "bad_request", "duration_s must be a positive number or null")
         if len(body.reason) > MAX_REASON_LENGTH:
-            return _error(400, "bad_request", f"reason is longer than {MAX_REASON_LENGTH}")
+            return json_error(400, "bad_request", f"reason is longer than {MAX_REASON_LENGTH}")
         now = ctx.wall()
         until = None if body.duration_s is None else now + body.duration_s
         ban = Ban(target=target, reason=body.reason.strip(), until=until, created_at=now)
@@ -126,7 +121,7 @@ def register_admin(app: QuartTrio, ctx: ServerContext) -> None:
             return denied
         canonical = canonical_target(unquote(target))
         if canonical is None or not await ctx.backend.remove_ban(canonical):
-            return _error(404, "not_found", "no such ban")
+            return json_error(404, "not_found", "no such ban")
         log.info("lifted the ban of %s", canonical)
         return Response("", status=204)
 

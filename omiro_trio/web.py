@@ -8,7 +8,6 @@ The WebSocket endpoint is not here: ``front.py`` hands ``/ws`` upgrades to
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
@@ -19,6 +18,7 @@ from omiro_trio.admin import register_admin
 from omiro_trio.context import ServerContext
 from omiro_trio.errors import BackendUnavailable
 from omiro_trio.metrics import CONTENT_TYPE
+from omiro_trio.responses import json_error, not_found
 from omiro_trio.static import etag_matches, frontend_dir, load_assets
 
 log = logging.getLogger(__name__)
@@ -34,12 +34,6 @@ PAGE_CSP = (
     "img-src 'self' data: blob:; media-src 'self' blob: mediastream:; "
     "connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
-
-
-def _error(status: int, code: str, message: str, **extra: Any) -> Response:
-    response = jsonify({"error": code, "message": message, **extra})
-    response.status_code = status
-    return response
 
 
 def create_app(ctx: ServerContext) -> QuartTrio:
@@ -64,13 +58,13 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         return response
 
     @app.errorhandler(HTTPException)
-    async def http_error(exc: HTTPException) -> Response:
+    async def httpjson_error(exc: HTTPException) -> Response:
         code = (exc.name or "error").lower().replace(" ", "_")
-        return _error(exc.code or 500, code, exc.description or code)
+        return json_error(exc.code or 500, code, exc.description or code)
 
     @app.errorhandler(BackendUnavailable)
     async def backend_down(exc: BackendUnavailable) -> Response:
-        return _error(503, "unavailable", "the backend is not answering; try again shortly")
+        return json_error(503, "unavailable", "the backend is not answering; try again shortly")
 
     register_admin(app, ctx)
 
@@ -79,7 +73,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     async def asset(filename: str = "") -> Response:
         found = assets.get("/" + filename)
         if found is None:
-            return _error(404, "not_found", "The requested URL was not found on the server.")
+            return not_found()
         headers = {"ETag": found.etag, "Cache-Control": "no-cache"}
         if etag_matches(request.headers.get("If-None-Match"), found.etag):
             return Response(b"", status=304, headers=headers)
@@ -90,13 +84,13 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         ip = remote_ip()
         ban = await ctx.backend.ban_for(ip)
         if ban is not None:
-            return _error(403, "banned", "this address is banned", until=ban.until)
+            return json_error(403, "banned", "this address is banned", until=ban.until)
         retry = await ctx.backend.hit_rate_limit(
             f"sessions:{ip}", ctx.config.limits.sessions_per_ip_per_minute, 60.0
         )
         if retry is not None:
             seconds = max(1, int(retry + 0.999))
-            response = _error(
+            response = json_error(
                 429, "rate_limited", "too many new sessions; try again later", retry_after=seconds
             )
             response.headers["Retry-After"] = str(seconds)
@@ -120,11 +114,11 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     @app.get("/readyz")
     async def readyz() -> Response:
         if ctx.hub.draining:
-            return _error(503, "draining", "the server is shutting down")
+            return json_error(503, "draining", "the server is shutting down")
         try:
             await ctx.backend.ping()
         except BackendUnavailable:
-            return _error(503, "unavailable", "the backend is not answering")
+            return json_error(503, "unavailable", "the backend is not answering")
         return jsonify({"status": "ready"})
 
     @app.get("/stats")
