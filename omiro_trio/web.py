@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from omiro_trio.addresses import client_ip
 from omiro_trio.admin import register_admin
+from omiro_trio.backends.base import Stats
 from omiro_trio.context import ServerContext
 from omiro_trio.errors import BackendUnavailable
 from omiro_trio.metrics import CONTENT_TYPE
@@ -121,20 +122,23 @@ def create_app(ctx: ServerContext) -> QuartTrio:
             return json_error(503, "unavailable", "the backend is not answering")
         return jsonify({"status": "ready"})
 
-    @app.get("/stats")
-    async def stats() -> Response:
+    async def current_stats() -> Stats:
+        """Service-wide counts, also kept in the gauges for /metrics."""
         current = await ctx.backend.stats()
         ctx.metrics.online.set(current.online)
         ctx.metrics.waiting.set(current.waiting)
+        return current
+
+    @app.get("/stats")
+    async def stats() -> Response:
+        current = await current_stats()
         response = jsonify({"online": current.online, "waiting": current.waiting})
         response.headers["Cache-Control"] = "no-store"
         return response
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        current = await ctx.backend.stats()
-        ctx.metrics.online.set(current.online)
-        ctx.metrics.waiting.set(current.waiting)
+        await current_stats()
         return Response(ctx.metrics.render(), content_type=CONTENT_TYPE)
 
     return app
