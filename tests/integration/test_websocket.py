@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import trio
 from support import WAIT_S, Client, Harness, StartServer, wait_until
@@ -271,10 +273,14 @@ async def test_handshake_second_socket_same_session_409(server: Harness) -> None
         "00000000-0000-4000-8000-000000000000:9999999999:" + "0" * 64,
     ],
 )
-async def test_handshake_bad_token_401(server: Harness, token: str | None) -> None:
-    rejected = await _rejected(server, token)
+async def test_handshake_bad_token_401(
+    server: Harness, token: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        rejected = await _rejected(server, token)
     assert rejected.status_code == 401
     assert b'"invalid_token"' in (rejected.body or b"")
+    assert [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR] == []
 
 
 async def test_handshake_expired_and_tampered_tokens_401(server: Harness) -> None:
