@@ -370,6 +370,14 @@ async def test_oversized_frame_closes_1009(server: Harness) -> None:
     assert await b.expect("partner_disconnected") == {"reason": "left"}
 
 
+async def test_oversized_multibyte_frame_closes_1009(server: Harness) -> None:
+    # 40,000 characters (under the limit counted in characters) but 80,000 bytes.
+    a, b = await server.pair()
+    await a.ws.send_message('{"op":"chat","data":{"message":"' + "é" * 40000 + '"}}')
+    assert await a.expect_closed() == 1009
+    assert await b.expect("partner_disconnected") == {"reason": "left"}
+
+
 async def test_message_rate_limit_then_4029(start_server: StartServer) -> None:
     server = await start_server(limits__messages_per_second=1, limits__message_burst=4)
     a, b = await server.pair()  # join_queue takes one of a's four
