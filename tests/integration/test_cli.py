@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -49,12 +50,12 @@ class ServerProcess:
         return self.process.returncode, "".join(self.log) + err
 
 
-@pytest.fixture
-def omiro_serve(tmp_path: Path) -> Iterator[ServerProcess]:
+def start_serve(tmp_path: Path, **env: str) -> ServerProcess:
+    """Start ``python -m omiro_trio serve`` on a free port; return once it listens."""
     process = subprocess.Popen(
         [sys.executable, "-m", "omiro_trio", "serve", "--host", "127.0.0.1", "--port", "0"],
         cwd=tmp_path,  # never the source tree: the installed package runs
-        env=omiro_env(),
+        env=omiro_env(**env),
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
@@ -69,10 +70,28 @@ def omiro_serve(tmp_path: Path) -> Iterator[ServerProcess]:
             url = found.group(1)
             break
     assert url is not None, "".join(log)
-    yield ServerProcess(process, url, log)
-    if process.poll() is None:
-        process.kill()
-        process.communicate(timeout=START_S)
+    return ServerProcess(process, url, log)
+
+
+@pytest.fixture
+def omiro_serve(tmp_path: Path) -> Iterator[ServerProcess]:
+    server = start_serve(tmp_path)
+    yield server
+    if server.process.poll() is None:
+        server.process.kill()
+        server.process.communicate(timeout=START_S)
+
+
+def test_serve_json_logs_are_one_object_a_line(tmp_path: Path) -> None:
+    server = start_serve(tmp_path, OMIRO_LOG_FORMAT="json")
+    code, log = server.stop(signal.SIGTERM)
+    assert code == 0, log
+    entries = [json.loads(line) for line in log.splitlines() if line.strip()]
+    assert len(entries) >= 3
+    for entry in entries:
+        assert set(entry) >= {"ts", "level", "logger", "message"}, entry
+    assert any("listening on http://127.0.0.1:" in e["message"] for e in entries)
+    assert entries[-1]["message"] == "Omiro stopped"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
