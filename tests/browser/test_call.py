@@ -206,6 +206,44 @@ def test_call_survives_ice_restarts_from_either_side_and_offer_glare(server, pai
     bob.wait_media_flowing()
 
 
+FAKE_CONNECTION_STATE = """state => {
+  // Report a connection state to the app as the browser would; null restores the real one.
+  const pc = window.omiro.pc;
+  if (state === null) delete pc.connectionState;
+  else Object.defineProperty(pc, "connectionState", { get: () => state, configurable: true });
+  pc.dispatchEvent(new Event("connectionstatechange"));
+}"""
+
+
+def test_call_restarts_ice_by_itself_when_failed_or_disconnected_too_long(server, pair):
+    alice, bob = pair(server)
+
+    def restarts() -> int:
+        return alice.js("() => window.omiro.call.iceRestarts")
+
+    # "failed": an ICE restart at once, renegotiated on the same connection.
+    before, old = restarts(), alice.js(UFRAG, "localDescription")
+    alice.js(FAKE_CONNECTION_STATE, "failed")
+    alice.wait("n => window.omiro.call.iceRestarts === n + 1", before)
+    alice.js(FAKE_CONNECTION_STATE, None)
+    bob.wait(f"(old) => ({UFRAG})('remoteDescription') !== old", old)
+
+    # "disconnected": a restart only once it has lasted RESTART_AFTER_DISCONNECTED_MS.
+    before, old = restarts(), alice.js(UFRAG, "localDescription")
+    alice.js(FAKE_CONNECTION_STATE, "disconnected")
+    started = alice.js("() => performance.now()")
+    alice.wait("n => window.omiro.call.iceRestarts === n + 1", before, timeout_ms=10_000)
+    assert alice.js("() => performance.now()") - started >= 2_900
+    alice.js(FAKE_CONNECTION_STATE, None)
+    bob.wait(f"(old) => ({UFRAG})('remoteDescription') !== old", old)
+
+    for person in (alice, bob):
+        person.wait_call_connected()
+        assert person.probe()["created"] == 1  # restarts, never a new connection
+    alice.wait_media_flowing()
+    bob.wait_media_flowing()
+
+
 def test_call_buffers_candidates_that_arrive_before_the_offer(server, people):
     alice = people(server, "alice")
     bob = people(server, "bob")
