@@ -72,15 +72,19 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
         server = msgspec.structs.replace(server, port=port)
     config = msgspec.structs.replace(config, server=server)
     setup_logging(config.log.level, config.log.format)
-    failed = False
+    exit_code = 0
     try:
         trio.run(_serve_until_signalled, config)
-    except* OSError as group:  # the port is taken, the address is not ours, ...
+    except* ConfigError as group:  # found only when starting (e.g. an unavailable backend)
         for exc in group.exceptions:
+            log.error("configuration error: %s", exc)
+        exit_code = 2
+    except* OSError as failures:  # the port is taken, the address is not ours, ...
+        for exc in failures.exceptions:
             log.error("could not start: %s", exc)
-        failed = True
-    if failed:
-        sys.exit(1)
+        exit_code = 1
+    if exit_code:
+        sys.exit(exit_code)
 
 
 async def _serve_until_signalled(config: Config) -> None:

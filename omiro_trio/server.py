@@ -7,6 +7,7 @@ Task tree::
          └─ nursery
              ├─ bus listener              backend.run_bus → hub.on_bus
              ├─ janitor                   backend.sweep every JANITOR_INTERVAL_S
+             ├─ gc tuning                 freezes long-lived objects (gc_tuning.py)
              ├─ hypercorn lifespan        quart-trio startup/shutdown
              └─ front door                one listener; /ws → connection.py, rest → hypercorn
                  └─ connection handlers   (their own nursery, cancelled last)
@@ -37,6 +38,7 @@ from omiro_trio.connection import serve_connection
 from omiro_trio.context import ServerContext
 from omiro_trio.errors import ConfigError
 from omiro_trio.front import FrontDoor
+from omiro_trio.gc_tuning import run_gc_tuning
 from omiro_trio.hub import CLOSE_RESTARTING, Hub, ReportPolicy
 from omiro_trio.metrics import Metrics
 from omiro_trio.tokens import TokenSigner, new_secret
@@ -71,7 +73,10 @@ async def open_backend(config: Config) -> AsyncIterator[Backend]:
         ) as backend:
             yield backend
     else:
-        raise ConfigError(f"backend.kind = {config.backend.kind!r} is not available in this build")
+        raise ConfigError(
+            f"backend.kind = {config.backend.kind!r}: only the memory backend is available "
+            "in this version"
+        )
 
 
 def _hyper_config() -> HyperConfig:
@@ -137,6 +142,7 @@ async def serve(
         async with trio.open_nursery() as services:
             await services.start(backend.run_bus, hub.on_bus)
             services.start_soon(_janitor, backend)
+            services.start_soon(run_gc_tuning)
             await services.start(lifespan.handle_lifespan)
             await lifespan.wait_for_startup()
             async with trio.open_nursery() as connections:

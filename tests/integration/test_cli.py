@@ -127,6 +127,13 @@ def test_serve_port_in_use_exits_1(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_serve_unavailable_backend_exits_2(tmp_path: Path) -> None:
+    result = run_omiro(tmp_path, "serve", "--port", "0", OMIRO_BACKEND_KIND="redis")
+    assert result.returncode == 2
+    assert "backend.kind = 'redis'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_check_config_masks_secrets(tmp_path: Path) -> None:
     config = tmp_path / "omiro.toml"
     config.write_text("[server]\nport = 9000\n[limits]\nmax_chat_length = 500\n")
