@@ -75,9 +75,9 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
     exit_code = 0
     try:
         trio.run(_serve_until_signalled, config)
-    except* ConfigError as group:  # found only when starting (e.g. an unavailable backend)
-        for exc in group.exceptions:
-            log.error("configuration error: %s", exc)
+    except* ConfigError as problems:  # found only when starting (e.g. an unavailable backend)
+        for problem in problems.exceptions:
+            log.error("configuration error: %s", problem)
         exit_code = 2
     except* OSError as failures:  # the port is taken, the address is not ours, ...
         for exc in failures.exceptions:
