@@ -1,0 +1,39 @@
+"""The GC tuning task freezes survivors, collects fully now and then, and undoes itself."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import trio
+import trio.testing
+
+from omiro_trio.gc_tuning import run_gc_tuning
+
+
+async def test_gc_tuning_freezes_then_collects_then_unfreezes(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    real_collect = gc.collect
+
+    def counting_collect(*args: int) -> int:
+        calls.append("collect")
+        return real_collect(*args)
+
+    monkeypatch.setattr(gc, "collect", counting_collect)
+    gc.unfreeze()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: run_gc_tuning(freeze_interval_s=1, full_collect_interval_s=10))
+        await trio.sleep(0.5)
+        assert gc.get_freeze_count() > 0  # frozen at start
+        survivor = [object() for _ in range(1000)]  # young objects...
+        gc.collect(0)
+        await trio.sleep(1)
+        frozen = gc.get_freeze_count()
+        assert frozen >= len(survivor)  # ...frozen at the next tick
+        assert calls.count("collect") == 1  # the test's own: the task has not collected yet
+        await trio.sleep(10)
+        assert calls.count("collect") == 2  # one full collection within the interval
+        nursery.cancel_scope.cancel()
+    assert gc.get_freeze_count() == 0  # nothing left frozen once it stops
