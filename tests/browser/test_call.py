@@ -264,3 +264,12 @@ def test_call_buffers_candidates_that_arrive_before_the_offer(server, people):
     for person in (alice, bob):
         person.wait_call_connected()
     bob.wait_media_flowing()
+
+
+def test_page_loads_without_flashing_an_empty_preview(server, people):
+    # With animations on, the preview box would still be fading out here if
+    # the page started with it shown and hid it only once its script ran.
+    alice = people(server, "alice", motion=True)
+    opacity = alice.js("() => getComputedStyle(document.querySelector('.pip')).opacity")
+    assert opacity == "0"
+    assert alice.js("() => document.body.dataset.preview") == "off"
