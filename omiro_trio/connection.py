@@ -304,18 +304,6 @@ async def _flush(ws: WebSocketConnection, session: Session) -> None:
             return
 
 
-def _too_big(frame: str | bytes, max_bytes: int) -> bool:
-    """Whether a frame is over ``max_bytes`` of UTF-8.
-
-    trio-websocket's own limit (which closes with 1009 before buffering more)
-    counts characters of a text frame; this catches multi-byte text within
-    that count but over the byte limit, encoding only when it could be.
-    """
-    if isinstance(frame, bytes):
-        return len(frame) > max_bytes
-    return len(frame) * 4 > max_bytes and len(frame.encode("utf-8", "surrogatepass")) > max_bytes
-
-
 async def _read_loop(ctx: ServerContext, ws: WebSocketConnection, session: Session) -> None:
     """Read and dispatch frames until the client leaves or the session is closed."""
     hub = ctx.hub
@@ -331,7 +319,9 @@ async def _read_loop(ctx: ServerContext, ws: WebSocketConnection, session: Sessi
             frame = await ws.get_message()
         except ConnectionClosed:
             return
-        if _too_big(frame, limits.max_frame_bytes):
+        # trio-websocket's own limit (which stops buffering at once) counts the
+        # characters of a text frame; multi-byte text can pass it yet be too big.
+        if protocol.frame_too_big(frame, limits.max_frame_bytes):
             session.close(CLOSE_TOO_BIG, "frame too large")
             return
         now = clock()

@@ -341,6 +341,19 @@ _PARSERS: Final[dict[str, Callable[[msgspec.Raw, Limits], ClientMessage]]] = {
 assert set(_PARSERS) == set(OP_NAMES.values())
 
 
+def frame_too_big(frame: str | bytes, max_bytes: int) -> bool:
+    """Whether a frame is over ``max_bytes`` (UTF-8 bytes for a text frame).
+
+    A code point is at most 4 UTF-8 bytes: text is encoded only when the
+    limit could be exceeded.
+    """
+    if isinstance(frame, bytes):
+        return len(frame) > max_bytes
+    return len(frame) * 4 > max_bytes and (
+        len(frame) > max_bytes or len(frame.encode("utf-8", "surrogatepass")) > max_bytes
+    )
+
+
 def parse_client_frame(frame: str | bytes, limits: Limits) -> ClientMessage:
     """Decode and validate one client frame.
 
@@ -360,11 +373,7 @@ def parse_client_frame(frame: str | bytes, limits: Limits) -> ClientMessage:
     """
     if not isinstance(frame, str):
         raise ProtocolViolation("bad_request", "only text frames are accepted, not binary")
-    # A code point is at most 4 UTF-8 bytes: encode only when the limit could be exceeded.
-    if len(frame) * 4 > limits.max_frame_bytes and (
-        len(frame) > limits.max_frame_bytes
-        or len(frame.encode("utf-8", "surrogatepass")) > limits.max_frame_bytes
-    ):
+    if frame_too_big(frame, limits.max_frame_bytes):
         raise ProtocolViolation(
             "message_too_long", f"the frame is larger than {limits.max_frame_bytes} bytes"
         )
