@@ -12,14 +12,12 @@ one asset and for /healthz on a kept-alive connection, and a revalidation
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import time
 
 import httpx
 import trio
-from relay import start_server
+from relay import report
 
 ASSETS = [
     "/",
@@ -34,7 +32,7 @@ ASSETS = [
 ]
 
 
-async def run(args: argparse.Namespace, url: str) -> dict[str, float]:
+async def run(args: argparse.Namespace, url: str, server_pid: int) -> dict[str, float]:
     results: dict[str, float] = {}
     with trio.fail_after(120):
         page_ms: list[float] = []
@@ -68,17 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--requests", type=int, default=500)
-    args = parser.parse_args()
-    pin = len(os.sched_getaffinity(0)) >= 2
-    process, url = start_server(pin)
-    try:
-        if pin:
-            os.sched_setaffinity(0, {1})
-        results = trio.run(run, args, url)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-    print(json.dumps({"args": vars(args), "pinned": pin, **results}, indent=2))
+    report(parser.parse_args(), run)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import httpx
 import trio
@@ -187,13 +187,23 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=32)
     parser.add_argument("--rate", type=float, default=1000.0, help="msgs/s in all, latency phase")
     parser.add_argument("--seconds", type=float, default=10.0)
-    args = parser.parse_args()
+    report(parser.parse_args(), run)
+
+
+def report(
+    args: argparse.Namespace,
+    measure: Callable[[argparse.Namespace, str, int], Awaitable[dict[str, float]]],
+) -> None:
+    """Start a server, run ``measure(args, url, server_pid)`` against it, print JSON.
+
+    With two or more cores the server gets core 0 and this process core 1.
+    """
     pin = len(os.sched_getaffinity(0)) >= 2
     process, url = start_server(pin)
     try:
         if pin:
             os.sched_setaffinity(0, {1})
-        results = trio.run(run, args, url, process.pid)
+        results = trio.run(measure, args, url, process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)
