@@ -1,6 +1,6 @@
 """Page-load benchmark: the page and its assets from a real `omiro serve`.
 
-Starts the server as in relay.py (pinned apart from this load generator),
+Starts the server as `omiro bench relay` does (pinned apart from this load generator),
 then ROUNDS times fetches the page and every asset it loads, all at once as
 a browser does, on fresh connections; then REQUESTS sequential requests for
 one asset and for /healthz on a kept-alive connection, and a revalidation
@@ -17,7 +17,8 @@ import time
 
 import httpx
 import trio
-from relay import report
+
+from omiro_trio.bench import report
 
 ASSETS = [
     "/",

@@ -1,4 +1,4 @@
-"""The ``omiro`` command: ``serve``, ``check-config`` and ``ban``.
+"""The ``omiro`` command: ``serve``, ``check-config``, ``ban`` and ``bench``.
 
 Exit codes: 0 after a clean stop (Ctrl-C or SIGTERM included), 1 when the
 server could not start (port in use, ...), 2 for a configuration error.
@@ -244,3 +244,54 @@ def ban_remove(config_path: Path | None, url: str | None, token: str | None, tar
     if status != 204:
         _fail(status, payload)
     click.echo(f"lifted the ban of {target}")
+
+
+@main.group()
+def bench() -> None:
+    """Measure a real `omiro serve` on this machine (loopback only)."""
+
+
+@bench.command("relay")
+@click.option("--pairs", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option(
+    "--idle",
+    type=click.IntRange(min=0),
+    default=1000,
+    show_default=True,
+    help="Idle sockets held open during the measurement.",
+)
+@click.option(
+    "--messages",
+    type=click.IntRange(min=1),
+    default=2000,
+    show_default=True,
+    help="Frames per pair in the throughput phase.",
+)
+@click.option(
+    "--window",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Unanswered frames per pair in the throughput phase.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=1),
+    default=1000.0,
+    show_default=True,
+    help="Frames per second, in all, in the latency phase.",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Length of the latency phase.",
+)
+def bench_relay(
+    pairs: int, idle: int, messages: int, window: int, rate: float, seconds: float
+) -> None:
+    """Relay throughput, latency and memory per socket; prints JSON (see BENCHMARKS.md)."""
+    from omiro_trio.bench import RelayOptions, report, run
+
+    report(RelayOptions(pairs, idle, messages, window, rate, seconds), run)

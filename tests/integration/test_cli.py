@@ -134,6 +134,20 @@ def test_serve_unavailable_backend_exits_2(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_bench_relay_runs_and_reports_json(tmp_path: Path) -> None:
+    result = run_omiro(
+        tmp_path,
+        "bench", "relay", "--pairs", "2", "--idle", "3", "--messages", "20",
+        "--window", "4", "--rate", "40", "--seconds", "0.5",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["args"]["pairs"] == 2
+    assert report["throughput_msgs_per_s"] > 0
+    assert report["latency_samples"] == 20  # 40 frames/s for 0.5 s, over 2 pairs
+    assert report["rss_idle_kib"] >= report["rss_empty_kib"] > 0
+
+
 def test_check_config_masks_secrets(tmp_path: Path) -> None:
     config = tmp_path / "omiro.toml"
     config.write_text("[server]\nport = 9000\n[limits]\nmax_chat_length = 500\n")

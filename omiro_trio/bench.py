@@ -1,4 +1,4 @@
-"""Relay benchmark: chat frames between matched pairs through a real `omiro serve`.
+"""``omiro bench relay``: chat frames between matched pairs through a real `omiro serve`.
 
 Starts `omiro serve` (memory backend) as its own process on 127.0.0.1, pinned
 to one core when the machine has two or more, with the load generator pinned
@@ -12,14 +12,16 @@ in the tail), matches PAIRS pairs, then measures:
 3. server memory (VmRSS) before and after the idle sockets.
 
 Everything stays on loopback, every loop is bounded in count and time, and
-the server is stopped at the end. Needs the test extras (httpx).
+the server is stopped at the end.
 
-    .venv/bin/python benchmarks/relay.py [--pairs 50] [--idle 1000] ...
+    omiro bench relay [--pairs 50] [--idle 1000] ...
+
+``report`` also serves the scripts in ``benchmarks/``: it starts the server,
+pins the cores, runs a measurement and prints JSON.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -27,9 +29,11 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-import httpx
 import trio
 from trio_websocket import WebSocketConnection, connect_websocket_url
 
@@ -78,13 +82,19 @@ def start_server(pin: bool) -> tuple[subprocess.Popen[str], str]:
     raise RuntimeError("the server did not start")
 
 
-async def open_client(
-    nursery: trio.Nursery, http: httpx.AsyncClient, ws_url: str
-) -> tuple[WebSocketConnection, str]:
-    token = (await http.get("/session/new")).json()["token"]
+def _new_token(url: str) -> str:
+    with urllib.request.urlopen(f"{url}/session/new", timeout=10) as response:
+        token: str = json.load(response)["token"]
+    return token
+
+
+async def open_client(nursery: trio.Nursery, url: str) -> tuple[WebSocketConnection, str]:
+    """A connected client that has read its ``hello``; returns it and its session id."""
+    token = await trio.to_thread.run_sync(_new_token, url)
+    ws_url = url.replace("http://", "ws://") + "/ws"
     ws = await connect_websocket_url(nursery, f"{ws_url}?token={token}", message_queue_size=4096)
     hello = json.loads(await ws.get_message())
-    return ws, hello["data"]["session_id"]
+    return ws, str(hello["data"]["session_id"])
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -92,13 +102,13 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-async def run(args: argparse.Namespace, url: str, pid: int) -> dict[str, float]:
-    ws_url = url.replace("http://", "ws://") + "/ws"
+async def run(args: RelayOptions, url: str, pid: int) -> dict[str, float]:
+    """The relay measurement against the server at ``url`` (process ``pid``)."""
     results: dict[str, float] = {}
     with trio.fail_after(DEADLINE_S):
-        async with trio.open_nursery() as nursery, httpx.AsyncClient(base_url=url) as http:
+        async with trio.open_nursery() as nursery:
             results["rss_empty_kib"] = rss_kib(pid)
-            idle = [await open_client(nursery, http, ws_url) for _ in range(args.idle)]
+            idle = [await open_client(nursery, url) for _ in range(args.idle)]
             results["rss_idle_kib"] = rss_kib(pid)
             if args.idle:
                 per_socket = (results["rss_idle_kib"] - results["rss_empty_kib"]) / args.idle
@@ -106,8 +116,8 @@ async def run(args: argparse.Namespace, url: str, pid: int) -> dict[str, float]:
 
             pairs: list[tuple[WebSocketConnection, WebSocketConnection]] = []
             for _ in range(args.pairs):
-                a, _ = await open_client(nursery, http, ws_url)
-                b, _ = await open_client(nursery, http, ws_url)
+                a, _ = await open_client(nursery, url)
+                b, _ = await open_client(nursery, url)
                 await a.send_message('{"op":"join_queue","data":{"mode":"text"}}')
                 assert json.loads(await a.get_message())["op"] == "queued"
                 await b.send_message('{"op":"join_queue","data":{"mode":"text"}}')
@@ -179,21 +189,19 @@ async def run(args: argparse.Namespace, url: str, pid: int) -> dict[str, float]:
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, default=50)
-    parser.add_argument("--idle", type=int, default=1000)
-    parser.add_argument("--messages", type=int, default=2000, help="per pair, throughput phase")
-    parser.add_argument("--window", type=int, default=32)
-    parser.add_argument("--rate", type=float, default=1000.0, help="msgs/s in all, latency phase")
-    parser.add_argument("--seconds", type=float, default=10.0)
-    report(parser.parse_args(), run)
+@dataclass
+class RelayOptions:
+    """The relay benchmark's knobs (``omiro bench relay --help``)."""
+
+    pairs: int = 50
+    idle: int = 1000
+    messages: int = 2000  # per pair, throughput phase
+    window: int = 32  # unanswered frames per pair, throughput phase
+    rate: float = 1000.0  # frames/s in all, latency phase
+    seconds: float = 10.0  # latency phase
 
 
-def report(
-    args: argparse.Namespace,
-    measure: Callable[[argparse.Namespace, str, int], Awaitable[dict[str, float]]],
-) -> None:
+def report(options: Any, measure: Callable[[Any, str, int], Awaitable[dict[str, float]]]) -> None:
     """Start a server, run ``measure(args, url, server_pid)`` against it, print JSON.
 
     With two or more cores the server gets core 0 and this process core 1.
@@ -203,12 +211,8 @@ def report(
     try:
         if pin:
             os.sched_setaffinity(0, {1})
-        results = trio.run(measure, args, url, process.pid)
+        results = trio.run(measure, options, url, process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)
-    print(json.dumps({"args": vars(args), "pinned": pin, **results}, indent=2))
-
-
-if __name__ == "__main__":
-    main()
+    print(json.dumps({"args": vars(options), "pinned": pin, **results}, indent=2))
