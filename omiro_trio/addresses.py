@@ -17,7 +17,8 @@ def parse_networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
 
 
-def _in_any(ip: str, networks: tuple[Network, ...]) -> bool:
+def in_networks(ip: str, networks: tuple[Network, ...]) -> bool:
+    """Whether ``ip`` is in any of ``networks`` (False for a malformed address)."""
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
@@ -56,7 +57,7 @@ def client_ip(
         trusted: the ``trusted_proxies`` networks.
     """
     peer = _valid_ip(peer) or peer
-    if not trusted or not _in_any(peer, trusted):
+    if not trusted or not in_networks(peer, trusted):
         return peer
     if cf_connecting_ip is not None:
         ip = _valid_ip(cf_connecting_ip)
@@ -67,7 +68,7 @@ def client_ip(
         ip = _valid_ip(hop)
         if ip is None:
             break  # garbage from here leftwards cannot be trusted
-        if not _in_any(ip, trusted):
+        if not in_networks(ip, trusted):
             return ip
     return peer
 

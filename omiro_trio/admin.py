@@ -108,8 +108,7 @@ def register_admin(app: QuartTrio, ctx: ServerContext) -> None:
         now = ctx.wall()
         until = None if body.duration_s is None else now + body.duration_s
         ban = Ban(target=target, reason=body.reason.strip(), until=until, created_at=now)
-        await ctx.backend.add_ban(ban)
-        closed = ctx.hub.close_banned(ipaddress.ip_network(target, strict=False))
+        closed = await ctx.hub.ban(ban)
         log.info("banned %s (%s sockets closed)", target, closed)
         response = jsonify(ban_json(ban))
         response.status_code = 201

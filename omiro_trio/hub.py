@@ -32,6 +32,7 @@ import msgspec
 import trio
 
 from omiro_trio import protocol
+from omiro_trio.addresses import in_networks
 from omiro_trio.backends.base import Backend, Ban, ReportRecord
 from omiro_trio.matchmaking import Match, Preferences, Waiting
 from omiro_trio.metrics import Metrics
@@ -89,7 +90,6 @@ class Session:
         self.widen_scope: trio.CancelScope | None = None
         self.transcript: deque[tuple[str, str]] = deque(maxlen=TRANSCRIPT_LINES)
         self.ended: deque[str] = deque(maxlen=ENDED_REMEMBERED)
-        self.slow_consumer = False
         self.nursery: trio.Nursery | None = None  # set by the connection that owns it
         self.write_scope: trio.CancelScope | None = None  # the frame being written, if any
 
@@ -98,7 +98,6 @@ class Session:
         try:
             self._outbox.send_nowait(frame)
         except trio.WouldBlock:
-            self.slow_consumer = True
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
@@ -130,13 +129,6 @@ class ReportPolicy:
     autoban_reporters: int = 3
     autoban_window_s: float = 3600.0
     autoban_s: float = 86400.0
-
-
-def _in_network(ip: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-    try:
-        return ipaddress.ip_address(ip) in network
-    except ValueError:
-        return False
 
 
 class Hub:
@@ -215,9 +207,14 @@ class Hub:
         for session in list(self.sessions.values()):
             session.send(self.draining_frame)
 
-    def close_banned(self, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> int:
-        """Close every local socket from ``network`` with 1008; return how many."""
-        banned = [s for s in self.sessions.values() if _in_network(s.ip, network)]
+    async def ban(self, ban: Ban) -> int:
+        """Put ``ban`` in force and close the local sockets it covers with 1008.
+
+        Returns how many sockets were closed.
+        """
+        await self.backend.add_ban(ban)
+        networks = (ipaddress.ip_network(ban.target, strict=False),)
+        banned = [s for s in self.sessions.values() if in_networks(s.ip, networks)]
         for session in banned:
             session.send(protocol.error_frame("banned", "this address is banned", None))
             session.close(CLOSE_POLICY, "banned")
@@ -332,10 +329,9 @@ class Hub:
         if await self.backend.ban_for(ip) is not None:
             return  # never shorten a ban an operator set
         now = time.time()
-        await self.backend.add_ban(
+        closed = await self.ban(
             Ban(ip, f"reported by {reporters} people", now + self.report_policy.autoban_s, now)
         )
-        closed = self.close_banned(ipaddress.ip_network(ip))
         self.metrics.autobans.inc()
         log.info(
             "banned %s for %.0f s after %d reports (%d sockets closed)",

@@ -59,7 +59,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         return response
 
     @app.errorhandler(HTTPException)
-    async def httpjson_error(exc: HTTPException) -> Response:
+    async def http_error(exc: HTTPException) -> Response:
         code = (exc.name or "error").lower().replace(" ", "_")
         return json_error(exc.code or 500, code, exc.description or code)
 
