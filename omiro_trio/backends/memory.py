@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from omiro_trio.addresses import Network
 from omiro_trio.backends.base import Ban, BusHandler, ReportRecord, Stats
 from omiro_trio.matchmaking import Match, Matchmaker, Preferences, Waiting
 
@@ -53,7 +54,7 @@ class MemoryBackend:
         )
         self._live: set[str] = set()
         self._windows: dict[str, tuple[float, int, float]] = {}  # key -> (start, count, window)
-        self._bans: dict[str, Ban] = {}
+        self._bans: dict[str, tuple[Ban, Network]] = {}  # target -> ban, its network
         self._reports: deque[ReportRecord] = deque(maxlen=MAX_REPORTS_KEPT)
         self._reporters: dict[str, dict[str, float]] = {}  # reported ip -> reporter ip -> when
         self._reporter_window_s = 0.0
@@ -111,23 +112,21 @@ class MemoryBackend:
         except ValueError:
             return None
         now = self._wall()
-        for ban in self._bans.values():
-            if ban.until is not None and ban.until <= now:
-                continue
-            if address in ipaddress.ip_network(ban.target, strict=False):
+        for ban, network in self._bans.values():
+            if (ban.until is None or ban.until > now) and address in network:
                 return ban
         return None
 
     async def add_ban(self, ban: Ban) -> None:
         self._bans.pop(ban.target, None)  # re-adding moves it to the newest
-        self._bans[ban.target] = ban
+        self._bans[ban.target] = (ban, ipaddress.ip_network(ban.target, strict=False))
 
     async def remove_ban(self, target: str) -> bool:
         return self._bans.pop(target, None) is not None
 
     async def bans(self) -> list[Ban]:
         now = self._wall()
-        live = [b for b in self._bans.values() if b.until is None or b.until > now]
+        live = [b for b, _ in self._bans.values() if b.until is None or b.until > now]
         return live[::-1]
 
     async def record_report(self, report: ReportRecord) -> None:
@@ -172,7 +171,8 @@ class MemoryBackend:
             if not seen:
                 del self._reporters[reported]
         wall = self._wall()
-        for target in [t for t, b in self._bans.items() if b.until is not None and b.until <= wall]:
+        expired = [t for t, (b, _) in self._bans.items() if b.until is not None and b.until <= wall]
+        for target in expired:
             del self._bans[target]
 
 
