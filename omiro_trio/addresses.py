@@ -37,6 +37,11 @@ def _valid_ip(text: str) -> str | None:
     return str(address)
 
 
+def base_url(host: str, port: int) -> str:
+    """``http://host:port``, with an IPv6 host in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def client_ip(
     peer: str,
     cf_connecting_ip: str | None,

@@ -23,6 +23,7 @@ import msgspec
 import trio
 
 from omiro_trio import __version__
+from omiro_trio.addresses import base_url
 from omiro_trio.config import Config, config_as_dict, load_config
 from omiro_trio.errors import ConfigError
 from omiro_trio.logging import setup_logging
@@ -155,7 +156,7 @@ def _admin_call(
         host = config.server.host
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"
-        url = url or f"http://{'[' + host + ']' if ':' in host else host}:{config.server.port}"
+        url = url or base_url(host, config.server.port)
         token = token or config.admin.token
     if not token:
         click.echo("omiro: no admin token (set OMIRO_ADMIN_TOKEN or admin.token)", err=True)

@@ -31,6 +31,7 @@ from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio.lifespan import Lifespan
 
+from omiro_trio.addresses import base_url
 from omiro_trio.backends.base import Backend
 from omiro_trio.backends.memory import open_memory_backend
 from omiro_trio.config import Config
@@ -89,10 +90,6 @@ def _hyper_config() -> HyperConfig:
     return hyper
 
 
-def _url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
 async def _janitor(backend: Backend) -> None:
     while True:
         await trio.sleep(JANITOR_INTERVAL_S)
@@ -138,7 +135,7 @@ async def serve(
         lifespan = Lifespan(app, hyper, lifespan_state)
         listeners = await trio.open_tcp_listeners(config.server.port, host=config.server.host)
         sockname = listeners[0].socket.getsockname()
-        running = Running(_url(config.server.host, sockname[1]), sockname[1], ctx)
+        running = Running(base_url(config.server.host, sockname[1]), sockname[1], ctx)
         async with trio.open_nursery() as services:
             await services.start(backend.run_bus, hub.on_bus)
             services.start_soon(_janitor, backend)
