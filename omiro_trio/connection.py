@@ -8,9 +8,7 @@ draining) cancels that nursery; cleanup runs shielded and bounded: the hub
 forgets the session and tells its partner, then the socket is closed with
 the chosen code.
 
-Handshake checks run before the upgrade is accepted, in PROTOCOL.md's order:
-403 origin, 403 banned, 429 rate limited, 401 token, 409 already connected
-(plus 503 while draining).
+Handshake checks (``admission.py``) run before the upgrade is accepted.
 """
 
 from __future__ import annotations
@@ -18,27 +16,18 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
 from omiro_trio import protocol
-from omiro_trio.addresses import client_ip, origin_allowed
+from omiro_trio.addresses import client_ip
+from omiro_trio.admission import Rejection, RequestHead, admit, peer_ip
+from omiro_trio.codes import CloseCode, ErrorCode
 from omiro_trio.context import ServerContext
-from omiro_trio.errors import InvalidToken, ProtocolViolation
-from omiro_trio.hub import (
-    CLOSE_GOING_AWAY,
-    CLOSE_NORMAL,
-    CLOSE_PROTOCOL_ERRORS,
-    CLOSE_RATE_LIMITED,
-    CLOSE_SLOW_CONSUMER,
-    CLOSE_TOO_BIG,
-    Session,
-)
+from omiro_trio.errors import ProtocolViolation
+from omiro_trio.hub import Session
 from omiro_trio.matchmaking import Preferences
 
 log = logging.getLogger(__name__)
@@ -51,27 +40,6 @@ RECEIVE_BYTES = 16384
 PROTOCOL_ERRORS_ALLOWED = 20  # per ERROR_WINDOW_S, then 4000
 RATE_VIOLATIONS_ALLOWED = 10  # per ERROR_WINDOW_S, then 4029
 ERROR_WINDOW_S = 60.0
-CONCURRENT_LIMIT_RETRY_S = 5
-
-
-@dataclass(frozen=True, slots=True)
-class RequestHead:
-    """The parts of the upgrade request the handshake checks need."""
-
-    target: str
-    headers: dict[str, list[str]]  # lower-case name -> values in order
-    method: str = "GET"
-
-    def header(self, name: str) -> str | None:
-        values = self.headers.get(name)
-        return values[0] if values else None
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    status: int
-    body: dict[str, Any]
-    retry_after_s: int | None = None
 
 
 class TokenBucket:
@@ -106,58 +74,6 @@ class WindowCounter:
             self._start, self._count = now, 0
         self._count += 1
         return self._count > self._allowed
-
-
-def peer_ip(stream: trio.abc.Stream) -> str:
-    socket = getattr(stream, "socket", None)
-    if socket is None:
-        return "unknown"
-    return str(socket.getpeername()[0])
-
-
-async def admit(ctx: ServerContext, head: RequestHead, ip: str) -> str | Rejection:
-    """Run the handshake checks; return the session id to accept, or why not."""
-    config = ctx.config
-    if not origin_allowed(
-        head.header("origin"), head.header("host"), config.server.allowed_origins
-    ):
-        return Rejection(403, {"error": "origin_not_allowed", "message": "origin not allowed"})
-    ban = await ctx.backend.ban_for(ip)
-    if ban is not None:
-        return Rejection(
-            403, {"error": "banned", "message": "this address is banned", "until": ban.until}
-        )
-    if ctx.hub.draining:
-        return Rejection(
-            503, {"error": "draining", "message": "server is shutting down"}, retry_after_s=1
-        )
-    if ctx.hub.sockets_from(ip) >= config.limits.sockets_per_ip:
-        return Rejection(
-            429,
-            {
-                "error": "rate_limited",
-                "message": "too many open sockets from this address",
-                "retry_after": CONCURRENT_LIMIT_RETRY_S,
-            },
-            retry_after_s=CONCURRENT_LIMIT_RETRY_S,
-        )
-    token = head.header("x-session-token")
-    if token is None:
-        tokens = parse_qs(urlsplit(head.target).query).get("token")
-        token = tokens[0] if tokens else None
-    if token is None:
-        return Rejection(401, {"error": "invalid_token", "message": "missing session token"})
-    try:
-        session_id = ctx.signer.verify(token, ctx.wall())
-    except InvalidToken as exc:
-        return Rejection(
-            401, {"error": "invalid_token", "message": f"invalid session token: {exc}"}
-        )
-    if not await ctx.backend.claim_session(session_id):
-        return Rejection(
-            409, {"error": "already_connected", "message": "this session is already connected"}
-        )
-    return session_id
 
 
 async def serve_connection(ctx: ServerContext, stream: trio.abc.Stream, head: RequestHead) -> None:
@@ -242,13 +158,13 @@ async def _run_session(
                 try:
                     await ws.send_message(frame)
                 except ConnectionClosed:
-                    session.close(CLOSE_GOING_AWAY)
+                    session.close(CloseCode.GOING_AWAY)
                     return
                 finally:
                     session.write_scope = None
             if writing.cancelled_caught:
                 torn = True
-                session.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+                session.close(CloseCode.SLOW_CONSUMER, "slow consumer")
                 return
 
     async def keepalive() -> None:
@@ -261,7 +177,7 @@ async def _run_session(
                 except ConnectionClosed:
                     return
             if waited.cancelled_caught:
-                session.close(CLOSE_GOING_AWAY, "no pong", partner_reason="timeout")
+                session.close(CloseCode.GOING_AWAY, "no pong", partner_reason="timeout")
                 return
 
     hub.attach(session)
@@ -288,7 +204,7 @@ async def _run_session(
             else:
                 with trio.move_on_after(CLOSE_TIMEOUT_S):
                     await _flush(ws, session)
-                    await ws.aclose(code or CLOSE_NORMAL, session.close_reason or None)
+                    await ws.aclose(code or CloseCode.NORMAL, session.close_reason or None)
 
 
 async def _flush(ws: WebSocketConnection, session: Session) -> None:
@@ -322,7 +238,7 @@ async def _read_loop(ctx: ServerContext, ws: WebSocketConnection, session: Sessi
         # trio-websocket's own limit (which stops buffering at once) counts the
         # characters of a text frame; multi-byte text can pass it yet be too big.
         if protocol.frame_too_big(frame, limits.max_frame_bytes):
-            session.close(CLOSE_TOO_BIG, "frame too large")
+            session.close(CloseCode.TOO_BIG, "frame too large")
             return
         now = clock()
         try:
@@ -331,15 +247,15 @@ async def _read_loop(ctx: ServerContext, ws: WebSocketConnection, session: Sessi
             ctx.metrics.protocol_errors.labels(exc.code).inc()
             session.send(protocol.error_frame(exc.code, exc.message, exc.op))
             if errors.hit(now):
-                session.close(CLOSE_PROTOCOL_ERRORS, "too many protocol errors")
+                session.close(CloseCode.PROTOCOL_ERRORS, "too many protocol errors")
                 return
             continue
         op = protocol.OP_NAMES[type(message)]
         if not bucket.take(now) or (isinstance(message, protocol.Next) and nexts.hit(now)):
             ctx.metrics.protocol_errors.labels("rate_limited").inc()
-            session.send(protocol.error_frame("rate_limited", "slow down", op))
+            session.send(protocol.error_frame(ErrorCode.RATE_LIMITED, "slow down", op))
             if violations.hit(now):
-                session.close(CLOSE_RATE_LIMITED, "rate limit exceeded")
+                session.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
                 return
             continue
         if isinstance(message, protocol.RELAYED):
@@ -357,5 +273,5 @@ async def _read_loop(ctx: ServerContext, ws: WebSocketConnection, session: Sessi
         elif isinstance(message, protocol.Report):
             await hub.report(session, message.reason)
         elif isinstance(message, protocol.Disconnect):
-            session.close(CLOSE_NORMAL)
+            session.close(CloseCode.NORMAL)
             return

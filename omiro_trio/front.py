@@ -25,7 +25,7 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
 
-from omiro_trio.connection import RequestHead
+from omiro_trio.admission import RequestHead
 
 log = logging.getLogger(__name__)
 

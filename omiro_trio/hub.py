@@ -34,6 +34,7 @@ import trio
 from omiro_trio import protocol
 from omiro_trio.addresses import in_networks
 from omiro_trio.backends.base import Backend, Ban, ReportRecord
+from omiro_trio.codes import CloseCode, ErrorCode
 from omiro_trio.matchmaking import Match, Preferences, Waiting
 from omiro_trio.metrics import Metrics
 
@@ -41,15 +42,6 @@ log = logging.getLogger(__name__)
 
 TRANSCRIPT_LINES = 20
 ENDED_REMEMBERED = 8
-
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_RESTARTING = 1012
-CLOSE_PROTOCOL_ERRORS = 4000
-CLOSE_SLOW_CONSUMER = 4008
-CLOSE_RATE_LIMITED = 4029
 
 
 class BusMessage(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -98,7 +90,7 @@ class Session:
         try:
             self._outbox.send_nowait(frame)
         except trio.WouldBlock:
-            self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+            self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
 
@@ -108,7 +100,7 @@ class Session:
             self.close_code = code
             self.close_reason = reason
             self.partner_reason = partner_reason
-        if code == CLOSE_SLOW_CONSUMER and self.write_scope is not None:
+        if code == CloseCode.SLOW_CONSUMER and self.write_scope is not None:
             self.write_scope.cancel()  # it is stuck on a client that does not read
         self.cancel_scope.cancel()
 
@@ -216,8 +208,8 @@ class Hub:
         networks = (ipaddress.ip_network(ban.target, strict=False),)
         banned = [s for s in self.sessions.values() if in_networks(s.ip, networks)]
         for session in banned:
-            session.send(protocol.error_frame("banned", "this address is banned", None))
-            session.close(CLOSE_POLICY, "banned")
+            session.send(protocol.error_frame(ErrorCode.BANNED, "this address is banned", None))
+            session.close(CloseCode.POLICY, "banned")
         return len(banned)
 
     def close_all(self, code: int, reason: str) -> None:
@@ -259,7 +251,9 @@ class Hub:
         match = session.match
         op = protocol.OP_NAMES[type(message)]
         if match is None:
-            session.send(protocol.error_frame("not_matched", "you have no partner right now", op))
+            session.send(
+                protocol.error_frame(ErrorCode.NOT_MATCHED, "you have no partner right now", op)
+            )
             return
         frame = protocol.encode(op, protocol.relay_data(message, session.id))
         chat = message.message if isinstance(message, protocol.Chat) else None
@@ -282,7 +276,9 @@ class Hub:
         match = session.match
         if match is None:
             session.send(
-                protocol.error_frame("not_matched", "you have no partner to report", "report")
+                protocol.error_frame(
+                    ErrorCode.NOT_MATCHED, "you have no partner to report", "report"
+                )
             )
             return
         partner_id = match.partner_of(session.id)
@@ -302,7 +298,7 @@ class Hub:
             # The match still ends and the pair stays apart; the report just does not count.
             session.send(
                 protocol.error_frame(
-                    "rate_limited", "too many reports: this one was not recorded", "report"
+                    ErrorCode.RATE_LIMITED, "too many reports: this one was not recorded", "report"
                 )
             )
             return

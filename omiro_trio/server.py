@@ -34,13 +34,14 @@ from hypercorn.trio.lifespan import Lifespan
 from omiro_trio.addresses import base_url
 from omiro_trio.backends.base import Backend
 from omiro_trio.backends.memory import open_memory_backend
+from omiro_trio.codes import CloseCode
 from omiro_trio.config import Config
 from omiro_trio.connection import serve_connection
 from omiro_trio.context import ServerContext
 from omiro_trio.errors import ConfigError
 from omiro_trio.front import FrontDoor
 from omiro_trio.gc_tuning import run_gc_tuning
-from omiro_trio.hub import CLOSE_RESTARTING, Hub, ReportPolicy
+from omiro_trio.hub import Hub, ReportPolicy
 from omiro_trio.metrics import Metrics
 from omiro_trio.tokens import TokenSigner, new_secret
 from omiro_trio.web import create_app
@@ -172,6 +173,6 @@ async def _drain(hub: Hub, grace_s: float) -> None:
         await hub.wait_empty()
     if hub.sessions:
         log.info("closing %d sockets that are still open", len(hub.sessions))
-        hub.close_all(CLOSE_RESTARTING, "server restarting")
+        hub.close_all(CloseCode.RESTARTING, "server restarting")
         with trio.move_on_after(CLOSE_WAIT_S):
             await hub.wait_empty()

@@ -1,0 +1,93 @@
+"""Before the upgrade: who is asking, and may they open a socket.
+
+The handshake checks of PROTOCOL.md run here, in its order: 403 origin,
+403 banned, 429 rate limited, 401 token, 409 already connected (plus 503
+while draining). The answer is either the claimed session id or a
+``Rejection`` the connection writes as a plain HTTP response.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import trio
+
+from omiro_trio.addresses import origin_allowed
+from omiro_trio.context import ServerContext
+from omiro_trio.errors import InvalidToken
+
+CONCURRENT_LIMIT_RETRY_S = 5
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """The parts of the upgrade request the handshake checks need."""
+
+    target: str
+    headers: dict[str, list[str]]  # lower-case name -> values in order
+    method: str = "GET"
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.get(name)
+        return values[0] if values else None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    status: int
+    body: dict[str, Any]
+    retry_after_s: int | None = None
+
+
+def peer_ip(stream: trio.abc.Stream) -> str:
+    socket = getattr(stream, "socket", None)
+    if socket is None:
+        return "unknown"
+    return str(socket.getpeername()[0])
+
+
+async def admit(ctx: ServerContext, head: RequestHead, ip: str) -> str | Rejection:
+    """Run the handshake checks; return the session id to accept, or why not."""
+    config = ctx.config
+    if not origin_allowed(
+        head.header("origin"), head.header("host"), config.server.allowed_origins
+    ):
+        return Rejection(403, {"error": "origin_not_allowed", "message": "origin not allowed"})
+    ban = await ctx.backend.ban_for(ip)
+    if ban is not None:
+        return Rejection(
+            403, {"error": "banned", "message": "this address is banned", "until": ban.until}
+        )
+    if ctx.hub.draining:
+        return Rejection(
+            503, {"error": "draining", "message": "server is shutting down"}, retry_after_s=1
+        )
+    if ctx.hub.sockets_from(ip) >= config.limits.sockets_per_ip:
+        return Rejection(
+            429,
+            {
+                "error": "rate_limited",
+                "message": "too many open sockets from this address",
+                "retry_after": CONCURRENT_LIMIT_RETRY_S,
+            },
+            retry_after_s=CONCURRENT_LIMIT_RETRY_S,
+        )
+    token = head.header("x-session-token")
+    if token is None:
+        tokens = parse_qs(urlsplit(head.target).query).get("token")
+        token = tokens[0] if tokens else None
+    if token is None:
+        return Rejection(401, {"error": "invalid_token", "message": "missing session token"})
+    try:
+        session_id = ctx.signer.verify(token, ctx.wall())
+    except InvalidToken as exc:
+        return Rejection(
+            401, {"error": "invalid_token", "message": f"invalid session token: {exc}"}
+        )
+    if not await ctx.backend.claim_session(session_id):
+        return Rejection(
+            409, {"error": "already_connected", "message": "this session is already connected"}
+        )
+    return session_id
