@@ -1,27 +1,36 @@
 """The ``/ws`` handler: the only translator between a socket and the hub.
 
-One connection, one nursery: trio-websocket's reader task, our writer (the
-session's bounded outbox to the socket), a keepalive pinger, the session's
-interest timer, and the frame loop in the handler's own task. Whoever ends
-the connection (the client, a close code decided by the hub, the server
-draining) cancels that nursery; cleanup runs shielded and bounded: the hub
-forgets the session and tells its partner, then the socket is closed with
-the chosen code.
+One connection, one task and one nursery. The handler's own task reads
+(``wsengine.WsConnection.receive``) and dispatches frames; the engine's
+shared flusher writes the session's outbox and its shared sweeper pings
+idle sockets, so an idle socket costs no task of its own. The nursery holds
+only what a connection needs now and then: the session's interest timer,
+and a writer while the client's socket buffer is full. Whoever ends the
+connection (the client, a close code decided by the hub or the engine, the
+server draining) cancels ``session.cancel_scope``; cleanup runs shielded
+and bounded: the hub forgets the session and tells its partner, what is
+queued is flushed, the close handshake runs, and the connection drops
+every reference it held (so reference counting frees it at once).
 
-Handshake checks (``admission.py``) run before the upgrade is accepted.
+Handshake checks (``admission.py``) run before the upgrade is accepted;
+their refusals are plain HTTP responses.
+
+Nothing a client sends or fails to send raises out of ``serve_connection``:
+network failures end the connection quietly; anything unexpected is logged
+once with its traceback and ends only that connection with 1011.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import socket
 from collections.abc import Callable
 
 import msgspec
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
-from omiro_trio import protocol
+from omiro_trio import protocol, wsengine
 from omiro_trio.addresses import client_ip
 from omiro_trio.admission import Rejection, RequestHead, admit, peer_ip
 from omiro_trio.codes import CloseCode, ErrorCode
@@ -29,14 +38,12 @@ from omiro_trio.context import ServerContext
 from omiro_trio.errors import ProtocolViolation
 from omiro_trio.hub import Session
 from omiro_trio.matchmaking import Preferences
+from omiro_trio.wsengine import Engine, WsConnection
 
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 2.0
-FRAME_WRITE_TIMEOUT_S = 5.0
-INCOMING_QUEUE = 4  # frames trio-websocket buffers before it stops reading the socket
-RECEIVE_BYTES = 16384
 PROTOCOL_ERRORS_ALLOWED = 20  # per ERROR_WINDOW_S, then 4000
 RATE_VIOLATIONS_ALLOWED = 10  # per ERROR_WINDOW_S, then 4029
 ERROR_WINDOW_S = 60.0
@@ -76,151 +83,159 @@ class WindowCounter:
         return self._count > self._allowed
 
 
-async def serve_connection(ctx: ServerContext, stream: trio.abc.Stream, head: RequestHead) -> None:
+async def serve_connection(
+    ctx: ServerContext, engine: Engine, stream: trio.abc.Stream, head: RequestHead
+) -> None:
     """Handle one ``/ws`` upgrade request on ``stream`` until the socket closes.
 
-    Closes ``stream`` before returning, whatever happens.
+    ``stream`` is a socket stream (it has ``.socket``) whose first reads
+    return the request head the front door already read. It is closed
+    before returning, whatever happens.
     """
-    headers = head.headers
-    ip = client_ip(
-        peer_ip(stream),
-        head.header("cf-connecting-ip"),
-        headers.get("x-forwarded-for", []),
-        ctx.trusted_proxies,
-    )
+    raw: socket.socket | None = None
     try:
-        async with trio.open_nursery() as nursery:
-            try:
-                with trio.fail_after(HANDSHAKE_TIMEOUT_S):
-                    request = await wrap_server_stream(
-                        nursery,
-                        stream,
-                        message_queue_size=INCOMING_QUEUE,
-                        max_message_size=ctx.config.server.max_frame_bytes,
-                        receive_buffer_size=RECEIVE_BYTES,
-                    )
-            except (trio.TooSlowError, ConnectionClosed):
-                nursery.cancel_scope.cancel()
-                return
-            verdict = await admit(ctx, head, ip)
-            if isinstance(verdict, Rejection):
-                ctx.metrics.rejections.labels(str(verdict.status)).inc()
-                extra = [(b"content-type", b"application/json")]
-                if verdict.retry_after_s is not None:
-                    extra.append((b"retry-after", str(verdict.retry_after_s).encode()))
-                with trio.move_on_after(CLOSE_TIMEOUT_S):
-                    await request.reject(
-                        verdict.status, extra_headers=extra, body=msgspec.json.encode(verdict.body)
-                    )
-                nursery.cancel_scope.cancel()
-                return
-            session_id = verdict
-            try:
-                ws = await request.accept()
-            except (ConnectionClosed, trio.Cancelled) as exc:
-                # The session was claimed: give it back, or its token would
-                # answer 409 until the server restarts.
-                with trio.CancelScope(shield=True):
-                    await ctx.backend.release_session(session_id)
-                nursery.cancel_scope.cancel()
-                if isinstance(exc, trio.Cancelled):
-                    raise
-                return
-            try:
-                await _run_session(
-                    ctx,
-                    ws,
-                    stream,
-                    Session(session_id, ip, send_queue=ctx.config.server.send_queue),
-                )
-            finally:
-                nursery.cancel_scope.cancel()
+        trio_socket = getattr(stream, "socket", None)
+        if trio_socket is None:
+            raise TypeError("the /ws engine needs a socket stream")
+        ip = client_ip(
+            peer_ip(stream),
+            head.header("cf-connecting-ip"),
+            head.headers.get("x-forwarded-for", []),
+            ctx.trusted_proxies,
+        )
+        # The same descriptor, for non-blocking reads and writes without
+        # trio's wrappers; detached (never closed) below: trio owns the fd.
+        raw = socket.socket(fileno=trio_socket.fileno())
+        raw.setblocking(False)
+        await _handshake(ctx, engine, stream, raw, head, ip)
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the client went away
+    except Exception:
+        log.exception("a WebSocket connection failed")
     finally:
+        if raw is not None:
+            raw.detach()
         with trio.CancelScope(shield=True):
             await stream.aclose()
 
 
+async def _handshake(
+    ctx: ServerContext,
+    engine: Engine,
+    stream: trio.abc.Stream,
+    raw: socket.socket,
+    head: RequestHead,
+    ip: str,
+) -> None:
+    proto = wsengine.new_protocol(ctx.config.server.max_frame_bytes)
+    with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
+        request = None
+        while request is None:
+            data = await stream.receive_some(wsengine.RECEIVE_BYTES)
+            if not data:
+                return
+            proto.receive_data(data)
+            request = wsengine.handshake_request(proto)
+            if request is None and proto.handshake_exc is not None:
+                await _write_refusal(raw, b"".join(proto.data_to_send()))
+                return
+    if request is None:
+        return
+    response = proto.accept(request)
+    if response.status_code != 101:
+        await _write_refusal(raw, wsengine.response_bytes(proto, response))
+        return
+    verdict = await admit(ctx, head, ip)
+    if isinstance(verdict, Rejection):
+        ctx.metrics.rejections.labels(str(verdict.status)).inc()
+        refusal = proto.reject(verdict.status, "")
+        body = msgspec.json.encode(verdict.body)
+        refusal.body = body
+        del refusal.headers["Content-Type"]
+        del refusal.headers["Content-Length"]
+        refusal.headers["Content-Type"] = "application/json"
+        refusal.headers["Content-Length"] = str(len(body))
+        if verdict.retry_after_s is not None:
+            refusal.headers["Retry-After"] = str(verdict.retry_after_s)
+        await _write_refusal(raw, wsengine.response_bytes(proto, refusal))
+        return
+    proto.send_response(response)  # written by the engine, before hello
+    session = Session(verdict, ip)
+    conn = WsConnection(
+        engine,
+        raw,
+        proto,
+        send_queue=ctx.config.server.send_queue,
+        on_fail=_closer(session),
+    )
+    session.outlet = conn
+    try:
+        await _run_session(ctx, engine, conn, session)
+    finally:
+        conn.release()
+        session.close_outbox()
+        session.nursery = None
+
+
+def _closer(session: Session) -> Callable[[int, str, str], None]:
+    def close(code: int, reason: str, partner_reason: str) -> None:
+        session.close(code, reason, partner_reason=partner_reason)
+
+    return close
+
+
+async def _write_refusal(raw: socket.socket, data: bytes) -> None:
+    """Write a plain HTTP refusal, bounded; a client that left is not an error."""
+    view = memoryview(data)
+    with trio.move_on_after(CLOSE_TIMEOUT_S):
+        while view:
+            try:
+                view = view[raw.send(view) :]
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(raw)
+            except OSError:
+                return
+        try:
+            raw.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+
+
 async def _run_session(
-    ctx: ServerContext, ws: WebSocketConnection, stream: trio.abc.Stream, session: Session
+    ctx: ServerContext, engine: Engine, conn: WsConnection, session: Session
 ) -> None:
     hub = ctx.hub
-    torn = False  # part of a frame may be on the wire: no close frame can follow
-
-    async def write_loop() -> None:
-        nonlocal torn
-        async for frame in session.outbox:
-            # A frame is written whole even while the session is being
-            # closed, so the close frame that follows is well-formed; a frame
-            # that cannot be written in time means the client stopped reading.
-            with trio.CancelScope(shield=True) as writing:
-                writing.deadline = trio.current_time() + FRAME_WRITE_TIMEOUT_S
-                session.write_scope = writing
-                try:
-                    await ws.send_message(frame)
-                except ConnectionClosed:
-                    session.close(CloseCode.GOING_AWAY)
-                    return
-                finally:
-                    session.write_scope = None
-            if writing.cancelled_caught:
-                torn = True
-                session.close(CloseCode.SLOW_CONSUMER, "slow consumer")
-                return
-
-    async def keepalive() -> None:
-        interval = ctx.config.server.idle_timeout_s / 2
-        while True:
-            await trio.sleep(interval)
-            with trio.move_on_after(interval) as waited:
-                try:
-                    await ws.ping()
-                except ConnectionClosed:
-                    return
-            if waited.cancelled_caught:
-                session.close(CloseCode.GOING_AWAY, "no pong", partner_reason="timeout")
-                return
-
     hub.attach(session)
+    engine.add(conn)
     try:
         with session.cancel_scope:
             async with trio.open_nursery() as nursery:
                 session.nursery = nursery
-                nursery.start_soon(write_loop)
-                nursery.start_soon(keepalive)
-                session.send(protocol.encode("hello", ctx.hello_data(session.id)))
-                if hub.draining:
-                    session.send(hub.draining_frame)
-                await _read_loop(ctx, ws, session)
-                nursery.cancel_scope.cancel()
+                conn.nursery = nursery
+                try:
+                    session.send(protocol.encode("hello", ctx.hello_data(session.id)))
+                    if hub.draining:
+                        session.send(hub.draining_frame)
+                    await _read_loop(ctx, conn, session)
+                    nursery.cancel_scope.cancel()
+                finally:
+                    conn.closing = True  # no writer may start in a closing nursery
+                    conn.nursery = None
+    except Exception:
+        log.exception("a WebSocket session failed")
+        session.close(CloseCode.INTERNAL_ERROR, "internal error")
     finally:
         with trio.CancelScope(shield=True):
             await hub.detach(session)
             code = session.close_code
             if code is not None:
                 ctx.metrics.closes.labels(str(code)).inc()
-            if torn or session.partner_reason == "timeout":
-                # Mid-frame or a dead peer: a close frame cannot be delivered.
-                await stream.aclose()
-            else:
-                with trio.move_on_after(CLOSE_TIMEOUT_S):
-                    await _flush(ws, session)
-                    await ws.aclose(code or CloseCode.NORMAL, session.close_reason or None)
+            graceful = code != CloseCode.SLOW_CONSUMER and session.partner_reason != "timeout"
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
+                await conn.close(code or CloseCode.NORMAL, session.close_reason, graceful=graceful)
 
 
-async def _flush(ws: WebSocketConnection, session: Session) -> None:
-    """Send what is still queued, so a client that leaves hears all that happened first."""
-    while True:
-        try:
-            frame = session.outbox.receive_nowait()
-        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-            return
-        try:
-            await ws.send_message(frame)
-        except ConnectionClosed:
-            return
-
-
-async def _read_loop(ctx: ServerContext, ws: WebSocketConnection, session: Session) -> None:
+async def _read_loop(ctx: ServerContext, conn: WsConnection, session: Session) -> None:
     """Read and dispatch frames until the client leaves or the session is closed."""
     hub = ctx.hub
     limits = ctx.limits
@@ -230,48 +245,56 @@ async def _read_loop(ctx: ServerContext, ws: WebSocketConnection, session: Sessi
     nexts = WindowCounter(config.nexts_per_minute, 60.0)
     errors = WindowCounter(PROTOCOL_ERRORS_ALLOWED, ERROR_WINDOW_S)
     violations = WindowCounter(RATE_VIOLATIONS_ALLOWED, ERROR_WINDOW_S)
+    metrics = ctx.metrics
     while True:
-        try:
-            frame = await ws.get_message()
-        except ConnectionClosed:
-            return
-        # trio-websocket's own limit (which stops buffering at once) counts the
-        # characters of a text frame; multi-byte text can pass it yet be too big.
-        if protocol.frame_too_big(frame, limits.max_frame_bytes):
-            session.close(CloseCode.TOO_BIG, "frame too large")
-            return
+        frames = await conn.receive()
         now = clock()
-        try:
-            message = protocol.parse_client_frame(frame, limits)
-        except ProtocolViolation as exc:
-            ctx.metrics.protocol_errors.labels(exc.code).inc()
-            session.send(protocol.error_frame(exc.code, exc.message, exc.op))
-            if errors.hit(now):
-                session.close(CloseCode.PROTOCOL_ERRORS, "too many protocol errors")
-                return
-            continue
-        op = protocol.OP_NAMES[type(message)]
-        if not bucket.take(now) or (isinstance(message, protocol.Next) and nexts.hit(now)):
-            ctx.metrics.protocol_errors.labels("rate_limited").inc()
-            session.send(protocol.error_frame(ErrorCode.RATE_LIMITED, "slow down", op))
-            if violations.hit(now):
-                session.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
-                return
-            continue
-        if isinstance(message, protocol.RELAYED):
-            await hub.relay(session, message)
-        elif isinstance(message, protocol.JoinQueue | protocol.Next):
-            if hub.draining:
-                session.send(hub.draining_frame)
-            elif isinstance(message, protocol.JoinQueue):
-                prefs = Preferences(message.mode, message.interests)
-                await hub.join(session, prefs, ended_reason="next")
-            else:
-                await hub.next(session)
-        elif isinstance(message, protocol.LeaveQueue):
-            await hub.leave(session)
-        elif isinstance(message, protocol.Report):
-            await hub.report(session, message.reason)
-        elif isinstance(message, protocol.Disconnect):
-            session.close(CloseCode.NORMAL)
+        controls = conn.control_frames
+        if controls:
+            # Pings cost the sender a message each: a ping flood is a flood.
+            conn.control_frames = 0
+            for _ in range(controls):
+                if not bucket.take(now) and violations.hit(now):
+                    session.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
+                    return
+        if not frames:
+            code = conn.close_code
+            if code is not None and not conn.peer_closed:
+                # The engine failed the connection: 1002, 1007 or 1009.
+                session.close(code, conn.close_reason)
             return
+        for frame in frames:
+            try:
+                message = protocol.parse_client_frame(frame, limits)
+            except ProtocolViolation as exc:
+                metrics.protocol_errors.labels(exc.code).inc()
+                session.send(protocol.error_frame(exc.code, exc.message, exc.op))
+                if errors.hit(now):
+                    session.close(CloseCode.PROTOCOL_ERRORS, "too many protocol errors")
+                    return
+                continue
+            op = protocol.OP_NAMES[type(message)]
+            if not bucket.take(now) or (isinstance(message, protocol.Next) and nexts.hit(now)):
+                metrics.protocol_errors.labels("rate_limited").inc()
+                session.send(protocol.error_frame(ErrorCode.RATE_LIMITED, "slow down", op))
+                if violations.hit(now):
+                    session.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
+                    return
+                continue
+            if isinstance(message, protocol.RELAYED):
+                await hub.relay(session, message)
+            elif isinstance(message, protocol.JoinQueue | protocol.Next):
+                if hub.draining:
+                    session.send(hub.draining_frame)
+                elif isinstance(message, protocol.JoinQueue):
+                    prefs = Preferences(message.mode, message.interests)
+                    await hub.join(session, prefs, ended_reason="next")
+                else:
+                    await hub.next(session)
+            elif isinstance(message, protocol.LeaveQueue):
+                await hub.leave(session)
+            elif isinstance(message, protocol.Report):
+                await hub.report(session, message.reason)
+            elif isinstance(message, protocol.Disconnect):
+                session.close(CloseCode.NORMAL)
+                return

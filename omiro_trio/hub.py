@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import trio
@@ -60,19 +60,45 @@ _bus_encoder = msgspec.json.Encoder()
 _bus_decoder = msgspec.json.Decoder(BusMessage)
 
 
+class Outlet(Protocol):
+    """Where a session's frames go: the WebSocket connection that owns it."""
+
+    def push(self, payload: bytes) -> bool:
+        """Queue one text frame without blocking; False when the queue is full."""
+        ...
+
+
 class Session:
     """One live socket's session on this server.
 
-    The connection handler owns it: it reads ``outbox`` and sends what it
-    gets, and when ``close`` is called (by anyone) it stops and closes the
+    The connection handler owns it: it sets ``outlet`` (its socket's bounded
+    outbox) and, when ``close`` is called (by anyone), stops and closes the
     socket with ``close_code``. ``send`` never blocks: a full outbox means
-    the client stopped reading, and the session is closed with 4008.
+    the client stopped reading, and the session is closed with 4008. Once
+    detached (``close_outbox``) it holds no reference to the connection.
     """
 
-    def __init__(self, session_id: str, ip: str, *, send_queue: int) -> None:
+    __slots__ = (
+        "__weakref__",
+        "cancel_scope",
+        "close_code",
+        "close_reason",
+        "ended",
+        "id",
+        "ip",
+        "match",
+        "nursery",
+        "outlet",
+        "partner_reason",
+        "prefs",
+        "transcript",
+        "widen_scope",
+    )
+
+    def __init__(self, session_id: str, ip: str, *, outlet: Outlet | None = None) -> None:
         self.id = session_id
         self.ip = ip
-        self._outbox, self.outbox = trio.open_memory_channel[str](send_queue)
+        self.outlet = outlet
         self.match: Match | None = None
         self.prefs: Preferences | None = None
         self.close_code: int | None = None
@@ -83,16 +109,14 @@ class Session:
         self.transcript: deque[tuple[str, str]] = deque(maxlen=TRANSCRIPT_LINES)
         self.ended: deque[str] = deque(maxlen=ENDED_REMEMBERED)
         self.nursery: trio.Nursery | None = None  # set by the connection that owns it
-        self.write_scope: trio.CancelScope | None = None  # the frame being written, if any
 
-    def send(self, frame: str) -> None:
-        """Queue a frame for the client without blocking."""
-        try:
-            self._outbox.send_nowait(frame)
-        except trio.WouldBlock:
+    def send(self, frame: str | bytes) -> None:
+        """Queue a frame (text, or its UTF-8 bytes) for the client without blocking."""
+        outlet = self.outlet
+        if outlet is None:
+            return
+        if not outlet.push(frame.encode() if isinstance(frame, str) else frame):
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
 
     def close(self, code: int, reason: str = "", *, partner_reason: str = "left") -> None:
         """Ask the connection to close with ``code``; the first call wins."""
@@ -100,12 +124,11 @@ class Session:
             self.close_code = code
             self.close_reason = reason
             self.partner_reason = partner_reason
-        if code == CloseCode.SLOW_CONSUMER and self.write_scope is not None:
-            self.write_scope.cancel()  # it is stuck on a client that does not read
         self.cancel_scope.cancel()
 
     def close_outbox(self) -> None:
-        self._outbox.close()
+        """Drop whatever is sent from now on (the socket is going away)."""
+        self.outlet = None
 
     def stop_widen(self) -> None:
         if self.widen_scope is not None:

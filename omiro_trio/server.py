@@ -8,6 +8,7 @@ Task tree::
              ├─ bus listener              backend.run_bus → hub.on_bus
              ├─ janitor                   backend.sweep every JANITOR_INTERVAL_S
              ├─ gc tuning                 freezes long-lived objects (gc_tuning.py)
+             ├─ WebSocket engine          one flusher and one keepalive sweeper for all sockets
              ├─ hypercorn lifespan        quart-trio startup/shutdown
              └─ front door                one listener; /ws → connection.py, rest → hypercorn
                  └─ connection handlers   (their own nursery, cancelled last)
@@ -45,6 +46,7 @@ from omiro_trio.hub import Hub, ReportPolicy
 from omiro_trio.metrics import Metrics
 from omiro_trio.tokens import TokenSigner, new_secret
 from omiro_trio.web import create_app
+from omiro_trio.wsengine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +143,12 @@ async def serve(
             await services.start(backend.run_bus, hub.on_bus)
             services.start_soon(_janitor, backend)
             services.start_soon(run_gc_tuning)
+            engine = Engine(config.server.idle_timeout_s)
+            await services.start(engine.run)
             await services.start(lifespan.handle_lifespan)
             await lifespan.wait_for_startup()
             async with trio.open_nursery() as connections:
-                door = FrontDoor(app, hyper, lifespan_state, partial(serve_connection, ctx))
+                door = FrontDoor(app, hyper, lifespan_state, partial(serve_connection, ctx, engine))
                 accepting = trio.CancelScope()
 
                 async def accept() -> None:

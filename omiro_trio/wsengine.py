@@ -1,0 +1,551 @@
+"""The ``/ws`` WebSocket engine: ``websockets``' sans-I/O protocol on trio's socket waits.
+
+Design (numbers in ``docs/decisions/0001-websocket-engine.md``):
+
+* **Parsing** is ``websockets``' ``ServerProtocol``: the opening handshake,
+  frame parsing, masking, size limits (1009, counted in bytes before the
+  payload is buffered), protocol errors (1002), close-frame handling. Only
+  the header of a server's unmasked text frame is built here (three cases
+  of one length field).
+* **Reading**: one task per connection (the handler's own) calls ``recv`` on
+  the non-blocking socket first and waits with ``wait_readable`` only when
+  nothing is there; every ``CHECKPOINT_EVERY`` reads it checkpoints so that
+  a socket that always has data cannot starve the others.
+* **Writing**: ``push`` appends a ready frame to the connection's bounded
+  ``deque`` and marks it dirty; the engine's one flusher task joins
+  everything queued for each dirty connection into one ``send``. Frames
+  for one destination produced in one scheduling round therefore leave in
+  one syscall. Only a socket whose kernel buffer is full gets a task of its
+  own (``_drain``) until it is writable again; if it stays full for
+  ``WRITE_TIMEOUT_S`` the client is a slow consumer.
+* **Liveness**: one sweeper task for all sockets. A socket silent for
+  ``idle_timeout_s / 2`` gets a ping; silent for ``idle_timeout_s`` it is dead.
+* **Text** is decoded (strict UTF-8, 1007 otherwise) here; fragments are
+  joined, bounded by the protocol's message size limit.
+
+Invariants:
+
+* Nothing here raises out of a connection for anything the peer does: a
+  broken socket reads as end of stream and drops further writes.
+* After ``release`` the connection holds no reference to its socket,
+  protocol or session, so a closed connection is freed by reference
+  counting alone (no cycle for the collector to find).
+* Pongs are not sent after our close frame (a client ping that crosses our
+  close is answered by the close handshake instead).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+from collections import deque
+from collections.abc import Callable
+from typing import Final
+
+import trio
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+log = logging.getLogger(__name__)
+
+# websockets logs every open and close at INFO: far too chatty for a server
+# holding thousands of sockets. Its warnings and errors still get through.
+_PROTOCOL_LOG: Final = logging.getLogger("omiro_trio.wsengine.protocol")
+_PROTOCOL_LOG.setLevel(logging.WARNING)
+
+RECEIVE_BYTES: Final = 65536
+CHECKPOINT_EVERY: Final = 16  # reads between forced checkpoints, for fairness
+WRITE_TIMEOUT_S: Final = 5.0  # a full socket buffer for this long: slow consumer
+SWEEP_CHUNK: Final = 512  # connections per sweeper step between checkpoints
+
+_CLOSED_SOCKET_ERRORS: Final = (OSError,)
+_PONG: Final = Opcode.PONG
+_TEXT: Final = Opcode.TEXT
+_CONT: Final = Opcode.CONT
+_PING: Final = Opcode.PING
+_CLOSE: Final = Opcode.CLOSE
+_BINARY: Final = Opcode.BINARY
+_OPEN: Final = State.OPEN
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A final, unmasked text frame carrying ``payload`` (server to client)."""
+    n = len(payload)
+    if n < 126:
+        return b"\x81" + bytes((n,)) + payload
+    if n < 65536:
+        return b"\x81\x7e" + struct.pack("!H", n) + payload
+    return b"\x81\x7f" + struct.pack("!Q", n) + payload
+
+
+class _Protocol(ServerProtocol):
+    """``ServerProtocol`` that sends no pong once our close frame is out."""
+
+    def send_frame(self, frame: Frame) -> None:
+        if frame.opcode is _PONG and self.close_sent is not None:
+            return
+        super().send_frame(frame)
+
+
+def new_protocol(max_frame_bytes: int) -> ServerProtocol:
+    """A server protocol in the handshake state: no extensions (no deflate), no subprotocols."""
+    return _Protocol(max_size=max_frame_bytes, logger=_PROTOCOL_LOG)
+
+
+class WsConnection:
+    """One upgraded socket: its protocol state, its outbox, its liveness.
+
+    Args:
+        engine: the engine that flushes and sweeps it.
+        sock: the connected socket; it stays owned by the caller, who closes
+            it after ``release``.
+        proto: the protocol, already past the handshake or about to send its
+            response (whatever it has queued is sent first).
+        send_queue: most frames queued while the socket cannot take them.
+        on_fail: called once, with a close code and reason, when the engine
+            gives up on the connection for writing (slow consumer) or
+            liveness (no pong).
+    """
+
+    __slots__ = (
+        "_chunks",
+        "_eof_wanted",
+        "_fragments",
+        "_reads",
+        "closing",
+        "control_frames",
+        "draining",
+        "engine",
+        "heard",
+        "nursery",
+        "on_fail",
+        "out",
+        "pending",
+        "proto",
+        "queued",
+        "send_queue",
+        "silent_ticks",
+        "sock",
+        "write_broken",
+    )
+
+    def __init__(
+        self,
+        engine: Engine,
+        sock: socket.socket,
+        proto: ServerProtocol,
+        *,
+        send_queue: int,
+        on_fail: Callable[[int, str, str], None],
+    ) -> None:
+        self.engine: Engine | None = engine
+        self.sock: socket.socket | None = sock
+        self.proto: ServerProtocol | None = proto
+        self.send_queue = send_queue
+        self.on_fail: Callable[[int, str, str], None] | None = on_fail
+        self.out: deque[bytes] = deque()
+        self.pending: memoryview | None = None  # the unsent rest of the last send
+        self.queued = False  # in the engine's dirty list
+        self.draining = False  # a _drain task owns writing
+        self.closing = False  # no more tasks may start for it
+        self.write_broken = False
+        self.nursery: trio.Nursery | None = None  # where a _drain task may run
+        self.heard = True
+        self.silent_ticks = 0
+        self.control_frames = 0  # pings and pongs received, for the rate limit
+        self._reads = 0
+        self._eof_wanted = False
+        self._fragments: list[bytes] | None = None
+        self._chunks = 0
+        self._take_protocol_writes()
+
+    # -- writing ----------------------------------------------------------
+
+    def push(self, payload: bytes) -> bool:
+        """Queue one text message; False when the outbox is full (a slow consumer)."""
+        if self.write_broken or self.sock is None:
+            return True  # the frame has nowhere to go; the reader sees the end
+        out = self.out
+        out.append(text_frame(payload))
+        if not self.queued:
+            self.queued = True
+            engine = self.engine
+            if engine is not None:
+                engine.mark_dirty(self)
+        if len(out) > self.send_queue:
+            if not self.draining:
+                self.write_now()
+            return len(out) <= self.send_queue
+        return True
+
+    def _take_protocol_writes(self) -> None:
+        proto = self.proto
+        if proto is None:
+            return
+        for chunk in proto.data_to_send():
+            if chunk:
+                self.out.append(chunk)
+            else:
+                self._eof_wanted = True
+        if self.out and not self.queued and self.engine is not None:
+            self.queued = True
+            self.engine.mark_dirty(self)
+
+    def write_now(self) -> None:
+        """Send what the socket takes without blocking; keep the rest in ``pending``."""
+        sock = self.sock
+        if sock is None or self.write_broken:
+            self.out.clear()
+            self.pending = None
+            return
+        out = self.out
+        pending = self.pending
+        if out:
+            if pending is not None:
+                out.appendleft(bytes(pending))
+            data: bytes | memoryview = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+        elif pending is not None:
+            data = pending
+        else:
+            return
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except _CLOSED_SOCKET_ERRORS:
+            self.write_broken = True
+            self.pending = None
+            return
+        self.pending = memoryview(data)[sent:] if sent < len(data) else None
+
+    def wants_drain(self) -> bool:
+        return self.pending is not None and not self.draining and not self.write_broken
+
+    async def drain(self) -> None:
+        """Write until nothing is left, waiting for the socket as needed.
+
+        Gives up (``on_fail`` with 4008) when the socket takes nothing for
+        ``WRITE_TIMEOUT_S``.
+        """
+        self.draining = True
+        try:
+            while (self.pending is not None or self.out) and not self.write_broken:
+                sock = self.sock
+                if sock is None:
+                    return
+                with trio.move_on_after(WRITE_TIMEOUT_S) as waited:
+                    await trio.lowlevel.wait_writable(sock)
+                if waited.cancelled_caught:
+                    self.fail(4008, "slow consumer", "left")
+                    return
+                self.write_now()
+        except (trio.ClosedResourceError, OSError):
+            self.write_broken = True
+        finally:
+            self.draining = False
+
+    async def flush(self) -> bool:
+        """Write everything queued, waiting as needed; True when all of it left.
+
+        Callers bound it with a deadline.
+        """
+        self._take_protocol_writes()
+        self.write_now()
+        while (self.pending is not None or self.out) and not self.write_broken:
+            sock = self.sock
+            if sock is None:
+                return False
+            try:
+                await trio.lowlevel.wait_writable(sock)
+            except (trio.ClosedResourceError, OSError):
+                self.write_broken = True
+                return False
+            self.write_now()
+        return not self.write_broken
+
+    def fail(self, code: int, reason: str, partner_reason: str) -> None:
+        on_fail = self.on_fail
+        if on_fail is not None:
+            self.on_fail = None
+            on_fail(code, reason, partner_reason)
+
+    # -- reading ------------------------------------------------------------
+
+    async def receive(self) -> list[str | bytes]:
+        """The next complete messages; an empty list once the peer is done.
+
+        After an empty list, ``close_code`` says why (None: the peer closed
+        or vanished without a protocol error of ours to report).
+        """
+        while True:
+            sock, proto = self.sock, self.proto
+            if sock is None or proto is None or proto.state is not _OPEN:
+                return []
+            if self._reads >= CHECKPOINT_EVERY:
+                self._reads = 0
+                await trio.lowlevel.checkpoint()
+            try:
+                data = sock.recv(RECEIVE_BYTES)
+            except BlockingIOError:
+                self._reads = 0
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except InterruptedError:
+                continue
+            except _CLOSED_SOCKET_ERRORS:
+                data = b""
+            self._reads += 1
+            self.heard = True
+            if data:
+                proto.receive_data(data)
+            else:
+                proto.receive_eof()
+            messages = self._messages(proto)
+            self._take_protocol_writes()
+            if messages or proto.state is not _OPEN:
+                return messages
+
+    def _messages(self, proto: ServerProtocol) -> list[str | bytes]:
+        messages: list[str | bytes] = []
+        for frame in proto.events_received():
+            if not isinstance(frame, Frame):  # pragma: no cover - only a Request, before
+                continue
+            opcode = frame.opcode
+            if opcode is _TEXT or opcode is _BINARY:
+                if frame.fin:
+                    message = self._complete(opcode is _TEXT, frame.data)
+                    if message is None:
+                        return messages
+                    messages.append(message)
+                else:
+                    self._fragments = [bytes(frame.data)]
+                    self._chunks = int(opcode is _TEXT)
+            elif opcode is _CONT:
+                fragments = self._fragments
+                if fragments is None:  # pragma: no cover - the protocol refuses it
+                    continue
+                fragments.append(bytes(frame.data))
+                if frame.fin:
+                    self._fragments = None
+                    message = self._complete(bool(self._chunks), b"".join(fragments))
+                    if message is None:
+                        return messages
+                    messages.append(message)
+            elif opcode is _PING or opcode is _PONG:
+                self.control_frames += 1
+        return messages
+
+    def _complete(self, text: bool, data: bytes | bytearray | memoryview) -> str | bytes | None:
+        if not text:
+            return bytes(data)  # binary: the caller answers it (the protocol allows none)
+        try:
+            return bytes(data).decode("utf-8") if not isinstance(data, bytes) else data.decode()
+        except UnicodeDecodeError:
+            proto = self.proto
+            if proto is not None and proto.state is _OPEN:
+                proto.fail(1007, "invalid UTF-8 in a text frame")
+            return None
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code we sent (for example 1002, 1007, 1009), if any."""
+        proto = self.proto
+        if proto is None or proto.close_sent is None:
+            return None
+        return proto.close_sent.code
+
+    @property
+    def close_reason(self) -> str:
+        proto = self.proto
+        if proto is None or proto.close_sent is None:
+            return ""
+        return proto.close_sent.reason
+
+    @property
+    def peer_closed(self) -> bool:
+        proto = self.proto
+        return proto is not None and proto.close_rcvd is not None
+
+    # -- closing ----------------------------------------------------------
+
+    async def close(self, code: int, reason: str, *, graceful: bool) -> None:
+        """Close the WebSocket: flush, send ``code``, wait for the peer's close.
+
+        Bounded by the caller's deadline. ``graceful=False`` (a dead peer, a
+        slow consumer) drops what is queued and sends only what the socket
+        takes at once. The socket itself is closed by the caller.
+        """
+        self.closing = True
+        proto = self.proto
+        if proto is None or self.sock is None:
+            return
+        if proto.state is _OPEN:
+            proto.send_close(code, reason)
+        if not graceful:
+            if self.pending is None:
+                self.out.clear()
+                self._take_protocol_writes()
+                self.write_now()
+            return
+        if not await self.flush():
+            return
+        # Wait for the peer's close frame (unless the protocol already gave
+        # up on it), then end our side and read until the peer's end of
+        # stream, so our close is not cut short by a reset of unread data.
+        while not self._eof_wanted and proto.close_rcvd is None:
+            if not await self.receive_closing():
+                break
+            self._take_protocol_writes()
+        await self.flush()
+        sock = self.sock
+        if sock is None:
+            return
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return  # already gone
+        while await self.receive_closing():
+            pass
+
+    async def receive_closing(self) -> bool:
+        """Read during the closing handshake; False at end of stream."""
+        sock, proto = self.sock, self.proto
+        if sock is None or proto is None:
+            return False
+        try:
+            data = sock.recv(RECEIVE_BYTES)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock)
+            return True
+        except _CLOSED_SOCKET_ERRORS:
+            data = b""
+        if not proto.reader.eof:
+            if data:
+                proto.receive_data(data)
+            else:
+                proto.receive_eof()
+            proto.events_received()
+        return bool(data)
+
+    def release(self) -> None:
+        """Forget the socket, protocol and callbacks (breaks every reference cycle)."""
+        self.closing = True
+        engine = self.engine
+        if engine is not None:
+            engine.forget(self)
+        proto = self.proto
+        if proto is not None:
+            # The parser is a generator whose frame refers back to the protocol.
+            proto.parser = None  # type: ignore[assignment]
+            proto.events = []
+            proto.writes = []
+        self.proto = None
+        self.sock = None
+        self.engine = None
+        self.on_fail = None
+        self.nursery = None
+        self.out.clear()
+        self.pending = None
+        self._fragments = None
+
+
+class Engine:
+    """What all connections of one server share: the flusher and the sweeper.
+
+    Args:
+        idle_timeout_s: a socket silent this long is dead (pinged at half).
+    """
+
+    def __init__(self, idle_timeout_s: float) -> None:
+        self.idle_timeout_s = idle_timeout_s
+        self.connections: set[WsConnection] = set()
+        self._dirty: list[WsConnection] = []
+        self._wakeup = trio.lowlevel.ParkingLot()
+        self._nursery: trio.Nursery | None = None
+
+    def add(self, conn: WsConnection) -> None:
+        self.connections.add(conn)
+
+    def forget(self, conn: WsConnection) -> None:
+        self.connections.discard(conn)
+
+    def mark_dirty(self, conn: WsConnection) -> None:
+        self._dirty.append(conn)
+        if len(self._dirty) == 1:
+            self._wakeup.unpark()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The flusher and the sweeper; runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._flusher)
+            nursery.start_soon(self._sweeper)
+            task_status.started()
+
+    async def _flusher(self) -> None:
+        while True:
+            if not self._dirty:
+                await self._wakeup.park()
+            else:
+                await trio.lowlevel.checkpoint()
+            dirty, self._dirty = self._dirty, []
+            for conn in dirty:
+                conn.queued = False
+                if conn.draining:
+                    continue
+                try:
+                    conn.write_now()
+                except Exception:  # a bug: end that connection, keep the flusher
+                    log.exception("writing to a socket failed")
+                    conn.write_broken = True
+                    conn.fail(1011, "internal error", "left")
+                    continue
+                if conn.wants_drain() and not conn.closing and conn.nursery is not None:
+                    conn.draining = True
+                    conn.nursery.start_soon(conn.drain)
+
+    async def _sweeper(self) -> None:
+        tick = self.idle_timeout_s / 4
+        while True:
+            await trio.sleep(tick)
+            try:
+                await self._sweep()
+            except Exception:  # pragma: no cover - a bug: log it, keep sweeping
+                log.exception("keepalive sweep failed")
+
+    async def _sweep(self) -> None:
+        for n, conn in enumerate(list(self.connections)):
+            if n and n % SWEEP_CHUNK == 0:
+                await trio.lowlevel.checkpoint()
+            if conn.closing:
+                continue
+            if conn.heard:
+                conn.heard = False
+                conn.silent_ticks = 0
+                continue
+            conn.silent_ticks += 1
+            if conn.silent_ticks >= 4:
+                conn.fail(1001, "no pong", "timeout")
+            elif conn.silent_ticks == 2:
+                proto = conn.proto
+                if proto is not None and proto.state is _OPEN:
+                    proto.send_ping(b"")
+                    conn._take_protocol_writes()
+
+
+def handshake_request(proto: ServerProtocol) -> Request | None:
+    """The handshake request the protocol parsed, if it has one yet."""
+    for event in proto.events_received():
+        if isinstance(event, Request):
+            return event
+    return None
+
+
+def response_bytes(proto: ServerProtocol, response: Response) -> bytes:
+    """Queue ``response`` in the protocol and return what to write for it."""
+    proto.send_response(response)
+    return b"".join(proto.data_to_send())
