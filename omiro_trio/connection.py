@@ -257,7 +257,7 @@ async def _read_loop(ctx: ServerContext, conn: WsConnection, session: Session) -
                 if not bucket.take(now) and violations.hit(now):
                     session.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
                     return
-        if not frames:
+        if not frames and not controls:
             code = conn.close_code
             if code is not None and not conn.peer_closed:
                 # The engine failed the connection: 1002, 1007 or 1009.

@@ -276,15 +276,22 @@ class WsConnection:
     # -- reading ------------------------------------------------------------
 
     async def receive(self) -> list[str | bytes]:
-        """The next complete messages; an empty list once the peer is done.
+        """The next complete messages, once there are some or a control frame came.
 
-        After an empty list, ``close_code`` says why (None: the peer closed
-        or vanished without a protocol error of ours to report).
+        Returns an empty list with ``control_frames`` > 0 after pings or
+        pongs only; an empty list with no control frames once the peer is
+        done: then ``close_code`` says why (None: the peer closed or vanished
+        without a protocol error of ours to report).
         """
         while True:
             sock, proto = self.sock, self.proto
             if sock is None or proto is None or proto.state is not _OPEN:
                 return []
+            if proto.events:  # parsed already (pipelined behind the handshake)
+                messages = self._messages(proto)
+                self._take_protocol_writes()
+                if messages:
+                    return messages
             if self._reads >= CHECKPOINT_EVERY:
                 self._reads = 0
                 await trio.lowlevel.checkpoint()
@@ -306,7 +313,7 @@ class WsConnection:
                 proto.receive_eof()
             messages = self._messages(proto)
             self._take_protocol_writes()
-            if messages or proto.state is not _OPEN:
+            if messages or self.control_frames or proto.state is not _OPEN:
                 return messages
 
     def _messages(self, proto: ServerProtocol) -> list[str | bytes]:
@@ -539,8 +546,11 @@ class Engine:
 
 def handshake_request(proto: ServerProtocol) -> Request | None:
     """The handshake request the protocol parsed, if it has one yet."""
-    for event in proto.events_received():
+    events = proto.events_received()
+    for n, event in enumerate(events):
         if isinstance(event, Request):
+            # Frames pipelined behind the request wait for the first receive.
+            proto.events = events[n + 1 :] + proto.events
             return event
     return None
 
