@@ -28,6 +28,7 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
@@ -55,7 +56,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_server(pin: bool) -> tuple[subprocess.Popen[str], str]:
+def start_server(
+    pin: bool, extra_env: dict[str, str] | None = None, command: list[str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """Start ``omiro serve`` (or ``command``) on 127.0.0.1, port 0; returns it and its URL.
+
+    The server must print ``listening on http://HOST:PORT`` on stderr. With
+    ``pin`` it runs on core 0 only.
+    """
     env = dict(os.environ)
     env.update(
         OMIRO_ICE_URLS="[]",
@@ -65,7 +73,10 @@ def start_server(pin: bool) -> tuple[subprocess.Popen[str], str]:
         OMIRO_LIMITS_SOCKETS_PER_IP="1000000",
         OMIRO_LIMITS_SESSIONS_PER_IP_PER_MINUTE="1000000",
     )
-    command = [sys.executable, "-m", "omiro_trio", "serve", "--host", "127.0.0.1", "--port", "0"]
+    env.update(extra_env or {})
+    if command is None:
+        command = [sys.executable, "-m", "omiro_trio", "serve", "--host", "127.0.0.1"]
+        command += ["--port", "0"]
     process = subprocess.Popen(
         command,
         env=env,
@@ -78,8 +89,15 @@ def start_server(pin: bool) -> tuple[subprocess.Popen[str], str]:
     for line in process.stderr:
         found = LISTENING.search(line)
         if found:
+            # Keep reading its log, or a full pipe would stall the server.
+            threading.Thread(target=_drain, args=(process.stderr,), daemon=True).start()
             return process, found.group(1)
     raise RuntimeError("the server did not start")
+
+
+def _drain(pipe: Any) -> None:
+    for _ in pipe:
+        pass
 
 
 def _new_token(url: str) -> str:

@@ -1,0 +1,167 @@
+"""A lean load-generating client: ``websockets``' client protocol on a trio socket stream.
+
+The generator must outrun the server it measures, so it avoids per-frame
+tasks and channels: frames to send are joined into one ``send_all``, and
+one ``receive_some`` yields every frame that arrived. Tokens come from
+``/session/new`` over a kept-alive HTTP/1.1 connection (h11).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Sequence
+
+import h11
+import msgspec
+import trio
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Protocol, Side
+
+IO_TIMEOUT_S = 30.0
+DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
+
+
+class HttpClient:
+    """One kept-alive HTTP/1.1 connection for ``GET /session/new``."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._stream: trio.SocketStream | None = None
+        self._h11 = h11.Connection(h11.CLIENT)
+
+    async def token(self) -> str:
+        """A fresh session token (raises on any status but 200)."""
+        with trio.fail_after(IO_TIMEOUT_S):
+            if self._stream is None or self._h11.our_state is not h11.IDLE:
+                await self.aclose()
+                self._stream = await trio.open_tcp_stream(self.host, self.port)
+                self._h11 = h11.Connection(h11.CLIENT)
+            stream, conn = self._stream, self._h11
+            request = h11.Request(
+                method="GET", target="/session/new", headers=[("Host", f"{self.host}")]
+            )
+            await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+            status, body = 0, b""
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(65536))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise RuntimeError("/session/new: connection closed")
+            if status != 200:
+                raise RuntimeError(f"/session/new answered {status}: {body[:200]!r}")
+            if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+                conn.start_next_cycle()
+            token: str = msgspec.json.decode(body)["token"]
+            return token
+
+    async def aclose(self) -> None:
+        if self._stream is not None:
+            await self._stream.aclose()
+            self._stream = None
+
+
+class WsClient:
+    """A WebSocket client for load: batched writes, every frame of a read at once."""
+
+    __slots__ = ("_protocol", "closed", "stream")
+
+    def __init__(self, stream: trio.SocketStream, protocol: Protocol) -> None:
+        self.stream = stream
+        self._protocol = protocol
+        self.closed = False
+
+    @classmethod
+    async def connect(
+        cls, host: str, port: int, token: str, *, deflate_offer: bool = False
+    ) -> tuple[WsClient, list[bytes]]:
+        """Upgrade a new connection; returns the client and the frames already read."""
+        with trio.fail_after(IO_TIMEOUT_S):
+            stream = await trio.open_tcp_stream(host, port)
+            key = base64.b64encode(os.urandom(16)).decode()
+            extra = f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n" if deflate_offer else ""
+            head = (
+                f"GET /ws?token={token} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+            )
+            await stream.send_all(head.encode())
+            buffer = b""
+            while b"\r\n\r\n" not in buffer:
+                data = await stream.receive_some(65536)
+                if not data:
+                    raise RuntimeError("the server closed the connection during the upgrade")
+                buffer += data
+            response, rest = buffer.split(b"\r\n\r\n", 1)
+            if not response.startswith(b"HTTP/1.1 101"):
+                raise RuntimeError(f"upgrade refused: {response[:200]!r}")
+            if b"permessage-deflate" in response.lower():
+                raise RuntimeError("the server negotiated permessage-deflate")
+            client = cls(stream, Protocol(Side.CLIENT, max_size=None))
+            return client, client._feed(rest) if rest else []
+
+    def _feed(self, data: bytes) -> list[bytes]:
+        protocol = self._protocol
+        if data:
+            protocol.receive_data(data)
+        else:
+            protocol.receive_eof()
+            self.closed = True
+        texts: list[bytes] = []
+        for event in protocol.events_received():
+            if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                texts.append(bytes(event.data))
+            elif isinstance(event, Frame) and event.opcode is Opcode.CLOSE:
+                self.closed = True
+        return texts
+
+    async def receive(self) -> list[bytes]:
+        """The text frames of the next read (waits for at least one read); [] when closed."""
+        with trio.fail_after(IO_TIMEOUT_S):
+            while not self.closed:
+                texts = self._feed(await self.stream.receive_some(262144))
+                pongs = self._protocol.data_to_send()
+                if pongs and not self.closed:
+                    await self.stream.send_all(b"".join(pongs))
+                if texts:
+                    return texts
+        return []
+
+    async def send(self, texts: Sequence[bytes]) -> None:
+        """Send text frames in one write."""
+        protocol = self._protocol
+        for text in texts:
+            protocol.send_text(text)
+        with trio.fail_after(IO_TIMEOUT_S):
+            await self.stream.send_all(b"".join(protocol.data_to_send()))
+
+    async def aclose(self) -> None:
+        """Close the stream at once (no closing handshake: the server must cope)."""
+        self.closed = True
+        await self.stream.aclose()
+
+    async def close_cleanly(self) -> None:
+        """Send a close frame, then wait (bounded) for the server to end the stream."""
+        try:
+            if self._protocol.state is self._protocol.state.OPEN:
+                self._protocol.send_close(1000)
+                await self.stream.send_all(b"".join(self._protocol.data_to_send()))
+            with trio.move_on_after(5):
+                while await self.stream.receive_some(65536):
+                    pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await self.stream.aclose()
+
+
+def op_of(frame: bytes) -> str:
+    op: str = msgspec.json.decode(frame)["op"]
+    return op

@@ -1,0 +1,550 @@
+"""``omiro bench`` scenarios driven by the lean client, spread over processes.
+
+Each scenario is a worker (one ``trio.run`` per generator process, ``--procs``
+of them) plus the parent's bookkeeping: the parent starts the server pinned
+to core 0, pins the generator processes to the other cores, meets them at a
+barrier before and after each measured phase to sample the server's CPU and
+RSS, and prints one JSON object. Generator CPU is reported beside every
+result, so a generator-bound number is visible as such.
+
+Every loop is bounded in count and by ``DEADLINE_S``; everything stays on
+127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import resource
+import statistics
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import msgspec
+import trio
+
+from omiro_trio.bench import cpu_seconds, percentile, rss_kib, start_server
+from omiro_trio.bench.client import HttpClient, WsClient, op_of
+
+DEADLINE_S = 600.0
+BARRIER_TIMEOUT_S = 600.0
+
+
+@dataclass
+class Options:
+    """Every scenario's knobs (``omiro bench <scenario> --help``)."""
+
+    procs: int = 1
+    pairs: int = 500
+    idle: int = 0
+    window: int = 8
+    messages: int = 2000
+    seconds: float = 5.0
+    rate: float = 4000.0
+    sessions: int = 2000
+    concurrency: int = 100
+    rounds: int = 3
+    pause: float = 1.0
+    users: int = 200
+    next_after: tuple[float, float] = (5.0, 60.0)
+    deflate_offer: bool = True
+    server_env: dict[str, str] = field(default_factory=dict)
+    server_command: list[str] = field(default_factory=list)  # default: this omiro serve
+
+
+# -- the parent ---------------------------------------------------------------------------
+
+
+def run_scenario(name: str, options: Options) -> dict[str, Any]:
+    """Start a server and ``options.procs`` generators running scenario ``name``."""
+    _, phases = SCENARIOS[name]
+    raise_fd_limit()
+    pin = len(os.sched_getaffinity(0)) >= 2
+    command = None
+    if options.server_command:
+        command = [*options.server_command, "--host", "127.0.0.1", "--port", "0"]
+    process, url = start_server(pin, options.server_env, command)
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(options.procs + 1, timeout=BARRIER_TIMEOUT_S)
+    results_queue = ctx.Queue()
+    generators = [
+        ctx.Process(
+            target=_child, args=(name, options, url, index, barrier, results_queue), daemon=True
+        )
+        for index in range(options.procs)
+    ]
+    result: dict[str, Any] = {"scenario": name, "options": asdict(options), "pinned": pin}
+    try:
+        for generator in generators:
+            generator.start()
+        result["rss_start_kib"] = rss_kib(process.pid)
+        samples: list[dict[str, float]] = []
+        for _ in range(phases(options)):
+            barrier.wait()  # the generators are ready
+            cpu, rss, start = cpu_seconds(process.pid), rss_kib(process.pid), time.perf_counter()
+            barrier.wait()  # the phase is over
+            samples.append(
+                {
+                    "seconds": time.perf_counter() - start,
+                    "server_cpu_s": cpu_seconds(process.pid) - cpu,
+                    "server_rss_before_kib": rss,
+                    "server_rss_after_kib": rss_kib(process.pid),
+                    **_stats(url),
+                }
+            )
+            barrier.wait()  # sampled: the generators may go on
+        workers = [results_queue.get(timeout=BARRIER_TIMEOUT_S) for _ in generators]
+        for generator in generators:
+            generator.join(timeout=30)
+        for n, sample in enumerate(samples):
+            sample["generator_cpu_s"] = sum(w["phase_cpu_s"][n] for w in workers)
+            sample["generator_cpu_max_proc_s"] = max(w["phase_cpu_s"][n] for w in workers)
+        result["phases"] = [{k: round(v, 3) for k, v in sample.items()} for sample in samples]
+        result.update(SUMMARIES[name](options, samples, workers))
+        result["generator_cpu_s"] = sum(w["cpu_s"] for w in workers)
+        result["generator_cpu_s_per_proc"] = [round(w["cpu_s"], 2) for w in workers]
+        result["rss_end_kib"] = rss_kib(process.pid)
+    finally:
+        for generator in generators:
+            if generator.is_alive():
+                generator.kill()
+        process.terminate()
+        process.wait(timeout=30)
+    return result
+
+
+def _stats(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"{url}/stats", timeout=10) as response:
+        stats = msgspec.json.decode(response.read())
+    return {f"stats_{k}": v for k, v in stats.items() if isinstance(v, int | float)}
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _child(name: str, options: Options, url: str, index: int, barrier: Any, results: Any) -> None:
+    raise_fd_limit()
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) >= 2:
+        os.sched_setaffinity(0, set(cores[1:]))
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    worker, _ = SCENARIOS[name]
+    start = time.process_time()
+    out = trio.run(worker, options, host, int(port), index, barrier)
+    out["cpu_s"] = time.process_time() - start
+    out["phase_cpu_s"] = [_marks[i + 1] - _marks[i] for i in range(0, len(_marks) - 1, 2)]
+    results.put(out)
+
+
+_marks: list[float] = []  # this generator's CPU time at each barrier
+
+
+async def _barrier(barrier: Any) -> None:
+    """Start of a measured phase: every generator is ready."""
+    await trio.to_thread.run_sync(barrier.wait)
+    _marks.append(time.process_time())
+
+
+async def _phase_end(barrier: Any) -> None:
+    """End of a measured phase; returns once the parent has sampled the server."""
+    await trio.to_thread.run_sync(barrier.wait)
+    _marks.append(time.process_time())
+    await trio.to_thread.run_sync(barrier.wait)
+
+
+def _share(total: int, options: Options, index: int) -> int:
+    return total // options.procs + (1 if index < total % options.procs else 0)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+async def _open(http: HttpClient, host: str, port: int, options: Options) -> WsClient:
+    token = await http.token()
+    client, early = await WsClient.connect(host, port, token, deflate_offer=options.deflate_offer)
+    while not early:
+        early = await client.receive()
+    if op_of(early[0]) != "hello":
+        raise RuntimeError(f"expected hello, got {early[0][:100]!r}")
+    return client
+
+
+async def _until(client: WsClient, op: str) -> None:
+    while True:
+        frames = await client.receive()
+        if not frames:
+            raise RuntimeError(f"closed while waiting for {op}")
+        if any(op_of(f) == op for f in frames):
+            return
+
+
+async def _pair(
+    http: HttpClient, host: str, port: int, options: Options, tag: str
+) -> tuple[WsClient, WsClient]:
+    join = msgspec.json.encode({"op": "join_queue", "data": {"mode": "text", "interests": [tag]}})
+    a = await _open(http, host, port, options)
+    await a.send([join])
+    await _until(a, "queued")
+    b = await _open(http, host, port, options)
+    await b.send([join])
+    await _until(b, "match_found")
+    await _until(a, "match_found")
+    return a, b
+
+
+def _chat(text: str) -> bytes:
+    return b'{"op":"chat","data":{"message":"' + text.encode() + b'"}}'
+
+
+# -- relay: throughput, then latency at a fixed rate ---------------------------------------
+
+
+async def relay_worker(
+    options: Options, host: str, port: int, index: int, barrier: Any
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    http = HttpClient(host, port)
+    await _barrier(barrier)
+    idle = [
+        await _open(http, host, port, options) for _ in range(_share(options.idle, options, index))
+    ]
+    await _phase_end(barrier)
+    pairs = [
+        await _pair(http, host, port, options, f"p{index}-{n}")
+        for n in range(_share(options.pairs, options, index))
+    ]
+    frame = _chat("x" * 150)  # about 200 bytes on the wire
+
+    # 1. Throughput: each side sends ``messages`` frames to the other,
+    # at most ``window`` of them unanswered.
+    received = 0
+
+    async def pump(reader: WsClient, writer: WsClient) -> None:
+        nonlocal received
+        got = 0
+        to_send = options.messages - min(options.window, options.messages)
+        while got < options.messages:
+            frames = await reader.receive()
+            if not frames:
+                raise RuntimeError("closed during the throughput phase")
+            got += len(frames)
+            received += len(frames)
+            more = min(len(frames), to_send)
+            if more:
+                to_send -= more
+                await writer.send([frame] * more)
+
+    await _barrier(barrier)
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            for a, b in pairs:
+                nursery.start_soon(pump, a, b)
+                nursery.start_soon(pump, b, a)
+            first = [frame] * min(options.window, options.messages)
+            for a, b in pairs:
+                await a.send(first)
+                await b.send(first)
+    out["throughput_frames"] = received
+    await _phase_end(barrier)
+
+    # 2. Latency at a fixed offered rate (one direction per pair, timestamps in the frames).
+    latencies: list[float] = []
+    my_rate = options.rate / options.procs
+    interval = len(pairs) / my_rate if pairs else 1.0
+    count = int(options.seconds * my_rate / max(1, len(pairs)))
+
+    async def paced(a: WsClient, offset: float) -> None:
+        begin = trio.current_time() + offset
+        for i in range(count):
+            await trio.sleep_until(begin + i * interval)
+            await a.send([_chat(f"{time.perf_counter():.9f}")])
+
+    async def timed(b: WsClient) -> None:
+        seen = 0
+        while seen < count:
+            frames = await b.receive()
+            if not frames:
+                return
+            now = time.perf_counter()
+            for f in frames:
+                latencies.append(now - float(msgspec.json.decode(f)["data"]["message"]))
+            seen += len(frames)
+
+    await _barrier(barrier)
+    with trio.move_on_after(options.seconds + 10):
+        async with trio.open_nursery() as nursery:
+            for n, (a, b) in enumerate(pairs):
+                nursery.start_soon(timed, b)
+                nursery.start_soon(paced, a, n * interval / max(1, len(pairs)))
+    await _phase_end(barrier)
+    out["latencies"] = latencies
+    for client in idle + [c for pair in pairs for c in pair]:
+        await client.aclose()
+    await http.aclose()
+    return out
+
+
+def relay_summary(
+    options: Options, samples: list[dict[str, float]], workers: list[dict[str, Any]]
+) -> dict[str, Any]:
+    idle, through, latency = samples
+    frames = sum(w["throughput_frames"] for w in workers)
+    latencies = sorted(x for w in workers for x in w["latencies"])
+    result: dict[str, Any] = {
+        "rss_empty_kib": idle["server_rss_before_kib"],
+        "rss_idle_kib": idle["server_rss_after_kib"],
+        "throughput_msgs_per_s": round(frames / through["seconds"]),
+        "server_cpu_per_msg_us": round(through["server_cpu_s"] / max(1, frames) * 1e6, 2),
+        "server_cpu_share_throughput": round(through["server_cpu_s"] / through["seconds"], 2),
+        "latency_rate_per_s": options.rate,
+        "latency_samples": len(latencies),
+        "rss_end_kib": latency["server_rss_after_kib"],
+    }
+    if options.idle:
+        grown = idle["server_rss_after_kib"] - idle["server_rss_before_kib"]
+        result["kib_per_idle_socket"] = round(grown / options.idle, 2)
+    if latencies:
+        result["latency_p50_ms"] = round(statistics.median(latencies) * 1000, 3)
+        result["latency_p99_ms"] = round(percentile(latencies, 0.99) * 1000, 3)
+        result["latency_max_ms"] = round(latencies[-1] * 1000, 3)
+    return result
+
+
+# -- connect and churn: token + upgrade + join + match_found, then leave -------------------
+
+
+async def _connect_round(
+    options: Options, host: str, port: int, index: int, sessions: int
+) -> dict[str, float]:
+    matched = 0
+    failures = 0
+    todo = sessions
+    join = msgspec.json.encode({"op": "join_queue", "data": {"mode": "text"}})
+
+    async def one_user(http: HttpClient) -> None:
+        nonlocal matched, failures, todo
+        while todo > 0:
+            todo -= 1
+            try:
+                client = await _open(http, host, port, options)
+                await client.send([join])
+                await _until(client, "match_found")
+                matched += 1
+                await client.aclose()
+            except (RuntimeError, OSError, trio.TooSlowError, trio.BrokenResourceError):
+                failures += 1
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(max(1, _share(options.concurrency, options, index))):
+            nursery.start_soon(one_user, HttpClient(host, port))
+    return {"matched": matched, "failures": failures, "seconds": time.perf_counter() - start}
+
+
+async def churn_worker(
+    options: Options, host: str, port: int, index: int, barrier: Any
+) -> dict[str, Any]:
+    rounds = []
+    for _ in range(options.rounds):
+        await _barrier(barrier)
+        rounds.append(
+            await _connect_round(
+                options, host, port, index, _share(options.sessions, options, index)
+            )
+        )
+        await trio.sleep(options.pause)  # sockets close; the server settles
+        await _phase_end(barrier)
+    return {"rounds": rounds}
+
+
+def churn_summary(
+    options: Options, samples: list[dict[str, float]], workers: list[dict[str, Any]]
+) -> dict[str, Any]:
+    rows = []
+    seen = 0
+    for n, sample in enumerate(samples):
+        matched = sum(w["rounds"][n]["matched"] for w in workers)
+        failures = sum(w["rounds"][n]["failures"] for w in workers)
+        busy = max(w["rounds"][n]["seconds"] for w in workers)
+        seen += matched + failures
+        rows.append(
+            {
+                "round": n + 1,
+                "sessions_matched": matched,
+                "failures": failures,
+                "sessions_seen": seen,
+                "pairs_per_s": round(matched / 2 / busy, 1),
+                "server_cpu_s": round(sample["server_cpu_s"], 2),
+                "server_rss_kib": sample["server_rss_after_kib"],
+                "online_after": sample.get("stats_online", -1),
+            }
+        )
+    return {"rounds": rows, "pairs_per_s_median": statistics.median(r["pairs_per_s"] for r in rows)}
+
+
+# -- idle: sockets held open (offering permessage-deflate), RSS per socket ------------------
+
+
+async def idle_worker(
+    options: Options, host: str, port: int, index: int, barrier: Any
+) -> dict[str, Any]:
+    http = HttpClient(host, port)
+    await _barrier(barrier)
+    clients = [
+        await _open(http, host, port, options) for _ in range(_share(options.idle, options, index))
+    ]
+    await _phase_end(barrier)
+    for client in clients:
+        await client.aclose()
+    await http.aclose()
+    return {"opened": len(clients)}
+
+
+def idle_summary(
+    options: Options, samples: list[dict[str, float]], workers: list[dict[str, Any]]
+) -> dict[str, Any]:
+    sample = samples[0]
+    opened = sum(w["opened"] for w in workers)
+    grown = sample["server_rss_after_kib"] - sample["server_rss_before_kib"]
+    return {
+        "sockets": opened,
+        "deflate_offered": options.deflate_offer,
+        "server_rss_before_kib": sample["server_rss_before_kib"],
+        "server_rss_after_kib": sample["server_rss_after_kib"],
+        "kib_per_socket": round(grown / max(1, opened), 2),
+        "server_cpu_s_to_open": round(sample["server_cpu_s"], 2),
+    }
+
+
+# -- realistic: users who meet, signal, chat and press next ---------------------------------
+
+
+async def realistic_worker(
+    options: Options, host: str, port: int, index: int, barrier: Any
+) -> dict[str, Any]:
+    rng = random.Random(index)
+    latencies: list[float] = []
+    counts = {"matches": 0, "relayed": 0, "errors": 0}
+    stop_at = 0.0
+    join = msgspec.json.encode({"op": "join_queue", "data": {"mode": "video"}})
+    nxt = b'{"op":"next"}'
+
+    def stamped(op: str, field_: str) -> bytes:
+        now = f"{time.perf_counter():.9f}"
+        if op == "ice_candidate":
+            data: dict[str, Any] = {
+                "candidate": {"candidate": f"candidate:{now} 1 udp 1 127.0.0.1 9 typ host"}
+            }
+        else:
+            data = {field_: now}
+        return msgspec.json.encode({"op": op, "data": data})
+
+    def sent_at(frame: dict[str, Any]) -> float | None:
+        data = frame.get("data") or {}
+        value = data.get("message") or data.get("sdp")
+        if value is None and isinstance(data.get("candidate"), dict):
+            value = data["candidate"]["candidate"].split()[0].removeprefix("candidate:")
+        try:
+            return float(value) if value is not None else None
+        except ValueError:
+            return None
+
+    async def user(http: HttpClient) -> None:
+        client = await _open(http, host, port, options)
+        await client.send([join])
+        match_id = ""
+        async with trio.open_nursery() as nursery:
+
+            async def behave(my_match: str, caller: bool) -> None:
+                if caller:
+                    await client.send([stamped("webrtc_offer", "sdp")])
+                for _ in range(rng.randint(10, 20)):
+                    await trio.sleep(rng.uniform(0.01, 0.1))
+                    await client.send([stamped("ice_candidate", "")])
+                leave_at = trio.current_time() + rng.uniform(*options.next_after)
+                while trio.current_time() < leave_at and my_match == match_id:
+                    await trio.sleep(rng.uniform(1.0, 6.0))  # a person typing
+                    if my_match == match_id:
+                        await client.send([stamped("chat", "message")])
+                if my_match == match_id and time.perf_counter() < stop_at:
+                    await client.send([nxt])
+
+            while time.perf_counter() < stop_at and not client.closed:
+                frames = await client.receive()
+                now = time.perf_counter()
+                for raw in frames:
+                    frame = msgspec.json.decode(raw)
+                    op = frame["op"]
+                    if op == "match_found":
+                        counts["matches"] += 1
+                        match_id = frame["data"]["match_id"]
+                        nursery.start_soon(behave, match_id, frame["data"]["should_call"])
+                    elif op == "webrtc_offer":
+                        await client.send([stamped("webrtc_answer", "sdp")])
+                    elif op == "partner_disconnected":
+                        match_id = ""
+                        await client.send([join])
+                    elif op == "error":
+                        counts["errors"] += 1
+                    if op in ("chat", "webrtc_offer", "webrtc_answer", "ice_candidate"):
+                        counts["relayed"] += 1
+                        stamp = sent_at(frame)
+                        if stamp is not None:
+                            latencies.append(now - stamp)
+            nursery.cancel_scope.cancel()
+        await client.aclose()
+
+    await _barrier(barrier)
+    stop_at = time.perf_counter() + options.seconds
+    with trio.move_on_after(options.seconds + 30):
+        async with trio.open_nursery() as nursery:
+            for _ in range(_share(options.users, options, index)):
+                nursery.start_soon(user, HttpClient(host, port))
+                await trio.sleep(options.seconds / 10 / max(1, options.users))  # ramp up
+    await _phase_end(barrier)
+    return {"latencies": latencies, **counts}
+
+
+def realistic_summary(
+    options: Options, samples: list[dict[str, float]], workers: list[dict[str, Any]]
+) -> dict[str, Any]:
+    latencies = sorted(x for w in workers for x in w["latencies"])
+    result: dict[str, Any] = {
+        "users": options.users,
+        "matches": sum(w["matches"] for w in workers),
+        "relayed_frames": sum(w["relayed"] for w in workers),
+        "errors": sum(w["errors"] for w in workers),
+        "server_cpu_share": round(samples[0]["server_cpu_s"] / samples[0]["seconds"], 2),
+        "server_rss_kib": samples[0]["server_rss_after_kib"],
+        "latency_samples": len(latencies),
+    }
+    if latencies:
+        result["latency_p50_ms"] = round(statistics.median(latencies) * 1000, 3)
+        result["latency_p99_ms"] = round(percentile(latencies, 0.99) * 1000, 3)
+    return result
+
+
+Worker = Callable[..., Any]
+SCENARIOS: dict[str, tuple[Worker, Callable[[Options], int]]] = {
+    "relay": (relay_worker, lambda o: 3),
+    "connect": (churn_worker, lambda o: o.rounds),
+    "churn": (churn_worker, lambda o: o.rounds),
+    "idle": (idle_worker, lambda o: 1),
+    "realistic": (realistic_worker, lambda o: 1),
+}
+SUMMARIES: dict[
+    str, Callable[[Options, list[dict[str, float]], list[dict[str, Any]]], dict[str, Any]]
+] = {
+    "relay": relay_summary,
+    "connect": churn_summary,
+    "churn": churn_summary,
+    "idle": idle_summary,
+    "realistic": realistic_summary,
+}
