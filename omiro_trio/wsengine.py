@@ -111,6 +111,7 @@ class WsConnection:
     """
 
     __slots__ = (
+        "__weakref__",
         "_chunks",
         "_eof_wanted",
         "_fragments",
@@ -448,6 +449,9 @@ class WsConnection:
         if proto is not None:
             # The parser is a generator whose frame refers back to the protocol.
             proto.parser = None  # type: ignore[assignment]
+            # An EOFError or ProtocolError kept here holds the parser's frame.
+            proto.parser_exc = None
+            proto.handshake_exc = None
             proto.events = []
             proto.writes = []
         self.proto = None
@@ -499,21 +503,26 @@ class Engine:
                 await self._wakeup.park()
             else:
                 await trio.lowlevel.checkpoint()
-            dirty, self._dirty = self._dirty, []
-            for conn in dirty:
-                conn.queued = False
-                if conn.draining:
-                    continue
-                try:
-                    conn.write_now()
-                except Exception:  # a bug: end that connection, keep the flusher
-                    log.exception("writing to a socket failed")
-                    conn.write_broken = True
-                    conn.fail(1011, "internal error", "left")
-                    continue
-                if conn.wants_drain() and not conn.closing and conn.nursery is not None:
-                    conn.draining = True
-                    conn.nursery.start_soon(conn.drain)
+            self._flush_dirty()
+
+    def _flush_dirty(self) -> None:
+        # A function of its own: no local outlives it to keep a closed
+        # connection alive while the flusher waits.
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.queued = False
+            if conn.draining:
+                continue
+            try:
+                conn.write_now()
+            except Exception:  # a bug: end that connection, keep the flusher
+                log.exception("writing to a socket failed")
+                conn.write_broken = True
+                conn.fail(1011, "internal error", "left")
+                continue
+            if conn.wants_drain() and not conn.closing and conn.nursery is not None:
+                conn.draining = True
+                conn.nursery.start_soon(conn.drain)
 
     async def _sweeper(self) -> None:
         tick = self.idle_timeout_s / 4
@@ -525,9 +534,14 @@ class Engine:
                 log.exception("keepalive sweep failed")
 
     async def _sweep(self) -> None:
-        for n, conn in enumerate(list(self.connections)):
-            if n and n % SWEEP_CHUNK == 0:
+        connections = list(self.connections)
+        for start in range(0, len(connections), SWEEP_CHUNK):
+            if start:
                 await trio.lowlevel.checkpoint()
+            self._sweep_some(connections[start : start + SWEEP_CHUNK])
+
+    def _sweep_some(self, connections: list[WsConnection]) -> None:
+        for conn in connections:
             if conn.closing:
                 continue
             if conn.heard:

@@ -71,11 +71,12 @@ class HttpClient:
 class WsClient:
     """A WebSocket client for load: batched writes, every frame of a read at once."""
 
-    __slots__ = ("_protocol", "closed", "stream")
+    __slots__ = ("_protocol", "_sending", "closed", "stream")
 
     def __init__(self, stream: trio.SocketStream, protocol: Protocol) -> None:
         self.stream = stream
         self._protocol = protocol
+        self._sending = trio.StrictFIFOLock()  # pongs and frames may be sent by two tasks
         self.closed = False
 
     @classmethod
@@ -129,7 +130,8 @@ class WsClient:
                 texts = self._feed(await self.stream.receive_some(262144))
                 pongs = self._protocol.data_to_send()
                 if pongs and not self.closed:
-                    await self.stream.send_all(b"".join(pongs))
+                    async with self._sending:
+                        await self.stream.send_all(b"".join(pongs))
                 if texts:
                     return texts
         return []
@@ -140,7 +142,8 @@ class WsClient:
         for text in texts:
             protocol.send_text(text)
         with trio.fail_after(IO_TIMEOUT_S):
-            await self.stream.send_all(b"".join(protocol.data_to_send()))
+            async with self._sending:
+                await self.stream.send_all(b"".join(protocol.data_to_send()))
 
     async def aclose(self) -> None:
         """Close the stream at once (no closing handshake: the server must cope)."""

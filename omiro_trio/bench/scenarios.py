@@ -244,13 +244,13 @@ async def relay_worker(
     await _barrier(barrier)
     with trio.fail_after(DEADLINE_S):
         async with trio.open_nursery() as nursery:
-            for a, b in pairs:
-                nursery.start_soon(pump, a, b)
-                nursery.start_soon(pump, b, a)
             first = [frame] * min(options.window, options.messages)
             for a, b in pairs:
                 await a.send(first)
                 await b.send(first)
+            for a, b in pairs:
+                nursery.start_soon(pump, a, b)
+                nursery.start_soon(pump, b, a)
     out["throughput_frames"] = received
     await _phase_end(barrier)
 
