@@ -37,3 +37,42 @@ async def test_gc_tuning_freezes_then_collects_then_unfreezes(
         assert calls.count("collect") == 2  # one full collection within the interval
         nursery.cancel_scope.cancel()
     assert gc.get_freeze_count() == 0  # nothing left frozen once it stops
+
+
+async def test_gc_tuning_collects_early_when_the_frozen_heap_grows(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    real_collect = gc.collect
+
+    def counting_collect(*args: int) -> int:
+        calls.append("collect")
+        return real_collect(*args)
+
+    gc.unfreeze()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: run_gc_tuning(
+                freeze_interval_s=1,
+                full_collect_interval_s=10_000,
+                min_full_interval_s=5,
+                growth_ratio=0.0,
+                growth_floor=10_000,
+            )
+        )
+        await trio.sleep(0.5)
+        monkeypatch.setattr(gc, "collect", counting_collect)
+        await trio.sleep(6)
+        assert calls == []  # no growth: no full collection, however long
+        cycles: list[list[object]] = []
+        for _ in range(20_000):
+            cycle: list[object] = []
+            cycle.append(cycle)  # garbage only the collector can free...
+            cycles.append(cycle)
+        del cycles, cycle  # ...frozen at the next tick
+        await trio.sleep(1)
+        assert calls == []  # grown, but frozen only now
+        await trio.sleep(1)
+        assert calls == ["collect"]  # grown past the floor: collected long before the interval
+        nursery.cancel_scope.cancel()
+    assert gc.get_freeze_count() == 0
