@@ -172,6 +172,8 @@ class Hub:
             "server_draining", {"reconnect_after_ms": reconnect_after_ms}
         )
         self._sockets_per_ip: dict[str, int] = {}
+        # Metric children looked up once, not per relayed frame.
+        self._relayed = {op: metrics.relayed.labels(op) for op in protocol.OP_NAMES.values()}
         self._no_sessions = trio.Event()
         self._no_sessions.set()
 
@@ -278,19 +280,23 @@ class Hub:
                 protocol.error_frame(ErrorCode.NOT_MATCHED, "you have no partner right now", op)
             )
             return
-        frame = protocol.encode(op, protocol.relay_data(message, session.id))
+        frame = protocol.encode_bytes(op, protocol.relay_data(message, session.id))
         chat = message.message if isinstance(message, protocol.Chat) else None
         if chat is not None:
             session.transcript.append((session.id, chat))
         partner_id = match.partner_of(session.id)
         partner = self.sessions.get(partner_id)
-        self.metrics.relayed.labels(op).inc()
+        self._relayed[op].inc()
         if partner is not None:
             self._apply_relay(partner, match.match_id, frame, chat)
         else:
             await self._publish(
                 BusMessage(
-                    to=partner_id, kind="relay", match_id=match.match_id, frame=frame, chat=chat
+                    to=partner_id,
+                    kind="relay",
+                    match_id=match.match_id,
+                    frame=frame.decode(),
+                    chat=chat,
                 )
             )
 
@@ -469,7 +475,9 @@ class Hub:
         if current is not None and current.match_id == match_id:
             session.send(protocol.encode("partner_disconnected", {"reason": reason}))
 
-    def _apply_relay(self, session: Session, match_id: str, frame: str, chat: str | None) -> None:
+    def _apply_relay(
+        self, session: Session, match_id: str, frame: str | bytes, chat: str | None
+    ) -> None:
         current = session.match
         if current is None or current.match_id != match_id:
             return  # a late message from a match that ended: it reaches nobody

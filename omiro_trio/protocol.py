@@ -58,6 +58,7 @@ __all__ = [
     "WebrtcAnswer",
     "WebrtcOffer",
     "encode",
+    "encode_bytes",
     "error_frame",
     "parse_client_frame",
     "relay_data",
@@ -458,6 +459,11 @@ def encode(op: str, data: Mapping[str, Any] | None = None) -> str:
     elif not isinstance(data, dict):
         data = dict(data)
     return _ENCODER.encode({"op": op, "data": data}).decode("utf-8")
+
+
+def encode_bytes(op: str, data: Mapping[str, Any]) -> bytes:
+    """``encode`` as UTF-8 bytes, ready for the socket (no round trip through ``str``)."""
+    return _ENCODER.encode({"op": op, "data": data})
 
 
 def error_frame(code: str, message: str, op: str | None) -> str:
