@@ -29,6 +29,8 @@ from omiro_trio.admission import RequestHead
 
 log = logging.getLogger(__name__)
 
+Handler = Callable[[trio.abc.Stream, RequestHead], Awaitable[None]]
+
 HEAD_TIMEOUT_S = 10.0
 MAX_HEAD_BYTES = 16384
 WS_PATH = "/ws"
@@ -115,11 +117,13 @@ class FrontDoor:
         hyper_config: HyperConfig,
         lifespan_state: LifespanState,
         websocket: Callable[[trio.abc.Stream, RequestHead], Awaitable[None]],
+        fast_route: Callable[[RequestHead], Handler | None] | None = None,
     ) -> None:
         self._app = app
         self._hyper_config = hyper_config
         self._lifespan_state = lifespan_state
         self._websocket = websocket
+        self._fast_route = fast_route  # requests served without hypercorn (fastpath.py)
         self.context = WorkerContext(None)
 
     async def handle(self, stream: trio.SocketStream) -> None:
@@ -131,6 +135,10 @@ class FrontDoor:
             replay = ReplayStream(stream, data)
             if head is not None and is_websocket_upgrade(head):
                 await self._websocket(replay, head)
+                return
+            fast = self._fast_route(head) if head is not None and self._fast_route else None
+            if fast is not None and head is not None:
+                await fast(replay, head)
                 return
             http = TCPServer(
                 self._app,

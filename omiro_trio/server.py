@@ -32,6 +32,7 @@ from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio.lifespan import Lifespan
 
+from omiro_trio import fastpath
 from omiro_trio.addresses import base_url
 from omiro_trio.backends.base import Backend
 from omiro_trio.backends.memory import open_memory_backend
@@ -148,7 +149,13 @@ async def serve(
             await services.start(lifespan.handle_lifespan)
             await lifespan.wait_for_startup()
             async with trio.open_nursery() as connections:
-                door = FrontDoor(app, hyper, lifespan_state, partial(serve_connection, ctx, engine))
+                door = FrontDoor(
+                    app,
+                    hyper,
+                    lifespan_state,
+                    partial(serve_connection, ctx, engine),
+                    fast_route=partial(fastpath.route, ctx),
+                )
                 accepting = trio.CancelScope()
 
                 async def accept() -> None:

@@ -18,6 +18,7 @@ from omiro_trio.admin import register_admin
 from omiro_trio.backends.base import Stats
 from omiro_trio.context import ServerContext
 from omiro_trio.errors import BackendUnavailable
+from omiro_trio.fastpath import session_answer
 from omiro_trio.metrics import CONTENT_TYPE
 from omiro_trio.responses import json_error, not_found
 from omiro_trio.static import etag_matches, frontend_dir, load_assets
@@ -82,30 +83,13 @@ def create_app(ctx: ServerContext) -> QuartTrio:
 
     @app.get("/session/new")
     async def new_session() -> Response:
-        ip = remote_ip()
-        ban = await ctx.backend.ban_for(ip)
-        if ban is not None:
-            return json_error(403, "banned", "this address is banned", until=ban.until)
-        retry = await ctx.backend.hit_rate_limit(
-            f"sessions:{ip}", ctx.config.limits.sessions_per_ip_per_minute, 60.0
-        )
-        if retry is not None:
-            seconds = max(1, int(retry + 0.999))
-            response = json_error(
-                429, "rate_limited", "too many new sessions; try again later", retry_after=seconds
-            )
-            response.headers["Retry-After"] = str(seconds)
-            return response
-        issued = ctx.signer.issue(ctx.wall())
-        ctx.metrics.sessions_issued.inc()
-        response = jsonify(
-            {
-                "token": issued.token,
-                "session_id": issued.session_id,
-                "expires_at": issued.expires_at,
-            }
-        )
-        response.headers["Cache-Control"] = "no-store"
+        # Usually answered by the front door (fastpath.py); this serves a
+        # /session/new that comes later on a kept-alive connection.
+        status, body, headers = await session_answer(ctx, remote_ip())
+        response = jsonify(body)
+        response.status_code = status
+        for name, value in headers.items():
+            response.headers[name] = value
         return response
 
     @app.get("/healthz")
