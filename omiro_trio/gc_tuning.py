@@ -12,18 +12,24 @@ close; ``tests/integration/test_memory.py``), so what waits is only what
 other code leaves (for example, one closure cycle per HTTP request in the
 routing library). The reclaim policy is bounded both ways:
 
-* a full collection runs when the frozen heap has grown by more than
-  ``growth_ratio`` of its size after the last one (and at least
-  ``growth_floor`` objects), but not more often than every
+* a full collection runs when the process's resident memory has grown by
+  more than ``growth_ratio`` of what it was after the last one (and at
+  least ``growth_floor_bytes``), but not more often than every
   ``min_full_interval_s``: memory held by waiting cycles stays within a
-  fixed share of the live heap, and pauses stay rare;
+  fixed share of the footprint, and pauses stay rare;
 * and in any case every ``full_collect_interval_s``.
+
+Resident memory is read from ``/proc/self/statm`` (constant time; counting
+frozen objects with ``gc.get_freeze_count`` walks all of them, itself a
+pause of milliseconds). Where it cannot be read only the interval applies.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
+from collections.abc import Callable
 
 import trio
 
@@ -33,7 +39,16 @@ FREEZE_INTERVAL_S = 2.0
 FULL_COLLECT_INTERVAL_S = 600.0
 MIN_FULL_INTERVAL_S = 60.0
 GROWTH_RATIO = 0.25
-GROWTH_FLOOR = 200_000  # objects: about 20-40 MB of small objects
+GROWTH_FLOOR_BYTES = 32 * 1024 * 1024
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory, or None where it cannot be read cheaply."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 async def run_gc_tuning(
@@ -42,7 +57,8 @@ async def run_gc_tuning(
     full_collect_interval_s: float = FULL_COLLECT_INTERVAL_S,
     min_full_interval_s: float = MIN_FULL_INTERVAL_S,
     growth_ratio: float = GROWTH_RATIO,
-    growth_floor: int = GROWTH_FLOOR,
+    growth_floor_bytes: int = GROWTH_FLOOR_BYTES,
+    rss: Callable[[], int | None] = resident_bytes,
 ) -> None:
     """Freeze survivors every ``freeze_interval_s``; collect fully by the policy above.
 
@@ -50,22 +66,22 @@ async def run_gc_tuning(
     the collector sees the whole heap once the server is gone.
     """
     gc.freeze()
-    baseline = gc.get_freeze_count()
+    baseline = rss()
     last_full = trio.current_time()
     try:
         while True:
             await trio.sleep(freeze_interval_s)
             since = trio.current_time() - last_full
-            grown = gc.get_freeze_count() - baseline
-            if since >= full_collect_interval_s or (
-                since >= min_full_interval_s and grown > max(growth_floor, baseline * growth_ratio)
-            ):
+            now_rss = rss()
+            grown = 0 if now_rss is None or baseline is None else now_rss - baseline
+            limit = max(growth_floor_bytes, (baseline or 0) * growth_ratio)
+            if since >= full_collect_interval_s or (since >= min_full_interval_s and grown > limit):
                 gc.unfreeze()
                 found = gc.collect()
                 last_full = trio.current_time()
                 gc.freeze()
-                baseline = gc.get_freeze_count()
-                log.debug("full collection: %d unreachable objects (%d grown)", found, grown)
+                baseline = rss()
+                log.debug("full collection: %d unreachable objects (%d bytes grown)", found, grown)
             else:
                 gc.freeze()
     finally:

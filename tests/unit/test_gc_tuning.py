@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from omiro_trio.gc_tuning import run_gc_tuning
+from omiro_trio.gc_tuning import resident_bytes, run_gc_tuning
 
 
 async def test_gc_tuning_freezes_then_collects_then_unfreezes(
@@ -39,11 +39,12 @@ async def test_gc_tuning_freezes_then_collects_then_unfreezes(
     assert gc.get_freeze_count() == 0  # nothing left frozen once it stops
 
 
-async def test_gc_tuning_collects_early_when_the_frozen_heap_grows(
+async def test_gc_tuning_collects_early_when_memory_grows(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
     real_collect = gc.collect
+    resident = [100_000_000]
 
     def counting_collect(*args: int) -> int:
         calls.append("collect")
@@ -56,23 +57,26 @@ async def test_gc_tuning_collects_early_when_the_frozen_heap_grows(
                 freeze_interval_s=1,
                 full_collect_interval_s=10_000,
                 min_full_interval_s=5,
-                growth_ratio=0.0,
-                growth_floor=10_000,
+                growth_ratio=0.25,
+                growth_floor_bytes=1_000_000,
+                rss=lambda: resident[0],
             )
         )
         await trio.sleep(0.5)
         monkeypatch.setattr(gc, "collect", counting_collect)
-        await trio.sleep(6)
-        assert calls == []  # no growth: no full collection, however long
-        cycles: list[list[object]] = []
-        for _ in range(20_000):
-            cycle: list[object] = []
-            cycle.append(cycle)  # garbage only the collector can free...
-            cycles.append(cycle)
-        del cycles, cycle  # ...frozen at the next tick
+        resident[0] += 20_000_000  # grown by a fifth: under the ratio
+        await trio.sleep(10)
+        assert calls == []  # no full collection, however long
+        resident[0] += 10_000_000  # now by more than a quarter
         await trio.sleep(1)
-        assert calls == []  # grown, but frozen only now
-        await trio.sleep(1)
-        assert calls == ["collect"]  # grown past the floor: collected long before the interval
+        assert calls == ["collect"]  # long before the interval
+        await trio.sleep(3)
+        assert calls == ["collect"]  # the baseline moved with it
         nursery.cancel_scope.cancel()
     assert gc.get_freeze_count() == 0
+
+
+def test_resident_bytes_reads_this_process() -> None:
+    resident = resident_bytes()
+    assert resident is not None
+    assert resident > 1_000_000
