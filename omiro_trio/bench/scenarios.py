@@ -13,6 +13,7 @@ Every loop is bounded in count and by ``DEADLINE_S``; everything stays on
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import random
@@ -206,36 +207,59 @@ def _chat(text: str) -> bytes:
 # -- relay: throughput, then latency at a fixed rate ---------------------------------------
 
 
+async def _keep_reading(client: WsClient) -> None:
+    """Read and drop frames (answering pings) until cancelled or closed."""
+    with contextlib.suppress(RuntimeError, OSError, trio.BrokenResourceError):
+        while await client.receive():
+            pass
+
+
 async def relay_worker(
     options: Options, host: str, port: int, index: int, barrier: Any
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     http = HttpClient(host, port)
-    await _barrier(barrier)
-    idle = [
-        await _open(http, host, port, options) for _ in range(_share(options.idle, options, index))
-    ]
-    await _phase_end(barrier)
-    pairs = [
-        await _pair(http, host, port, options, f"p{index}-{n}")
-        for n in range(_share(options.pairs, options, index))
-    ]
+    idle: list[WsClient] = []
+    async with trio.open_nursery() as idle_readers:
+        await _barrier(barrier)
+        for _ in range(_share(options.idle, options, index)):
+            client = await _open(http, host, port, options)
+            idle.append(client)
+            idle_readers.start_soon(_keep_reading, client)
+        await _phase_end(barrier)
+        pairs = [
+            await _pair(http, host, port, options, f"p{index}-{n}")
+            for n in range(_share(options.pairs, options, index))
+        ]
+        out.update(await _relay_phases(options, pairs, barrier))
+        idle_readers.cancel_scope.cancel()
+    for client in idle + [c for pair in pairs for c in pair]:
+        await client.aclose()
+    await http.aclose()
+    return out
+
+
+async def _relay_phases(
+    options: Options, pairs: list[tuple[WsClient, WsClient]], barrier: Any
+) -> dict[str, Any]:
     frame = _chat("x" * 150)  # about 200 bytes on the wire
-
-    # 1. Throughput: each side sends ``messages`` frames to the other,
-    # at most ``window`` of them unanswered.
+    expected = 2 * options.messages * len(pairs)
     received = 0
+    all_received = trio.Event()
 
+    # 1. Throughput: each side sends ``messages`` frames to the other, at
+    # most ``window`` of them unanswered. Readers keep reading (and answering
+    # pings) after their share, until every direction is done.
     async def pump(reader: WsClient, writer: WsClient) -> None:
         nonlocal received
-        got = 0
         to_send = options.messages - min(options.window, options.messages)
-        while got < options.messages:
+        while True:
             frames = await reader.receive()
             if not frames:
                 raise RuntimeError("closed during the throughput phase")
-            got += len(frames)
             received += len(frames)
+            if received >= expected:
+                all_received.set()
             more = min(len(frames), to_send)
             if more:
                 to_send -= more
@@ -251,7 +275,9 @@ async def relay_worker(
             for a, b in pairs:
                 nursery.start_soon(pump, a, b)
                 nursery.start_soon(pump, b, a)
-    out["throughput_frames"] = received
+            if pairs:
+                await all_received.wait()
+            nursery.cancel_scope.cancel()
     await _phase_end(barrier)
 
     # 2. Latency at a fixed offered rate (one direction per pair, timestamps in the frames).
@@ -259,16 +285,20 @@ async def relay_worker(
     my_rate = options.rate / options.procs
     interval = len(pairs) / my_rate if pairs else 1.0
     count = int(options.seconds * my_rate / max(1, len(pairs)))
+    done = 0
+    all_done = trio.Event()
 
     async def paced(a: WsClient, offset: float) -> None:
         begin = trio.current_time() + offset
         for i in range(count):
             await trio.sleep_until(begin + i * interval)
             await a.send([_chat(f"{time.perf_counter():.9f}")])
+        await _keep_reading(a)
 
     async def timed(b: WsClient) -> None:
+        nonlocal done
         seen = 0
-        while seen < count:
+        while True:
             frames = await b.receive()
             if not frames:
                 return
@@ -276,19 +306,22 @@ async def relay_worker(
             for f in frames:
                 latencies.append(now - float(msgspec.json.decode(f)["data"]["message"]))
             seen += len(frames)
+            if seen == count:
+                done += 1
+                if done == len(pairs):
+                    all_done.set()
 
     await _barrier(barrier)
-    with trio.move_on_after(options.seconds + 10):
+    with trio.move_on_after(options.seconds + 60):
         async with trio.open_nursery() as nursery:
             for n, (a, b) in enumerate(pairs):
                 nursery.start_soon(timed, b)
                 nursery.start_soon(paced, a, n * interval / max(1, len(pairs)))
+            if pairs and count:
+                await all_done.wait()
+            nursery.cancel_scope.cancel()
     await _phase_end(barrier)
-    out["latencies"] = latencies
-    for client in idle + [c for pair in pairs for c in pair]:
-        await client.aclose()
-    await http.aclose()
-    return out
+    return {"throughput_frames": received, "latencies": latencies}
 
 
 def relay_summary(
@@ -396,11 +429,15 @@ async def idle_worker(
     options: Options, host: str, port: int, index: int, barrier: Any
 ) -> dict[str, Any]:
     http = HttpClient(host, port)
-    await _barrier(barrier)
-    clients = [
-        await _open(http, host, port, options) for _ in range(_share(options.idle, options, index))
-    ]
-    await _phase_end(barrier)
+    clients = []
+    async with trio.open_nursery() as readers:
+        await _barrier(barrier)
+        for _ in range(_share(options.idle, options, index)):
+            client = await _open(http, host, port, options)
+            clients.append(client)
+            readers.start_soon(_keep_reading, client)  # answers the server's pings
+        await _phase_end(barrier)
+        readers.cancel_scope.cancel()
     for client in clients:
         await client.aclose()
     await http.aclose()
