@@ -119,8 +119,12 @@ def run_scenario(name: str, options: Options) -> dict[str, Any]:
 
 
 def _stats(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(f"{url}/stats", timeout=10) as response:
-        stats = msgspec.json.decode(response.read())
+    """The server's ``/stats`` numbers (none from a server without it, like the baseline)."""
+    try:
+        with urllib.request.urlopen(f"{url}/stats", timeout=10) as response:
+            stats = msgspec.json.decode(response.read())
+    except (OSError, ValueError, msgspec.DecodeError):
+        return {}
     return {f"stats_{k}": v for k, v in stats.items() if isinstance(v, int | float)}
 
 
