@@ -124,16 +124,18 @@ class WsClient:
         return texts
 
     async def receive(self) -> list[bytes]:
-        """The text frames of the next read (waits for at least one read); [] when closed."""
-        with trio.fail_after(IO_TIMEOUT_S):
-            while not self.closed:
-                texts = self._feed(await self.stream.receive_some(262144))
-                pongs = self._protocol.data_to_send()
-                if pongs and not self.closed:
-                    async with self._sending:
-                        await self.stream.send_all(b"".join(pongs))
-                if texts:
-                    return texts
+        """The text frames of the next read (waits for at least one read); [] when closed.
+
+        No deadline of its own (a cancel scope per call costs more than the
+        read): callers bound whole phases.
+        """
+        while not self.closed:
+            texts = self._feed(await self.stream.receive_some(65536))
+            pongs = self._protocol.data_to_send()
+            if pongs and not self.closed:
+                await self._write(b"".join(pongs))
+            if texts:
+                return texts
         return []
 
     async def send(self, texts: Sequence[bytes]) -> None:
@@ -141,9 +143,20 @@ class WsClient:
         protocol = self._protocol
         for text in texts:
             protocol.send_text(text)
-        with trio.fail_after(IO_TIMEOUT_S):
-            async with self._sending:
-                await self.stream.send_all(b"".join(protocol.data_to_send()))
+        await self._write(b"".join(protocol.data_to_send()))
+
+    async def _write(self, data: bytes) -> None:
+        # Pongs (from the reading task) and frames may be sent by two tasks;
+        # the lock is taken without a scheduling round trip when it is free.
+        lock = self._sending
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            await self.stream.send_all(data)
+        finally:
+            lock.release()
 
     async def aclose(self) -> None:
         """Close the stream at once (no closing handshake: the server must cope)."""

@@ -29,7 +29,7 @@ import msgspec
 import trio
 
 from omiro_trio.bench import cpu_seconds, percentile, rss_kib, start_server
-from omiro_trio.bench.client import HttpClient, WsClient, op_of
+from omiro_trio.bench.client import IO_TIMEOUT_S, HttpClient, WsClient, op_of
 
 DEADLINE_S = 600.0
 BARRIER_TIMEOUT_S = 600.0
@@ -174,8 +174,9 @@ def _share(total: int, options: Options, index: int) -> int:
 async def _open(http: HttpClient, host: str, port: int, options: Options) -> WsClient:
     token = await http.token()
     client, early = await WsClient.connect(host, port, token, deflate_offer=options.deflate_offer)
-    while not early:
-        early = await client.receive()
+    with trio.fail_after(IO_TIMEOUT_S):
+        while not early:
+            early = await client.receive()
     if op_of(early[0]) != "hello":
         raise RuntimeError(f"expected hello, got {early[0][:100]!r}")
     return client
@@ -195,12 +196,13 @@ async def _pair(
 ) -> tuple[WsClient, WsClient]:
     join = msgspec.json.encode({"op": "join_queue", "data": {"mode": "text", "interests": [tag]}})
     a = await _open(http, host, port, options)
-    await a.send([join])
-    await _until(a, "queued")
     b = await _open(http, host, port, options)
-    await b.send([join])
-    await _until(b, "match_found")
-    await _until(a, "match_found")
+    with trio.fail_after(IO_TIMEOUT_S):
+        await a.send([join])
+        await _until(a, "queued")
+        await b.send([join])
+        await _until(b, "match_found")
+        await _until(a, "match_found")
     return a, b
 
 
@@ -370,9 +372,10 @@ async def _connect_round(
         while todo > 0:
             todo -= 1
             try:
-                client = await _open(http, host, port, options)
-                await client.send([join])
-                await _until(client, "match_found")
+                with trio.fail_after(IO_TIMEOUT_S):
+                    client = await _open(http, host, port, options)
+                    await client.send([join])
+                    await _until(client, "match_found")
                 matched += 1
                 await client.aclose()
             except (RuntimeError, OSError, trio.TooSlowError, trio.BrokenResourceError):
