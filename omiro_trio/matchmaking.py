@@ -211,18 +211,31 @@ class Matchmaker:
         if match is None:
             return None
         del self._matches[match.partner_of(session_id)]
-        self._recent[_pair(match.caller, match.callee)] = now + self._cooldown_s
+        _renew(self._recent, _pair(match.caller, match.callee), now + self._cooldown_s)
         return match
 
     def block(self, a: str, b: str, now: float) -> None:
         """Never match ``a`` and ``b`` again (for ``block_ttl_s``)."""
-        self._blocks[_pair(a, b)] = now + self._block_ttl_s
+        _renew(self._blocks, _pair(a, b), now + self._block_ttl_s)
 
-    def prune(self, now: float) -> None:
-        """Forget cooldowns and blocks that have run out."""
+    def prune(self, now: float) -> int:
+        """Forget cooldowns and blocks that have run out; returns how many.
+
+        Each table has one lifetime for all its entries and ``_renew`` keeps
+        it in order of expiry, so only the expired head is visited: the cost
+        is the number pruned, however many entries are still running.
+        """
+        pruned = 0
         for table in (self._recent, self._blocks):
-            for key in [k for k, ends in table.items() if ends <= now]:
+            expired = []
+            for key, ends in table.items():
+                if ends > now:
+                    break
+                expired.append(key)
+            for key in expired:
                 del table[key]
+            pruned += len(expired)
+        return pruned
 
     # -- internals -----------------------------------------------------
 
@@ -289,3 +302,9 @@ class Matchmaker:
                 queue.pop(entry.session_id, None)
                 if not queue:
                     del self._queues[key]
+
+
+def _renew(table: dict[tuple[str, str], float], key: tuple[str, str], ends: float) -> None:
+    """Set ``key`` to expire at ``ends``, moved to the end: the table stays in expiry order."""
+    table.pop(key, None)
+    table[key] = ends

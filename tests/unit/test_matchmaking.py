@@ -908,3 +908,23 @@ def test_matchmaker_state_machine_keeps_invariants() -> None:
         MatchmakerMachine,
         settings=settings(max_examples=300, stateful_step_count=60, deadline=None),
     )
+
+
+def test_prune_visits_only_the_expired_head() -> None:
+    mm = matchmaker()
+    for n in range(100):
+        mm.block("a", f"x{n}", float(n))
+    mm.block("a", "x0", 1000.0)  # renewed: it moves behind the others
+    visited: list[object] = []
+
+    class Counting(dict):  # type: ignore[type-arg]
+        def items(self):  # type: ignore[no-untyped-def, override]
+            for item in super().items():
+                visited.append(item)
+                yield item
+
+    mm._blocks = Counting(mm._blocks)
+    assert mm.prune(9.0 + BLOCK_TTL_S) == 9  # x1..x9 have run out; x0 was renewed
+    assert len(visited) == 10  # the nine expired and the first still running
+    assert mm.is_blocked("a", "x0", 999.0 + BLOCK_TTL_S)
+    assert not mm.is_blocked("a", "x5", 9.0 + BLOCK_TTL_S)
