@@ -87,11 +87,15 @@ def run_scenario(name: str, options: Options) -> dict[str, Any]:
         for _ in range(phases(options)):
             barrier.wait()  # the generators are ready
             cpu, rss, start = cpu_seconds(process.pid), rss_kib(process.pid), time.perf_counter()
+            waited = runqueue_wait_s(process.pid)
             barrier.wait()  # the phase is over
             samples.append(
                 {
                     "seconds": time.perf_counter() - start,
                     "server_cpu_s": cpu_seconds(process.pid) - cpu,
+                    # Time the server was ready to run but had no core: other
+                    # load on the machine, which wall-clock numbers include.
+                    "server_runqueue_wait_s": runqueue_wait_s(process.pid) - waited,
                     "server_rss_before_kib": rss,
                     "server_rss_after_kib": rss_kib(process.pid),
                     **_stats(url),
@@ -126,6 +130,15 @@ def _stats(url: str) -> dict[str, float]:
     except (OSError, ValueError, msgspec.DecodeError):
         return {}
     return {f"stats_{k}": v for k, v in stats.items() if isinstance(v, int | float)}
+
+
+def runqueue_wait_s(pid: int) -> float:
+    """Seconds ``pid`` has spent runnable but not running (Linux schedstat; 0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as schedstat:
+            return int(schedstat.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def raise_fd_limit() -> None:
