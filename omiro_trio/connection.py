@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 import msgspec
 import trio
+from websockets.server import ServerProtocol
 
 from omiro_trio import protocol, wsengine
 from omiro_trio.addresses import client_ip
@@ -107,7 +108,11 @@ async def serve_connection(
         # trio's wrappers; detached (never closed) below: trio owns the fd.
         raw = socket.socket(fileno=trio_socket.fileno())
         raw.setblocking(False)
-        await _handshake(ctx, engine, stream, raw, head, ip)
+        accepted = await _handshake(ctx, stream, raw, head, ip)
+        if accepted is not None:
+            # The request and response died with the handshake's frame: an
+            # idle socket keeps only its session and engine connection.
+            await _open_session(ctx, engine, raw, *accepted, ip)
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the client went away
     except Exception:
@@ -121,30 +126,33 @@ async def serve_connection(
 
 async def _handshake(
     ctx: ServerContext,
-    engine: Engine,
     stream: trio.abc.Stream,
     raw: socket.socket,
     head: RequestHead,
     ip: str,
-) -> None:
+) -> tuple[ServerProtocol, str] | None:
+    """Read the upgrade request and run the checks; the protocol and session id, or None.
+
+    A refused upgrade is answered here (plain HTTP) and gives None.
+    """
     proto = wsengine.new_protocol(ctx.config.server.max_frame_bytes)
     with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
         request = None
         while request is None:
             data = await stream.receive_some(wsengine.RECEIVE_BYTES)
             if not data:
-                return
+                return None
             proto.receive_data(data)
             request = wsengine.handshake_request(proto)
             if request is None and proto.handshake_exc is not None:
                 await _write_refusal(raw, b"".join(proto.data_to_send()))
-                return
+                return None
     if request is None:
-        return
+        return None
     response = proto.accept(request)
     if response.status_code != 101:
         await _write_refusal(raw, wsengine.response_bytes(proto, response))
-        return
+        return None
     verdict = await admit(ctx, head, ip)
     if isinstance(verdict, Rejection):
         ctx.metrics.rejections.labels(str(verdict.status)).inc()
@@ -158,9 +166,20 @@ async def _handshake(
         if verdict.retry_after_s is not None:
             refusal.headers["Retry-After"] = str(verdict.retry_after_s)
         await _write_refusal(raw, wsengine.response_bytes(proto, refusal))
-        return
+        return None
     proto.send_response(response)  # written by the engine, before hello
-    session = Session(verdict, ip)
+    return proto, verdict
+
+
+async def _open_session(
+    ctx: ServerContext,
+    engine: Engine,
+    raw: socket.socket,
+    proto: ServerProtocol,
+    session_id: str,
+    ip: str,
+) -> None:
+    session = Session(session_id, ip)
     conn = WsConnection(
         engine,
         raw,
@@ -168,6 +187,7 @@ async def _handshake(
         send_queue=ctx.config.server.send_queue,
         on_fail=_closer(session),
     )
+    del proto
     session.outlet = conn
     try:
         await _run_session(ctx, engine, conn, session)
