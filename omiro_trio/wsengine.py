@@ -112,9 +112,9 @@ class WsConnection:
 
     __slots__ = (
         "__weakref__",
-        "_chunks",
         "_eof_wanted",
         "_fragments",
+        "_fragments_text",
         "_reads",
         "closing",
         "control_frames",
@@ -160,8 +160,8 @@ class WsConnection:
         self._reads = 0
         self._eof_wanted = False
         self._fragments: list[bytes] | None = None
-        self._chunks = 0
-        self._take_protocol_writes()
+        self._fragments_text = False
+        self.take_protocol_writes()
 
     # -- writing ----------------------------------------------------------
 
@@ -182,7 +182,8 @@ class WsConnection:
             return len(out) <= self.send_queue
         return True
 
-    def _take_protocol_writes(self) -> None:
+    def take_protocol_writes(self) -> None:
+        """Move what the protocol wants sent (pongs, close frames) into the outbox."""
         proto = self.proto
         if proto is None:
             return
@@ -254,7 +255,7 @@ class WsConnection:
 
         Callers bound it with a deadline.
         """
-        self._take_protocol_writes()
+        self.take_protocol_writes()
         self.write_now()
         while (self.pending is not None or self.out) and not self.write_broken:
             sock = self.sock
@@ -290,7 +291,7 @@ class WsConnection:
                 return []
             if proto.events:  # parsed already (pipelined behind the handshake)
                 messages = self._messages(proto)
-                self._take_protocol_writes()
+                self.take_protocol_writes()
                 if messages:
                     return messages
             if self._reads >= CHECKPOINT_EVERY:
@@ -313,7 +314,7 @@ class WsConnection:
             else:
                 proto.receive_eof()
             messages = self._messages(proto)
-            self._take_protocol_writes()
+            self.take_protocol_writes()
             if messages or self.control_frames or proto.state is not _OPEN:
                 return messages
 
@@ -331,7 +332,7 @@ class WsConnection:
                     messages.append(message)
                 else:
                     self._fragments = [bytes(frame.data)]
-                    self._chunks = int(opcode is _TEXT)
+                    self._fragments_text = opcode is _TEXT
             elif opcode is _CONT:
                 fragments = self._fragments
                 if fragments is None:  # pragma: no cover - the protocol refuses it
@@ -339,7 +340,7 @@ class WsConnection:
                 fragments.append(bytes(frame.data))
                 if frame.fin:
                     self._fragments = None
-                    message = self._complete(bool(self._chunks), b"".join(fragments))
+                    message = self._complete(self._fragments_text, b"".join(fragments))
                     if message is None:
                         return messages
                     messages.append(message)
@@ -396,7 +397,7 @@ class WsConnection:
         if not graceful:
             if self.pending is None:
                 self.out.clear()
-                self._take_protocol_writes()
+                self.take_protocol_writes()
                 self.write_now()
             return
         if not await self.flush():
@@ -407,7 +408,7 @@ class WsConnection:
         while not self._eof_wanted and proto.close_rcvd is None:
             if not await self.receive_closing():
                 break
-            self._take_protocol_writes()
+            self.take_protocol_writes()
         await self.flush()
         sock = self.sock
         if sock is None:
@@ -555,7 +556,7 @@ class Engine:
                 proto = conn.proto
                 if proto is not None and proto.state is _OPEN:
                     proto.send_ping(b"")
-                    conn._take_protocol_writes()
+                    conn.take_protocol_writes()
 
 
 def handshake_request(proto: ServerProtocol) -> Request | None:
