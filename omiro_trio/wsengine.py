@@ -18,8 +18,9 @@ Design (numbers in ``docs/decisions/0001-websocket-engine.md``):
   one syscall. Only a socket whose kernel buffer is full gets a task of its
   own (``_drain``) until it is writable again; if it stays full for
   ``WRITE_TIMEOUT_S`` the client is a slow consumer.
-* **Liveness**: one sweeper task for all sockets. A socket silent for
-  ``idle_timeout_s / 2`` gets a ping; silent for ``idle_timeout_s`` it is dead.
+* **Liveness**: one sweeper task for all sockets, every ``idle_timeout_s / 8``.
+  A socket silent for half of ``idle_timeout_s`` gets a ping; one that stays
+  silent is dropped within ``idle_timeout_s``.
 * **Text** is decoded (strict UTF-8, 1007 otherwise) here; fragments are
   joined, bounded by the protocol's message size limit.
 
@@ -60,6 +61,13 @@ RECEIVE_BYTES: Final = 65536
 CHECKPOINT_EVERY: Final = 16  # reads between forced checkpoints, for fairness
 WRITE_TIMEOUT_S: Final = 5.0  # a full socket buffer for this long: slow consumer
 SWEEP_CHUNK: Final = 512  # connections per sweeper step between checkpoints
+# The sweeper runs every idle_timeout_s / SWEEP_TICKS. A socket silent for
+# PING_AFTER_TICKS sweeps (half the timeout) gets a ping; one silent for
+# DEAD_AFTER_TICKS sweeps has been silent between 7/8 and all of the timeout:
+# it is dead.
+SWEEP_TICKS: Final = 8
+PING_AFTER_TICKS: Final = 4
+DEAD_AFTER_TICKS: Final = 7
 
 _CLOSED_SOCKET_ERRORS: Final = (OSError,)
 _PONG: Final = Opcode.PONG
@@ -526,7 +534,7 @@ class Engine:
                 conn.nursery.start_soon(conn.drain)
 
     async def _sweeper(self) -> None:
-        tick = self.idle_timeout_s / 4
+        tick = self.idle_timeout_s / SWEEP_TICKS
         while True:
             await trio.sleep(tick)
             try:
@@ -550,9 +558,9 @@ class Engine:
                 conn.silent_ticks = 0
                 continue
             conn.silent_ticks += 1
-            if conn.silent_ticks >= 4:
+            if conn.silent_ticks >= DEAD_AFTER_TICKS:
                 conn.fail(1001, "no pong", "timeout")
-            elif conn.silent_ticks == 2:
+            elif conn.silent_ticks == PING_AFTER_TICKS:
                 proto = conn.proto
                 if proto is not None and proto.state is _OPEN:
                     proto.send_ping(b"")
