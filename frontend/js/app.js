@@ -308,6 +308,7 @@ function beginCall(shouldCall) {
     polite: !shouldCall,
     localStream: media.stream,
     send: (op, data) => signaling.send(op, data),
+    matchId: match?.id ?? null,
   });
   const thisCall = call;
   call.addEventListener("track", () => {
@@ -320,9 +321,21 @@ function beginCall(shouldCall) {
   call.addEventListener("state", ({ detail }) => {
     if (call !== thisCall) return;
     ui.body.dataset.call = detail.state;
-    if (detail.state === "failed" || detail.state === "disconnected") {
+    if (thisCall.outcome?.outcome === "failed") ui.body.dataset.call = "failed";
+    else if (detail.state === "failed" || detail.state === "disconnected") {
       ui.overlayCaption.textContent = "The video connection dropped. Trying to restore it…";
     }
+  });
+  call.addEventListener("outcome", ({ detail }) => {
+    if (call !== thisCall || detail.outcome !== "failed") return;
+    // Say so instead of spinning forever; the chat still works.
+    const text =
+      detail.reason === "refused" || detail.reason === "no-candidates"
+        ? "Couldn't reach the relay server, so the video can't connect. Press Next to try someone else."
+        : "The video couldn't connect. Press Next to try someone else.";
+    ui.body.dataset.call = "failed";
+    ui.overlayCaption.textContent = text;
+    chat.addSystem(text, "warn");
   });
   ui.body.dataset.call = "new";
   ui.body.dataset.media = "pending";

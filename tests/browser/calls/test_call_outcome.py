@@ -1,0 +1,85 @@
+"""The page reports each call's outcome once: a direct call, and an ICE failure."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+OUTCOME = "() => window.omiro.call && window.omiro.call.outcome"
+
+# Withholds every ICE candidate from the peer connection (trickled ones and
+# any in the SDP), so no candidate pair can ever be checked: a real ICE
+# failure on an otherwise healthy page.
+NO_REMOTE_CANDIDATES = """(() => {
+  const proto = window.RTCPeerConnection.prototype;
+  const addIceCandidate = proto.addIceCandidate;
+  proto.addIceCandidate = function (candidate) {
+    return candidate ? Promise.resolve() : addIceCandidate.call(this);
+  };
+  const setRemoteDescription = proto.setRemoteDescription;
+  proto.setRemoteDescription = function (description) {
+    if (description && description.sdp) {
+      const sdp = description.sdp
+        .split("\\r\\n")
+        .filter((line) => !line.startsWith("a=candidate"))
+        .join("\\r\\n");
+      description = { type: description.type, sdp };
+    }
+    return setRemoteDescription.call(this, description);
+  };
+})();"""
+
+
+def test_call_outcome_direct_call_counted_once_per_side(server, pair, metrics):
+    alice, bob = pair(server)
+    match_id = alice.js("() => window.omiro.matchId")
+    for person in (alice, bob):
+        person.wait(f"() => ({OUTCOME})() !== null")
+        outcome = person.js(OUTCOME)
+        assert outcome["outcome"] == "connected"
+        assert outcome["path"] == "direct"
+        assert 0 < outcome["connectMs"] < 15_000
+    m = metrics(server.url)
+    m.wait(m.CONNECTED_DIRECT, 2)
+    assert m.get('omiro_call_connect_seconds_count{path="direct"}') == 2
+    assert m.get(m.CONNECTED_RELAY) == 0
+    assert m.get(m.FAILED) == 0
+    # Next: a new match, a new call, one more outcome from each side.
+    bob.testid("next").click()
+    for person in (alice, bob):
+        person.wait("id => window.omiro.matchId && window.omiro.matchId !== id", match_id)
+        person.wait(f"() => ({OUTCOME})() !== null")
+    m.wait(m.CONNECTED_DIRECT, 4)
+    assert m.get(m.FAILED) == 0
+
+
+def test_call_outcome_ice_failure_is_reported_as_failed(server, people, metrics):
+    alice = people(server, "alice", init_script=NO_REMOTE_CANDIDATES)
+    bob = people(server, "bob", init_script=NO_REMOTE_CANDIDATES)
+    for person in (alice, bob):
+        person.page.clock.install()
+    alice.start()
+    alice.wait_state("waiting")
+    bob.start()
+    for person in (alice, bob):
+        person.wait_state("connected")
+        # Both sides have their own candidates, but none of the other's.
+        person.wait("() => window.omiro.call.endOfCandidatesReceived")
+        assert person.js("() => window.omiro.call.localCandidates") > 0
+        assert person.js("() => window.omiro.pc.connectionState") != "connected"
+    for person in (alice, bob):
+        person.page.clock.fast_forward(31_000)  # past the page's connect deadline
+        person.wait(f"() => ({OUTCOME})() !== null")
+        assert person.js(OUTCOME) == {
+            "outcome": "failed",
+            "connectMs": None,
+            "path": None,
+            "reason": "timeout",
+        }
+        caption = person.page.locator("#overlay-caption")
+        assert caption.is_visible()
+        assert "The video couldn't connect" in caption.inner_text()
+    m = metrics(server.url)
+    m.wait(m.FAILED, 2)
+    assert m.get(m.CONNECTED_DIRECT) == 0
