@@ -14,12 +14,11 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY omiro_trio ./omiro_trio
 COPY frontend ./frontend
-# Wheels only: the final stage has no compiler, so nothing may need one.
+# Wheels only: the final stage has no compiler, so nothing may need one. pip
+# leaves the modules byte-compiled (the runtime user cannot write there).
 RUN python3 -m venv /opt/omiro \
  && /opt/omiro/bin/pip install --no-cache-dir --only-binary=:all: . \
- && /opt/omiro/bin/pip uninstall -y -q pip \
- && find /opt/omiro -name '__pycache__' -prune -exec rm -rf {} + \
- && /opt/omiro/bin/python -m compileall -q /opt/omiro/lib
+ && /opt/omiro/bin/pip uninstall -y -q pip
 
 # -- final: the Python runtime and the environment, nothing else ----------------
 FROM debian:bookworm-slim
