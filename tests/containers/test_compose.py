@@ -154,6 +154,7 @@ def test_compose_stack_serves_across_replicas_and_survives_one_stopping(stack: S
     wait_http(stack.base_url + "/readyz", wait_s=60)
     page = wait_http(stack.base_url + "/")
     assert b"<html" in page.lower()
+    wait_http(stack.base_url + "/metrics", status=404)  # scraped per replica, not public
 
     # Redis keeps an append-only file on its volume.
     redis = stack.container("redis")

@@ -7,6 +7,7 @@ systemd unit's validity and sandboxing).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from omiro_trio.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -99,3 +102,20 @@ def test_systemd_unit_is_valid_and_sandboxed(tmp_path: Path) -> None:
     exposure = re.search(r"Overall exposure level for \S+: (\d+\.\d)", security.stdout)
     assert exposure is not None, security.stdout[-500:]
     assert float(exposure.group(1)) <= 2.0  # "OK" on systemd's 0-10 scale
+
+
+def test_grafana_dashboard_uses_only_metrics_that_exist() -> None:
+    dashboard = json.loads((REPO / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"\b(omiro_[a-z_]+)", expr)}
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    exported = {
+        family.name + suffix
+        for family in Metrics().registry.collect()
+        for suffix in suffixes[family.type]
+    }
+    assert used, exprs
+    assert used <= exported, used - exported
+    assert {"omiro_calls_total", "omiro_call_connect_seconds_bucket"} <= used
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
