@@ -2,7 +2,9 @@
 
 Caddy (least connections) spreads sockets over the two replicas; the test finds
 one client on each, matches them (across replicas, through Redis), stops one
-replica and shows the other keeps serving: health, new sessions, new matches.
+replica and shows the other keeps serving: health, new sessions, new matches,
+and a real relay-only browser call whose media goes through the stack's
+coturn with the credentials Omiro derived from the shared secret.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import json
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 from container_support import Podman, missing, open_client, unique, wait_http
+from playwright.sync_api import Page, sync_playwright
 from support import Client
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(1200)]
@@ -26,6 +30,30 @@ COMPOSE_FILE = REPO / "deploy" / "compose.yaml"
 UP_S = 300.0
 DOWN_S = 180.0
 MAX_CLIENTS = 8  # bound on tries to get one socket on each replica
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+SELECTED_PAIR = """async () => {
+  const stats = await window.omiro.pc.getStats();
+  let pair = null;
+  stats.forEach((r) => {
+    if (r.type === "transport" && r.selectedCandidatePairId) {
+      pair = stats.get(r.selectedCandidatePairId);
+    }
+  });
+  return pair && [pair.localCandidateId, pair.remoteCandidateId].map(
+    (id) => stats.get(id).candidateType);
+}"""
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -76,17 +104,20 @@ class Stack:
         assert len(listed) == 1, (service, listed)
         return listed[0]
 
-    def connections(self, service: str) -> float:
-        """The replica's own ``omiro_connections`` gauge, read inside its container."""
+    def sample(self, service: str, sample: str) -> float:
+        """One sample of the replica's own /metrics, read inside its container."""
         script = (
             "import urllib.request as u;"
             "print(u.urlopen('http://127.0.0.1:8080/metrics', timeout=5).read().decode())"
         )
         text = self.podman.run("exec", self.container(service), "python3", "-c", script).stdout
         for line in text.splitlines():
-            if line.startswith("omiro_connections "):
-                return float(line.split()[1])
-        raise AssertionError(f"no omiro_connections in {service}'s /metrics")
+            if line.startswith(sample + " "):
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError(f"no {sample} in {service}'s /metrics")
+
+    def connections(self, service: str) -> float:
+        return self.sample(service, "omiro_connections")
 
     def logs(self) -> str:
         out = []
@@ -118,6 +149,12 @@ def stack(podman: Podman, image: str) -> Iterator[Stack]:
         TURN_MIN_PORT=str(relay_low),
         TURN_MAX_PORT=str(relay_low + 20),
         OMIRO_IMAGE=image,
+        # Every call through TURN; both test browsers are on this machine, so
+        # coturn must relay between loopback addresses, which it refuses by
+        # default (and must, in production).
+        OMIRO_ICE_RELAY_ONLY="true",
+        TURN_EXTRA_ARGS="--listening-ip=127.0.0.1 --relay-ip=127.0.0.1"
+        " --allow-loopback-peers --allowed-peer-ip=127.0.0.1",
     )
     stack = Stack(podman, unique("omiro-stack-test"), env)
     try:
@@ -207,3 +244,53 @@ def test_compose_stack_serves_across_replicas_and_survives_one_stopping(stack: S
     trio.run(scenario)
     state = json.loads(stack.podman.run("inspect", stack.container("omiro1")).stdout)[0]["State"]
     assert state["ExitCode"] == 0  # drained and exited cleanly
+    relay_only_browser_call(stack)
+
+
+def relay_only_browser_call(stack: Stack) -> None:
+    """Two Chromium pages at http://localhost (a secure context) call through coturn."""
+    if not CHROMIUM.exists():
+        missing(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    url = f"http://localhost:{stack.http_port}/"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            pages: list[Page] = []
+            for _ in range(2):
+                page = browser.new_context(reduced_motion="reduce").new_page()
+                page.goto(url)
+                page.wait_for_function("() => window.omiro !== undefined", timeout=15_000)
+                page.get_by_test_id("start").click()
+                page.wait_for_function(
+                    "() => window.omiro.state === 'waiting' || window.omiro.state === 'connected'",
+                    timeout=15_000,
+                )
+                pages.append(page)
+            for page in pages:
+                page.wait_for_function(
+                    "() => window.omiro.pc && window.omiro.pc.connectionState === 'connected'",
+                    timeout=30_000,
+                    polling=100,
+                )
+                page.wait_for_function(
+                    "() => { const v = document.querySelector('[data-testid=remote-video]');"
+                    " return v.videoWidth > 0 && v.currentTime > 0.5; }",
+                    timeout=30_000,
+                    polling=100,
+                )
+                assert page.evaluate(SELECTED_PAIR) == ["relay", "relay"]
+                page.wait_for_function(
+                    "() => window.omiro.call.outcome !== null", timeout=15_000, polling=100
+                )
+                outcome = page.evaluate("() => window.omiro.call.outcome")
+                assert (outcome["outcome"], outcome["path"]) == ("connected", "relay")
+        finally:
+            browser.close()
+    # Both sides' outcomes reached the one replica left serving.
+    relayed = 'omiro_calls_total{outcome="connected",path="relay"}'
+    deadline = time.monotonic() + 10
+    while stack.sample("omiro2", relayed) != 2:
+        assert time.monotonic() < deadline, stack.sample("omiro2", relayed)
+        time.sleep(0.2)  # bounded poll of a container, with a deadline
