@@ -83,3 +83,38 @@ def test_call_outcome_ice_failure_is_reported_as_failed(server, people, metrics)
     m = metrics(server.url)
     m.wait(m.FAILED, 2)
     assert m.get(m.CONNECTED_DIRECT) == 0
+
+
+FAKE_FAILED = """() => {
+  // The browser's own verdict, as it reports it after every candidate pair failed.
+  const pc = window.omiro.pc;
+  Object.defineProperty(pc, "connectionState", { get: () => "failed", configurable: true });
+  pc.dispatchEvent(new Event("connectionstatechange"));
+}"""
+
+
+def test_call_outcome_failed_state_before_connecting_is_reported(server, people, metrics):
+    alice = people(server, "alice", init_script=NO_REMOTE_CANDIDATES)
+    bob = people(server, "bob", init_script=NO_REMOTE_CANDIDATES)
+    alice.start()
+    alice.wait_state("waiting")
+    bob.start()
+    for person in (alice, bob):
+        person.wait_state("connected")
+        person.wait("() => window.omiro.call.endOfCandidatesReceived")
+    alice.js(FAKE_FAILED)
+    alice.wait(f"() => ({OUTCOME})() !== null")
+    assert alice.js(OUTCOME) == {
+        "outcome": "failed",
+        "connectMs": None,
+        "path": None,
+        "reason": "ice-failed",
+    }
+    assert alice.js("() => window.omiro.call.iceRestarts") == 1  # it still tries to recover
+    assert alice.js("() => document.body.dataset.call") == "failed"
+    assert "The video couldn't connect" in alice.page.locator("#overlay-caption").inner_text()
+    # Bob's call has not settled: only alice's side is counted.
+    assert bob.js(OUTCOME) is None
+    m = metrics(server.url)
+    m.wait(m.FAILED, 1)
+    assert m.get(m.CONNECTED_DIRECT) == 0
