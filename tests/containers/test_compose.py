@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 from container_support import Podman, missing, open_client, unique, wait_http
@@ -170,6 +171,7 @@ def stack(podman: Podman, image: str) -> Iterator[Stack]:
         pytest.xfail("this build of Omiro has no Redis backend yet, and the stack runs on it")
     env = {k: v for k, v in podman.env.items() if not k.startswith("OMIRO_")}
     turn_port = free_port()
+    subnet = f"10.213.{turn_port % 250}"  # one of its own, beside other runs
     relay_low = 40000 + (turn_port % 20) * 1000  # a small range of its own
     env.update(
         DOMAIN="localhost",
@@ -181,6 +183,9 @@ def stack(podman: Podman, image: str) -> Iterator[Stack]:
         TURN_MIN_PORT=str(relay_low),
         TURN_MAX_PORT=str(relay_low + 20),
         OMIRO_IMAGE=image,
+        STACK_SUBNET=f"{subnet}.0/24",
+        CADDY_ADDRESS=f"{subnet}.254",  # above what podman hands out first
+        OMIRO_ADMIN_TOKEN=os.urandom(16).hex(),
         # Every call through TURN; both test browsers are on this machine, so
         # coturn must relay between loopback addresses, which it refuses by
         # default (and must, in production).
@@ -277,6 +282,7 @@ def test_compose_stack_serves_across_replicas_and_survives_one_stopping(stack: S
     state = json.loads(stack.podman.run("inspect", stack.container("omiro1")).stdout)[0]["State"]
     assert state["ExitCode"] == 0  # drained and exited cleanly
     relay_only_browser_call(stack)
+    client_address_comes_through_caddy(stack)
 
 
 def relay_only_browser_call(stack: Stack) -> None:
@@ -326,3 +332,28 @@ def relay_only_browser_call(stack: Stack) -> None:
     while stack.sample("omiro2", relayed) != 2:
         assert time.monotonic() < deadline, stack.sample("omiro2", relayed)
         time.sleep(0.2)  # bounded poll of a container, with a deadline
+
+
+def client_address_comes_through_caddy(stack: Stack) -> None:
+    """Omiro sees the client's address (from Caddy's X-Forwarded-For), not Caddy's.
+
+    Ban the addresses this test's requests can arrive from (loopback, or the
+    network's gateway when the published port is forwarded through it); a
+    replica that took Caddy's own address for the client would not refuse.
+    """
+    network = json.loads(stack.podman.run("network", "inspect", f"{stack.project}_default").stdout)
+    gateway = network[0]["subnets"][0]["gateway"]
+    admin = {"Authorization": f"Bearer {stack.env['OMIRO_ADMIN_TOKEN']}"}
+    with httpx.Client(base_url=stack.base_url, headers=admin, timeout=10) as http:
+        assert http.get("/session/new").status_code == 200
+        # A client cannot name its own address: Caddy drops CF-Connecting-IP.
+        forged = {"CF-Connecting-IP": "198.51.100.7"}
+        ban = {"target": "198.51.100.7", "duration_s": 300, "reason": "compose test"}
+        assert http.post("/admin/bans", json=ban).status_code == 201
+        assert http.get("/session/new", headers=forged).status_code == 200
+        for target in ("127.0.0.1", gateway):
+            ban = {"target": target, "duration_s": 300, "reason": "compose test"}
+            assert http.post("/admin/bans", json=ban).status_code == 201
+        refused = http.get("/session/new")
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"] == "banned"

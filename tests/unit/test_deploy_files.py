@@ -56,6 +56,13 @@ def test_caddy_balances_without_sticky_sessions() -> None:
     assert "reverse_proxy omiro1:8080 omiro2:8080" in text
     policies = re.findall(r"lb_policy\s+(\S+)", text)
     assert policies == ["least_conn"]  # not ip_hash, cookie or header: any replica serves
+    assert "header_up -CF-Connecting-IP" in text  # Omiro believes it from a trusted proxy
+
+
+def test_compose_trusts_only_caddy_as_a_proxy() -> None:
+    text = (DEPLOY / "compose.yaml").read_text()
+    assert "OMIRO_SERVER_TRUSTED_PROXIES: ${CADDY_ADDRESS:-10.213.0.254}/32" in text
+    assert "ipv4_address: ${CADDY_ADDRESS:-10.213.0.254}" in text
 
 
 def test_env_example_names_every_required_variable() -> None:
