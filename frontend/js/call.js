@@ -22,10 +22,13 @@
 //   or "failed": ICE failed before ever connecting, gathering ended with no
 //   candidate of our own (a TURN server that refused us or cannot be
 //   reached, when only relays are allowed), or no connection within
-//   CONNECT_TIMEOUT_MS. A call closed before it settles reports nothing.
+//   CONNECT_TIMEOUT_MS. A call closed before it settles is "failed" if it
+//   was left waiting GAVE_UP_AFTER_MS or more (the person gave up on it),
+//   and reports nothing if it was closed sooner (skipped at once).
 
 const RESTART_AFTER_DISCONNECTED_MS = 3_000;
 const CONNECT_TIMEOUT_MS = 30_000;
+const GAVE_UP_AFTER_MS = 10_000;
 const FIRST_MEDIA_WAIT_MS = 5_000;
 const FIRST_MEDIA_POLL_MS = 100;
 
@@ -169,6 +172,7 @@ export class Call extends EventTarget {
 
   close() {
     if (this.#closed) return;
+    if (performance.now() - this.#startedAt >= GAVE_UP_AFTER_MS) this.#fail("gave-up");
     this.#closed = true;
     counts.closed += 1;
     clearTimeout(this.#disconnectedTimer);

@@ -118,3 +118,30 @@ def test_call_outcome_failed_state_before_connecting_is_reported(server, people,
     m = metrics(server.url)
     m.wait(m.FAILED, 1)
     assert m.get(m.CONNECTED_DIRECT) == 0
+
+
+def test_call_outcome_given_up_after_waiting_is_failed_skipped_at_once_is_not(
+    server, people, metrics
+):
+    alice = people(server, "alice", init_script=NO_REMOTE_CANDIDATES)
+    bob = people(server, "bob", init_script=NO_REMOTE_CANDIDATES)
+    alice.page.clock.install()
+    alice.start()
+    alice.wait_state("waiting")
+    bob.start()
+    for person in (alice, bob):
+        person.wait_state("connected")
+    match_id = alice.js("() => window.omiro.matchId")
+    # Alice stares at "Connecting video…" for 11 s, then presses Next; for
+    # Bob, whose call ends with it, hardly any time has passed.
+    alice.page.clock.fast_forward(11_000)
+    assert alice.js(OUTCOME) is None  # the 30 s deadline has not passed
+    alice.testid("next").click()
+    m = metrics(server.url)
+    m.wait(m.FAILED, 1)
+    # Both rejoin and meet again (nobody else is there): by then the server
+    # has read everything Bob sent when his call ended, and counted nothing.
+    for person in (alice, bob):
+        person.wait("id => window.omiro.matchId && window.omiro.matchId !== id", match_id)
+    assert m.get(m.FAILED) == 1
+    assert m.get(m.CONNECTED_DIRECT) == 0
