@@ -156,8 +156,8 @@ def test_check_config_masks_secrets(tmp_path: Path) -> None:
         "check-config",
         "--config",
         str(config),
-        OMIRO_SESSION_SECRET="hunter2",
-        OMIRO_ADMIN_TOKEN="t0ken",
+        OMIRO_SESSION_SECRET="hunter2" * 5,
+        OMIRO_ADMIN_TOKEN="t0ken" * 7,
     )
     assert result.returncode == 0, result.stderr
     assert "port = 9000" in result.stdout
