@@ -36,8 +36,10 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from functools import partial
+from http import HTTPStatus
 
 import h11
+import msgspec
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio.tcp_server import TCPServer
@@ -56,6 +58,7 @@ HEAD_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 30.0
 KEEPALIVE_TIMEOUT_S = 30.0
 SEND_TIMEOUT_S = 30.0
+STALL_TIMEOUT_S = 60.0  # an HTTP connection with no read or write this long ends
 MAX_HEAD_BYTES = 16384
 RECEIVE_BYTES = 65536
 WS_PATH = "/ws"
@@ -136,6 +139,29 @@ def is_websocket_upgrade(head: RequestHead) -> bool:
     return head.method == "GET" and path == WS_PATH and "websocket" in upgrade
 
 
+def _plain_response(status: int, code: str, message: str) -> bytes:
+    body = msgspec.json.encode({"error": code, "message": message})
+    reason = HTTPStatus(status).phrase
+    return (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode() + body
+
+
+def refusal_for(head: RequestHead) -> bytes | None:
+    """The answer to a request the HTTP app must not see, or None to pass it on.
+
+    The app serves plain requests only: ``CONNECT`` and protocol upgrades
+    other than ``/ws`` (WebSocket elsewhere, h2c) would leave hypercorn
+    waiting on a protocol switch that never comes.
+    """
+    if head.method == "CONNECT":
+        return _plain_response(405, "method_not_allowed", "CONNECT is not served")
+    if head.headers.get("upgrade"):
+        return _plain_response(400, "bad_request", f"only {WS_PATH} accepts an upgrade (GET)")
+    return None
+
+
 class HttpStream(trio.abc.HalfCloseableStream):
     """The socket as hypercorn sees it: one request at a time, every wait bounded.
 
@@ -160,25 +186,34 @@ class HttpStream(trio.abc.HalfCloseableStream):
         self._pending = bytearray()  # read, fed to the parser, not yet handed on
         self._ready = bytearray()  # hypercorn's next bytes
         self._complete = True  # the current request was handed on whole
-        self._passthrough = False
+        self._broken = False  # a body h11 could not parse: no more bytes for hypercorn
+        self.refusal: bytes | None = None  # the answer to a head h11 could not parse
         self._body_deadline = math.inf
         self.handoff: tuple[RequestHead, bytes] | None = None
+        self._sending = trio.Lock()  # hypercorn may call send_eof during a send_all
+        self.watchdog: trio.CancelScope | None = None  # moved on by every read and write
 
     # -- reading requests ----------------------------------------------
+
+    def _progress(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.deadline = trio.current_time() + STALL_TIMEOUT_S
 
     async def _receive(self, deadline: float) -> bytes:
         """One read from the socket by ``deadline``; b"" at end of file or deadline."""
         with trio.move_on_at(deadline):
-            return await self._stream.receive_some(RECEIVE_BYTES)
+            data = await self._stream.receive_some(RECEIVE_BYTES)
+            self._progress()
+            return data
         return b""
 
     async def read_head(self, idle_s: float) -> RequestHead | None:
         """Read the next request's head whole, keeping its bytes for later.
 
         Waits at most ``idle_s`` for the first byte, then ``HEAD_TIMEOUT_S``
-        for the rest. Returns None when the connection ended or stalled (the
-        caller closes it), or when h11 cannot parse the request (then the
-        stream passes bytes through and hypercorn answers them).
+        for the rest. Returns None when the connection ended or stalled, or
+        when h11 cannot parse the request (then ``refusal`` holds the answer
+        to send before closing).
         """
         parser = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self._parser = parser
@@ -190,8 +225,9 @@ class HttpStream(trio.abc.HalfCloseableStream):
         while True:
             try:
                 event = parser.next_event()
-            except h11.RemoteProtocolError:
-                self._pass_through()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                self.refusal = _plain_response(status, "bad_request", str(exc))
                 return None
             if isinstance(event, h11.Request):
                 self._complete = False
@@ -207,10 +243,6 @@ class HttpStream(trio.abc.HalfCloseableStream):
             self._pending += data
             parser.receive_data(data)
 
-    def has_ready(self) -> bool:
-        """Whether bytes wait for hypercorn (a request h11 could not parse)."""
-        return bool(self._ready)
-
     def take_pending(self) -> bytes:
         """Everything read and not handed on (for the WebSocket path)."""
         data = bytes(self._pending)
@@ -219,15 +251,7 @@ class HttpStream(trio.abc.HalfCloseableStream):
 
     def hand_on(self, head: RequestHead) -> None:
         """Hand the request just read to hypercorn (as far as it has arrived)."""
-        if head.headers.get("upgrade"):
-            self._pass_through()  # after a protocol switch the bytes are not HTTP
-        else:
-            self._advance()
-
-    def _pass_through(self) -> None:
-        self._passthrough = True
-        self._ready += self._pending
-        self._pending.clear()
+        self._advance()
 
     def _advance(self) -> None:
         """Move the current request's bytes to ``_ready``, up to its end."""
@@ -236,7 +260,8 @@ class HttpStream(trio.abc.HalfCloseableStream):
             try:
                 event = self._parser.next_event()
             except h11.RemoteProtocolError:
-                self._pass_through()
+                self._broken = True  # a malformed body: hypercorn gets end of file
+                self._pending.clear()
                 return
             if event is h11.NEED_DATA:
                 self._ready += self._pending
@@ -257,19 +282,22 @@ class HttpStream(trio.abc.HalfCloseableStream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         while not self._ready:
-            if self._passthrough:
-                raw = await self._receive(trio.current_time() + KEEPALIVE_TIMEOUT_S)
-                return bytes(raw)
+            if self._broken:
+                return b""
             if self._complete:
                 # hypercorn reads again only once it has answered the last
                 # request: route the next one.
                 head = await self.read_head(KEEPALIVE_TIMEOUT_S)
                 if head is None:
-                    if self._ready:
-                        break
+                    if self.refusal is not None:
+                        await self.send_all(self.refusal)
                     return b""
                 if is_websocket_upgrade(head):
                     self.handoff = (head, self.take_pending())
+                    return b""
+                refusal = refusal_for(head)
+                if refusal is not None:
+                    await self.send_all(refusal)
                     return b""
                 self.hand_on(head)
                 continue
@@ -290,9 +318,11 @@ class HttpStream(trio.abc.HalfCloseableStream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         # hypercorn writes under a shield; our own deadline still applies.
-        with trio.move_on_after(SEND_TIMEOUT_S):
-            await self._stream.send_all(data)
-            return
+        async with self._sending:
+            with trio.move_on_after(SEND_TIMEOUT_S):
+                await self._stream.send_all(data)
+                self._progress()
+                return
         await self._stream.aclose()
         raise trio.BrokenResourceError("the client did not read its response in time")
 
@@ -300,8 +330,11 @@ class HttpStream(trio.abc.HalfCloseableStream):
         await self._stream.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
-        if self.handoff is None:
-            await self._stream.send_eof()
+        # hypercorn may end the connection while it is still writing an
+        # error response: wait for the write (itself bounded) to finish.
+        async with self._sending:
+            if self.handoff is None:
+                await self._stream.send_eof()
 
     async def aclose(self) -> None:
         if self.handoff is None:
@@ -402,10 +435,15 @@ class FrontDoor:
         if head is not None and is_websocket_upgrade(head):
             await self._serve_websocket(stream, peer, head, http.take_pending())
             return
-        if head is None and not http.has_ready():
-            return  # ended, or stalled before a whole head arrived
-        if head is not None:
-            http.hand_on(head)
+        if head is None:  # ended, stalled, or not HTTP
+            if http.refusal is not None:
+                await http.send_all(http.refusal)
+            return
+        refusal = refusal_for(head)
+        if refusal is not None:
+            await http.send_all(refusal)
+            return
+        http.hand_on(head)
         server = TCPServer(
             self._app,
             self._hyper_config,
@@ -413,7 +451,12 @@ class FrontDoor:
             ConnectionState(self._lifespan_state.copy()),
             http,  # type: ignore[arg-type]  # a SocketStream in all but name
         )
-        await server.run()
+        with trio.CancelScope() as watchdog:
+            # Whatever hypercorn waits for, a connection with no I/O at all
+            # for STALL_TIMEOUT_S ends (every read and write moves this on).
+            http.watchdog = watchdog
+            watchdog.deadline = trio.current_time() + STALL_TIMEOUT_S
+            await server.run()
         if http.handoff is not None:
             head, pending = http.handoff
             await self._serve_websocket(stream, peer, head, pending)
