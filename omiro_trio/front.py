@@ -486,6 +486,7 @@ class FrontDoor:
                 nursery.start_soon(self._accept_loop, listener, handler_nursery)
 
     async def _accept_loop(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
+        failing = False  # one warning per episode, not one per retry
         while True:
             try:
                 stream = await listener.accept()
@@ -493,7 +494,16 @@ class FrontDoor:
                 if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     raise
                 self._metrics.accept_errors.inc()
-                log.warning("cannot accept a connection (%s); retrying", exc.strerror)
+                if not failing:
+                    log.warning(
+                        "cannot accept connections (%s); retrying every %.1f s",
+                        exc.strerror,
+                        ACCEPT_RETRY_S,
+                    )
+                    failing = True
                 await trio.sleep(ACCEPT_RETRY_S)
                 continue
+            if failing:
+                log.info("accepting connections again")
+                failing = False
             handlers.start_soon(partial(FrontDoor.handle, self), stream)
