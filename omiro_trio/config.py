@@ -90,7 +90,7 @@ class ServerConfig(_Table, frozen=True):
     ipv6_prefix: Annotated[int, msgspec.Meta(ge=32, le=128)] = (
         64  # IPv6 addresses of one such network count as one client
     )
-    connections_per_ip: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = (
+    connections_per_ip: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = (
         64  # open TCP connections per client
     )
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=256, le=16 * 1024 * 1024)] = 65536
@@ -119,10 +119,10 @@ class MatchmakingConfig(_Table, frozen=True):
 
 
 class LimitsConfig(_Table, frozen=True):
-    sessions_per_ip_per_minute: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 60
-    sockets_per_ip: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10
-    messages_per_second: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 20
-    message_burst: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 40
+    sessions_per_ip_per_minute: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 60
+    sockets_per_ip: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10
+    messages_per_second: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 20
+    message_burst: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 40
     nexts_per_minute: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 30
     reports_per_hour: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10
     max_chat_length: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000

@@ -284,7 +284,7 @@ def test_config_int_accepted_for_float_seconds(tmp_path: Path) -> None:
         ('[server]\nclient_ip_header = "CF Connecting IP"\n', "server.client_ip_header"),
         ('[server]\nclient_ip_header = "CF-Connecting-IP"\n', "server.client_ip_header"),
         ("[session]\ntoken_ttl_s = 9999999999\n", "session.token_ttl_s"),
-        ("[limits]\nsockets_per_ip = 100000\n", "limits.sockets_per_ip"),
+        ("[limits]\nsockets_per_ip = 1000001\n", "limits.sockets_per_ip"),
         ("[reports]\nautoban_s = 0\n", "reports.autoban_s"),
         ("[matchmaking]\ninterest_timeout_s = 1e9\n", "matchmaking.interest_timeout_s"),
         ('[session]\nsecret = "short"\n', "session.secret"),
