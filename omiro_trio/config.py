@@ -123,8 +123,8 @@ class LimitsConfig(_Table, frozen=True):
     sockets_per_ip: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10
     messages_per_second: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 20
     message_burst: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 40
-    nexts_per_minute: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 30
-    reports_per_hour: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10
+    nexts_per_minute: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 30
+    reports_per_hour: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10
     max_chat_length: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
 
 

@@ -364,9 +364,6 @@ class ConnectionCounter:
         else:
             self._open.pop(client, None)
 
-    def total(self) -> int:
-        return sum(self._open.values())
-
 
 class FrontDoor:
     """Routes each request of the public listener to the right server.
@@ -416,8 +413,10 @@ class FrontDoor:
                 self._metrics.connections_shed.inc()
                 return
             try:
-                async with trio.open_nursery() as nursery:  # this connection's own
-                    await self._serve(stream, peer, nursery)
+                # This connection's own nursery: whatever serves it (hypercorn's
+                # tasks, the WebSocket engine's) fails into this group, no further.
+                async with trio.open_nursery():
+                    await self._serve(stream, peer)
             finally:
                 self.connections.give_back(client)
         except* EXPECTED_FAILURES:
@@ -429,7 +428,7 @@ class FrontDoor:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
-    async def _serve(self, stream: trio.SocketStream, peer: str, nursery: trio.Nursery) -> None:
+    async def _serve(self, stream: trio.SocketStream, peer: str) -> None:
         http = HttpStream(stream, peer)
         head = await http.read_head(HEAD_TIMEOUT_S)
         if head is not None and is_websocket_upgrade(head):

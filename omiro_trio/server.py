@@ -5,12 +5,12 @@ Task tree::
     serve
      └─ backend (async with)              closed last
          └─ nursery
-             ├─ bus listener              backend.run_bus → hub.on_bus
-             ├─ janitor                   backend.sweep every JANITOR_INTERVAL_S
+             ├─ bus listener              backend.run_bus → hub.on_bus (restarted on failure)
+             ├─ janitor                   backend.sweep every JANITOR_INTERVAL_S (failures logged)
              ├─ gc tuning                 freezes long-lived objects (gc_tuning.py)
              ├─ hypercorn lifespan        quart-trio startup/shutdown
              └─ front door                one listener; /ws → connection.py, rest → hypercorn
-                 └─ connection handlers   (their own nursery, cancelled last)
+                 └─ connection handlers   each in a nursery of its own (front.py's boundary)
 
 Shutdown (``stop`` set, e.g. by SIGINT/SIGTERM): readiness goes 503, every
 client gets ``server_draining``, new sockets are refused; sockets still open
