@@ -448,6 +448,37 @@ async def test_pipelined_upgrade_waits_for_the_previous_response(server: Harness
     await stream.aclose()
 
 
+async def test_upgrade_after_a_chunked_body_on_the_same_connection(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Request boundaries are found for chunked bodies too: the upgrade after one works."""
+    server = await start_server(admin__token=ADMIN_TOKEN)
+    stream = await open_raw(server)
+    body = b'{"target": "192.0.2.77", "duration_s": 60}'
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:10], body[10:]))
+    await stream.send_all(
+        b"POST /admin/bans HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + f"Authorization: Bearer {ADMIN_TOKEN}\r\n".encode()
+        + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + chunked
+        + b"0\r\n\r\n"
+    )
+    status, rest = await read_response_head(stream)
+    assert status == 201
+    with trio.fail_after(WAIT_S):
+        while b"192.0.2.77" not in rest:
+            chunk = await stream.receive_some(65536)
+            assert chunk, rest
+            rest += chunk
+    assert await server.ctx.backend.ban_for("192.0.2.77") is not None
+    await stream.send_all(upgrade_head(f"/ws?token={server.token()}"))
+    status, _ = await read_response_head(stream)
+    assert status == 101
+    await stream.aclose()
+    await assert_healthy(server)
+    assert tracebacks(caplog) == []
+
+
 async def test_kept_alive_http_requests_still_work(server: Harness) -> None:
     async with httpx.AsyncClient(base_url=server.url) as http:
         for _ in range(5):
