@@ -13,7 +13,8 @@ The front door is the connection boundary. Its rules, each structural:
 * **Limits from the first byte.** The peer address is read once, on accept
   (a socket reset before that has no address, and is just closed); at most
   ``server.connections_per_ip`` connections per client (address group) are
-  open at once; more are closed without a byte read.
+  open at once; more are closed without a byte read. A trusted proxy's
+  connections are not capped: they carry many clients.
 * **Deadlines on every wait.** A request head must arrive whole within
   ``HEAD_TIMEOUT_S`` of the connection (or of its first byte, on a kept-alive
   connection), a request body within ``BODY_TIMEOUT_S`` of its head, the next
@@ -48,7 +49,7 @@ from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
 from trio_websocket import ConnectionClosed
 from wsproto.utilities import LocalProtocolError as WsLocalProtocolError
 
-from omiro_trio.addresses import address_group
+from omiro_trio.addresses import Network, address_group, in_networks
 from omiro_trio.admission import RequestHead
 from omiro_trio.metrics import Metrics
 
@@ -375,6 +376,7 @@ class FrontDoor:
         metrics: where connection failures and shed connections are counted.
         connections_per_ip: ``server.connections_per_ip``.
         ipv6_prefix: ``server.ipv6_prefix``.
+        trusted_proxies: connections from these are not capped per address.
         on_websocket_end: called with the head of every ``/ws`` upgrade once
             its connection has ended (gives back what admission reserved).
     """
@@ -389,6 +391,7 @@ class FrontDoor:
         metrics: Metrics,
         connections_per_ip: int,
         ipv6_prefix: int,
+        trusted_proxies: tuple[Network, ...] = (),
         on_websocket_end: Callable[[RequestHead], None] = lambda head: None,
     ) -> None:
         self._app = app
@@ -397,6 +400,7 @@ class FrontDoor:
         self._websocket = websocket
         self._metrics = metrics
         self._ipv6_prefix = ipv6_prefix
+        self._trusted_proxies = trusted_proxies
         self._on_websocket_end = on_websocket_end
         self.connections = ConnectionCounter(connections_per_ip)
         self.context = WorkerContext(None)
@@ -408,17 +412,23 @@ class FrontDoor:
                 peer = str(stream.socket.getpeername()[0])
             except OSError:
                 return  # reset before we looked: nobody to serve
-            client = address_group(peer, self._ipv6_prefix)
-            if not self.connections.take(client):
-                self._metrics.connections_shed.inc()
-                return
+            if in_networks(peer, self._trusted_proxies):
+                # A proxy carries many clients: they are told apart (and
+                # limited) by their forwarded address, once a request is read.
+                client = None
+            else:
+                client = address_group(peer, self._ipv6_prefix)
+                if not self.connections.take(client):
+                    self._metrics.connections_shed.inc()
+                    return
             try:
                 # This connection's own nursery: whatever serves it (hypercorn's
                 # tasks, the WebSocket engine's) fails into this group, no further.
                 async with trio.open_nursery():
                     await self._serve(stream, peer)
             finally:
-                self.connections.give_back(client)
+                if client is not None:
+                    self.connections.give_back(client)
         except* EXPECTED_FAILURES:
             pass
         except* Exception as failure:

@@ -198,6 +198,7 @@ async def serve(
                     metrics=metrics,
                     connections_per_ip=config.server.connections_per_ip,
                     ipv6_prefix=config.server.ipv6_prefix,
+                    trusted_proxies=ctx.trusted_proxies,
                     on_websocket_end=partial(release_slot, ctx),
                 )
                 accepting = trio.CancelScope()

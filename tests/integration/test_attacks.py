@@ -258,6 +258,7 @@ def _door_parts(server: Harness) -> dict[str, object]:
     return {
         "_metrics": server.ctx.metrics,
         "_ipv6_prefix": 64,
+        "_trusted_proxies": (),
         "_on_websocket_end": lambda head: None,
         "connections": front.ConnectionCounter(10),
     }
@@ -326,6 +327,21 @@ async def test_connections_per_address_are_capped_from_the_first_byte(
     await wait_until(lambda: server.metric("omiro_connections_shed_total") == 1)
     await assert_healthy(server)  # room again once they are gone
     assert tracebacks(caplog) == []
+
+
+async def test_a_trusted_proxy_is_not_capped_per_address(start_server: StartServer) -> None:
+    server = await start_server(
+        server__connections_per_ip=2, server__trusted_proxies=["127.0.0.0/8"]
+    )
+    held = []
+    for _ in range(4):
+        stream = await open_raw(server)
+        await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await read_response_head(stream))[0] == 200
+        held.append(stream)
+    assert server.metric("omiro_connections_shed_total") == 0
+    for stream in held:
+        await stream.aclose()
 
 
 # -- items 7, 8: client address and socket slots ---------------------------------

@@ -124,7 +124,7 @@ def omiro(tmp_path: Path) -> Any:
 
 
 def frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0) -> bytes:
-    mask = b"\x11\x22\x33\x44"
+    mask = b"\0\0\0\0"  # masked with zeros: the payload goes as is (cheap to build)
     first = (0x80 if fin else 0) | (rsv << 4) | opcode
     n = len(payload)
     if n < 126:
@@ -133,8 +133,7 @@ def frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0) -> byt
         length = bytes([0x80 | 126]) + struct.pack("!H", n)
     else:
         length = bytes([0x80 | 127]) + struct.pack("!Q", n)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes([first]) + length + mask + masked
+    return bytes([first]) + length + mask + payload
 
 
 def random_value(rng: random.Random, depth: int = 0) -> Any:
@@ -341,6 +340,7 @@ async def stats(omiro: Server) -> dict[str, int]:
         return result
 
 
+@pytest.mark.timeout(FUZZ_S + 150)
 async def test_fuzz_hostile_sockets_while_pairs_chat(omiro: Server) -> None:
     baseline_fds = omiro.fds()
     baseline_stats = await stats(omiro)
@@ -375,10 +375,12 @@ async def test_fuzz_hostile_sockets_while_pairs_chat(omiro: Server) -> None:
 
     assert omiro.process.poll() is None, "".join(omiro.log)
     now: tuple[dict[str, int], int] = ({}, 0)
+    settling = trio.current_time()
     with trio.move_on_after(SETTLE_S):
         while True:
             now = (await stats(omiro), omiro.fds())
             if now[0] == baseline_stats and now[1] <= baseline_fds:
+                print(f"settled in {trio.current_time() - settling:.1f} s")
                 break
             await trio.sleep(0.1)
     assert now == (baseline_stats, min(now[1], baseline_fds)), (
