@@ -346,7 +346,7 @@ def client_address_comes_through_caddy(stack: Stack) -> None:
     admin = {"Authorization": f"Bearer {stack.env['OMIRO_ADMIN_TOKEN']}"}
     with httpx.Client(base_url=stack.base_url, headers=admin, timeout=10) as http:
         assert http.get("/session/new").status_code == 200
-        # A client cannot name its own address: Caddy drops CF-Connecting-IP.
+        # A client cannot name its own address with a header.
         forged = {"CF-Connecting-IP": "198.51.100.7"}
         ban = {"target": "198.51.100.7", "duration_s": 300, "reason": "compose test"}
         assert http.post("/admin/bans", json=ban).status_code == 201

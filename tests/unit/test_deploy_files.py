@@ -56,7 +56,7 @@ def test_caddy_balances_without_sticky_sessions() -> None:
     assert "reverse_proxy omiro1:8080 omiro2:8080" in text
     policies = re.findall(r"lb_policy\s+(\S+)", text)
     assert policies == ["least_conn"]  # not ip_hash, cookie or header: any replica serves
-    assert "header_up -CF-Connecting-IP" in text  # Omiro believes it from a trusted proxy
+    assert "header_up -CF-Connecting-IP" in text  # a client's own never reaches Omiro
 
 
 def test_compose_trusts_only_caddy_as_a_proxy() -> None:
