@@ -17,6 +17,7 @@
 // `join_queue`; every path that ends a match calls endCall(), which leaves no
 // RTCPeerConnection, remote track or timer behind.
 
+import { ErrorCode } from "./constants.js";
 import { Signaling } from "./signaling.js";
 import { Call, peerConnectionCounts } from "./call.js";
 import { ChatView, TitleFlasher, TypingReporter } from "./chat.js";
@@ -470,19 +471,19 @@ const handlers = {
 
   error(data) {
     switch (data.code) {
-      case "not_matched":
+      case ErrorCode.NOT_MATCHED:
         // Our `next` crossed the partner's: we are out of the match but not
         // queued, so queue now.
         if (data.op === "next" && searching && !match) joinQueue();
         break;
-      case "message_too_long":
+      case ErrorCode.MESSAGE_TOO_LONG:
         chat.addSystem(`That message is too long (at most ${chat.maxLength} characters).`, "warn");
         break;
-      case "rate_limited":
+      case ErrorCode.RATE_LIMITED:
         chat.addSystem("You're going a bit fast. Wait a moment and try again.", "warn");
         if (data.op === "next" && searching && !match) joinQueue();
         break;
-      case "banned":
+      case ErrorCode.BANNED:
         break; // signaling emits "banned"
       default:
         if (data.op === "join_queue") {
