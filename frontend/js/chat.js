@@ -55,8 +55,11 @@ export class ChatView {
     this.#refresh();
   }
 
+  /** Focus the composer and, on a short screen, bring it into view. */
   focus() {
-    if (!this.#input.disabled) this.#input.focus({ preventScroll: true });
+    if (this.#input.disabled) return;
+    this.#input.focus({ preventScroll: true });
+    this.#input.scrollIntoView({ block: "nearest" });
   }
 
   clear() {
