@@ -86,12 +86,14 @@ let lastQuality = null;
 let partnerLeft = false; // the last match ended from the other side
 let lastPartner = null; // the session id of the previous match's stranger
 let startAfterNotice = false; // Start was pressed before the notice was accepted
+let noticeHandlers = []; // what the notice's buttons do: [{label, action, primary, testid}]
 const stateLog = [];
 const reconnects = []; // {reason, delayMs} of every scheduled reconnection
 
 // ---------------------------------------------------------------- state
 
 function setState(next, text) {
+  const focusBefore = document.activeElement;
   if (next !== state) stateLog.push(next);
   state = next;
   ui.body.dataset.state = next;
@@ -114,7 +116,8 @@ function setState(next, text) {
     chat.setEnabled(false, next === "waiting" ? "Waiting for a stranger…" : "Press Start to chat");
     chat.showTyping(false);
   }
-  rescueFocus();
+  // Focus that was on the page itself (nothing chosen yet) is left alone.
+  if (focusBefore && focusBefore !== document.body) rescueFocus();
 }
 
 /** Keyboard focus never falls to the page: if its element went away, move it on. */
@@ -160,15 +163,24 @@ function listText(items) {
 function showNotice(text, actions = [], tone = "warn") {
   ui.notice.hidden = false;
   ui.notice.dataset.tone = tone;
-  ui.noticeText.textContent = text;
+  ui.noticeCountdown.hidden = true;
+  if (ui.noticeText.textContent !== text) ui.noticeText.textContent = text;
+  // The same buttons as shown already: keep the elements (and the focus).
+  const key = actions.map(({ label, testid }) => `${label}/${testid ?? ""}`).join("|");
+  if (ui.noticeActions.dataset.key === key && key) {
+    noticeHandlers = actions;
+    return;
+  }
+  ui.noticeActions.dataset.key = key;
+  noticeHandlers = actions;
   ui.noticeActions.replaceChildren(
-    ...actions.map(({ label, action, primary, testid }) => {
+    ...actions.map(({ label, primary, testid }, index) => {
       const button = document.createElement("button");
       button.type = "button";
       button.className = primary ? "btn btn-small btn-primary" : "btn btn-small btn-ghost";
       button.textContent = label;
       if (testid) button.dataset.testid = testid;
-      button.addEventListener("click", action);
+      button.addEventListener("click", () => noticeHandlers[index]?.action());
       return button;
     }),
   );
@@ -180,6 +192,8 @@ function hideNotice() {
   ui.noticeText.textContent = "";
   ui.noticeCountdown.hidden = true;
   ui.noticeActions.replaceChildren();
+  delete ui.noticeActions.dataset.key;
+  noticeHandlers = [];
   if (hadFocus) rescueFocus();
   clearInterval(countdownTimer);
   countdownTimer = null;
@@ -607,9 +621,7 @@ signaling.addEventListener("reconnecting", ({ detail: { reason, delayMs } }) => 
   showOffline();
   // The message is said once; only the (unannounced) countdown ticks, and
   // the Retry button stays the same element, so focus on it is kept.
-  if (ui.noticeText.textContent !== what || ui.notice.hidden) {
-    showNotice(what, [{ label: "Retry now", action: () => signaling.retryNow(), testid: "retry" }], "info");
-  }
+  showNotice(what, [{ label: "Retry now", action: () => signaling.retryNow(), testid: "retry" }], "info");
   ui.noticeCountdown.hidden = false;
   countdown(delayMs, (left) => {
     ui.noticeCountdown.textContent = left > 0 ? `Trying again in ${left} s…` : "Reconnecting…";
@@ -673,6 +685,12 @@ ui.unmuteRemote.addEventListener("click", () => {
   ui.unmuteRemote.hidden = true;
 });
 ui.reportCancel.addEventListener("click", () => ui.reportDialog.close("cancel"));
+ui.reportForm.addEventListener("keydown", (event) => {
+  // Enter anywhere but on a button submits the report (a reason is required).
+  if (event.key !== "Enter" || event.target instanceof HTMLButtonElement) return;
+  event.preventDefault();
+  ui.reportForm.requestSubmit(ui.reportForm.querySelector('[value="report"]'));
+});
 ui.reportDialog.addEventListener("close", () => {
   const chosen = ui.reportDialog.querySelector('input[name="reason"]:checked');
   const reason = chosen?.value;

@@ -59,7 +59,8 @@ export class ChatView {
   focus() {
     if (this.#input.disabled) return;
     this.#input.focus({ preventScroll: true });
-    this.#input.scrollIntoView({ block: "nearest" });
+    // After this frame's layout, which may still move it.
+    requestAnimationFrame(() => this.#input.scrollIntoView({ block: "nearest" }));
   }
 
   clear() {
