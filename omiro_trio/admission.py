@@ -86,7 +86,7 @@ async def admit(ctx: ServerContext, head: RequestHead, ip: str) -> str | Rejecti
         return Rejection(
             401, {"error": "invalid_token", "message": f"invalid session token: {exc}"}
         )
-    if not await ctx.backend.claim_session(session_id):
+    if not await ctx.backend.claim_session(session_id, ip):
         return Rejection(
             409, {"error": "already_connected", "message": "this session is already connected"}
         )

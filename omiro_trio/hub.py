@@ -284,7 +284,10 @@ class Hub:
         partner_id = match.partner_of(session.id)
         await self.backend.block(session.id, partner_id)
         partner = self.sessions.get(partner_id)
-        reported_ip = partner.ip if partner is not None else ""
+        if partner is not None:
+            reported_ip = partner.ip
+        else:  # on another server: the backend knows its client
+            reported_ip = await self.backend.client_of(partner_id) or ""
         transcript = tuple(
             f"{'reporter' if sender == session.id else 'reported'}: {text}"
             for sender, text in session.transcript

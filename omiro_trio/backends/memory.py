@@ -8,6 +8,7 @@ lock-free step". Durations use trio's clock (so tests can use
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import time
 import uuid
@@ -21,7 +22,8 @@ from omiro_trio.addresses import Network
 from omiro_trio.backends.base import Ban, BusHandler, ReportRecord, Stats
 from omiro_trio.matchmaking import Match, Matchmaker, Preferences, Waiting
 
-MAX_REPORTS_KEPT = 10_000
+MAX_REPORT_BYTES = 8 * 1024 * 1024
+"""The report store's bound (``ReportRecord.size_bytes`` summed); oldest dropped first."""
 
 
 class MemoryBackend:
@@ -43,6 +45,7 @@ class MemoryBackend:
         monotonic: Callable[[], float] = trio.current_time,
         wall: Callable[[], float] = time.time,
         new_match_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        max_report_bytes: int = MAX_REPORT_BYTES,
     ) -> None:
         self._now = monotonic
         self._wall = wall
@@ -52,10 +55,13 @@ class MemoryBackend:
             block_ttl_s=block_ttl_s,
             new_match_id=new_match_id,
         )
-        self._live: set[str] = set()
+        self._live: dict[str, str] = {}  # session -> client
         self._windows: dict[str, tuple[float, int, float]] = {}  # key -> (start, count, window)
         self._bans: dict[str, tuple[Ban, Network]] = {}  # target -> ban, its network
-        self._reports: deque[ReportRecord] = deque(maxlen=MAX_REPORTS_KEPT)
+        self._reports: deque[ReportRecord] = deque()  # oldest first
+        self._report_bytes = 0
+        self._max_report_bytes = max_report_bytes
+        self._report_ids = 0
         self._reporters: dict[str, dict[str, float]] = {}  # reported ip -> reporter ip -> when
         self._reporter_window_s = 0.0
         self._server_id = "local"
@@ -72,15 +78,21 @@ class MemoryBackend:
     async def ping(self) -> None:
         return None
 
-    async def claim_session(self, session_id: str) -> bool:
+    async def claim_session(self, session_id: str, client: str) -> bool:
         if session_id in self._live:
             return False
-        self._live.add(session_id)
+        self._live[session_id] = client
+        self._mm.set_client(session_id, client)
         return True
 
+    async def client_of(self, session_id: str) -> str | None:
+        return self._live.get(session_id)
+
     async def release_session(self, session_id: str) -> Match | None:
-        self._live.discard(session_id)
-        return self._mm.leave(session_id, self._now())
+        self._live.pop(session_id, None)
+        ended = self._mm.leave(session_id, self._now())
+        self._mm.forget_client(session_id)
+        return ended
 
     async def join(self, session_id: str, prefs: Preferences) -> Match | Waiting:
         return self._mm.join(session_id, prefs, self._now())
@@ -108,12 +120,12 @@ class MemoryBackend:
         if not self._bans:
             return None
         try:
-            address = ipaddress.ip_address(ip)
+            asked = ipaddress.ip_network(ip.strip(), strict=False)
         except ValueError:
             return None
         now = self._wall()
         for ban, network in self._bans.values():
-            if (ban.until is None or ban.until > now) and address in network:
+            if (ban.until is None or ban.until > now) and _overlaps(asked, network):
                 return ban
         return None
 
@@ -129,11 +141,23 @@ class MemoryBackend:
         live = [b for b, _ in self._bans.values() if b.until is None or b.until > now]
         return live[::-1]
 
-    async def record_report(self, report: ReportRecord) -> None:
-        self._reports.appendleft(report)
+    async def record_report(self, report: ReportRecord) -> int:
+        self._report_ids += 1
+        kept = dataclasses.replace(report, id=self._report_ids)
+        self._reports.append(kept)
+        self._report_bytes += kept.size_bytes()
+        while self._report_bytes > self._max_report_bytes and self._reports:
+            self._report_bytes -= self._reports.popleft().size_bytes()
+        return kept.id
 
-    async def reports(self) -> list[ReportRecord]:
-        return list(self._reports)
+    async def reports(self, limit: int, before: int | None = None) -> list[ReportRecord]:
+        page: list[ReportRecord] = []
+        for report in reversed(self._reports):
+            if len(page) >= limit:
+                break
+            if before is None or report.id < before:
+                page.append(report)
+        return page
 
     async def count_reporter(self, reported_ip: str, reporter_ip: str, window_s: float) -> int:
         now = self._now()
@@ -174,6 +198,10 @@ class MemoryBackend:
         expired = [t for t, (b, _) in self._bans.items() if b.until is not None and b.until <= wall]
         for target in expired:
             del self._bans[target]
+
+
+def _overlaps(a: Network, b: Network) -> bool:
+    return a.version == b.version and a.overlaps(b)
 
 
 @asynccontextmanager
