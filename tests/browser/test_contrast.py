@@ -226,6 +226,9 @@ def test_text_contrast_at_every_phase(make_server, people, viewport):
     results += measure(newcomer, decoder, "first-visit notice")
     newcomer.testid("notice-accept").click()
     newcomer.wait("() => !document.getElementById('welcome').open")
+    newcomer.testid("interests").fill("chess, jazz")
+    newcomer.page.keyboard.press("Enter")
+    newcomer.wait("() => document.querySelectorAll('.chip').length === 2")
     results += measure(newcomer, decoder, "idle")
 
     alice = open_person("alice")
@@ -242,6 +245,8 @@ def test_text_contrast_at_every_phase(make_server, people, viewport):
     bob.testid("chat-input").fill("hi! how are you?")
     bob.page.keyboard.press("Enter")
     alice.wait("() => document.querySelectorAll('.msg-stranger').length === 1")
+    bob.testid("chat-input").type("and")  # not sent: Alice sees "typing"
+    alice.wait("() => !document.querySelector('[data-testid=typing-indicator]').hidden")
     alice.wait("() => !document.getElementById('quality').hidden")
     results += measure(alice, decoder, "video call")
     alice.testid("report").click()
@@ -273,6 +278,15 @@ def test_text_contrast_at_every_phase(make_server, people, viewport):
     states = {r["state"] for r in results}
     assert len(states) == 9, states
     assert len(results) > 200, len(results)
+    labels = " ".join(r["label"] for r in results)
+    for text in (
+        "chess",
+        "Stranger is typing",
+        "placeholder: Say hi",
+        "author: Stranger",
+        "author: You",
+    ):
+        assert text in labels, f"{text!r} was not measured"
     failing = low(results)
     worst: dict[str, dict[str, Any]] = {}
     for r in failing:  # sorted worst first: keep each text's worst case
