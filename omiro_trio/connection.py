@@ -16,8 +16,9 @@ Handshake checks (``admission.py``) run before the upgrade is accepted;
 their refusals are plain HTTP responses.
 
 Nothing a client sends or fails to send raises out of ``serve_connection``:
-network failures end the connection quietly; anything unexpected is logged
-once with its traceback and ends only that connection with 1011.
+network failures end the connection quietly. Anything unexpected (a bug)
+ends that connection with 1011 and is raised on to the front door's
+boundary, which logs it once and counts it.
 """
 
 from __future__ import annotations
@@ -32,8 +33,7 @@ import trio
 from websockets.server import ServerProtocol
 
 from omiro_trio import protocol, wsengine
-from omiro_trio.addresses import client_ip
-from omiro_trio.admission import Rejection, RequestHead, admit, peer_ip
+from omiro_trio.admission import Rejection, RequestHead, admit, websocket_client
 from omiro_trio.codes import CloseCode, ErrorCode
 from omiro_trio.context import ServerContext
 from omiro_trio.errors import ProtocolViolation
@@ -98,12 +98,7 @@ async def serve_connection(
         trio_socket = getattr(stream, "socket", None)
         if trio_socket is None:
             raise TypeError("the /ws engine needs a socket stream")
-        ip = client_ip(
-            peer_ip(stream),
-            head.header("cf-connecting-ip"),
-            head.headers.get("x-forwarded-for", []),
-            ctx.trusted_proxies,
-        )
+        ip = websocket_client(ctx, stream, head)
         # The same descriptor, for non-blocking reads and writes without
         # trio's wrappers; detached (never closed) below: trio owns the fd.
         raw = socket.socket(fileno=trio_socket.fileno())
@@ -115,8 +110,6 @@ async def serve_connection(
             await _open_session(ctx, engine, raw, *accepted, ip)
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the client went away
-    except Exception:
-        log.exception("a WebSocket connection failed")
     finally:
         if raw is not None:
             raw.detach()
@@ -138,8 +131,13 @@ async def _handshake(
     proto = wsengine.new_protocol(ctx.config.server.max_frame_bytes)
     with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
         request = None
+        # The first read takes all the front door replays (``None``: no size
+        # cap), so nothing it read stays behind when the engine takes over
+        # the socket.
+        max_bytes: int | None = None
         while request is None:
-            data = await stream.receive_some(wsengine.RECEIVE_BYTES)
+            data = await stream.receive_some(max_bytes)
+            max_bytes = wsengine.RECEIVE_BYTES
             if not data:
                 return None
             proto.receive_data(data)
@@ -242,8 +240,10 @@ async def _run_session(
                     conn.closing = True  # no writer may start in a closing nursery
                     conn.nursery = None
     except Exception:
-        log.exception("a WebSocket session failed")
+        # A bug: the client hears 1011, its partner is told, and the error
+        # goes on to the front door's boundary (logged once, counted).
         session.close(CloseCode.INTERNAL_ERROR, "internal error")
+        raise
     finally:
         with trio.CancelScope(shield=True):
             await hub.detach(session)
@@ -315,6 +315,8 @@ async def _read_loop(ctx: ServerContext, conn: WsConnection, session: Session) -
                 await hub.leave(session)
             elif isinstance(message, protocol.Report):
                 await hub.report(session, message.reason)
+            elif isinstance(message, protocol.CallOutcome):
+                hub.call_outcome(session, message)
             elif isinstance(message, protocol.Disconnect):
                 session.close(CloseCode.NORMAL)
                 return

@@ -24,8 +24,7 @@ from typing import Any
 import msgspec
 import trio
 
-from omiro_trio.addresses import client_ip
-from omiro_trio.admission import RequestHead, peer_ip
+from omiro_trio.admission import RequestHead, websocket_client
 from omiro_trio.context import ServerContext
 
 SESSION_PATH = "/session/new"
@@ -95,13 +94,8 @@ def render(status: int, body: dict[str, Any], headers: dict[str, str]) -> bytes:
 
 async def serve_session_new(ctx: ServerContext, stream: trio.abc.Stream, head: RequestHead) -> None:
     """Answer one ``GET /session/new`` on ``stream`` (the front door closes it)."""
-    ip = client_ip(
-        peer_ip(stream),
-        head.header("cf-connecting-ip"),
-        head.headers.get("x-forwarded-for", []),
-        ctx.trusted_proxies,
-    )
-    status, body, headers = await session_answer(ctx, ip)
+    # The client (address group) by the same rules as the quart route's.
+    status, body, headers = await session_answer(ctx, websocket_client(ctx, stream, head))
     with trio.move_on_after(WRITE_TIMEOUT_S):
         try:
             await stream.send_all(render(status, body, headers))

@@ -32,7 +32,7 @@ import msgspec
 import trio
 
 from omiro_trio import protocol
-from omiro_trio.addresses import in_networks
+from omiro_trio.addresses import group_in_networks
 from omiro_trio.backends.base import Backend, Ban, ReportRecord
 from omiro_trio.codes import CloseCode, ErrorCode
 from omiro_trio.matchmaking import Match, Preferences, Waiting
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 TRANSCRIPT_LINES = 20
 ENDED_REMEMBERED = 8
+CALLS_REMEMBERED = 8  # recent matches whose call outcome may still be reported
 
 
 class BusMessage(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -88,9 +89,11 @@ class Session:
         "ip",
         "match",
         "nursery",
+        "outcomes_reported",
         "outlet",
         "partner_reason",
         "prefs",
+        "recent_matches",
         "transcript",
         "widen_scope",
     )
@@ -109,6 +112,17 @@ class Session:
         self.transcript: deque[tuple[str, str]] = deque(maxlen=TRANSCRIPT_LINES)
         self.ended: deque[str] = deque(maxlen=ENDED_REMEMBERED)
         self.nursery: trio.Nursery | None = None  # set by the connection that owns it
+        # The last CALLS_REMEMBERED matches this client heard of, oldest first,
+        # and which of them it has already reported a call outcome for.
+        self.recent_matches: dict[str, Match] = {}
+        self.outcomes_reported: set[str] = set()
+
+    def remember_match(self, match: Match) -> None:
+        self.recent_matches[match.match_id] = match
+        while len(self.recent_matches) > CALLS_REMEMBERED:
+            oldest = next(iter(self.recent_matches))
+            del self.recent_matches[oldest]
+            self.outcomes_reported.discard(oldest)
 
     def send(self, frame: str | bytes) -> None:
         """Queue a frame (text, or its UTF-8 bytes) for the client without blocking."""
@@ -179,13 +193,33 @@ class Hub:
 
     # -- lifecycle -----------------------------------------------------
 
-    def sockets_from(self, ip: str) -> int:
-        return self._sockets_per_ip.get(ip, 0)
+    def sockets_from(self, client: str) -> int:
+        """Sockets reserved for ``client`` (being upgraded, or open)."""
+        return self._sockets_per_ip.get(client, 0)
+
+    def reserve_socket(self, client: str, limit: int) -> bool:
+        """Take one of ``client``'s ``limit`` sockets, if one is free.
+
+        Checked and counted in one step (no checkpoint), so simultaneous
+        upgrades cannot all pass the check before any is counted. The
+        connection that reserved calls ``release_socket`` when it ends.
+        """
+        taken = self._sockets_per_ip.get(client, 0)
+        if taken >= limit:
+            return False
+        self._sockets_per_ip[client] = taken + 1
+        return True
+
+    def release_socket(self, client: str) -> None:
+        left = self._sockets_per_ip.get(client, 0) - 1
+        if left > 0:
+            self._sockets_per_ip[client] = left
+        else:
+            self._sockets_per_ip.pop(client, None)
 
     def attach(self, session: Session) -> None:
         """Register a session whose socket was just accepted (already claimed)."""
         self.sessions[session.id] = session
-        self._sockets_per_ip[session.ip] = self._sockets_per_ip.get(session.ip, 0) + 1
         if self._no_sessions.is_set():
             self._no_sessions = trio.Event()
         self.metrics.connections.inc()
@@ -198,11 +232,6 @@ class Hub:
         if self.sessions.get(session.id) is not session:
             return
         del self.sessions[session.id]
-        left = self._sockets_per_ip[session.ip] - 1
-        if left:
-            self._sockets_per_ip[session.ip] = left
-        else:
-            del self._sockets_per_ip[session.ip]
         session.stop_widen()
         session.close_outbox()
         self.metrics.connections.dec()
@@ -231,7 +260,7 @@ class Hub:
         """
         await self.backend.add_ban(ban)
         networks = (ipaddress.ip_network(ban.target, strict=False),)
-        banned = [s for s in self.sessions.values() if in_networks(s.ip, networks)]
+        banned = [s for s in self.sessions.values() if group_in_networks(s.ip, networks)]
         for session in banned:
             session.send(protocol.error_frame(ErrorCode.BANNED, "this address is banned", None))
             session.close(CloseCode.POLICY, "banned")
@@ -299,6 +328,35 @@ class Hub:
                     chat=chat,
                 )
             )
+
+    def call_outcome(self, session: Session, message: protocol.CallOutcome) -> None:
+        """Count how this side's call of a recent video match went, once per match.
+
+        The match may already have ended (a failed call is often skipped
+        before the page gives up on it), but it must be one of the client's
+        own last ``CALLS_REMEMBERED`` matches.
+        """
+        op = "call_outcome"
+        match = session.recent_matches.get(message.match_id)
+        if match is None:
+            session.send(
+                protocol.error_frame(ErrorCode.NOT_MATCHED, "no recent match has this match_id", op)
+            )
+            return
+        if match.mode != "video":
+            session.send(
+                protocol.error_frame(ErrorCode.BAD_REQUEST, "a text match has no call", op)
+            )
+            return
+        if message.match_id in session.outcomes_reported:
+            session.send(
+                protocol.error_frame(
+                    ErrorCode.BAD_REQUEST, "this match's call outcome was already reported", op
+                )
+            )
+            return
+        session.outcomes_reported.add(message.match_id)
+        self.metrics.count_call(message.outcome, message.path, message.connect_ms)
 
     async def report(self, session: Session, reason: str) -> None:
         """End the match, block the pair, keep the report with the transcript."""
@@ -461,6 +519,7 @@ class Hub:
             return
         session.stop_widen()
         session.match = match
+        session.remember_match(match)
         session.transcript.clear()
         partner_id = match.partner_of(session.id)
         data: Mapping[str, Any] = {

@@ -5,13 +5,13 @@ Task tree::
     serve
      └─ backend (async with)              closed last
          └─ nursery
-             ├─ bus listener              backend.run_bus → hub.on_bus
-             ├─ janitor                   backend.sweep every JANITOR_INTERVAL_S
+             ├─ bus listener              backend.run_bus → hub.on_bus (restarted on failure)
+             ├─ janitor                   backend.sweep every JANITOR_INTERVAL_S (failures logged)
              ├─ gc tuning                 freezes long-lived objects (gc_tuning.py)
              ├─ WebSocket engine          one flusher and one keepalive sweeper for all sockets
              ├─ hypercorn lifespan        quart-trio startup/shutdown
              └─ front door                one listener; /ws → connection.py, rest → hypercorn
-                 └─ connection handlers   (their own nursery, cancelled last)
+                 └─ connection handlers   each in a nursery of its own (front.py's boundary)
 
 Shutdown (``stop`` set, e.g. by SIGINT/SIGTERM): readiness goes 503, every
 client gets ``server_draining``, new sockets are refused; sockets still open
@@ -34,6 +34,7 @@ from hypercorn.trio.lifespan import Lifespan
 
 from omiro_trio import fastpath
 from omiro_trio.addresses import base_url
+from omiro_trio.admission import release_slot
 from omiro_trio.backends.base import Backend
 from omiro_trio.backends.memory import open_memory_backend
 from omiro_trio.codes import CloseCode
@@ -41,7 +42,7 @@ from omiro_trio.config import Config
 from omiro_trio.connection import serve_connection
 from omiro_trio.context import ServerContext
 from omiro_trio.errors import ConfigError
-from omiro_trio.front import FrontDoor
+from omiro_trio.front import KEEPALIVE_TIMEOUT_S, FrontDoor
 from omiro_trio.gc_tuning import run_gc_tuning
 from omiro_trio.hub import Hub, ReportPolicy
 from omiro_trio.metrics import Metrics
@@ -52,6 +53,8 @@ from omiro_trio.wsengine import Engine
 log = logging.getLogger(__name__)
 
 JANITOR_INTERVAL_S = 10.0
+BUS_RETRY_MIN_S = 0.05
+BUS_RETRY_MAX_S = 2.0
 CLOSE_WAIT_S = 5.0
 HTTP_GRACE_S = 2.0
 
@@ -88,16 +91,59 @@ def _hyper_config() -> HyperConfig:
     hyper = HyperConfig()
     hyper.accesslog = None
     hyper.errorlog = logging.getLogger("omiro.http")
-    hyper.keep_alive_timeout = 30
+    hyper.keep_alive_timeout = KEEPALIVE_TIMEOUT_S
     hyper.graceful_timeout = HTTP_GRACE_S
     hyper.include_server_header = False
     return hyper
 
 
-async def _janitor(backend: Backend) -> None:
+async def _janitor(backend: Backend, metrics: Metrics) -> None:
+    """Sweep every ``JANITOR_INTERVAL_S``; a failed sweep is logged and tried again."""
     while True:
         await trio.sleep(JANITOR_INTERVAL_S)
-        await backend.sweep()
+        try:
+            await backend.sweep()
+        except Exception:
+            metrics.background_failures.labels("janitor").inc()
+            log.exception("the janitor's sweep failed; trying again in %.0f s", JANITOR_INTERVAL_S)
+
+
+async def _run_bus(
+    backend: Backend,
+    hub: Hub,
+    metrics: Metrics,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen to the bus until cancelled; restart the listener when it fails.
+
+    One message that cannot be applied is logged and dropped; a listener
+    that fails is logged and restarted after a short, capped backoff.
+    Reports started once the first listener is.
+    """
+
+    async def deliver(message: bytes) -> None:
+        try:
+            await hub.on_bus(message)
+        except Exception:
+            metrics.background_failures.labels("bus_message").inc()
+            log.exception("a bus message could not be applied; dropped")
+
+    backoff = BUS_RETRY_MIN_S
+    started = False
+    while True:
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(backend.run_bus, deliver)
+                if not started:
+                    started = True
+                    task_status.started()
+                backoff = BUS_RETRY_MIN_S
+        except* Exception as failure:
+            metrics.background_failures.labels("bus").inc()
+            log.error("the bus listener failed; restarting it", exc_info=failure)
+        await trio.sleep(backoff)
+        backoff = min(backoff * 2, BUS_RETRY_MAX_S)
 
 
 async def serve(
@@ -141,8 +187,8 @@ async def serve(
         sockname = listeners[0].socket.getsockname()
         running = Running(base_url(config.server.host, sockname[1]), sockname[1], ctx)
         async with trio.open_nursery() as services:
-            await services.start(backend.run_bus, hub.on_bus)
-            services.start_soon(_janitor, backend)
+            await services.start(_run_bus, backend, hub, metrics)
+            services.start_soon(_janitor, backend, metrics)
             services.start_soon(run_gc_tuning)
             engine = Engine(config.server.idle_timeout_s)
             await services.start(engine.run)
@@ -154,6 +200,11 @@ async def serve(
                     hyper,
                     lifespan_state,
                     partial(serve_connection, ctx, engine),
+                    metrics=metrics,
+                    connections_per_ip=config.server.connections_per_ip,
+                    ipv6_prefix=config.server.ipv6_prefix,
+                    trusted_proxies=ctx.trusted_proxies,
+                    on_websocket_end=partial(release_slot, ctx),
                     fast_route=partial(fastpath.route, ctx),
                 )
                 accepting = trio.CancelScope()
