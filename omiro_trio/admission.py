@@ -16,7 +16,7 @@ import trio
 
 from omiro_trio.addresses import origin_allowed
 from omiro_trio.context import ServerContext
-from omiro_trio.errors import InvalidToken
+from omiro_trio.errors import BackendUnavailable, InvalidToken
 
 CONCURRENT_LIMIT_RETRY_S = 5
 
@@ -49,7 +49,21 @@ def peer_ip(stream: trio.abc.Stream) -> str:
 
 
 async def admit(ctx: ServerContext, head: RequestHead, ip: str) -> str | Rejection:
-    """Run the handshake checks; return the session id to accept, or why not."""
+    """Run the handshake checks; return the session id to accept, or why not.
+
+    A backend that does not answer is a 503 for this client, never an error.
+    """
+    try:
+        return await _checks(ctx, head, ip)
+    except BackendUnavailable:
+        return Rejection(
+            503,
+            {"error": "unavailable", "message": "the service is briefly unavailable"},
+            retry_after_s=CONCURRENT_LIMIT_RETRY_S,
+        )
+
+
+async def _checks(ctx: ServerContext, head: RequestHead, ip: str) -> str | Rejection:
     config = ctx.config
     if not origin_allowed(
         head.header("origin"), head.header("host"), config.server.allowed_origins
@@ -86,7 +100,7 @@ async def admit(ctx: ServerContext, head: RequestHead, ip: str) -> str | Rejecti
         return Rejection(
             401, {"error": "invalid_token", "message": f"invalid session token: {exc}"}
         )
-    if not await ctx.backend.claim_session(session_id):
+    if not await ctx.backend.claim_session(session_id, ip):
         return Rejection(
             409, {"error": "already_connected", "message": "this session is already connected"}
         )

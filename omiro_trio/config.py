@@ -70,6 +70,7 @@ Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]  # 0: any free port (tests)
 Positive = Annotated[int, msgspec.Meta(gt=0)]
 Duration = Annotated[float, msgspec.Meta(ge=0)]
 PositiveDuration = Annotated[int, msgspec.Meta(gt=0)]
+Interval = Annotated[float, msgspec.Meta(gt=0)]
 
 
 class _Table(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -99,6 +100,9 @@ class BackendConfig(_Table, frozen=True):
 class RedisConfig(_Table, frozen=True):
     url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "omiro:"
+    pool_size: Positive = 50  # connections per process
+    heartbeat_s: Interval = 2.0  # how often each server says it is alive
+    dead_after_s: Interval = 6.0  # silence after which other servers sweep it
 
 
 class MatchmakingConfig(_Table, frozen=True):
@@ -387,6 +391,13 @@ def _check_values(config: Config, sources: _Sources) -> None:
         # Not echoed: a Redis URL may carry a password.
         problem = f"expected a URL starting with {', '.join(_REDIS_SCHEMES)}"
         raise _error(sources, "redis", "url", problem)
+    if config.redis.dead_after_s <= config.redis.heartbeat_s:
+        problem = "must be longer than redis.heartbeat_s (a live server would be swept)"
+        raise _error(sources, "redis", "dead_after_s", problem)
+    if config.backend.kind != "memory" and not config.session.secret:
+        # Every server must verify the tokens the others signed.
+        problem = f"must be set with backend.kind = {config.backend.kind!r}: servers share tokens"
+        raise _error(sources, "session", "secret", problem)
 
 
 def _valid_origin(origin: str) -> bool:

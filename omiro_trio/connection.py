@@ -121,7 +121,7 @@ async def serve_connection(ctx: ServerContext, stream: trio.abc.Stream, head: Re
                 # The session was claimed: give it back, or its token would
                 # answer 409 until the server restarts.
                 with trio.CancelScope(shield=True):
-                    await ctx.backend.release_session(session_id)
+                    await ctx.hub.release_claim(session_id)
                 nursery.cancel_scope.cancel()
                 if isinstance(exc, trio.Cancelled):
                     raise

@@ -5,8 +5,9 @@ Task tree::
     serve
      └─ backend (async with)              closed last
          └─ nursery
-             ├─ bus listener              backend.run_bus → hub.on_bus
-             ├─ janitor                   backend.sweep every JANITOR_INTERVAL_S
+             ├─ bus listener              backend.run_bus → hub.on_bus (gaps → hub.request_sync)
+             ├─ janitor                   backend.sweep every JANITOR_INTERVAL_S → hub.partners_gone
+             ├─ resync                    hub.run_sync: local matches checked against the backend
              ├─ gc tuning                 freezes long-lived objects (gc_tuning.py)
              ├─ hypercorn lifespan        quart-trio startup/shutdown
              └─ front door                one listener; /ws → connection.py, rest → hypercorn
@@ -38,7 +39,7 @@ from omiro_trio.codes import CloseCode
 from omiro_trio.config import Config
 from omiro_trio.connection import serve_connection
 from omiro_trio.context import ServerContext
-from omiro_trio.errors import ConfigError
+from omiro_trio.errors import BackendUnavailable, ConfigError
 from omiro_trio.front import FrontDoor
 from omiro_trio.gc_tuning import run_gc_tuning
 from omiro_trio.hub import Hub, ReportPolicy
@@ -75,10 +76,27 @@ async def open_backend(config: Config) -> AsyncIterator[Backend]:
         ) as backend:
             yield backend
     else:
-        raise ConfigError(
-            f"backend.kind = {config.backend.kind!r}: only the memory backend is available "
-            "in this version"
-        )
+        from omiro_trio.backends.redis import open_redis_backend  # imports coredis
+
+        redis = config.redis
+        opened = False
+        try:
+            async with open_redis_backend(
+                url=redis.url,
+                key_prefix=redis.key_prefix,
+                pool_size=redis.pool_size,
+                heartbeat_s=redis.heartbeat_s,
+                dead_after_s=redis.dead_after_s,
+                interest_timeout_s=config.matchmaking.interest_timeout_s,
+                rematch_cooldown_s=config.matchmaking.rematch_cooldown_s,
+                block_ttl_s=max(config.session.token_ttl_s * 2, 86400),
+            ) as backend:
+                opened = True
+                yield backend
+        except BackendUnavailable as exc:
+            if opened:
+                raise
+            raise ConfigError(f"redis.url: cannot reach Redis at start ({exc})") from None
 
 
 def _hyper_config() -> HyperConfig:
@@ -91,10 +109,13 @@ def _hyper_config() -> HyperConfig:
     return hyper
 
 
-async def _janitor(backend: Backend) -> None:
+async def _janitor(backend: Backend, hub: Hub, interval_s: float) -> None:
     while True:
-        await trio.sleep(JANITOR_INTERVAL_S)
-        await backend.sweep()
+        await trio.sleep(interval_s)
+        try:
+            await hub.partners_gone(await backend.sweep())
+        except BackendUnavailable as exc:
+            log.warning("sweep failed: %s", exc)
 
 
 async def serve(
@@ -138,8 +159,12 @@ async def serve(
         sockname = listeners[0].socket.getsockname()
         running = Running(base_url(config.server.host, sockname[1]), sockname[1], ctx)
         async with trio.open_nursery() as services:
-            await services.start(backend.run_bus, hub.on_bus)
-            services.start_soon(_janitor, backend)
+            await services.start(partial(backend.run_bus, hub.on_bus, on_gap=hub.request_sync))
+            # Often enough that a dead server is swept within its dead_after_s
+            # plus one heartbeat.
+            janitor_s = min(JANITOR_INTERVAL_S, config.redis.heartbeat_s)
+            services.start_soon(_janitor, backend, hub, janitor_s)
+            services.start_soon(hub.run_sync)
             services.start_soon(run_gc_tuning)
             await services.start(lifespan.handle_lifespan)
             await lifespan.wait_for_startup()

@@ -98,11 +98,15 @@ class Backend(Protocol):
 
     # -- sessions -------------------------------------------------------
 
-    async def claim_session(self, session_id: str) -> bool:
-        """Record that ``session_id`` has a live socket on this server.
+    async def claim_session(self, session_id: str, ip: str = "") -> bool:
+        """Record that ``session_id`` has a live socket on this server, from ``ip``.
 
         Returns False if it already has one anywhere (the caller answers 409).
         """
+        ...
+
+    async def session_ip(self, session_id: str) -> str | None:
+        """The address of the live socket of ``session_id``, on any server (for reports)."""
         ...
 
     async def release_session(self, session_id: str) -> Match | None:

@@ -60,7 +60,7 @@ class MemoryBackend:
             block_ttl_s=block_ttl_s,
             new_match_id=new_match_id,
         )
-        self._live: set[str] = set()
+        self._live: dict[str, str] = {}  # session id -> ip
         self._windows: dict[str, tuple[float, int, float]] = {}  # key -> (start, count, window)
         self._bans: dict[str, tuple[Ban, Network]] = {}  # target -> ban, its network
         self._reports: deque[ReportRecord] = deque(maxlen=MAX_REPORTS_KEPT)
@@ -80,14 +80,17 @@ class MemoryBackend:
     async def ping(self) -> None:
         return None
 
-    async def claim_session(self, session_id: str) -> bool:
+    async def claim_session(self, session_id: str, ip: str = "") -> bool:
         if session_id in self._live:
             return False
-        self._live.add(session_id)
+        self._live[session_id] = ip
         return True
 
+    async def session_ip(self, session_id: str) -> str | None:
+        return self._live.get(session_id) or None
+
     async def release_session(self, session_id: str) -> Match | None:
-        self._live.discard(session_id)
+        self._live.pop(session_id, None)
         return self._mm.leave(session_id, self._now())
 
     async def join(self, session_id: str, prefs: Preferences) -> Match | Waiting:
@@ -175,7 +178,7 @@ class MemoryBackend:
         shared: list[SharedView] = []
         for view in views:
             state = self._mm.state_of(view.session_id)
-            self._live.add(view.session_id)
+            self._live[view.session_id] = view.ip
             if state == "matched":
                 match = self._mm.match_of(view.session_id)
                 shared.append(SharedView(view.session_id, "matched", match))

@@ -206,8 +206,13 @@ class RedisBackend:
 
     # -- sessions --------------------------------------------------------
 
-    async def claim_session(self, session_id: str) -> bool:
-        return bool(await self._run("claim", session_id, ""))
+    async def claim_session(self, session_id: str, ip: str = "") -> bool:
+        return bool(await self._run("claim", session_id, ip))
+
+    async def session_ip(self, session_id: str) -> str | None:
+        key = f"{self._prefix}s:{session_id}"
+        raw = await self._guard(lambda: self._client.hget(key, "ip"))
+        return _text(raw) if raw else None
 
     async def release_session(self, session_id: str) -> Match | None:
         raw = await self._run("release", session_id, self._cooldown_s, uuid.uuid4().hex)

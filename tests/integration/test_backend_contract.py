@@ -74,8 +74,8 @@ class Split:
         for server in self.servers:
             await server.ping()
 
-    async def claim_session(self, session_id: str) -> bool:
-        return bool(await self._for(session_id).claim_session(session_id))
+    async def claim_session(self, session_id: str, ip: str = "") -> bool:
+        return bool(await self._for(session_id).claim_session(session_id, ip))
 
     async def release_session(self, session_id: str) -> Match | None:
         return await self._for(session_id).release_session(session_id)  # type: ignore[no-any-return]
@@ -188,6 +188,14 @@ async def test_claim_session_refuses_a_second_claim(backend: Backend) -> None:
     assert await backend.claim_session("s1") is True
     assert await backend.claim_session("s1") is False
     assert await backend.claim_session("s2") is True
+
+
+async def test_session_ip_is_known_while_claimed(backend: Backend) -> None:
+    assert await backend.claim_session("s1", "203.0.113.9")
+    assert await backend.session_ip("s1") == "203.0.113.9"
+    assert await backend.session_ip("nobody") is None
+    await backend.release_session("s1")
+    assert await backend.session_ip("s1") is None
 
 
 async def test_release_session_makes_it_claimable_again(backend: Backend) -> None:
