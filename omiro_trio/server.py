@@ -22,6 +22,7 @@ connections, lifespan and bus stop, and the backend closes.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 JANITOR_INTERVAL_S = 10.0
 CLOSE_WAIT_S = 5.0
 HTTP_GRACE_S = 2.0
+LISTEN_BACKLOG = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,16 +120,37 @@ async def _janitor(backend: Backend, hub: Hub, interval_s: float) -> None:
             log.warning("sweep failed: %s", exc)
 
 
+async def open_listeners(host: str, port: int, *, reuse_port: bool) -> list[trio.SocketListener]:
+    """Listen on ``host:port``; with ``reuse_port``, share the port with sibling workers."""
+    if not reuse_port:
+        return await trio.open_tcp_listeners(port, host=host)
+    family, kind, proto, _, address = (
+        await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    )[0]
+    sock = trio.socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        await sock.bind(address)
+        sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return [trio.SocketListener(sock)]
+
+
 async def serve(
     config: Config,
     stop: trio.Event,
     *,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run Omiro until ``stop`` is set, then drain and return.
 
     Reports a ``Running`` (bound URL and port) through ``task_status`` once
-    connections are accepted.
+    connections are accepted. With ``reuse_port`` the port is shared
+    (``SO_REUSEPORT``) with other workers of ``omiro serve --workers``.
     """
     if config.session.secret:
         secret = config.session.secret.encode()
@@ -155,7 +178,9 @@ async def serve(
         hyper = _hyper_config()
         lifespan_state: dict[str, object] = {}
         lifespan = Lifespan(app, hyper, lifespan_state)
-        listeners = await trio.open_tcp_listeners(config.server.port, host=config.server.host)
+        listeners = await open_listeners(
+            config.server.host, config.server.port, reuse_port=reuse_port
+        )
         sockname = listeners[0].socket.getsockname()
         running = Running(base_url(config.server.host, sockname[1]), sockname[1], ctx)
         async with trio.open_nursery() as services:
