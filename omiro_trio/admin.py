@@ -25,6 +25,8 @@ from omiro_trio.responses import json_error, not_found
 log = logging.getLogger(__name__)
 
 MAX_REASON_LENGTH = 500
+REPORTS_PAGE = 50  # GET /admin/reports without ``limit``
+MAX_REPORTS_PAGE = 500
 
 
 class BanRequest(msgspec.Struct, forbid_unknown_fields=False):
@@ -58,6 +60,7 @@ def ban_json(ban: Ban) -> dict[str, Any]:
 
 def report_json(report: ReportRecord) -> dict[str, Any]:
     return {
+        "id": report.id,
         "reported_ip": report.reported_ip,
         "reported": report.reported,
         "reporter": report.reporter,
@@ -126,6 +129,31 @@ def register_admin(app: QuartTrio, ctx: ServerContext) -> None:
 
     @app.get("/admin/reports")
     async def list_reports() -> Response:
+        """One page of reports, newest first; ``next_before`` asks for the next page."""
         if (denied := refused()) is not None:
             return denied
-        return jsonify({"reports": [report_json(r) for r in await ctx.backend.reports()]})
+        limit = _int_arg("limit", REPORTS_PAGE, 1, MAX_REPORTS_PAGE)
+        before = _int_arg("before", None, 1, None)
+        if isinstance(limit, Response):
+            return limit
+        if isinstance(before, Response):
+            return before
+        assert limit is not None
+        page = await ctx.backend.reports(limit, before)
+        next_before = page[-1].id if len(page) == limit else None
+        return jsonify({"reports": [report_json(r) for r in page], "next_before": next_before})
+
+
+def _int_arg(name: str, default: int | None, low: int, high: int | None) -> int | Response | None:
+    """A query parameter that must be an integer in ``[low, high]``, or a 400 answer."""
+    text = request.args.get(name)
+    if text is None:
+        return default
+    bound = f" and at most {high}" if high is not None else ""
+    problem = json_error(400, "bad_request", f"{name} must be an integer at least {low}{bound}")
+    if not text.isdigit() or len(text) > 18:
+        return problem
+    value = int(text)
+    if value < low or (high is not None and value > high):
+        return problem
+    return value

@@ -380,8 +380,8 @@ class Hub:
         partner = self.sessions.get(partner_id)
         if partner is not None:
             reported_ip = partner.ip
-        else:  # on another server
-            reported_ip = await self.backend.session_ip(partner_id) or ""
+        else:  # on another server: the backend knows its client
+            reported_ip = await self.backend.client_of(partner_id) or ""
         transcript = tuple(
             f"{'reporter' if sender == session.id else 'reported'}: {text}"
             for sender, text in session.transcript

@@ -128,6 +128,8 @@ class Matchmaker:
         self._matches: dict[str, Match] = {}
         self._recent: dict[tuple[str, str], float] = {}  # pair -> cooldown ends
         self._blocks: dict[tuple[str, str], float] = {}  # pair -> block ends
+        self._client_blocks: dict[tuple[str, str], float] = {}  # client pair -> block ends
+        self._clients: dict[str, str] = {}  # session -> client (address group), if known
         self._tickets = 0
 
     # -- queries -------------------------------------------------------
@@ -154,8 +156,24 @@ class Matchmaker:
         return self._waiting.keys()
 
     def is_blocked(self, a: str, b: str, now: float) -> bool:
+        """Whether ``a`` and ``b`` may not meet: the pair, or their clients, are blocked."""
         ends = self._blocks.get(_pair(a, b))
+        if ends is not None and ends > now:
+            return True
+        if not self._client_blocks:
+            return False
+        client_a, client_b = self._clients.get(a), self._clients.get(b)
+        if client_a is None or client_b is None:
+            return False
+        ends = self._client_blocks.get(_pair(client_a, client_b))
         return ends is not None and ends > now
+
+    def set_client(self, session_id: str, client: str) -> None:
+        """Note the client (address group) of a session, for blocks by client."""
+        self._clients[session_id] = client
+
+    def forget_client(self, session_id: str) -> None:
+        self._clients.pop(session_id, None)
 
     # -- operations ----------------------------------------------------
 
@@ -215,12 +233,20 @@ class Matchmaker:
         return match
 
     def block(self, a: str, b: str, now: float) -> None:
-        """Never match ``a`` and ``b`` again (for ``block_ttl_s``)."""
-        self._blocks[_pair(a, b)] = now + self._block_ttl_s
+        """Never match ``a`` and ``b`` again, nor their clients (for ``block_ttl_s``).
+
+        Sessions of one client block only each other: a client is never
+        blocked from itself.
+        """
+        ends = now + self._block_ttl_s
+        self._blocks[_pair(a, b)] = ends
+        client_a, client_b = self._clients.get(a), self._clients.get(b)
+        if client_a is not None and client_b is not None and client_a != client_b:
+            self._client_blocks[_pair(client_a, client_b)] = ends
 
     def prune(self, now: float) -> None:
         """Forget cooldowns and blocks that have run out."""
-        for table in (self._recent, self._blocks):
+        for table in (self._recent, self._blocks, self._client_blocks):
             for key in [k for k, ends in table.items() if ends <= now]:
                 del table[key]
 
@@ -243,8 +269,7 @@ class Matchmaker:
                 if other_id == session_id:
                     continue
                 pair = _pair(session_id, other_id)
-                block_ends = self._blocks.get(pair)
-                if block_ends is not None and block_ends > now:
+                if self.is_blocked(session_id, other_id, now):
                     continue
                 other = self._waiting[other_id]
                 cooldown_ends = self._recent.get(pair)

@@ -15,6 +15,13 @@ Rules every implementation keeps:
   a partner waiting on a ghost.
 * Every method may raise ``BackendUnavailable``; none raises for a client's
   mistake.
+* A *client* is an address group, as made by ``addresses.address_group``: an
+  IPv4 address, or the IPv6 network of the configured prefix (``/64`` by
+  default), in canonical text form. Sessions are claimed with their client;
+  blocks, reporter counts and ban lookups work on clients, so a fresh token
+  or another address of the same IPv6 network does not undo them.
+* The report store is bounded in bytes (oldest reports dropped first) and
+  read a page at a time.
 * Lifecycle: ``async with open_backend(config) as backend`` — no tasks are
   started before that, and none outlive it.
 """
@@ -49,13 +56,25 @@ class Ban:
 
 @dataclass(frozen=True, slots=True)
 class ReportRecord:
-    reported_ip: str
+    reported_ip: str  # the reported session's client (address group); "" if unknown
     reported: str  # session id
     reporter: str  # session id
-    reporter_ip: str
+    reporter_ip: str  # the reporter's client (address group)
     reason: str
     at: float  # unix time
     transcript: tuple[str, ...]
+    id: int = 0  # given by the backend when recorded: increasing, unique, > 0
+
+    def size_bytes(self) -> int:
+        """What the record costs the store (its text, UTF-8), for the byte bound."""
+        texts = (self.reported_ip, self.reported, self.reporter, self.reporter_ip, self.reason)
+        return REPORT_OVERHEAD_BYTES + sum(
+            len(t.encode("utf-8", "replace")) for t in (*texts, *self.transcript)
+        )
+
+
+REPORT_OVERHEAD_BYTES = 64
+"""What one report costs the store beyond its text (for the byte bound)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,15 +117,18 @@ class Backend(Protocol):
 
     # -- sessions -------------------------------------------------------
 
-    async def claim_session(self, session_id: str, ip: str = "") -> bool:
-        """Record that ``session_id`` has a live socket on this server, from ``ip``.
+    async def claim_session(self, session_id: str, client: str) -> bool:
+        """Record that ``session_id`` has a live socket on this server, from ``client``.
 
-        Returns False if it already has one anywhere (the caller answers 409).
+        ``client`` is the socket's address group; the backend keeps it while
+        the session is live (``client_of``) and uses it for ``block``.
+        Returns False if the session already has a socket anywhere (the
+        caller answers 409); the first claim's client is kept then.
         """
         ...
 
-    async def session_ip(self, session_id: str) -> str | None:
-        """The address of the live socket of ``session_id``, on any server (for reports)."""
+    async def client_of(self, session_id: str) -> str | None:
+        """The client (address group) a live session was claimed from, else None."""
         ...
 
     async def release_session(self, session_id: str) -> Match | None:
@@ -128,7 +150,12 @@ class Backend(Protocol):
         ...
 
     async def block(self, a: str, b: str) -> None:
-        """Never match these two sessions again."""
+        """Never match these two sessions again, nor their clients, for the block TTL.
+
+        The clients are those the sessions were claimed with (a session not
+        live blocks only by id). Two sessions of one client block only each
+        other: a client is never blocked from itself.
+        """
         ...
 
     # -- abuse control -------------------------------------------------
@@ -141,7 +168,12 @@ class Backend(Protocol):
         ...
 
     async def ban_for(self, ip: str) -> Ban | None:
-        """The ban in force for ``ip`` (by address or network), if any."""
+        """The ban in force for ``ip``, if any.
+
+        ``ip`` is an address or a client (an address group such as an IPv6
+        ``/64``); a ban applies when its target overlaps it, so a ban of one
+        IPv6 address covers its whole group.
+        """
         ...
 
     async def add_ban(self, ban: Ban) -> None:
@@ -156,17 +188,23 @@ class Backend(Protocol):
         """Every ban in force, newest first."""
         ...
 
-    async def record_report(self, report: ReportRecord) -> None:
-        """Keep a report for the operators."""
+    async def record_report(self, report: ReportRecord) -> int:
+        """Keep a report for the operators; return the id it was given.
+
+        The ``id`` of ``report`` is ignored: the backend gives each report a
+        new one, greater than every id given before. The store is bounded in
+        bytes (``ReportRecord.size_bytes``); the oldest reports go first.
+        """
         ...
 
-    async def reports(self) -> list[ReportRecord]:
-        """The reports kept, newest first."""
+    async def reports(self, limit: int, before: int | None = None) -> list[ReportRecord]:
+        """Up to ``limit`` reports kept, newest first, with ids below ``before`` if given."""
         ...
 
     async def count_reporter(self, reported_ip: str, reporter_ip: str, window_s: float) -> int:
-        """Note that ``reporter_ip`` reported ``reported_ip``; return how many distinct
-        reporter IPs did so within the last ``window_s`` seconds (this one included)."""
+        """Note that client ``reporter_ip`` reported client ``reported_ip``; return how
+        many distinct reporter clients did so within the last ``window_s`` seconds
+        (this one included). Both are clients (address groups)."""
         ...
 
     # -- stats and delivery --------------------------------------------

@@ -8,6 +8,7 @@ lock-free step". Durations use trio's clock (so tests can use
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import time
 import uuid
@@ -29,7 +30,8 @@ from omiro_trio.backends.base import (
 )
 from omiro_trio.matchmaking import Match, Matchmaker, Preferences, Waiting
 
-MAX_REPORTS_KEPT = 10_000
+MAX_REPORT_BYTES = 8 * 1024 * 1024
+"""The report store's bound (``ReportRecord.size_bytes`` summed); oldest dropped first."""
 
 
 class MemoryBackend:
@@ -51,6 +53,7 @@ class MemoryBackend:
         monotonic: Callable[[], float] = trio.current_time,
         wall: Callable[[], float] = time.time,
         new_match_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        max_report_bytes: int = MAX_REPORT_BYTES,
     ) -> None:
         self._now = monotonic
         self._wall = wall
@@ -60,10 +63,13 @@ class MemoryBackend:
             block_ttl_s=block_ttl_s,
             new_match_id=new_match_id,
         )
-        self._live: dict[str, str] = {}  # session id -> ip
+        self._live: dict[str, str] = {}  # session -> client
         self._windows: dict[str, tuple[float, int, float]] = {}  # key -> (start, count, window)
         self._bans: dict[str, tuple[Ban, Network]] = {}  # target -> ban, its network
-        self._reports: deque[ReportRecord] = deque(maxlen=MAX_REPORTS_KEPT)
+        self._reports: deque[ReportRecord] = deque()  # oldest first
+        self._report_bytes = 0
+        self._max_report_bytes = max_report_bytes
+        self._report_ids = 0
         self._reporters: dict[str, dict[str, float]] = {}  # reported ip -> reporter ip -> when
         self._reporter_window_s = 0.0
         self._server_id = "local"
@@ -80,18 +86,21 @@ class MemoryBackend:
     async def ping(self) -> None:
         return None
 
-    async def claim_session(self, session_id: str, ip: str = "") -> bool:
+    async def claim_session(self, session_id: str, client: str) -> bool:
         if session_id in self._live:
             return False
-        self._live[session_id] = ip
+        self._live[session_id] = client
+        self._mm.set_client(session_id, client)
         return True
 
-    async def session_ip(self, session_id: str) -> str | None:
-        return self._live.get(session_id) or None
+    async def client_of(self, session_id: str) -> str | None:
+        return self._live.get(session_id)
 
     async def release_session(self, session_id: str) -> Match | None:
         self._live.pop(session_id, None)
-        return self._mm.leave(session_id, self._now())
+        ended = self._mm.leave(session_id, self._now())
+        self._mm.forget_client(session_id)
+        return ended
 
     async def join(self, session_id: str, prefs: Preferences) -> Match | Waiting:
         return self._mm.join(session_id, prefs, self._now())
@@ -119,12 +128,12 @@ class MemoryBackend:
         if not self._bans:
             return None
         try:
-            address = ipaddress.ip_address(ip)
+            asked = ipaddress.ip_network(ip.strip(), strict=False)
         except ValueError:
             return None
         now = self._wall()
         for ban, network in self._bans.values():
-            if (ban.until is None or ban.until > now) and address in network:
+            if (ban.until is None or ban.until > now) and _overlaps(asked, network):
                 return ban
         return None
 
@@ -140,11 +149,23 @@ class MemoryBackend:
         live = [b for b, _ in self._bans.values() if b.until is None or b.until > now]
         return live[::-1]
 
-    async def record_report(self, report: ReportRecord) -> None:
-        self._reports.appendleft(report)
+    async def record_report(self, report: ReportRecord) -> int:
+        self._report_ids += 1
+        kept = dataclasses.replace(report, id=self._report_ids)
+        self._reports.append(kept)
+        self._report_bytes += kept.size_bytes()
+        while self._report_bytes > self._max_report_bytes and self._reports:
+            self._report_bytes -= self._reports.popleft().size_bytes()
+        return kept.id
 
-    async def reports(self) -> list[ReportRecord]:
-        return list(self._reports)
+    async def reports(self, limit: int, before: int | None = None) -> list[ReportRecord]:
+        page: list[ReportRecord] = []
+        for report in reversed(self._reports):
+            if len(page) >= limit:
+                break
+            if before is None or report.id < before:
+                page.append(report)
+        return page
 
     async def count_reporter(self, reported_ip: str, reporter_ip: str, window_s: float) -> int:
         now = self._now()
@@ -204,6 +225,10 @@ class MemoryBackend:
         for target in expired:
             del self._bans[target]
         return []  # one server: none dies while this one runs
+
+
+def _overlaps(a: Network, b: Network) -> bool:
+    return a.version == b.version and a.overlaps(b)
 
 
 @asynccontextmanager

@@ -11,7 +11,7 @@
 -- describes, so nothing outlives its use.
 --
 -- Keys (P = prefix):
---   P.."s:"..sid       hash   a live socket: server, ip
+--   P.."s:"..sid       hash   a live socket: server, client (address group)
 --   P.."srv:"..server  set    the sessions a server holds
 --   P.."servers"       zset   server -> last heartbeat (TIME)
 --   P.."boot"          string this Redis's incarnation (gone after an empty restart)
@@ -21,10 +21,13 @@
 --   P.."m:"..sid       hash   the match a session is in: id, caller, callee, mode, common
 --   P.."le:"..sid      hash   the last match a leave ended (answers a retried leave)
 --   P.."cd:"..pair     string rematch cooldown end
---   P.."bl:"..pair     string block end
+--   P.."bl:"..pair     string block end (a pair of sessions)
+--   P.."blc:"..pair    string block end (a pair of clients)
 --   P.."rl:"..key      hash   rate-limit window: start, count
 --   P.."rep:"..ip      zset   reporter ip -> when, for autobans
 --   P.."seq"           string counter for tickets and queue order
+--   P.."bans"          zset   banned target -> order; P.."ban:"..target the ban (JSON)
+--   P.."reports"       zset   report id -> "size|JSON"; P.."report_bytes", P.."report_id"
 
 local op, P, offset, me = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local LIVE_MS = math.floor(tonumber(ARGV[5]) * 1000)
@@ -98,9 +101,27 @@ local function enqueue(sid, mode, name)
   live(q)
 end
 
+local function client_of(sid)
+  local client = redis.call('HGET', P .. 's:' .. sid, 'client')
+  if client == '' then return false end
+  return client
+end
+
+-- Blocked: the pair of sessions, or (both live, from different clients) their clients.
+local function blocked(sid, client, other)
+  local ends = redis.call('GET', P .. 'bl:' .. pair(sid, other))
+  if ends and tonumber(ends) > NOW then return true end
+  if not client then return false end
+  local theirs = client_of(other)
+  if not theirs or theirs == client then return false end
+  ends = redis.call('GET', P .. 'blc:' .. pair(client, theirs))
+  return ends and tonumber(ends) > NOW
+end
+
 -- The oldest available partner in the named queues; a recent partner only
 -- when nobody else is available. At most SCAN_LIMIT entries per queue.
 local function find(sid, mode, names)
+  local client = client_of(sid)
   local fresh, fresh_since, recent, recent_since
   for _, name in ipairs(names) do
     local q = qkey(mode, name)
@@ -111,10 +132,8 @@ local function find(sid, mode, names)
           redis.call('ZREM', q, other) -- its entry expired: drop the stale member
         else
           since = tonumber(since)
-          local pk = pair(sid, other)
-          local blocked = redis.call('GET', P .. 'bl:' .. pk)
-          if not (blocked and tonumber(blocked) > NOW) then
-            local cooldown = redis.call('GET', P .. 'cd:' .. pk)
+          if not blocked(sid, client, other) then
+            local cooldown = redis.call('GET', P .. 'cd:' .. pair(sid, other))
             if cooldown and tonumber(cooldown) > NOW then
               if recent == nil or since < recent_since then
                 recent, recent_since = other, since
@@ -257,7 +276,7 @@ elseif op == 'release' then
 
 elseif op == 'claim' then
   -- sid, ip, dead_after
-  local sid, ip = A[1], A[2]
+  local sid, client = A[1], A[2]
   local key = P .. 's:' .. sid
   local holder = redis.call('HGET', key, 'server')
   if holder then
@@ -265,7 +284,7 @@ elseif op == 'claim' then
     -- not freed it yet (the sweep also tells its partner).
     return 0
   end
-  redis.call('HSET', key, 'server', me, 'ip', ip)
+  redis.call('HSET', key, 'server', me, 'client', client)
   live(key)
   redis.call('SADD', P .. 'srv:' .. me, sid)
   live(P .. 'srv:' .. me)
@@ -275,6 +294,10 @@ elseif op == 'block' then
   -- a, b, block ttl
   local ttl = tonumber(A[3])
   redis.call('SET', P .. 'bl:' .. pair(A[1], A[2]), fmt(NOW + ttl), 'PX', ms(ttl))
+  local a, b = client_of(A[1]), client_of(A[2])
+  if a and b and a ~= b then -- a client is never blocked from itself
+    redis.call('SET', P .. 'blc:' .. pair(a, b), fmt(NOW + ttl), 'PX', ms(ttl))
+  end
   return 1
 
 elseif op == 'rate' then
@@ -357,12 +380,30 @@ elseif op == 'bans' then
   return out
 
 elseif op == 'report' then
-  -- report (JSON), how many to keep, how long to keep them (s)
-  local key = P .. 'reports'
-  redis.call('LPUSH', key, A[1])
-  redis.call('LTRIM', key, 0, tonumber(A[2]) - 1)
-  redis.call('PEXPIRE', key, ms(tonumber(A[3])))
-  return 1
+  -- report (JSON), its size, the store's bound in bytes, how long to keep it (s)
+  local key, bytes, size = P .. 'reports', P .. 'report_bytes', tonumber(A[2])
+  local id = redis.call('INCR', P .. 'report_id')
+  redis.call('ZADD', key, id, A[2] .. '|' .. A[1])
+  local total = redis.call('INCRBY', bytes, size)
+  while total > tonumber(A[3]) do -- the oldest go first
+    local oldest = redis.call('ZPOPMIN', key)
+    if #oldest == 0 then break end
+    total = redis.call('DECRBY', bytes, tonumber(string.match(oldest[1], '^(%d+)|')))
+  end
+  for _, k in ipairs({key, bytes, P .. 'report_id'}) do redis.call('PEXPIRE', k, ms(tonumber(A[4]))) end
+  return id
+
+elseif op == 'reports' then
+  -- limit, before ("" for none): {id, JSON, ...} newest first
+  local top = A[2] == '' and '+inf' or '(' .. A[2]
+  local page = redis.call('ZREVRANGEBYSCORE', P .. 'reports', top, '-inf', 'WITHSCORES', 'LIMIT', 0,
+    tonumber(A[1]))
+  local out = {}
+  for i = 1, #page, 2 do
+    out[#out + 1] = page[i + 1]
+    out[#out + 1] = string.match(page[i], '^%d+|(.*)$')
+  end
+  return out
 
 elseif op == 'sweep' then
   -- dead_after, cooldown: forget servers without a heartbeat; return
@@ -406,7 +447,7 @@ elseif op == 'sync' then
     if holder and holder ~= me and server_alive(holder, dead_after) then
       out[#out + 1] = {'elsewhere'}
     else
-      redis.call('HSET', key, 'server', me, 'ip', ip)
+      redis.call('HSET', key, 'server', me, 'client', ip)
       live(key)
       redis.call('SADD', P .. 'srv:' .. me, sid)
       live(P .. 'srv:' .. me)

@@ -28,6 +28,7 @@ How the coredis hazards measured for this project are met:
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import time
@@ -68,7 +69,7 @@ POOL_TIMEOUT_S = 1.0
 RETRY_DELAY_S = 0.05
 BUS_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0)
 BUS_IDLE_S = 1.0
-MAX_REPORTS_KEPT = 10_000
+MAX_REPORT_BYTES = 8 * 1024 * 1024  # the report store's bound, as the memory backend's
 REPORTS_KEPT_S = 30 * 86400
 SYNC_BATCH = 200
 BROADCAST = "all"
@@ -206,12 +207,12 @@ class RedisBackend:
 
     # -- sessions --------------------------------------------------------
 
-    async def claim_session(self, session_id: str, ip: str = "") -> bool:
-        return bool(await self._run("claim", session_id, ip))
+    async def claim_session(self, session_id: str, client: str) -> bool:
+        return bool(await self._run("claim", session_id, client))
 
-    async def session_ip(self, session_id: str) -> str | None:
+    async def client_of(self, session_id: str) -> str | None:
         key = f"{self._prefix}s:{session_id}"
-        raw = await self._guard(lambda: self._client.hget(key, "ip"))
+        raw = await self._guard(lambda: self._client.hget(key, "client"))
         return _text(raw) if raw else None
 
     async def release_session(self, session_id: str) -> Match | None:
@@ -269,7 +270,7 @@ class RedisBackend:
         if not bans:
             return None
         try:
-            address = ipaddress.ip_address(ip)
+            asked = ipaddress.ip_network(ip.strip(), strict=False)
         except ValueError:
             return None
         for ban in bans:
@@ -279,7 +280,7 @@ class RedisBackend:
                 if len(self._networks) > 10_000:
                     self._networks.clear()
                 self._networks[ban.target] = network
-            if address in network:
+            if network.version == asked.version and network.overlaps(asked):
                 return ban
         return None
 
@@ -293,13 +294,17 @@ class RedisBackend:
     async def bans(self) -> list[Ban]:
         return await self._bans()
 
-    async def record_report(self, report: ReportRecord) -> None:
-        await self._run("report", msgspec.json.encode(report), MAX_REPORTS_KEPT, REPORTS_KEPT_S)
+    async def record_report(self, report: ReportRecord) -> int:
+        encoded = msgspec.json.encode(report)
+        size = report.size_bytes()
+        return int(await self._run("report", encoded, size, MAX_REPORT_BYTES, REPORTS_KEPT_S))
 
-    async def reports(self) -> list[ReportRecord]:
-        key = f"{self._prefix}reports"
-        raw = await self._guard(lambda: self._client.lrange(key, 0, -1))
-        return [msgspec.json.decode(item, type=ReportRecord) for item in raw]
+    async def reports(self, limit: int, before: int | None = None) -> list[ReportRecord]:
+        raw = await self._run("reports", limit, "" if before is None else before)
+        return [
+            dataclasses.replace(msgspec.json.decode(encoded, type=ReportRecord), id=int(ident))
+            for ident, encoded in zip(raw[::2], raw[1::2], strict=True)
+        ]
 
     async def count_reporter(self, reported_ip: str, reporter_ip: str, window_s: float) -> int:
         return int(await self._run("reporter", reported_ip, reporter_ip, window_s))

@@ -18,6 +18,7 @@ from omiro_trio.errors import BackendUnavailable
 from omiro_trio.matchmaking import Match, Preferences, Waiting
 
 DEAD_AFTER_S = 6.0
+CLIENT = "192.0.2.7"
 WAIT_S = 10.0
 
 
@@ -58,18 +59,18 @@ async def two_servers(
 async def test_servers_have_unique_ids_and_share_claims(redis_server: RedisServer) -> None:
     async with two_servers(redis_server) as (a, b):
         assert a.server_id != b.server_id
-        assert await a.claim_session("s1")
-        assert not await b.claim_session("s1")  # held by the other server
-        assert await b.claim_session("s2")
+        assert await a.claim_session("s1", CLIENT)
+        assert not await b.claim_session("s1", CLIENT)  # held by the other server
+        assert await b.claim_session("s2", CLIENT)
         assert await a.stats() == await b.stats() == Stats(online=2, waiting=0)
         await a.release_session("s1")
-        assert await b.claim_session("s1")
+        assert await b.claim_session("s1", CLIENT)
 
 
 async def test_a_match_forms_across_servers(redis_server: RedisServer) -> None:
     async with two_servers(redis_server) as (a, b):
         for backend, sid in ((a, "x"), (b, "y")):
-            assert await backend.claim_session(sid)
+            assert await backend.claim_session(sid, CLIENT)
         assert isinstance(await a.join("x", Preferences("video", ("music",))), Waiting)
         match = await b.join("y", Preferences("video", ("art", "music")))
         assert isinstance(match, Match)
@@ -87,7 +88,7 @@ async def test_publish_reaches_the_server_holding_the_session(redis_server: Redi
                 got[name].append(message)
 
             await nursery.start(backend.run_bus, handler)
-        assert await b.claim_session("on-b")
+        assert await b.claim_session("on-b", CLIENT)
         assert await a.publish("on-b", b"for b") is True
         assert await a.publish("nobody", b"lost") is False
         await a.broadcast(b"to all")
@@ -109,20 +110,20 @@ async def test_sweep_frees_the_sessions_of_a_server_that_stopped_beating(
         open_redis_backend(**options(redis_server.url, prefix, clock_offset=later)) as alive,
     ):
         for backend, sid in ((dead, "d1"), (dead, "d2"), (alive, "a1")):
-            assert await backend.claim_session(sid)
+            assert await backend.claim_session(sid, CLIENT)
         await dead.join("d1", Preferences())
         match = await alive.join("a1", Preferences())
         assert isinstance(match, Match)
         await dead.join("d2", Preferences("text"))
         assert await alive.sweep() == []  # its heartbeat is fresh
-        assert not await alive.claim_session("d2")
+        assert not await alive.claim_session("d2", CLIENT)
         later.seconds = DEAD_AFTER_S + 1  # for "alive", "dead" has been silent that long
         await alive.heartbeat()
         assert await alive.sweep() == [Ended("d1", match)]
         assert await alive.stats() == Stats(online=1, waiting=0)
         assert await alive.sweep() == []  # swept once
         # Its sessions can come back, and its waiting one is never matched.
-        assert await alive.claim_session("d1")
+        assert await alive.claim_session("d1", CLIENT)
         assert isinstance(await alive.join("t", Preferences("text")), Waiting)
 
 
@@ -130,11 +131,11 @@ async def test_a_clean_stop_is_swept_at_once(redis_server: RedisServer) -> None:
     prefix = new_prefix()
     async with open_redis_backend(**options(redis_server.url, prefix)) as alive:
         async with open_redis_backend(**options(redis_server.url, prefix)) as leaving:
-            assert await leaving.claim_session("l")
+            assert await leaving.claim_session("l", CLIENT)
             await leaving.join("l", Preferences())
         assert await alive.sweep() == []
         assert await alive.stats() == Stats(online=0, waiting=0)
-        assert await alive.claim_session("l")
+        assert await alive.claim_session("l", CLIENT)
 
 
 async def test_sync_restores_sessions_after_redis_restarts_empty() -> None:
@@ -143,7 +144,7 @@ async def test_sync_restores_sessions_after_redis_restarts_empty() -> None:
             gaps: list[str] = []
             a._on_gap = lambda: gaps.append("a")
             for backend, sid in ((a, "x"), (b, "y"), (a, "w")):
-                assert await backend.claim_session(sid)
+                assert await backend.claim_session(sid, CLIENT)
             await a.join("x", Preferences())
             match = await b.join("y", Preferences())
             assert isinstance(match, Match)

@@ -11,7 +11,9 @@ import pytest
 import trio
 from support import Harness, StartServer, wait_until
 
-TOKEN = "s3cret-admin"
+from omiro_trio.backends.base import ReportRecord
+
+TOKEN = "s3cret-admin-token-of-at-least-32-bytes"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 OMIRO = str(Path(sys.executable).with_name("omiro"))
 
@@ -117,6 +119,30 @@ async def test_reports_are_listed_newest_first(admin_server: Harness) -> None:
     assert report["reason"] == "spam"
     assert report["transcript"] == ["reported: buy my stuff"]
     assert abs(report["at"] - admin_server.ctx.wall()) < 5
+
+
+async def test_reports_are_paginated(admin_server: Harness) -> None:
+    backend = admin_server.ctx.backend
+    for n in range(5):
+        await backend.record_report(
+            ReportRecord("192.0.2.1", f"bad{n}", f"good{n}", "192.0.2.2", "spam", 1e9 + n, ())
+        )
+    async with httpx.AsyncClient(base_url=admin_server.url, headers=AUTH) as http:
+        first = (await http.get("/admin/reports", params={"limit": 2})).json()
+        assert [r["reported"] for r in first["reports"]] == ["bad4", "bad3"]
+        second = (
+            await http.get("/admin/reports", params={"limit": 2, "before": first["next_before"]})
+        ).json()
+        assert [r["reported"] for r in second["reports"]] == ["bad2", "bad1"]
+        third = (
+            await http.get("/admin/reports", params={"limit": 2, "before": second["next_before"]})
+        ).json()
+        assert [r["reported"] for r in third["reports"]] == ["bad0"]
+        assert third["next_before"] is None
+        for bad in ({"limit": 0}, {"limit": 501}, {"limit": "x"}, {"before": "-1"}):
+            refused = await http.get("/admin/reports", params=bad)
+            assert refused.status_code == 400, bad
+            assert refused.json()["error"] == "bad_request"
 
 
 async def _omiro(*args: str) -> subprocess.CompletedProcess[str]:

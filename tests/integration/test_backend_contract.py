@@ -17,6 +17,7 @@ every wait.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 import time
@@ -33,7 +34,7 @@ from redis_support import RedisServer, new_prefix
 from trio.abc import Clock
 
 from omiro_trio.backends.base import Backend, Ban, ReportRecord, Stats
-from omiro_trio.backends.memory import open_memory_backend
+from omiro_trio.backends.memory import MemoryBackend, open_memory_backend
 from omiro_trio.backends.redis import open_redis_backend
 from omiro_trio.matchmaking import Match, Preferences, Waiting
 
@@ -41,6 +42,7 @@ INTEREST_TIMEOUT_S = 10.0
 COOLDOWN_S = 30.0
 BLOCK_TTL_S = 60.0
 WAIT_S = 600.0  # virtual seconds under autojump_clock: a hang fails at once
+CLIENT = "192.0.2.50"  # the address group sessions are claimed from, unless a test says
 BACKENDS = ["memory", "redis", "redis-pair"]
 
 Elapse = Callable[[float], Awaitable[None]]
@@ -74,8 +76,8 @@ class Split:
         for server in self.servers:
             await server.ping()
 
-    async def claim_session(self, session_id: str, ip: str = "") -> bool:
-        return bool(await self._for(session_id).claim_session(session_id, ip))
+    async def claim_session(self, session_id: str, client: str) -> bool:
+        return bool(await self._for(session_id).claim_session(session_id, client))
 
     async def release_session(self, session_id: str) -> Match | None:
         return await self._for(session_id).release_session(session_id)  # type: ignore[no-any-return]
@@ -185,38 +187,30 @@ async def test_ping_answers(backend: Backend) -> None:
 
 
 async def test_claim_session_refuses_a_second_claim(backend: Backend) -> None:
-    assert await backend.claim_session("s1") is True
-    assert await backend.claim_session("s1") is False
-    assert await backend.claim_session("s2") is True
-
-
-async def test_session_ip_is_known_while_claimed(backend: Backend) -> None:
-    assert await backend.claim_session("s1", "203.0.113.9")
-    assert await backend.session_ip("s1") == "203.0.113.9"
-    assert await backend.session_ip("nobody") is None
-    await backend.release_session("s1")
-    assert await backend.session_ip("s1") is None
+    assert await backend.claim_session("s1", CLIENT) is True
+    assert await backend.claim_session("s1", CLIENT) is False
+    assert await backend.claim_session("s2", CLIENT) is True
 
 
 async def test_release_session_makes_it_claimable_again(backend: Backend) -> None:
-    assert await backend.claim_session("s1")
+    assert await backend.claim_session("s1", CLIENT)
     assert await backend.release_session("s1") is None
-    assert await backend.claim_session("s1") is True
-    assert await backend.claim_session("s1") is False
+    assert await backend.claim_session("s1", CLIENT) is True
+    assert await backend.claim_session("s1", CLIENT) is False
 
 
 async def test_release_session_of_a_waiting_session_leaves_the_queue(backend: Backend) -> None:
-    assert await backend.claim_session("a")
+    assert await backend.claim_session("a", CLIENT)
     await waits(backend, "a")
     assert await backend.release_session("a") is None
     assert (await backend.stats()).waiting == 0
-    assert await backend.claim_session("b")
+    assert await backend.claim_session("b", CLIENT)
     await waits(backend, "b")
 
 
 async def test_release_session_of_a_matched_session_returns_the_match(backend: Backend) -> None:
     for sid in ("a", "b"):
-        assert await backend.claim_session(sid)
+        assert await backend.claim_session(sid, CLIENT)
     await waits(backend, "a")
     formed = await matches(backend, "b")
     ended = await backend.release_session("b")
@@ -224,7 +218,7 @@ async def test_release_session_of_a_matched_session_returns_the_match(backend: B
     # The partner is idle: leaving finds nothing, and it can join again.
     assert await backend.leave("a") is None
     await waits(backend, "a")
-    assert await backend.claim_session("c")
+    assert await backend.claim_session("c", CLIENT)
     assert (await matches(backend, "c")).caller == "a"
 
 
@@ -473,7 +467,7 @@ async def test_hit_rate_limit_retry_after_shrinks_with_time(
 async def test_stats_counts_claimed_and_waiting_sessions(backend: Backend) -> None:
     assert await backend.stats() == Stats(online=0, waiting=0)
     for sid in ("a", "b", "c"):
-        assert await backend.claim_session(sid)
+        assert await backend.claim_session(sid, CLIENT)
     assert await backend.stats() == Stats(online=3, waiting=0)
     await waits(backend, "a")
     await waits(backend, "c", prefs(mode="text"))
@@ -566,9 +560,75 @@ def _report(n: int) -> ReportRecord:
 
 
 async def test_record_report_keeps_reports_newest_first(backend: Backend) -> None:
-    await backend.record_report(_report(1))
-    await backend.record_report(_report(2))
-    assert await backend.reports() == [_report(2), _report(1)]
+    first = await backend.record_report(_report(1))
+    second = await backend.record_report(_report(2))
+    assert 0 < first < second
+    kept = await backend.reports(10)
+    assert [r.reported for r in kept] == ["bad2", "bad1"]
+    assert [r.id for r in kept] == [second, first]
+    assert kept[1] == dataclasses.replace(_report(1), id=first)
+
+
+async def test_reports_are_read_a_page_at_a_time(backend: Backend) -> None:
+    ids = [await backend.record_report(_report(n)) for n in range(7)]
+    first = await backend.reports(3)
+    assert [r.id for r in first] == ids[:3:-1][:3]
+    second = await backend.reports(3, before=first[-1].id)
+    assert [r.id for r in second] == [ids[3], ids[2], ids[1]]
+    last = await backend.reports(3, before=second[-1].id)
+    assert [r.id for r in last] == [ids[0]]
+    assert await backend.reports(3, before=ids[0]) == []
+
+
+async def test_ban_of_one_ipv6_address_covers_its_group(backend: Backend) -> None:
+    await backend.add_ban(Ban("2001:db8:1:2::5", "spam", None, time.time()))
+    assert await backend.ban_for("2001:db8:1:2::/64") is not None
+    assert await backend.ban_for("2001:db8:1:2::5") is not None
+    assert await backend.ban_for("2001:db8:1:3::/64") is None
+    assert await backend.ban_for("192.0.2.1") is None
+
+
+async def test_block_covers_the_clients_of_the_pair(backend: Backend) -> None:
+    """A fresh session from either blocked client does not meet the other."""
+    assert await backend.claim_session("a", "203.0.113.1")
+    assert await backend.claim_session("b", "2001:db8::/64")
+    assert await backend.client_of("a") == "203.0.113.1"
+    assert await backend.client_of("b") == "2001:db8::/64"
+    await backend.block("a", "b")
+    await backend.release_session("a")
+    await backend.release_session("b")
+    assert await backend.client_of("a") is None
+    assert await backend.claim_session("a2", "203.0.113.1")
+    assert await backend.claim_session("b2", "2001:db8::/64")
+    await waits(backend, "a2")
+    await waits(backend, "b2")
+    # Someone from a third client still meets them.
+    assert await backend.claim_session("c", "198.51.100.1")
+    assert (await matches(backend, "c")).caller == "a2"
+
+
+async def test_block_between_sessions_of_one_client_blocks_only_them(backend: Backend) -> None:
+    for sid in ("a", "b", "c"):
+        assert await backend.claim_session(sid, CLIENT)
+    await backend.block("a", "b")
+    await waits(backend, "a")
+    await waits(backend, "b")
+    assert (await matches(backend, "c")).caller == "a"
+
+
+async def test_client_block_expires_after_block_ttl(
+    backend: Backend, clock: Clock | None, elapse: Elapse
+) -> None:
+    assert await backend.claim_session("a", "203.0.113.1")
+    assert await backend.claim_session("b", "203.0.113.2")
+    await backend.block("a", "b")
+    await backend.release_session("a")
+    await backend.release_session("b")
+    await elapse(BLOCK_TTL_S + 1)
+    assert await backend.claim_session("a2", "203.0.113.1")
+    assert await backend.claim_session("b2", "203.0.113.2")
+    await waits(backend, "a2")
+    assert (await matches(backend, "b2")).caller == "a2"
 
 
 async def test_count_reporter_counts_distinct_addresses_in_the_window(
@@ -625,13 +685,13 @@ async def test_sweep_keeps_what_is_in_force_and_expires_the_rest(
 
 async def test_sweep_leaves_sessions_and_queues_alone(backend: Backend) -> None:
     for sid in ("a", "b", "c"):
-        assert await backend.claim_session(sid)
+        assert await backend.claim_session(sid, CLIENT)
     await waits(backend, "a")
     await waits(backend, "b", prefs(mode="text"))
     before = await backend.stats()
     await backend.sweep()
     assert await backend.stats() == before == Stats(online=3, waiting=2)
-    assert await backend.claim_session("a") is False
+    assert await backend.claim_session("a", CLIENT) is False
     assert (await matches(backend, "c")).caller == "a"
 
 
@@ -667,7 +727,7 @@ async def test_concurrent_joins_and_leaves_never_put_a_session_in_two_matches(
             formed[match.match_id] = (match, start, end)
 
     async def session(sid: str, r: random.Random) -> None:
-        assert await backend.claim_session(sid)
+        assert await backend.claim_session(sid, CLIENT)
         for n in range(ROUNDS):
             await elapse(r.random() * 2)
             p = prefs(*r.choice([(), (), ("x",), ("y",), ("x", "y")]), mode=r.choice(MODES))
@@ -691,7 +751,7 @@ async def test_concurrent_joins_and_leaves_never_put_a_session_in_two_matches(
                 ended[match.match_id] += 1
                 ended_in[(sid, n)] = match.match_id
             if release and not last:
-                assert await backend.claim_session(sid)
+                assert await backend.claim_session(sid, CLIENT)
 
     sessions = [f"s{n:02d}" for n in range(SESSIONS_N)]
     rng.shuffle(sessions)
@@ -716,3 +776,13 @@ async def test_concurrent_joins_and_leaves_never_put_a_session_in_two_matches(
     for key, match_id in ended_in.items():
         assert holder.get(key, match_id) == match_id, f"{key} ended {match_id}"
     assert await backend.stats() == Stats(online=0, waiting=0)
+
+
+async def test_memory_report_store_is_bounded_in_bytes() -> None:
+    """The in-process store drops its oldest reports once over its byte bound."""
+    one = _report(0).size_bytes()
+    store = MemoryBackend(
+        interest_timeout_s=1, rematch_cooldown_s=1, block_ttl_s=1, max_report_bytes=one * 3
+    )
+    ids = [await store.record_report(_report(n)) for n in range(10)]
+    assert [r.id for r in await store.reports(100)] == ids[:6:-1]

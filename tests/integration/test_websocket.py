@@ -161,7 +161,7 @@ async def test_report_ends_match_and_blocks_the_pair(server: Harness) -> None:
     c = await server.connect()
     await c.send("join_queue")
     assert (await c.expect("match_found"))["partner"] == a.session_id
-    reports = await server.ctx.backend.reports()  # type: ignore[attr-defined]
+    reports = await server.ctx.backend.reports(100)  # type: ignore[attr-defined]
     assert reports[0].reporter == a.session_id
     assert reports[0].reported == b.session_id
     assert reports[0].reason == "abuse"
