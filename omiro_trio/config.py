@@ -103,6 +103,7 @@ class RedisConfig(_Table, frozen=True):
     pool_size: Positive = 50  # connections per process
     heartbeat_s: Interval = 2.0  # how often each server says it is alive
     dead_after_s: Interval = 6.0  # silence after which other servers sweep it
+    timeout_s: Interval = 1.0  # to connect, for a reply, for a free pooled connection
 
 
 class MatchmakingConfig(_Table, frozen=True):

@@ -94,6 +94,8 @@ class Session:
         self.prefs: Preferences | None = None
         self.waiting = False  # in the queue, as far as this server knows
         self.lock = trio.Lock()  # one backend operation at a time
+        self.matches_applied = 0  # counts match_found sent, to spot one that overtook a join
+        self.suspect: tuple[str, str] | None = None  # a difference the last resync saw
         self.close_code: int | None = None
         self.close_reason = ""
         self.partner_reason = "left"  # what the partner hears when this socket ends
@@ -171,6 +173,7 @@ class Hub:
         self._no_sessions = trio.Event()
         self._no_sessions.set()
         self._sync_now = trio.Event()
+        self._sync_soon = False  # a resync saw differences: look again shortly
         self._unreleased: set[str] = set()  # claims a failed release left behind
 
     # -- lifecycle -----------------------------------------------------
@@ -279,8 +282,13 @@ class Hub:
                 self._unavailable(session, op, exc)
 
     async def _enter_queue(self, session: Session, prefs: Preferences, *, announce: bool) -> None:
+        applied = session.matches_applied
         result = await self.backend.join(session.id, prefs)
         if isinstance(result, Waiting):
+            if session.matches_applied != applied:
+                # Another server matched it (and told it) before this answer
+                # came back: it no longer waits, and must not hear "queued".
+                return
             session.waiting = True
             if announce:
                 session.send(
@@ -290,13 +298,19 @@ class Hub:
                 )
             if result.widen_after_s is not None:
                 session.widen_scope = trio.CancelScope()
-                self._nursery_of(session).start_soon(
-                    self._widen_later,
-                    session,
-                    result.ticket,
-                    result.widen_after_s,
-                    session.widen_scope,
-                )
+                nursery = self._nursery_of(session)
+                try:
+                    nursery.start_soon(
+                        self._widen_later,
+                        session,
+                        result.ticket,
+                        result.widen_after_s,
+                        session.widen_scope,
+                    )
+                except RuntimeError:
+                    # Its connection is ending (a resync re-queued it meanwhile):
+                    # the detach that follows takes it out of the queue.
+                    session.widen_scope = None
         else:
             await self._form(session, result)
 
@@ -540,8 +554,11 @@ class Hub:
     def _apply_match(self, session: Session, match: Match) -> None:
         if match.match_id in session.ended:
             return
+        if session.match is not None and session.match.match_id == match.match_id:
+            return  # told already (a resync and the bus can both bring it)
         session.stop_widen()
         session.waiting = False
+        session.matches_applied += 1
         session.match = match
         session.transcript.clear()
         partner_id = match.partner_of(session.id)
@@ -580,15 +597,20 @@ class Hub:
     async def run_sync(self, interval_s: float = SYNC_INTERVAL_S) -> None:
         """Resync every ``interval_s`` and whenever asked, until cancelled."""
         while True:
-            with trio.move_on_after(interval_s):
+            with trio.move_on_after(SYNC_RETRY_S if self._sync_soon else interval_s):
                 await self._sync_now.wait()
             self._sync_now = trio.Event()
+            self._sync_soon = False
             try:
                 await self.resync()
             except BackendUnavailable as exc:
                 log.warning("resync failed: %s", exc)
                 await trio.sleep(SYNC_RETRY_S)
                 self._sync_now.set()
+            except Exception:
+                # A bug here must not end the process with every socket on it.
+                log.exception("resync failed")
+                await trio.sleep(SYNC_RETRY_S)
 
     async def resync(self) -> None:
         """Compare every idle-handed local session with the backend and repair differences.
@@ -609,9 +631,14 @@ class Hub:
                     session.lock.acquire_nowait()
                     held.append(session)
             views = [LocalView(s.id, s.ip, s.match) for s in held]
+            waiting = [s.waiting for s in held]
             shared = await self.backend.sync(views)
-            for session, view in zip(held, shared, strict=True):
-                if self.sessions.get(session.id) is session:
+            for session, local, was_waiting, view in zip(held, views, waiting, shared, strict=True):
+                # A partner's operation or a bus message may have changed it
+                # meanwhile (they need no lock of its own): then the answer is
+                # stale, and the next resync looks again.
+                moved = session.match is not local.match or session.waiting != was_waiting
+                if not moved and self.sessions.get(session.id) is session:
                     await self._repair(session, view)
         finally:
             for session in held:
@@ -619,6 +646,28 @@ class Hub:
 
     async def _repair(self, session: Session, shared: SharedView) -> None:
         local = session.match
+        # What differs now may be news still on its way (a match formed or
+        # ended a moment ago, its bus message not yet here): act only on a
+        # difference that the previous resync saw too.
+        seen = (shared.state, shared.match.match_id if shared.match else "")
+        agrees = (
+            (
+                shared.state == "matched"
+                and local is not None
+                and shared.match is not None
+                and local.match_id == shared.match.match_id
+            )
+            or (shared.state == "waiting" and local is None and session.waiting)
+            or (shared.state == "idle" and local is None and not session.waiting)
+        )
+        if agrees:
+            session.suspect = None
+            return
+        if shared.state != "elsewhere" and session.suspect != seen:
+            session.suspect = seen
+            self._sync_soon = True
+            return
+        session.suspect = None
         if shared.state == "elsewhere":
             session.close(CloseCode.GOING_AWAY, "connected elsewhere")
         elif shared.state == "matched" and shared.match is not None:

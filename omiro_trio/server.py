@@ -89,6 +89,7 @@ async def open_backend(config: Config) -> AsyncIterator[Backend]:
                 pool_size=redis.pool_size,
                 heartbeat_s=redis.heartbeat_s,
                 dead_after_s=redis.dead_after_s,
+                timeout_s=redis.timeout_s,
                 interest_timeout_s=config.matchmaking.interest_timeout_s,
                 rematch_cooldown_s=config.matchmaking.rematch_cooldown_s,
                 block_ttl_s=max(config.session.token_ttl_s * 2, 86400),

@@ -14,6 +14,7 @@
 --   P.."s:"..sid       hash   a live socket: server, client (address group)
 --   P.."srv:"..server  set    the sessions a server holds
 --   P.."servers"       zset   server -> last heartbeat (TIME)
+--   P.."dead:"..server string  a server the sweep took for dead; it may not act until it beats
 --   P.."boot"          string this Redis's incarnation (gone after an empty restart)
 --   P.."w:"..sid       hash   a waiting entry: mode, ints, since, ticket, widened, req
 --   P.."q:"..mode..":"..interest  zset  sid -> entry order ("" interest: the general queue)
@@ -216,6 +217,13 @@ end
 local A = {}
 for i = 6, #ARGV do A[#A + 1] = ARGV[i] end
 
+-- A server the others swept (silent too long, e.g. starved) may not change
+-- matching state until its next heartbeat re-registers it and it resyncs.
+local FENCED = {join = true, widen = true, leave = true, release = true, claim = true}
+if FENCED[op] and redis.call('EXISTS', P .. 'dead:' .. me) == 1 then
+  return redis.error_reply('SWEPT this server was taken for dead; it re-registers at its heartbeat')
+end
+
 if op == 'join' then
   -- sid, mode, interests (JSON list), interest timeout, match id
   local sid, mode, ints_json, timeout, id = A[1], A[2], A[3], tonumber(A[4]), A[5]
@@ -337,6 +345,7 @@ elseif op == 'stats' then
 elseif op == 'heartbeat' then
   -- a fresh incarnation id (used if this Redis has none)
   local added = redis.call('ZADD', P .. 'servers', fmt(NOW), me)
+  if redis.call('DEL', P .. 'dead:' .. me) == 1 then added = 1 end
   live(P .. 'servers')
   local srv = P .. 'srv:' .. me
   if redis.call('EXISTS', srv) == 1 then live(srv) end
@@ -414,6 +423,7 @@ elseif op == 'sweep' then
   for _, server in ipairs(dead) do
     if server ~= me then -- never itself: it is running this
       redis.call('ZREM', P .. 'servers', server)
+      redis.call('SET', P .. 'dead:' .. server, '1', 'PX', LIVE_MS)
       for _, sid in ipairs(redis.call('SMEMBERS', P .. 'srv:' .. server)) do
         if redis.call('HGET', P .. 's:' .. sid, 'server') == server then
           redis.call('DEL', P .. 's:' .. sid)

@@ -62,10 +62,15 @@ from omiro_trio.matchmaking import Match, Preferences, Waiting
 
 log = logging.getLogger(__name__)
 
-OP_TIMEOUT_S = 5.0
-CONNECT_TIMEOUT_S = 0.5
-STREAM_TIMEOUT_S = 1.0
-POOL_TIMEOUT_S = 1.0
+TIMEOUT_S = 1.0  # default for connecting, a reply, and a free pool connection (redis.timeout_s)
+
+
+def op_timeout(timeout_s: float) -> float:
+    """The bound of one backend call: a pool wait, a try and one retry, each ``timeout_s``."""
+    return 3 * timeout_s + 1.0
+
+
+OP_TIMEOUT_S = op_timeout(TIMEOUT_S)
 RETRY_DELAY_S = 0.05
 BUS_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0)
 BUS_IDLE_S = 1.0
@@ -154,9 +159,12 @@ class RedisBackend:
         block_ttl_s: float,
         heartbeat_s: float,
         dead_after_s: float,
+        timeout_s: float = TIMEOUT_S,
         clock_offset: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self._client = client
+        self._timeout_s = timeout_s
+        self._op_timeout_s = op_timeout(timeout_s)
         self._url = url
         self._prefix = key_prefix
         self._interest_timeout_s = interest_timeout_s
@@ -183,7 +191,7 @@ class RedisBackend:
         """Run one Redis call shielded and bounded; its failures become ``BackendUnavailable``."""
         with trio.CancelScope(shield=True):
             try:
-                with trio.fail_after(OP_TIMEOUT_S):
+                with trio.fail_after(self._op_timeout_s):
                     return await call()
             except BaseException as exc:
                 if _is_redis_error(exc):
@@ -343,10 +351,10 @@ class RedisBackend:
             try:
                 client = coredis.Redis.from_url(
                     self._url,
-                    connect_timeout=CONNECT_TIMEOUT_S,
+                    connect_timeout=self._timeout_s,
                     stream_timeout=None,  # a subscriber waits; the keepalive ping finds a freeze
                     max_connections=2,
-                    pool_timeout=POOL_TIMEOUT_S,
+                    pool_timeout=self._timeout_s,
                 )
                 async with client:
                     pubsub = client.pubsub(
@@ -355,7 +363,7 @@ class RedisBackend:
                         max_idle_seconds=BUS_IDLE_S,
                     )
                     async with pubsub:
-                        with trio.fail_after(OP_TIMEOUT_S):
+                        with trio.fail_after(self._op_timeout_s):
                             await pubsub.subscribe(*channels)
                         failures = 0
                         if started:
@@ -449,6 +457,7 @@ async def open_redis_backend(
     block_ttl_s: float,
     heartbeat_s: float = 2.0,
     dead_after_s: float = 6.0,
+    timeout_s: float = TIMEOUT_S,
     clock_offset: Callable[[], float] = lambda: 0.0,
 ) -> AsyncIterator[RedisBackend]:
     """Connect, register this server, heartbeat while open; unregister on exit.
@@ -459,9 +468,9 @@ async def open_redis_backend(
     pool = _Pool.from_url(
         url,
         max_connections=pool_size,
-        timeout=POOL_TIMEOUT_S,
-        connect_timeout=CONNECT_TIMEOUT_S,
-        stream_timeout=STREAM_TIMEOUT_S,
+        timeout=timeout_s,
+        connect_timeout=timeout_s,
+        stream_timeout=timeout_s,
     )
     client: coredis.Redis[bytes] = coredis.Redis(
         connection_pool=pool,
@@ -480,6 +489,7 @@ async def open_redis_backend(
                 block_ttl_s=block_ttl_s,
                 heartbeat_s=heartbeat_s,
                 dead_after_s=dead_after_s,
+                timeout_s=timeout_s,
                 clock_offset=clock_offset,
             )
             while not await backend._run("register"):  # an id clash: pick another
@@ -491,7 +501,7 @@ async def open_redis_backend(
                     yield backend
                 finally:
                     nursery.cancel_scope.cancel()
-                    with trio.move_on_after(OP_TIMEOUT_S) as cleanup:
+                    with trio.move_on_after(op_timeout(timeout_s)) as cleanup:
                         cleanup.shield = True
                         with suppress(BackendUnavailable):
                             await backend.unregister()

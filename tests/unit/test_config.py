@@ -52,6 +52,7 @@ DESIGN_DEFAULTS: dict[str, dict[str, Any]] = {
         "pool_size": 50,
         "heartbeat_s": 2.0,
         "dead_after_s": 6.0,
+        "timeout_s": 1.0,
     },
     "matchmaking": {"interest_timeout_s": 5, "rematch_cooldown_s": 300},
     "limits": {
