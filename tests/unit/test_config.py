@@ -542,3 +542,11 @@ def test_config_redis_dead_after_must_exceed_the_heartbeat() -> None:
         environ={"OMIRO_REDIS_HEARTBEAT_S": "0.5", "OMIRO_REDIS_DEAD_AFTER_S": "1.5"}
     )
     assert (config.redis.heartbeat_s, config.redis.dead_after_s) == (0.5, 1.5)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis+sentinel://127.0.0.1:26379/mymaster", "redis-cluster://127.0.0.1:7000"]
+)
+def test_config_sentinel_and_cluster_urls_are_refused(url: str) -> None:
+    # The docs say Sentinel and Cluster are not supported: such a URL never starts a server.
+    assert "redis.url" in env_error({"OMIRO_REDIS_URL": url})
