@@ -76,7 +76,7 @@ def start_omiro(mode: str, redis_url: str, pin: bool) -> tuple[subprocess.Popen[
     env.update(
         OMIRO_ICE_URLS="[]",
         OMIRO_LOG_LEVEL="info",
-        OMIRO_SESSION_SECRET="benchmark secret",
+        OMIRO_SESSION_SECRET="a benchmark secret, 32 bytes or more",
         OMIRO_LIMITS_MESSAGES_PER_SECOND="10000000",
         OMIRO_LIMITS_MESSAGE_BURST="10000000",
         OMIRO_LIMITS_SOCKETS_PER_IP="1000000",

@@ -44,28 +44,31 @@ def base_url(host: str, port: int) -> str:
 
 def client_ip(
     peer: str,
-    cf_connecting_ip: str | None,
     forwarded_for: Iterable[str],
     trusted: tuple[Network, ...],
+    named_header: str | None = None,
 ) -> str:
     """The client's IP address.
 
-    The socket peer, unless the peer is a trusted proxy: only then are
-    ``CF-Connecting-IP`` and then ``X-Forwarded-For`` believed, the latter
-    read from the right, skipping trusted hops, so a client cannot forge
-    its address by sending the header itself.
+    The socket peer, unless the peer is a trusted proxy. Only then is a
+    forwarding header believed: the header the operator named in
+    ``server.client_ip_header`` (such as ``CF-Connecting-IP``) if it holds an
+    address, else ``X-Forwarded-For`` read from the right, skipping trusted
+    hops, so that a client cannot forge its address by sending the header
+    itself. No other header is ever read.
 
     Args:
         peer: the socket's remote address.
-        cf_connecting_ip: the ``CF-Connecting-IP`` header, if sent.
         forwarded_for: every ``X-Forwarded-For`` header value, in order.
         trusted: the ``trusted_proxies`` networks.
+        named_header: the value of the ``server.client_ip_header`` header,
+            when one is configured and was sent; None otherwise.
     """
     peer = _valid_ip(peer) or peer
     if not trusted or not in_networks(peer, trusted):
         return peer
-    if cf_connecting_ip is not None:
-        ip = _valid_ip(cf_connecting_ip)
+    if named_header is not None:
+        ip = _valid_ip(named_header)
         if ip is not None:
             return ip
     hops = [hop for value in forwarded_for for hop in value.split(",")]
@@ -76,6 +79,37 @@ def client_ip(
         if not in_networks(ip, trusted):
             return ip
     return peer
+
+
+def address_group(ip: str, ipv6_prefix: int) -> str:
+    """The *client* an address belongs to, for every per-address rule.
+
+    An IPv4 address is its own group; an IPv6 address belongs to the network
+    of ``ipv6_prefix`` bits around it (one home or phone usually holds a
+    whole ``/64``), written as a CIDR network, e.g. ``2001:db8:1:2::/64``.
+    Limits, ban lookups, blocks and reporter counts all use this one form.
+    Anything that is not an address (``"unknown"``) is returned unchanged.
+    """
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv4Address):
+        return str(address)
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    if ipv6_prefix >= 128:
+        return str(address)
+    return str(ipaddress.IPv6Network((address, ipv6_prefix), strict=False))
+
+
+def group_in_networks(group: str, networks: tuple[Network, ...]) -> bool:
+    """Whether a client (address or address group) overlaps any of ``networks``."""
+    try:
+        asked = ipaddress.ip_network(group, strict=False)
+    except ValueError:
+        return False
+    return any(asked.version == n.version and asked.overlaps(n) for n in networks)
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
@@ -90,7 +124,10 @@ def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...
     origin = origin.strip().lower().rstrip("/")
     if allowed:
         return origin in {a.lower().rstrip("/") for a in allowed}
-    parts = urlsplit(origin)
+    try:
+        parts = urlsplit(origin)
+    except ValueError:  # e.g. "http://[": not a URL, so not an allowed origin
+        return False
     if parts.scheme not in ("http", "https") or not parts.netloc or host is None:
         return False
     return parts.netloc == host.strip().lower()

@@ -2,7 +2,10 @@
 
 Every route needs ``Authorization: Bearer <admin.token>``, compared in
 constant time. With no admin token configured the whole API answers 404, as
-if it did not exist. Banning an address also closes the sockets already open
+if it did not exist. A client (address group) that fails to authenticate
+``AUTH_FAILURES_ALLOWED`` times within ``AUTH_WINDOW_S`` is answered 429 with
+``Retry-After``, whatever it sends, until the window ends (counted per
+server process). Banning an address also closes the sockets already open
 from it (close code 1008, after an ``error`` with code ``banned``).
 """
 
@@ -11,6 +14,8 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -25,6 +30,9 @@ from omiro_trio.responses import json_error, not_found
 log = logging.getLogger(__name__)
 
 MAX_REASON_LENGTH = 500
+AUTH_FAILURES_ALLOWED = 10
+AUTH_WINDOW_S = 60.0
+AUTH_CLIENTS_TRACKED = 10_000  # the failure table's bound; the oldest entries go first
 REPORTS_PAGE = 50  # GET /admin/reports without ``limit``
 MAX_REPORTS_PAGE = 500
 
@@ -70,18 +78,53 @@ def report_json(report: ReportRecord) -> dict[str, Any]:
     }
 
 
-def register_admin(app: QuartTrio, ctx: ServerContext) -> None:
-    """Add the ``/admin`` routes to ``app``."""
+class AuthFailures:
+    """Failed authentications per client in fixed windows, in a bounded table."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._failures: dict[str, tuple[float, int]] = {}  # client -> (window start, count)
+
+    def retry_after(self, client: str) -> int | None:
+        """Seconds until ``client`` may try again, or None if it may now."""
+        start, count = self._failures.get(client, (0.0, 0))
+        left = start + AUTH_WINDOW_S - self._clock()
+        if count >= AUTH_FAILURES_ALLOWED and left > 0:
+            return max(1, int(left + 0.999))
+        return None
+
+    def fail(self, client: str) -> None:
+        now = self._clock()
+        start, count = self._failures.pop(client, (now, 0))
+        if now - start >= AUTH_WINDOW_S:
+            start, count = now, 0
+        self._failures[client] = (start, count + 1)  # re-inserted: newest last
+        while len(self._failures) > AUTH_CLIENTS_TRACKED:
+            del self._failures[next(iter(self._failures))]
+
+
+def register_admin(app: QuartTrio, ctx: ServerContext, client: Callable[[], str]) -> None:
+    """Add the ``/admin`` routes to ``app``; ``client()`` names the request's client."""
+    failures = AuthFailures()
 
     def refused() -> Response | None:
         token = ctx.config.admin.token
         if not token:
             return not_found()
+        who = client()
+        retry = failures.retry_after(who)
+        if retry is not None:
+            response = json_error(
+                429, "rate_limited", "too many failed authentications", retry_after=retry
+            )
+            response.headers["Retry-After"] = str(retry)
+            return response
         sent = request.headers.get("Authorization", "")
         scheme, _, credential = sent.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             credential.strip().encode(), token.encode()
         ):
+            failures.fail(who)
             response = json_error(401, "unauthorized", "a valid admin bearer token is required")
             response.headers["WWW-Authenticate"] = 'Bearer realm="omiro-admin"'
             return response

@@ -8,17 +8,30 @@ while draining). The answer is either the claimed session id or a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import trio
 
-from omiro_trio.addresses import origin_allowed
+from omiro_trio.addresses import address_group, client_ip, origin_allowed
 from omiro_trio.context import ServerContext
 from omiro_trio.errors import BackendUnavailable, InvalidToken
 
 CONCURRENT_LIMIT_RETRY_S = 5
+
+
+class SocketSlot:
+    """The ``sockets_per_ip`` slot an upgrade holds, if it took one.
+
+    ``admit`` takes it; the front door gives it back when the connection
+    ends, however it ends.
+    """
+
+    __slots__ = ("client",)
+
+    def __init__(self) -> None:
+        self.client: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +41,7 @@ class RequestHead:
     target: str
     headers: dict[str, list[str]]  # lower-case name -> values in order
     method: str = "GET"
+    slot: SocketSlot = field(default_factory=SocketSlot, compare=False)
 
     def header(self, name: str) -> str | None:
         values = self.headers.get(name)
@@ -42,20 +56,44 @@ class Rejection:
 
 
 def peer_ip(stream: trio.abc.Stream) -> str:
+    """The socket peer's address, as the front door read it when it accepted.
+
+    Never raises: a socket reset before anyone asked has no peer to read
+    (``ENOTCONN``), so the front door reads it once, up front.
+    """
+    peer = getattr(stream, "peer", None)
+    if isinstance(peer, str):
+        return peer
     socket = getattr(stream, "socket", None)
     if socket is None:
         return "unknown"
-    return str(socket.getpeername()[0])
+    try:
+        return str(socket.getpeername()[0])
+    except OSError:
+        return "unknown"
+
+
+def websocket_client(ctx: ServerContext, stream: trio.abc.Stream, head: RequestHead) -> str:
+    """The client (address group) of an upgrade request: see ``addresses.client_ip``."""
+    server = ctx.config.server
+    named = head.header(server.client_ip_header.lower()) if server.client_ip_header else None
+    ip = client_ip(
+        peer_ip(stream), head.headers.get("x-forwarded-for", []), ctx.trusted_proxies, named
+    )
+    return address_group(ip, server.ipv6_prefix)
 
 
 async def admit(ctx: ServerContext, head: RequestHead, ip: str) -> str | Rejection:
     """Run the handshake checks; return the session id to accept, or why not.
 
+    ``ip`` is the client (address group). An accepted upgrade holds one of
+    its ``sockets_per_ip`` slots in ``head.slot`` until ``release_slot``.
     A backend that does not answer is a 503 for this client, never an error.
     """
     try:
         return await _checks(ctx, head, ip)
     except BackendUnavailable:
+        release_slot(ctx, head)
         return Rejection(
             503,
             {"error": "unavailable", "message": "the service is briefly unavailable"},
@@ -78,7 +116,7 @@ async def _checks(ctx: ServerContext, head: RequestHead, ip: str) -> str | Rejec
         return Rejection(
             503, {"error": "draining", "message": "server is shutting down"}, retry_after_s=1
         )
-    if ctx.hub.sockets_from(ip) >= config.limits.sockets_per_ip:
+    if head.slot.client is None and not ctx.hub.reserve_socket(ip, config.limits.sockets_per_ip):
         return Rejection(
             429,
             {
@@ -88,6 +126,22 @@ async def _checks(ctx: ServerContext, head: RequestHead, ip: str) -> str | Rejec
             },
             retry_after_s=CONCURRENT_LIMIT_RETRY_S,
         )
+    if head.slot.client is None:
+        head.slot.client = ip
+    verdict = await _check_token(ctx, head, ip)
+    if isinstance(verdict, Rejection):
+        release_slot(ctx, head)
+    return verdict
+
+
+def release_slot(ctx: ServerContext, head: RequestHead) -> None:
+    """Give back the socket slot ``admit`` took for this upgrade, if any."""
+    if head.slot.client is not None:
+        ctx.hub.release_socket(head.slot.client)
+        head.slot.client = None
+
+
+async def _check_token(ctx: ServerContext, head: RequestHead, ip: str) -> str | Rejection:
     token = head.header("x-session-token")
     if token is None:
         tokens = parse_qs(urlsplit(head.target).query).get("token")

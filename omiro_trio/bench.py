@@ -63,6 +63,7 @@ def start_server(pin: bool) -> tuple[subprocess.Popen[str], str]:
         OMIRO_LIMITS_MESSAGES_PER_SECOND="10000000",
         OMIRO_LIMITS_MESSAGE_BURST="10000000",
         OMIRO_LIMITS_SOCKETS_PER_IP="1000000",
+        OMIRO_SERVER_CONNECTIONS_PER_IP="1000000",
         OMIRO_LIMITS_SESSIONS_PER_IP_PER_MINUTE="1000000",
     )
     command = [sys.executable, "-m", "omiro_trio", "serve", "--host", "127.0.0.1", "--port", "0"]

@@ -66,11 +66,15 @@ __all__ = [
     "load_config",
 ]
 
+DAY_S = 86400
+
+
+# Every number has a range (docs/configuration.md lists them): a value outside
+# is an error naming the key, at start and in ``omiro check-config``.
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]  # 0: any free port (tests)
-Positive = Annotated[int, msgspec.Meta(gt=0)]
-Duration = Annotated[float, msgspec.Meta(ge=0)]
-PositiveDuration = Annotated[int, msgspec.Meta(gt=0)]
-Interval = Annotated[float, msgspec.Meta(gt=0)]
+PositiveDuration = Annotated[int, msgspec.Meta(ge=1, le=365 * DAY_S)]
+_HEADER_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+MIN_SECRET_BYTES = 32
 
 
 class _Table(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -82,15 +86,22 @@ class ServerConfig(_Table, frozen=True):
     port: Port = 8080
     allowed_origins: tuple[str, ...] = ()  # empty: same host as the request
     trusted_proxies: tuple[str, ...] = ()  # CIDRs whose forwarding headers are believed
-    max_frame_bytes: Positive = 65536
-    send_queue: Positive = 256
-    idle_timeout_s: Duration = 60.0
-    drain_grace_s: Duration = 10.0
+    client_ip_header: str = ""  # e.g. "CF-Connecting-IP": believed only from trusted_proxies
+    ipv6_prefix: Annotated[int, msgspec.Meta(ge=32, le=128)] = (
+        64  # IPv6 addresses of one such network count as one client
+    )
+    connections_per_ip: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = (
+        64  # open TCP connections per client
+    )
+    max_frame_bytes: Annotated[int, msgspec.Meta(ge=256, le=16 * 1024 * 1024)] = 65536
+    send_queue: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 256
+    idle_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
+    drain_grace_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
 
 
 class SessionConfig(_Table, frozen=True):
-    secret: str = ""  # empty: random per process
-    token_ttl_s: PositiveDuration = 600
+    secret: str = ""  # empty: random per process; else at least 32 bytes
+    token_ttl_s: Annotated[int, msgspec.Meta(ge=10, le=30 * DAY_S)] = 600
 
 
 class BackendConfig(_Table, frozen=True):
@@ -100,29 +111,29 @@ class BackendConfig(_Table, frozen=True):
 class RedisConfig(_Table, frozen=True):
     url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "omiro:"
-    pool_size: Positive = 50  # connections per process
-    heartbeat_s: Interval = 2.0  # how often each server says it is alive
-    dead_after_s: Interval = 6.0  # silence after which other servers sweep it
-    timeout_s: Interval = 1.0  # to connect, for a reply, for a free pooled connection
+    pool_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 50  # connections per process
+    heartbeat_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0  # each server says it lives
+    dead_after_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 6.0  # silent this long: swept
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0  # connect, reply, pooled conn
 
 
 class MatchmakingConfig(_Table, frozen=True):
-    interest_timeout_s: Duration = 5.0
-    rematch_cooldown_s: Duration = 300.0
+    interest_timeout_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
+    rematch_cooldown_s: Annotated[float, msgspec.Meta(ge=0, le=30 * DAY_S)] = 300.0
 
 
 class LimitsConfig(_Table, frozen=True):
-    sessions_per_ip_per_minute: Positive = 60
-    sockets_per_ip: Positive = 10
-    messages_per_second: Positive = 20
-    message_burst: Positive = 40
-    nexts_per_minute: Positive = 30
-    reports_per_hour: Positive = 10
-    max_chat_length: Positive = 1000
+    sessions_per_ip_per_minute: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 60
+    sockets_per_ip: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10
+    messages_per_second: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 20
+    message_burst: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 40
+    nexts_per_minute: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 30
+    reports_per_hour: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10
+    max_chat_length: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
 
 
 class ReportsConfig(_Table, frozen=True):
-    autoban_reporters: Positive = 3
+    autoban_reporters: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
     autoban_window_s: PositiveDuration = 3600
     autoban_s: PositiveDuration = 86400
 
@@ -131,12 +142,12 @@ class IceConfig(_Table, frozen=True):
     urls: tuple[str, ...] = ("stun:stun.l.google.com:19302",)
     turn_urls: tuple[str, ...] = ()
     turn_secret: str = ""  # coturn static-auth-secret
-    turn_ttl_s: PositiveDuration = 3600
+    turn_ttl_s: Annotated[int, msgspec.Meta(ge=60, le=30 * DAY_S)] = 3600
     relay_only: bool = False
 
 
 class AdminConfig(_Table, frozen=True):
-    token: str = ""  # empty: /admin answers 404
+    token: str = ""  # empty: /admin answers 404; else at least 32 bytes
 
 
 class LogConfig(_Table, frozen=True):
@@ -364,6 +375,23 @@ def _check_values(config: Config, sources: _Sources) -> None:
     server, ice = config.server, config.ice
     if not server.host.strip():
         raise _error(sources, "server", "host", "must not be empty")
+    if server.client_ip_header and _HEADER_RE.fullmatch(server.client_ip_header) is None:
+        problem = f"expected an HTTP header name, got {server.client_ip_header!r}"
+        raise _error(sources, "server", "client_ip_header", problem)
+    if server.client_ip_header and not server.trusted_proxies:
+        problem = "is read only from server.trusted_proxies, and that list is empty"
+        raise _error(sources, "server", "client_ip_header", problem)
+    for table, key, secret in (
+        ("session", "secret", config.session.secret),
+        ("admin", "token", config.admin.token),
+    ):
+        # Not echoed: only the length is named.
+        if secret and len(secret.encode()) < MIN_SECRET_BYTES:
+            problem = (
+                f"must be at least {MIN_SECRET_BYTES} bytes (got {len(secret.encode())}); "
+                "generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+            raise _error(sources, table, key, problem)
     for i, cidr in enumerate(server.trusted_proxies):
         try:
             ipaddress.ip_network(cidr, strict=False)

@@ -22,8 +22,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
 from omiro_trio import protocol
-from omiro_trio.addresses import client_ip
-from omiro_trio.admission import Rejection, RequestHead, admit, peer_ip
+from omiro_trio.admission import Rejection, RequestHead, admit, websocket_client
 from omiro_trio.codes import CloseCode, ErrorCode
 from omiro_trio.context import ServerContext
 from omiro_trio.errors import ProtocolViolation
@@ -81,13 +80,7 @@ async def serve_connection(ctx: ServerContext, stream: trio.abc.Stream, head: Re
 
     Closes ``stream`` before returning, whatever happens.
     """
-    headers = head.headers
-    ip = client_ip(
-        peer_ip(stream),
-        head.header("cf-connecting-ip"),
-        headers.get("x-forwarded-for", []),
-        ctx.trusted_proxies,
-    )
+    ip = websocket_client(ctx, stream, head)
     try:
         async with trio.open_nursery() as nursery:
             try:

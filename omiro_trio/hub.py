@@ -44,7 +44,7 @@ import msgspec
 import trio
 
 from omiro_trio import protocol
-from omiro_trio.addresses import in_networks
+from omiro_trio.addresses import group_in_networks
 from omiro_trio.backends.base import Backend, Ban, Ended, LocalView, ReportRecord, SharedView
 from omiro_trio.codes import CloseCode, ErrorCode
 from omiro_trio.errors import BackendUnavailable
@@ -178,13 +178,33 @@ class Hub:
 
     # -- lifecycle -----------------------------------------------------
 
-    def sockets_from(self, ip: str) -> int:
-        return self._sockets_per_ip.get(ip, 0)
+    def sockets_from(self, client: str) -> int:
+        """Sockets reserved for ``client`` (being upgraded, or open)."""
+        return self._sockets_per_ip.get(client, 0)
+
+    def reserve_socket(self, client: str, limit: int) -> bool:
+        """Take one of ``client``'s ``limit`` sockets, if one is free.
+
+        Checked and counted in one step (no checkpoint), so simultaneous
+        upgrades cannot all pass the check before any is counted. The
+        connection that reserved calls ``release_socket`` when it ends.
+        """
+        taken = self._sockets_per_ip.get(client, 0)
+        if taken >= limit:
+            return False
+        self._sockets_per_ip[client] = taken + 1
+        return True
+
+    def release_socket(self, client: str) -> None:
+        left = self._sockets_per_ip.get(client, 0) - 1
+        if left > 0:
+            self._sockets_per_ip[client] = left
+        else:
+            self._sockets_per_ip.pop(client, None)
 
     def attach(self, session: Session) -> None:
         """Register a session whose socket was just accepted (already claimed)."""
         self.sessions[session.id] = session
-        self._sockets_per_ip[session.ip] = self._sockets_per_ip.get(session.ip, 0) + 1
         if self._no_sessions.is_set():
             self._no_sessions = trio.Event()
         self.metrics.connections.inc()
@@ -200,11 +220,6 @@ class Hub:
             if self.sessions.get(session.id) is not session:
                 return
             del self.sessions[session.id]
-            left = self._sockets_per_ip[session.ip] - 1
-            if left:
-                self._sockets_per_ip[session.ip] = left
-            else:
-                del self._sockets_per_ip[session.ip]
             session.stop_widen()
             session.close_outbox()
             self.metrics.connections.dec()
@@ -257,7 +272,7 @@ class Hub:
 
     def _close_banned(self, target: str) -> int:
         networks = (ipaddress.ip_network(target, strict=False),)
-        banned = [s for s in self.sessions.values() if in_networks(s.ip, networks)]
+        banned = [s for s in self.sessions.values() if group_in_networks(s.ip, networks)]
         for session in banned:
             session.send(protocol.error_frame(ErrorCode.BANNED, "this address is banned", None))
             session.close(CloseCode.POLICY, "banned")

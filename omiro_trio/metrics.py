@@ -43,6 +43,27 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self.connection_failures = Counter(
+            "omiro_connection_failures",
+            "Connections ended by an unexpected error (logged with its traceback)",
+            registry=r,
+        )
+        self.connections_shed = Counter(
+            "omiro_connections_shed",
+            "TCP connections closed at once: their client had server.connections_per_ip open",
+            registry=r,
+        )
+        self.accept_errors = Counter(
+            "omiro_accept_errors",
+            "Times accepting a connection failed for lack of file descriptors or memory",
+            registry=r,
+        )
+        self.background_failures = Counter(
+            "omiro_background_failures",
+            "Failures of background tasks (logged, then retried)",
+            ["task"],
+            registry=r,
+        )
         self.reports = Counter("omiro_reports", "Reports received", registry=r)
         self.autobans = Counter("omiro_autobans", "Addresses banned for being reported", registry=r)
         self.waiting = Gauge(

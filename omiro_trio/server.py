@@ -5,13 +5,14 @@ Task tree::
     serve
      └─ backend (async with)              closed last
          └─ nursery
-             ├─ bus listener              backend.run_bus → hub.on_bus (gaps → hub.request_sync)
-             ├─ janitor                   backend.sweep every JANITOR_INTERVAL_S → hub.partners_gone
+             ├─ bus listener              backend.run_bus → hub.on_bus (restarted on failure;
+             │                            gaps → hub.request_sync)
+             ├─ janitor                   backend.sweep → hub.partners_gone (failures logged)
              ├─ resync                    hub.run_sync: local matches checked against the backend
              ├─ gc tuning                 freezes long-lived objects (gc_tuning.py)
              ├─ hypercorn lifespan        quart-trio startup/shutdown
              └─ front door                one listener; /ws → connection.py, rest → hypercorn
-                 └─ connection handlers   (their own nursery, cancelled last)
+                 └─ connection handlers   each in a nursery of its own (front.py's boundary)
 
 Shutdown (``stop`` set, e.g. by SIGINT/SIGTERM): readiness goes 503, every
 client gets ``server_draining``, new sockets are refused; sockets still open
@@ -34,6 +35,7 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio.lifespan import Lifespan
 
 from omiro_trio.addresses import base_url
+from omiro_trio.admission import release_slot
 from omiro_trio.backends.base import Backend
 from omiro_trio.backends.memory import open_memory_backend
 from omiro_trio.codes import CloseCode
@@ -41,7 +43,7 @@ from omiro_trio.config import Config
 from omiro_trio.connection import serve_connection
 from omiro_trio.context import ServerContext
 from omiro_trio.errors import BackendUnavailable, ConfigError
-from omiro_trio.front import FrontDoor
+from omiro_trio.front import KEEPALIVE_TIMEOUT_S, FrontDoor
 from omiro_trio.gc_tuning import run_gc_tuning
 from omiro_trio.hub import Hub, ReportPolicy
 from omiro_trio.metrics import Metrics
@@ -51,6 +53,8 @@ from omiro_trio.web import create_app
 log = logging.getLogger(__name__)
 
 JANITOR_INTERVAL_S = 10.0
+BUS_RETRY_MIN_S = 0.05
+BUS_RETRY_MAX_S = 2.0
 CLOSE_WAIT_S = 5.0
 HTTP_GRACE_S = 2.0
 LISTEN_BACKLOG = 1024
@@ -106,19 +110,24 @@ def _hyper_config() -> HyperConfig:
     hyper = HyperConfig()
     hyper.accesslog = None
     hyper.errorlog = logging.getLogger("omiro.http")
-    hyper.keep_alive_timeout = 30
+    hyper.keep_alive_timeout = KEEPALIVE_TIMEOUT_S
     hyper.graceful_timeout = HTTP_GRACE_S
     hyper.include_server_header = False
     return hyper
 
 
-async def _janitor(backend: Backend, hub: Hub, interval_s: float) -> None:
+async def _janitor(backend: Backend, hub: Hub, metrics: Metrics, interval_s: float) -> None:
+    """Sweep every ``interval_s``, telling partners of a dead server's sessions; a failed
+    sweep is logged and tried again."""
     while True:
         await trio.sleep(interval_s)
         try:
             await hub.partners_gone(await backend.sweep())
         except BackendUnavailable as exc:
             log.warning("sweep failed: %s", exc)
+        except Exception:
+            metrics.background_failures.labels("janitor").inc()
+            log.exception("the janitor's sweep failed; trying again in %.0f s", interval_s)
 
 
 async def open_listeners(host: str, port: int, *, reuse_port: bool) -> list[trio.SocketListener]:
@@ -138,6 +147,44 @@ async def open_listeners(host: str, port: int, *, reuse_port: bool) -> list[trio
         sock.close()
         raise
     return [trio.SocketListener(sock)]
+
+
+async def _run_bus(
+    backend: Backend,
+    hub: Hub,
+    metrics: Metrics,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen to the bus until cancelled; restart the listener when it fails.
+
+    One message that cannot be applied is logged and dropped; a listener
+    that fails is logged and restarted after a short, capped backoff.
+    Reports started once the first listener is.
+    """
+
+    async def deliver(message: bytes) -> None:
+        try:
+            await hub.on_bus(message)
+        except Exception:
+            metrics.background_failures.labels("bus_message").inc()
+            log.exception("a bus message could not be applied; dropped")
+
+    backoff = BUS_RETRY_MIN_S
+    started = False
+    while True:
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(partial(backend.run_bus, deliver, on_gap=hub.request_sync))
+                if not started:
+                    started = True
+                    task_status.started()
+                backoff = BUS_RETRY_MIN_S
+        except* Exception as failure:
+            metrics.background_failures.labels("bus").inc()
+            log.error("the bus listener failed; restarting it", exc_info=failure)
+        await trio.sleep(backoff)
+        backoff = min(backoff * 2, BUS_RETRY_MAX_S)
 
 
 async def serve(
@@ -185,17 +232,27 @@ async def serve(
         sockname = listeners[0].socket.getsockname()
         running = Running(base_url(config.server.host, sockname[1]), sockname[1], ctx)
         async with trio.open_nursery() as services:
-            await services.start(partial(backend.run_bus, hub.on_bus, on_gap=hub.request_sync))
+            await services.start(_run_bus, backend, hub, metrics)
             # Often enough that a dead server is swept within its dead_after_s
             # plus one heartbeat.
             janitor_s = min(JANITOR_INTERVAL_S, config.redis.heartbeat_s)
-            services.start_soon(_janitor, backend, hub, janitor_s)
+            services.start_soon(_janitor, backend, hub, metrics, janitor_s)
             services.start_soon(hub.run_sync)
             services.start_soon(run_gc_tuning)
             await services.start(lifespan.handle_lifespan)
             await lifespan.wait_for_startup()
             async with trio.open_nursery() as connections:
-                door = FrontDoor(app, hyper, lifespan_state, partial(serve_connection, ctx))
+                door = FrontDoor(
+                    app,
+                    hyper,
+                    lifespan_state,
+                    partial(serve_connection, ctx),
+                    metrics=metrics,
+                    connections_per_ip=config.server.connections_per_ip,
+                    ipv6_prefix=config.server.ipv6_prefix,
+                    trusted_proxies=ctx.trusted_proxies,
+                    on_websocket_end=partial(release_slot, ctx),
+                )
                 accepting = trio.CancelScope()
 
                 async def accept() -> None:

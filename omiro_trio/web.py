@@ -13,7 +13,7 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from omiro_trio.addresses import client_ip
+from omiro_trio.addresses import address_group, client_ip
 from omiro_trio.admin import register_admin
 from omiro_trio.backends.base import Stats
 from omiro_trio.context import ServerContext
@@ -42,13 +42,17 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     app = QuartTrio("omiro_trio", static_folder=None)
     assets = load_assets(frontend_dir())
 
+    header = ctx.config.server.client_ip_header
+
     def remote_ip() -> str:
-        return client_ip(
+        """The client (address group) of this request: see ``addresses.client_ip``."""
+        ip = client_ip(
             request.remote_addr or "unknown",
-            request.headers.get("CF-Connecting-IP"),
             request.headers.getlist("X-Forwarded-For"),
             ctx.trusted_proxies,
+            request.headers.get(header) if header else None,
         )
+        return address_group(ip, ctx.config.server.ipv6_prefix)
 
     @app.after_request
     async def add_headers(response: Response) -> Response:
@@ -67,7 +71,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     async def backend_down(exc: BackendUnavailable) -> Response:
         return json_error(503, "unavailable", "the backend is not answering; try again shortly")
 
-    register_admin(app, ctx)
+    register_admin(app, ctx, remote_ip)
 
     @app.get("/")
     @app.get("/<path:filename>")

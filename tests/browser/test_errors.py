@@ -14,7 +14,7 @@ navigator.mediaDevices.getUserMedia = async () => {
   throw new DOMException("Permission denied", "NotAllowedError");
 };
 """
-ADMIN_TOKEN = "browser-test-admin-token"
+ADMIN_TOKEN = "browser-test-admin-token-32-bytes-long"
 
 
 def test_camera_denied_offers_text_mode(server, people):

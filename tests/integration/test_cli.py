@@ -156,8 +156,8 @@ def test_check_config_masks_secrets(tmp_path: Path) -> None:
         "check-config",
         "--config",
         str(config),
-        OMIRO_SESSION_SECRET="hunter2",
-        OMIRO_ADMIN_TOKEN="t0ken",
+        OMIRO_SESSION_SECRET="hunter2" * 5,
+        OMIRO_ADMIN_TOKEN="t0ken" * 7,
     )
     assert result.returncode == 0, result.stderr
     assert "port = 9000" in result.stdout
@@ -174,6 +174,27 @@ def test_check_config_names_the_bad_key_and_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "server.prot" in result.stderr
     assert str(config) in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"OMIRO_SERVER_IDLE_TIMEOUT_S": "0"}, "server.idle_timeout_s"),
+        ({"OMIRO_LIMITS_SOCKETS_PER_IP": "0"}, "limits.sockets_per_ip"),
+        ({"OMIRO_SESSION_SECRET": "too-short"}, "session.secret"),
+        ({"OMIRO_ADMIN_TOKEN": "too-short"}, "admin.token"),
+    ],
+)
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_out_of_range_values_exit_2_naming_the_key(
+    tmp_path: Path, env: dict[str, str], key: str, command: str
+) -> None:
+    args = ("serve", "--port", "0") if command == "serve" else ("check-config",)
+    result = run_omiro(tmp_path, *args, **env)
+    assert result.returncode == 2, result.stderr
+    assert key in result.stderr
+    assert "too-short" not in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_check_config_reads_omiro_config_env(tmp_path: Path) -> None:

@@ -80,6 +80,7 @@ async def test_random_clients_keep_matching_invariants(
         limits__nexts_per_minute=100000,
         limits__sockets_per_ip=100000,
         limits__sessions_per_ip_per_minute=100000,
+        server__connections_per_ip=100000,
     )
     rng = random.Random(seed)
     everyone: list[Tracked] = []

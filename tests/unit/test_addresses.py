@@ -4,41 +4,47 @@ from __future__ import annotations
 
 import pytest
 
-from omiro_trio.addresses import client_ip, origin_allowed, parse_networks
+from omiro_trio.addresses import (
+    address_group,
+    client_ip,
+    group_in_networks,
+    origin_allowed,
+    parse_networks,
+)
 
 PROXY = parse_networks(["10.0.0.0/8", "::1/128"])
 
 
 def test_client_ip_untrusted_peer_ignores_headers() -> None:
-    assert client_ip("203.0.113.9", "1.1.1.1", ["2.2.2.2"], PROXY) == "203.0.113.9"
-    assert client_ip("203.0.113.9", None, ["2.2.2.2"], ()) == "203.0.113.9"
+    assert client_ip("203.0.113.9", ["2.2.2.2"], PROXY, "1.1.1.1") == "203.0.113.9"
+    assert client_ip("203.0.113.9", ["2.2.2.2"], ()) == "203.0.113.9"
 
 
-def test_client_ip_trusted_proxy_prefers_cf_connecting_ip() -> None:
-    assert client_ip("10.1.2.3", "198.51.100.7", ["2.2.2.2"], PROXY) == "198.51.100.7"
+def test_client_ip_trusted_proxy_prefers_the_named_header() -> None:
+    assert client_ip("10.1.2.3", ["2.2.2.2"], PROXY, "198.51.100.7") == "198.51.100.7"
 
 
 def test_client_ip_trusted_proxy_takes_rightmost_untrusted_hop() -> None:
     # The client wrote "6.6.6.6" itself; the proxy appended the real peer.
     forwarded = ["6.6.6.6, 198.51.100.7", "10.9.9.9"]
-    assert client_ip("10.1.2.3", None, forwarded, PROXY) == "198.51.100.7"
+    assert client_ip("10.1.2.3", forwarded, PROXY) == "198.51.100.7"
 
 
-def test_client_ip_bad_cf_header_falls_back_to_forwarded_for() -> None:
-    assert client_ip("10.1.2.3", "not-an-ip", ["198.51.100.7"], PROXY) == "198.51.100.7"
+def test_client_ip_bad_named_header_falls_back_to_forwarded_for() -> None:
+    assert client_ip("10.1.2.3", ["198.51.100.7"], PROXY, "not-an-ip") == "198.51.100.7"
 
 
 def test_client_ip_garbage_hop_stops_the_walk() -> None:
-    assert client_ip("10.1.2.3", None, ["198.51.100.7, junk"], PROXY) == "10.1.2.3"
+    assert client_ip("10.1.2.3", ["198.51.100.7, junk"], PROXY) == "10.1.2.3"
 
 
 def test_client_ip_all_hops_trusted_gives_the_peer() -> None:
-    assert client_ip("10.1.2.3", None, ["10.0.0.1, 10.0.0.2"], PROXY) == "10.1.2.3"
+    assert client_ip("10.1.2.3", ["10.0.0.1, 10.0.0.2"], PROXY) == "10.1.2.3"
 
 
 def test_client_ip_ipv4_mapped_peer_is_canonical() -> None:
-    assert client_ip("::ffff:203.0.113.9", None, [], ()) == "203.0.113.9"
-    assert client_ip("::ffff:10.1.2.3", None, ["198.51.100.7"], PROXY) == "198.51.100.7"
+    assert client_ip("::ffff:203.0.113.9", [], ()) == "203.0.113.9"
+    assert client_ip("::ffff:10.1.2.3", ["198.51.100.7"], PROXY) == "198.51.100.7"
 
 
 @pytest.mark.parametrize(
@@ -61,3 +67,27 @@ def test_origin_allowed(
     origin: str | None, host: str | None, allowed: tuple[str, ...], ok: bool
 ) -> None:
     assert origin_allowed(origin, host, allowed) is ok
+
+
+def test_address_group_keeps_ipv4_and_groups_ipv6_by_prefix() -> None:
+    assert address_group("203.0.113.9", 64) == "203.0.113.9"
+    assert address_group("::ffff:203.0.113.9", 64) == "203.0.113.9"
+    assert address_group("2001:db8:1:2:aaaa::1", 64) == "2001:db8:1:2::/64"
+    assert address_group("2001:db8:1:2:bbbb::9", 64) == "2001:db8:1:2::/64"
+    assert address_group("2001:db8:1:2:bbbb::9", 48) == "2001:db8:1::/48"
+    assert address_group("2001:db8::9", 128) == "2001:db8::9"
+    assert address_group("unknown", 64) == "unknown"
+
+
+def test_group_in_networks_matches_overlapping_networks() -> None:
+    nets = parse_networks(["2001:db8:1:2::7", "192.0.2.0/24"])
+    assert group_in_networks("2001:db8:1:2::/64", nets)
+    assert not group_in_networks("2001:db8:1:3::/64", nets)
+    assert group_in_networks("192.0.2.9", nets)
+    assert not group_in_networks("198.51.100.1", nets)
+    assert not group_in_networks("unknown", nets)
+
+
+def test_client_ip_reads_no_header_from_an_untrusted_peer() -> None:
+    """A client cannot forge its address with any header when it talks to us directly."""
+    assert client_ip("203.0.113.9", ["198.51.100.7"], (), "198.51.100.8") == "203.0.113.9"

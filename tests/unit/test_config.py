@@ -39,6 +39,9 @@ DESIGN_DEFAULTS: dict[str, dict[str, Any]] = {
         "port": 8080,
         "allowed_origins": [],
         "trusted_proxies": [],
+        "client_ip_header": "",
+        "ipv6_prefix": 64,
+        "connections_per_ip": 64,
         "max_frame_bytes": 65536,
         "send_queue": 256,
         "idle_timeout_s": 60,
@@ -75,6 +78,9 @@ DESIGN_DEFAULTS: dict[str, dict[str, Any]] = {
     "admin": {"token": ""},
     "log": {"level": "info", "format": "text"},
 }
+
+
+LONG = "x" * 32  # makes a test secret long enough
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -159,7 +165,7 @@ def test_config_file_values_are_used(tmp_path: Path) -> None:
         [backend]
         kind = "redis"
         [session]
-        secret = "shared by every server"
+        secret = "a session secret that every server shares"
         [ice]
         urls = []
         turn_urls = ["turns:turn.example.org:5349"]
@@ -278,6 +284,20 @@ def test_config_int_accepted_for_float_seconds(tmp_path: Path) -> None:
         ("[limits]\nmessages_per_second = 0\n", "limits.messages_per_second"),
         ("[reports]\nautoban_reporters = 0\n", "reports.autoban_reporters"),
         ("[ice]\nturn_ttl_s = 0\n", "ice.turn_ttl_s"),
+        ("[server]\nidle_timeout_s = 0\n", "server.idle_timeout_s"),
+        ("[server]\nidle_timeout_s = 3601\n", "server.idle_timeout_s"),
+        ("[server]\nmax_frame_bytes = 100\n", "server.max_frame_bytes"),
+        ("[server]\nipv6_prefix = 16\n", "server.ipv6_prefix"),
+        ("[server]\nipv6_prefix = 129\n", "server.ipv6_prefix"),
+        ("[server]\nconnections_per_ip = 0\n", "server.connections_per_ip"),
+        ('[server]\nclient_ip_header = "CF Connecting IP"\n', "server.client_ip_header"),
+        ('[server]\nclient_ip_header = "CF-Connecting-IP"\n', "server.client_ip_header"),
+        ("[session]\ntoken_ttl_s = 9999999999\n", "session.token_ttl_s"),
+        ("[limits]\nsockets_per_ip = 1000001\n", "limits.sockets_per_ip"),
+        ("[reports]\nautoban_s = 0\n", "reports.autoban_s"),
+        ("[matchmaking]\ninterest_timeout_s = 1e9\n", "matchmaking.interest_timeout_s"),
+        ('[session]\nsecret = "short"\n', "session.secret"),
+        ('[admin]\ntoken = "0123456789012345678901234567890"\n', "admin.token"),
         ('[server]\ntrusted_proxies = ["10.0.0.0/33"]\n', "server.trusted_proxies[0]"),
         ('[server]\ntrusted_proxies = ["::1", "proxy.local"]\n', "server.trusted_proxies[1]"),
         ('[server]\nallowed_origins = ["chat.example.org"]\n', "server.allowed_origins[0]"),
@@ -340,7 +360,7 @@ def test_config_env_overrides_each_type() -> None:
             "OMIRO_ICE_URLS": "[]",
             "OMIRO_SERVER_TRUSTED_PROXIES": "10.0.0.0/8, 172.16.0.0/12",
             "OMIRO_BACKEND_KIND": "redis",
-            "OMIRO_SESSION_SECRET": "shared by every server",
+            "OMIRO_SESSION_SECRET": LONG,
             "OMIRO_REDIS_URL": "redis://redis:6379/1",
             "OMIRO_LOG_FORMAT": "json",
             "OMIRO_CONFIG": "/does/not/matter.toml",  # reserved for the CLI
@@ -443,9 +463,9 @@ def test_config_other_variables_ignored() -> None:
 
 def test_config_secret_from_file(tmp_path: Path) -> None:
     secret = tmp_path / "token"
-    secret.write_text("abc def\n", encoding="utf-8")
+    secret.write_text("abc def" * 5 + "\n", encoding="utf-8")
     config = load_config(environ={"OMIRO_ADMIN_TOKEN_FILE": str(secret)})
-    assert config.admin.token == "abc def"
+    assert config.admin.token == "abc def" * 5
 
 
 @pytest.mark.parametrize(
@@ -460,19 +480,19 @@ def test_config_every_secret_has_env_and_file(
     tmp_path: Path, table: str, key: str, var: str
 ) -> None:
     secret = tmp_path / "secret"
-    secret.write_text("from-file\r\n", encoding="utf-8")
-    from_env = load_config(environ={var: "from-env"})
+    secret.write_text(LONG + "from-file\r\n", encoding="utf-8")
+    from_env = load_config(environ={var: LONG + "from-env"})
     from_file = load_config(environ={f"{var}_FILE": str(secret)})
-    assert getattr(getattr(from_env, table), key) == "from-env"
-    assert getattr(getattr(from_file, table), key) == "from-file"
+    assert getattr(getattr(from_env, table), key) == LONG + "from-env"
+    assert getattr(getattr(from_file, table), key) == LONG + "from-file"
 
 
 def test_config_secret_file_wins_over_toml(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
-    secret.write_text("env-side", encoding="utf-8")
-    path = write(tmp_path, '[session]\nsecret = "toml-side"\n')
+    secret.write_text(LONG + "env-side", encoding="utf-8")
+    path = write(tmp_path, f'[session]\nsecret = "{LONG}toml-side"\n')
     config = load_config(path, environ={"OMIRO_SESSION_SECRET_FILE": str(secret)})
-    assert config.session.secret == "env-side"
+    assert config.session.secret == LONG + "env-side"
 
 
 def test_config_secret_and_secret_file_both_set_is_error(tmp_path: Path) -> None:
@@ -502,7 +522,7 @@ def test_config_empty_secret_file_is_error(tmp_path: Path) -> None:
 def test_config_as_dict_masks_secrets() -> None:
     config = load_config(
         environ={
-            "OMIRO_ADMIN_TOKEN": "admin-token",
+            "OMIRO_ADMIN_TOKEN": LONG + "admin-token",
             "OMIRO_ICE_TURN_SECRET": "turn-secret",
             "OMIRO_REDIS_URL": "redis://user:redis-pw@redis:6379/0",
         }
@@ -514,7 +534,7 @@ def test_config_as_dict_masks_secrets() -> None:
     assert masked["redis"]["url"] == "redis://user:***@redis:6379/0"
     assert "admin-token" not in repr(masked)
     plain = config_as_dict(config, mask_secrets=False)
-    assert plain["admin"]["token"] == "admin-token"
+    assert plain["admin"]["token"] == LONG + "admin-token"
     assert plain["redis"]["url"] == "redis://user:redis-pw@redis:6379/0"
 
 
@@ -529,9 +549,7 @@ def test_config_redis_backend_needs_a_shared_secret() -> None:
     message = env_error({"OMIRO_BACKEND_KIND": "redis"})
     assert "session.secret" in message
     assert "share" in message
-    config = load_config(
-        environ={"OMIRO_BACKEND_KIND": "redis", "OMIRO_SESSION_SECRET": "same everywhere"}
-    )
+    config = load_config(environ={"OMIRO_BACKEND_KIND": "redis", "OMIRO_SESSION_SECRET": LONG})
     assert config.backend.kind == "redis"
 
 
@@ -550,3 +568,22 @@ def test_config_redis_dead_after_must_exceed_the_heartbeat() -> None:
 def test_config_sentinel_and_cluster_urls_are_refused(url: str) -> None:
     # The docs say Sentinel and Cluster are not supported: such a URL never starts a server.
     assert "redis.url" in env_error({"OMIRO_REDIS_URL": url})
+
+
+def test_config_short_secret_error_does_not_echo_it(tmp_path: Path) -> None:
+    message = load_error(tmp_path, '[admin]\ntoken = "hunter2hunter2"\n')
+    assert "at least 32 bytes" in message
+    assert "hunter2" not in message
+
+
+def test_config_secrets_of_32_bytes_are_accepted() -> None:
+    config = load_config(environ={"OMIRO_SESSION_SECRET": LONG, "OMIRO_ADMIN_TOKEN": LONG})
+    assert config.session.secret == config.admin.token == LONG
+
+
+def test_config_client_ip_header_with_trusted_proxies_is_accepted(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[server]\ntrusted_proxies = ["10.0.0.0/8"]\nclient_ip_header = "CF-Connecting-IP"\n',
+    )
+    assert load_config(path, environ={}).server.client_ip_header == "CF-Connecting-IP"
