@@ -116,13 +116,22 @@ def _hyper_config() -> HyperConfig:
     return hyper
 
 
-async def _janitor(backend: Backend, hub: Hub, metrics: Metrics, interval_s: float) -> None:
-    """Sweep every ``interval_s``, telling partners of a dead server's sessions; a failed
-    sweep is logged and tried again."""
+async def _janitor(
+    backend: Backend,
+    metrics: Metrics,
+    hub: Hub | None = None,
+    interval_s: float = JANITOR_INTERVAL_S,
+) -> None:
+    """Sweep every ``interval_s``; tell the partners of a dead server's sessions.
+
+    A failed sweep is logged and tried again.
+    """
     while True:
         await trio.sleep(interval_s)
         try:
-            await hub.partners_gone(await backend.sweep())
+            ended = await backend.sweep()
+            if hub is not None and ended:
+                await hub.partners_gone(ended)
         except BackendUnavailable as exc:
             log.warning("sweep failed: %s", exc)
         except Exception:
@@ -236,7 +245,7 @@ async def serve(
             # Often enough that a dead server is swept within its dead_after_s
             # plus one heartbeat.
             janitor_s = min(JANITOR_INTERVAL_S, config.redis.heartbeat_s)
-            services.start_soon(_janitor, backend, hub, metrics, janitor_s)
+            services.start_soon(_janitor, backend, metrics, hub, janitor_s)
             services.start_soon(hub.run_sync)
             services.start_soon(run_gc_tuning)
             await services.start(lifespan.handle_lifespan)
