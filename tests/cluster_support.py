@@ -29,7 +29,7 @@ from trio_websocket import connect_websocket_url
 from omiro_trio.tokens import TokenSigner
 
 SECRET = "a secret every server of the test shares"
-ADMIN_TOKEN = "admin-token-for-tests"
+ADMIN_TOKEN = "an-admin-token-for-the-cluster-tests"
 SERVE = [sys.executable, "-m", "omiro_trio", "serve", "--host", "127.0.0.1"]
 LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:(\d+))")
 START_S = 20.0

@@ -37,7 +37,8 @@ LIMITS = {
     "OMIRO_LIMITS_SOCKETS_PER_IP": "100000",
     "OMIRO_LIMITS_SESSIONS_PER_IP_PER_MINUTE": "100000",
     "OMIRO_LIMITS_REPORTS_PER_HOUR": "100000",
-    "OMIRO_REPORTS_AUTOBAN_REPORTERS": "100000",
+    "OMIRO_REPORTS_AUTOBAN_REPORTERS": "1000",
+    "OMIRO_SERVER_CONNECTIONS_PER_IP": "100000",
     "OMIRO_MATCHMAKING_INTEREST_TIMEOUT_S": "0.05",
     # Hundreds of clients starve this shared machine: do not take a slow
     # server for dead (that is tested on its own).
