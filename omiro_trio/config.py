@@ -57,6 +57,7 @@ __all__ = [
     "LimitsConfig",
     "LogConfig",
     "MatchmakingConfig",
+    "PageConfig",
     "RedisConfig",
     "ReportsConfig",
     "ServerConfig",
@@ -155,6 +156,12 @@ class LogConfig(_Table, frozen=True):
     format: Literal["text", "json"] = "text"
 
 
+class PageConfig(_Table, frozen=True):
+    notice: str = ""  # the first-visit notice, plain text; empty: the built-in one
+    terms_url: str = ""  # linked under the notice when set
+    privacy_url: str = ""
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole configuration; one attribute per TOML table."""
 
@@ -168,6 +175,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     ice: IceConfig = msgspec.field(default_factory=IceConfig)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    page: PageConfig = msgspec.field(default_factory=PageConfig)
 
 
 SECRET_KEYS: frozenset[tuple[str, str]] = frozenset(
@@ -415,6 +423,11 @@ def _check_values(config: Config, sources: _Sources) -> None:
     if ice.turn_urls and not ice.turn_secret:
         problem = "needs ice.turn_secret to issue TURN credentials"
         raise _error(sources, "ice", "turn_urls", problem)
+    for key in ("terms_url", "privacy_url"):
+        link = getattr(config.page, key)
+        if link and not _valid_link(link):
+            problem = f"expected an http(s) URL or a relative link, got {link!r}"
+            raise _error(sources, "page", key, problem)
     url = config.redis.url
     if not url.startswith(_REDIS_SCHEMES) or url in _REDIS_SCHEMES:
         # Not echoed: a Redis URL may carry a password.
@@ -438,6 +451,16 @@ def _valid_origin(origin: str) -> bool:
     except ValueError:
         return False
     return bool(parts.hostname)
+
+
+def _valid_link(link: str) -> bool:
+    """An http(s) URL or a link relative to the page: nothing a page could run."""
+    if any(c.isspace() or ord(c) < 32 for c in link):
+        return False
+    parts = urlsplit(link)
+    if parts.scheme:
+        return parts.scheme in ("http", "https") and bool(parts.netloc)
+    return True
 
 
 def _mask_password(url: str) -> str:

@@ -265,6 +265,8 @@ async def _read_loop(ctx: ServerContext, ws: WebSocketConnection, session: Sessi
             await hub.leave(session)
         elif isinstance(message, protocol.Report):
             await hub.report(session, message.reason)
+        elif isinstance(message, protocol.CallOutcome):
+            hub.call_outcome(session, message)
         elif isinstance(message, protocol.Disconnect):
             session.close(CloseCode.NORMAL)
             return

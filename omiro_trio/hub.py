@@ -57,6 +57,7 @@ TRANSCRIPT_LINES = 20
 ENDED_REMEMBERED = 8
 SYNC_INTERVAL_S = 5.0
 SYNC_RETRY_S = 1.0
+CALLS_REMEMBERED = 8  # recent matches whose call outcome may still be reported
 
 
 class BusMessage(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -105,6 +106,17 @@ class Session:
         self.ended: deque[str] = deque(maxlen=ENDED_REMEMBERED)
         self.nursery: trio.Nursery | None = None  # set by the connection that owns it
         self.write_scope: trio.CancelScope | None = None  # the frame being written, if any
+        # The last CALLS_REMEMBERED matches this client heard of, oldest first,
+        # and which of them it has already reported a call outcome for.
+        self.recent_matches: dict[str, Match] = {}
+        self.outcomes_reported: set[str] = set()
+
+    def remember_match(self, match: Match) -> None:
+        self.recent_matches[match.match_id] = match
+        while len(self.recent_matches) > CALLS_REMEMBERED:
+            oldest = next(iter(self.recent_matches))
+            del self.recent_matches[oldest]
+            self.outcomes_reported.discard(oldest)
 
     def send(self, frame: str) -> None:
         """Queue a frame for the client without blocking."""
@@ -387,6 +399,35 @@ class Hub:
                         self._sync_now.set()
                     session.send(protocol.encode("partner_disconnected", {"reason": "left"}))
 
+    def call_outcome(self, session: Session, message: protocol.CallOutcome) -> None:
+        """Count how this side's call of a recent video match went, once per match.
+
+        The match may already have ended (a failed call is often skipped
+        before the page gives up on it), but it must be one of the client's
+        own last ``CALLS_REMEMBERED`` matches.
+        """
+        op = "call_outcome"
+        match = session.recent_matches.get(message.match_id)
+        if match is None:
+            session.send(
+                protocol.error_frame(ErrorCode.NOT_MATCHED, "no recent match has this match_id", op)
+            )
+            return
+        if match.mode != "video":
+            session.send(
+                protocol.error_frame(ErrorCode.BAD_REQUEST, "a text match has no call", op)
+            )
+            return
+        if message.match_id in session.outcomes_reported:
+            session.send(
+                protocol.error_frame(
+                    ErrorCode.BAD_REQUEST, "this match's call outcome was already reported", op
+                )
+            )
+            return
+        session.outcomes_reported.add(message.match_id)
+        self.metrics.count_call(message.outcome, message.path, message.connect_ms)
+
     async def report(self, session: Session, reason: str) -> None:
         """End the match, block the pair, keep the report with the transcript."""
         async with session.lock:
@@ -575,6 +616,7 @@ class Hub:
         session.waiting = False
         session.matches_applied += 1
         session.match = match
+        session.remember_match(match)
         session.transcript.clear()
         partner_id = match.partner_of(session.id)
         data: Mapping[str, Any] = {

@@ -6,10 +6,14 @@ servers in one process independent.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Time from match_found to the first media: most calls take 0.3-3 s; past
+# 30 s the person has usually given up.
+CONNECT_BUCKETS_S = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0)
 
 
 class Metrics:
@@ -70,6 +74,30 @@ class Metrics:
             "omiro_waiting", "Sessions waiting for a partner (service-wide)", registry=r
         )
         self.online = Gauge("omiro_online", "Sessions online (service-wide)", registry=r)
+        self.calls = Counter(
+            "omiro_calls",
+            "Call outcomes reported by the pages (one per side per video match)",
+            ["outcome", "path"],
+            registry=r,
+        )
+        self.call_connect_seconds = Histogram(
+            "omiro_call_connect_seconds",
+            "Time from match_found to the first media of connected calls",
+            ["path"],
+            buckets=CONNECT_BUCKETS_S,
+            registry=r,
+        )
+        # Every series exists from the start, so rates and ratios are defined at once.
+        for outcome, path in (("connected", "direct"), ("connected", "relay"), ("failed", "none")):
+            self.calls.labels(outcome, path)
+        for path in ("direct", "relay"):
+            self.call_connect_seconds.labels(path)
+
+    def count_call(self, outcome: str, path: str | None, connect_ms: int | None) -> None:
+        """Count one validated ``call_outcome`` (``path`` is ``None`` for a failed call)."""
+        self.calls.labels(outcome, path or "none").inc()
+        if path is not None and connect_ms is not None:
+            self.call_connect_seconds.labels(path).observe(connect_ms / 1000)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,7 +5,7 @@ part of PROTOCOL.md ("WebSocket messages") and nothing else.
 
 Invariants:
 
-* ``parse_client_frame`` returns exactly one of the ten ``ClientMessage``
+* ``parse_client_frame`` returns exactly one of the eleven ``ClientMessage``
   classes or raises ``ProtocolViolation``; no other exception escapes it, for
   any ``str`` or ``bytes`` input (a property test holds it to that).
 * A returned message is already valid and normalised: ``Chat.message`` is
@@ -16,6 +16,10 @@ Invariants:
   ``candidate`` is a string, ``sdpMid`` string/null/absent and
   ``sdpMLineIndex`` integer/null/absent, other keys kept as sent;
   ``Report.reason`` is trimmed and at most ``MAX_REPORT_REASON_LENGTH``.
+  A ``CallOutcome`` names a match (1..``MAX_MATCH_ID_LENGTH`` characters)
+  and an outcome in ``CALL_OUTCOMES``; ``connected`` carries a ``path`` in
+  ``CALL_PATHS`` and ``connect_ms`` in 0..``MAX_CONNECT_MS``, ``failed``
+  carries neither (both ``None``).
   Every string in a message encodes to UTF-8 (lone surrogates are rejected),
   so relaying it can never fail to encode.
 * Validation is strict: a JSON string is not a number, a number is not a
@@ -39,12 +43,17 @@ import msgspec
 from omiro_trio.errors import ProtocolViolation
 
 __all__ = [
+    "CALL_OUTCOMES",
+    "CALL_PATHS",
+    "MAX_CONNECT_MS",
     "MAX_INTERESTS",
     "MAX_INTEREST_LENGTH",
+    "MAX_MATCH_ID_LENGTH",
     "MAX_REPORT_REASON_LENGTH",
     "MODES",
     "OP_NAMES",
     "RELAYED",
+    "CallOutcome",
     "Chat",
     "ClientMessage",
     "Disconnect",
@@ -67,6 +76,10 @@ MODES: Final[tuple[str, ...]] = ("video", "text")
 MAX_INTERESTS: Final = 10
 MAX_INTEREST_LENGTH: Final = 32
 MAX_REPORT_REASON_LENGTH: Final = 500
+CALL_OUTCOMES: Final[tuple[str, ...]] = ("connected", "failed")
+CALL_PATHS: Final[tuple[str, ...]] = ("direct", "relay")
+MAX_MATCH_ID_LENGTH: Final = 64
+MAX_CONNECT_MS: Final = 600_000  # ten minutes: anything slower is a client bug
 
 # Longest op name echoed inside an error *message*; the ``op`` field of the
 # error carries the op as sent.
@@ -142,6 +155,19 @@ class Report(msgspec.Struct, frozen=True, gc=False):
     reason: str = ""
 
 
+class CallOutcome(msgspec.Struct, frozen=True, gc=False):
+    """How this side's call of one match went, for the call-success metric.
+
+    ``connect_ms`` is the time from ``match_found`` to the first media and
+    ``path`` whether the media is relayed by TURN; both only when connected.
+    """
+
+    match_id: str
+    outcome: str
+    connect_ms: int | None = None
+    path: str | None = None
+
+
 ClientMessage = (
     JoinQueue
     | LeaveQueue
@@ -153,6 +179,7 @@ ClientMessage = (
     | WebrtcAnswer
     | IceCandidate
     | Report
+    | CallOutcome
 )
 
 OP_NAMES: Final[dict[type, str]] = {
@@ -166,6 +193,7 @@ OP_NAMES: Final[dict[type, str]] = {
     WebrtcAnswer: "webrtc_answer",
     IceCandidate: "ice_candidate",
     Report: "report",
+    CallOutcome: "call_outcome",
 }
 
 RELAYED: Final[tuple[type, ...]] = (Chat, Typing, WebrtcOffer, WebrtcAnswer, IceCandidate)
@@ -326,6 +354,31 @@ def _parse_report(raw: msgspec.Raw, limits: Limits) -> Report:
     return message if len(reason) == len(message.reason) else Report(reason)
 
 
+_CALL_OUTCOME_DECODER: Final = _decoder_or_none(CallOutcome)
+
+
+def _one_of(values: tuple[str, ...]) -> str:
+    return " or ".join(f'"{v}"' for v in values)
+
+
+def _parse_call_outcome(raw: msgspec.Raw, limits: Limits) -> CallOutcome:
+    op = "call_outcome"
+    message = _require(_CALL_OUTCOME_DECODER.decode(raw), "match_id", op)
+    if not 1 <= len(message.match_id) <= MAX_MATCH_ID_LENGTH:
+        raise _bad(op, f"data.match_id must be 1 to {MAX_MATCH_ID_LENGTH} characters long")
+    if message.outcome not in CALL_OUTCOMES:
+        raise _bad(op, f"data.outcome must be {_one_of(CALL_OUTCOMES)}")
+    if message.outcome == "failed":
+        if message.path is not None or message.connect_ms is not None:
+            raise _bad(op, 'a "failed" outcome has no data.path or data.connect_ms')
+        return message
+    if message.path not in CALL_PATHS:
+        raise _bad(op, f'a "connected" outcome needs data.path {_one_of(CALL_PATHS)}')
+    if message.connect_ms is None or not 0 <= message.connect_ms <= MAX_CONNECT_MS:
+        raise _bad(op, f'a "connected" outcome needs data.connect_ms from 0 to {MAX_CONNECT_MS}')
+    return message
+
+
 _PARSERS: Final[dict[str, Callable[[msgspec.Raw, Limits], ClientMessage]]] = {
     "join_queue": _parse_join_queue,
     "leave_queue": _parse_leave_queue,
@@ -337,6 +390,7 @@ _PARSERS: Final[dict[str, Callable[[msgspec.Raw, Limits], ClientMessage]]] = {
     "webrtc_answer": _parse_webrtc_answer,
     "ice_candidate": _parse_ice_candidate,
     "report": _parse_report,
+    "call_outcome": _parse_call_outcome,
 }
 assert set(_PARSERS) == set(OP_NAMES.values())
 

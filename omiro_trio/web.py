@@ -40,7 +40,7 @@ PAGE_CSP = (
 def create_app(ctx: ServerContext) -> QuartTrio:
     """The quart-trio app of one server."""
     app = QuartTrio("omiro_trio", static_folder=None)
-    assets = load_assets(frontend_dir())
+    assets = load_assets(frontend_dir(), ctx.config.page)
 
     header = ctx.config.server.client_ip_header
 
@@ -79,10 +79,15 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         found = assets.get("/" + filename)
         if found is None:
             return not_found()
-        headers = {"ETag": found.etag, "Cache-Control": "no-cache"}
-        if etag_matches(request.headers.get("If-None-Match"), found.etag):
+        coding, chosen = found.select(request.headers.get("Accept-Encoding"))
+        headers = {"ETag": chosen.etag, "Cache-Control": "no-cache"}
+        if found.encoded:
+            headers["Vary"] = "Accept-Encoding"
+        if etag_matches(request.headers.get("If-None-Match"), chosen.etag):
             return Response(b"", status=304, headers=headers)
-        return Response(found.body, content_type=found.content_type, headers=headers)
+        if coding is not None:
+            headers["Content-Encoding"] = coding
+        return Response(chosen.body, content_type=found.content_type, headers=headers)
 
     @app.get("/session/new")
     async def new_session() -> Response:

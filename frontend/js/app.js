@@ -17,11 +17,13 @@
 // `join_queue`; every path that ends a match calls endCall(), which leaves no
 // RTCPeerConnection, remote track or timer behind.
 
+import { ErrorCode } from "./constants.js";
 import { Signaling } from "./signaling.js";
 import { Call, peerConnectionCounts } from "./call.js";
 import { ChatView, TitleFlasher, TypingReporter } from "./chat.js";
 import { LocalMedia, describeMediaError } from "./media.js";
 import { InterestsField } from "./interests.js";
+import { SafetyNotice } from "./notice.js";
 
 const STATS_POLL_MS = 15_000;
 const QUALITY_POLL_MS = 2_000;
@@ -49,6 +51,12 @@ const ui = {
   online: document.querySelector('[data-testid="online-count"] .online-text'),
   composer: $("composer"),
   chatInput: $("chat-input"),
+  mediaControls: $("media-controls"),
+  noticeCountdown: $("notice-countdown"),
+  reportForm: $("report-form"),
+  reportCancel: $("report-cancel"),
+  openNotice: $("open-notice"),
+  brand: document.querySelector(".brand"),
 };
 
 const signaling = new Signaling();
@@ -63,6 +71,7 @@ const chat = new ChatView({
   counter: $("char-count"),
 });
 const typing = new TypingReporter((on) => signaling.send("typing", { typing: on }));
+const safety = new SafetyNotice({ dialog: $("welcome"), shortcuts: $("shortcuts") });
 
 let state = "idle";
 let searching = false;
@@ -75,30 +84,59 @@ let qualityTimer = null;
 let countdownTimer = null;
 let lastQuality = null;
 let partnerLeft = false; // the last match ended from the other side
+let lastPartner = null; // the session id of the previous match's stranger
+let startAfterNotice = false; // Start was pressed before the notice was accepted
+let noticeHandlers = []; // what the notice's buttons do: [{label, action, primary, testid}]
 const stateLog = [];
 const reconnects = []; // {reason, delayMs} of every scheduled reconnection
 
 // ---------------------------------------------------------------- state
 
 function setState(next, text) {
+  const focusBefore = document.activeElement;
   if (next !== state) stateLog.push(next);
   state = next;
   ui.body.dataset.state = next;
   ui.status.dataset.state = next;
-  if (text !== undefined) ui.status.textContent = text;
+  // Rewriting the same words would make screen readers say them again.
+  if (text !== undefined && ui.status.textContent !== text) ui.status.textContent = text;
   const active = searching && next !== "blocked";
   ui.start.hidden = active;
   ui.next.hidden = !active;
   ui.stop.hidden = !active;
-  ui.next.disabled = next !== "connected";
+  // aria-disabled, not disabled: a disabled button would drop the keyboard
+  // focus to the page whenever a match ends.
+  ui.next.setAttribute("aria-disabled", String(next !== "connected"));
   ui.report.hidden = next !== "connected";
   ui.textMode.disabled = active;
   ui.body.dataset.active = String(active);
   if (next === "connected") {
     chat.setEnabled(true, "Say hi…");
   } else {
-    chat.setEnabled(false, next === "waiting" ? "Waiting for a stranger…" : "Start to chat…");
+    chat.setEnabled(false, next === "waiting" ? "Waiting for a stranger…" : "Press Start to chat");
     chat.showTyping(false);
+  }
+  // Focus that was on the page itself (nothing chosen yet) is left alone.
+  if (focusBefore && focusBefore !== document.body) rescueFocus();
+}
+
+/** Keyboard focus never falls to the page: if its element went away, move it on. */
+function rescueFocus() {
+  const focused = document.activeElement;
+  if (ui.reportDialog.open || safety.open) return;
+  const lost =
+    !focused ||
+    focused === document.body ||
+    focused.disabled === true ||
+    (typeof focused.checkVisibility === "function" && !focused.checkVisibility());
+  if (!lost) return;
+  const candidates =
+    state === "connected" ? [ui.chatInput, ui.next] : searching ? [ui.next, ui.stop] : [ui.start];
+  for (const element of [...candidates, ui.start, ui.stop]) {
+    if (!element.hidden && !element.disabled) {
+      element.focus({ preventScroll: true });
+      if (document.activeElement === element) return;
+    }
   }
 }
 
@@ -125,23 +163,38 @@ function listText(items) {
 function showNotice(text, actions = [], tone = "warn") {
   ui.notice.hidden = false;
   ui.notice.dataset.tone = tone;
-  ui.noticeText.textContent = text;
+  ui.noticeCountdown.hidden = true;
+  if (ui.noticeText.textContent !== text) ui.noticeText.textContent = text;
+  // The same buttons as shown already: keep the elements (and the focus).
+  const key = actions.map(({ label, testid }) => `${label}/${testid ?? ""}`).join("|");
+  if (ui.noticeActions.dataset.key === key && key) {
+    noticeHandlers = actions;
+    return;
+  }
+  ui.noticeActions.dataset.key = key;
+  noticeHandlers = actions;
   ui.noticeActions.replaceChildren(
-    ...actions.map(({ label, action, primary, testid }) => {
+    ...actions.map(({ label, primary, testid }, index) => {
       const button = document.createElement("button");
       button.type = "button";
       button.className = primary ? "btn btn-small btn-primary" : "btn btn-small btn-ghost";
       button.textContent = label;
       if (testid) button.dataset.testid = testid;
-      button.addEventListener("click", action);
+      button.addEventListener("click", () => noticeHandlers[index]?.action());
       return button;
     }),
   );
 }
 
 function hideNotice() {
+  const hadFocus = ui.notice.contains(document.activeElement);
   ui.notice.hidden = true;
+  ui.noticeText.textContent = "";
+  ui.noticeCountdown.hidden = true;
   ui.noticeActions.replaceChildren();
+  delete ui.noticeActions.dataset.key;
+  noticeHandlers = [];
+  if (hadFocus) rescueFocus();
   clearInterval(countdownTimer);
   countdownTimer = null;
 }
@@ -166,6 +219,11 @@ function countdown(delayMs, render) {
 
 async function start() {
   if (searching) return;
+  if (!safety.accepted) {
+    startAfterNotice = true;
+    safety.show();
+    return;
+  }
   hideNotice();
   searching = true;
   partnerLeft = false;
@@ -217,6 +275,7 @@ function samePrefs(a, b) {
 
 function next() {
   if (!searching || (state !== "connected" && state !== "waiting")) return;
+  if (match) lastPartner = match.partner;
   const wanted = { mode: currentMode(), interests: interests.tags };
   const changed = !samePrefs(prefs, wanted);
   if (state === "waiting" && !changed) return; // already looking
@@ -232,6 +291,7 @@ function next() {
 function stop() {
   if (!searching && state !== "starting") return;
   searching = false;
+  lastPartner = null;
   partnerLeft = false;
   if (match) chat.addSystem("You ended the chat.");
   endCall();
@@ -260,8 +320,15 @@ function openReport() {
 }
 
 function report(reason) {
-  if (!match) return;
-  if (!signaling.send("report", { reason })) return;
+  if (!match) {
+    chat.addSystem("That chat had already ended, so nothing was reported.", "warn");
+    return;
+  }
+  if (!signaling.send("report", { reason })) {
+    chat.addSystem("Not connected to the server, so the report could not be sent.", "warn");
+    return;
+  }
+  lastPartner = null; // a reported stranger is never matched with us again
   chat.addSystem("Thanks. You reported this stranger and won't meet them again.", "good");
   endCall();
   // The server leaves us idle after a report; look for the next person.
@@ -269,21 +336,31 @@ function report(reason) {
   setState("waiting", waitingText());
 }
 
+// A toggle button keeps one name; only aria-pressed says whether it is on.
 function toggleMic() {
   micOn = !micOn;
   media.setMicEnabled(micOn);
   ui.mute.setAttribute("aria-pressed", String(!micOn));
-  ui.mute.title = micOn ? "Mute microphone (M)" : "Unmute microphone (M)";
-  ui.mute.querySelector(".sr-only").textContent = micOn ? "Mute microphone" : "Unmute microphone";
 }
 
 function toggleCamera() {
   cameraOn = !cameraOn;
   media.setCameraEnabled(cameraOn);
   ui.camera.setAttribute("aria-pressed", String(!cameraOn));
-  ui.camera.title = cameraOn ? "Turn camera off (V)" : "Turn camera on (V)";
-  ui.camera.querySelector(".sr-only").textContent = cameraOn ? "Turn camera off" : "Turn camera on";
   ui.body.dataset.camera = cameraOn ? "on" : "off";
+}
+
+function updateShortcutHints() {
+  const on = safety.shortcuts;
+  ui.mute.title = on ? "Mute microphone (M)" : "Mute microphone";
+  ui.camera.title = on ? "Turn camera off (V)" : "Turn camera off";
+  if (on) {
+    ui.mute.setAttribute("aria-keyshortcuts", "M");
+    ui.camera.setAttribute("aria-keyshortcuts", "V");
+  } else {
+    ui.mute.removeAttribute("aria-keyshortcuts");
+    ui.camera.removeAttribute("aria-keyshortcuts");
+  }
 }
 
 // ------------------------------------------------------------- the call
@@ -294,11 +371,13 @@ function showLocalPreview() {
   media.setMicEnabled(micOn);
   media.setCameraEnabled(cameraOn);
   ui.body.dataset.preview = media.hasVideo ? "on" : "off";
+  ui.mediaControls.inert = !media.hasVideo;
 }
 
 function hideLocalPreview() {
   ui.localVideo.srcObject = null;
   ui.body.dataset.preview = "off";
+  ui.mediaControls.inert = true;
 }
 
 function beginCall(shouldCall) {
@@ -308,6 +387,7 @@ function beginCall(shouldCall) {
     polite: !shouldCall,
     localStream: media.stream,
     send: (op, data) => signaling.send(op, data),
+    matchId: match?.id ?? null,
   });
   const thisCall = call;
   call.addEventListener("track", () => {
@@ -320,9 +400,21 @@ function beginCall(shouldCall) {
   call.addEventListener("state", ({ detail }) => {
     if (call !== thisCall) return;
     ui.body.dataset.call = detail.state;
-    if (detail.state === "failed" || detail.state === "disconnected") {
+    if (thisCall.outcome?.outcome === "failed") ui.body.dataset.call = "failed";
+    else if (detail.state === "failed" || detail.state === "disconnected") {
       ui.overlayCaption.textContent = "The video connection dropped. Trying to restore it…";
     }
+  });
+  call.addEventListener("outcome", ({ detail }) => {
+    if (call !== thisCall || detail.outcome !== "failed") return;
+    // Say so instead of spinning forever; the chat still works.
+    const text =
+      detail.reason === "refused" || detail.reason === "no-candidates"
+        ? "Couldn't reach the relay server, so the video can't connect. Press Next to try someone else."
+        : "The video couldn't connect. Press Next to try someone else.";
+    ui.body.dataset.call = "failed";
+    ui.overlayCaption.textContent = text;
+    chat.addSystem(text, "warn");
   });
   ui.body.dataset.call = "new";
   ui.body.dataset.media = "pending";
@@ -404,21 +496,32 @@ const handlers = {
       commonInterests: Array.isArray(data.common_interests) ? data.common_interests.map(String) : [],
       shouldCall: data.should_call === true,
     };
-    chat.clear();
     const common = match.commonInterests;
     const mode = data.mode === "text" ? "text" : "video";
-    chat.addSystem(
-      mode === "text"
-        ? "You're now chatting with a random stranger. Say hi!"
-        : "You're now talking with a random stranger. Say hi!",
-      "good",
-    );
+    const same = match.partner !== null && match.partner === lastPartner;
+    if (same) {
+      // A quiet server: the only other person here is the one we just left.
+      chat.addSystem(
+        "No one else is here right now, so you're back with the same stranger. Press Next again to keep looking.",
+        "warn",
+      );
+    } else {
+      chat.clear();
+      chat.addSystem(
+        mode === "text"
+          ? "You're now chatting with a random stranger. Say hi!"
+          : "You're now talking with a random stranger. Say hi!",
+        "good",
+      );
+    }
     if (common.length) chat.addSystem(`You both like ${listText(common)}.`, "good");
     setState(
       "connected",
-      common.length
-        ? `You're talking with a stranger · you both like ${listText(common)}`
-        : "You're talking with a stranger",
+      same
+        ? "You're back with the same stranger · no one else is here right now"
+        : common.length
+          ? `You're talking with a stranger · you both like ${listText(common)}`
+          : "You're talking with a stranger",
     );
     if (mode === "video" && media.stream) beginCall(match.shouldCall);
     flasher.notify("Stranger found!");
@@ -439,6 +542,7 @@ const handlers = {
             : "Stranger has disconnected.",
       "warn",
     );
+    lastPartner = match.partner;
     endCall();
     flasher.notify("Stranger left");
     if (!searching) return;
@@ -470,19 +574,19 @@ const handlers = {
 
   error(data) {
     switch (data.code) {
-      case "not_matched":
+      case ErrorCode.NOT_MATCHED:
         // Our `next` crossed the partner's: we are out of the match but not
         // queued, so queue now.
         if (data.op === "next" && searching && !match) joinQueue();
         break;
-      case "message_too_long":
+      case ErrorCode.MESSAGE_TOO_LONG:
         chat.addSystem(`That message is too long (at most ${chat.maxLength} characters).`, "warn");
         break;
-      case "rate_limited":
+      case ErrorCode.RATE_LIMITED:
         chat.addSystem("You're going a bit fast. Wait a moment and try again.", "warn");
         if (data.op === "next" && searching && !match) joinQueue();
         break;
-      case "banned":
+      case ErrorCode.BANNED:
         break; // signaling emits "banned"
       default:
         if (data.op === "join_queue") {
@@ -527,12 +631,13 @@ signaling.addEventListener("reconnecting", ({ detail: { reason, delayMs } }) => 
             : "Can't reach the server."
           : "Lost the connection to the server.";
   setState("reconnecting", `${what} Reconnecting…`);
+  showOffline();
+  // The message is said once; only the (unannounced) countdown ticks, and
+  // the Retry button stays the same element, so focus on it is kept.
+  showNotice(what, [{ label: "Retry now", action: () => signaling.retryNow(), testid: "retry" }], "info");
+  ui.noticeCountdown.hidden = false;
   countdown(delayMs, (left) => {
-    showNotice(
-      left > 0 ? `${what} Trying again in ${left} s…` : `${what} Reconnecting…`,
-      [{ label: "Retry now", action: () => signaling.retryNow(), testid: "retry" }],
-      "info",
-    );
+    ui.noticeCountdown.textContent = left > 0 ? `Trying again in ${left} s…` : "Reconnecting…";
   });
 });
 
@@ -556,6 +661,10 @@ signaling.addEventListener("closed", () => {
 // ------------------------------------------------------------ online count
 
 async function refreshOnline() {
+  if (state === "reconnecting") {
+    showOffline(); // never "3 online" beside "Can't reach the server"
+    return;
+  }
   try {
     const response = await fetch(new URL("stats", document.baseURI), { cache: "no-store" });
     if (!response.ok) throw new Error(String(response.status));
@@ -564,9 +673,13 @@ async function refreshOnline() {
     ui.online.textContent = `${online.toLocaleString()} online`;
     ui.online.parentElement.dataset.online = String(online);
   } catch {
-    ui.online.textContent = "offline";
-    delete ui.online.parentElement.dataset.online;
+    showOffline();
   }
+}
+
+function showOffline() {
+  ui.online.textContent = "offline";
+  delete ui.online.parentElement.dataset.online;
 }
 
 // ------------------------------------------------------------------ wiring
@@ -584,10 +697,31 @@ ui.unmuteRemote.addEventListener("click", () => {
   ui.remoteVideo.muted = false;
   ui.unmuteRemote.hidden = true;
 });
+ui.reportCancel.addEventListener("click", () => ui.reportDialog.close("cancel"));
+ui.reportForm.addEventListener("keydown", (event) => {
+  // Enter anywhere but on a button submits the report (a reason is required).
+  if (event.key !== "Enter" || event.target instanceof HTMLButtonElement) return;
+  event.preventDefault();
+  ui.reportForm.requestSubmit(ui.reportForm.querySelector('[value="report"]'));
+});
 ui.reportDialog.addEventListener("close", () => {
-  if (ui.reportDialog.returnValue !== "report") return;
   const chosen = ui.reportDialog.querySelector('input[name="reason"]:checked');
-  report(chosen?.value ?? "other");
+  const reason = chosen?.value;
+  ui.reportForm.reset(); // no reason is ever preselected
+  if (ui.reportDialog.returnValue === "report" && reason) report(reason);
+  rescueFocus();
+});
+ui.openNotice.addEventListener("click", () => safety.show());
+safety.addEventListener("closed", ({ detail: { accepted } }) => {
+  updateShortcutHints();
+  const wanted = startAfterNotice;
+  startAfterNotice = false;
+  if (accepted && wanted) start();
+  else rescueFocus();
+});
+ui.brand.addEventListener("click", (event) => {
+  // The logo reloads the page; during a chat that would end it without a word.
+  if (searching) event.preventDefault();
 });
 ui.textMode.addEventListener("change", () => {
   ui.body.dataset.mode = currentMode();
@@ -613,7 +747,7 @@ ui.chatInput.addEventListener("input", () => {
 ui.chatInput.addEventListener("blur", () => typing.stop());
 
 document.addEventListener("keydown", (event) => {
-  if (event.defaultPrevented || ui.reportDialog.open) return;
+  if (event.defaultPrevented || ui.reportDialog.open || safety.open) return;
   if (event.key === "Escape") {
     event.preventDefault();
     next();
@@ -622,7 +756,8 @@ document.addEventListener("keydown", (event) => {
   const target = event.target;
   const typingInField =
     target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement || target?.isContentEditable;
-  if (typingInField || event.ctrlKey || event.metaKey || event.altKey) return;
+  if (typingInField || event.ctrlKey || event.metaKey || event.altKey || !safety.shortcuts) return;
+  if (!media.stream) return; // nothing to mute before the camera is on
   if (event.key === "m" || event.key === "M") toggleMic();
   else if (event.key === "v" || event.key === "V") toggleCamera();
 });
@@ -634,6 +769,8 @@ window.addEventListener("pageshow", (event) => {
   if (event.persisted) location.reload();
 });
 document.addEventListener("visibilitychange", () => {
+  // Animations stop while nobody can see them (the CSS reads data-visible).
+  ui.body.dataset.visible = String(!document.hidden);
   if (!document.hidden) refreshOnline();
 });
 
@@ -644,7 +781,10 @@ refreshOnline();
 ui.body.dataset.mode = currentMode();
 ui.body.dataset.preview = "off";
 ui.body.dataset.camera = "on";
+ui.body.dataset.visible = String(!document.hidden);
+updateShortcutHints();
 setState("idle", "Press Start to meet someone new.");
+if (!safety.accepted) safety.show();
 
 // A read-only window for tests and curious users (documented in docs/frontend.md).
 window.omiro = Object.freeze({
@@ -683,6 +823,9 @@ window.omiro = Object.freeze({
   },
   get prefs() {
     return prefs;
+  },
+  get noticeAccepted() {
+    return safety.accepted;
   },
   signaling,
 });

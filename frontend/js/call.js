@@ -16,8 +16,21 @@
 // * close() is final and idempotent: every handler is detached, timers
 //   cleared, remote tracks stopped and the RTCPeerConnection closed. Local
 //   tracks belong to the caller of this module and are left running.
+// * Each call settles on at most one outcome, sent once as `call_outcome`
+//   and emitted as an "outcome" event: "connected" (with the time from
+//   `match_found` to the first inbound media and the path, direct or relay)
+//   or "failed": ICE failed before ever connecting, gathering ended with no
+//   candidate of our own (a TURN server that refused us or cannot be
+//   reached, when only relays are allowed), or no connection within
+//   CONNECT_TIMEOUT_MS. A call closed before it settles is "failed" if it
+//   was left waiting GAVE_UP_AFTER_MS or more (the person gave up on it),
+//   and reports nothing if it was closed sooner (skipped at once).
 
 const RESTART_AFTER_DISCONNECTED_MS = 3_000;
+const CONNECT_TIMEOUT_MS = 30_000;
+const GAVE_UP_AFTER_MS = 10_000;
+const FIRST_MEDIA_WAIT_MS = 5_000;
+const FIRST_MEDIA_POLL_MS = 100;
 
 const counts = { created: 0, closed: 0 };
 
@@ -53,6 +66,13 @@ export class Call extends EventTarget {
   endOfCandidatesReceived = false;
   collisions = 0; // offers that crossed one of ours
   ignoredOffers = 0; // ...and that we, the impolite side, dropped
+  localCandidates = 0; // gathered in the current round of gathering
+  candidateErrors = []; // {errorCode, errorText, url} from icecandidateerror
+  outcome = null; // {outcome, connectMs, path, reason} once settled
+  #matchId;
+  #startedAt;
+  #connectTimer = null;
+  #connectedAt = null;
 
   /**
    * @param {object} options
@@ -61,12 +81,24 @@ export class Call extends EventTarget {
    * @param {boolean} options.polite true when `should_call` was false
    * @param {MediaStream|null} options.localStream what we send (may be null)
    * @param {(op: string, data: object) => void} options.send signaling out
+   * @param {string|null} [options.matchId] the match whose outcome this call reports
+   * @param {number} [options.startedAt] performance.now() at `match_found`
    */
-  constructor({ iceServers, iceTransportPolicy = "all", polite, localStream, send }) {
+  constructor({
+    iceServers,
+    iceTransportPolicy = "all",
+    polite,
+    localStream,
+    send,
+    matchId = null,
+    startedAt = performance.now(),
+  }) {
     super();
     this.#polite = polite;
     this.#send = send;
     this.#localStream = localStream;
+    this.#matchId = matchId;
+    this.#startedAt = startedAt;
     this.remoteStream = new MediaStream();
     this.#pc = new RTCPeerConnection({ iceServers: iceServers ?? [], iceTransportPolicy });
     counts.created += 1;
@@ -75,8 +107,13 @@ export class Call extends EventTarget {
     pc.onnegotiationneeded = () => this.#offer();
     pc.onicecandidate = ({ candidate }) => {
       if (!candidate) this.endOfCandidatesSent = true;
+      else this.localCandidates += 1;
       this.#send("ice_candidate", { candidate: candidate ? candidate.toJSON() : null });
     };
+    pc.onicecandidateerror = ({ errorCode, errorText, url }) => {
+      this.candidateErrors.push({ errorCode, errorText, url });
+    };
+    pc.onicegatheringstatechange = () => this.#onGatheringState();
     pc.ontrack = ({ track }) => {
       if (!this.remoteStream.getTrackById(track.id)) this.remoteStream.addTrack(track);
       this.#emit("track", { track });
@@ -84,6 +121,11 @@ export class Call extends EventTarget {
     pc.onconnectionstatechange = () => this.#onConnectionState();
 
     if (!polite) this.#addLocalTracks();
+    const waited = performance.now() - startedAt;
+    this.#connectTimer = setTimeout(
+      () => this.#fail("timeout"),
+      Math.max(0, CONNECT_TIMEOUT_MS - waited),
+    );
   }
 
   get pc() {
@@ -119,39 +161,28 @@ export class Call extends EventTarget {
   async quality() {
     if (this.#closed) return null;
     const stats = await this.#pc.getStats();
-    let pair = null;
-    stats.forEach((report) => {
-      if (report.type === "transport" && report.selectedCandidatePairId) {
-        pair = stats.get(report.selectedCandidatePairId) ?? pair;
-      }
-    });
-    if (!pair) {
-      stats.forEach((report) => {
-        if (report.type === "candidate-pair" && report.nominated && report.state === "succeeded") {
-          pair = report;
-        }
-      });
-    }
+    const pair = selectedPair(stats);
     if (!pair) return null;
-    const local = stats.get(pair.localCandidateId);
-    const remote = stats.get(pair.remoteCandidateId);
-    const relayed = local?.candidateType === "relay" || remote?.candidateType === "relay";
     const rtt = pair.currentRoundTripTime;
     return {
       rttMs: typeof rtt === "number" ? Math.round(rtt * 1000) : null,
-      path: relayed ? "relayed" : "direct",
+      path: selectedPath(stats),
     };
   }
 
   close() {
     if (this.#closed) return;
+    if (performance.now() - this.#startedAt >= GAVE_UP_AFTER_MS) this.#fail("gave-up");
     this.#closed = true;
     counts.closed += 1;
     clearTimeout(this.#disconnectedTimer);
+    clearTimeout(this.#connectTimer);
     this.#pendingCandidates = [];
     const pc = this.#pc;
     pc.onnegotiationneeded = null;
     pc.onicecandidate = null;
+    pc.onicecandidateerror = null;
+    pc.onicegatheringstatechange = null;
     pc.ontrack = null;
     pc.onconnectionstatechange = null;
     for (const track of this.remoteStream.getTracks()) {
@@ -269,11 +300,76 @@ export class Call extends EventTarget {
     }
   }
 
+  #onGatheringState() {
+    const state = this.#pc.iceGatheringState;
+    if (state === "gathering") this.localCandidates = 0;
+    // Nothing of our own to offer: no check can ever succeed.
+    else if (state === "complete" && this.localCandidates === 0) this.#fail("no-candidates");
+  }
+
+  /** Settle on "failed" unless the call already settled or connected. */
+  #fail(reason) {
+    if (this.#closed || this.outcome || this.#connectedAt !== null) return;
+    clearTimeout(this.#connectTimer);
+    const refused = this.candidateErrors.some((e) => e.errorCode === 401 || e.errorCode === 403);
+    this.#settle({ outcome: "failed", connectMs: null, path: null, reason: refused ? "refused" : reason });
+  }
+
+  #settle(outcome) {
+    if (this.#closed || this.outcome) return;
+    this.outcome = outcome;
+    if (this.#matchId) {
+      const data = { match_id: this.#matchId, outcome: outcome.outcome };
+      if (outcome.outcome === "connected") {
+        data.connect_ms = outcome.connectMs;
+        data.path = outcome.path;
+      }
+      this.#send("call_outcome", data);
+    }
+    this.#emit("outcome", outcome);
+  }
+
+  /** Connected: wait (bounded) for the first inbound media, then settle. */
+  async #onConnected() {
+    if (this.#connectedAt !== null) return;
+    this.#connectedAt = performance.now();
+    clearTimeout(this.#connectTimer);
+    const deadline = this.#connectedAt + FIRST_MEDIA_WAIT_MS;
+    let firstMediaAt = null;
+    let path = null;
+    while (!this.#closed) {
+      let stats;
+      try {
+        stats = await this.#pc.getStats();
+      } catch {
+        return; // closed meanwhile
+      }
+      const now = performance.now();
+      path = selectedPath(stats) ?? path;
+      let packets = 0;
+      stats.forEach((report) => {
+        if (report.type === "inbound-rtp") packets += report.packetsReceived ?? 0;
+      });
+      if (packets > 0) firstMediaAt = now;
+      if ((firstMediaAt !== null && path) || now >= deadline) break;
+      await new Promise((resolve) => setTimeout(resolve, FIRST_MEDIA_POLL_MS));
+    }
+    const at = firstMediaAt ?? this.#connectedAt;
+    this.#settle({
+      outcome: "connected",
+      connectMs: Math.max(0, Math.round(at - this.#startedAt)),
+      path: path === "relayed" ? "relay" : "direct",
+      reason: null,
+    });
+  }
+
   #onConnectionState() {
     const state = this.#pc.connectionState;
     clearTimeout(this.#disconnectedTimer);
     this.#disconnectedTimer = null;
+    if (state === "connected") this.#onConnected();
     if (state === "failed") {
+      this.#fail("ice-failed");
       this.restartIce();
     } else if (state === "disconnected") {
       this.#disconnectedTimer = setTimeout(() => {
@@ -282,4 +378,31 @@ export class Call extends EventTarget {
     }
     this.#emit("state", { state });
   }
+}
+
+/** The selected candidate pair of a getStats() report, or null. */
+function selectedPair(stats) {
+  let pair = null;
+  stats.forEach((report) => {
+    if (report.type === "transport" && report.selectedCandidatePairId) {
+      pair = stats.get(report.selectedCandidatePairId) ?? pair;
+    }
+  });
+  if (!pair) {
+    stats.forEach((report) => {
+      if (report.type === "candidate-pair" && report.nominated && report.state === "succeeded") {
+        pair = report;
+      }
+    });
+  }
+  return pair;
+}
+
+/** "relayed" when either end of the selected pair is a TURN relay, "direct", or null. */
+function selectedPath(stats) {
+  const pair = selectedPair(stats);
+  if (!pair) return null;
+  const local = stats.get(pair.localCandidateId);
+  const remote = stats.get(pair.remoteCandidateId);
+  return local?.candidateType === "relay" || remote?.candidateType === "relay" ? "relayed" : "direct";
 }

@@ -55,8 +55,12 @@ export class ChatView {
     this.#refresh();
   }
 
+  /** Focus the composer and, on a short screen, bring it into view. */
   focus() {
-    if (!this.#input.disabled) this.#input.focus({ preventScroll: true });
+    if (this.#input.disabled) return;
+    this.#input.focus({ preventScroll: true });
+    // After this frame's layout, which may still move it.
+    requestAnimationFrame(() => this.#input.scrollIntoView({ block: "nearest" }));
   }
 
   clear() {

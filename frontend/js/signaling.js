@@ -22,6 +22,8 @@
 //   banned        {message, until}          until: unix seconds or null
 //   closed        {code}                    socket closed and no retry follows
 
+import { CloseCode, ErrorCode } from "./constants.js";
+
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_CAP_MS = 15_000;
 const DRAIN_JITTER_MIN_MS = 1_000;
@@ -99,7 +101,7 @@ export class Signaling extends EventTarget {
     const ws = this.#ws;
     if (!ws) return;
     if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ op: "disconnect", data: {} }));
-    ws.close(1000, "bye");
+    ws.close(CloseCode.NORMAL, "bye");
   }
 
   /** Send one envelope; returns false (and sends nothing) when not ready. */
@@ -157,7 +159,7 @@ export class Signaling extends EventTarget {
       return null;
     }
     const body = await response.json().catch(() => ({}));
-    if (response.status === 403 && body.error === "banned") {
+    if (response.status === 403 && body.error === ErrorCode.BANNED) {
       this.#wanted = false;
       this.#emit("banned", { message: body.message ?? "", until: body.until ?? null });
       return null;
@@ -212,10 +214,10 @@ export class Signaling extends EventTarget {
         // Leave now so our partner hears about it from the server promptly,
         // then come back after the server's delay (to it or its successor).
         this.#drainDelay = drainDelayMs(data.reconnect_after_ms);
-        ws.close(1000, "draining");
+        ws.close(CloseCode.NORMAL, "draining");
         break;
       case "error":
-        if (data.code === "banned") {
+        if (data.code === ErrorCode.BANNED) {
           this.#wanted = false;
           this.#emit("banned", { message: data.message ?? "", until: data.until ?? null });
         }
@@ -231,7 +233,7 @@ export class Signaling extends EventTarget {
     const hadHello = this.#hello !== null;
     this.#ws = null;
     this.#hello = null;
-    if (event.code === 1008) {
+    if (event.code === CloseCode.POLICY) {
       if (this.#wanted) this.#emit("banned", { message: event.reason || "", until: null });
       this.#wanted = false;
     }
@@ -243,7 +245,7 @@ export class Signaling extends EventTarget {
       const delay = this.#drainDelay;
       this.#drainDelay = null;
       this.#schedule("draining", delay);
-    } else if (event.code === 1001 || event.code === 1012) {
+    } else if (event.code === CloseCode.GOING_AWAY || event.code === CloseCode.RESTARTING) {
       this.#schedule("draining", drainDelayMs(0));
     } else {
       // A socket that never said hello (handshake refused) counts as a failed

@@ -376,6 +376,15 @@ class Person:
         return path
 
 
+def notice_version(server: OmiroServer) -> str:
+    """The version the server stamped on its first-visit notice."""
+    with urllib.request.urlopen(server.url + "/", timeout=5) as response:
+        page = response.read().decode()
+    match = re.search(r'data-notice-version="([0-9a-f]+)"', page)
+    assert match, "the page carries no notice version"
+    return match.group(1)
+
+
 @pytest.fixture
 def people(browser: Any) -> Iterator[Callable[..., Person]]:
     """Factory: people(server, name, viewport=..., init_script=...) opens Omiro in a new context."""
@@ -389,6 +398,7 @@ def people(browser: Any) -> Iterator[Callable[..., Person]]:
         init_script: str | None = None,
         url: str | None = None,
         motion: bool = False,
+        notice_accepted: bool = True,
         **context_options: Any,
     ) -> Person:
         # Headless Chromium composites in software: every animation frame
@@ -401,6 +411,11 @@ def people(browser: Any) -> Iterator[Callable[..., Person]]:
             **context_options,
         )
         context.add_init_script(PROBE_JS)
+        if notice_accepted:
+            # This person accepted the first-visit notice on an earlier visit.
+            context.add_init_script(
+                f"localStorage.setItem('omiro.notice', {json.dumps(notice_version(server))})"
+            )
         if init_script:
             context.add_init_script(init_script)
         page = context.new_page()

@@ -21,6 +21,7 @@ from omiro_trio.config import (
     LimitsConfig,
     LogConfig,
     MatchmakingConfig,
+    PageConfig,
     RedisConfig,
     ReportsConfig,
     ServerConfig,
@@ -77,6 +78,8 @@ DESIGN_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "admin": {"token": ""},
     "log": {"level": "info", "format": "text"},
+    # Added after DESIGN.md: what the page tells people before they start.
+    "page": {"notice": "", "terms_url": "", "privacy_url": ""},
 }
 
 
@@ -124,6 +127,7 @@ def test_config_table_types_and_attribute_names() -> None:
         "ice": IceConfig,
         "admin": AdminConfig,
         "log": LogConfig,
+        "page": PageConfig,
     }
     for table, cls in tables.items():
         assert type(getattr(config, table)) is cls
@@ -314,12 +318,25 @@ def test_config_int_accepted_for_float_seconds(tmp_path: Path) -> None:
         ("[ice]\nrelay_only = true\n", "ice.relay_only"),
         ('[redis]\nurl = "http://127.0.0.1:6379"\n', "redis.url"),
         ('[redis]\nurl = "redis://"\n', "redis.url"),
+        ('[page]\nterms_url = "javascript:alert(1)"\n', "page.terms_url"),
+        ('[page]\nprivacy_url = "ftp://example.org/p"\n', "page.privacy_url"),
+        ('[page]\nprivacy_url = "https://"\n', "page.privacy_url"),
+        ('[page]\nterms_url = "/terms page"\n', "page.terms_url"),
     ],
 )
 def test_config_invalid_value_names_table_key_and_file(tmp_path: Path, text: str, key: str) -> None:
     message = load_error(tmp_path, text)
     assert key in message
     assert str(tmp_path / "omiro.toml") in message
+
+
+@pytest.mark.parametrize(
+    "link", ["https://example.org/terms?x=1", "http://example.org", "/terms.html", "privacy.html"]
+)
+def test_config_valid_page_links_accepted(link: str) -> None:
+    config = load_config(environ={"OMIRO_PAGE_TERMS_URL": link, "OMIRO_PAGE_PRIVACY_URL": link})
+    assert config.page.terms_url == link
+    assert config.page.privacy_url == link
 
 
 @pytest.mark.parametrize(

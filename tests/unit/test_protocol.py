@@ -15,12 +15,14 @@ from hypothesis import strategies as st
 
 from omiro_trio.errors import ProtocolViolation
 from omiro_trio.protocol import (
+    MAX_CONNECT_MS,
     MAX_INTEREST_LENGTH,
     MAX_INTERESTS,
     MAX_REPORT_REASON_LENGTH,
     MODES,
     OP_NAMES,
     RELAYED,
+    CallOutcome,
     Chat,
     ClientMessage,
     Disconnect,
@@ -143,6 +145,7 @@ def test_op_names_cover_every_message_class() -> None:
         WebrtcAnswer,
         IceCandidate,
         Report,
+        CallOutcome,
     }
     assert OP_NAMES[WebrtcOffer] == "webrtc_offer"
     assert OP_NAMES[IceCandidate] == "ice_candidate"
@@ -157,6 +160,7 @@ def test_op_names_round_trip_through_parse(cls: type) -> None:
         WebrtcOffer: {"sdp": "x"},
         WebrtcAnswer: {"sdp": "x"},
         IceCandidate: {"candidate": None},
+        CallOutcome: {"match_id": "m", "outcome": "failed"},
     }
     assert type(parse(frame(OP_NAMES[cls], samples.get(cls, {})))) is cls
 
@@ -655,3 +659,84 @@ def test_parse_client_frame_only_returns_message_or_raises_violation(
         assert type(outcome) in OP_NAMES
         # Anything accepted can be relayed without failing to encode.
         msgspec.json.encode(outcome)
+
+
+# -- call_outcome ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            {"match_id": "m1", "outcome": "connected", "connect_ms": 840, "path": "direct"},
+            CallOutcome("m1", "connected", 840, "direct"),
+        ),
+        (
+            {"match_id": "m1", "outcome": "connected", "connect_ms": 0, "path": "relay"},
+            CallOutcome("m1", "connected", 0, "relay"),
+        ),
+        (
+            {
+                "match_id": "m1",
+                "outcome": "connected",
+                "connect_ms": MAX_CONNECT_MS,
+                "path": "relay",
+            },
+            CallOutcome("m1", "connected", MAX_CONNECT_MS, "relay"),
+        ),
+        ({"match_id": "m1", "outcome": "failed"}, CallOutcome("m1", "failed")),
+        (
+            {"match_id": "m1", "outcome": "failed", "path": None, "connect_ms": None, "x": 1},
+            CallOutcome("m1", "failed"),
+        ),
+    ],
+)
+def test_parse_call_outcome_accepts(data: dict[str, Any], expected: CallOutcome) -> None:
+    assert parse(frame("call_outcome", data)) == expected
+
+
+CONNECTED: dict[str, Any] = {
+    "match_id": "m1",
+    "outcome": "connected",
+    "connect_ms": 500,
+    "path": "direct",
+}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (None, "data.match_id is required"),
+        ({}, "data.match_id is required"),
+        ({"match_id": "m1"}, "data.outcome is required"),
+        ({**CONNECTED, "match_id": ""}, "data.match_id must be 1 to 64 characters long"),
+        ({**CONNECTED, "match_id": "m" * 65}, "data.match_id must be 1 to 64 characters long"),
+        ({**CONNECTED, "match_id": 7}, "data.match_id must be a string"),
+        ({**CONNECTED, "outcome": "ok"}, 'data.outcome must be "connected" or "failed"'),
+        ({**CONNECTED, "outcome": True}, "data.outcome must be a string"),
+        (
+            {**CONNECTED, "path": "turn"},
+            'a "connected" outcome needs data.path "direct" or "relay"',
+        ),
+        ({**CONNECTED, "path": None}, 'a "connected" outcome needs data.path "direct" or "relay"'),
+        ({**CONNECTED, "connect_ms": None}, "needs data.connect_ms from 0 to 600000"),
+        ({**CONNECTED, "connect_ms": -1}, "needs data.connect_ms from 0 to 600000"),
+        ({**CONNECTED, "connect_ms": MAX_CONNECT_MS + 1}, "needs data.connect_ms from 0 to 600000"),
+        ({**CONNECTED, "connect_ms": 1.5}, "data.connect_ms must be an integer or null"),
+        ({**CONNECTED, "connect_ms": "500"}, "data.connect_ms must be an integer or null"),
+        ({**CONNECTED, "connect_ms": True}, "data.connect_ms must be an integer or null"),
+        (
+            {"match_id": "m1", "outcome": "failed", "path": "relay"},
+            'a "failed" outcome has no data.path or data.connect_ms',
+        ),
+        (
+            {"match_id": "m1", "outcome": "failed", "connect_ms": 3},
+            'a "failed" outcome has no data.path or data.connect_ms',
+        ),
+    ],
+)
+def test_parse_call_outcome_rejects(data: Any, message: str) -> None:
+    error = violation(frame("call_outcome", data))
+    assert error.code == "bad_request"
+    assert error.op == "call_outcome"
+    assert message in error.message

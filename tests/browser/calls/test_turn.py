@@ -1,0 +1,97 @@
+"""Relay-only calls through a real coturn: a call that connects, and a wrong secret."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+# Candidate types of the selected pair, from the page's own RTCPeerConnection.
+SELECTED_PAIR = """async () => {
+  const pc = window.omiro.pc;
+  if (!pc) return null;
+  const stats = await pc.getStats();
+  let pair = null;
+  stats.forEach((r) => {
+    if (r.type === "transport" && r.selectedCandidatePairId) {
+      pair = stats.get(r.selectedCandidatePairId);
+    }
+  });
+  if (!pair) return null;
+  return {
+    local: stats.get(pair.localCandidateId).candidateType,
+    remote: stats.get(pair.remoteCandidateId).candidateType,
+  };
+}"""
+OUTCOME = "() => window.omiro.call && window.omiro.call.outcome"
+
+
+def test_turn_relay_only_call_connects_plays_and_is_counted(make_server, people, coturn, metrics):
+    server = make_server(**coturn.omiro_env())
+    alice = people(server, "alice")
+    bob = people(server, "bob")
+    alice.start()
+    alice.wait_state("waiting")
+    hello = alice.js("() => window.omiro.signaling.hello")
+    assert hello["ice_transport_policy"] == "relay"
+    assert [s["urls"] for s in hello["ice_servers"]] == [[coturn.url]]  # no STUN, no host path
+    bob.start()
+    for person in (alice, bob):
+        person.wait_call_connected()
+    for person in (alice, bob):
+        person.wait_media_flowing()
+        person.wait(f"async () => ({SELECTED_PAIR})() !== null")
+        assert person.js(SELECTED_PAIR) == {"local": "relay", "remote": "relay"}
+        person.wait(f"() => ({OUTCOME})() !== null")
+        outcome = person.js(OUTCOME)
+        assert outcome["outcome"] == "connected"
+        assert outcome["path"] == "relay"
+        assert 0 < outcome["connectMs"] < 15_000
+    # Both pages reported their side; nothing counted as direct or failed.
+    m = metrics(server.url)
+    m.wait(m.CONNECTED_RELAY, 2)
+    assert m.get(m.CONNECTED_DIRECT) == 0
+    assert m.get(m.FAILED) == 0
+    assert m.get('omiro_call_connect_seconds_count{path="relay"}') == 2
+    # coturn really relayed: it allocated for both and saw the permissions.
+    log = coturn.log.read_text(errors="replace")
+    assert log.count("ALLOCATE processed, success") >= 2, log[-2000:]
+
+
+def test_turn_wrong_secret_fails_visibly_and_is_counted(make_server, people, coturn, metrics):
+    server = make_server(**coturn.omiro_env(secret="not-the-secret-coturn-has"))
+    alice = people(server, "alice")
+    bob = people(server, "bob")
+    alice.start()
+    alice.wait_state("waiting")
+    bob.start()
+    for person in (alice, bob):
+        person.wait_state("connected")
+    for person in (alice, bob):
+        # coturn answers 401 at once; the page gives up on its own instead of
+        # waiting for a "failed" state that never comes.
+        person.wait(f"() => ({OUTCOME})() !== null", timeout_ms=10_000)
+        outcome = person.js(OUTCOME)
+        assert outcome == {
+            "outcome": "failed",
+            "connectMs": None,
+            "path": None,
+            "reason": "refused",
+        }
+        errors = person.js("() => window.omiro.call.candidateErrors.map(e => e.errorCode)")
+        assert 401 in errors
+        assert person.js("() => window.omiro.call.localCandidates") == 0
+        assert person.js("() => window.omiro.pc.connectionState") != "connected"
+        # Visible: the caption over the video, the stage state, and the chat log.
+        caption = person.page.locator("#overlay-caption")
+        assert caption.is_visible()
+        assert "Couldn't reach the relay server" in caption.inner_text()
+        assert person.js("() => document.body.dataset.call") == "failed"
+        assert any("relay server" in e["text"] for e in person.chat_entries())
+        # The chat still works: the match stands, only the video failed.
+        assert person.state == "connected"
+    m = metrics(server.url)
+    m.wait(m.FAILED, 2)
+    assert m.get(m.CONNECTED_RELAY) == 0
+    assert m.get(m.CONNECTED_DIRECT) == 0
+    assert "check_stun_auth" in coturn.log.read_text(errors="replace")  # refused by coturn

@@ -1,0 +1,130 @@
+"""The page's assets, compressed when the client asks, over a real socket.
+
+Raw bytes are read with ``aiter_raw`` (httpx would otherwise decode them),
+then decompressed here, so the test sees exactly what went over the wire.
+"""
+
+from __future__ import annotations
+
+import gzip
+
+import brotli
+import httpx
+import pytest
+from support import Harness, StartServer
+
+from omiro_trio.static import accepted_encodings
+
+PATHS = ["/", "/index.html", "/css/app.css", "/js/app.js", "/js/constants.js", "/favicon.svg"]
+DECODE = {"gzip": gzip.decompress, "br": brotli.decompress}
+
+
+async def raw_get(
+    http: httpx.AsyncClient, path: str, **headers: str
+) -> tuple[httpx.Response, bytes]:
+    async with http.stream("GET", path, headers=headers) as response:
+        body = b"".join([chunk async for chunk in response.aiter_raw()])
+    return response, body
+
+
+async def test_assets_compressed_only_when_accepted(server: Harness) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        for path in PATHS:
+            plain, identity = await raw_get(http, path, **{"Accept-Encoding": "identity"})
+            assert plain.status_code == 200, path
+            assert "content-encoding" not in plain.headers, path
+            assert plain.headers["vary"] == "Accept-Encoding", path
+            assert int(plain.headers["content-length"]) == len(identity)
+            for coding, accept in [
+                ("gzip", "gzip"),
+                ("br", "br"),
+                ("br", "gzip, deflate, br, zstd"),  # what Chromium sends
+                ("gzip", "br;q=0, gzip"),
+                ("gzip", "*;q=0.5, br;q=0"),
+            ]:
+                response, body = await raw_get(http, path, **{"Accept-Encoding": accept})
+                assert response.status_code == 200, (path, accept)
+                assert response.headers["content-encoding"] == coding, (path, accept)
+                assert response.headers["vary"] == "Accept-Encoding"
+                assert len(body) < len(identity), (path, coding)
+                assert DECODE[coding](body) == identity, (path, coding)
+                assert response.headers["content-type"] == plain.headers["content-type"]
+                # Each representation has its own strong ETag.
+                assert not response.headers["etag"].startswith("W/")
+                assert response.headers["etag"] != plain.headers["etag"]
+            for refused in ["", "deflate", "gzip;q=0, br;q=0", "*;q=0", "gzip;q=zero"]:
+                response, body = await raw_get(http, path, **{"Accept-Encoding": refused})
+                assert "content-encoding" not in response.headers, (path, refused)
+                assert body == identity, (path, refused)
+
+
+async def test_assets_revalidate_per_encoding(server: Harness) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        for path in PATHS:
+            etags = {}
+            for accept in ("identity", "gzip", "br"):
+                first, _ = await raw_get(http, path, **{"Accept-Encoding": accept})
+                etags[accept] = first.headers["etag"]
+                again, body = await raw_get(
+                    http, path, **{"Accept-Encoding": accept, "If-None-Match": etags[accept]}
+                )
+                assert again.status_code == 304, (path, accept)
+                assert body == b""
+                assert again.headers["etag"] == etags[accept]
+                assert again.headers["vary"] == "Accept-Encoding"
+            assert len(set(etags.values())) == 3, path
+            # A gzip copy's tag does not validate the brotli representation.
+            stale, body = await raw_get(
+                http, path, **{"Accept-Encoding": "br", "If-None-Match": etags["gzip"]}
+            )
+            assert stale.status_code == 200
+            assert stale.headers["content-encoding"] == "br"
+            assert body
+
+
+async def test_small_uncompressible_answers_unchanged(server: Harness) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        stats, _ = await raw_get(http, "/stats", **{"Accept-Encoding": "gzip, br"})
+    assert "content-encoding" not in stats.headers
+
+
+async def test_page_notice_and_links_from_config(start_server: StartServer) -> None:
+    server = await start_server(
+        page__notice="Be kind <b>here</b>.\n\nSecond & last rule.",
+        page__terms_url="https://example.org/terms?a=1&b=2",
+        page__privacy_url="privacy.html",
+    )
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        page = (await http.get("/", headers={"Accept-Encoding": "br"})).text
+        default = await start_server()
+        async with httpx.AsyncClient(base_url=default.url) as other:
+            builtin = (await other.get("/")).text
+    assert "<p>Be kind &lt;b&gt;here&lt;/b&gt;.</p><p>Second &amp; last rule.</p>" in page
+    assert "<b>here</b>" not in page
+    assert '<a href="https://example.org/terms?a=1&amp;b=2" rel="noopener">Terms of use</a>' in page
+    assert '<a href="privacy.html" rel="noopener">Privacy</a>' in page
+    assert "18" in builtin
+    assert "Be kind" not in builtin
+    assert "Terms of use" not in builtin
+    version = page.split('data-notice-version="', 1)[1].split('"', 1)[0]
+    builtin_version = builtin.split('data-notice-version="', 1)[1].split('"', 1)[0]
+    assert len(version) == 12
+    assert len(builtin_version) == 12
+    assert version != builtin_version
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, set()),
+        ("gzip", {"gzip"}),
+        ("GZIP;Q=1.0, Br", {"gzip", "br"}),
+        ("*", {"gzip", "br"}),
+        ("*, br;q=0", {"gzip"}),
+        ("br;q=0.001", {"br"}),
+        ("br;q=nan-ish", set()),
+        (",,;q=1, identity", set()),
+    ],
+)
+def test_accepted_encodings(header: str | None, expected: set[str]) -> None:
+    assert accepted_encodings(header) == expected
