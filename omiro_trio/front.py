@@ -191,17 +191,22 @@ class HttpStream(trio.abc.HalfCloseableStream):
         self.refusal: bytes | None = None  # the answer to a head h11 could not parse
         self._body_deadline = math.inf
         self.handoff: tuple[RequestHead, bytes] | None = None
-        self._sending = trio.Lock()  # hypercorn may call send_eof during a send_all
+        self._write_done: trio.Event | None = None  # set when the send_all under way ends
+        self._reads = 0  # socket reads so far (each one a checkpoint)
         self.watchdog: trio.CancelScope | None = None  # moved on by every read and write
 
     # -- reading requests ----------------------------------------------
 
     def _progress(self) -> None:
+        # Moving a deadline costs a heap update: do it at most once a second.
         if self.watchdog is not None:
-            self.watchdog.deadline = trio.current_time() + STALL_TIMEOUT_S
+            deadline = trio.current_time() + STALL_TIMEOUT_S
+            if deadline - self.watchdog.deadline > 1.0:
+                self.watchdog.deadline = deadline
 
     async def _receive(self, deadline: float) -> bytes:
         """One read from the socket by ``deadline``; b"" at end of file or deadline."""
+        self._reads += 1
         with trio.move_on_at(deadline):
             data = await self._stream.receive_some(RECEIVE_BYTES)
             self._progress()
@@ -282,8 +287,10 @@ class HttpStream(trio.abc.HalfCloseableStream):
                 return
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        reads = self._reads
         while not self._ready:
             if self._broken:
+                await trio.lowlevel.checkpoint()
                 return b""
             if self._complete:
                 # hypercorn reads again only once it has answered the last
@@ -312,18 +319,24 @@ class HttpStream(trio.abc.HalfCloseableStream):
         size = len(self._ready) if max_bytes is None else max_bytes
         chunk = bytes(self._ready[:size])
         del self._ready[:size]
-        await trio.lowlevel.checkpoint()
+        if reads == self._reads:  # no socket read (a checkpoint) in this call
+            await trio.lowlevel.checkpoint()
         return chunk
 
     # -- writing -------------------------------------------------------
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         # hypercorn writes under a shield; our own deadline still applies.
-        async with self._sending:
+        # (hypercorn never runs two send_all at once; it may send_eof during one.)
+        done = self._write_done = trio.Event()
+        try:
             with trio.move_on_after(SEND_TIMEOUT_S):
                 await self._stream.send_all(data)
                 self._progress()
                 return
+        finally:
+            self._write_done = None
+            done.set()
         await self._stream.aclose()
         raise trio.BrokenResourceError("the client did not read its response in time")
 
@@ -333,9 +346,10 @@ class HttpStream(trio.abc.HalfCloseableStream):
     async def send_eof(self) -> None:
         # hypercorn may end the connection while it is still writing an
         # error response: wait for the write (itself bounded) to finish.
-        async with self._sending:
-            if self.handoff is None:
-                await self._stream.send_eof()
+        if self._write_done is not None:
+            await self._write_done.wait()
+        if self.handoff is None:
+            await self._stream.send_eof()
 
     async def aclose(self) -> None:
         if self.handoff is None:

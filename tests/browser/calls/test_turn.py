@@ -84,7 +84,7 @@ def test_turn_wrong_secret_fails_visibly_and_is_counted(make_server, people, cot
         assert person.js("() => window.omiro.pc.connectionState") != "connected"
         # Visible: the caption over the video, the stage state, and the chat log.
         caption = person.page.locator("#overlay-caption")
-        assert caption.is_visible()
+        caption.wait_for(state="visible", timeout=5_000)  # the overlay fades in
         assert "Couldn't reach the relay server" in caption.inner_text()
         assert person.js("() => document.body.dataset.call") == "failed"
         assert any("relay server" in e["text"] for e in person.chat_entries())
