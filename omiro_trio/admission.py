@@ -16,7 +16,7 @@ import trio
 
 from omiro_trio.addresses import address_group, client_ip, origin_allowed
 from omiro_trio.context import ServerContext
-from omiro_trio.errors import InvalidToken
+from omiro_trio.errors import BackendUnavailable, InvalidToken
 
 CONCURRENT_LIMIT_RETRY_S = 5
 
@@ -88,7 +88,20 @@ async def admit(ctx: ServerContext, head: RequestHead, ip: str) -> str | Rejecti
 
     ``ip`` is the client (address group). An accepted upgrade holds one of
     its ``sockets_per_ip`` slots in ``head.slot`` until ``release_slot``.
+    A backend that does not answer is a 503 for this client, never an error.
     """
+    try:
+        return await _checks(ctx, head, ip)
+    except BackendUnavailable:
+        release_slot(ctx, head)
+        return Rejection(
+            503,
+            {"error": "unavailable", "message": "the service is briefly unavailable"},
+            retry_after_s=CONCURRENT_LIMIT_RETRY_S,
+        )
+
+
+async def _checks(ctx: ServerContext, head: RequestHead, ip: str) -> str | Rejection:
     config = ctx.config
     if not origin_allowed(
         head.header("origin"), head.header("host"), config.server.allowed_origins

@@ -61,7 +61,17 @@ def main() -> None:
 @config_option
 @click.option("--host", default=None, help="Address to listen on (overrides server.host).")
 @click.option("--port", type=int, default=None, help="Port to listen on; 0 picks a free one.")
-def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
+@click.option(
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Processes sharing the port (SO_REUSEPORT), supervised; more than 1 needs Redis.",
+)
+@click.option("--reuse-port", is_flag=True, hidden=True, help="Run as one of --workers.")
+def serve(
+    config_path: Path | None, host: str | None, port: int | None, workers: int, reuse_port: bool
+) -> None:
     """Run the server until Ctrl-C or SIGTERM, then drain and exit."""
     config = _load(config_path)
     server = config.server
@@ -73,9 +83,21 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
         server = msgspec.structs.replace(server, port=port)
     config = msgspec.structs.replace(config, server=server)
     setup_logging(config.log.level, config.log.format)
+    if workers != 1:
+        from omiro_trio.workers import check_workers, supervise
+
+        try:
+            check_workers(config, workers)
+        except ConfigError as refused:
+            log.error("configuration error: %s", refused)
+            sys.exit(2)
+        if config_path is None and os.environ.get("OMIRO_CONFIG"):
+            config_path = Path(os.environ["OMIRO_CONFIG"])
+        trio.run(supervise, config, workers, config_path)
+        return
     exit_code = 0
     try:
-        trio.run(_serve_until_signalled, config)
+        trio.run(_serve_until_signalled, config, reuse_port)
     except* ConfigError as problems:  # found only when starting (e.g. an unavailable backend)
         for problem in problems.exceptions:
             log.error("configuration error: %s", problem)
@@ -88,7 +110,7 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
         sys.exit(exit_code)
 
 
-async def _serve_until_signalled(config: Config) -> None:
+async def _serve_until_signalled(config: Config, reuse_port: bool = False) -> None:
     from omiro_trio.server import serve as run_server  # the CLI stays quick to import
 
     stop = trio.Event()
@@ -96,7 +118,7 @@ async def _serve_until_signalled(config: Config) -> None:
         async with trio.open_nursery() as nursery:
 
             async def run() -> None:
-                await run_server(config, stop)
+                await run_server(config, stop, reuse_port=reuse_port)
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(run)

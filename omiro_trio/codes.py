@@ -36,3 +36,4 @@ class ErrorCode(StrEnum):
     MESSAGE_TOO_LONG = "message_too_long"
     RATE_LIMITED = "rate_limited"
     BANNED = "banned"
+    UNAVAILABLE = "unavailable"  # the shared backend (Redis) is not answering: try again

@@ -112,6 +112,10 @@ class BackendConfig(_Table, frozen=True):
 class RedisConfig(_Table, frozen=True):
     url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "omiro:"
+    pool_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 50  # connections per process
+    heartbeat_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0  # each server says it lives
+    dead_after_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 6.0  # silent this long: swept
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0  # connect, reply, pooled conn
 
 
 class MatchmakingConfig(_Table, frozen=True):
@@ -429,6 +433,13 @@ def _check_values(config: Config, sources: _Sources) -> None:
         # Not echoed: a Redis URL may carry a password.
         problem = f"expected a URL starting with {', '.join(_REDIS_SCHEMES)}"
         raise _error(sources, "redis", "url", problem)
+    if config.redis.dead_after_s <= config.redis.heartbeat_s:
+        problem = "must be longer than redis.heartbeat_s (a live server would be swept)"
+        raise _error(sources, "redis", "dead_after_s", problem)
+    if config.backend.kind != "memory" and not config.session.secret:
+        # Every server must verify the tokens the others signed.
+        problem = f"must be set with backend.kind = {config.backend.kind!r}: servers share tokens"
+        raise _error(sources, "session", "secret", problem)
 
 
 def _valid_origin(origin: str) -> bool:

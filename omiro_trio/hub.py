@@ -15,7 +15,19 @@ round trip, and applies what the backend decided in this order:
 
 With the memory backend no backend call has a checkpoint, so each hub
 operation is atomic. With a shared backend the ``match_id`` checks above are
-what keep every interleaving correct.
+what keep every interleaving correct, and:
+
+* Each session's backend operations (join, next, leave, report, widen,
+  detach, resync) run one at a time (``Session.lock``). Backend calls are
+  shielded from cancellation inside the backend, so a match the backend
+  formed is always delivered: nothing between "formed" and "told" can be
+  cancelled.
+* ``BackendUnavailable`` never leaves the hub: the client gets an ``error``
+  (``unavailable``) and the state is repaired by the next ``resync``.
+* ``resync`` (periodic, and at once when the backend says messages may have
+  been lost or its records were lost) compares each session's local match
+  with the backend's and repairs the difference; after a Redis restart it
+  also puts every live session, waiting entry and match back.
 """
 
 from __future__ import annotations
@@ -33,8 +45,9 @@ import trio
 
 from omiro_trio import protocol
 from omiro_trio.addresses import group_in_networks
-from omiro_trio.backends.base import Backend, Ban, ReportRecord
+from omiro_trio.backends.base import Backend, Ban, Ended, LocalView, ReportRecord, SharedView
 from omiro_trio.codes import CloseCode, ErrorCode
+from omiro_trio.errors import BackendUnavailable
 from omiro_trio.matchmaking import Match, Preferences, Waiting
 from omiro_trio.metrics import Metrics
 
@@ -42,6 +55,8 @@ log = logging.getLogger(__name__)
 
 TRANSCRIPT_LINES = 20
 ENDED_REMEMBERED = 8
+SYNC_INTERVAL_S = 5.0
+SYNC_RETRY_S = 1.0
 CALLS_REMEMBERED = 8  # recent matches whose call outcome may still be reported
 
 
@@ -49,12 +64,14 @@ class BusMessage(msgspec.Struct, frozen=True, omit_defaults=True):
     """What one server tells another about a session it holds."""
 
     to: str
-    kind: str  # "matched" | "ended" | "relay"
+    kind: str  # "matched" | "ended" | "relay" | "ban" (to every server)
     match_id: str
     match: tuple[str, str, str, tuple[str, ...]] | None = None  # caller, callee, mode, common
     reason: str = ""
     frame: str = ""
     chat: str | None = None
+    target: str = ""  # "ban": the banned address or network
+    origin: str = ""  # "ban": the server that sent it
 
 
 _bus_encoder = msgspec.json.Encoder()
@@ -87,14 +104,18 @@ class Session:
         "ended",
         "id",
         "ip",
+        "lock",
         "match",
+        "matches_applied",
         "nursery",
         "outcomes_reported",
         "outlet",
         "partner_reason",
         "prefs",
         "recent_matches",
+        "suspect",
         "transcript",
+        "waiting",
         "widen_scope",
     )
 
@@ -104,6 +125,10 @@ class Session:
         self.outlet = outlet
         self.match: Match | None = None
         self.prefs: Preferences | None = None
+        self.waiting = False  # in the queue, as far as this server knows
+        self.lock = trio.Lock()  # one backend operation at a time
+        self.matches_applied = 0  # counts match_found sent, to spot one that overtook a join
+        self.suspect: tuple[str, str] | None = None  # a difference the last resync saw
         self.close_code: int | None = None
         self.close_reason = ""
         self.partner_reason = "left"  # what the partner hears when this socket ends
@@ -190,6 +215,9 @@ class Hub:
         self._relayed = {op: metrics.relayed.labels(op) for op in protocol.OP_NAMES.values()}
         self._no_sessions = trio.Event()
         self._no_sessions.set()
+        self._sync_now = trio.Event()
+        self._sync_soon = False  # a resync saw differences: look again shortly
+        self._unreleased: set[str] = set()  # claims a failed release left behind
 
     # -- lifecycle -----------------------------------------------------
 
@@ -231,17 +259,32 @@ class Hub:
         """
         if self.sessions.get(session.id) is not session:
             return
-        del self.sessions[session.id]
-        session.stop_widen()
-        session.close_outbox()
-        self.metrics.connections.dec()
+        async with session.lock:  # first, so nothing runs between forgetting and releasing
+            if self.sessions.get(session.id) is not session:
+                return
+            del self.sessions[session.id]
+            session.stop_widen()
+            session.close_outbox()
+            self.metrics.connections.dec()
+            try:
+                ended = await self.backend.release_session(session.id)
+                if ended is not None:
+                    await self._end(session, ended, session.partner_reason)
+            except BackendUnavailable as exc:
+                log.warning("could not release session %s now (%s): will retry", session.id, exc)
+                self._unreleased.add(session.id)
+                self._sync_now.set()
+            finally:
+                if not self.sessions:
+                    self._no_sessions.set()
+
+    async def release_claim(self, session_id: str) -> None:
+        """Give back a claim whose socket never opened; retried later if the backend is down."""
         try:
-            ended = await self.backend.release_session(session.id)
-            if ended is not None:
-                await self._end(session, ended, session.partner_reason)
-        finally:
-            if not self.sessions:
-                self._no_sessions.set()
+            await self.backend.release_session(session_id)
+        except BackendUnavailable:
+            self._unreleased.add(session_id)
+            self._sync_now.set()
 
     async def wait_empty(self) -> None:
         """Return when no session is attached."""
@@ -259,7 +302,19 @@ class Hub:
         Returns how many sockets were closed.
         """
         await self.backend.add_ban(ban)
-        networks = (ipaddress.ip_network(ban.target, strict=False),)
+        closed = self._close_banned(ban.target)
+        message = BusMessage(
+            to="", kind="ban", match_id="", target=ban.target, origin=self.backend.server_id
+        )
+        try:
+            await self.backend.broadcast(_bus_encoder.encode(message))
+        except BackendUnavailable as exc:
+            # The ban is in force; other servers apply it to new sockets only.
+            log.warning("could not tell other servers about the ban of %s: %s", ban.target, exc)
+        return closed
+
+    def _close_banned(self, target: str) -> int:
+        networks = (ipaddress.ip_network(target, strict=False),)
         banned = [s for s in self.sessions.values() if group_in_networks(s.ip, networks)]
         for session in banned:
             session.send(protocol.error_frame(ErrorCode.BANNED, "this address is banned", None))
@@ -272,33 +327,70 @@ class Hub:
 
     # -- client operations ---------------------------------------------
 
-    async def join(self, session: Session, prefs: Preferences, *, ended_reason: str) -> None:
+    async def join(
+        self, session: Session, prefs: Preferences, *, ended_reason: str, op: str = "join_queue"
+    ) -> None:
         """Enter the waiting pool (ending a current match first)."""
-        await self._make_idle(session, ended_reason)
-        session.prefs = prefs
+        async with session.lock:
+            try:
+                await self._make_idle(session, ended_reason)
+                session.prefs = prefs
+                await self._enter_queue(session, prefs, announce=True)
+            except BackendUnavailable as exc:
+                self._unavailable(session, op, exc)
+
+    async def _enter_queue(self, session: Session, prefs: Preferences, *, announce: bool) -> None:
+        applied = session.matches_applied
         result = await self.backend.join(session.id, prefs)
         if isinstance(result, Waiting):
-            session.send(
-                protocol.encode("queued", {"mode": prefs.mode, "interests": list(prefs.interests)})
-            )
+            if session.matches_applied != applied:
+                # Another server matched it (and told it) before this answer
+                # came back: it no longer waits, and must not hear "queued".
+                return
+            session.waiting = True
+            if announce:
+                session.send(
+                    protocol.encode(
+                        "queued", {"mode": prefs.mode, "interests": list(prefs.interests)}
+                    )
+                )
             if result.widen_after_s is not None:
                 session.widen_scope = trio.CancelScope()
-                self._nursery_of(session).start_soon(
-                    self._widen_later,
-                    session,
-                    result.ticket,
-                    result.widen_after_s,
-                    session.widen_scope,
-                )
+                nursery = self._nursery_of(session)
+                try:
+                    nursery.start_soon(
+                        self._widen_later,
+                        session,
+                        result.ticket,
+                        result.widen_after_s,
+                        session.widen_scope,
+                    )
+                except RuntimeError:
+                    # Its connection is ending (a resync re-queued it meanwhile):
+                    # the detach that follows takes it out of the queue.
+                    session.widen_scope = None
         else:
             await self._form(session, result)
 
     async def next(self, session: Session) -> None:
-        await self.join(session, session.prefs or Preferences(), ended_reason="next")
+        await self.join(session, session.prefs or Preferences(), ended_reason="next", op="next")
 
     async def leave(self, session: Session) -> None:
         """Become idle: stop searching, or end the current match."""
-        await self._make_idle(session, "left")
+        async with session.lock:
+            try:
+                await self._make_idle(session, "left")
+            except BackendUnavailable as exc:
+                self._unavailable(session, "leave_queue", exc)
+
+    def _unavailable(self, session: Session, op: str, exc: BackendUnavailable) -> None:
+        log.warning("%s for %s failed: %s", op, session.id, exc)
+        self._sync_now.set()
+        session.send(
+            protocol.error_frame(
+                ErrorCode.UNAVAILABLE, "the service is briefly unavailable; try again", op
+            )
+        )
 
     async def relay(self, session: Session, message: protocol.ClientMessage) -> None:
         """Send a chat, typing or signaling message to the current partner only."""
@@ -318,16 +410,25 @@ class Hub:
         self._relayed[op].inc()
         if partner is not None:
             self._apply_relay(partner, match.match_id, frame, chat)
-        else:
-            await self._publish(
-                BusMessage(
-                    to=partner_id,
-                    kind="relay",
-                    match_id=match.match_id,
-                    frame=frame.decode(),
-                    chat=chat,
-                )
-            )
+            return
+        bus = BusMessage(
+            to=partner_id, kind="relay", match_id=match.match_id, frame=frame.decode(), chat=chat
+        )
+        try:
+            delivered = await self._publish(bus)
+        except BackendUnavailable as exc:
+            self._unavailable(session, op, exc)
+            return
+        if not delivered:
+            # Nobody holds the partner any more: the match is over for the sender too.
+            async with session.lock:
+                if session.match is not None and session.match.match_id == match.match_id:
+                    try:
+                        await self._make_idle(session, "left")
+                    except BackendUnavailable:
+                        self._forget_match(session, match.match_id)
+                        self._sync_now.set()
+                    session.send(protocol.encode("partner_disconnected", {"reason": "left"}))
 
     def call_outcome(self, session: Session, message: protocol.CallOutcome) -> None:
         """Count how this side's call of a recent video match went, once per match.
@@ -360,6 +461,13 @@ class Hub:
 
     async def report(self, session: Session, reason: str) -> None:
         """End the match, block the pair, keep the report with the transcript."""
+        async with session.lock:
+            try:
+                await self._report(session, reason)
+            except BackendUnavailable as exc:
+                self._unavailable(session, "report", exc)
+
+    async def _report(self, session: Session, reason: str) -> None:
         match = session.match
         if match is None:
             session.send(
@@ -436,6 +544,13 @@ class Hub:
         except msgspec.DecodeError:
             log.warning("dropped a malformed bus message")
             return
+        if message.kind == "ban":
+            if message.origin != self.backend.server_id:
+                try:
+                    self._close_banned(message.target)
+                except ValueError:
+                    log.warning("dropped a ban message with a bad target")
+            return
         session = self.sessions.get(message.to)
         if session is None:
             return
@@ -464,13 +579,22 @@ class Hub:
         # Past this point the backend may form a match: finish the delivery
         # even if the session is being torn down, so nobody is left matched
         # with a partner that never heard of it.
-        with trio.CancelScope(shield=True):
-            match = await self.backend.widen(session.id, ticket)
-            if match is not None:
-                await self._form(session, match)
+        async with session.lock:
+            if scope.cancel_called:
+                return  # the wait ended while this waited for the lock
+            with trio.CancelScope(shield=True):
+                try:
+                    match = await self.backend.widen(session.id, ticket)
+                except BackendUnavailable as exc:
+                    log.warning("widen for %s failed: %s", session.id, exc)
+                    self._sync_now.set()
+                    return
+                if match is not None:
+                    await self._form(session, match)
 
     async def _make_idle(self, session: Session, partner_reason: str) -> None:
         session.stop_widen()
+        session.waiting = False
         ended = await self.backend.leave(session.id)
         if ended is not None:
             await self._end(session, ended, partner_reason)
@@ -517,7 +641,11 @@ class Hub:
     def _apply_match(self, session: Session, match: Match) -> None:
         if match.match_id in session.ended:
             return
+        if session.match is not None and session.match.match_id == match.match_id:
+            return  # told already (a resync and the bus can both bring it)
         session.stop_widen()
+        session.waiting = False
+        session.matches_applied += 1
         session.match = match
         session.remember_match(match)
         session.transcript.clear()
@@ -547,5 +675,125 @@ class Hub:
             session.transcript.append((current.partner_of(session.id), chat))
         session.send(frame)
 
-    async def _publish(self, message: BusMessage) -> None:
-        await self.backend.publish(message.to, _bus_encoder.encode(message))
+    async def _publish(self, message: BusMessage) -> bool:
+        return await self.backend.publish(message.to, _bus_encoder.encode(message))
+
+    # -- cluster upkeep ------------------------------------------------
+
+    def request_sync(self) -> None:
+        """Messages may have been lost, or the backend lost our records: resync soon."""
+        self._sync_now.set()
+
+    async def run_sync(self, interval_s: float = SYNC_INTERVAL_S) -> None:
+        """Resync every ``interval_s`` and whenever asked, until cancelled."""
+        while True:
+            with trio.move_on_after(SYNC_RETRY_S if self._sync_soon else interval_s):
+                await self._sync_now.wait()
+            self._sync_now = trio.Event()
+            self._sync_soon = False
+            try:
+                await self.resync()
+            except BackendUnavailable as exc:
+                log.warning("resync failed: %s", exc)
+                await trio.sleep(SYNC_RETRY_S)
+                self._sync_now.set()
+            except Exception:
+                # A bug here must not end the process with every socket on it.
+                log.exception("resync failed")
+                await trio.sleep(SYNC_RETRY_S)
+
+    async def resync(self) -> None:
+        """Compare every idle-handed local session with the backend and repair differences.
+
+        Raises:
+            BackendUnavailable: the backend did not answer (nothing was lost).
+        """
+        for session_id in list(self._unreleased):
+            if session_id not in self.sessions:
+                ended = await self.backend.release_session(session_id)
+                if ended is not None:
+                    await self.partners_gone([Ended(session_id, ended)])
+            self._unreleased.discard(session_id)
+        held: list[Session] = []
+        try:
+            for session in list(self.sessions.values()):
+                if not session.lock.locked() and session.close_code is None:
+                    session.lock.acquire_nowait()
+                    held.append(session)
+            views = [LocalView(s.id, s.ip, s.match) for s in held]
+            waiting = [s.waiting for s in held]
+            shared = await self.backend.sync(views)
+            for session, local, was_waiting, view in zip(held, views, waiting, shared, strict=True):
+                # A partner's operation or a bus message may have changed it
+                # meanwhile (they need no lock of its own): then the answer is
+                # stale, and the next resync looks again.
+                moved = session.match is not local.match or session.waiting != was_waiting
+                if not moved and self.sessions.get(session.id) is session:
+                    await self._repair(session, view)
+        finally:
+            for session in held:
+                session.lock.release()
+
+    async def _repair(self, session: Session, shared: SharedView) -> None:
+        local = session.match
+        # What differs now may be news still on its way (a match formed or
+        # ended a moment ago, its bus message not yet here): act only on a
+        # difference that the previous resync saw too.
+        seen = (shared.state, shared.match.match_id if shared.match else "")
+        agrees = (
+            (
+                shared.state == "matched"
+                and local is not None
+                and shared.match is not None
+                and local.match_id == shared.match.match_id
+            )
+            or (shared.state == "waiting" and local is None and session.waiting)
+            or (shared.state == "idle" and local is None and not session.waiting)
+        )
+        if agrees:
+            session.suspect = None
+            return
+        if shared.state != "elsewhere" and session.suspect != seen:
+            session.suspect = seen
+            self._sync_soon = True
+            return
+        session.suspect = None
+        if shared.state == "elsewhere":
+            session.close(CloseCode.GOING_AWAY, "connected elsewhere")
+        elif shared.state == "matched" and shared.match is not None:
+            match = shared.match
+            if local is not None and local.match_id == match.match_id:
+                return
+            if local is not None:
+                self._apply_ended(session, local.match_id, "left")
+            if match.match_id in session.ended:  # ended here, never told the backend
+                ended = await self.backend.leave(session.id)
+                if ended is not None:
+                    await self._end(session, ended, "left")
+            else:
+                log.info("resync: %s missed match %s", session.id, match.match_id)
+                self._apply_match(session, match)
+        elif local is not None:
+            log.info("resync: %s missed the end of match %s", session.id, local.match_id)
+            self._apply_ended(session, local.match_id, "left")
+            if shared.state == "waiting":
+                await self.backend.leave(session.id)
+        elif session.waiting and shared.state == "idle" and session.prefs is not None:
+            log.info("resync: %s waits again", session.id)
+            session.stop_widen()
+            await self._enter_queue(session, session.prefs, announce=False)
+        elif not session.waiting and shared.state == "waiting":
+            await self.backend.leave(session.id)
+
+    async def partners_gone(self, ended: list[Ended]) -> None:
+        """The backend ended these matches because one side is gone: tell the other."""
+        for item in ended:
+            partner_id = item.match.partner_of(item.gone)
+            partner = self.sessions.get(partner_id)
+            if partner is not None:
+                self._apply_ended(partner, item.match.match_id, "left")
+            else:
+                message = BusMessage(
+                    to=partner_id, kind="ended", match_id=item.match.match_id, reason="left"
+                )
+                await self._publish(message)

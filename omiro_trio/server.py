@@ -5,8 +5,10 @@ Task tree::
     serve
      └─ backend (async with)              closed last
          └─ nursery
-             ├─ bus listener              backend.run_bus → hub.on_bus (restarted on failure)
-             ├─ janitor                   backend.sweep every JANITOR_INTERVAL_S (failures logged)
+             ├─ bus listener              backend.run_bus → hub.on_bus (restarted on failure;
+             │                            gaps → hub.request_sync)
+             ├─ janitor                   backend.sweep → hub.partners_gone (failures logged)
+             ├─ resync                    hub.run_sync: local matches checked against the backend
              ├─ gc tuning                 freezes long-lived objects (gc_tuning.py)
              ├─ WebSocket engine          one flusher and one keepalive sweeper for all sockets
              ├─ hypercorn lifespan        quart-trio startup/shutdown
@@ -22,6 +24,7 @@ connections, lifespan and bus stop, and the backend closes.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -41,7 +44,7 @@ from omiro_trio.codes import CloseCode
 from omiro_trio.config import Config
 from omiro_trio.connection import serve_connection
 from omiro_trio.context import ServerContext
-from omiro_trio.errors import ConfigError
+from omiro_trio.errors import BackendUnavailable, ConfigError
 from omiro_trio.front import KEEPALIVE_TIMEOUT_S, FrontDoor
 from omiro_trio.gc_tuning import run_gc_tuning
 from omiro_trio.hub import Hub, ReportPolicy
@@ -57,6 +60,7 @@ BUS_RETRY_MIN_S = 0.05
 BUS_RETRY_MAX_S = 2.0
 CLOSE_WAIT_S = 5.0
 HTTP_GRACE_S = 2.0
+LISTEN_BACKLOG = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +85,28 @@ async def open_backend(config: Config) -> AsyncIterator[Backend]:
         ) as backend:
             yield backend
     else:
-        raise ConfigError(
-            f"backend.kind = {config.backend.kind!r}: only the memory backend is available "
-            "in this version"
-        )
+        from omiro_trio.backends.redis import open_redis_backend  # imports coredis
+
+        redis = config.redis
+        opened = False
+        try:
+            async with open_redis_backend(
+                url=redis.url,
+                key_prefix=redis.key_prefix,
+                pool_size=redis.pool_size,
+                heartbeat_s=redis.heartbeat_s,
+                dead_after_s=redis.dead_after_s,
+                timeout_s=redis.timeout_s,
+                interest_timeout_s=config.matchmaking.interest_timeout_s,
+                rematch_cooldown_s=config.matchmaking.rematch_cooldown_s,
+                block_ttl_s=max(config.session.token_ttl_s * 2, 86400),
+            ) as backend:
+                opened = True
+                yield backend
+        except BackendUnavailable as exc:
+            if opened:
+                raise
+            raise ConfigError(f"redis.url: cannot reach Redis at start ({exc})") from None
 
 
 def _hyper_config() -> HyperConfig:
@@ -97,15 +119,46 @@ def _hyper_config() -> HyperConfig:
     return hyper
 
 
-async def _janitor(backend: Backend, metrics: Metrics) -> None:
-    """Sweep every ``JANITOR_INTERVAL_S``; a failed sweep is logged and tried again."""
+async def _janitor(
+    backend: Backend,
+    metrics: Metrics,
+    hub: Hub | None = None,
+    interval_s: float = JANITOR_INTERVAL_S,
+) -> None:
+    """Sweep every ``interval_s``; tell the partners of a dead server's sessions.
+
+    A failed sweep is logged and tried again.
+    """
     while True:
-        await trio.sleep(JANITOR_INTERVAL_S)
+        await trio.sleep(interval_s)
         try:
-            await backend.sweep()
+            ended = await backend.sweep()
+            if hub is not None and ended:
+                await hub.partners_gone(ended)
+        except BackendUnavailable as exc:
+            log.warning("sweep failed: %s", exc)
         except Exception:
             metrics.background_failures.labels("janitor").inc()
-            log.exception("the janitor's sweep failed; trying again in %.0f s", JANITOR_INTERVAL_S)
+            log.exception("the janitor's sweep failed; trying again in %.0f s", interval_s)
+
+
+async def open_listeners(host: str, port: int, *, reuse_port: bool) -> list[trio.SocketListener]:
+    """Listen on ``host:port``; with ``reuse_port``, share the port with sibling workers."""
+    if not reuse_port:
+        return await trio.open_tcp_listeners(port, host=host)
+    family, kind, proto, _, address = (
+        await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    )[0]
+    sock = trio.socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        await sock.bind(address)
+        sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return [trio.SocketListener(sock)]
 
 
 async def _run_bus(
@@ -134,7 +187,7 @@ async def _run_bus(
     while True:
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(backend.run_bus, deliver)
+                await nursery.start(partial(backend.run_bus, deliver, on_gap=hub.request_sync))
                 if not started:
                     started = True
                     task_status.started()
@@ -150,12 +203,14 @@ async def serve(
     config: Config,
     stop: trio.Event,
     *,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run Omiro until ``stop`` is set, then drain and return.
 
     Reports a ``Running`` (bound URL and port) through ``task_status`` once
-    connections are accepted.
+    connections are accepted. With ``reuse_port`` the port is shared
+    (``SO_REUSEPORT``) with other workers of ``omiro serve --workers``.
     """
     if config.session.secret:
         secret = config.session.secret.encode()
@@ -183,12 +238,18 @@ async def serve(
         hyper = _hyper_config()
         lifespan_state: dict[str, object] = {}
         lifespan = Lifespan(app, hyper, lifespan_state)
-        listeners = await trio.open_tcp_listeners(config.server.port, host=config.server.host)
+        listeners = await open_listeners(
+            config.server.host, config.server.port, reuse_port=reuse_port
+        )
         sockname = listeners[0].socket.getsockname()
         running = Running(base_url(config.server.host, sockname[1]), sockname[1], ctx)
         async with trio.open_nursery() as services:
             await services.start(_run_bus, backend, hub, metrics)
-            services.start_soon(_janitor, backend, metrics)
+            # Often enough that a dead server is swept within its dead_after_s
+            # plus one heartbeat.
+            janitor_s = min(JANITOR_INTERVAL_S, config.redis.heartbeat_s)
+            services.start_soon(_janitor, backend, metrics, hub, janitor_s)
+            services.start_soon(hub.run_sync)
             services.start_soon(run_gc_tuning)
             engine = Engine(config.server.idle_timeout_s)
             await services.start(engine.run)

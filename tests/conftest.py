@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 import trio
+from redis_support import RedisServer, running_redis
 from support import Harness, StartServer, make_config
 
 from omiro_trio.server import Running, serve
@@ -43,3 +44,10 @@ async def start_server(nursery: trio.Nursery) -> AsyncIterator[StartServer]:
 @pytest.fixture
 async def server(start_server: StartServer) -> Harness:
     return await start_server()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the test session (each test uses its own key prefix)."""
+    with running_redis() as server:
+        yield server

@@ -26,4 +26,5 @@ export const ErrorCode = Object.freeze({
   MESSAGE_TOO_LONG: "message_too_long",
   RATE_LIMITED: "rate_limited",
   BANNED: "banned",
+  UNAVAILABLE: "unavailable",
 });

@@ -28,9 +28,9 @@ Rules every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import trio
 
@@ -75,6 +75,32 @@ class ReportRecord:
 
 REPORT_OVERHEAD_BYTES = 64
 """What one report costs the store beyond its text (for the byte bound)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """A match the sweep ended because ``gone`` (a session of a dead server) is gone."""
+
+    gone: str
+    match: Match
+
+
+@dataclass(frozen=True, slots=True)
+class LocalView:
+    """What this server believes about one of its live sessions (for ``sync``)."""
+
+    session_id: str
+    ip: str
+    match: Match | None
+
+
+@dataclass(frozen=True, slots=True)
+class SharedView:
+    """What the backend holds for a session: ``elsewhere`` means another live server holds it."""
+
+    session_id: str
+    state: Literal["idle", "waiting", "matched", "elsewhere"]
+    match: Match | None
 
 
 class Backend(Protocol):
@@ -194,15 +220,39 @@ class Backend(Protocol):
         """
         ...
 
+    async def broadcast(self, message: bytes) -> None:
+        """Deliver ``message`` to every other server (bans)."""
+        ...
+
     async def run_bus(
         self,
         handler: BusHandler,
         *,
+        on_gap: Callable[[], None] | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Feed bus messages addressed to this server to ``handler``, until cancelled."""
+        """Feed bus messages for this server (and broadcasts) to ``handler``, until cancelled.
+
+        ``on_gap`` is called whenever messages may have been lost or the
+        shared state may have lost this server's records (a reconnect, a
+        restarted Redis): the hub then calls ``sync``.
+        """
         ...
 
-    async def sweep(self) -> None:
-        """Periodic housekeeping: expire cooldowns, blocks, windows, dead servers."""
+    async def sync(self, views: Sequence[LocalView]) -> list[SharedView]:
+        """Re-register these live sessions of this server; say what is shared for each.
+
+        Refreshes their records' lifetimes. After the shared state was lost
+        (an empty restart), it also restores each view's match. The hub
+        compares the answers with its own copies and repairs the difference
+        (a lost bus message, an answer lost to a timeout).
+        """
+        ...
+
+    async def sweep(self) -> list[Ended]:
+        """Periodic housekeeping: expire cooldowns, blocks, windows; free dead servers.
+
+        Returns the matches it ended because a dead server's session is gone:
+        the caller tells each partner.
+        """
         ...

@@ -13,13 +13,21 @@ import ipaddress
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import trio
 
 from omiro_trio.addresses import Network
-from omiro_trio.backends.base import Ban, BusHandler, ReportRecord, Stats
+from omiro_trio.backends.base import (
+    Ban,
+    BusHandler,
+    Ended,
+    LocalView,
+    ReportRecord,
+    SharedView,
+    Stats,
+)
 from omiro_trio.matchmaking import Match, Matchmaker, Preferences, Waiting
 
 MAX_REPORT_BYTES = 8 * 1024 * 1024
@@ -174,16 +182,34 @@ class MemoryBackend:
         # local sessions itself. A session not there is gone.
         return False
 
+    async def broadcast(self, message: bytes) -> None:
+        return None  # no other server
+
     async def run_bus(
         self,
         handler: BusHandler,
         *,
+        on_gap: Callable[[], None] | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         task_status.started()
         await trio.sleep_forever()
 
-    async def sweep(self) -> None:
+    async def sync(self, views: Sequence[LocalView]) -> list[SharedView]:
+        shared: list[SharedView] = []
+        for view in views:
+            state = self._mm.state_of(view.session_id)
+            self._live[view.session_id] = view.ip
+            if state == "matched":
+                match = self._mm.match_of(view.session_id)
+                shared.append(SharedView(view.session_id, "matched", match))
+            elif state == "waiting":
+                shared.append(SharedView(view.session_id, "waiting", None))
+            else:
+                shared.append(SharedView(view.session_id, "idle", None))
+        return shared
+
+    async def sweep(self) -> list[Ended]:
         now = self._now()
         self._mm.prune(now)
         stale = [k for k, (start, _, window) in self._windows.items() if now - start >= window]
@@ -198,6 +224,7 @@ class MemoryBackend:
         expired = [t for t, (b, _) in self._bans.items() if b.until is not None and b.until <= wall]
         for target in expired:
             del self._bans[target]
+        return []  # one server: none dies while this one runs
 
 
 def _overlaps(a: Network, b: Network) -> bool:

@@ -1,10 +1,18 @@
 """The backend contract: what every ``Backend`` must do, run against each one.
 
 Every test goes through the ``Backend`` Protocol only, so a new backend runs
-the whole suite by adding its name to the ``backend`` fixture's params.
-Time passes through trio's
-``autojump_clock`` (backends measure durations with ``trio.current_time``);
-nothing sleeps for real, and ``trio.fail_after`` bounds every wait.
+the whole suite by adding its name to the ``backend`` fixture's params:
+
+* ``memory``: time passes through trio's ``autojump_clock`` (the backend
+  measures durations with ``trio.current_time``).
+* ``redis``: one backend on a real redis-server (``redis_support``).
+* ``redis-pair``: two backend instances (two "servers") on one Redis; each
+  session's calls go to one of them by its id, so matches, claims and
+  leaves cross servers.
+
+The Redis backends take time from Redis's ``TIME`` plus an offset the tests
+move (``elapse``): nothing sleeps for real, and ``trio.fail_after`` bounds
+every wait.
 """
 
 from __future__ import annotations
@@ -13,16 +21,21 @@ import dataclasses
 import itertools
 import random
 import time
+import zlib
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
+from redis_support import RedisServer, new_prefix
+from trio.abc import Clock
 
 from omiro_trio.backends.base import Backend, Ban, ReportRecord, Stats
 from omiro_trio.backends.memory import MemoryBackend, open_memory_backend
+from omiro_trio.backends.redis import open_redis_backend
 from omiro_trio.matchmaking import Match, Preferences, Waiting
 
 INTEREST_TIMEOUT_S = 10.0
@@ -30,21 +43,120 @@ COOLDOWN_S = 30.0
 BLOCK_TTL_S = 60.0
 WAIT_S = 600.0  # virtual seconds under autojump_clock: a hang fails at once
 CLIENT = "192.0.2.50"  # the address group sessions are claimed from, unless a test says
+BACKENDS = ["memory", "redis", "redis-pair"]
+
+Elapse = Callable[[float], Awaitable[None]]
 
 
-@pytest.fixture(params=["memory"])
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+class _Offset:
+    """Seconds the Redis backends add to Redis's clock."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.servers: list[Any] = []  # the Redis backends that read this clock
+
+    def __call__(self) -> float:
+        return self.seconds
+
+
+class Split:
+    """Two backends on one Redis: each session's calls go to the server its id picks."""
+
+    def __init__(self, a: Any, b: Any) -> None:
+        self.servers = (a, b)
+        self._turn = 0
+
+    def _for(self, key: str) -> Any:
+        return self.servers[zlib.crc32(key.encode()) % 2]
+
+    @property
+    def server_id(self) -> str:
+        return str(self.servers[0].server_id)
+
+    async def ping(self) -> None:
+        for server in self.servers:
+            await server.ping()
+
+    async def claim_session(self, session_id: str, client: str) -> bool:
+        return bool(await self._for(session_id).claim_session(session_id, client))
+
+    async def release_session(self, session_id: str) -> Match | None:
+        return await self._for(session_id).release_session(session_id)  # type: ignore[no-any-return]
+
+    async def join(self, session_id: str, p: Preferences) -> Match | Waiting:
+        return await self._for(session_id).join(session_id, p)  # type: ignore[no-any-return]
+
+    async def widen(self, session_id: str, ticket: int) -> Match | None:
+        return await self._for(session_id).widen(session_id, ticket)  # type: ignore[no-any-return]
+
+    async def leave(self, session_id: str) -> Match | None:
+        return await self._for(session_id).leave(session_id)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else alternates between the servers, call by call.
+        self._turn = 1 - self._turn
+        return getattr(self.servers[self._turn], name)
+
+
+@pytest.fixture(params=BACKENDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def clock(kind: str) -> Clock | None:
+    """The memory backend's virtual clock; Redis runs on the real one."""
+    return trio.testing.MockClock(autojump_threshold=0) if kind == "memory" else None
+
+
+@pytest.fixture
+def offset() -> _Offset:
+    return _Offset()
+
+
+@pytest.fixture
+def elapse(kind: str, offset: _Offset) -> Elapse:
+    """Let ``seconds`` pass for the backend under test."""
+
+    async def elapse(seconds: float) -> None:
+        if kind == "memory":
+            await trio.sleep(seconds)
+        else:
+            offset.seconds += seconds
+            # Live servers heartbeat as time passes, so none looks dead to the others.
+            for server in offset.servers:
+                await server.heartbeat()
+            await trio.lowlevel.checkpoint()
+
+    return elapse
+
+
+@pytest.fixture
+async def backend(
+    kind: str, offset: _Offset, request: pytest.FixtureRequest
+) -> AsyncIterator[Backend]:
     """An open backend with the timings above, closed at the end of the test."""
     timings: dict[str, Any] = {
         "interest_timeout_s": INTEREST_TIMEOUT_S,
         "rematch_cooldown_s": COOLDOWN_S,
         "block_ttl_s": BLOCK_TTL_S,
     }
-    if request.param == "memory":
+    if kind == "memory":
         async with open_memory_backend(**timings) as opened:
             yield opened
-    else:  # pragma: no cover - a new param without its branch
-        raise AssertionError(f"no backend {request.param!r}")
+        return
+    redis: RedisServer = request.getfixturevalue("redis_server")
+    options = dict(
+        timings, url=redis.url, key_prefix=new_prefix(), pool_size=20, clock_offset=offset
+    )
+    if kind == "redis":
+        async with open_redis_backend(**options) as opened:
+            offset.servers = [opened]
+            yield opened
+    else:
+        async with open_redis_backend(**options) as a, open_redis_backend(**options) as b:
+            offset.servers = [a, b]
+            yield Split(a, b)  # type: ignore[misc]
 
 
 def prefs(*interests: str, mode: str = "video") -> Preferences:
@@ -161,10 +273,10 @@ async def test_join_modes_never_mix(backend: Backend) -> None:
 
 
 async def test_join_takes_the_oldest_waiting_partner(
-    backend: Backend, autojump_clock: trio.testing.MockClock
+    backend: Backend, clock: Clock | None, elapse: Elapse
 ) -> None:
     await waits(backend, "old", prefs("music"))
-    await trio.sleep(1)
+    await elapse(1)
     await waits(backend, "young", prefs("books"))
     # The joiner names "books" first; "old" still waited longest.
     match = await matches(backend, "c", prefs("books", "music"))
@@ -190,19 +302,20 @@ async def test_join_with_interests_does_not_take_a_no_interest_waiter(backend: B
 @pytest.mark.parametrize(("interests_first", "caller"), [(True, "a"), (False, "b")])
 async def test_widen_after_the_interest_timeout_takes_anyone(
     backend: Backend,
-    autojump_clock: trio.testing.MockClock,
+    clock: Clock | None,
+    elapse: Elapse,
     interests_first: bool,
     caller: str,
 ) -> None:
     if not interests_first:
         await waits(backend, "b")
-        await trio.sleep(1)
+        await elapse(1)
     waiting = await waits(backend, "a", prefs("music"))
     if interests_first:
-        await trio.sleep(1)
+        await elapse(1)
         await waits(backend, "b")
     assert waiting.widen_after_s is not None
-    await trio.sleep(waiting.widen_after_s)
+    await elapse(waiting.widen_after_s)
     match = await backend.widen("a", waiting.ticket)
     assert isinstance(match, Match)
     assert {match.caller, match.callee} == {"a", "b"}
@@ -212,23 +325,23 @@ async def test_widen_after_the_interest_timeout_takes_anyone(
 
 
 async def test_widen_with_nobody_available_waits_for_anyone(
-    backend: Backend, autojump_clock: trio.testing.MockClock
+    backend: Backend, clock: Clock | None, elapse: Elapse
 ) -> None:
     waiting = await waits(backend, "a", prefs("music"))
-    await trio.sleep(INTEREST_TIMEOUT_S)
+    await elapse(INTEREST_TIMEOUT_S)
     assert await backend.widen("a", waiting.ticket) is None
     match = await matches(backend, "b")
     assert (match.caller, match.common_interests) == ("a", ())
 
 
 async def test_widen_with_a_stale_ticket_does_nothing(
-    backend: Backend, autojump_clock: trio.testing.MockClock
+    backend: Backend, clock: Clock | None, elapse: Elapse
 ) -> None:
     stale = await waits(backend, "a", prefs("music"))
     await backend.leave("a")
     fresh = await waits(backend, "a", prefs("music"))
     await waits(backend, "b")
-    await trio.sleep(INTEREST_TIMEOUT_S)
+    await elapse(INTEREST_TIMEOUT_S)
     assert await backend.widen("a", stale.ticket) is None
     assert (await backend.stats()).waiting == 2
     assert isinstance(await backend.widen("a", fresh.ticket), Match)
@@ -283,14 +396,14 @@ async def test_block_works_in_both_directions(backend: Backend) -> None:
 
 
 async def test_block_expires_after_block_ttl(
-    backend: Backend, autojump_clock: trio.testing.MockClock
+    backend: Backend, clock: Clock | None, elapse: Elapse
 ) -> None:
     await backend.block("a", "b")
     await waits(backend, "a")
-    await trio.sleep(BLOCK_TTL_S - 1)
+    await elapse(BLOCK_TTL_S - 1)
     await waits(backend, "b")
     await backend.leave("b")
-    await trio.sleep(1)
+    await elapse(1)
     assert (await matches(backend, "b")).caller == "a"
 
 
@@ -298,12 +411,12 @@ async def test_block_expires_after_block_ttl(
 
 
 async def test_cooldown_skips_a_former_partner_while_someone_else_waits(
-    backend: Backend, autojump_clock: trio.testing.MockClock
+    backend: Backend, clock: Clock | None, elapse: Elapse
 ) -> None:
     await former_partners(backend, "a", "b")
     # Different interests keep "a" and "c" apart; "a" waited longer.
     await waits(backend, "a", prefs("music"))
-    await trio.sleep(1)
+    await elapse(1)
     await waits(backend, "c", prefs("books"))
     match = await matches(backend, "b", prefs("music", "books"))
     assert (match.caller, match.common_interests) == ("c", ("books",))
@@ -317,13 +430,13 @@ async def test_cooldown_former_partner_matched_when_nobody_else_waits(backend: B
 
 
 async def test_cooldown_former_partner_fresh_again_after_rematch_cooldown(
-    backend: Backend, autojump_clock: trio.testing.MockClock
+    backend: Backend, clock: Clock | None, elapse: Elapse
 ) -> None:
     await former_partners(backend, "a", "b")
     await waits(backend, "a", prefs("music"))
-    await trio.sleep(1)
+    await elapse(1)
     await waits(backend, "c", prefs("books"))
-    await trio.sleep(COOLDOWN_S - 1)
+    await elapse(COOLDOWN_S - 1)
     # "a" waited longest and is no longer a former partner of "b".
     assert (await matches(backend, "b", prefs("music", "books"))).caller == "a"
 
@@ -332,7 +445,7 @@ async def test_cooldown_former_partner_fresh_again_after_rematch_cooldown(
 
 
 async def test_hit_rate_limit_allows_limit_then_gives_retry_after(
-    backend: Backend, autojump_clock: trio.testing.MockClock
+    backend: Backend, clock: Clock | None, elapse: Elapse
 ) -> None:
     for _ in range(3):
         assert await backend.hit_rate_limit("ip:1", 3, 10.0) is None
@@ -341,15 +454,15 @@ async def test_hit_rate_limit_allows_limit_then_gives_retry_after(
     assert 0 < retry_after <= 10.0
     # Other keys have their own window.
     assert await backend.hit_rate_limit("ip:2", 3, 10.0) is None
-    await trio.sleep(retry_after)
+    await elapse(retry_after)
     assert await backend.hit_rate_limit("ip:1", 3, 10.0) is None
 
 
 async def test_hit_rate_limit_retry_after_shrinks_with_time(
-    backend: Backend, autojump_clock: trio.testing.MockClock
+    backend: Backend, clock: Clock | None, elapse: Elapse
 ) -> None:
     assert await backend.hit_rate_limit("k", 1, 10.0) is None
-    await trio.sleep(4)
+    await elapse(4)
     retry_after = await backend.hit_rate_limit("k", 1, 10.0)
     assert retry_after == pytest.approx(6.0, abs=0.5)
 
@@ -510,14 +623,14 @@ async def test_block_between_sessions_of_one_client_blocks_only_them(backend: Ba
 
 
 async def test_client_block_expires_after_block_ttl(
-    backend: Backend, autojump_clock: trio.testing.MockClock
+    backend: Backend, clock: Clock | None, elapse: Elapse
 ) -> None:
     assert await backend.claim_session("a", "203.0.113.1")
     assert await backend.claim_session("b", "203.0.113.2")
     await backend.block("a", "b")
     await backend.release_session("a")
     await backend.release_session("b")
-    await trio.sleep(BLOCK_TTL_S + 1)
+    await elapse(BLOCK_TTL_S + 1)
     assert await backend.claim_session("a2", "203.0.113.1")
     assert await backend.claim_session("b2", "203.0.113.2")
     await waits(backend, "a2")
@@ -525,13 +638,13 @@ async def test_client_block_expires_after_block_ttl(
 
 
 async def test_count_reporter_counts_distinct_addresses_in_the_window(
-    backend: Backend, autojump_clock: trio.testing.MockClock
+    backend: Backend, clock: Clock | None, elapse: Elapse
 ) -> None:
     assert await backend.count_reporter("203.0.113.7", "198.51.100.1", 60) == 1
     assert await backend.count_reporter("203.0.113.7", "198.51.100.1", 60) == 1
     assert await backend.count_reporter("203.0.113.7", "198.51.100.2", 60) == 2
     assert await backend.count_reporter("192.0.2.1", "198.51.100.1", 60) == 1
-    await trio.sleep(61)
+    await elapse(61)
     assert await backend.count_reporter("203.0.113.7", "198.51.100.3", 60) == 1
 
 
@@ -553,12 +666,12 @@ async def test_run_bus_starts_and_stops_when_cancelled(backend: Backend) -> None
 
 
 async def test_sweep_keeps_what_is_in_force_and_expires_the_rest(
-    backend: Backend, autojump_clock: trio.testing.MockClock
+    backend: Backend, clock: Clock | None, elapse: Elapse
 ) -> None:
     await backend.block("a", "b")
     await former_partners(backend, "c", "d")
     assert await backend.hit_rate_limit("k", 1, 10.0) is None
-    await trio.sleep(5)
+    await elapse(5)
     await backend.sweep()
     assert await backend.hit_rate_limit("k", 1, 10.0) is not None
     await waits(backend, "a")
@@ -567,7 +680,7 @@ async def test_sweep_keeps_what_is_in_force_and_expires_the_rest(
     await backend.leave("b")
     await backend.leave("a")
     # After every expiry and a sweep, nothing of it is left in force.
-    await trio.sleep(BLOCK_TTL_S)
+    await elapse(BLOCK_TTL_S)
     await backend.sweep()
     assert await backend.hit_rate_limit("k", 1, 10.0) is None
     await waits(backend, "a")
@@ -597,7 +710,7 @@ MODES = ("video", "video", "text")
 
 
 async def test_concurrent_joins_and_leaves_never_put_a_session_in_two_matches(
-    backend: Backend, autojump_clock: trio.testing.MockClock
+    backend: Backend, clock: Clock | None, elapse: Elapse
 ) -> None:
     """50 sessions join, widen, leave and reconnect at once, in random order.
 
@@ -622,17 +735,17 @@ async def test_concurrent_joins_and_leaves_never_put_a_session_in_two_matches(
     async def session(sid: str, r: random.Random) -> None:
         assert await backend.claim_session(sid, CLIENT)
         for n in range(ROUNDS):
-            await trio.sleep(r.random() * 2)
+            await elapse(r.random() * 2)
             p = prefs(*r.choice([(), (), ("x",), ("y",), ("x", "y")]), mode=r.choice(MODES))
             start = next(tick)
             result = await backend.join(sid, p)
             record_formed(result, start, next(tick))
             if isinstance(result, Waiting) and result.widen_after_s is not None:
-                await trio.sleep(r.random() * 2 * result.widen_after_s)
+                await elapse(r.random() * 2 * result.widen_after_s)
                 widen_start = next(tick)
                 widened = await backend.widen(sid, result.ticket)
                 record_formed(widened, widen_start, next(tick))
-            await trio.sleep(r.random() * 3)
+            await elapse(r.random() * 3)
             last = n == ROUNDS - 1
             release = last or r.random() < 0.2
             if release:

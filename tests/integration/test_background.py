@@ -7,6 +7,7 @@ time is trio's ``autojump_clock``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -32,7 +33,11 @@ class FlakyBackend:
             raise RuntimeError("sweep failed")
 
     async def run_bus(
-        self, handler: BusHandler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        handler: BusHandler,
+        *,
+        on_gap: Callable[[], None] | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         self.listeners += 1
         if self.listeners <= self.failures:
@@ -45,6 +50,9 @@ class FlakyBackend:
 class BrokenHub:
     async def on_bus(self, raw: bytes) -> None:
         raise ValueError(f"cannot apply {raw!r}")
+
+    def request_sync(self) -> None:
+        pass
 
 
 async def test_janitor_logs_a_failed_sweep_and_sweeps_again(

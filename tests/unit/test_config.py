@@ -50,7 +50,14 @@ DESIGN_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "session": {"secret": "", "token_ttl_s": 600},
     "backend": {"kind": "memory"},
-    "redis": {"url": "redis://127.0.0.1:6379/0", "key_prefix": "omiro:"},
+    "redis": {
+        "url": "redis://127.0.0.1:6379/0",
+        "key_prefix": "omiro:",
+        "pool_size": 50,
+        "heartbeat_s": 2.0,
+        "dead_after_s": 6.0,
+        "timeout_s": 1.0,
+    },
     "matchmaking": {"interest_timeout_s": 5, "rematch_cooldown_s": 300},
     "limits": {
         "sessions_per_ip_per_minute": 60,
@@ -161,6 +168,8 @@ def test_config_file_values_are_used(tmp_path: Path) -> None:
         allowed_origins = ["https://chat.example.org", "http://localhost:8080"]
         [backend]
         kind = "redis"
+        [session]
+        secret = "a session secret that every server shares"
         [ice]
         urls = []
         turn_urls = ["turns:turn.example.org:5349"]
@@ -368,6 +377,7 @@ def test_config_env_overrides_each_type() -> None:
             "OMIRO_ICE_URLS": "[]",
             "OMIRO_SERVER_TRUSTED_PROXIES": "10.0.0.0/8, 172.16.0.0/12",
             "OMIRO_BACKEND_KIND": "redis",
+            "OMIRO_SESSION_SECRET": LONG,
             "OMIRO_REDIS_URL": "redis://redis:6379/1",
             "OMIRO_LOG_FORMAT": "json",
             "OMIRO_CONFIG": "/does/not/matter.toml",  # reserved for the CLI
@@ -550,6 +560,31 @@ def test_config_as_dict_round_trips() -> None:
     as_dict = config_as_dict(config, mask_secrets=False)
     assert as_dict["server"]["trusted_proxies"] == ["10.0.0.0/8"]
     assert msgspec.convert(as_dict, Config) == config
+
+
+def test_config_redis_backend_needs_a_shared_secret() -> None:
+    message = env_error({"OMIRO_BACKEND_KIND": "redis"})
+    assert "session.secret" in message
+    assert "share" in message
+    config = load_config(environ={"OMIRO_BACKEND_KIND": "redis", "OMIRO_SESSION_SECRET": LONG})
+    assert config.backend.kind == "redis"
+
+
+def test_config_redis_dead_after_must_exceed_the_heartbeat() -> None:
+    message = env_error({"OMIRO_REDIS_HEARTBEAT_S": "2", "OMIRO_REDIS_DEAD_AFTER_S": "2"})
+    assert "redis.dead_after_s" in message
+    config = load_config(
+        environ={"OMIRO_REDIS_HEARTBEAT_S": "0.5", "OMIRO_REDIS_DEAD_AFTER_S": "1.5"}
+    )
+    assert (config.redis.heartbeat_s, config.redis.dead_after_s) == (0.5, 1.5)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis+sentinel://127.0.0.1:26379/mymaster", "redis-cluster://127.0.0.1:7000"]
+)
+def test_config_sentinel_and_cluster_urls_are_refused(url: str) -> None:
+    # The docs say Sentinel and Cluster are not supported: such a URL never starts a server.
+    assert "redis.url" in env_error({"OMIRO_REDIS_URL": url})
 
 
 def test_config_short_secret_error_does_not_echo_it(tmp_path: Path) -> None:

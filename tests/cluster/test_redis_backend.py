@@ -1,0 +1,197 @@
+"""The Redis backend's own promises, beyond the contract suite: two servers on
+one Redis, the server registry and its sweep, and a Redis that dies, freezes
+or comes back empty. Real redis-servers only (``redis_support``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+from redis_support import RedisServer, new_prefix, running_redis
+
+from omiro_trio.backends.base import Ended, LocalView, Stats
+from omiro_trio.backends.redis import OP_TIMEOUT_S, RedisBackend, open_redis_backend
+from omiro_trio.errors import BackendUnavailable
+from omiro_trio.matchmaking import Match, Preferences, Waiting
+
+DEAD_AFTER_S = 6.0
+CLIENT = "192.0.2.7"
+WAIT_S = 10.0
+
+
+class Offset:
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __call__(self) -> float:
+        return self.seconds
+
+
+def options(url: str, prefix: str, **overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "url": url,
+        "key_prefix": prefix,
+        "pool_size": 10,
+        "interest_timeout_s": 5.0,
+        "rematch_cooldown_s": 30.0,
+        "block_ttl_s": 60.0,
+        "dead_after_s": DEAD_AFTER_S,
+    }
+    base.update(overrides)
+    return base
+
+
+@asynccontextmanager
+async def two_servers(
+    redis: RedisServer, **overrides: Any
+) -> AsyncIterator[tuple[RedisBackend, RedisBackend]]:
+    prefix = new_prefix()
+    async with (
+        open_redis_backend(**options(redis.url, prefix, **overrides)) as a,
+        open_redis_backend(**options(redis.url, prefix, **overrides)) as b,
+    ):
+        yield a, b
+
+
+async def test_servers_have_unique_ids_and_share_claims(redis_server: RedisServer) -> None:
+    async with two_servers(redis_server) as (a, b):
+        assert a.server_id != b.server_id
+        assert await a.claim_session("s1", CLIENT)
+        assert not await b.claim_session("s1", CLIENT)  # held by the other server
+        assert await b.claim_session("s2", CLIENT)
+        assert await a.stats() == await b.stats() == Stats(online=2, waiting=0)
+        await a.release_session("s1")
+        assert await b.claim_session("s1", CLIENT)
+
+
+async def test_a_match_forms_across_servers(redis_server: RedisServer) -> None:
+    async with two_servers(redis_server) as (a, b):
+        for backend, sid in ((a, "x"), (b, "y")):
+            assert await backend.claim_session(sid, CLIENT)
+        assert isinstance(await a.join("x", Preferences("video", ("music",))), Waiting)
+        match = await b.join("y", Preferences("video", ("art", "music")))
+        assert isinstance(match, Match)
+        assert (match.caller, match.callee, match.common_interests) == ("x", "y", ("music",))
+        assert await a.leave("x") == match
+        assert await b.leave("y") is None
+
+
+async def test_publish_reaches_the_server_holding_the_session(redis_server: RedisServer) -> None:
+    got: dict[str, list[bytes]] = {"a": [], "b": []}
+    async with two_servers(redis_server) as (a, b), trio.open_nursery() as nursery:
+        for name, backend in (("a", a), ("b", b)):
+
+            async def handler(message: bytes, name: str = name) -> None:
+                got[name].append(message)
+
+            await nursery.start(backend.run_bus, handler)
+        assert await b.claim_session("on-b", CLIENT)
+        assert await a.publish("on-b", b"for b") is True
+        assert await a.publish("nobody", b"lost") is False
+        await a.broadcast(b"to all")
+        with trio.fail_after(WAIT_S):
+            while len(got["b"]) < 2 or not got["a"]:  # noqa: ASYNC110 -- bounded polling
+                await trio.sleep(0.01)
+        assert got["b"] == [b"for b", b"to all"]
+        assert got["a"] == [b"to all"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_sweep_frees_the_sessions_of_a_server_that_stopped_beating(
+    redis_server: RedisServer,
+) -> None:
+    prefix = new_prefix()
+    later = Offset()
+    async with (
+        open_redis_backend(**options(redis_server.url, prefix, heartbeat_s=3600)) as dead,
+        open_redis_backend(**options(redis_server.url, prefix, clock_offset=later)) as alive,
+    ):
+        for backend, sid in ((dead, "d1"), (dead, "d2"), (alive, "a1")):
+            assert await backend.claim_session(sid, CLIENT)
+        await dead.join("d1", Preferences())
+        match = await alive.join("a1", Preferences())
+        assert isinstance(match, Match)
+        await dead.join("d2", Preferences("text"))
+        assert await alive.sweep() == []  # its heartbeat is fresh
+        assert not await alive.claim_session("d2", CLIENT)
+        later.seconds = DEAD_AFTER_S + 1  # for "alive", "dead" has been silent that long
+        await alive.heartbeat()
+        assert await alive.sweep() == [Ended("d1", match)]
+        assert await alive.stats() == Stats(online=1, waiting=0)
+        assert await alive.sweep() == []  # swept once
+        # Its sessions can come back, and its waiting one is never matched.
+        assert await alive.claim_session("d1", CLIENT)
+        assert isinstance(await alive.join("t", Preferences("text")), Waiting)
+        # The swept server, if it was only slow, may not act until it beats again.
+        with pytest.raises(BackendUnavailable, match="SWEPT"):
+            await dead.join("d3", Preferences("text"))
+        dead_offset = later.seconds  # it beats "now", as seen by the live one
+        dead._offset = lambda: dead_offset
+        await dead.heartbeat()
+        assert isinstance(await dead.join("d3", Preferences("text")), Match)
+
+
+async def test_a_clean_stop_is_swept_at_once(redis_server: RedisServer) -> None:
+    prefix = new_prefix()
+    async with open_redis_backend(**options(redis_server.url, prefix)) as alive:
+        async with open_redis_backend(**options(redis_server.url, prefix)) as leaving:
+            assert await leaving.claim_session("l", CLIENT)
+            await leaving.join("l", Preferences())
+        assert await alive.sweep() == []
+        assert await alive.stats() == Stats(online=0, waiting=0)
+        assert await alive.claim_session("l", CLIENT)
+
+
+async def test_sync_restores_sessions_after_redis_restarts_empty() -> None:
+    with running_redis() as redis:
+        async with two_servers(redis, heartbeat_s=3600) as (a, b):
+            gaps: list[str] = []
+            a._on_gap = lambda: gaps.append("a")
+            for backend, sid in ((a, "x"), (b, "y"), (a, "w")):
+                assert await backend.claim_session(sid, CLIENT)
+            await a.join("x", Preferences())
+            match = await b.join("y", Preferences())
+            assert isinstance(match, Match)
+            await a.join("w", Preferences("text"))
+            redis.stop()
+            with trio.fail_after(WAIT_S), pytest.raises(BackendUnavailable):
+                await a.ping()
+            with trio.fail_after(WAIT_S), pytest.raises(BackendUnavailable):
+                await a.stats()
+            redis.start()  # empty: no persistence
+            with trio.fail_after(WAIT_S):
+                await a.heartbeat()
+                await b.heartbeat()
+            assert gaps == ["a"]
+            shared = await a.sync([LocalView("x", "", match), LocalView("w", "", None)])
+            assert [(v.state, v.match) for v in shared] == [("matched", match), ("idle", None)]
+            await b.sync([LocalView("y", "", match)])
+            assert await a.stats() == Stats(online=3, waiting=0)
+            assert await b.leave("y") == match  # the restored match ends for both
+            assert await a.leave("x") is None
+
+
+async def test_a_frozen_redis_is_unavailable_within_the_deadline() -> None:
+    with running_redis() as redis:
+        async with open_redis_backend(**options(redis.url, new_prefix())) as backend:
+            redis.pause()
+            try:
+                with trio.fail_after(OP_TIMEOUT_S + 2), pytest.raises(BackendUnavailable):
+                    await backend.ping()
+                with trio.fail_after(OP_TIMEOUT_S + 2), pytest.raises(BackendUnavailable):
+                    await backend.join("s", Preferences())
+            finally:
+                redis.resume()
+            with trio.fail_after(WAIT_S):
+                await backend.ping()
+
+
+async def test_open_fails_clearly_without_redis() -> None:
+    with running_redis() as redis:
+        url = redis.url
+    with trio.fail_after(WAIT_S), pytest.raises(BackendUnavailable):
+        async with open_redis_backend(**options(url, new_prefix())):
+            pass  # pragma: no cover
