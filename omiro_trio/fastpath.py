@@ -26,6 +26,7 @@ import trio
 
 from omiro_trio.admission import RequestHead, websocket_client
 from omiro_trio.context import ServerContext
+from omiro_trio.errors import BackendUnavailable
 
 SESSION_PATH = "/session/new"
 WRITE_TIMEOUT_S = 10.0
@@ -95,7 +96,14 @@ def render(status: int, body: dict[str, Any], headers: dict[str, str]) -> bytes:
 async def serve_session_new(ctx: ServerContext, stream: trio.abc.Stream, head: RequestHead) -> None:
     """Answer one ``GET /session/new`` on ``stream`` (the front door closes it)."""
     # The client (address group) by the same rules as the quart route's.
-    status, body, headers = await session_answer(ctx, websocket_client(ctx, stream, head))
+    try:
+        status, body, headers = await session_answer(ctx, websocket_client(ctx, stream, head))
+    except BackendUnavailable:  # as web.py's error handler answers it
+        status, headers = 503, {}
+        body = {
+            "error": "unavailable",
+            "message": "the backend is not answering; try again shortly",
+        }
     with trio.move_on_after(WRITE_TIMEOUT_S):
         try:
             await stream.send_all(render(status, body, headers))
