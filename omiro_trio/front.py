@@ -191,7 +191,9 @@ class HttpStream(trio.abc.HalfCloseableStream):
         self.refusal: bytes | None = None  # the answer to a head h11 could not parse
         self._body_deadline = math.inf
         self.handoff: tuple[RequestHead, bytes] | None = None
-        self._write_done: trio.Event | None = None  # set when the send_all under way ends
+        # hypercorn may write an error response while another write is under
+        # way, and may call send_eof during a write: one writer at a time.
+        self._sending = trio.Lock()
         self._reads = 0  # socket reads so far (each one a checkpoint)
         self.watchdog: trio.CancelScope | None = None  # moved on by every read and write
 
@@ -327,16 +329,11 @@ class HttpStream(trio.abc.HalfCloseableStream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         # hypercorn writes under a shield; our own deadline still applies.
-        # (hypercorn never runs two send_all at once; it may send_eof during one.)
-        done = self._write_done = trio.Event()
-        try:
+        async with self._sending:
             with trio.move_on_after(SEND_TIMEOUT_S):
                 await self._stream.send_all(data)
                 self._progress()
                 return
-        finally:
-            self._write_done = None
-            done.set()
         await self._stream.aclose()
         raise trio.BrokenResourceError("the client did not read its response in time")
 
@@ -346,10 +343,9 @@ class HttpStream(trio.abc.HalfCloseableStream):
     async def send_eof(self) -> None:
         # hypercorn may end the connection while it is still writing an
         # error response: wait for the write (itself bounded) to finish.
-        if self._write_done is not None:
-            await self._write_done.wait()
-        if self.handoff is None:
-            await self._stream.send_eof()
+        async with self._sending:
+            if self.handoff is None:
+                await self._stream.send_eof()
 
     async def aclose(self) -> None:
         if self.handoff is None:
