@@ -147,6 +147,10 @@ async def _handshake(
                 return None
     if request is None:
         return None
+    if proto.eof_sent:
+        # Frames pipelined behind the request broke the protocol before the
+        # upgrade was answered: the protocol gave up, and no answer can follow.
+        return None
     response = proto.accept(request)
     if response.status_code != 101:
         await _write_refusal(raw, wsengine.response_bytes(proto, response))

@@ -206,6 +206,28 @@ async def test_frame_pipelined_behind_the_upgrade_is_read(server: Harness) -> No
     assert (await client.expect("queued"))["mode"] == "video"
 
 
+async def test_bad_frame_pipelined_behind_the_upgrade_ends_only_that_connection(
+    server: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    stream = await trio.open_tcp_stream("127.0.0.1", server.running.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    head = (
+        f"GET /ws?token={server.token()} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    # An unmasked frame in the same packet as the request: the protocol fails
+    # before the upgrade is answered.
+    await stream.send_all(head + client_frame(Opcode.TEXT.value, b"{}", mask=False))
+    with trio.fail_after(WAIT_S):
+        while await stream.receive_some(65536):
+            pass  # the server ends the stream
+    await stream.aclose()
+    assert server.metric("omiro_connection_failures_total") == 0
+    await _still_fine(server, caplog)
+
+
 async def test_ping_crossing_the_close_gets_a_clean_close_handshake(
     server: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
