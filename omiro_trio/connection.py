@@ -266,7 +266,6 @@ async def _read_loop(ctx: ServerContext, conn: WsConnection, session: Session) -
     config = ctx.config.limits
     clock: Callable[[], float] = trio.current_time
     bucket = TokenBucket(config.messages_per_second, config.message_burst, clock())
-    nexts = WindowCounter(config.nexts_per_minute, 60.0)
     errors = WindowCounter(PROTOCOL_ERRORS_ALLOWED, ERROR_WINDOW_S)
     violations = WindowCounter(RATE_VIOLATIONS_ALLOWED, ERROR_WINDOW_S)
     metrics = ctx.metrics
@@ -298,7 +297,10 @@ async def _read_loop(ctx: ServerContext, conn: WsConnection, session: Session) -
                     return
                 continue
             op = protocol.OP_NAMES[type(message)]
-            if not bucket.take(now) or (isinstance(message, protocol.Next) and nexts.hit(now)):
+            if not bucket.take(now) or (
+                isinstance(message, protocol.Next)
+                and await hub.next_limited(session, config.nexts_per_minute)
+            ):
                 metrics.protocol_errors.labels("rate_limited").inc()
                 session.send(protocol.error_frame(ErrorCode.RATE_LIMITED, "slow down", op))
                 if violations.hit(now):

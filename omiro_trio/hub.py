@@ -375,6 +375,20 @@ class Hub:
     async def next(self, session: Session) -> None:
         await self.join(session, session.prefs or Preferences(), ended_reason="next", op="next")
 
+    async def next_limited(self, session: Session, per_minute: int) -> bool:
+        """Count one ``next``; True when the session has spent its ``per_minute``.
+
+        The window is the backend's, keyed by session id: every socket the
+        session opens, on any server, spends the same allowance, so
+        reconnecting does not reset it. A backend that does not answer limits
+        nothing here (the ``next`` itself then answers ``unavailable``).
+        """
+        try:
+            over = await self.backend.hit_rate_limit(f"next:{session.id}", per_minute, 60.0)
+        except BackendUnavailable:
+            return False
+        return over is not None
+
     async def leave(self, session: Session) -> None:
         """Become idle: stop searching, or end the current match."""
         async with session.lock:

@@ -404,3 +404,24 @@ async def test_nexts_per_minute_limit(start_server: StartServer) -> None:
         await a.expect("queued")
     await a.send("next")
     assert (await a.expect("error"))["code"] == "rate_limited"
+
+
+async def test_nexts_per_minute_is_per_session_not_per_socket(start_server: StartServer) -> None:
+    server = await start_server(limits__nexts_per_minute=2)
+    token = server.token()
+    a = await server.connect(token)
+    for _ in range(2):
+        await a.send("next")
+        await a.expect("queued")
+    await a.send("disconnect")
+    await a.expect_closed()
+    await wait_until(lambda: a.session_id not in server.ctx.hub.sessions)
+    again = await server.connect(token)  # the same session, on a new socket
+    assert again.session_id == a.session_id
+    await again.send("next")
+    assert (await again.expect("error"))["code"] == "rate_limited"
+    await _send_until_closed(again, ['{"op":"next"}'] * 12)  # violations still count
+    assert await again.expect_closed() == 4029
+    other = await server.connect()  # another session has its own allowance
+    await other.send("next")
+    await other.expect("queued")
