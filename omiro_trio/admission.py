@@ -8,6 +8,7 @@ while draining). The answer is either the claimed session id or a
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -93,7 +94,7 @@ async def admit(ctx: ServerContext, head: RequestHead, ip: str) -> str | Rejecti
     try:
         return await _checks(ctx, head, ip)
     except BackendUnavailable:
-        release_slot(ctx, head)
+        await release_slot(ctx, head)
         return Rejection(
             503,
             {"error": "unavailable", "message": "the service is briefly unavailable"},
@@ -116,7 +117,9 @@ async def _checks(ctx: ServerContext, head: RequestHead, ip: str) -> str | Rejec
         return Rejection(
             503, {"error": "draining", "message": "server is shutting down"}, retry_after_s=1
         )
-    if head.slot.client is None and not ctx.hub.reserve_socket(ip, config.limits.sockets_per_ip):
+    if head.slot.client is None and not await ctx.backend.reserve_socket(
+        ip, config.limits.sockets_per_ip
+    ):
         return Rejection(
             429,
             {
@@ -130,15 +133,23 @@ async def _checks(ctx: ServerContext, head: RequestHead, ip: str) -> str | Rejec
         head.slot.client = ip
     verdict = await _check_token(ctx, head, ip)
     if isinstance(verdict, Rejection):
-        release_slot(ctx, head)
+        await release_slot(ctx, head)
     return verdict
 
 
-def release_slot(ctx: ServerContext, head: RequestHead) -> None:
-    """Give back the socket slot ``admit`` took for this upgrade, if any."""
-    if head.slot.client is not None:
-        ctx.hub.release_socket(head.slot.client)
-        head.slot.client = None
+async def release_slot(ctx: ServerContext, head: RequestHead) -> None:
+    """Give back the socket slot ``admit`` took for this upgrade, if any.
+
+    Runs shielded (a closing connection is often being cancelled); the
+    backend call has its own deadline. A backend that does not answer keeps
+    the slot until the server's next ``sync`` repairs it.
+    """
+    client = head.slot.client
+    if client is None:
+        return
+    head.slot.client = None
+    with trio.CancelScope(shield=True), suppress(BackendUnavailable):
+        await ctx.backend.release_socket(client)
 
 
 async def _check_token(ctx: ServerContext, head: RequestHead, ip: str) -> str | Rejection:

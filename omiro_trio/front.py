@@ -402,7 +402,7 @@ class FrontDoor:
         connections_per_ip: int,
         ipv6_prefix: int,
         trusted_proxies: tuple[Network, ...] = (),
-        on_websocket_end: Callable[[RequestHead], None] = lambda head: None,
+        on_websocket_end: Callable[[RequestHead], Awaitable[None]] | None = None,
         fast_route: Callable[[RequestHead], WebSocketHandler | None] | None = None,
     ) -> None:
         self._app = app
@@ -492,7 +492,8 @@ class FrontDoor:
         try:
             await self._websocket(ReplayStream(stream, pending, peer), head)
         finally:
-            self._on_websocket_end(head)
+            if self._on_websocket_end is not None:
+                await self._on_websocket_end(head)
 
     async def serve(
         self,

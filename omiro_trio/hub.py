@@ -210,7 +210,6 @@ class Hub:
         self.draining_frame = protocol.encode(
             "server_draining", {"reconnect_after_ms": reconnect_after_ms}
         )
-        self._sockets_per_ip: dict[str, int] = {}
         # Metric children looked up once, not per relayed frame.
         self._relayed = {op: metrics.relayed.labels(op) for op in protocol.OP_NAMES.values()}
         self._no_sessions = trio.Event()
@@ -220,30 +219,6 @@ class Hub:
         self._unreleased: set[str] = set()  # claims a failed release left behind
 
     # -- lifecycle -----------------------------------------------------
-
-    def sockets_from(self, client: str) -> int:
-        """Sockets reserved for ``client`` (being upgraded, or open)."""
-        return self._sockets_per_ip.get(client, 0)
-
-    def reserve_socket(self, client: str, limit: int) -> bool:
-        """Take one of ``client``'s ``limit`` sockets, if one is free.
-
-        Checked and counted in one step (no checkpoint), so simultaneous
-        upgrades cannot all pass the check before any is counted. The
-        connection that reserved calls ``release_socket`` when it ends.
-        """
-        taken = self._sockets_per_ip.get(client, 0)
-        if taken >= limit:
-            return False
-        self._sockets_per_ip[client] = taken + 1
-        return True
-
-    def release_socket(self, client: str) -> None:
-        left = self._sockets_per_ip.get(client, 0) - 1
-        if left > 0:
-            self._sockets_per_ip[client] = left
-        else:
-            self._sockets_per_ip.pop(client, None)
 
     def attach(self, session: Session) -> None:
         """Register a session whose socket was just accepted (already claimed)."""

@@ -135,6 +135,21 @@ class Backend(Protocol):
         """Forget the live socket; make the session idle; return its ended match."""
         ...
 
+    async def reserve_socket(self, client: str, limit: int) -> bool:
+        """Take one of ``client``'s ``limit`` open sockets, if one is free.
+
+        Counted service-wide (every server sharing the backend), checked and
+        counted in one atomic step, so simultaneous upgrades cannot overshoot
+        it. The slot is this server's until ``release_socket``; a dead
+        server's slots are freed by the sweep, and a server re-registers its
+        own in ``sync`` (after the shared state was lost).
+        """
+        ...
+
+    async def release_socket(self, client: str) -> None:
+        """Give back one socket ``reserve_socket`` gave this server for ``client``."""
+        ...
+
     # -- matching ------------------------------------------------------
 
     async def join(self, session_id: str, prefs: Preferences) -> Match | Waiting:

@@ -64,6 +64,7 @@ class MemoryBackend:
             new_match_id=new_match_id,
         )
         self._live: dict[str, str] = {}  # session -> client
+        self._sockets: dict[str, int] = {}  # client -> open sockets reserved
         self._windows: dict[str, tuple[float, int, float]] = {}  # key -> (start, count, window)
         self._bans: dict[str, tuple[Ban, Network]] = {}  # target -> ban, its network
         self._reports: deque[ReportRecord] = deque()  # oldest first
@@ -101,6 +102,24 @@ class MemoryBackend:
         ended = self._mm.leave(session_id, self._now())
         self._mm.forget_client(session_id)
         return ended
+
+    async def reserve_socket(self, client: str, limit: int) -> bool:
+        taken = self._sockets.get(client, 0)
+        if taken >= limit:
+            return False
+        self._sockets[client] = taken + 1
+        return True
+
+    async def release_socket(self, client: str) -> None:
+        left = self._sockets.get(client, 0) - 1
+        if left > 0:
+            self._sockets[client] = left
+        else:
+            self._sockets.pop(client, None)
+
+    def sockets_from(self, client: str) -> int:
+        """Sockets reserved for ``client`` (being upgraded, or open), for tests."""
+        return self._sockets.get(client, 0)
 
     async def join(self, session_id: str, prefs: Preferences) -> Match | Waiting:
         return self._mm.join(session_id, prefs, self._now())

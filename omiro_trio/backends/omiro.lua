@@ -13,6 +13,7 @@
 -- Keys (P = prefix):
 --   P.."s:"..sid       hash   a live socket: server, client (address group)
 --   P.."srv:"..server  set    the sessions a server holds
+--   P.."sk:"..server   hash   client -> open sockets this server reserved for it (sockets_per_ip)
 --   P.."servers"       zset   server -> last heartbeat (TIME)
 --   P.."dead:"..server string  a server the sweep took for dead; it may not act until it beats
 --   P.."boot"          string this Redis's incarnation (gone after an empty restart)
@@ -219,7 +220,8 @@ for i = 6, #ARGV do A[#A + 1] = ARGV[i] end
 
 -- A server the others swept (silent too long, e.g. starved) may not change
 -- matching state until its next heartbeat re-registers it and it resyncs.
-local FENCED = {join = true, widen = true, leave = true, release = true, claim = true}
+local FENCED = {join = true, widen = true, leave = true, release = true, claim = true,
+  reserve = true}
 if FENCED[op] and redis.call('EXISTS', P .. 'dead:' .. me) == 1 then
   return redis.error_reply('SWEPT this server was taken for dead; it re-registers at its heartbeat')
 end
@@ -298,6 +300,35 @@ elseif op == 'claim' then
   live(P .. 'srv:' .. me)
   return 1
 
+elseif op == 'reserve' then
+  -- client, limit: one of the client's open sockets, counted over every
+  -- registered server (a dead one's until the sweep frees them)
+  local client, limit = A[1], tonumber(A[2])
+  local taken = 0
+  for _, server in ipairs(redis.call('ZRANGE', P .. 'servers', 0, -1)) do
+    taken = taken + (tonumber(redis.call('HGET', P .. 'sk:' .. server, client)) or 0)
+  end
+  if taken >= limit then return 0 end
+  local key = P .. 'sk:' .. me
+  redis.call('HINCRBY', key, client, 1)
+  live(key)
+  return 1
+
+elseif op == 'unreserve' then
+  -- client: give back one of its sockets reserved here
+  local key = P .. 'sk:' .. me
+  if redis.call('HINCRBY', key, A[1], -1) <= 0 then redis.call('HDEL', key, A[1]) end
+  return 1
+
+elseif op == 'sockets' then
+  -- client, count, ...: every socket this server holds, as it counts them
+  -- (replaces what Redis has: repairs a lost reply, restores an empty restart)
+  local key = P .. 'sk:' .. me
+  redis.call('DEL', key)
+  for i = 1, #A, 2 do redis.call('HSET', key, A[i], A[i + 1]) end
+  if #A > 0 then live(key) end
+  return 1
+
 elseif op == 'block' then
   -- a, b, block ttl
   local ttl = tonumber(A[3])
@@ -347,8 +378,9 @@ elseif op == 'heartbeat' then
   local added = redis.call('ZADD', P .. 'servers', fmt(NOW), me)
   if redis.call('DEL', P .. 'dead:' .. me) == 1 then added = 1 end
   live(P .. 'servers')
-  local srv = P .. 'srv:' .. me
-  if redis.call('EXISTS', srv) == 1 then live(srv) end
+  for _, own in ipairs({P .. 'srv:' .. me, P .. 'sk:' .. me}) do
+    if redis.call('EXISTS', own) == 1 then live(own) end
+  end
   local boot = redis.call('GET', P .. 'boot')
   if not boot then
     boot = A[1]
@@ -439,7 +471,7 @@ elseif op == 'sweep' then
           end
         end
       end
-      redis.call('DEL', P .. 'srv:' .. server)
+      redis.call('DEL', P .. 'srv:' .. server, P .. 'sk:' .. server)
     end
   end
   return out

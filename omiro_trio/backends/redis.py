@@ -21,9 +21,11 @@ How the coredis hazards measured for this project are met:
   re-synchronise, since pub/sub is at most once.
 * Each server heartbeats into a registry; a server whose heartbeat is older
   than ``dead_after_s`` is swept by any other (its sessions are released and
-  their partners told by the sweeping server). When Redis comes back empty,
+  their partners told by the sweeping server; its ``sockets_per_ip``
+  reservations are dropped). When Redis comes back empty,
   the heartbeat notices the new incarnation and the hub re-registers every
-  live session, waiting entry and match (``sync``).
+  live session, waiting entry and match (``sync``), and the server its
+  socket reservations.
 """
 
 from __future__ import annotations
@@ -180,6 +182,7 @@ class RedisBackend:
         self._restore = False
         self._on_gap: Callable[[], None] = lambda: None
         self._networks: dict[str, Network] = {}
+        self._sockets: dict[str, int] = {}  # client -> sockets reserved here (sockets_per_ip)
 
     @property
     def server_id(self) -> str:
@@ -226,6 +229,20 @@ class RedisBackend:
     async def release_session(self, session_id: str) -> Match | None:
         raw = await self._run("release", session_id, self._cooldown_s, uuid.uuid4().hex)
         return _match(raw) if raw else None
+
+    async def reserve_socket(self, client: str, limit: int) -> bool:
+        if not await self._run("reserve", client, limit):
+            return False
+        self._sockets[client] = self._sockets.get(client, 0) + 1
+        return True
+
+    async def release_socket(self, client: str) -> None:
+        left = self._sockets.get(client, 0) - 1
+        if left > 0:
+            self._sockets[client] = left
+        else:
+            self._sockets.pop(client, None)
+        await self._run("unreserve", client)
 
     # -- matching --------------------------------------------------------
 
@@ -433,6 +450,10 @@ class RedisBackend:
                     shared.append(SharedView(view.session_id, "waiting", None))
                 else:
                     shared.append(SharedView(view.session_id, state, None))  # type: ignore[arg-type]
+        # This server's socket reservations, as it counts them: restores them
+        # after an empty restart, and repairs a reply lost to a timeout.
+        held = [str(v) for item in self._sockets.items() for v in item]
+        await self._run("sockets", *held)
         if restore:
             self._restore = False
         return shared

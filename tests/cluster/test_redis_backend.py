@@ -195,3 +195,49 @@ async def test_open_fails_clearly_without_redis() -> None:
     with trio.fail_after(WAIT_S), pytest.raises(BackendUnavailable):
         async with open_redis_backend(**options(url, new_prefix())):
             pass  # pragma: no cover
+
+
+async def test_sockets_per_client_are_shared_and_a_swept_server_frees_its_own(
+    redis_server: RedisServer,
+) -> None:
+    prefix = new_prefix()
+    later = Offset()
+    async with (
+        open_redis_backend(**options(redis_server.url, prefix, heartbeat_s=3600)) as dead,
+        open_redis_backend(**options(redis_server.url, prefix, clock_offset=later)) as alive,
+    ):
+        assert await dead.reserve_socket(CLIENT, 3)
+        assert await dead.reserve_socket(CLIENT, 3)
+        assert await alive.reserve_socket(CLIENT, 3)
+        # Two here and one there: the client's three are taken on both servers.
+        assert not await alive.reserve_socket(CLIENT, 3)
+        assert not await dead.reserve_socket(CLIENT, 3)
+        assert await alive.sweep() == []  # its heartbeat is fresh: its sockets stay
+        assert not await alive.reserve_socket(CLIENT, 3)
+        later.seconds = DEAD_AFTER_S + 1
+        await alive.heartbeat()
+        await alive.sweep()
+        assert await alive.reserve_socket(CLIENT, 3)
+        assert await alive.reserve_socket(CLIENT, 3)
+        assert not await alive.reserve_socket(CLIENT, 3)
+
+
+async def test_sync_restores_socket_reservations_after_redis_restarts_empty() -> None:
+    with running_redis() as redis:
+        async with two_servers(redis, heartbeat_s=3600) as (a, b):
+            assert await a.reserve_socket(CLIENT, 3)
+            assert await a.reserve_socket(CLIENT, 3)
+            assert await b.reserve_socket(CLIENT, 3)
+            redis.stop()
+            with trio.fail_after(WAIT_S), pytest.raises(BackendUnavailable):
+                await a.ping()
+            redis.start()  # empty: no persistence
+            with trio.fail_after(WAIT_S):
+                await a.heartbeat()
+                await b.heartbeat()
+            await a.sync([])
+            await b.sync([])
+            assert not await a.reserve_socket(CLIENT, 3)
+            await b.release_socket(CLIENT)
+            assert await a.reserve_socket(CLIENT, 3)
+            assert not await b.reserve_socket(CLIENT, 3)

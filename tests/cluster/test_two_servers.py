@@ -3,18 +3,22 @@
 A client on each server is matched with the other; every relayed op crosses
 both ways; next, leave_queue, disconnect, report (with an autoban by
 reporters spread over both servers) and an admin ban (closing a socket on
-the other server) work across servers.
+the other server) work across servers; ``sockets_per_ip`` and
+``nexts_per_minute`` are counted service-wide.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
+import pytest
 import trio
-from cluster_support import ADMIN_TOKEN, ServeProcess, connect
+from cluster_support import ADMIN_TOKEN, ServeProcess, cluster_env, connect, token
+from redis_support import RedisServer
 from support import Client
-from trio_websocket import ConnectionClosed
+from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 Servers = tuple[ServeProcess, ServeProcess]
 WAIT_S = 10.0
@@ -152,3 +156,70 @@ async def test_an_admin_ban_on_one_server_closes_a_socket_on_the_other(
     assert await victim.expect_closed() == 1008
     await bystander.send("join_queue")
     await bystander.expect("queued")
+
+
+@pytest.fixture
+def limited_servers(redis_server: RedisServer) -> Iterator[Servers]:
+    """Two servers on one Redis with 3 sockets per address and 2 nexts a minute."""
+    env = cluster_env(
+        redis_server, OMIRO_LIMITS_SOCKETS_PER_IP="3", OMIRO_LIMITS_NEXTS_PER_MINUTE="2"
+    )
+    a = ServeProcess(env).start()
+    try:
+        b = ServeProcess(env).start()
+    except BaseException:
+        a.kill()
+        raise
+    yield a, b
+    for server in (a, b):
+        server.kill()
+
+
+async def _refused(server: ServeProcess, ip: str) -> int | None:
+    """Open a socket from ``ip`` and close it: None if accepted, else the HTTP status."""
+    url = f"{server.ws_url}?token={token()}"
+    try:
+        async with open_websocket_url(url, extra_headers=[("X-Forwarded-For", ip)]):
+            return None
+    except ConnectionRejected as exc:
+        return int(exc.status_code)
+
+
+async def test_sockets_per_ip_counts_sockets_on_every_server(
+    limited_servers: Servers, nursery: trio.Nursery
+) -> None:
+    a, b = limited_servers
+    ip = "198.51.100.7"
+    held = [
+        await connect(nursery, a, ip=ip),
+        await connect(nursery, b, ip=ip),
+        await connect(nursery, a, ip=ip),
+    ]
+    for server in (a, b):  # the fourth, on either server, is one too many
+        assert await _refused(server, ip) == 429
+    assert await _refused(b, "198.51.100.8") is None  # another address: its own count
+    await held[0].send("disconnect")  # a socket on a ends: b may take one again
+    await held[0].expect_closed()
+    with trio.fail_after(WAIT_S):
+        while (status := await _refused(b, ip)) is not None:
+            assert status == 429  # the release is still on its way
+            await trio.sleep(0.05)
+
+
+async def test_nexts_per_minute_follow_the_session_to_another_server(
+    limited_servers: Servers, nursery: trio.Nursery
+) -> None:
+    a, b = limited_servers
+    same = token()
+    first = await connect(nursery, a, token_=same)
+    for _ in range(2):
+        await first.send("next")
+        await first.expect("queued")
+    await first.send("disconnect")
+    await first.expect_closed()
+    with trio.fail_after(WAIT_S):
+        while (await a.aget("/stats"))[1]["online"] != 0:  # noqa: ASYNC110 -- bounded polling
+            await trio.sleep(0.05)
+    again = await connect(nursery, b, token_=same)
+    await again.send("next")
+    assert (await again.expect("error"))["code"] == "rate_limited"

@@ -65,6 +65,7 @@ class Split:
     def __init__(self, a: Any, b: Any) -> None:
         self.servers = (a, b)
         self._turn = 0
+        self._reserved: dict[str, list[Any]] = defaultdict(list)  # client -> holding servers
 
     def _for(self, key: str) -> Any:
         return self.servers[zlib.crc32(key.encode()) % 2]
@@ -91,6 +92,19 @@ class Split:
 
     async def leave(self, session_id: str) -> Match | None:
         return await self._for(session_id).leave(session_id)  # type: ignore[no-any-return]
+
+    async def reserve_socket(self, client: str, limit: int) -> bool:
+        # Reservations alternate between the servers, so the limit is only
+        # kept if they share it; each slot is given back by the server holding it.
+        self._turn = 1 - self._turn
+        server = self.servers[self._turn]
+        if not await server.reserve_socket(client, limit):
+            return False
+        self._reserved[client].append(server)
+        return True
+
+    async def release_socket(self, client: str) -> None:
+        await self._reserved[client].pop().release_socket(client)
 
     def __getattr__(self, name: str) -> Any:
         # Everything else alternates between the servers, call by call.
@@ -465,6 +479,39 @@ async def test_hit_rate_limit_retry_after_shrinks_with_time(
     await elapse(4)
     retry_after = await backend.hit_rate_limit("k", 1, 10.0)
     assert retry_after == pytest.approx(6.0, abs=0.5)
+
+
+# -- sockets per client ----------------------------------------------------
+
+
+async def test_reserve_socket_allows_limit_per_client_until_one_is_released(
+    backend: Backend,
+) -> None:
+    for _ in range(3):
+        assert await backend.reserve_socket(CLIENT, 3)
+    assert not await backend.reserve_socket(CLIENT, 3)
+    assert await backend.reserve_socket("192.0.2.51", 3)  # another client: its own count
+    await backend.release_socket(CLIENT)
+    assert await backend.reserve_socket(CLIENT, 3)
+    assert not await backend.reserve_socket(CLIENT, 3)
+    for _ in range(3):
+        await backend.release_socket(CLIENT)
+    for _ in range(3):
+        assert await backend.reserve_socket(CLIENT, 3)
+
+
+async def test_simultaneous_reservations_give_exactly_the_limit(backend: Backend) -> None:
+    granted: list[bool] = []
+
+    async def reserve() -> None:
+        granted.append(await backend.reserve_socket(CLIENT, 5))
+
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            for _ in range(20):
+                nursery.start_soon(reserve)
+    assert granted.count(True) == 5
+    assert len(granted) == 20
 
 
 # -- stats, bans, reports, delivery, sweep ---------------------------------
