@@ -8,7 +8,9 @@
 -- Time is Redis's TIME, never a server's clock. Durations that decide a
 -- rule (cooldowns, blocks, windows) are stored as their end time and
 -- compared with TIME; every key also has a TTL a little longer than what it
--- describes, so nothing outlives its use.
+-- describes, so nothing outlives its use. The one exception: a permanent
+-- ban (P.."ban:"..target without an end) and the index of bans (P.."bans")
+-- are kept until an operator lifts them.
 --
 -- Keys (P = prefix):
 --   P.."s:"..sid       hash   a live socket: server, client (address group)
@@ -16,7 +18,8 @@
 --   P.."sk:"..server   hash   client -> open sockets this server reserved for it (sockets_per_ip)
 --   P.."servers"       zset   server -> last heartbeat (TIME)
 --   P.."dead:"..server string  a server the sweep took for dead; it may not act until it beats
---   P.."boot"          string this Redis's incarnation (gone after an empty restart)
+--   P.."boot"          string this Redis's incarnation (gone after an empty restart, or
+--                             when no server has beaten for the life of live records)
 --   P.."w:"..sid       hash   a waiting entry: mode, ints, since, ticket, widened, req
 --   P.."q:"..mode..":"..interest  zset  sid -> entry order ("" interest: the general queue)
 --   P.."waiting"       set    waiting sessions (for stats)
@@ -28,7 +31,7 @@
 --   P.."rl:"..key      hash   rate-limit window: start, count
 --   P.."rep:"..ip      zset   reporter ip -> when, for autobans
 --   P.."seq"           string counter for tickets and queue order
---   P.."bans"          zset   banned target -> order; P.."ban:"..target the ban (JSON)
+--   P.."bans"          zset   banned target -> when; P.."ban:"..target the ban (JSON)
 --   P.."reports"       zset   report id -> "size|JSON"; P.."report_bytes", P.."report_id"
 
 local op, P, offset, me = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
@@ -97,9 +100,15 @@ local function unqueue(sid, w)
   redis.call('SREM', P .. 'waiting', sid)
 end
 
+local function seq()
+  local n = redis.call('INCR', P .. 'seq')
+  live(P .. 'seq')
+  return n
+end
+
 local function enqueue(sid, mode, name)
   local q = qkey(mode, name)
-  redis.call('ZADD', q, redis.call('INCR', P .. 'seq'), sid)
+  redis.call('ZADD', q, seq(), sid)
   live(q)
 end
 
@@ -246,7 +255,7 @@ if op == 'join' then
   if widen_now then names[#names + 1] = '' end
   local partner = find(sid, mode, names)
   if partner then return form(partner, sid, ints, nil, id) end
-  local ticket = redis.call('INCR', P .. 'seq')
+  local ticket = seq()
   local widen_after = widen_now and '-1' or fmt(timeout)
   local key = P .. 'w:' .. sid
   redis.call('HSET', key, 'mode', mode, 'ints', ints_json, 'since', fmt(NOW), 'ticket', ticket,
@@ -386,11 +395,15 @@ elseif op == 'heartbeat' then
     boot = A[1]
     redis.call('SET', P .. 'boot', boot)
   end
+  live(P .. 'boot')
+  if redis.call('EXISTS', P .. 'seq') == 1 then live(P .. 'seq') end
   return {added, boot}
 
 elseif op == 'register' then
   -- a new server id: registered only if no server has it
-  return redis.call('ZADD', P .. 'servers', 'NX', fmt(NOW), me)
+  local added = redis.call('ZADD', P .. 'servers', 'NX', fmt(NOW), me)
+  live(P .. 'servers')
+  return added
 
 elseif op == 'unregister' then
   -- a clean stop: look dead at once, so the next sweep frees what is left
@@ -404,7 +417,7 @@ elseif op == 'add_ban' then
   local key = P .. 'ban:' .. A[1]
   redis.call('SET', key, A[2])
   if A[3] ~= '' then redis.call('PEXPIREAT', key, tonumber(A[3]) + GRACE_MS) end
-  redis.call('ZADD', P .. 'bans', redis.call('INCR', P .. 'seq'), A[1])
+  redis.call('ZADD', P .. 'bans', fmt(NOW), A[1])
   return 1
 
 elseif op == 'remove_ban' then

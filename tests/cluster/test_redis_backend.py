@@ -4,15 +4,17 @@ or comes back empty. Real redis-servers only (``redis_support``)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import coredis
 import pytest
 import trio
 from redis_support import RedisServer, new_prefix, running_redis
 
-from omiro_trio.backends.base import Ended, LocalView, Stats
+from omiro_trio.backends.base import Ban, Ended, LocalView, ReportRecord, Stats
 from omiro_trio.backends.redis import OP_TIMEOUT_S, RedisBackend, open_redis_backend
 from omiro_trio.errors import BackendUnavailable
 from omiro_trio.matchmaking import Match, Preferences, Waiting
@@ -241,3 +243,66 @@ async def test_sync_restores_socket_reservations_after_redis_restarts_empty() ->
             await b.release_socket(CLIENT)
             assert await a.reserve_socket(CLIENT, 3)
             assert not await b.reserve_socket(CLIENT, 3)
+
+
+async def test_every_key_written_has_a_ttl_but_permanent_bans(redis_server: RedisServer) -> None:
+    prefix = new_prefix()
+    later = Offset()
+    async with (
+        open_redis_backend(**options(redis_server.url, prefix, heartbeat_s=3600)) as gone,
+        open_redis_backend(**options(redis_server.url, prefix, clock_offset=later)) as a,
+        open_redis_backend(**options(redis_server.url, prefix, clock_offset=later)) as b,
+    ):
+        # A busy moment: every kind of record each operation writes.
+        held = [(a, "a1"), (a, "a2"), (a, "a3"), (a, "a4"), (gone, "g1")]
+        held += [(b, "b1"), (b, "b2"), (b, "b3"), (b, "b4")]
+        for n, (backend, sid) in enumerate(held):
+            assert await backend.claim_session(sid, f"192.0.2.{n}")
+            assert await backend.reserve_socket(f"192.0.2.{n}", 5)
+        await a.join("a1", Preferences("video", ("music",)))
+        assert isinstance(await b.join("b1", Preferences("video", ("music", "art"))), Match)
+        await a.join("a2", Preferences("text", ("books",)))
+        await a.widen("a2", 0)
+        await b.join("b2", Preferences("text"))  # takes a2 if it widened, else waits
+        await gone.join("g1", Preferences("video"))
+        assert isinstance(await b.join("b3", Preferences("video")), Match)  # with g1
+        await a.block("a3", "b3")
+        assert await a.leave("a1") is not None
+        await a.release_session("a1")
+        await a.release_socket("192.0.2.0")
+        await a.join("a3", Preferences("video", ("films",)))
+        for key in ("sessions:192.0.2.1", "next:b1"):
+            await b.hit_rate_limit(key, 2, 60.0)
+        await a.count_reporter("192.0.2.4", "192.0.2.5", 3600.0)
+        await b.record_report(
+            ReportRecord("192.0.2.4", "b2", "a3", "192.0.2.5", "abuse", 0.0, ("x: hi",))
+        )
+        await a.reports(10)
+        await a.add_ban(Ban("198.51.100.1", "spam", time.time() + 600, time.time()))
+        await a.add_ban(Ban("198.51.100.0/24", "spam", None, time.time()))  # permanent
+        await a.add_ban(Ban("198.51.100.9", "spam", None, time.time()))
+        assert await b.remove_ban("198.51.100.9")
+        assert await b.ban_for("198.51.100.1") is not None
+        await a.publish("b1", b"hello")
+        await a.stats()
+        await a.sync([LocalView("a2", "192.0.2.1", None), LocalView("a3", "192.0.2.2", None)])
+        later.seconds = DEAD_AFTER_S + 1  # "gone" stops beating and is swept
+        await a.heartbeat()
+        await b.heartbeat()
+        assert len(await a.sweep()) == 1  # b3's match with g1
+        await a.leave("b3")
+        await a.join("a4", Preferences("video", ("pets",)))
+        assert isinstance(await b.join("b4", Preferences("video", ("pets",))), Match)
+        redis: coredis.Redis[bytes] = coredis.Redis.from_url(redis_server.url)
+        async with redis:
+            keys = [k async for k in redis.scan_iter(match=f"{prefix}*")]
+            ttls = {_name(k, prefix): await redis.pttl(k) for k in keys}
+    kinds = {name.split(":")[0] for name in ttls}
+    assert {"s", "srv", "sk", "servers", "dead", "w", "q", "waiting", "m", "le", "cd"} <= kinds
+    assert {"bl", "blc", "rl", "rep", "reports", "seq", "boot", "bans", "ban"} <= kinds
+    forever = sorted(name for name, ttl in ttls.items() if ttl < 0)
+    assert forever == ["ban:198.51.100.0/24", "bans"]
+
+
+def _name(key: bytes, prefix: str) -> str:
+    return key.decode().removeprefix(prefix)

@@ -9,9 +9,12 @@ the other server) work across servers; ``sockets_per_ip`` and
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import coredis
 import msgspec
 import pytest
 import trio
@@ -158,21 +161,29 @@ async def test_an_admin_ban_on_one_server_closes_a_socket_on_the_other(
     await bystander.expect("queued")
 
 
-@pytest.fixture
-def limited_servers(redis_server: RedisServer) -> Iterator[Servers]:
-    """Two servers on one Redis with 3 sockets per address and 2 nexts a minute."""
-    env = cluster_env(
-        redis_server, OMIRO_LIMITS_SOCKETS_PER_IP="3", OMIRO_LIMITS_NEXTS_PER_MINUTE="2"
-    )
+@contextmanager
+def servers_with(redis: RedisServer, **settings: str) -> Iterator[Servers]:
+    """Two servers on one Redis (and one key prefix), with these settings."""
+    env = cluster_env(redis, **settings)
     a = ServeProcess(env).start()
     try:
         b = ServeProcess(env).start()
     except BaseException:
         a.kill()
         raise
-    yield a, b
-    for server in (a, b):
-        server.kill()
+    try:
+        yield a, b
+    finally:
+        for server in (a, b):
+            server.kill()
+
+
+@pytest.fixture
+def limited_servers(redis_server: RedisServer) -> Iterator[Servers]:
+    """Two servers with 3 sockets per address and 2 nexts a minute."""
+    settings = {"OMIRO_LIMITS_SOCKETS_PER_IP": "3", "OMIRO_LIMITS_NEXTS_PER_MINUTE": "2"}
+    with servers_with(redis_server, **settings) as servers:
+        yield servers
 
 
 async def _refused(server: ServeProcess, ip: str) -> int | None:
@@ -223,3 +234,33 @@ async def test_nexts_per_minute_follow_the_session_to_another_server(
     again = await connect(nursery, b, token_=same)
     await again.send("next")
     assert (await again.expect("error"))["code"] == "rate_limited"
+
+
+async def test_a_relay_to_a_partner_no_server_holds_ends_the_senders_match(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    # No sweep within the test (dead_after_s 60 > WAIT_S): only the relay can end the match.
+    with servers_with(redis_server, OMIRO_REDIS_DEAD_AFTER_S="60") as (a, b):
+        first, second = await pair(nursery, a, b)
+        # b freezes (it cannot put the record back), and Redis no longer says
+        # who holds the partner: as after a lost record, before any sweep.
+        b.signal(signal.SIGSTOP)
+        try:
+            await _relay_to_nobody(a, first, second, redis_server)
+        finally:
+            b.signal(signal.SIGCONT)
+
+
+async def _relay_to_nobody(
+    a: ServeProcess, first: Client, second: Client, redis_server: RedisServer
+) -> None:
+    prefix = a.env["OMIRO_REDIS_KEY_PREFIX"]
+    redis: coredis.Redis[bytes] = coredis.Redis.from_url(redis_server.url)
+    async with redis:
+        assert await redis.delete([f"{prefix}s:{second.session_id}"]) == 1
+    await first.send("chat", {"message": "anyone there?"})
+    assert await first.expect("partner_disconnected") == {"reason": "left"}
+    await first.send("chat", {"message": "and now?"})
+    assert (await first.expect("error"))["code"] == "not_matched"
+    await first.send("join_queue")  # idle in the shared state too
+    await first.expect("queued")
