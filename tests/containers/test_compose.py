@@ -300,6 +300,7 @@ def relay_only_browser_call(stack: Stack) -> None:
                 page = browser.new_context(reduced_motion="reduce").new_page()
                 page.goto(url)
                 page.wait_for_function("() => window.omiro !== undefined", timeout=15_000)
+                page.get_by_test_id("notice-accept").click()  # a first visit: the notice
                 page.get_by_test_id("start").click()
                 page.wait_for_function(
                     "() => window.omiro.state === 'waiting' || window.omiro.state === 'connected'",
