@@ -34,7 +34,7 @@ from typing import Any
 
 import trio
 
-from omiro_trio.bench import LISTENING, RelayOptions, open_client, run
+from omiro_trio.bench import LISTENING, SERVER_ENV, RelayOptions, open_client, run
 
 DEADLINE_S = 300
 
@@ -74,14 +74,8 @@ def start_redis(pin: bool) -> tuple[subprocess.Popen[bytes], str]:
 def start_omiro(mode: str, redis_url: str, pin: bool) -> tuple[subprocess.Popen[str], str]:
     env = dict(os.environ)
     env.update(
-        OMIRO_ICE_URLS="[]",
-        OMIRO_LOG_LEVEL="info",
+        SERVER_ENV,
         OMIRO_SESSION_SECRET="a benchmark secret, 32 bytes or more",
-        OMIRO_LIMITS_MESSAGES_PER_SECOND="10000000",
-        OMIRO_LIMITS_MESSAGE_BURST="10000000",
-        OMIRO_LIMITS_SOCKETS_PER_IP="1000000",
-        OMIRO_SERVER_CONNECTIONS_PER_IP="1000000",
-        OMIRO_LIMITS_SESSIONS_PER_IP_PER_MINUTE="1000000",
         OMIRO_LIMITS_NEXTS_PER_MINUTE="1000000",
     )
     if mode != "memory":

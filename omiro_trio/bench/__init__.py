@@ -56,6 +56,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+SERVER_ENV = {
+    "OMIRO_ICE_URLS": "[]",
+    "OMIRO_LOG_LEVEL": "info",
+    "OMIRO_LIMITS_MESSAGES_PER_SECOND": "10000000",
+    "OMIRO_LIMITS_MESSAGE_BURST": "10000000",
+    "OMIRO_LIMITS_SOCKETS_PER_IP": "1000000",
+    "OMIRO_SERVER_CONNECTIONS_PER_IP": "1000000",
+    "OMIRO_LIMITS_SESSIONS_PER_IP_PER_MINUTE": "1000000",
+}
+"""A benchmark server's settings: no STUN, and limits raised so the load is not refused."""
+
+
 def start_server(
     pin: bool, extra_env: dict[str, str] | None = None, command: list[str] | None = None
 ) -> tuple[subprocess.Popen[str], str]:
@@ -65,15 +77,7 @@ def start_server(
     ``pin`` it runs on core 0 only.
     """
     env = dict(os.environ)
-    env.update(
-        OMIRO_ICE_URLS="[]",
-        OMIRO_LOG_LEVEL="info",
-        OMIRO_LIMITS_MESSAGES_PER_SECOND="10000000",
-        OMIRO_LIMITS_MESSAGE_BURST="10000000",
-        OMIRO_LIMITS_SOCKETS_PER_IP="1000000",
-        OMIRO_SERVER_CONNECTIONS_PER_IP="1000000",
-        OMIRO_LIMITS_SESSIONS_PER_IP_PER_MINUTE="1000000",
-    )
+    env.update(SERVER_ENV)
     env.update(extra_env or {})
     if command is None:
         command = [sys.executable, "-m", "omiro_trio", "serve", "--host", "127.0.0.1"]
