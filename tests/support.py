@@ -8,6 +8,7 @@ sleeps to wait for something to happen.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -18,6 +19,22 @@ from omiro_trio.config import Config, load_config
 from omiro_trio.server import Running
 
 WAIT_S = 5.0
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Flags that let headless Chromium call itself on loopback with a fake camera
+# (see TESTING.md); shared by the browser and container tests.
+LAUNCH_ARGS = [
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 BASE_ENV = {
     "OMIRO_SERVER_HOST": "127.0.0.1",

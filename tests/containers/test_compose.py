@@ -22,7 +22,7 @@ import pytest
 import trio
 from container_support import Podman, missing, open_client, unique, wait_http
 from playwright.sync_api import Page, sync_playwright
-from support import Client
+from support import CHROMIUM, LAUNCH_ARGS, Client
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(1200)]
 
@@ -31,19 +31,6 @@ COMPOSE_FILE = REPO / "deploy" / "compose.yaml"
 UP_S = 300.0
 DOWN_S = 180.0
 MAX_CLIENTS = 8  # bound on tries to get one socket on each replica
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 SELECTED_PAIR = """async () => {
   const stats = await window.omiro.pc.getStats();
   let pair = null;
@@ -292,7 +279,7 @@ def relay_only_browser_call(stack: Stack) -> None:
     url = f"http://localhost:{stack.http_port}/"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+            executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS
         )
         try:
             pages: list[Page] = []
