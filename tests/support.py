@@ -7,6 +7,10 @@ sleeps to wait for something to happen.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -156,3 +160,59 @@ async def wait_until(predicate: Callable[[], bool], wait_s: float = WAIT_S) -> N
 
 StartServer = Callable[..., Awaitable[Harness]]
 """The ``start_server`` fixture: start a server with ``table__key=value`` overrides."""
+
+
+class ServeProcess:
+    """A real ``omiro serve`` subprocess on 127.0.0.1, port 0; its stderr collected by a thread.
+
+    Args:
+        workdir: its working directory.
+        env: ``OMIRO_*`` settings (the caller's own ``OMIRO_*`` variables are dropped).
+        preexec_fn: run in the child before ``exec`` (e.g. to lower its limits).
+        start_s: how long it may take to listen.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        env: dict[str, str],
+        *,
+        preexec_fn: Callable[[], Any] | None = None,
+        start_s: float = 20.0,
+    ) -> None:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("OMIRO_")}
+        full_env.update(OMIRO_ICE_URLS="[]", OMIRO_LOG_LEVEL="info")
+        full_env.update(env)
+        self.start_s = start_s
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "omiro_trio", "serve", "--host", "127.0.0.1", "--port", "0"],
+            cwd=workdir,
+            env=full_env,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            preexec_fn=preexec_fn,
+        )
+        self.log: list[str] = []
+        self.url = ""
+        self._listening = threading.Event()
+        threading.Thread(target=self._read_log, daemon=True).start()
+        assert self._listening.wait(start_s), "".join(self.log)
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def _read_log(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.log.append(line)
+            if "listening on " in line and not self.url:
+                self.url = line.split("listening on ", 1)[1].split()[0]
+                self._listening.set()
+
+    def fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+
+    def kill(self) -> None:
+        """End it at once if it still runs (fixture teardown)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=self.start_s)

@@ -10,12 +10,8 @@ stops. Loopback only; every wait bounded.
 
 from __future__ import annotations
 
-import os
 import resource
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from support import ServeProcess
 from trio_websocket import connect_websocket_url
 
 FD_LIMIT = 64
@@ -35,47 +32,21 @@ def _low_fd_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
 
 
-class Server:
-    def __init__(self, tmp_path: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OMIRO_")}
-        env.update(
-            OMIRO_ICE_URLS="[]",
-            OMIRO_LOG_LEVEL="info",
-            OMIRO_SERVER_CONNECTIONS_PER_IP="100000",  # let the flood reach the fd limit
-        )
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "omiro_trio", "serve", "--host", "127.0.0.1", "--port", "0"],
-            cwd=tmp_path,
-            env=env,
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-            preexec_fn=_low_fd_limit,
-        )
-        self.log: list[str] = []
-        self.url = ""
-        listening = threading.Event()
-
-        def read_log() -> None:
-            assert self.process.stderr is not None
-            for line in self.process.stderr:
-                self.log.append(line)
-                if "listening on " in line and not self.url:
-                    self.url = line.split("listening on ", 1)[1].split()[0]
-                    listening.set()
-
-        threading.Thread(target=read_log, daemon=True).start()
-        assert listening.wait(START_S), "".join(self.log)
-        self.port = int(self.url.rsplit(":", 1)[1])
+def start_server(tmp_path: Path) -> ServeProcess:
+    return ServeProcess(
+        tmp_path,
+        # Let the flood reach the fd limit.
+        {"OMIRO_SERVER_CONNECTIONS_PER_IP": "100000"},
+        preexec_fn=_low_fd_limit,
+        start_s=START_S,
+    )
 
 
 @pytest.fixture
 def omiro(tmp_path: Path) -> Any:
-    server = Server(tmp_path)
+    server = start_server(tmp_path)
     yield server
-    if server.process.poll() is None:
-        server.process.kill()
-        server.process.wait(timeout=START_S)
+    server.kill()
 
 
 async def ordinary_client(url: str) -> None:
@@ -89,7 +60,9 @@ async def ordinary_client(url: str) -> None:
         await ws.aclose()
 
 
-async def test_fd_exhaustion_flood_then_an_ordinary_client_gets_a_session(omiro: Server) -> None:
+async def test_fd_exhaustion_flood_then_an_ordinary_client_gets_a_session(
+    omiro: ServeProcess,
+) -> None:
     flood: list[trio.SocketStream] = []
     with trio.fail_after(30):
         for _ in range(FLOOD):

@@ -19,9 +19,6 @@ import random
 import signal
 import socket
 import struct
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ import httpx
 import msgspec
 import pytest
 import trio
+from support import ServeProcess
 from trio_websocket import ConnectionClosed, connect_websocket_url
 
 from omiro_trio.front import STALL_TIMEOUT_S
@@ -62,51 +60,27 @@ OPS = [
 # -- the server process ----------------------------------------------------------
 
 
-class Server:
-    """``omiro serve`` in a subprocess; its stderr collected by a thread."""
+class Server(ServeProcess):
+    """``omiro serve`` with the fuzz run's limits, and tokens signed with its secret."""
 
     def __init__(self, tmp_path: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OMIRO_")}
-        env.update(
-            OMIRO_ICE_URLS="[]",
-            OMIRO_LOG_LEVEL="info",
-            OMIRO_SESSION_SECRET=SECRET,
-            OMIRO_LIMITS_SOCKETS_PER_IP="200",
-            OMIRO_SERVER_CONNECTIONS_PER_IP="200",
-            OMIRO_LIMITS_MESSAGES_PER_SECOND="500",
-            OMIRO_LIMITS_MESSAGE_BURST="1000",
-            OMIRO_MATCHMAKING_INTEREST_TIMEOUT_S="3600",
-            OMIRO_SERVER_MAX_FRAME_BYTES="65536",
+        super().__init__(
+            tmp_path,
+            {
+                "OMIRO_SESSION_SECRET": SECRET,
+                "OMIRO_LIMITS_SOCKETS_PER_IP": "200",
+                "OMIRO_SERVER_CONNECTIONS_PER_IP": "200",
+                "OMIRO_LIMITS_MESSAGES_PER_SECOND": "500",
+                "OMIRO_LIMITS_MESSAGE_BURST": "1000",
+                "OMIRO_MATCHMAKING_INTEREST_TIMEOUT_S": "3600",
+                "OMIRO_SERVER_MAX_FRAME_BYTES": "65536",
+            },
+            start_s=START_S,
         )
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "omiro_trio", "serve", "--host", "127.0.0.1", "--port", "0"],
-            cwd=tmp_path,
-            env=env,
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-        )
-        self.log: list[str] = []
-        self.listening = threading.Event()
-        self.url = ""
-        threading.Thread(target=self._read_log, daemon=True).start()
-        assert self.listening.wait(START_S), "".join(self.log)
-        self.port = int(self.url.rsplit(":", 1)[1])
         self.signer = TokenSigner(SECRET.encode(), 600)
-
-    def _read_log(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.log.append(line)
-            if "listening on " in line and not self.url:
-                self.url = line.split("listening on ", 1)[1].split()[0]
-                self.listening.set()
 
     def token(self) -> str:
         return self.signer.issue(time.time()).token
-
-    def fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
@@ -117,9 +91,7 @@ class Server:
 def omiro(tmp_path: Path) -> Any:
     server = Server(tmp_path)
     yield server
-    if server.process.poll() is None:
-        server.process.kill()
-        server.process.wait(timeout=START_S)
+    server.kill()
 
 
 # -- what the fuzzers send ---------------------------------------------------------
