@@ -49,6 +49,7 @@ from omiro_trio.front import KEEPALIVE_TIMEOUT_S, FrontDoor
 from omiro_trio.gc_tuning import run_gc_tuning
 from omiro_trio.hub import Hub, ReportPolicy
 from omiro_trio.metrics import Metrics
+from omiro_trio.stalls import install_from_env as install_stall_monitor
 from omiro_trio.tokens import TokenSigner, new_secret
 from omiro_trio.web import create_app
 from omiro_trio.wsengine import Engine
@@ -212,6 +213,7 @@ async def serve(
     connections are accepted. With ``reuse_port`` the port is shared
     (``SO_REUSEPORT``) with other workers of ``omiro serve --workers``.
     """
+    install_stall_monitor()  # only with OMIRO_DEBUG_STALLS_MS (stalls.py)
     if config.session.secret:
         secret = config.session.secret.encode()
     else:

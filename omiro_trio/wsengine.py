@@ -18,7 +18,9 @@ Design (numbers in ``docs/decisions/0001-websocket-engine.md``):
   one syscall. Only a socket whose kernel buffer is full gets a task of its
   own (``_drain``) until it is writable again; if it stays full for
   ``WRITE_TIMEOUT_S`` the client is a slow consumer.
-* **Liveness**: one sweeper task for all sockets, every ``idle_timeout_s / 8``.
+* **Liveness**: one sweeper task for all sockets, a timer wheel: each socket
+  is visited every ``idle_timeout_s / 8``, one slot of sockets per step, so
+  that sockets opened together are not all pinged in one scheduling round.
   A socket silent for half of ``idle_timeout_s`` gets a ping; one that stays
   silent is dropped within ``idle_timeout_s``.
 * **Text** is decoded (strict UTF-8, 1007 otherwise) here; fragments are
@@ -60,12 +62,18 @@ _PROTOCOL_LOG.setLevel(logging.WARNING)
 RECEIVE_BYTES: Final = 65536
 CHECKPOINT_EVERY: Final = 16  # reads between forced checkpoints, for fairness
 WRITE_TIMEOUT_S: Final = 5.0  # a full socket buffer for this long: slow consumer
-SWEEP_CHUNK: Final = 512  # connections per sweeper step between checkpoints
-# The sweeper runs every idle_timeout_s / SWEEP_TICKS. A socket silent for
-# PING_AFTER_TICKS sweeps (half the timeout) gets a ping; one silent for
-# DEAD_AFTER_TICKS sweeps has been silent between 7/8 and all of the timeout:
-# it is dead.
+# Every socket is swept once every idle_timeout_s / SWEEP_TICKS. A socket
+# silent for PING_AFTER_TICKS sweeps (half the timeout) gets a ping; one
+# silent for DEAD_AFTER_TICKS sweeps has been silent between 7/8 and all of
+# the timeout: it is dead.
 SWEEP_TICKS: Final = 8
+# A timer wheel: sockets are dealt round-robin into slots, and the sweeper
+# visits one slot per step, spreading a tick over up to SWEEP_SLOTS steps at
+# least SWEEP_SLOT_MIN_S apart. Sockets opened together (a reconnect wave, a
+# benchmark) therefore fall silent together but are pinged slot by slot, not
+# all in one scheduling round: the pings and their pongs stay a small burst.
+SWEEP_SLOTS: Final = 128
+SWEEP_SLOT_MIN_S: Final = 0.05
 PING_AFTER_TICKS: Final = 4
 DEAD_AFTER_TICKS: Final = 7
 
@@ -137,6 +145,7 @@ class WsConnection:
         "queued",
         "send_queue",
         "silent_ticks",
+        "slot",
         "sock",
         "write_broken",
     )
@@ -164,6 +173,7 @@ class WsConnection:
         self.nursery: trio.Nursery | None = None  # where a _drain task may run
         self.heard = True
         self.silent_ticks = 0
+        self.slot = -1  # the engine's timer-wheel slot, once added
         self.control_frames = 0  # pings and pongs received, for the rate limit
         self._reads = 0
         self._eof_wanted = False
@@ -482,16 +492,28 @@ class Engine:
 
     def __init__(self, idle_timeout_s: float) -> None:
         self.idle_timeout_s = idle_timeout_s
-        self.connections: set[WsConnection] = set()
+        tick = idle_timeout_s / SWEEP_TICKS
+        self._slots: list[set[WsConnection]] = [
+            set() for _ in range(max(1, min(SWEEP_SLOTS, int(tick / SWEEP_SLOT_MIN_S))))
+        ]
+        self._next_slot = 0
         self._dirty: list[WsConnection] = []
         self._wakeup = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
 
+    def __len__(self) -> int:
+        """Open connections."""
+        return sum(len(slot) for slot in self._slots)
+
     def add(self, conn: WsConnection) -> None:
-        self.connections.add(conn)
+        slot = self._next_slot
+        self._next_slot = (slot + 1) % len(self._slots)
+        conn.slot = slot
+        self._slots[slot].add(conn)
 
     def forget(self, conn: WsConnection) -> None:
-        self.connections.discard(conn)
+        if conn.slot >= 0:
+            self._slots[conn.slot].discard(conn)
 
     def mark_dirty(self, conn: WsConnection) -> None:
         self._dirty.append(conn)
@@ -534,20 +556,20 @@ class Engine:
                 conn.nursery.start_soon(conn.drain)
 
     async def _sweeper(self) -> None:
-        tick = self.idle_timeout_s / SWEEP_TICKS
+        slots = self._slots
+        step = self.idle_timeout_s / SWEEP_TICKS / len(slots)
+        deadline = trio.current_time()
         while True:
-            await trio.sleep(tick)
-            try:
-                await self._sweep()
-            except Exception:  # pragma: no cover - a bug: log it, keep sweeping
-                log.exception("keepalive sweep failed")
-
-    async def _sweep(self) -> None:
-        connections = list(self.connections)
-        for start in range(0, len(connections), SWEEP_CHUNK):
-            if start:
-                await trio.lowlevel.checkpoint()
-            self._sweep_some(connections[start : start + SWEEP_CHUNK])
+            for slot in slots:
+                # Deadlines, not sleeps: a late step does not shift the next;
+                # but after a long stall the wheel does not race to catch up
+                # (that would count silent ticks nobody had a chance to answer).
+                deadline = max(deadline + step, trio.current_time() - step)
+                await trio.sleep_until(deadline)
+                try:
+                    self._sweep_some(list(slot))
+                except Exception:  # pragma: no cover - a bug: log it, keep sweeping
+                    log.exception("keepalive sweep failed")
 
     def _sweep_some(self, connections: list[WsConnection]) -> None:
         for conn in connections:

@@ -100,9 +100,14 @@ def start_server(
     raise RuntimeError("the server did not start")
 
 
+STALL_LINES: list[str] = []
+"""The server's ``loop stall`` log lines (with ``OMIRO_DEBUG_STALLS_MS`` set; stalls.py)."""
+
+
 def _drain(pipe: Any) -> None:
-    for _ in pipe:
-        pass
+    for line in pipe:
+        if "loop stall" in line and len(STALL_LINES) < 10_000:
+            STALL_LINES.append(line.rstrip())
 
 
 def _new_token(url: str) -> str:

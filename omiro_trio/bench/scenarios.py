@@ -14,6 +14,7 @@ Every loop is bounded in count and by ``DEADLINE_S``; everything stays on
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import os
 import random
@@ -28,11 +29,13 @@ from typing import Any
 import msgspec
 import trio
 
-from omiro_trio.bench import cpu_seconds, percentile, rss_kib, start_server
+from omiro_trio.bench import STALL_LINES, cpu_seconds, percentile, rss_kib, start_server
 from omiro_trio.bench.client import IO_TIMEOUT_S, HttpClient, WsClient, op_of
+from omiro_trio.stalls import StallMonitor, threshold_from_env
 
 DEADLINE_S = 600.0
 BARRIER_TIMEOUT_S = 600.0
+STALL_LOG_LINES = 30  # the server's last stall lines in the report
 
 
 @dataclass
@@ -84,11 +87,15 @@ def run_scenario(name: str, options: Options) -> dict[str, Any]:
             generator.start()
         result["rss_start_kib"] = rss_kib(process.pid)
         samples: list[dict[str, float]] = []
+        stall_log: list[str] = []  # the server's stalls within measured phases
+        monitored = threshold_from_env() is not None
         for _ in range(phases(options)):
             barrier.wait()  # the generators are ready
             cpu, rss, start = cpu_seconds(process.pid), rss_kib(process.pid), time.perf_counter()
             waited = runqueue_wait_s(process.pid)
+            stalls_before = len(STALL_LINES)
             barrier.wait()  # the phase is over
+            stall_log.extend(STALL_LINES[stalls_before:])
             samples.append(
                 {
                     "seconds": time.perf_counter() - start,
@@ -101,6 +108,8 @@ def run_scenario(name: str, options: Options) -> dict[str, Any]:
                     **_stats(url),
                 }
             )
+            if monitored:
+                samples[-1]["server_loop_stalls"] = len(STALL_LINES) - stalls_before
             barrier.wait()  # sampled: the generators may go on
         workers = [results_queue.get(timeout=BARRIER_TIMEOUT_S) for _ in generators]
         for generator in generators:
@@ -108,11 +117,17 @@ def run_scenario(name: str, options: Options) -> dict[str, Any]:
         for n, sample in enumerate(samples):
             sample["generator_cpu_s"] = sum(w["phase_cpu_s"][n] for w in workers)
             sample["generator_cpu_max_proc_s"] = max(w["phase_cpu_s"][n] for w in workers)
+            loops = [w["phase_loop"][n] for w in workers]
+            sample["generator_loop_stalls"] = sum(loop["loop_stalls"] for loop in loops)
+            sample["generator_worst_stall_ms"] = max(loop["loop_worst_stall_ms"] for loop in loops)
+            sample["generator_gc_collections"] = sum(loop["gc_collections"] for loop in loops)
         result["phases"] = [{k: round(v, 3) for k, v in sample.items()} for sample in samples]
         result.update(SUMMARIES[name](options, samples, workers))
         result["generator_cpu_s"] = sum(w["cpu_s"] for w in workers)
         result["generator_cpu_s_per_proc"] = [round(w["cpu_s"], 2) for w in workers]
         result["rss_end_kib"] = rss_kib(process.pid)
+        if monitored:
+            result["server_stall_log"] = stall_log[-STALL_LOG_LINES:]
     finally:
         for generator in generators:
             if generator.is_alive():
@@ -155,18 +170,35 @@ def _child(name: str, options: Options, url: str, index: int, barrier: Any, resu
     host, port = url.removeprefix("http://").rsplit(":", 1)
     worker, _ = SCENARIOS[name]
     start = time.process_time()
-    out = trio.run(worker, options, host, int(port), index, barrier)
+    _monitor.install()
+    out = trio.run(worker, options, host, int(port), index, barrier, instruments=[_monitor])
+    _monitor.uninstall()
     out["cpu_s"] = time.process_time() - start
     out["phase_cpu_s"] = [_marks[i + 1] - _marks[i] for i in range(0, len(_marks) - 1, 2)]
+    out["phase_loop"] = _loop
     results.put(out)
 
 
 _marks: list[float] = []  # this generator's CPU time at each barrier
+_loop: list[dict[str, float]] = []  # this generator's own stalls in each phase
+# The generator's own event-loop stalls count as server latency in what it
+# measures: they are counted (not logged) so that the report tells them apart.
+GENERATOR_STALL_S = 0.002
+_monitor = StallMonitor(GENERATOR_STALL_S, report=None)
 
 
 async def _barrier(barrier: Any) -> None:
-    """Start of a measured phase: every generator is ready."""
+    """Start of a measured phase: every generator is ready.
+
+    The generator's cyclic GC is off during the phase (what exists now is
+    frozen out of its reach first): a collection over thousands of client
+    objects would stall the generator and show up as server latency.
+    """
     await trio.to_thread.run_sync(barrier.wait)
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    _monitor.reset()
     _marks.append(time.process_time())
 
 
@@ -174,6 +206,9 @@ async def _phase_end(barrier: Any) -> None:
     """End of a measured phase; returns once the parent has sampled the server."""
     await trio.to_thread.run_sync(barrier.wait)
     _marks.append(time.process_time())
+    _loop.append(_monitor.summary())
+    gc.enable()
+    gc.unfreeze()
     await trio.to_thread.run_sync(barrier.wait)
 
 
