@@ -57,6 +57,7 @@ TRANSCRIPT_LINES = 20
 ENDED_REMEMBERED = 8
 SYNC_INTERVAL_S = 5.0
 SYNC_RETRY_S = 1.0
+SYNC_SLICE = 256  # sessions compared with the backend between checkpoints
 CALLS_REMEMBERED = 8  # recent matches whose call outcome may still be reported
 
 
@@ -703,9 +704,18 @@ class Hub:
                 if ended is not None:
                     await self.partners_gone([Ended(session_id, ended)])
             self._unreleased.discard(session_id)
+        # In slices, each under its sessions' locks: one pass over thousands of
+        # sessions would hold every socket up for tens of milliseconds.
+        sessions = list(self.sessions.values())
+        for start in range(0, len(sessions), SYNC_SLICE):
+            if start:
+                await trio.lowlevel.checkpoint()
+            await self._resync_some(sessions[start : start + SYNC_SLICE])
+
+    async def _resync_some(self, sessions: list[Session]) -> None:
         held: list[Session] = []
         try:
-            for session in list(self.sessions.values()):
+            for session in sessions:
                 if not session.lock.locked() and session.close_code is None:
                     session.lock.acquire_nowait()
                     held.append(session)

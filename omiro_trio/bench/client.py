@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
+import struct
+import sys
 from collections.abc import Sequence
 
 import h11
@@ -19,6 +22,11 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, Side
 
 IO_TIMEOUT_S = 30.0
+# Linux: the kernel stamps each received segment with its arrival time
+# (CLOCK_REALTIME), so a frame's latency can be measured without the
+# generator's own delay in getting round to reading it.
+SO_TIMESTAMPNS = 35 if sys.platform.startswith("linux") else None
+ANCILLARY_BYTES = socket.CMSG_SPACE(16)
 DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
 
 
@@ -137,6 +145,38 @@ class WsClient:
             if texts:
                 return texts
         return []
+
+    def stamp_arrivals(self) -> bool:
+        """Ask the kernel for arrival timestamps (``receive_stamped``); False where it cannot."""
+        if SO_TIMESTAMPNS is None:
+            return False
+        try:
+            self.stream.socket.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        except OSError:
+            return False
+        return True
+
+    async def receive_stamped(self) -> tuple[list[bytes], float | None]:
+        """Like ``receive``, plus when the kernel received the read's last segment.
+
+        The time is ``time.time()``'s clock; None when the kernel gave none
+        (``stamp_arrivals`` not called, or not Linux).
+        """
+        sock = self.stream.socket
+        while not self.closed:
+            data, ancillary, _, _ = await sock.recvmsg(65536, ANCILLARY_BYTES)
+            stamp = None
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                    seconds, nanoseconds = struct.unpack("qq", value[:16])
+                    stamp = seconds + nanoseconds / 1e9
+            texts = self._feed(data)
+            pongs = self._protocol.data_to_send()
+            if pongs and not self.closed:
+                await self._write(b"".join(pongs))
+            if texts:
+                return texts, stamp
+        return [], None
 
     async def send(self, texts: Sequence[bytes]) -> None:
         """Send text frames in one write."""

@@ -18,6 +18,7 @@ import gc
 import multiprocessing
 import os
 import random
+import re
 import resource
 import statistics
 import time
@@ -35,7 +36,8 @@ from omiro_trio.stalls import StallMonitor, threshold_from_env
 
 DEADLINE_S = 600.0
 BARRIER_TIMEOUT_S = 600.0
-STALL_LOG_LINES = 30  # the server's last stall lines in the report
+STALL_LOG_LINES = 30  # the server's slowest stall lines in the report
+STALL_CPU = re.compile(r"\(([\d.]+) ms on the CPU\)")
 
 
 @dataclass
@@ -95,7 +97,6 @@ def run_scenario(name: str, options: Options) -> dict[str, Any]:
             waited = runqueue_wait_s(process.pid)
             stalls_before = len(STALL_LINES)
             barrier.wait()  # the phase is over
-            stall_log.extend(STALL_LINES[stalls_before:])
             samples.append(
                 {
                     "seconds": time.perf_counter() - start,
@@ -109,7 +110,11 @@ def run_scenario(name: str, options: Options) -> dict[str, Any]:
                 }
             )
             if monitored:
-                samples[-1]["server_loop_stalls"] = len(STALL_LINES) - stalls_before
+                lines = STALL_LINES[stalls_before:]
+                samples[-1]["server_loop_stalls"] = len(lines)
+                stall_log.extend(lines)
+                worst = max(map(_stall_cpu_ms, lines), default=0.0)
+                samples[-1]["server_worst_stall_cpu_ms"] = worst
             barrier.wait()  # sampled: the generators may go on
         workers = [results_queue.get(timeout=BARRIER_TIMEOUT_S) for _ in generators]
         for generator in generators:
@@ -126,8 +131,9 @@ def run_scenario(name: str, options: Options) -> dict[str, Any]:
         result["generator_cpu_s"] = sum(w["cpu_s"] for w in workers)
         result["generator_cpu_s_per_proc"] = [round(w["cpu_s"], 2) for w in workers]
         result["rss_end_kib"] = rss_kib(process.pid)
-        if monitored:
-            result["server_stall_log"] = stall_log[-STALL_LOG_LINES:]
+        if monitored:  # the slowest on the CPU, within measured phases
+            stall_log.sort(key=_stall_cpu_ms, reverse=True)
+            result["server_stall_log"] = stall_log[:STALL_LOG_LINES]
     finally:
         for generator in generators:
             if generator.is_alive():
@@ -135,6 +141,12 @@ def run_scenario(name: str, options: Options) -> dict[str, Any]:
         process.terminate()
         process.wait(timeout=30)
     return result
+
+
+def _stall_cpu_ms(line: str) -> float:
+    """The CPU time of one server stall line (stalls.py), 0 if it has none."""
+    found = STALL_CPU.search(line)
+    return float(found.group(1)) if found else 0.0
 
 
 def _stats(url: str) -> dict[str, float]:
@@ -335,7 +347,11 @@ async def _relay_phases(
     await _phase_end(barrier)
 
     # 2. Latency at a fixed offered rate (one direction per pair, timestamps in the frames).
+    # Two measures: to when the generator read the frame, and to when the
+    # frame reached the generator's socket (the kernel's timestamp): the
+    # difference is the generator's own delay, not the server's.
     latencies: list[float] = []
+    at_socket: list[float] = []
     my_rate = options.rate / options.procs
     interval = len(pairs) / my_rate if pairs else 1.0
     count = int(options.seconds * my_rate / max(1, len(pairs)))
@@ -346,19 +362,23 @@ async def _relay_phases(
         begin = trio.current_time() + offset
         for i in range(count):
             await trio.sleep_until(begin + i * interval)
-            await a.send([_chat(f"{time.perf_counter():.9f}")])
+            await a.send([_chat(f"{time.time():.6f}")])
         await _keep_reading(a)
 
     async def timed(b: WsClient) -> None:
         nonlocal done
         seen = 0
+        stamped = b.stamp_arrivals()
         while True:
-            frames = await b.receive()
+            frames, arrived = await (b.receive_stamped() if stamped else _unstamped(b))
             if not frames:
                 return
-            now = time.perf_counter()
+            now = time.time()
             for f in frames:
-                latencies.append(now - float(msgspec.json.decode(f)["data"]["message"]))
+                sent = float(msgspec.json.decode(f)["data"]["message"])
+                latencies.append(now - sent)
+                if arrived is not None:
+                    at_socket.append(arrived - sent)
             seen += len(frames)
             if seen == count:
                 done += 1
@@ -375,7 +395,11 @@ async def _relay_phases(
                 await all_done.wait()
             nursery.cancel_scope.cancel()
     await _phase_end(barrier)
-    return {"throughput_frames": received, "latencies": latencies}
+    return {"throughput_frames": received, "latencies": latencies, "at_socket": at_socket}
+
+
+async def _unstamped(client: WsClient) -> tuple[list[bytes], float | None]:
+    return await client.receive(), None
 
 
 def relay_summary(
@@ -401,6 +425,12 @@ def relay_summary(
         result["latency_p50_ms"] = round(statistics.median(latencies) * 1000, 3)
         result["latency_p99_ms"] = round(percentile(latencies, 0.99) * 1000, 3)
         result["latency_max_ms"] = round(latencies[-1] * 1000, 3)
+    at_socket = sorted(x for w in workers for x in w["at_socket"])
+    if at_socket:  # without the generator's own delay in reading (kernel timestamps)
+        result["latency_at_socket_samples"] = len(at_socket)
+        result["latency_at_socket_p50_ms"] = round(statistics.median(at_socket) * 1000, 3)
+        result["latency_at_socket_p99_ms"] = round(percentile(at_socket, 0.99) * 1000, 3)
+        result["latency_at_socket_max_ms"] = round(at_socket[-1] * 1000, 3)
     return result
 
 
