@@ -16,8 +16,9 @@ Rules (``docs/configuration.md`` is the user-facing version):
   (``true/false/1/0/yes/no``), lists as a JSON array of strings or a
   comma-separated string (empty string: empty list). Any other ``OMIRO_*``
   variable is an error, except the reserved ``OMIRO_CONFIG`` (the config
-  file's path, read by the CLI) and ``OMIRO_DEBUG_STALLS_MS`` (a
-  diagnostic switch, read by ``stalls.py``).
+  file's path, read by the CLI), ``OMIRO_DEBUG_STALLS_MS`` and
+  ``OMIRO_DEBUG_TRACEMALLOC`` (diagnostic switches, read by
+  ``diagnostics.py``).
 * Secrets (``session.secret``, ``admin.token``, ``ice.turn_secret``) can also
   come from a file named by ``OMIRO_<TABLE>_<KEY>_FILE`` (one trailing newline
   stripped, must not be empty). Setting both the variable and ``_FILE`` is an
@@ -183,7 +184,9 @@ SECRET_KEYS: frozenset[tuple[str, str]] = frozenset(
     {("session", "secret"), ("admin", "token"), ("ice", "turn_secret")}
 )
 ENV_PREFIX = "OMIRO_"
-RESERVED_ENV: frozenset[str] = frozenset({"OMIRO_CONFIG", "OMIRO_DEBUG_STALLS_MS"})
+RESERVED_ENV: frozenset[str] = frozenset(
+    {"OMIRO_CONFIG", "OMIRO_DEBUG_STALLS_MS", "OMIRO_DEBUG_TRACEMALLOC"}
+)
 
 # table -> key -> the key's type with Annotated constraints stripped.
 _TABLES: dict[str, type[_Table]] = typing.get_type_hints(Config)

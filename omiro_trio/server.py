@@ -44,12 +44,13 @@ from omiro_trio.codes import CloseCode
 from omiro_trio.config import Config
 from omiro_trio.connection import serve_connection
 from omiro_trio.context import ServerContext
+from omiro_trio.diagnostics import install_from_env as install_stall_monitor
+from omiro_trio.diagnostics import serve_memory_snapshots
 from omiro_trio.errors import BackendUnavailable, ConfigError
 from omiro_trio.front import KEEPALIVE_TIMEOUT_S, FrontDoor
 from omiro_trio.gc_tuning import run_gc_tuning
 from omiro_trio.hub import Hub, ReportPolicy
 from omiro_trio.metrics import Metrics
-from omiro_trio.stalls import install_from_env as install_stall_monitor
 from omiro_trio.tokens import TokenSigner, new_secret
 from omiro_trio.web import create_app
 from omiro_trio.wsengine import Engine
@@ -213,7 +214,7 @@ async def serve(
     connections are accepted. With ``reuse_port`` the port is shared
     (``SO_REUSEPORT``) with other workers of ``omiro serve --workers``.
     """
-    install_stall_monitor()  # only with OMIRO_DEBUG_STALLS_MS (stalls.py)
+    install_stall_monitor()  # only with OMIRO_DEBUG_STALLS_MS (diagnostics.py)
     if config.session.secret:
         secret = config.session.secret.encode()
     else:
@@ -254,6 +255,7 @@ async def serve(
             services.start_soon(hub.run_sync)
             engine = Engine(config.server.idle_timeout_s)
             services.start_soon(partial(run_gc_tuning, population=engine.__len__))
+            services.start_soon(serve_memory_snapshots)  # only with OMIRO_DEBUG_TRACEMALLOC
             await services.start(engine.run)
             await services.start(lifespan.handle_lifespan)
             await lifespan.wait_for_startup()

@@ -12,7 +12,7 @@ Design (numbers in ``docs/decisions/0001-websocket-engine.md``):
   nothing is there; every ``CHECKPOINT_EVERY`` reads it checkpoints so that
   a socket that always has data cannot starve the others.
 * **Writing**: ``push`` appends a ready frame to the connection's bounded
-  ``deque`` and marks it dirty; the engine's one flusher task joins
+  list and marks it dirty; the engine's one flusher task joins
   everything queued for each dirty connection into one ``send``. Frames
   for one destination produced in one scheduling round therefore leave in
   one syscall. Only a socket whose kernel buffer is full gets a task of its
@@ -42,14 +42,13 @@ from __future__ import annotations
 import logging
 import socket
 import struct
-from collections import deque
 from collections.abc import Callable
 from typing import Final
 
 import trio
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
 
 log = logging.getLogger(__name__)
@@ -104,6 +103,19 @@ class _Protocol(ServerProtocol):
         if frame.opcode is _PONG and self.close_sent is not None:
             return
         super().send_frame(frame)
+
+
+def _forget_handshake(proto: ServerProtocol) -> None:
+    """Let the handshake request go once the protocol is open.
+
+    ``ServerProtocol``'s parser is a generator that keeps the parsed request
+    (its headers: about 2 KiB) in a local for the connection's whole life.
+    With nothing pipelined behind the request, the parser waits at the start
+    of a frame, where a fresh frame parser is in the same state.
+    """
+    if proto.state is _OPEN and not proto.reader.buffer and not proto.reader.eof:
+        proto.parser = Protocol.parse(proto)
+        next(proto.parser)
 
 
 def new_protocol(max_frame_bytes: int) -> ServerProtocol:
@@ -164,7 +176,8 @@ class WsConnection:
         self.proto: ServerProtocol | None = proto
         self.send_queue = send_queue
         self.on_fail: Callable[[int, str, str], None] | None = on_fail
-        self.out: deque[bytes] = deque()
+        # A list, not a deque: an empty list holds no block of its own.
+        self.out: list[bytes] = []
         self.pending: memoryview | None = None  # the unsent rest of the last send
         self.queued = False  # in the engine's dirty list
         self.draining = False  # a _drain task owns writing
@@ -179,6 +192,7 @@ class WsConnection:
         self._eof_wanted = False
         self._fragments: list[bytes] | None = None
         self._fragments_text = False
+        _forget_handshake(proto)
         self.take_protocol_writes()
 
     # -- writing ----------------------------------------------------------
@@ -225,7 +239,7 @@ class WsConnection:
         pending = self.pending
         if out:
             if pending is not None:
-                out.appendleft(bytes(pending))
+                out.insert(0, bytes(pending))
             data: bytes | memoryview = out[0] if len(out) == 1 else b"".join(out)
             out.clear()
         elif pending is not None:
@@ -318,13 +332,17 @@ class WsConnection:
             try:
                 data = sock.recv(RECEIVE_BYTES)
             except BlockingIOError:
-                self._reads = 0
-                await trio.lowlevel.wait_readable(sock)
-                continue
+                data = None
             except InterruptedError:
                 continue
             except _CLOSED_SOCKET_ERRORS:
                 data = b""
+            if data is None:
+                # Waits outside the except clause: inside it, the exception and
+                # its traceback would stay alive as long as the socket is idle.
+                self._reads = 0
+                await trio.lowlevel.wait_readable(sock)
+                continue
             self._reads += 1
             self.heard = True
             if data:
@@ -446,10 +464,12 @@ class WsConnection:
         try:
             data = sock.recv(RECEIVE_BYTES)
         except BlockingIOError:
-            await trio.lowlevel.wait_readable(sock)
-            return True
+            data = None
         except _CLOSED_SOCKET_ERRORS:
             data = b""
+        if data is None:
+            await trio.lowlevel.wait_readable(sock)
+            return True
         if not proto.reader.eof:
             if data:
                 proto.receive_data(data)

@@ -101,7 +101,7 @@ def start_server(
 
 
 STALL_LINES: list[str] = []
-"""The server's ``loop stall`` log lines (with ``OMIRO_DEBUG_STALLS_MS`` set; stalls.py)."""
+"""The server's ``loop stall`` log lines (with ``OMIRO_DEBUG_STALLS_MS`` set; diagnostics.py)."""
 
 
 def _drain(pipe: Any) -> None:

@@ -20,6 +20,7 @@ import os
 import random
 import re
 import resource
+import signal
 import statistics
 import time
 import urllib.request
@@ -32,10 +33,11 @@ import trio
 
 from omiro_trio.bench import STALL_LINES, cpu_seconds, percentile, rss_kib, start_server
 from omiro_trio.bench.client import IO_TIMEOUT_S, HttpClient, WsClient, op_of
-from omiro_trio.stalls import StallMonitor, threshold_from_env
+from omiro_trio.diagnostics import TRACEMALLOC_ENV, StallMonitor, threshold_from_env
 
 DEADLINE_S = 600.0
 BARRIER_TIMEOUT_S = 600.0
+SNAPSHOT_WAIT_S = 10.0
 STALL_LOG_LINES = 30  # the server's slowest stall lines in the report
 STALL_CPU = re.compile(r"\(([\d.]+) ms on the CPU\)")
 
@@ -93,6 +95,7 @@ def run_scenario(name: str, options: Options) -> dict[str, Any]:
         monitored = threshold_from_env() is not None
         for _ in range(phases(options)):
             barrier.wait()  # the generators are ready
+            snapshot(process.pid)
             cpu, rss, start = cpu_seconds(process.pid), rss_kib(process.pid), time.perf_counter()
             waited = runqueue_wait_s(process.pid)
             stalls_before = len(STALL_LINES)
@@ -115,6 +118,7 @@ def run_scenario(name: str, options: Options) -> dict[str, Any]:
                 stall_log.extend(lines)
                 worst = max(map(_stall_cpu_ms, lines), default=0.0)
                 samples[-1]["server_worst_stall_cpu_ms"] = worst
+            snapshot(process.pid)
             barrier.wait()  # sampled: the generators may go on
         workers = [results_queue.get(timeout=BARRIER_TIMEOUT_S) for _ in generators]
         for generator in generators:
@@ -143,8 +147,15 @@ def run_scenario(name: str, options: Options) -> dict[str, Any]:
     return result
 
 
+def snapshot(pid: int) -> None:
+    """Ask a server tracing allocations (``OMIRO_DEBUG_TRACEMALLOC``) for a snapshot."""
+    if os.environ.get(TRACEMALLOC_ENV):
+        os.kill(pid, signal.SIGUSR2)
+        time.sleep(SNAPSHOT_WAIT_S)  # a snapshot of a large heap takes a while; not measured
+
+
 def _stall_cpu_ms(line: str) -> float:
-    """The CPU time of one server stall line (stalls.py), 0 if it has none."""
+    """The CPU time of one server stall line (diagnostics.py), 0 if it has none."""
     found = STALL_CPU.search(line)
     return float(found.group(1)) if found else 0.0
 

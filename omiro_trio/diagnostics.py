@@ -1,5 +1,6 @@
-"""Find what stalls the event loop: a diagnostic switch, off by default.
+"""Diagnostic switches, off by default: event-loop stalls and memory snapshots.
 
+**Stalls.**
 With ``OMIRO_DEBUG_STALLS_MS=N`` in the environment, ``serve`` installs a
 trio instrument that times every scheduler batch (from the end of one I/O
 wait to the start of the next: the time every socket waits for its turn)
@@ -13,6 +14,14 @@ generator uses the same instrument to tell its own stalls from the
 server's (``omiro bench``).
 
 Cost when on: two ``thread_time`` calls per task step; when off: nothing.
+
+**Memory.** With ``OMIRO_DEBUG_TRACEMALLOC=DIR``, ``serve`` traces every
+allocation (``tracemalloc``, 8 frames deep: memory and time both grow a lot)
+and writes a snapshot to ``DIR/omiro-PID-N.tracemalloc`` on each SIGUSR2
+(``omiro bench`` sends one before and after each phase). ``top_growth``
+compares two of them::
+
+    python -c "from omiro_trio.diagnostics import top_growth; top_growth('a', 'b')"
 """
 
 from __future__ import annotations
@@ -20,7 +29,9 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import signal
 import time
+import tracemalloc
 from typing import Any, Final
 
 import trio
@@ -28,6 +39,8 @@ import trio
 log = logging.getLogger(__name__)
 
 ENV: Final = "OMIRO_DEBUG_STALLS_MS"
+TRACEMALLOC_ENV: Final = "OMIRO_DEBUG_TRACEMALLOC"
+TRACEMALLOC_FRAMES: Final = 8
 TOP_STEPS: Final = 3
 
 
@@ -155,3 +168,35 @@ def install_from_env() -> StallMonitor | None:
     trio.lowlevel.add_instrument(monitor)
     log.warning("logging event-loop stalls longer than %.1f ms", threshold * 1000)
     return monitor
+
+
+async def serve_memory_snapshots() -> None:
+    """With ``OMIRO_DEBUG_TRACEMALLOC=DIR``: trace allocations, snapshot on SIGUSR2; else return.
+
+    Runs until cancelled (then tracing stops).
+    """
+    directory = os.environ.get(TRACEMALLOC_ENV, "")
+    if not directory:
+        return
+    tracemalloc.start(TRACEMALLOC_FRAMES)
+    log.warning("tracing allocations; a snapshot to %s on each SIGUSR2", directory)
+    try:
+        with trio.open_signal_receiver(signal.SIGUSR2) as signals:
+            count = 0
+            async for _ in signals:
+                count += 1
+                path = os.path.join(directory, f"omiro-{os.getpid()}-{count}.tracemalloc")
+                tracemalloc.take_snapshot().dump(path)
+                log.warning("memory snapshot %s", path)
+    finally:
+        tracemalloc.stop()
+
+
+def top_growth(before: str, after: str, limit: int = 25, key: str = "traceback") -> None:
+    """Print where memory grew most between two snapshot files (by ``key``: lineno, traceback)."""
+    old = tracemalloc.Snapshot.load(before)
+    new = tracemalloc.Snapshot.load(after)
+    for stat in new.compare_to(old, key)[:limit]:
+        print(f"{stat.size_diff / 1024:10.1f} KiB {stat.count_diff:+8d} blocks")
+        for line in stat.traceback.format()[-2 * TRACEMALLOC_FRAMES :]:
+            print("    " + line)
