@@ -464,17 +464,42 @@ def bench_idle(
     show_default=True,
     help="Each match lasts a random time in this range (seconds).",
 )
+@click.option(
+    "--find-max",
+    is_flag=True,
+    help="Step --users up (a fresh server each step of --seconds) until the relay p99 "
+    "exceeds --p99-limit-ms or a process saturates; report every step.",
+)
+@click.option("--p99-limit-ms", type=click.FloatRange(min=0), default=50.0, show_default=True)
+@click.option(
+    "--step-factor",
+    type=click.FloatRange(min=1, min_open=True),
+    default=1.5,
+    show_default=True,
+    help="With --find-max: users of the next step, times this one's.",
+)
+@click.option(
+    "--max-steps",
+    type=click.IntRange(min=1, max=20),
+    default=8,
+    show_default=True,
+    help="With --find-max: at most this many steps.",
+)
 @_common
 def bench_realistic(
     users: int,
     seconds: float,
     next_after: tuple[float, float],
+    find_max: bool,
+    p99_limit_ms: float,
+    step_factor: float,
+    max_steps: int,
     procs: int,
     as_json: bool,
     server_python: str | None,
 ) -> None:
     """Users who meet, signal (offer, answer, ICE), chat at human rates and press next."""
-    from omiro_trio.bench.scenarios import Options, run_scenario
+    from omiro_trio.bench.scenarios import FindMax, Options, find_max_users, run_scenario
 
     options = Options(
         server_command=_server(server_python),
@@ -483,4 +508,8 @@ def bench_realistic(
         seconds=seconds,
         next_after=next_after,
     )
+    if find_max:
+        plan = FindMax(p99_limit_ms=p99_limit_ms, factor=step_factor, max_steps=max_steps)
+        _print(find_max_users(options, plan), as_json)
+        return
     _print(run_scenario("realistic", options), as_json)

@@ -186,7 +186,8 @@ async def serve_memory_snapshots() -> None:
             async for _ in signals:
                 count += 1
                 path = os.path.join(directory, f"omiro-{os.getpid()}-{count}.tracemalloc")
-                tracemalloc.take_snapshot().dump(path)
+                tracemalloc.take_snapshot().dump(path + ".part")
+                os.replace(path + ".part", path)  # whole, or not there at all
                 log.warning("memory snapshot %s", path)
     finally:
         tracemalloc.stop()

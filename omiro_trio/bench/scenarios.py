@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import multiprocessing
 import os
 import random
@@ -25,7 +26,7 @@ import statistics
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import msgspec
@@ -37,7 +38,7 @@ from omiro_trio.diagnostics import TRACEMALLOC_ENV, StallMonitor, threshold_from
 
 DEADLINE_S = 600.0
 BARRIER_TIMEOUT_S = 600.0
-SNAPSHOT_WAIT_S = 10.0
+SNAPSHOT_WAIT_S = 120.0
 STALL_LOG_LINES = 30  # the server's slowest stall lines in the report
 STALL_CPU = re.compile(r"\(([\d.]+) ms on the CPU\)")
 
@@ -148,10 +149,21 @@ def run_scenario(name: str, options: Options) -> dict[str, Any]:
 
 
 def snapshot(pid: int) -> None:
-    """Ask a server tracing allocations (``OMIRO_DEBUG_TRACEMALLOC``) for a snapshot."""
-    if os.environ.get(TRACEMALLOC_ENV):
-        os.kill(pid, signal.SIGUSR2)
-        time.sleep(SNAPSHOT_WAIT_S)  # a snapshot of a large heap takes a while; not measured
+    """Ask a server tracing allocations (``OMIRO_DEBUG_TRACEMALLOC``) for a snapshot, and wait."""
+    directory = os.environ.get(TRACEMALLOC_ENV)
+    if not directory:
+        return
+    before = _snapshots(directory)
+    os.kill(pid, signal.SIGUSR2)
+    deadline = time.monotonic() + SNAPSHOT_WAIT_S
+    while _snapshots(directory) == before:  # a large heap takes seconds; not measured
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no memory snapshot in {directory} after {SNAPSHOT_WAIT_S} s")
+        time.sleep(0.05)
+
+
+def _snapshots(directory: str) -> int:
+    return sum(1 for name in os.listdir(directory) if name.endswith(".tracemalloc"))
 
 
 def _stall_cpu_ms(line: str) -> float:
@@ -565,6 +577,7 @@ async def realistic_worker(
     rng = random.Random(index)
     latencies: list[float] = []
     counts = {"matches": 0, "relayed": 0, "errors": 0}
+    error_codes: dict[str, int] = {}
     stop_at = 0.0
     join = msgspec.json.encode({"op": "join_queue", "data": {"mode": "video"}})
     nxt = b'{"op":"next"}'
@@ -596,10 +609,16 @@ async def realistic_worker(
         async with trio.open_nursery() as nursery:
 
             async def behave(my_match: str, caller: bool) -> None:
+                # Like a real client, this one stops signalling and chatting
+                # as soon as the match is over (partner_disconnected, or its
+                # own next).
+                nonlocal match_id
                 if caller:
                     await client.send([stamped("webrtc_offer", "sdp")])
                 for _ in range(rng.randint(10, 20)):
                     await trio.sleep(rng.uniform(0.01, 0.1))
+                    if my_match != match_id:
+                        return
                     await client.send([stamped("ice_candidate", "")])
                 leave_at = trio.current_time() + rng.uniform(*options.next_after)
                 while trio.current_time() < leave_at and my_match == match_id:
@@ -607,6 +626,7 @@ async def realistic_worker(
                     if my_match == match_id:
                         await client.send([stamped("chat", "message")])
                 if my_match == match_id and time.perf_counter() < stop_at:
+                    match_id = ""
                     await client.send([nxt])
 
             while time.perf_counter() < stop_at and not client.closed:
@@ -619,13 +639,15 @@ async def realistic_worker(
                         counts["matches"] += 1
                         match_id = frame["data"]["match_id"]
                         nursery.start_soon(behave, match_id, frame["data"]["should_call"])
-                    elif op == "webrtc_offer":
+                    elif op == "webrtc_offer" and match_id:
                         await client.send([stamped("webrtc_answer", "sdp")])
                     elif op == "partner_disconnected":
                         match_id = ""
                         await client.send([join])
                     elif op == "error":
                         counts["errors"] += 1
+                        code = str((frame.get("data") or {}).get("code"))
+                        error_codes[code] = error_codes.get(code, 0) + 1
                     if op in ("chat", "webrtc_offer", "webrtc_answer", "ice_candidate"):
                         counts["relayed"] += 1
                         stamp = sent_at(frame)
@@ -642,7 +664,7 @@ async def realistic_worker(
                 nursery.start_soon(user, HttpClient(host, port))
                 await trio.sleep(options.seconds / 10 / max(1, options.users))  # ramp up
     await _phase_end(barrier)
-    return {"latencies": latencies, **counts}
+    return {"latencies": latencies, "error_codes": error_codes, **counts}
 
 
 def realistic_summary(
@@ -654,7 +676,12 @@ def realistic_summary(
         "matches": sum(w["matches"] for w in workers),
         "relayed_frames": sum(w["relayed"] for w in workers),
         "errors": sum(w["errors"] for w in workers),
+        "errors_by_code": _summed(w["error_codes"] for w in workers),
         "server_cpu_share": round(samples[0]["server_cpu_s"] / samples[0]["seconds"], 2),
+        "server_runqueue_wait_s": round(samples[0]["server_runqueue_wait_s"], 2),
+        "generator_cpu_share_max_proc": round(
+            samples[0]["generator_cpu_max_proc_s"] / samples[0]["seconds"], 2
+        ),
         "server_rss_kib": samples[0]["server_rss_after_kib"],
         "latency_samples": len(latencies),
     }
@@ -662,6 +689,66 @@ def realistic_summary(
         result["latency_p50_ms"] = round(statistics.median(latencies) * 1000, 3)
         result["latency_p99_ms"] = round(percentile(latencies, 0.99) * 1000, 3)
     return result
+
+
+def _summed(counts: Any) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for one in counts:
+        for key, n in one.items():
+            total[key] = total.get(key, 0) + n
+    return dict(sorted(total.items()))
+
+
+# -- realistic, stepped: the most concurrent users within a latency limit ------------------
+
+
+@dataclass
+class FindMax:
+    """``omiro bench realistic --find-max``: how to step ``--users`` up, and when to stop."""
+
+    p99_limit_ms: float = 50.0
+    factor: float = 1.5  # users of the next step, times this one's
+    max_steps: int = 8
+    saturated_share: float = 0.95  # a process busy this share of the step is saturated
+
+
+def find_max_users(options: Options, plan: FindMax) -> dict[str, Any]:
+    """Run ``realistic`` at ``options.users``, then more each step, until the limit is passed.
+
+    Each step is a fresh server for ``options.seconds``. Stepping stops at
+    the first step whose relay p99 exceeds ``plan.p99_limit_ms``, whose
+    server or generator saturated (the generator's own limit is reported as
+    such, not as the server's), or after ``plan.max_steps`` steps. Returns
+    every step and the largest user count that stayed within the limit.
+    """
+    steps: list[dict[str, Any]] = []
+    best = 0
+    stopped_by = "max_steps"
+    users = options.users
+    for _ in range(plan.max_steps):
+        result = run_scenario("realistic", replace(options, users=users))
+        step = {k: v for k, v in result.items() if k not in ("options", "phases")}
+        steps.append(step)
+        p99 = step.get("latency_p99_ms", math.inf)
+        if p99 > plan.p99_limit_ms:
+            stopped_by = "p99"
+            break
+        best = users
+        if step["generator_cpu_share_max_proc"] >= plan.saturated_share:
+            stopped_by = "generator_saturated"
+            break
+        if step["server_cpu_share"] >= plan.saturated_share:
+            stopped_by = "server_saturated"
+            break
+        users = max(users + 1, round(users * plan.factor))
+    return {
+        "scenario": "realistic_find_max",
+        "options": asdict(options),
+        "plan": asdict(plan),
+        "steps": steps,
+        "stopped_by": stopped_by,
+        "max_users_within_p99": best,
+    }
 
 
 Worker = Callable[..., Any]

@@ -19,8 +19,9 @@ OMIRO = str(Path(sys.executable).with_name("omiro"))
 RUN_S = 120
 
 
-def bench(tmp_path: Path, *args: str) -> dict[str, Any]:
+def bench(tmp_path: Path, *args: str, env_extra: dict[str, str] | None = None) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMIRO_")}
+    env.update(env_extra or {})
     result = subprocess.run(
         [OMIRO, "bench", *args, "--json"],
         cwd=tmp_path,
@@ -68,8 +69,32 @@ def test_bench_realistic_relays_signaling_and_chat(tmp_path: Path) -> None:
     assert report["matches"] >= 6  # everyone met someone at least once
     assert report["relayed_frames"] > 0
     assert report["errors"] == 0
+    assert report["errors_by_code"] == {}  # no ICE candidates after the match ended
     assert report["latency_samples"] > 0
     assert report["latency_p99_ms"] >= report["latency_p50_ms"] > 0
+
+
+def test_bench_realistic_find_max_steps_users_up(tmp_path: Path) -> None:
+    report = bench(
+        tmp_path, "realistic", "--users", "4", "--seconds", "2", "--next-after", "1", "2",
+        "--find-max", "--max-steps", "2", "--step-factor", "1.5", "--p99-limit-ms", "1000000",
+    )  # fmt: skip
+    assert report["scenario"] == "realistic_find_max"
+    assert [step["users"] for step in report["steps"]] == [4, 6]
+    assert report["stopped_by"] == "max_steps"
+    assert report["max_users_within_p99"] == 6
+    assert all(step["matches"] >= step["users"] for step in report["steps"])
+    assert all(isinstance(step["errors_by_code"], dict) for step in report["steps"])
+
+
+def test_bench_realistic_find_max_stops_at_the_latency_limit(tmp_path: Path) -> None:
+    report = bench(
+        tmp_path, "realistic", "--users", "4", "--seconds", "2", "--next-after", "1", "2",
+        "--find-max", "--max-steps", "3", "--p99-limit-ms", "0",
+    )  # fmt: skip
+    assert len(report["steps"]) == 1  # any latency is above a limit of 0
+    assert report["stopped_by"] == "p99"
+    assert report["max_users_within_p99"] == 0
 
 
 def test_bench_relay_with_two_generator_processes(tmp_path: Path) -> None:
@@ -80,4 +105,33 @@ def test_bench_relay_with_two_generator_processes(tmp_path: Path) -> None:
     assert report["args"]["procs"] == 2
     assert report["throughput_msgs_per_s"] > 0
     assert report["latency_samples"] == 40  # 80 frames/s for 0.5 s
+    if sys.platform.startswith("linux"):  # kernel arrival timestamps
+        assert report["latency_at_socket_samples"] == 40
     assert len(report["phases"]) == 3
+    assert all(phase["generator_gc_collections"] == 0 for phase in report["phases"])
+    assert "server_stall_log" not in report  # the diagnostic switch is off
+
+
+def test_bench_relay_reports_server_stalls_when_asked(tmp_path: Path) -> None:
+    report = bench(
+        tmp_path, "relay", "--pairs", "2", "--idle", "2", "--messages", "20", "--window", "4",
+        "--rate", "40", "--seconds", "0.5",
+        env_extra={"OMIRO_DEBUG_STALLS_MS": "0.0001"},  # every scheduling round is a stall
+    )  # fmt: skip
+    assert all(phase["server_loop_stalls"] > 0 for phase in report["phases"])
+    log = report["server_stall_log"]
+    assert 0 < len(log) <= 30
+    assert all("loop stall" in line and "on the CPU" in line for line in log)
+
+
+def test_bench_idle_writes_memory_snapshots_when_asked(tmp_path: Path) -> None:
+    snapshots = tmp_path / "snapshots"
+    snapshots.mkdir()
+    report = bench(
+        tmp_path, "idle", "--sockets", "5",
+        env_extra={"OMIRO_DEBUG_TRACEMALLOC": str(snapshots)},
+    )  # fmt: skip
+    assert report["sockets"] == 5
+    names = sorted(p.name for p in snapshots.iterdir())
+    assert len(names) == 2  # before and after the phase
+    assert all(name.endswith(".tracemalloc") for name in names)
