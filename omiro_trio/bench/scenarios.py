@@ -34,7 +34,7 @@ import trio
 
 from omiro_trio.bench import STALL_LINES, cpu_seconds, percentile, rss_kib, start_server
 from omiro_trio.bench.client import IO_TIMEOUT_S, HttpClient, WsClient, op_of
-from omiro_trio.diagnostics import TRACEMALLOC_ENV, StallMonitor, threshold_from_env
+from omiro_trio.diagnostics import TRACEMALLOC_ENV, BatchMonitor, threshold_from_env
 
 DEADLINE_S = 600.0
 BARRIER_TIMEOUT_S = 600.0
@@ -219,7 +219,7 @@ _loop: list[dict[str, float]] = []  # this generator's own stalls in each phase
 # The generator's own event-loop stalls count as server latency in what it
 # measures: they are counted (not logged) so that the report tells them apart.
 GENERATOR_STALL_S = 0.002
-_monitor = StallMonitor(GENERATOR_STALL_S, report=None)
+_monitor = BatchMonitor(GENERATOR_STALL_S, report=None)
 
 
 async def _barrier(barrier: Any) -> None:
