@@ -79,13 +79,14 @@ class HttpClient:
 class WsClient:
     """A WebSocket client for load: batched writes, every frame of a read at once."""
 
-    __slots__ = ("_protocol", "_sending", "closed", "stream")
+    __slots__ = ("_protocol", "_sending", "closed", "stamped", "stream")
 
     def __init__(self, stream: trio.SocketStream, protocol: Protocol) -> None:
         self.stream = stream
         self._protocol = protocol
         self._sending = trio.StrictFIFOLock()  # pongs and frames may be sent by two tasks
         self.closed = False
+        self.stamped = False  # the kernel stamps arrivals (stamp_arrivals)
 
     @classmethod
     async def connect(
@@ -146,15 +147,20 @@ class WsClient:
                 return texts
         return []
 
-    def stamp_arrivals(self) -> bool:
-        """Ask the kernel for arrival timestamps (``receive_stamped``); False where it cannot."""
+    def stamp_arrivals(self) -> None:
+        """Ask the kernel for arrival timestamps (``receive_stamped``), where it can.
+
+        Call it well before the frames to be stamped: the kernel turns
+        timestamping on asynchronously, so the first segments after this may
+        carry none.
+        """
         if SO_TIMESTAMPNS is None:
-            return False
+            return
         try:
             self.stream.socket.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         except OSError:
-            return False
-        return True
+            return
+        self.stamped = True
 
     async def receive_stamped(self) -> tuple[list[bytes], float | None]:
         """Like ``receive``, plus when the kernel received the read's last segment.

@@ -320,6 +320,8 @@ async def relay_worker(
             await _pair(http, host, port, options, f"p{index}-{n}")
             for n in range(_share(options.pairs, options, index))
         ]
+        for _, b in pairs:  # the latency phase's receivers
+            b.stamp_arrivals()
         out.update(await _relay_phases(options, pairs, barrier))
         idle_readers.cancel_scope.cancel()
     for client in idle + [c for pair in pairs for c in pair]:
@@ -391,9 +393,8 @@ async def _relay_phases(
     async def timed(b: WsClient) -> None:
         nonlocal done
         seen = 0
-        stamped = b.stamp_arrivals()
         while True:
-            frames, arrived = await (b.receive_stamped() if stamped else _unstamped(b))
+            frames, arrived = await (b.receive_stamped() if b.stamped else _unstamped(b))
             if not frames:
                 return
             now = time.time()

@@ -105,8 +105,9 @@ def test_bench_relay_with_two_generator_processes(tmp_path: Path) -> None:
     assert report["args"]["procs"] == 2
     assert report["throughput_msgs_per_s"] > 0
     assert report["latency_samples"] == 40  # 80 frames/s for 0.5 s
-    if sys.platform.startswith("linux"):  # kernel arrival timestamps
-        assert report["latency_at_socket_samples"] == 40
+    if sys.platform.startswith("linux"):  # kernel arrival timestamps (the first may have none)
+        assert 0 < report["latency_at_socket_samples"] <= 40
+        assert report["latency_at_socket_p99_ms"] >= report["latency_at_socket_p50_ms"] > 0
     assert len(report["phases"]) == 3
     assert all(phase["generator_gc_collections"] == 0 for phase in report["phases"])
     assert "server_stall_log" not in report  # the diagnostic switch is off
