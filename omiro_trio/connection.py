@@ -1,14 +1,17 @@
 """The ``/ws`` handler: the only translator between a socket and the hub.
 
 One connection, one task and one nursery. The handler's own task reads
-(``wsengine.WsConnection.receive``) and dispatches frames; the engine's
+(``wsengine.WsConnection.receive``) and hands each frame to the session's
+``SessionCore``, which decides (parsing, the rate and error windows, which
+op does what); this module and the hub perform its answer. The engine's
 shared flusher writes the session's outbox and its shared sweeper pings
 idle sockets, so an idle socket costs no task of its own. The nursery holds
-only what a connection needs now and then: the session's interest timer,
-and a writer while the client's socket buffer is full. Whoever ends the
-connection (the client, a close code decided by the hub or the engine, the
-server draining) cancels ``session.cancel_scope``; cleanup runs shielded
-and bounded: the hub forgets the session and tells its partner, what is
+only what a connection needs now and then: the session's widen timer
+(``_Timers``, armed when the core asks for one), and a writer while the
+client's socket buffer is full. Whoever ends the connection (the client,
+a close code decided by the core, the hub or the engine, the server
+draining) cancels ``session.cancel_scope``; cleanup runs shielded and
+bounded: the hub forgets the session and tells its partner, what is
 queued is flushed, the close handshake runs, and the connection drops
 every reference it held (so reference counting frees it at once).
 

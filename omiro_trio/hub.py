@@ -1,17 +1,25 @@
 """Sessions on this server and delivery between partners.
 
-The hub is the only place that changes a session's local view of its match.
-The backend owns the truth (who waits, who is matched with whom); the hub
-keeps a copy per local session so that relaying a message costs no backend
-round trip, and applies what the backend decided in this order:
+Each ``Session`` is a thin shell around a ``session_core.SessionCore``: the
+core holds the session's state (idle, waiting, matched, closing), its
+current match and the matches it saw end, and decides; the hub performs
+what the core cannot: the backend calls (they are awaits), finding the
+partner, publishing on the bus. The backend owns the truth (who waits, who
+is matched with whom); the core keeps a copy per local session so that
+relaying a message costs no backend round trip, and the hub applies what
+the backend decided in this order:
 
 * The side whose operation formed or ended a match updates itself, then
   tells the partner: directly when the partner is on this server, through
   the backend's bus when it is on another.
-* Every event names its ``match_id``. A session remembers the last few
-  matches it saw end, so an event that arrives late (a ``matched`` for a
+* Every event names its ``match_id``. A session's core remembers the last
+  few matches it saw end, so an event that arrives late (a ``matched`` for a
   match already ended, a relay from an old partner) is dropped instead of
   resurrecting a dead match or reaching the wrong person.
+* The hub never starts a task and never blocks delivering: ``Session.send``
+  queues on the socket's outbox, and a widen timer the core asks for is run
+  by the connection that owns the session (``Session.sync_timer``), which
+  calls ``Hub.widen`` when it fires.
 
 With the memory backend no backend call has a checkpoint, so each hub
 operation is atomic. With a shared backend the ``match_id`` checks above are
@@ -192,6 +200,7 @@ class Hub:
     Args:
         backend: the shared state.
         metrics: counters to update.
+        reports: how reports are limited and when they ban (default ``ReportPolicy()``).
         reconnect_after_ms: what ``server_draining`` tells clients.
     """
 

@@ -48,9 +48,6 @@ from omiro_trio.matchmaking import Match, Preferences
 State = Literal["idle", "waiting", "matched", "closing"]
 """Where a session is (see the module's docstring for the transitions)."""
 
-PartnerReason = Literal["left", "next", "reported", "timeout"]
-"""What a partner hears in ``partner_disconnected`` when its match ends."""
-
 TRANSCRIPT_LINES: Final = 20
 ENDED_REMEMBERED: Final = 8
 CALLS_REMEMBERED: Final = 8  # recent matches whose call outcome may still be reported
@@ -121,9 +118,13 @@ class Reply:
     error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Relay:
-    """Deliver ``frame`` (already encoded for the partner) to the partner in ``match``."""
+    """Deliver ``frame`` (already encoded for the partner) to the partner in ``match``.
+
+    Not frozen: one is made per relayed frame, and a frozen dataclass's
+    ``__init__`` costs several times a plain one.
+    """
 
     op: str
     frame: bytes
@@ -188,7 +189,7 @@ Action = Reply | Relay | Join | NextPartner | Leave | ReportPartner | CountCall 
 NEXT: Final = NextPartner()
 LEAVE: Final = Leave()
 _BYE: Final = Close(CloseCode.NORMAL)
-_RELAYED: Final = frozenset(protocol.RELAYED)
+_RELAYED_OPS: Final = {kind: protocol.OP_NAMES[kind] for kind in protocol.RELAYED}
 
 
 class SessionCore:
@@ -272,8 +273,18 @@ class SessionCore:
         kind = type(message)
         if not self._bucket.take(now):
             return self.refuse(protocol.OP_NAMES[kind], now)
-        if kind in _RELAYED:
-            return self._relay(message)
+        op = _RELAYED_OPS.get(kind)
+        if op is not None:  # the hot path: chat, typing, signaling
+            match = self.match
+            if match is None:
+                return Reply(
+                    protocol.error_frame(ErrorCode.NOT_MATCHED, "you have no partner right now", op)
+                )
+            frame = protocol.encode_bytes(op, protocol.relay_data(message, self.id))
+            chat = message.message if isinstance(message, protocol.Chat) else None
+            if chat is not None:
+                self.transcript.append((self.id, chat))
+            return Relay(op, frame, chat, match)
         if kind is protocol.JoinQueue:
             assert isinstance(message, protocol.JoinQueue)
             return Join(Preferences(message.mode, message.interests))
@@ -307,19 +318,6 @@ class SessionCore:
                 CloseCode.RATE_LIMITED, "rate limit exceeded", reply, ErrorCode.RATE_LIMITED
             )
         return Reply(reply, ErrorCode.RATE_LIMITED)
-
-    def _relay(self, message: protocol.ClientMessage) -> Relay | Reply:
-        op = protocol.OP_NAMES[type(message)]
-        match = self.match
-        if match is None:
-            return Reply(
-                protocol.error_frame(ErrorCode.NOT_MATCHED, "you have no partner right now", op),
-            )
-        frame = protocol.encode_bytes(op, protocol.relay_data(message, self.id))
-        chat = message.message if isinstance(message, protocol.Chat) else None
-        if chat is not None:
-            self.transcript.append((self.id, chat))
-        return Relay(op, frame, chat, match)
 
     def _call_outcome(self, message: protocol.CallOutcome) -> Reply | CountCall:
         op = "call_outcome"
