@@ -320,6 +320,12 @@ class SessionCore:
         return Reply(reply, ErrorCode.RATE_LIMITED)
 
     def _call_outcome(self, message: protocol.CallOutcome) -> Reply | CountCall:
+        """Count how this side's call of a recent video match went, once per match.
+
+        The match may already have ended (a failed call is often skipped
+        before the page gives up on it), but it must be one of the client's
+        own last ``CALLS_REMEMBERED`` matches.
+        """
         op = "call_outcome"
         match = self.recent_matches.get(message.match_id)
         if match is None:
