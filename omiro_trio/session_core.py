@@ -13,7 +13,10 @@ State (``state``) and its transitions, all in this module:
 * ``idle``: no match, not in the queue. ``queued`` makes it ``waiting``;
   ``matched`` makes it ``matched``.
 * ``waiting``: in the queue, maybe with a widen timer (``widen``).
-  ``matched`` makes it ``matched``; ``idle`` makes it ``idle``.
+  ``matched`` makes it ``matched``; ``idle`` makes it ``idle``. With a
+  shared backend a session can be queued while the end of its last match
+  is still on its way (the backend had already ended it): ``match`` stays
+  set until ``ended`` arrives, and relays for it still reach the client.
 * ``matched``: ``match`` is the current match. ``ended`` (for that match)
   or ``idle`` makes it ``idle``; ``matched`` with another match replaces it.
 * ``closing``: terminal. Entered by ``close`` (the first close code wins).
