@@ -269,6 +269,10 @@ def ban_remove(config_path: Path | None, url: str | None, token: str | None, tar
     click.echo(f"lifted the ban of {target}")
 
 
+MAX_CHURN_ROUNDS = 100_000
+"""``omiro bench churn --minutes``: the rounds it runs at most unless ``--rounds`` says."""
+
+
 @main.group()
 def bench() -> None:
     """Measure a real `omiro serve` on this machine (loopback only)."""
@@ -399,7 +403,18 @@ def bench_connect(
 
 
 @bench.command("churn")
-@click.option("--rounds", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Rounds to run (default 10; with --minutes, at most this many).",
+)
+@click.option(
+    "--minutes",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Run rounds until this many minutes have passed.",
+)
 @click.option("--sessions", type=click.IntRange(min=2), default=2000, show_default=True)
 @click.option("--concurrency", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option(
@@ -411,7 +426,8 @@ def bench_connect(
 )
 @_common
 def bench_churn(
-    rounds: int,
+    rounds: int | None,
+    minutes: float,
     sessions: int,
     concurrency: int,
     pause: float,
@@ -419,9 +435,15 @@ def bench_churn(
     as_json: bool,
     server_python: str | None,
 ) -> None:
-    """Rounds of connect-and-leave: server RSS and sessions seen after each round."""
+    """Rounds of connect-and-leave: server RSS and sessions seen after each round.
+
+    Each round is also printed on stderr as it ends (time, sessions seen,
+    server RSS, pairs/s).
+    """
     from omiro_trio.bench.scenarios import Options, run_scenario
 
+    if rounds is None:
+        rounds = MAX_CHURN_ROUNDS if minutes else 10
     options = Options(
         server_command=_server(server_python),
         procs=procs,
@@ -429,6 +451,7 @@ def bench_churn(
         concurrency=concurrency,
         rounds=rounds,
         pause=pause,
+        minutes=minutes,
     )
     _print(run_scenario("churn", options), as_json)
 
