@@ -73,7 +73,18 @@ def serve(
     config_path: Path | None, host: str | None, port: int | None, workers: int, reuse_port: bool
 ) -> None:
     """Run the server until Ctrl-C or SIGTERM, then drain and exit."""
-    config = _load(config_path)
+    config = _with_address(_load(config_path), host, port)
+    setup_logging(config.log.level, config.log.format)
+    if workers != 1:
+        _supervise_workers(config, workers, config_path)
+        return
+    exit_code = _serve_one(config, reuse_port)
+    if exit_code:
+        sys.exit(exit_code)
+
+
+def _with_address(config: Config, host: str | None, port: int | None) -> Config:
+    """``config`` with ``--host`` and ``--port`` applied, when given."""
     server = config.server
     if host is not None:
         server = msgspec.structs.replace(server, host=host)
@@ -81,20 +92,25 @@ def serve(
         if not 0 <= port <= 65535:
             raise click.BadParameter("must be 0..65535", param_hint="--port")
         server = msgspec.structs.replace(server, port=port)
-    config = msgspec.structs.replace(config, server=server)
-    setup_logging(config.log.level, config.log.format)
-    if workers != 1:
-        from omiro_trio.workers import check_workers, supervise
+    return msgspec.structs.replace(config, server=server)
 
-        try:
-            check_workers(config, workers)
-        except ConfigError as refused:
-            log.error("configuration error: %s", refused)
-            sys.exit(2)
-        if config_path is None and os.environ.get("OMIRO_CONFIG"):
-            config_path = Path(os.environ["OMIRO_CONFIG"])
-        trio.run(supervise, config, workers, config_path)
-        return
+
+def _supervise_workers(config: Config, workers: int, config_path: Path | None) -> None:
+    """Run ``workers`` server processes on one port (exits 2 if the config cannot)."""
+    from omiro_trio.workers import check_workers, supervise
+
+    try:
+        check_workers(config, workers)
+    except ConfigError as refused:
+        log.error("configuration error: %s", refused)
+        sys.exit(2)
+    if config_path is None and os.environ.get("OMIRO_CONFIG"):
+        config_path = Path(os.environ["OMIRO_CONFIG"])
+    trio.run(supervise, config, workers, config_path)
+
+
+def _serve_one(config: Config, reuse_port: bool) -> int:
+    """Run one server process until signalled; returns the exit code (0, 1 or 2)."""
     exit_code = 0
     try:
         trio.run(_serve_until_signalled, config, reuse_port)
@@ -106,8 +122,7 @@ def serve(
         for exc in failures.exceptions:
             log.error("could not start: %s", exc)
         exit_code = 1
-    if exit_code:
-        sys.exit(exit_code)
+    return exit_code
 
 
 async def _serve_until_signalled(config: Config, reuse_port: bool = False) -> None:
