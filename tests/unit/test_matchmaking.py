@@ -975,7 +975,7 @@ def test_pair_key_is_symmetric_and_keeps_no_string() -> None:
 
 
 def test_cooldown_entry_is_far_smaller_than_a_tuple_of_two_ids() -> None:
-    """Bytes per cooldown: one small int in a set, not a tuple holding two 36-char ids."""
+    """Bytes per cooldown: a set entry, then 8 bytes once sealed; not a tuple of two ids."""
     import sys
     import uuid
 
@@ -984,9 +984,19 @@ def test_cooldown_entry_is_far_smaller_than_a_tuple_of_two_ids() -> None:
     ids = [str(uuid.uuid4()) for _ in range(2 * count)]
     for n in range(count):
         former_partners(mm, ids[2 * n], ids[2 * n + 1], 1.0)
-    keys = next(iter(mm._recent._generations))[1]
-    assert len(keys) == count
-    per_entry = (sys.getsizeof(keys) + sum(sys.getsizeof(k) for k in keys)) / count
     # The old record: a 2-tuple of the two id strings (kept alive by it) and a float.
     old = sys.getsizeof((ids[0], ids[1])) + 2 * sys.getsizeof(ids[0]) + sys.getsizeof(1.0)
-    assert per_entry < old / 2
+    (_, keys), *_ = mm._recent._generations
+    assert isinstance(keys, set)
+    assert len(keys) == count
+    open_bytes = (sys.getsizeof(keys) + sum(sys.getsizeof(k) for k in keys)) / count
+    assert open_bytes < old / 2
+    # A pair in the next bucket seals the first generation into a sorted array.
+    former_partners(mm, "x", "y", 1.0 + mm.cooldown_bucket_s)
+    (_, sealed), *_ = mm._recent._generations
+    assert not isinstance(sealed, set)
+    assert len(sealed) == count
+    assert sys.getsizeof(sealed) / count < 9
+    assert mm.in_cooldown(ids[0], ids[1], 2.0)  # still found, by bisection
+    assert mm.in_cooldown(ids[1], ids[0], 2.0)
+    assert not mm.in_cooldown(ids[0], ids[3], 2.0)
