@@ -116,9 +116,9 @@ def pair_key(a: str, b: str) -> int:
 
     Built from the strings' own hashes (cached on each string; keyed per
     process), so the key is 64 bits whatever the ids' length and keeps no
-    string alive. Two distinct pairs share a key with a chance of about
-    2**-64 per lookup; the cost of one would be a pair kept apart that could
-    have met.
+    string alive. A lookup mistakes a pair for one that is held with a
+    chance of about (keys held) / 2**64; the cost of that would be a pair
+    kept apart (or made second choice) that could have met.
     """
     return hash(a) ^ hash(b)
 
@@ -132,11 +132,14 @@ class ExpiringKeys:
     ``expires_at(t)``, which is at least ``t + ttl_s`` and less than
     ``t + ttl_s + bucket_s``; no per-key time is stored, and ``prune``
     drops whole generations: its cost is the number of generations that
-    expired (at most ``GENERATIONS + 1`` are ever kept), not the number of keys.
+    expired, not the number of keys. ``add`` prunes too when it opens a
+    generation, so at most ``generations + 1`` are kept.
 
     The newest generation is a set; once its bucket is over it is sealed
     into a sorted ``array`` of 64-bit integers (8 bytes a key instead of
-    about 100 for a set entry and its int), searched by bisection.
+    about 100 for a set entry and its int), searched by bisection. Sealing
+    sorts the keys of one bucket: about 5 ms of CPU for 18,750 keys (a
+    bucket of 300 s cooldowns at 1,000 new pairs a second), once a bucket.
 
     Args:
         ttl_s: the shortest time a key is held.
@@ -173,6 +176,7 @@ class ExpiringKeys:
                 return
             if isinstance(newest, set):  # its bucket is over: seal it
                 self._generations[-1] = (newest_expires, array("q", sorted(newest)))
+            self.prune(now)
         self._generations.append((expires, {key}))
 
     def holds(self, key: int, now: float) -> bool:

@@ -1000,3 +1000,12 @@ def test_cooldown_entry_is_far_smaller_than_a_tuple_of_two_ids() -> None:
     assert mm.in_cooldown(ids[0], ids[1], 2.0)  # still found, by bisection
     assert mm.in_cooldown(ids[1], ids[0], 2.0)
     assert not mm.in_cooldown(ids[0], ids[3], 2.0)
+
+
+def test_expiring_keys_stay_bounded_without_a_prune() -> None:
+    keys = ExpiringKeys(COOLDOWN_S)
+    for n in range(2000):
+        keys.add(n, n * 0.1)  # 200 s: more than six lifetimes, never pruned by hand
+        assert keys.generation_count() <= GENERATIONS + 1
+    assert keys.holds(1999, 199.9 + COOLDOWN_S - 0.001)
+    assert not keys.holds(0, 199.9)
