@@ -23,6 +23,7 @@ import re
 import resource
 import signal
 import statistics
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -58,6 +59,7 @@ class Options:
     concurrency: int = 100
     rounds: int = 3
     pause: float = 1.0
+    minutes: float = 0.0  # churn: run rounds (at most ``rounds``) until this long has passed
     users: int = 200
     next_after: tuple[float, float] = (5.0, 60.0)
     deflate_offer: bool = True
@@ -79,10 +81,13 @@ def run_scenario(name: str, options: Options) -> dict[str, Any]:
     process, url = start_server(pin, options.server_env, command)
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(options.procs + 1, timeout=BARRIER_TIMEOUT_S)
+    stop = ctx.Event()  # set before the last phase's final barrier: no more phases
     results_queue = ctx.Queue()
     generators = [
         ctx.Process(
-            target=_child, args=(name, options, url, index, barrier, results_queue), daemon=True
+            target=_child,
+            args=(name, options, url, index, barrier, results_queue, stop),
+            daemon=True,
         )
         for index in range(options.procs)
     ]
@@ -94,6 +99,7 @@ def run_scenario(name: str, options: Options) -> dict[str, Any]:
         samples: list[dict[str, float]] = []
         stall_log: list[str] = []  # the server's stalls within measured phases
         monitored = threshold_from_env() is not None
+        began = time.perf_counter()
         for _ in range(phases(options)):
             barrier.wait()  # the generators are ready
             snapshot(process.pid)
@@ -110,6 +116,7 @@ def run_scenario(name: str, options: Options) -> dict[str, Any]:
                     "server_runqueue_wait_s": runqueue_wait_s(process.pid) - waited,
                     "server_rss_before_kib": rss,
                     "server_rss_after_kib": rss_kib(process.pid),
+                    "at_s": time.perf_counter() - began,
                     **_stats(url),
                 }
             )
@@ -120,7 +127,13 @@ def run_scenario(name: str, options: Options) -> dict[str, Any]:
                 worst = max(map(_stall_cpu_ms, lines), default=0.0)
                 samples[-1]["server_worst_stall_cpu_ms"] = worst
             snapshot(process.pid)
-            barrier.wait()  # sampled: the generators may go on
+            if options.minutes and time.perf_counter() - began >= options.minutes * 60:
+                stop.set()
+            if name == "churn":
+                _progress(options, samples)
+            barrier.wait()  # sampled: the generators may go on (or stop)
+            if stop.is_set():
+                break
         workers = [results_queue.get(timeout=BARRIER_TIMEOUT_S) for _ in generators]
         for generator in generators:
             generator.join(timeout=30)
@@ -172,6 +185,22 @@ def _stall_cpu_ms(line: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+def _progress(options: Options, samples: list[dict[str, float]]) -> None:
+    """One line per churn round on stderr, so a long run shows how it goes."""
+    sample = samples[-1]
+    busy = max(sample["seconds"] - options.pause, 1e-9)
+    print(
+        f"round {len(samples)}: {sample['at_s']:.0f} s, "
+        f"sessions seen {len(samples) * options.sessions}, "
+        f"server RSS {sample['server_rss_after_kib'] / 1024:.1f} MiB, "
+        f"about {options.sessions / 2 / busy:.0f} pairs/s, "
+        f"server CPU {sample['server_cpu_s']:.2f} s, "
+        f"online after {sample.get('stats_online', -1):.0f}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _stats(url: str) -> dict[str, float]:
     """The server's ``/stats`` numbers (none from a server without it, like the baseline)."""
     try:
@@ -197,7 +226,11 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _child(name: str, options: Options, url: str, index: int, barrier: Any, results: Any) -> None:
+def _child(
+    name: str, options: Options, url: str, index: int, barrier: Any, results: Any, stop: Any
+) -> None:
+    global _stop
+    _stop = stop
     raise_fd_limit()
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) >= 2:
@@ -220,6 +253,12 @@ _loop: list[dict[str, float]] = []  # this generator's own stalls in each phase
 # measures: they are counted (not logged) so that the report tells them apart.
 GENERATOR_STALL_S = 0.002
 _monitor = BatchMonitor(GENERATOR_STALL_S, report=None)
+_stop: Any = None  # the parent's "no more phases" event, in a generator process
+
+
+def _stopped() -> bool:
+    """Whether the parent ended the run (checked after a phase's final barrier)."""
+    return _stop is not None and bool(_stop.is_set())
 
 
 async def _barrier(barrier: Any) -> None:
@@ -503,6 +542,8 @@ async def churn_worker(
         )
         await trio.sleep(options.pause)  # sockets close; the server settles
         await _phase_end(barrier)
+        if _stopped():
+            break
     return {"rounds": rounds}
 
 
@@ -519,6 +560,7 @@ def churn_summary(
         rows.append(
             {
                 "round": n + 1,
+                "at_s": round(sample["at_s"], 1),
                 "sessions_matched": matched,
                 "failures": failures,
                 "sessions_seen": seen,
