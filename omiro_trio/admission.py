@@ -35,9 +35,9 @@ class SocketSlot:
         self.client: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # (not frozen: a frozen dataclass costs more to build, per request)
 class RequestHead:
-    """The parts of the upgrade request the handshake checks need."""
+    """The parts of a request head the checks need; nothing changes them once read."""
 
     target: str
     headers: dict[str, list[str]]  # lower-case name -> values in order

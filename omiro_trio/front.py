@@ -40,7 +40,7 @@ import logging
 import os
 import re
 from collections.abc import Awaitable, Callable
-from functools import partial
+from functools import lru_cache, partial
 
 import h11
 import trio
@@ -63,6 +63,7 @@ from omiro_trio.httpstream import (
     is_websocket_upgrade,
     parse_head,
     refusal_for,
+    simple_get,
 )
 from omiro_trio.metrics import Metrics
 
@@ -74,6 +75,35 @@ KEEPALIVE_TIMEOUT_S = 30.0
 SEND_TIMEOUT_S = 30.0
 STALL_TIMEOUT_S = 60.0  # an HTTP connection with no read or write this long ends
 ACCEPT_RETRY_S = 0.1  # after EMFILE and the like: let connections end, then accept again
+GROUPS_KEPT = 65536  # peer addresses whose address group is remembered
+
+# A pure function of its arguments, asked again for every connection of a client.
+_address_group = lru_cache(maxsize=GROUPS_KEPT)(address_group)
+
+# As trio's SocketListener: a closed listener, and a connection that failed
+# before accept returned it (nothing to serve, nothing to report).
+_CLOSED_ERRNOS = frozenset({errno.EBADF})
+_IGNORED_ACCEPT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EPERM",
+        "ECONNABORTED",
+        "EPROTO",
+        "ENETDOWN",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+        "ENOSR",
+        "ESOCKTNOSUPPORT",
+        "EPROTONOSUPPORT",
+        "ETIMEDOUT",
+        "ECONNRESET",
+    )
+    if hasattr(errno, name)
+)
 
 EXPECTED_FAILURES: tuple[type[BaseException], ...] = (
     OSError,  # resets, ENOTCONN, EPIPE
@@ -214,19 +244,24 @@ class FrontDoor:
         self.connections = ConnectionCounter(connections_per_ip)
         self.context = WorkerContext(None)
 
-    async def handle(self, stream: trio.SocketStream) -> None:
-        """Serve one accepted connection; never raises anything but cancellation."""
+    async def handle(self, stream: trio.SocketStream, peer: str | None = None) -> None:
+        """Serve one accepted connection; never raises anything but cancellation.
+
+        ``peer`` is the remote address, as ``accept`` gave it (read from the
+        socket when not given).
+        """
         try:
-            try:
-                peer = str(stream.socket.getpeername()[0])
-            except OSError:
-                return  # reset before we looked: nobody to serve
-            if in_networks(peer, self._trusted_proxies):
+            if peer is None:
+                try:
+                    peer = str(stream.socket.getpeername()[0])
+                except OSError:
+                    return  # reset before we looked: nobody to serve
+            if self._trusted_proxies and in_networks(peer, self._trusted_proxies):
                 # A proxy carries many clients: they are told apart (and
                 # limited) by their forwarded address, once a request is read.
                 client = None
             else:
-                client = address_group(peer, self._ipv6_prefix)
+                client = _address_group(peer, self._ipv6_prefix)
                 if not self.connections.take(client):
                     self._metrics.connections_shed.inc()
                     return
@@ -246,14 +281,18 @@ class FrontDoor:
 
     async def _serve(self, stream: trio.SocketStream, peer: str, client: str | None) -> None:
         """Read the first head and route it (the WebSocket path, the fast path, hypercorn)."""
-        timeouts = _timeouts()
-        data = await read_head(stream, timeouts.head)
+        data = await read_head(stream, HEAD_TIMEOUT_S)
         if not head_complete(data):
             return  # ended or stalled before a whole head: nothing to answer
         if data.startswith(_WS_REQUEST_LINE):
             # Parsed once, by the WebSocket handshake (no h11 on this path).
             await self._websocket(ReplayStream(stream, data, peer, client), None)
             return
+        simple = self._simple_fast_route(data)
+        if simple is not None:  # (fastpath.py: GET /session/new), without h11
+            await simple[0](ReplayStream(stream, data, peer, client), simple[1])
+            return
+        timeouts = _timeouts()
         http = HttpStream(stream, peer, timeouts, prefix=data)
         head = await http.read_head(timeouts.head)
         if head is None:  # ended, stalled, or not HTTP
@@ -276,6 +315,14 @@ class FrontDoor:
         if http.handoff is not None:
             head, pending = http.handoff
             await self._websocket(ReplayStream(stream, pending, peer, client), head)
+
+    def _simple_fast_route(self, data: bytes) -> tuple[FastHandler, RequestHead] | None:
+        """The fast handler for a plain GET head that needs no h11 to read, and the head."""
+        if self._fast_route is None:
+            return None
+        head = simple_get(data)
+        handler = self._fast_route(head) if head is not None else None
+        return (handler, head) if handler is not None and head is not None else None
 
     async def _serve_http(self, http: HttpStream, timeouts: Timeouts) -> None:
         """Let hypercorn serve requests from ``http`` until it is done with the connection."""
@@ -313,8 +360,14 @@ class FrontDoor:
         failing = False  # one warning per episode, not one per retry
         while True:
             try:
-                stream = await listener.accept()
+                # As ``listener.accept()``, keeping the peer's address (no
+                # getpeername call later).
+                sock, address = await listener.socket.accept()
             except OSError as exc:
+                if exc.errno in _CLOSED_ERRNOS:
+                    raise trio.ClosedResourceError from None
+                if exc.errno in _IGNORED_ACCEPT_ERRNOS:
+                    continue  # that connection failed before it was ours
                 if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     raise
                 self._metrics.accept_errors.inc()
@@ -330,4 +383,5 @@ class FrontDoor:
             if failing:
                 log.info("accepting connections again")
                 failing = False
-            handlers.start_soon(partial(FrontDoor.handle, self), stream)
+            peer = str(address[0]) if isinstance(address, tuple) else None
+            handlers.start_soon(partial(FrontDoor.handle, self), trio.SocketStream(sock), peer)

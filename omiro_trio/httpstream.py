@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -122,6 +123,33 @@ def parse_head(data: bytes) -> RequestHead | None:
     if not isinstance(event, h11.Request):
         return None
     return to_head(event)
+
+
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"  # as h11 (RFC 9110 tchar)
+_SIMPLE_GET = re.compile(
+    rb"GET (/[!-~]*) HTTP/1\.1\r\n((?:" + _TOKEN + rb":[\t -~\x80-\xff]*\r\n)*)\r\n"
+)
+_FIELD = re.compile(rb"(" + _TOKEN + rb"):[\t ]*([\t -~\x80-\xff]*?)[\t ]*\r\n")
+_NOT_SIMPLE = frozenset({"content-length", "transfer-encoding", "upgrade"})
+
+
+def simple_get(data: bytes) -> RequestHead | None:
+    """A plain ``GET`` head at the start of ``data``, read without h11; else None.
+
+    Reads only a strict subset of what h11 reads the same way: HTTP/1.1,
+    CRLF line ends, token header names, values of visible characters, exactly
+    one ``Host``, and nothing that announces a body or a protocol switch.
+    Anything else (None) is for h11, which accepts or refuses it as ever.
+    """
+    match = _SIMPLE_GET.match(data)
+    if match is None:
+        return None
+    headers: dict[str, list[str]] = {}
+    for name, value in _FIELD.findall(match.group(2)):
+        headers.setdefault(name.decode("ascii").lower(), []).append(value.decode("latin-1"))
+    if len(headers.get("host", ())) != 1 or not _NOT_SIMPLE.isdisjoint(headers):
+        return None
+    return RequestHead(match.group(1).decode("ascii"), headers, method="GET")
 
 
 def is_websocket_upgrade(head: RequestHead) -> bool:

@@ -73,14 +73,12 @@ class TokenSigner:
             raise ValueError("the token secret must not be empty")
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
-        # Keyed once; each signature copies it (cheaper than keying again).
-        self._keyed = hmac.new(bytes(secret), digestmod=hashlib.sha256)
+        self._secret = bytes(secret)
         self._ttl_s = ttl_s
 
     def _sign(self, payload: str) -> str:
-        mac = self._keyed.copy()
-        mac.update(payload.encode("ascii"))
-        return mac.hexdigest()
+        # One-shot HMAC in C: measured faster than copying a keyed HMAC object.
+        return hmac.digest(self._secret, payload.encode("ascii"), "sha256").hex()
 
     def issue(self, now: float) -> IssuedToken:
         """Sign a token for a new session id that expires ``ttl_s`` after ``now``."""
