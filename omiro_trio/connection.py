@@ -45,7 +45,7 @@ from omiro_trio.admission import (
 from omiro_trio.codes import CloseCode, ErrorCode
 from omiro_trio.context import ServerContext
 from omiro_trio.errors import ProtocolViolation
-from omiro_trio.httpstream import ReplayStream
+from omiro_trio.httpstream import ReplayStream, plain_response
 from omiro_trio.hub import Session
 from omiro_trio.matchmaking import Preferences
 from omiro_trio.wsengine import Engine, WsConnection
@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 2.0
+_NOT_HTTP = plain_response(400, "bad_request", "the upgrade request is not valid HTTP/1.1")
 PROTOCOL_ERRORS_ALLOWED = 20  # per ERROR_WINDOW_S, then 4000
 RATE_VIOLATIONS_ALLOWED = 10  # per ERROR_WINDOW_S, then 4029
 ERROR_WINDOW_S = 60.0
@@ -177,7 +178,7 @@ async def _read_request(
 
     What the front door already read usually holds the whole request: it is
     parsed first, with no read to wait for. A request the parser refuses is
-    answered here (its plain HTTP 400).
+    answered here (a plain HTTP 4xx).
     """
     prefix = stream.take_prefix() if isinstance(stream, ReplayStream) else b""
     request = None
@@ -188,7 +189,10 @@ async def _read_request(
         request = await _read_more(stream, proto)
     if request is None:
         if proto.handshake_exc is not None:
-            await _write_refusal(raw, b"".join(proto.data_to_send()))
+            # websockets answers a head too large (413/414/431); a head that
+            # is not HTTP it just closes: that one gets h11's answer, 400.
+            answer = b"".join(proto.data_to_send())
+            await _write_refusal(raw, answer or _NOT_HTTP)
         return None
     # Frames pipelined behind the request may have broken the protocol before
     # the upgrade was answered: then the protocol gave up, and no answer can
