@@ -284,8 +284,9 @@ class FrontDoor:
         data = await read_head(stream, HEAD_TIMEOUT_S)
         if not head_complete(data):
             return  # ended or stalled before a whole head: nothing to answer
-        if data.startswith(_WS_REQUEST_LINE):
+        if data.startswith(_WS_REQUEST_LINE) and _HEAD_END.search(data):
             # Parsed once, by the WebSocket handshake (no h11 on this path).
+            # A head with no end in MAX_HEAD_BYTES is h11's to refuse (431).
             await self._websocket(ReplayStream(stream, data, peer, client), None)
             return
         simple = self._simple_fast_route(data)
