@@ -25,12 +25,17 @@ The front door is the connection boundary. Its rules, each structural:
 * **One routing rule per request.** A connection's first head is read whole
   (``read_head``: up to its blank line) and routed on its request line: a
   ``GET /ws`` goes, as bytes, to the WebSocket path, whose handshake parser
-  (``websockets``) reads it once; everything else is parsed by h11 in
-  ``HttpStream`` (``httpstream.py``), which refuses what the HTTP app must
-  not see, answers ``GET /session/new`` on the fast path (``fastpath.py``)
-  and hands hypercorn the rest one request at a time. A ``/ws`` upgrade
-  later on a kept-alive connection ends hypercorn's side and goes to the
-  WebSocket path with the bytes already read.
+  (``websockets``) reads it once; a plain ``GET /session/new`` head
+  (``httpstream.simple_get``) goes to the fast path (``fastpath.py``);
+  everything else is parsed by h11 in ``HttpStream`` (``httpstream.py``),
+  which refuses what the HTTP app must not see, sends a ``/session/new``
+  h11 had to read to the fast path too, and hands hypercorn the rest one
+  request at a time. A ``/ws`` upgrade later on a kept-alive connection
+  ends hypercorn's side and goes to the WebSocket path with the bytes
+  already read.
+* **Accepting.** Connections already waiting are accepted in one wake-up
+  (a checkpoint every ``ACCEPT_BATCH``), with the peer address ``accept``
+  gives.
 """
 
 from __future__ import annotations

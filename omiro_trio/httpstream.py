@@ -10,6 +10,11 @@ path. Every wait is bounded by the ``Timeouts`` the front door passes in.
 
 ``ReplayStream`` is a socket stream whose first reads return bytes the front
 door already read from it (for the fast path and the WebSocket path).
+
+The heads: ``parse_head`` and ``HttpStream`` read them with h11;
+``simple_get`` reads, without h11, only a plain ``GET`` head that h11 would
+read the same way (a property test holds it), so that the fast path needs no
+h11 for the usual ``/session/new``.
 """
 
 from __future__ import annotations

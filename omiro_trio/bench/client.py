@@ -4,6 +4,10 @@ The generator must outrun the server it measures, so it avoids per-frame
 tasks and channels: frames to send are joined into one ``send_all``, and
 one ``receive_some`` yields every frame that arrived. Tokens come from
 ``/session/new`` over a kept-alive HTTP/1.1 connection (h11).
+
+``LeanSession`` is the connect scenario's client, leaner still: one whole
+session (token, upgrade, ``join_queue``, ``match_found``) in pre-built bytes
+on raw trio sockets, checking only what proves each answer.
 """
 
 from __future__ import annotations
