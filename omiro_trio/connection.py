@@ -1,14 +1,17 @@
 """The ``/ws`` handler: the only translator between a socket and the hub.
 
 One connection, one task and one nursery. The handler's own task reads
-(``wsengine.WsConnection.receive``) and dispatches frames; the engine's
+(``wsengine.WsConnection.receive``) and hands each frame to the session's
+``SessionCore``, which decides (parsing, the rate and error windows, which
+op does what); this module and the hub perform its answer. The engine's
 shared flusher writes the session's outbox and its shared sweeper pings
 idle sockets, so an idle socket costs no task of its own. The nursery holds
-only what a connection needs now and then: the session's interest timer,
-and a writer while the client's socket buffer is full. Whoever ends the
-connection (the client, a close code decided by the hub or the engine, the
-server draining) cancels ``session.cancel_scope``; cleanup runs shielded
-and bounded: the hub forgets the session and tells its partner, what is
+only what a connection needs now and then: the session's widen timer
+(``_Timers``, armed when the core asks for one), and a writer while the
+client's socket buffer is full. Whoever ends the connection (the client,
+a close code decided by the core, the hub or the engine, the server
+draining) cancels ``session.cancel_scope``; cleanup runs shielded and
+bounded: the hub forgets the session and tells its partner, what is
 queued is flushed, the close handshake runs, and the connection drops
 every reference it held (so reference counting frees it at once).
 
@@ -24,7 +27,6 @@ boundary, which logs it once and counts it.
 from __future__ import annotations
 
 import logging
-import math
 import socket
 from collections.abc import Callable
 
@@ -42,12 +44,24 @@ from omiro_trio.admission import (
     release_slot,
     websocket_client,
 )
-from omiro_trio.codes import CloseCode, ErrorCode
+from omiro_trio.codes import CloseCode
 from omiro_trio.context import ServerContext
-from omiro_trio.errors import ProtocolViolation
 from omiro_trio.httpstream import ReplayStream, plain_response
-from omiro_trio.hub import Session
-from omiro_trio.matchmaking import Preferences
+from omiro_trio.hub import Hub, Session
+from omiro_trio.session_core import (
+    Action,
+    Close,
+    CountCall,
+    Join,
+    Leave,
+    NextPartner,
+    Rates,
+    Relay,
+    Reply,
+    ReportPartner,
+    SessionCore,
+    Widen,
+)
 from omiro_trio.wsengine import Engine, WsConnection
 
 log = logging.getLogger(__name__)
@@ -55,43 +69,6 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 2.0
 _NOT_HTTP = plain_response(400, "bad_request", "the upgrade request is not valid HTTP/1.1")
-PROTOCOL_ERRORS_ALLOWED = 20  # per ERROR_WINDOW_S, then 4000
-RATE_VIOLATIONS_ALLOWED = 10  # per ERROR_WINDOW_S, then 4029
-ERROR_WINDOW_S = 60.0
-
-
-class TokenBucket:
-    """``rate`` tokens a second, up to ``burst``; one per message."""
-
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        self._rate = rate
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._at = now
-
-    def take(self, now: float) -> bool:
-        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
-        self._at = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
-
-
-class WindowCounter:
-    """Counts events in fixed windows; ``hit`` says whether the allowance is exceeded."""
-
-    def __init__(self, allowed: int, window_s: float) -> None:
-        self._allowed = allowed
-        self._window_s = window_s
-        self._start = -math.inf
-        self._count = 0
-
-    def hit(self, now: float) -> bool:
-        if now - self._start >= self._window_s:
-            self._start, self._count = now, 0
-        self._count += 1
-        return self._count > self._allowed
 
 
 async def serve_connection(
@@ -248,7 +225,10 @@ async def _open_session(
     session_id: str,
     ip: str,
 ) -> None:
-    session = Session(session_id, ip)
+    limits = ctx.config.limits
+    rates = Rates(limits.messages_per_second, limits.message_burst)
+    core = SessionCore(session_id, trio.current_time(), limits=ctx.limits, rates=rates)
+    session = Session(session_id, ip, core=core)
     conn = WsConnection(
         engine,
         raw,
@@ -264,6 +244,7 @@ async def _open_session(
         conn.release()
         session.close_outbox()
         session.nursery = None
+        session.timers = None
 
 
 def _closer(session: Session) -> Callable[[int, str, str], None]:
@@ -290,9 +271,54 @@ async def _write_refusal(raw: socket.socket, data: bytes) -> None:
             return
 
 
+class _Timers:
+    """A connection's timers: runs the widen timer its session's core asks for.
+
+    The timer is a task in the connection's own nursery; the hub only says
+    which timer the core wants (``Session.sync_timer``), never starts one.
+    """
+
+    __slots__ = ("_hub", "_nursery", "_running", "_scope", "_session")
+
+    def __init__(self, hub: Hub, session: Session, nursery: trio.Nursery) -> None:
+        self._hub = hub
+        self._session = session
+        self._nursery = nursery
+        self._running: Widen | None = None
+        self._scope: trio.CancelScope | None = None
+
+    def want(self, widen: Widen | None) -> None:
+        if widen is self._running:
+            return
+        if self._scope is not None:
+            self._scope.cancel()
+        self._running = self._scope = None
+        if widen is None:
+            return
+        scope = trio.CancelScope()
+        try:
+            self._nursery.start_soon(self._widen_later, widen, scope)
+        except RuntimeError:
+            # The connection is ending (a resync re-queued it meanwhile):
+            # the detach that follows takes it out of the queue.
+            return
+        self._running, self._scope = widen, scope
+
+    async def _widen_later(self, widen: Widen, scope: trio.CancelScope) -> None:
+        with scope:
+            await trio.sleep(widen.delay_s)
+        if not scope.cancelled_caught:
+            await self._hub.widen(self._session, widen)
+
+
 async def _run_session(
     ctx: ServerContext, engine: Engine, conn: WsConnection, session: Session
 ) -> None:
+    """Attach ``session`` to the hub, read its frames until it ends, then detach and close.
+
+    The connection's nursery holds its tasks: the session's widen timer and,
+    while the client's socket buffer is full, a writer.
+    """
     hub = ctx.hub
     hub.attach(session)
     engine.add(conn)
@@ -300,6 +326,7 @@ async def _run_session(
         with session.cancel_scope:
             async with trio.open_nursery() as nursery:
                 session.nursery = nursery
+                session.timers = _Timers(hub, session, nursery)
                 conn.nursery = nursery
                 try:
                     session.send(protocol.encode("hello", ctx.hello_data(session.id)))
@@ -317,25 +344,31 @@ async def _run_session(
         raise
     finally:
         with trio.CancelScope(shield=True):
-            await hub.detach(session)
-            code = session.close_code
-            if code is not None:
-                ctx.metrics.closes.labels(str(code)).inc()
-            graceful = code != CloseCode.SLOW_CONSUMER and session.partner_reason != "timeout"
-            with trio.move_on_after(CLOSE_TIMEOUT_S):
-                await conn.close(code or CloseCode.NORMAL, session.close_reason, graceful=graceful)
+            await _end_session(ctx, conn, session)
+
+
+async def _end_session(ctx: ServerContext, conn: WsConnection, session: Session) -> None:
+    """Detach ``session`` (its partner is told), count its close code, close the socket."""
+    await ctx.hub.detach(session)
+    core = session.core
+    code = core.close_code
+    if code is not None:
+        ctx.metrics.closes.labels(str(code)).inc()
+    graceful = code != CloseCode.SLOW_CONSUMER and core.partner_reason != "timeout"
+    with trio.move_on_after(CLOSE_TIMEOUT_S):
+        await conn.close(code or CloseCode.NORMAL, core.close_reason, graceful=graceful)
 
 
 async def _read_loop(ctx: ServerContext, conn: WsConnection, session: Session) -> None:
-    """Read and dispatch frames until the client leaves or the session is closed."""
+    """Read frames until the client leaves or the session is closed; the core decides.
+
+    A relayed message (chat, typing, signaling) takes the short path: the
+    core's ``Relay`` goes straight to the hub. Everything else is performed
+    by ``_perform``.
+    """
     hub = ctx.hub
-    limits = ctx.limits
-    config = ctx.config.limits
+    core = session.core
     clock: Callable[[], float] = trio.current_time
-    bucket = TokenBucket(config.messages_per_second, config.message_burst, clock())
-    errors = WindowCounter(PROTOCOL_ERRORS_ALLOWED, ERROR_WINDOW_S)
-    violations = WindowCounter(RATE_VIOLATIONS_ALLOWED, ERROR_WINDOW_S)
-    metrics = ctx.metrics
     while True:
         frames = await conn.receive()
         now = clock()
@@ -343,10 +376,10 @@ async def _read_loop(ctx: ServerContext, conn: WsConnection, session: Session) -
         if controls:
             # Pings cost the sender a message each: a ping flood is a flood.
             conn.control_frames = 0
-            for _ in range(controls):
-                if not bucket.take(now) and violations.hit(now):
-                    session.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
-                    return
+            close = core.controls(controls, now)
+            if close is not None:
+                session.close(close.code, close.reason)
+                return
         if not frames and not controls:
             code = conn.close_code
             if code is not None and not conn.peer_closed:
@@ -354,42 +387,48 @@ async def _read_loop(ctx: ServerContext, conn: WsConnection, session: Session) -
                 session.close(code, conn.close_reason)
             return
         for frame in frames:
-            try:
-                message = protocol.parse_client_frame(frame, limits)
-            except ProtocolViolation as exc:
-                metrics.protocol_errors.labels(exc.code).inc()
-                session.send(protocol.error_frame(exc.code, exc.message, exc.op))
-                if errors.hit(now):
-                    session.close(CloseCode.PROTOCOL_ERRORS, "too many protocol errors")
-                    return
-                continue
-            op = protocol.OP_NAMES[type(message)]
-            if not bucket.take(now) or (
-                isinstance(message, protocol.Next)
-                and await hub.next_limited(session, config.nexts_per_minute)
-            ):
-                metrics.protocol_errors.labels("rate_limited").inc()
-                session.send(protocol.error_frame(ErrorCode.RATE_LIMITED, "slow down", op))
-                if violations.hit(now):
-                    session.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
-                    return
-                continue
-            if isinstance(message, protocol.RELAYED):
-                await hub.relay(session, message)
-            elif isinstance(message, protocol.JoinQueue | protocol.Next):
-                if hub.draining:
-                    session.send(hub.draining_frame)
-                elif isinstance(message, protocol.JoinQueue):
-                    prefs = Preferences(message.mode, message.interests)
-                    await hub.join(session, prefs, ended_reason="next")
-                else:
-                    await hub.next(session)
-            elif isinstance(message, protocol.LeaveQueue):
-                await hub.leave(session)
-            elif isinstance(message, protocol.Report):
-                await hub.report(session, message.reason)
-            elif isinstance(message, protocol.CallOutcome):
-                hub.call_outcome(session, message)
-            elif isinstance(message, protocol.Disconnect):
-                session.close(CloseCode.NORMAL)
+            action = core.receive(frame, now)
+            if type(action) is Relay:
+                await hub.relay(session, action)
+            elif action is not None and await _perform(ctx, session, action, now):
                 return
+
+
+async def _perform(
+    ctx: ServerContext,
+    session: Session,
+    action: Action,
+    now: float,
+) -> bool:
+    """Do what the core asked (all but the relay); True when the session is closing."""
+    hub = ctx.hub
+    if isinstance(action, NextPartner) and await hub.next_limited(
+        session, ctx.config.limits.nexts_per_minute
+    ):
+        action = session.core.refuse("next", now)
+    if isinstance(action, Reply):
+        if action.error is not None:
+            ctx.metrics.protocol_errors.labels(action.error).inc()
+        session.send(action.frame)
+    elif isinstance(action, Close):
+        if action.error is not None:
+            ctx.metrics.protocol_errors.labels(action.error).inc()
+        if action.frame is not None:
+            session.send(action.frame)
+        session.close(action.code, action.reason)
+        return True
+    elif isinstance(action, Join | NextPartner) and hub.draining:
+        session.send(hub.draining_frame)
+    elif isinstance(action, Join):
+        await hub.join(session, action.prefs, ended_reason="next")
+    elif isinstance(action, NextPartner):
+        await hub.next(session)
+    elif isinstance(action, Leave):
+        await hub.leave(session)
+    elif isinstance(action, ReportPartner):
+        await hub.report(session, action.reason)
+    elif isinstance(action, CountCall):
+        ctx.metrics.count_call(action.outcome, action.path, action.connect_ms)
+    elif isinstance(action, Relay):
+        await hub.relay(session, action)
+    return False

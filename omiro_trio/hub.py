@@ -1,17 +1,25 @@
 """Sessions on this server and delivery between partners.
 
-The hub is the only place that changes a session's local view of its match.
-The backend owns the truth (who waits, who is matched with whom); the hub
-keeps a copy per local session so that relaying a message costs no backend
-round trip, and applies what the backend decided in this order:
+Each ``Session`` is a thin shell around a ``session_core.SessionCore``: the
+core holds the session's state (idle, waiting, matched, closing), its
+current match and the matches it saw end, and decides; the hub performs
+what the core cannot: the backend calls (they are awaits), finding the
+partner, publishing on the bus. The backend owns the truth (who waits, who
+is matched with whom); the core keeps a copy per local session so that
+relaying a message costs no backend round trip, and the hub applies what
+the backend decided in this order:
 
 * The side whose operation formed or ended a match updates itself, then
   tells the partner: directly when the partner is on this server, through
   the backend's bus when it is on another.
-* Every event names its ``match_id``. A session remembers the last few
-  matches it saw end, so an event that arrives late (a ``matched`` for a
+* Every event names its ``match_id``. A session's core remembers the last
+  few matches it saw end, so an event that arrives late (a ``matched`` for a
   match already ended, a relay from an old partner) is dropped instead of
   resurrecting a dead match or reaching the wrong person.
+* The hub never starts a task and never blocks delivering: ``Session.send``
+  queues on the socket's outbox, and a widen timer the core asks for is run
+  by the connection that owns the session (``Session.sync_timer``), which
+  calls ``Hub.widen`` when it fires.
 
 With the memory backend no backend call has a checkpoint, so each hub
 operation is atomic. With a shared backend the ``match_id`` checks above are
@@ -35,10 +43,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Literal, Protocol
 
 import msgspec
 import trio
@@ -50,21 +56,22 @@ from omiro_trio.codes import CloseCode, ErrorCode
 from omiro_trio.errors import BackendUnavailable
 from omiro_trio.matchmaking import Match, Preferences, Waiting
 from omiro_trio.metrics import Metrics
+from omiro_trio.session_core import Relay, SessionCore, Widen
 
 log = logging.getLogger(__name__)
 
-TRANSCRIPT_LINES = 20
-ENDED_REMEMBERED = 8
 SYNC_INTERVAL_S = 5.0
 SYNC_RETRY_S = 1.0
-CALLS_REMEMBERED = 8  # recent matches whose call outcome may still be reported
+
+BusKind = Literal["matched", "ended", "relay", "ban"]
+"""What a bus message says: ``ban`` goes to every server, the others to one session."""
 
 
 class BusMessage(msgspec.Struct, frozen=True, omit_defaults=True):
     """What one server tells another about a session it holds."""
 
     to: str
-    kind: str  # "matched" | "ended" | "relay" | "ban" (to every server)
+    kind: BusKind
     match_id: str
     match: tuple[str, str, str, tuple[str, ...]] | None = None  # caller, callee, mode, common
     reason: str = ""
@@ -86,68 +93,67 @@ class Outlet(Protocol):
         ...
 
 
-class Session:
-    """One live socket's session on this server.
+class Timers(Protocol):
+    """Runs a session's timers: the connection that owns the session (its nursery)."""
 
-    The connection handler owns it: it sets ``outlet`` (its socket's bounded
-    outbox) and, when ``close`` is called (by anyone), stops and closes the
-    socket with ``close_code``. ``send`` never blocks: a full outbox means
-    the client stopped reading, and the session is closed with 4008. Once
-    detached (``close_outbox``) it holds no reference to the connection.
+    def want(self, widen: Widen | None) -> None:
+        """Run the widen timer ``widen`` (cancelling any other); None cancels it."""
+        ...
+
+
+class Session:
+    """One live socket's session on this server: the shell around its ``SessionCore``.
+
+    The core holds the state and decides; the session performs: ``send``
+    queues frames on ``outlet`` (the socket's bounded outbox), ``close``
+    cancels ``cancel_scope`` (the connection then closes the socket with
+    ``core.close_code``), ``sync_timer`` tells ``timers`` (the connection)
+    which widen timer the core wants running. ``send`` never blocks: a full
+    outbox means the client stopped reading, and the session is closed with
+    4008. Once detached (``close_outbox``) it holds no reference to the
+    connection.
     """
 
     __slots__ = (
         "__weakref__",
         "cancel_scope",
-        "close_code",
-        "close_reason",
-        "ended",
+        "core",
         "id",
         "ip",
         "lock",
-        "match",
-        "matches_applied",
         "nursery",
-        "outcomes_reported",
         "outlet",
-        "partner_reason",
-        "prefs",
-        "recent_matches",
         "suspect",
-        "transcript",
-        "waiting",
-        "widen_scope",
+        "timers",
     )
 
-    def __init__(self, session_id: str, ip: str, *, outlet: Outlet | None = None) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        ip: str,
+        *,
+        outlet: Outlet | None = None,
+        core: SessionCore | None = None,
+    ) -> None:
         self.id = session_id
         self.ip = ip
         self.outlet = outlet
-        self.match: Match | None = None
-        self.prefs: Preferences | None = None
-        self.waiting = False  # in the queue, as far as this server knows
+        self.core = core or SessionCore(session_id, 0.0)
         self.lock = trio.Lock()  # one backend operation at a time
-        self.matches_applied = 0  # counts match_found sent, to spot one that overtook a join
         self.suspect: tuple[str, str] | None = None  # a difference the last resync saw
-        self.close_code: int | None = None
-        self.close_reason = ""
-        self.partner_reason = "left"  # what the partner hears when this socket ends
         self.cancel_scope = trio.CancelScope()
-        self.widen_scope: trio.CancelScope | None = None
-        self.transcript: deque[tuple[str, str]] = deque(maxlen=TRANSCRIPT_LINES)
-        self.ended: deque[str] = deque(maxlen=ENDED_REMEMBERED)
-        self.nursery: trio.Nursery | None = None  # set by the connection that owns it
-        # The last CALLS_REMEMBERED matches this client heard of, oldest first,
-        # and which of them it has already reported a call outcome for.
-        self.recent_matches: dict[str, Match] = {}
-        self.outcomes_reported: set[str] = set()
+        self.nursery: trio.Nursery | None = None  # the owning connection's, while it runs
+        self.timers: Timers | None = None  # set by the connection that owns it
 
-    def remember_match(self, match: Match) -> None:
-        self.recent_matches[match.match_id] = match
-        while len(self.recent_matches) > CALLS_REMEMBERED:
-            oldest = next(iter(self.recent_matches))
-            del self.recent_matches[oldest]
-            self.outcomes_reported.discard(oldest)
+    @property
+    def match(self) -> Match | None:
+        """The current match, as this server knows it."""
+        return self.core.match
+
+    @property
+    def waiting(self) -> bool:
+        """In the queue, as far as this server knows."""
+        return self.core.state == "waiting"
 
     def send(self, frame: str | bytes) -> None:
         """Queue a frame (text, or its UTF-8 bytes) for the client without blocking."""
@@ -159,20 +165,23 @@ class Session:
 
     def close(self, code: int, reason: str = "", *, partner_reason: str = "left") -> None:
         """Ask the connection to close with ``code``; the first call wins."""
-        if self.close_code is None:
-            self.close_code = code
-            self.close_reason = reason
-            self.partner_reason = partner_reason
+        self.core.close(code, reason, partner_reason=partner_reason)
         self.cancel_scope.cancel()
 
     def close_outbox(self) -> None:
         """Drop whatever is sent from now on (the socket is going away)."""
         self.outlet = None
 
+    def sync_timer(self) -> None:
+        """Have the connection run the widen timer the core wants (or none)."""
+        timers = self.timers
+        if timers is not None:
+            timers.want(self.core.widen)
+
     def stop_widen(self) -> None:
-        if self.widen_scope is not None:
-            self.widen_scope.cancel()
-            self.widen_scope = None
+        """No widen timer for this session any more."""
+        self.core.cancel_widen()
+        self.sync_timer()
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +200,7 @@ class Hub:
     Args:
         backend: the shared state.
         metrics: counters to update.
+        reports: how reports are limited and when they ban (default ``ReportPolicy()``).
         reconnect_after_ms: what ``server_draining`` tells clients.
     """
 
@@ -244,7 +254,7 @@ class Hub:
             try:
                 ended = await self.backend.release_session(session.id)
                 if ended is not None:
-                    await self._end(session, ended, session.partner_reason)
+                    await self._end(session, ended, session.core.partner_reason)
             except BackendUnavailable as exc:
                 log.warning("could not release session %s now (%s): will retry", session.id, exc)
                 self._unreleased.add(session.id)
@@ -309,46 +319,33 @@ class Hub:
         async with session.lock:
             try:
                 await self._make_idle(session, ended_reason)
-                session.prefs = prefs
+                session.core.asked(prefs)
                 await self._enter_queue(session, prefs, announce=True)
             except BackendUnavailable as exc:
                 self._unavailable(session, op, exc)
 
     async def _enter_queue(self, session: Session, prefs: Preferences, *, announce: bool) -> None:
-        applied = session.matches_applied
+        core = session.core
+        applied = core.matches_applied
         result = await self.backend.join(session.id, prefs)
         if isinstance(result, Waiting):
-            if session.matches_applied != applied:
+            if core.matches_applied != applied:
                 # Another server matched it (and told it) before this answer
                 # came back: it no longer waits, and must not hear "queued".
                 return
-            session.waiting = True
-            if announce:
-                session.send(
-                    protocol.encode(
-                        "queued", {"mode": prefs.mode, "interests": list(prefs.interests)}
-                    )
-                )
+            widen = None
             if result.widen_after_s is not None:
-                session.widen_scope = trio.CancelScope()
-                nursery = self._nursery_of(session)
-                try:
-                    nursery.start_soon(
-                        self._widen_later,
-                        session,
-                        result.ticket,
-                        result.widen_after_s,
-                        session.widen_scope,
-                    )
-                except RuntimeError:
-                    # Its connection is ending (a resync re-queued it meanwhile):
-                    # the detach that follows takes it out of the queue.
-                    session.widen_scope = None
+                widen = Widen(result.ticket, result.widen_after_s)
+            frame = core.queued(prefs, widen, announce=announce)
+            if frame is not None:
+                session.send(frame)
+            session.sync_timer()
         else:
             await self._form(session, result)
 
     async def next(self, session: Session) -> None:
-        await self.join(session, session.prefs or Preferences(), ended_reason="next", op="next")
+        prefs = session.core.prefs or Preferences()
+        await self.join(session, prefs, ended_reason="next", op="next")
 
     async def next_limited(self, session: Session, per_minute: int) -> bool:
         """Count one ``next``; True when the session has spent its ``per_minute``.
@@ -381,24 +378,17 @@ class Hub:
             )
         )
 
-    async def relay(self, session: Session, message: protocol.ClientMessage) -> None:
-        """Send a chat, typing or signaling message to the current partner only."""
-        match = session.match
-        op = protocol.OP_NAMES[type(message)]
-        if match is None:
-            session.send(
-                protocol.error_frame(ErrorCode.NOT_MATCHED, "you have no partner right now", op)
-            )
-            return
-        frame = protocol.encode_bytes(op, protocol.relay_data(message, session.id))
-        chat = message.message if isinstance(message, protocol.Chat) else None
-        if chat is not None:
-            session.transcript.append((session.id, chat))
+    async def relay(self, session: Session, relay: Relay) -> None:
+        """Deliver what the core made of a chat, typing or signaling message to the partner."""
+        match = relay.match
+        frame = relay.frame
+        chat = relay.chat
         partner_id = match.partner_of(session.id)
         partner = self.sessions.get(partner_id)
-        self._relayed[op].inc()
+        self._relayed[relay.op].inc()
         if partner is not None:
-            self._apply_relay(partner, match.match_id, frame, chat)
+            if partner.core.relayed(match.match_id, chat):
+                partner.send(frame)
             return
         bus = BusMessage(
             to=partner_id, kind="relay", match_id=match.match_id, frame=frame.decode(), chat=chat
@@ -406,7 +396,7 @@ class Hub:
         try:
             delivered = await self._publish(bus)
         except BackendUnavailable as exc:
-            self._unavailable(session, op, exc)
+            self._unavailable(session, relay.op, exc)
             return
         if not delivered:
             # Nobody holds the partner any more: the match is over for the sender too.
@@ -415,38 +405,9 @@ class Hub:
                     try:
                         await self._make_idle(session, "left")
                     except BackendUnavailable:
-                        self._forget_match(session, match.match_id)
+                        session.core.forget(match.match_id)
                         self._sync_now.set()
                     session.send(protocol.encode("partner_disconnected", {"reason": "left"}))
-
-    def call_outcome(self, session: Session, message: protocol.CallOutcome) -> None:
-        """Count how this side's call of a recent video match went, once per match.
-
-        The match may already have ended (a failed call is often skipped
-        before the page gives up on it), but it must be one of the client's
-        own last ``CALLS_REMEMBERED`` matches.
-        """
-        op = "call_outcome"
-        match = session.recent_matches.get(message.match_id)
-        if match is None:
-            session.send(
-                protocol.error_frame(ErrorCode.NOT_MATCHED, "no recent match has this match_id", op)
-            )
-            return
-        if match.mode != "video":
-            session.send(
-                protocol.error_frame(ErrorCode.BAD_REQUEST, "a text match has no call", op)
-            )
-            return
-        if message.match_id in session.outcomes_reported:
-            session.send(
-                protocol.error_frame(
-                    ErrorCode.BAD_REQUEST, "this match's call outcome was already reported", op
-                )
-            )
-            return
-        session.outcomes_reported.add(message.match_id)
-        self.metrics.count_call(message.outcome, message.path, message.connect_ms)
 
     async def report(self, session: Session, reason: str) -> None:
         """End the match, block the pair, keep the report with the transcript."""
@@ -457,14 +418,13 @@ class Hub:
                 self._unavailable(session, "report", exc)
 
     async def _report(self, session: Session, reason: str) -> None:
-        match = session.match
-        if match is None:
-            session.send(
-                protocol.error_frame(
-                    ErrorCode.NOT_MATCHED, "you have no partner to report", "report"
-                )
-            )
+        core = session.core
+        refusal = core.report_check()
+        if refusal is not None:
+            session.send(refusal)
             return
+        match = core.match
+        assert match is not None
         partner_id = match.partner_of(session.id)
         await self.backend.block(session.id, partner_id)
         partner = self.sessions.get(partner_id)
@@ -472,10 +432,7 @@ class Hub:
             reported_ip = partner.ip
         else:  # on another server: the backend knows its client
             reported_ip = await self.backend.client_of(partner_id) or ""
-        transcript = tuple(
-            f"{'reporter' if sender == session.id else 'reported'}: {text}"
-            for sender, text in session.transcript
-        )
+        transcript = core.transcript_lines()
         await self._make_idle(session, "reported")
         policy = self.report_policy
         over = await self.backend.hit_rate_limit(
@@ -553,27 +510,19 @@ class Hub:
 
     # -- internals -----------------------------------------------------
 
-    def _nursery_of(self, session: Session) -> trio.Nursery:
-        if session.nursery is None:
-            raise RuntimeError("session has no nursery: attach it from a connection")
-        return session.nursery
+    async def widen(self, session: Session, widen: Widen) -> None:
+        """The connection's timer for ``widen`` fired: widen the session's queue entry.
 
-    async def _widen_later(
-        self, session: Session, ticket: int, delay_s: float, scope: trio.CancelScope
-    ) -> None:
-        with scope:
-            await trio.sleep(delay_s)
-        if scope.cancelled_caught:
-            return
-        # Past this point the backend may form a match: finish the delivery
-        # even if the session is being torn down, so nobody is left matched
-        # with a partner that never heard of it.
+        Past the core's check the backend may form a match: the delivery
+        finishes even if the session is being torn down, so nobody is left
+        matched with a partner that never heard of it.
+        """
         async with session.lock:
-            if scope.cancel_called:
-                return  # the wait ended while this waited for the lock
+            if not session.core.widen_due(widen):
+                return  # the wait ended while the timer fired or waited for the lock
             with trio.CancelScope(shield=True):
                 try:
-                    match = await self.backend.widen(session.id, ticket)
+                    match = await self.backend.widen(session.id, widen.ticket)
                 except BackendUnavailable as exc:
                     log.warning("widen for %s failed: %s", session.id, exc)
                     self._sync_now.set()
@@ -582,8 +531,8 @@ class Hub:
                     await self._form(session, match)
 
     async def _make_idle(self, session: Session, partner_reason: str) -> None:
-        session.stop_widen()
-        session.waiting = False
+        session.core.idle()
+        session.sync_timer()
         ended = await self.backend.leave(session.id)
         if ended is not None:
             await self._end(session, ended, partner_reason)
@@ -609,7 +558,7 @@ class Hub:
 
     async def _end(self, session: Session, match: Match, partner_reason: str) -> None:
         """``session``'s operation ended ``match``: update it, tell the partner."""
-        self._forget_match(session, match.match_id)
+        session.core.forget(match.match_id)
         partner_id = match.partner_of(session.id)
         partner = self.sessions.get(partner_id)
         if partner is not None:
@@ -621,48 +570,20 @@ class Hub:
                 )
             )
 
-    def _forget_match(self, session: Session, match_id: str) -> None:
-        session.ended.append(match_id)
-        if session.match is not None and session.match.match_id == match_id:
-            session.match = None
-            session.transcript.clear()
-
     def _apply_match(self, session: Session, match: Match) -> None:
-        if match.match_id in session.ended:
-            return
-        if session.match is not None and session.match.match_id == match.match_id:
-            return  # told already (a resync and the bus can both bring it)
-        session.stop_widen()
-        session.waiting = False
-        session.matches_applied += 1
-        session.match = match
-        session.remember_match(match)
-        session.transcript.clear()
-        partner_id = match.partner_of(session.id)
-        data: Mapping[str, Any] = {
-            "partner": partner_id,
-            "match_id": match.match_id,
-            "should_call": match.should_call(session.id),
-            "mode": match.mode,
-            "common_interests": list(match.common_interests),
-        }
-        session.send(protocol.encode("match_found", data))
+        frame = session.core.matched(match)
+        if frame is not None:
+            session.sync_timer()
+            session.send(frame)
 
     def _apply_ended(self, session: Session, match_id: str, reason: str) -> None:
-        current = session.match
-        self._forget_match(session, match_id)
-        if current is not None and current.match_id == match_id:
-            session.send(protocol.encode("partner_disconnected", {"reason": reason}))
+        frame = session.core.ended(match_id, reason)
+        if frame is not None:
+            session.send(frame)
 
-    def _apply_relay(
-        self, session: Session, match_id: str, frame: str | bytes, chat: str | None
-    ) -> None:
-        current = session.match
-        if current is None or current.match_id != match_id:
-            return  # a late message from a match that ended: it reaches nobody
-        if chat is not None:
-            session.transcript.append((current.partner_of(session.id), chat))
-        session.send(frame)
+    def _apply_relay(self, session: Session, match_id: str, frame: str, chat: str | None) -> None:
+        if session.core.relayed(match_id, chat):
+            session.send(frame)
 
     async def _publish(self, message: BusMessage) -> bool:
         return await self.backend.publish(message.to, _bus_encoder.encode(message))
@@ -706,7 +627,7 @@ class Hub:
         held: list[Session] = []
         try:
             for session in list(self.sessions.values()):
-                if not session.lock.locked() and session.close_code is None:
+                if not session.lock.locked() and session.core.close_code is None:
                     session.lock.acquire_nowait()
                     held.append(session)
             views = [LocalView(s.id, s.ip, s.match) for s in held]
@@ -755,7 +676,7 @@ class Hub:
                 return
             if local is not None:
                 self._apply_ended(session, local.match_id, "left")
-            if match.match_id in session.ended:  # ended here, never told the backend
+            if match.match_id in session.core.ended_ids:  # ended here, never told the backend
                 ended = await self.backend.leave(session.id)
                 if ended is not None:
                     await self._end(session, ended, "left")
@@ -767,10 +688,10 @@ class Hub:
             self._apply_ended(session, local.match_id, "left")
             if shared.state == "waiting":
                 await self.backend.leave(session.id)
-        elif session.waiting and shared.state == "idle" and session.prefs is not None:
+        elif session.waiting and shared.state == "idle" and session.core.prefs is not None:
             log.info("resync: %s waits again", session.id)
             session.stop_widen()
-            await self._enter_queue(session, session.prefs, announce=False)
+            await self._enter_queue(session, session.core.prefs, announce=False)
         elif not session.waiting and shared.state == "waiting":
             await self.backend.leave(session.id)
 

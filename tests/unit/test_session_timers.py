@@ -1,0 +1,78 @@
+"""The connection owns its session's widen timer (``connection._Timers``).
+
+The hub only says which timer the core wants; the connection's nursery runs
+it and calls ``Hub.widen`` when it fires. A fake hub records the calls; trio's
+``autojump_clock`` makes the waits instant and exact.
+"""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from omiro_trio.connection import _Timers
+from omiro_trio.hub import Session
+from omiro_trio.matchmaking import Preferences
+from omiro_trio.session_core import Widen
+
+
+class FakeHub:
+    def __init__(self) -> None:
+        self.fired: list[tuple[float, Widen]] = []
+
+    async def widen(self, session: Session, widen: Widen) -> None:
+        self.fired.append((trio.current_time(), widen))
+
+
+async def test_the_wanted_timer_fires_once_and_a_replaced_one_never(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    hub = FakeHub()
+    session = Session("a", "127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        timers = _Timers(hub, session, nursery)  # type: ignore[arg-type]
+        start = trio.current_time()
+        first, second = Widen(1, 10.0), Widen(2, 4.0)
+        timers.want(first)
+        timers.want(first)  # the same timer again: still one task
+        await trio.sleep(1.0)
+        timers.want(second)  # replaces the first
+        await trio.sleep(20.0)
+        assert hub.fired == [(start + 1.0 + 4.0, second)]
+        timers.want(Widen(3, 5.0))
+        await trio.sleep(1.0)
+        timers.want(None)  # cancelled
+        await trio.sleep(20.0)
+        assert len(hub.fired) == 1
+        assert len(nursery.child_tasks) == 0
+
+
+async def test_a_timer_wanted_while_the_connection_ends_is_not_started() -> None:
+    hub = FakeHub()
+    session = Session("a", "127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        timers = _Timers(hub, session, nursery)  # type: ignore[arg-type]
+    timers.want(Widen(1, 1.0))  # the nursery is closed: no task, no error
+    assert hub.fired == []
+
+
+async def test_a_session_asks_its_connection_through_sync_timer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    hub = FakeHub()
+    session = Session("a", "127.0.0.1")
+    prefs = Preferences("video", ("chess",))
+    async with trio.open_nursery() as nursery:
+        session.timers = _Timers(hub, session, nursery)  # type: ignore[arg-type]
+        session.core.queued(prefs, Widen(7, 3.0), announce=False)
+        session.sync_timer()
+        await trio.sleep(1.0)
+        session.stop_widen()  # e.g. a match arrived meanwhile
+        await trio.sleep(10.0)
+        assert hub.fired == []
+        assert session.core.widen is None
+        again = Widen(8, 3.0)
+        session.core.queued(prefs, again, announce=False)
+        session.sync_timer()
+        await trio.sleep(3.0)
+        assert [widen for _, widen in hub.fired] == [again]
