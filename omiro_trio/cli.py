@@ -73,7 +73,18 @@ def serve(
     config_path: Path | None, host: str | None, port: int | None, workers: int, reuse_port: bool
 ) -> None:
     """Run the server until Ctrl-C or SIGTERM, then drain and exit."""
-    config = _load(config_path)
+    config = _with_address(_load(config_path), host, port)
+    setup_logging(config.log.level, config.log.format)
+    if workers != 1:
+        _supervise_workers(config, workers, config_path)
+        return
+    exit_code = _serve_one(config, reuse_port)
+    if exit_code:
+        sys.exit(exit_code)
+
+
+def _with_address(config: Config, host: str | None, port: int | None) -> Config:
+    """``config`` with ``--host`` and ``--port`` applied, when given."""
     server = config.server
     if host is not None:
         server = msgspec.structs.replace(server, host=host)
@@ -81,20 +92,25 @@ def serve(
         if not 0 <= port <= 65535:
             raise click.BadParameter("must be 0..65535", param_hint="--port")
         server = msgspec.structs.replace(server, port=port)
-    config = msgspec.structs.replace(config, server=server)
-    setup_logging(config.log.level, config.log.format)
-    if workers != 1:
-        from omiro_trio.workers import check_workers, supervise
+    return msgspec.structs.replace(config, server=server)
 
-        try:
-            check_workers(config, workers)
-        except ConfigError as refused:
-            log.error("configuration error: %s", refused)
-            sys.exit(2)
-        if config_path is None and os.environ.get("OMIRO_CONFIG"):
-            config_path = Path(os.environ["OMIRO_CONFIG"])
-        trio.run(supervise, config, workers, config_path)
-        return
+
+def _supervise_workers(config: Config, workers: int, config_path: Path | None) -> None:
+    """Run ``workers`` server processes on one port (exits 2 if the config cannot)."""
+    from omiro_trio.workers import check_workers, supervise
+
+    try:
+        check_workers(config, workers)
+    except ConfigError as refused:
+        log.error("configuration error: %s", refused)
+        sys.exit(2)
+    if config_path is None and os.environ.get("OMIRO_CONFIG"):
+        config_path = Path(os.environ["OMIRO_CONFIG"])
+    trio.run(supervise, config, workers, config_path)
+
+
+def _serve_one(config: Config, reuse_port: bool) -> int:
+    """Run one server process until signalled; returns the exit code (0, 1 or 2)."""
     exit_code = 0
     try:
         trio.run(_serve_until_signalled, config, reuse_port)
@@ -106,8 +122,7 @@ def serve(
         for exc in failures.exceptions:
             log.error("could not start: %s", exc)
         exit_code = 1
-    if exit_code:
-        sys.exit(exit_code)
+    return exit_code
 
 
 async def _serve_until_signalled(config: Config, reuse_port: bool = False) -> None:
@@ -269,6 +284,10 @@ def ban_remove(config_path: Path | None, url: str | None, token: str | None, tar
     click.echo(f"lifted the ban of {target}")
 
 
+MAX_CHURN_ROUNDS = 100_000
+"""``omiro bench churn --minutes``: the rounds it runs at most unless ``--rounds`` says."""
+
+
 @main.group()
 def bench() -> None:
     """Measure a real `omiro serve` on this machine (loopback only)."""
@@ -399,7 +418,18 @@ def bench_connect(
 
 
 @bench.command("churn")
-@click.option("--rounds", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Rounds to run (default 10; with --minutes, at most this many).",
+)
+@click.option(
+    "--minutes",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Run rounds until this many minutes have passed.",
+)
 @click.option("--sessions", type=click.IntRange(min=2), default=2000, show_default=True)
 @click.option("--concurrency", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option(
@@ -411,7 +441,8 @@ def bench_connect(
 )
 @_common
 def bench_churn(
-    rounds: int,
+    rounds: int | None,
+    minutes: float,
     sessions: int,
     concurrency: int,
     pause: float,
@@ -419,9 +450,15 @@ def bench_churn(
     as_json: bool,
     server_python: str | None,
 ) -> None:
-    """Rounds of connect-and-leave: server RSS and sessions seen after each round."""
+    """Rounds of connect-and-leave: server RSS and sessions seen after each round.
+
+    Each round is also printed on stderr as it ends (time, sessions seen,
+    server RSS, pairs/s).
+    """
     from omiro_trio.bench.scenarios import Options, run_scenario
 
+    if rounds is None:
+        rounds = MAX_CHURN_ROUNDS if minutes else 10
     options = Options(
         server_command=_server(server_python),
         procs=procs,
@@ -429,6 +466,7 @@ def bench_churn(
         concurrency=concurrency,
         rounds=rounds,
         pause=pause,
+        minutes=minutes,
     )
     _print(run_scenario("churn", options), as_json)
 

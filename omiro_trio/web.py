@@ -8,6 +8,7 @@ The WebSocket endpoint is not here: ``front.py`` hands ``/ws`` upgrades to
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
@@ -21,7 +22,7 @@ from omiro_trio.errors import BackendUnavailable
 from omiro_trio.fastpath import session_answer
 from omiro_trio.metrics import CONTENT_TYPE
 from omiro_trio.responses import json_error, not_found
-from omiro_trio.static import etag_matches, frontend_dir, load_assets
+from omiro_trio.static import Asset, etag_matches, frontend_dir, load_assets
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,17 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     """The quart-trio app of one server."""
     app = QuartTrio("omiro_trio", static_folder=None)
     assets = load_assets(frontend_dir(), ctx.config.page)
+    remote_ip = _remote_ip_of(ctx)
+    _add_headers_and_errors(app)
+    register_admin(app, ctx, remote_ip)
+    _add_page(app, assets)
+    _add_sessions(app, ctx, remote_ip)
+    _add_health_and_stats(app, ctx)
+    return app
 
+
+def _remote_ip_of(ctx: ServerContext) -> Callable[[], str]:
+    """A function giving the client (address group) of the current request."""
     header = ctx.config.server.client_ip_header
 
     def remote_ip() -> str:
@@ -54,6 +65,12 @@ def create_app(ctx: ServerContext) -> QuartTrio:
             request.headers.get(header) if header else None,
         )
         return address_group(ip, ctx.config.server.ipv6_prefix)
+
+    return remote_ip
+
+
+def _add_headers_and_errors(app: QuartTrio) -> None:
+    """Security headers on every answer; errors answered as JSON."""
 
     @app.after_request
     async def add_headers(response: Response) -> Response:
@@ -72,7 +89,9 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     async def backend_down(exc: BackendUnavailable) -> Response:
         return json_error(503, "unavailable", "the backend is not answering; try again shortly")
 
-    register_admin(app, ctx, remote_ip)
+
+def _add_page(app: QuartTrio, assets: dict[str, Asset]) -> None:
+    """The page and its assets, from memory, with ETags and precompressed bodies."""
 
     @app.get("/")
     @app.get("/<path:filename>")
@@ -90,6 +109,8 @@ def create_app(ctx: ServerContext) -> QuartTrio:
             headers["Content-Encoding"] = coding
         return Response(chosen.body, content_type=found.content_type, headers=headers)
 
+
+def _add_sessions(app: QuartTrio, ctx: ServerContext, remote_ip: Callable[[], str]) -> None:
     @app.get("/session/new")
     async def new_session() -> Response:
         # Usually answered by the front door (fastpath.py); this serves a
@@ -100,6 +121,10 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         for name, value in headers.items():
             response.headers[name] = value
         return response
+
+
+def _add_health_and_stats(app: QuartTrio, ctx: ServerContext) -> None:
+    """``/healthz``, ``/readyz``, ``/stats`` and ``/metrics``."""
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -133,5 +158,3 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     async def metrics() -> Response:
         await current_stats()
         return Response(ctx.metrics.render(), content_type=CONTENT_TYPE)
-
-    return app

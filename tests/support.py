@@ -8,6 +8,7 @@ sleeps to wait for something to happen.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +18,9 @@ from typing import Any
 
 import msgspec
 import trio
+import wsproto
 from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
+from wsproto.events import AcceptConnection, Request, TextMessage
 
 from omiro_trio.config import Config, load_config
 from omiro_trio.server import Running
@@ -149,6 +152,36 @@ class Harness:
     def metric(self, name: str, **labels: str) -> float:
         value = self.ctx.metrics.registry.get_sample_value(name, labels or None)
         return 0.0 if value is None else value
+
+
+class RawClient:
+    """A WebSocket client that only does what it is told: no pongs, no reading."""
+
+    def __init__(self, stream: trio.SocketStream, ws: wsproto.WSConnection) -> None:
+        self.stream = stream
+        self.ws = ws
+
+    @classmethod
+    async def connect(cls, server: Harness, *, receive_buffer: int | None = None) -> RawClient:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if receive_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        await sock.connect(("127.0.0.1", server.running.port))
+        stream = trio.SocketStream(sock)
+        ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        target = f"/ws?token={server.token()}"
+        await stream.send_all(ws.send(Request(host="127.0.0.1", target=target)))
+        head = b""
+        with trio.fail_after(5):
+            while b"\r\n\r\n" not in head:
+                head += await stream.receive_some(1)  # stop exactly at the head's end
+        ws.receive_data(head)
+        assert any(isinstance(event, AcceptConnection) for event in ws.events())
+        return cls(stream, ws)
+
+    async def send(self, op: str, data: dict[str, object] | None = None) -> None:
+        frame = msgspec.json.encode({"op": op, "data": data or {}}).decode()
+        await self.stream.send_all(self.ws.send(TextMessage(data=frame)))
 
 
 async def wait_until(predicate: Callable[[], bool], wait_s: float = WAIT_S) -> None:

@@ -4,11 +4,21 @@ Every method finishes without a checkpoint, so each is atomic with respect
 to every other task of the process: that is what makes ``join`` "one
 lock-free step". Durations use trio's clock (so tests can use
 ``autojump_clock``); ban and report times are unix time.
+
+Everything timed is kept in order of expiry, so ``sweep`` visits only what
+expired, never every entry: cooldowns and blocks in the matchmaker's
+generations (dropped whole); rate-limit windows and reporter marks in
+deques in the order they end, checked against the entry still in force when
+they come up (an entry renewed since is left alone); timed bans in a heap.
+The sweep visits at most ``SWEEP_BUDGET`` of those records per call and
+leaves the rest to the next one; an expired entry acts as absent whether
+or not a sweep removed it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import ipaddress
 import time
 import uuid
@@ -33,6 +43,9 @@ from omiro_trio.matchmaking import Match, Matchmaker, Preferences, Waiting
 MAX_REPORT_BYTES = 8 * 1024 * 1024
 """The report store's bound (``ReportRecord.size_bytes`` summed); oldest dropped first."""
 
+SWEEP_BUDGET = 100_000
+"""The most expiry records (windows, reporter marks, bans) one ``sweep`` visits."""
+
 
 class MemoryBackend:
     """Shared state kept in this process. See ``backends.base.Backend``.
@@ -42,6 +55,8 @@ class MemoryBackend:
         block_ttl_s: how long a block from a report lasts.
         monotonic: the clock for durations (default: trio's).
         wall: unix time, for bans and reports.
+        new_match_id: makes a fresh, unique match id.
+        max_report_bytes: the report store's bound (oldest dropped first).
     """
 
     def __init__(
@@ -65,14 +80,18 @@ class MemoryBackend:
         )
         self._live: dict[str, str] = {}  # session -> client
         self._sockets: dict[str, int] = {}  # client -> open sockets reserved
-        self._windows: dict[str, tuple[float, int, float]] = {}  # key -> (start, count, window)
+        self._windows: dict[str, _Window] = {}  # key -> its current window
+        # Per window length, the windows in the order they started: so in order of ending.
+        self._window_ends: dict[float, deque[_Window]] = {}
         self._bans: dict[str, tuple[Ban, Network]] = {}  # target -> ban, its network
         self._reports: deque[ReportRecord] = deque()  # oldest first
         self._report_bytes = 0
         self._max_report_bytes = max_report_bytes
         self._report_ids = 0
         self._reporters: dict[str, dict[str, float]] = {}  # reported ip -> reporter ip -> when
+        self._reporter_marks: deque[tuple[float, str, str]] = deque()  # (when, reported, reporter)
         self._reporter_window_s = 0.0
+        self._ban_ends: list[tuple[float, str]] = []  # heap of (until, target) of timed bans
         self._server_id = "local"
 
     @property
@@ -135,12 +154,14 @@ class MemoryBackend:
 
     async def hit_rate_limit(self, key: str, limit: int, window_s: float) -> float | None:
         now = self._now()
-        start, count, _ = self._windows.get(key, (now, 0, window_s))
-        if now - start >= window_s:
-            start, count = now, 0
-        if count >= limit:
-            return max(0.0, start + window_s - now)
-        self._windows[key] = (start, count + 1, window_s)
+        window = self._windows.get(key)
+        if window is None or now - window.start >= window.length:
+            window = _Window(key, now, 0, window_s)
+            self._windows[key] = window
+            self._window_ends.setdefault(window_s, deque()).append(window)
+        if window.count >= limit:
+            return max(0.0, window.start + window.length - now)
+        window.count += 1
         return None
 
     async def ban_for(self, ip: str) -> Ban | None:
@@ -159,6 +180,8 @@ class MemoryBackend:
     async def add_ban(self, ban: Ban) -> None:
         self._bans.pop(ban.target, None)  # re-adding moves it to the newest
         self._bans[ban.target] = (ban, ipaddress.ip_network(ban.target, strict=False))
+        if ban.until is not None:
+            heapq.heappush(self._ban_ends, (ban.until, ban.target))
 
     async def remove_ban(self, target: str) -> bool:
         return self._bans.pop(target, None) is not None
@@ -191,6 +214,7 @@ class MemoryBackend:
         self._reporter_window_s = max(self._reporter_window_s, window_s)
         seen = self._reporters.setdefault(reported_ip, {})
         seen[reporter_ip] = now
+        self._reporter_marks.append((now, reported_ip, reporter_ip))
         return sum(1 for at in seen.values() if now - at < window_s)
 
     async def stats(self) -> Stats:
@@ -231,19 +255,61 @@ class MemoryBackend:
     async def sweep(self) -> list[Ended]:
         now = self._now()
         self._mm.prune(now)
-        stale = [k for k, (start, _, window) in self._windows.items() if now - start >= window]
-        for key in stale:
-            del self._windows[key]
-        for reported, seen in list(self._reporters.items()):
-            for reporter in [r for r, at in seen.items() if now - at >= self._reporter_window_s]:
-                del seen[reporter]
-            if not seen:
-                del self._reporters[reported]
-        wall = self._wall()
-        expired = [t for t, (b, _) in self._bans.items() if b.until is not None and b.until <= wall]
-        for target in expired:
-            del self._bans[target]
+        budget = SWEEP_BUDGET
+        for ends in self._window_ends.values():
+            budget -= self._expire_windows(ends, now, budget)
+        budget -= self._expire_reporter_marks(now, budget)
+        self._expire_bans(self._wall(), budget)
         return []  # one server: none dies while this one runs
+
+    def held_entries(self) -> int:
+        """Timed entries kept (cooldowns, blocks, windows, reporter marks, bans), for tests."""
+        marks = sum(len(seen) for seen in self._reporters.values())
+        return self._mm.held_entries() + len(self._windows) + marks + len(self._bans)
+
+    def _expire_windows(self, ends: deque[_Window], now: float, budget: int) -> int:
+        """Forget the windows that ended, from the head of ``ends``; returns records visited."""
+        visited = 0
+        while ends and visited < budget and now - ends[0].start >= ends[0].length:
+            window = ends.popleft()
+            visited += 1
+            if self._windows.get(window.key) is window:  # else a newer window of the key runs
+                del self._windows[window.key]
+        return visited
+
+    def _expire_reporter_marks(self, now: float, budget: int) -> int:
+        visited = 0
+        marks = self._reporter_marks
+        while marks and visited < budget and now - marks[0][0] >= self._reporter_window_s:
+            at, reported, reporter = marks.popleft()
+            visited += 1
+            seen = self._reporters.get(reported)
+            if seen is not None and seen.get(reporter) == at:  # not renewed since
+                del seen[reporter]
+                if not seen:
+                    del self._reporters[reported]
+        return visited
+
+    def _expire_bans(self, wall: float, budget: int) -> int:
+        visited = 0
+        heap = self._ban_ends
+        while heap and visited < budget and heap[0][0] <= wall:
+            until, target = heapq.heappop(heap)
+            visited += 1
+            kept = self._bans.get(target)
+            if kept is not None and kept[0].until == until:  # not replaced since
+                del self._bans[target]
+        return visited
+
+
+@dataclasses.dataclass(slots=True)
+class _Window:
+    """One rate-limit window of ``key``: ``count`` events since ``start``, for ``length`` s."""
+
+    key: str
+    start: float
+    count: int
+    length: float
 
 
 def _overlaps(a: Network, b: Network) -> bool:

@@ -147,6 +147,8 @@ class RedisBackend:
         key_prefix: every key and channel starts with it.
         interest_timeout_s, rematch_cooldown_s, block_ttl_s: the matching rules' timings.
         heartbeat_s, dead_after_s: the server registry's timings.
+        timeout_s: the bound of connecting, of one reply and of a wait for a free
+            pool connection; one call is bounded by ``op_timeout(timeout_s)``.
         clock_offset: seconds added to Redis's clock (tests move time with it).
     """
 

@@ -19,6 +19,7 @@ import os
 import random
 import resource
 import statistics
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -50,6 +51,7 @@ class Options:
     concurrency: int = 100
     rounds: int = 3
     pause: float = 1.0
+    minutes: float = 0.0  # churn: run rounds (at most ``rounds``) until this long has passed
     users: int = 200
     next_after: tuple[float, float] = (5.0, 60.0)
     deflate_offer: bool = True
@@ -71,10 +73,13 @@ def run_scenario(name: str, options: Options) -> dict[str, Any]:
     process, url = start_server(pin, options.server_env, command)
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(options.procs + 1, timeout=BARRIER_TIMEOUT_S)
+    stop = ctx.Event()  # set before the last phase's final barrier: no more phases
     results_queue = ctx.Queue()
     generators = [
         ctx.Process(
-            target=_child, args=(name, options, url, index, barrier, results_queue), daemon=True
+            target=_child,
+            args=(name, options, url, index, barrier, results_queue, stop),
+            daemon=True,
         )
         for index in range(options.procs)
     ]
@@ -84,6 +89,7 @@ def run_scenario(name: str, options: Options) -> dict[str, Any]:
             generator.start()
         result["rss_start_kib"] = rss_kib(process.pid)
         samples: list[dict[str, float]] = []
+        began = time.perf_counter()
         for _ in range(phases(options)):
             barrier.wait()  # the generators are ready
             cpu, rss, start = cpu_seconds(process.pid), rss_kib(process.pid), time.perf_counter()
@@ -98,10 +104,17 @@ def run_scenario(name: str, options: Options) -> dict[str, Any]:
                     "server_runqueue_wait_s": runqueue_wait_s(process.pid) - waited,
                     "server_rss_before_kib": rss,
                     "server_rss_after_kib": rss_kib(process.pid),
+                    "at_s": time.perf_counter() - began,
                     **_stats(url),
                 }
             )
-            barrier.wait()  # sampled: the generators may go on
+            if options.minutes and time.perf_counter() - began >= options.minutes * 60:
+                stop.set()
+            if name == "churn":
+                _progress(options, samples)
+            barrier.wait()  # sampled: the generators may go on (or stop)
+            if stop.is_set():
+                break
         workers = [results_queue.get(timeout=BARRIER_TIMEOUT_S) for _ in generators]
         for generator in generators:
             generator.join(timeout=30)
@@ -120,6 +133,22 @@ def run_scenario(name: str, options: Options) -> dict[str, Any]:
         process.terminate()
         process.wait(timeout=30)
     return result
+
+
+def _progress(options: Options, samples: list[dict[str, float]]) -> None:
+    """One line per churn round on stderr, so a long run shows how it goes."""
+    sample = samples[-1]
+    busy = max(sample["seconds"] - options.pause, 1e-9)
+    print(
+        f"round {len(samples)}: {sample['at_s']:.0f} s, "
+        f"sessions seen {len(samples) * options.sessions}, "
+        f"server RSS {sample['server_rss_after_kib'] / 1024:.1f} MiB, "
+        f"about {options.sessions / 2 / busy:.0f} pairs/s, "
+        f"server CPU {sample['server_cpu_s']:.2f} s, "
+        f"online after {sample.get('stats_online', -1):.0f}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _stats(url: str) -> dict[str, float]:
@@ -147,7 +176,11 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _child(name: str, options: Options, url: str, index: int, barrier: Any, results: Any) -> None:
+def _child(
+    name: str, options: Options, url: str, index: int, barrier: Any, results: Any, stop: Any
+) -> None:
+    global _stop
+    _stop = stop
     raise_fd_limit()
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) >= 2:
@@ -162,6 +195,12 @@ def _child(name: str, options: Options, url: str, index: int, barrier: Any, resu
 
 
 _marks: list[float] = []  # this generator's CPU time at each barrier
+_stop: Any = None  # the parent's "no more phases" event, in a generator process
+
+
+def _stopped() -> bool:
+    """Whether the parent ended the run (checked after a phase's final barrier)."""
+    return _stop is not None and bool(_stop.is_set())
 
 
 async def _barrier(barrier: Any) -> None:
@@ -417,6 +456,8 @@ async def churn_worker(
         )
         await trio.sleep(options.pause)  # sockets close; the server settles
         await _phase_end(barrier)
+        if _stopped():
+            break
     return {"rounds": rounds}
 
 
@@ -437,6 +478,7 @@ def churn_summary(
         rows.append(
             {
                 "round": n + 1,
+                "at_s": round(sample["at_s"], 1),
                 "sessions_matched": matched,
                 "failures": failures,
                 "sessions_seen": seen,

@@ -4,7 +4,9 @@ Every test goes through the ``Backend`` Protocol only, so a new backend runs
 the whole suite by adding its name to the ``backend`` fixture's params:
 
 * ``memory``: time passes through trio's ``autojump_clock`` (the backend
-  measures durations with ``trio.current_time``).
+  measures durations with ``trio.current_time``). Every call the suite makes
+  runs under ``trio.testing.assert_no_checkpoints`` (``NoCheckpoints``): the
+  backend's atomicity claim.
 * ``redis``: one backend on a real redis-server (``redis_support``).
 * ``redis-pair``: two backend instances (two "servers") on one Redis; each
   session's calls go to one of them by its id, so matches, claims and
@@ -18,6 +20,7 @@ every wait.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import itertools
 import random
 import time
@@ -36,11 +39,15 @@ from trio.abc import Clock
 from omiro_trio.backends.base import Backend, Ban, ReportRecord, Stats
 from omiro_trio.backends.memory import MemoryBackend, open_memory_backend
 from omiro_trio.backends.redis import open_redis_backend
-from omiro_trio.matchmaking import Match, Preferences, Waiting
+from omiro_trio.matchmaking import GENERATIONS, Match, Preferences, Waiting
 
 INTEREST_TIMEOUT_S = 10.0
 COOLDOWN_S = 30.0
 BLOCK_TTL_S = 60.0
+# A cooldown or block may end up to one bucket later than its duration (the
+# memory backend's generations; Redis's TTLs are exact): "gone" checks wait this long.
+COOLDOWN_LATE_S = COOLDOWN_S / GENERATIONS
+BLOCK_LATE_S = BLOCK_TTL_S / GENERATIONS
 WAIT_S = 600.0  # virtual seconds under autojump_clock: a hang fails at once
 CLIENT = "192.0.2.50"  # the address group sessions are claimed from, unless a test says
 BACKENDS = ["memory", "redis", "redis-pair"]
@@ -112,6 +119,33 @@ class Split:
         return getattr(self.servers[self._turn], name)
 
 
+class NoCheckpoints:
+    """The memory backend, each async call checked to finish without a checkpoint.
+
+    That is what makes its every method atomic with respect to every other
+    task (``backends/memory.py``). ``run_bus`` is the exception: it runs
+    until cancelled. ``checked`` counts the calls that were checked.
+    """
+
+    LONG_RUNNING = frozenset({"run_bus"})
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+        self.checked = 0
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._backend, name)
+        if name in self.LONG_RUNNING or not inspect.iscoroutinefunction(attr):
+            return attr
+
+        async def checked(*args: Any, **kwargs: Any) -> Any:
+            self.checked += 1
+            with trio.testing.assert_no_checkpoints():
+                return await attr(*args, **kwargs)
+
+        return checked
+
+
 @pytest.fixture(params=BACKENDS)
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -157,7 +191,7 @@ async def backend(
     }
     if kind == "memory":
         async with open_memory_backend(**timings) as opened:
-            yield opened
+            yield NoCheckpoints(opened)  # type: ignore[misc]
         return
     redis: RedisServer = request.getfixturevalue("redis_server")
     options = dict(
@@ -417,7 +451,7 @@ async def test_block_expires_after_block_ttl(
     await elapse(BLOCK_TTL_S - 1)
     await waits(backend, "b")
     await backend.leave("b")
-    await elapse(1)
+    await elapse(1 + BLOCK_LATE_S)
     assert (await matches(backend, "b")).caller == "a"
 
 
@@ -450,7 +484,7 @@ async def test_cooldown_former_partner_fresh_again_after_rematch_cooldown(
     await waits(backend, "a", prefs("music"))
     await elapse(1)
     await waits(backend, "c", prefs("books"))
-    await elapse(COOLDOWN_S - 1)
+    await elapse(COOLDOWN_S - 1 + COOLDOWN_LATE_S)
     # "a" waited longest and is no longer a former partner of "b".
     assert (await matches(backend, "b", prefs("music", "books"))).caller == "a"
 
@@ -677,7 +711,7 @@ async def test_client_block_expires_after_block_ttl(
     await backend.block("a", "b")
     await backend.release_session("a")
     await backend.release_session("b")
-    await elapse(BLOCK_TTL_S + 1)
+    await elapse(BLOCK_TTL_S + BLOCK_LATE_S + 1)
     assert await backend.claim_session("a2", "203.0.113.1")
     assert await backend.claim_session("b2", "203.0.113.2")
     await waits(backend, "a2")
@@ -839,3 +873,55 @@ async def test_memory_report_store_is_bounded_in_bytes() -> None:
     )
     ids = [await store.record_report(_report(n)) for n in range(10)]
     assert [r.id for r in await store.reports(100)] == ids[:6:-1]
+
+
+async def test_no_checkpoints_wrapper_catches_a_call_that_checkpoints() -> None:
+    """The atomicity check above can fail: a call that yields is caught."""
+
+    class Yields:
+        async def join(self) -> None:
+            await trio.lowlevel.checkpoint()
+
+    wrapped = NoCheckpoints(Yields())
+    with pytest.raises(AssertionError):
+        await wrapped.join()
+    assert wrapped.checked == 1
+
+
+async def test_memory_sweep_visits_only_what_expired(autojump_clock: Clock) -> None:
+    """The sweep's work is the expired records, capped per call; never a scan of all."""
+    from omiro_trio.backends import memory
+
+    backend = MemoryBackend(interest_timeout_s=1, rematch_cooldown_s=30, block_ttl_s=60)
+    for n in range(300):
+        assert await backend.hit_rate_limit(f"next:{n}", 1, 60.0) is None
+        await backend.count_reporter(f"198.51.100.{n % 7}", f"203.0.113.{n}", 60.0)
+        await trio.sleep(0.1)
+    assert backend.held_entries() == 600
+    # 75 s after the first: about half of each have ended, the rest run on.
+    await trio.sleep(45.0)
+    visited: list[int] = []
+    original = backend._expire_windows
+
+    def counting(ends: Any, now: float, budget: int) -> int:
+        visited.append(original(ends, now, budget))
+        return visited[-1]
+
+    backend._expire_windows = counting  # type: ignore[method-assign]
+    await backend.sweep()
+    assert 0 < sum(visited) < 300  # only the ended windows were visited
+    assert 0 < backend.held_entries() < 600
+    assert await backend.hit_rate_limit("next:299", 1, 60.0) is not None  # still in force
+    # A budget caps one sweep; the next goes on where it stopped.
+    old_budget = memory.SWEEP_BUDGET
+    memory.SWEEP_BUDGET = 10
+    try:
+        await trio.sleep(60.0)
+        before = backend.held_entries()
+        await backend.sweep()
+        assert before - backend.held_entries() == 10
+    finally:
+        memory.SWEEP_BUDGET = old_budget
+    for _ in range(100):
+        await backend.sweep()
+    assert backend.held_entries() == 0

@@ -20,6 +20,11 @@ RUN_S = 120
 
 
 def bench(tmp_path: Path, *args: str) -> dict[str, Any]:
+    return bench_with_log(tmp_path, *args)[0]
+
+
+def bench_with_log(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
+    """The JSON report and what the run printed on stderr."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMIRO_")}
     result = subprocess.run(
         [OMIRO, "bench", *args, "--json"],
@@ -32,7 +37,7 @@ def bench(tmp_path: Path, *args: str) -> dict[str, Any]:
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     report: dict[str, Any] = json.loads(result.stdout)
-    return report
+    return report, result.stderr
 
 
 @pytest.mark.parametrize("procs", ["1", "2"])
@@ -53,6 +58,24 @@ def test_bench_churn_reports_each_round(tmp_path: Path) -> None:
     assert [r["round"] for r in rounds] == [1, 2, 3]
     assert [r["sessions_seen"] for r in rounds] == [20, 40, 60]
     assert all(r["server_rss_kib"] > 0 and r["online_after"] == 0 for r in rounds)
+
+
+def test_bench_churn_minutes_runs_rounds_until_the_duration(tmp_path: Path) -> None:
+    minutes = 0.01  # 0.6 s; a round takes at least its 0.2 s pause, so 40 never fit
+    report, log = bench_with_log(
+        tmp_path, "churn", "--minutes", str(minutes), "--rounds", "40", "--sessions", "10",
+        "--pause", "0.2", "--procs", "2",
+    )  # fmt: skip
+    rounds = report["rounds"]
+    assert 1 <= len(rounds) < 40
+    # It stopped after the first round that ended past the duration.
+    assert rounds[-1]["at_s"] >= minutes * 60 - 0.05
+    assert all(r["at_s"] <= minutes * 60 + 0.05 for r in rounds[:-1])
+    assert [r["sessions_seen"] for r in rounds] == [10 * (n + 1) for n in range(len(rounds))]
+    # Each round was also printed as it ended.
+    printed = [line for line in log.splitlines() if line.startswith("round ")]
+    assert len(printed) == len(rounds)
+    assert f"sessions seen {10 * len(rounds)}, server RSS" in printed[-1]
 
 
 def test_bench_idle_counts_sockets_and_memory(tmp_path: Path) -> None:

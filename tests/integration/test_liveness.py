@@ -2,43 +2,8 @@
 
 from __future__ import annotations
 
-import socket
-
-import msgspec
 import trio
-import wsproto
-from support import Client, Harness, StartServer, wait_until
-from wsproto.events import AcceptConnection, Request, TextMessage
-
-
-class RawClient:
-    """A WebSocket client that only does what it is told: no pongs, no reading."""
-
-    def __init__(self, stream: trio.SocketStream, ws: wsproto.WSConnection) -> None:
-        self.stream = stream
-        self.ws = ws
-
-    @classmethod
-    async def connect(cls, server: Harness, *, receive_buffer: int | None = None) -> RawClient:
-        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if receive_buffer is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        await sock.connect(("127.0.0.1", server.running.port))
-        stream = trio.SocketStream(sock)
-        ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
-        target = f"/ws?token={server.token()}"
-        await stream.send_all(ws.send(Request(host="127.0.0.1", target=target)))
-        head = b""
-        with trio.fail_after(5):
-            while b"\r\n\r\n" not in head:
-                head += await stream.receive_some(1)  # stop exactly at the head's end
-        ws.receive_data(head)
-        assert any(isinstance(event, AcceptConnection) for event in ws.events())
-        return cls(stream, ws)
-
-    async def send(self, op: str, data: dict[str, object] | None = None) -> None:
-        frame = msgspec.json.encode({"op": op, "data": data or {}}).decode()
-        await self.stream.send_all(self.ws.send(TextMessage(data=frame)))
+from support import Client, RawClient, StartServer, wait_until
 
 
 async def test_dead_peer_dropped_within_idle_timeout(start_server: StartServer) -> None:

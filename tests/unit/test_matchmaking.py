@@ -12,7 +12,7 @@ import itertools
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -23,11 +23,24 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from omiro_trio.matchmaking import GENERAL, Match, Matchmaker, Preferences, Waiting
+from omiro_trio.matchmaking import (
+    GENERAL,
+    GENERATIONS,
+    ExpiringKeys,
+    Match,
+    Matchmaker,
+    Preferences,
+    Waiting,
+    pair_key,
+)
 
 INTEREST_TIMEOUT_S = 10.0
 COOLDOWN_S = 30.0
 BLOCK_TTL_S = 60.0
+# Cooldowns and blocks end at least their duration after they start, and
+# up to one bucket (a GENERATIONS-th of it) later.
+COOLDOWN_LATE_S = COOLDOWN_S / GENERATIONS
+BLOCK_LATE_S = BLOCK_TTL_S / GENERATIONS
 
 
 def matchmaker(
@@ -420,11 +433,11 @@ def test_block_expires_after_block_ttl() -> None:
     mm = matchmaker()
     mm.block("a", "b", 0.0)
     assert mm.is_blocked("a", "b", BLOCK_TTL_S - 0.001)
-    assert not mm.is_blocked("a", "b", BLOCK_TTL_S)
+    assert not mm.is_blocked("a", "b", BLOCK_TTL_S + BLOCK_LATE_S)
     waits(mm.join("a", prefs(), BLOCK_TTL_S - 1))
     waits(mm.join("b", prefs(), BLOCK_TTL_S - 0.5))
-    mm.leave("b", BLOCK_TTL_S)
-    match = matched(mm.join("b", prefs(), BLOCK_TTL_S))
+    mm.leave("b", BLOCK_TTL_S + BLOCK_LATE_S)
+    match = matched(mm.join("b", prefs(), BLOCK_TTL_S + BLOCK_LATE_S))
     assert (match.caller, match.callee) == ("a", "b")
 
 
@@ -433,7 +446,7 @@ def test_block_renewed_extends_the_ttl() -> None:
     mm.block("a", "b", 0.0)
     mm.block("b", "a", 30.0)
     assert mm.is_blocked("a", "b", BLOCK_TTL_S + 1)
-    assert not mm.is_blocked("a", "b", 30.0 + BLOCK_TTL_S)
+    assert not mm.is_blocked("a", "b", 30.0 + BLOCK_TTL_S + BLOCK_LATE_S)
 
 
 def test_block_does_not_affect_other_pairs() -> None:
@@ -501,7 +514,7 @@ def test_cooldown_former_partner_matched_when_the_others_are_unavailable() -> No
 
 @pytest.mark.parametrize(
     ("now", "taken"),
-    [(COOLDOWN_S - 0.001, "c"), (COOLDOWN_S, "a"), (COOLDOWN_S + 5, "a")],
+    [(COOLDOWN_S - 0.001, "c"), (COOLDOWN_S + COOLDOWN_LATE_S, "a"), (COOLDOWN_S + 5, "a")],
 )
 def test_cooldown_former_partner_fresh_again_after_rematch_cooldown(now: float, taken: str) -> None:
     mm = matchmaker()
@@ -530,11 +543,11 @@ def test_prune_forgets_expired_cooldowns_and_blocks() -> None:
     mm = matchmaker()
     former_partners(mm, "a", "b", 0.0)
     mm.block("c", "d", 0.0)
-    mm.prune(max(COOLDOWN_S, BLOCK_TTL_S))
+    assert mm.held_entries() == 2
+    mm.prune(BLOCK_TTL_S + BLOCK_LATE_S)
     # Nothing observable changes (expired entries already act as absent):
-    # what prune is for is the memory, so look at the tables.
-    assert mm._recent == {}
-    assert mm._blocks == {}
+    # what prune is for is the memory, so count what is kept.
+    assert mm.held_entries() == 0
 
 
 def test_prune_keeps_cooldowns_and_blocks_still_running() -> None:
@@ -553,8 +566,8 @@ def test_prune_forgets_only_the_expired_ones() -> None:
     mm = matchmaker()
     mm.block("a", "b", 0.0)
     mm.block("a", "c", BLOCK_TTL_S)
-    mm.prune(BLOCK_TTL_S)
-    assert len(mm._blocks) == 1
+    mm.prune(BLOCK_TTL_S + BLOCK_LATE_S)
+    assert mm.held_entries() == 1
     assert mm.is_blocked("a", "c", BLOCK_TTL_S + 1)
 
 
@@ -701,6 +714,9 @@ class MatchmakerMachine(RuleBasedStateMachine):
         self.blocks: dict[frozenset[str], float] = {}
         self.cooldowns: dict[frozenset[str], float] = {}
         self.excused: set[frozenset[str]] = set()
+        # The documented end of a cooldown or block started now (see ExpiringKeys).
+        self.cooldown_rule = ExpiringKeys(COOLDOWN_S)
+        self.block_rule = ExpiringKeys(BLOCK_TTL_S)
 
     # -- model helpers ---------------------------------------------------
 
@@ -771,7 +787,9 @@ class MatchmakerMachine(RuleBasedStateMachine):
             match = self.matches.pop(sid)
             assert result is match
             del self.matches[match.partner_of(sid)]
-            self.cooldowns[_pair(match.caller, match.callee)] = self.now + COOLDOWN_S
+            self.cooldowns[_pair(match.caller, match.callee)] = self.cooldown_rule.expires_at(
+                self.now
+            )
         else:
             assert result is None
 
@@ -838,7 +856,7 @@ class MatchmakerMachine(RuleBasedStateMachine):
         if a == b:
             return
         self.mm.block(a, b, self.now)
-        self.blocks[_pair(a, b)] = self.now + BLOCK_TTL_S
+        self.blocks[_pair(a, b)] = self.block_rule.expires_at(self.now)
         assert self.mm.is_blocked(a, b, self.now)
 
     @rule(step_s=st.sampled_from(STEPS_S))
@@ -910,21 +928,84 @@ def test_matchmaker_state_machine_keeps_invariants() -> None:
     )
 
 
-def test_prune_visits_only_the_expired_head() -> None:
+def test_prune_drops_whole_generations_so_its_work_is_bounded() -> None:
+    """However many pairs a busy server forms, a prune touches few generations."""
     mm = matchmaker()
-    for n in range(100):
-        mm.block("a", f"x{n}", float(n))
-    mm.block("a", "x0", 1000.0)  # renewed: it moves behind the others
-    visited: list[object] = []
+    pairs_per_s = 50
+    for second in range(int(COOLDOWN_S * 4)):
+        for n in range(pairs_per_s):
+            former_partners(mm, f"a{second}-{n}", f"b{second}-{n}", float(second))
+        # Every prune drops at most a few whole sets, however many pairs they hold.
+        assert mm.prune(float(second)) <= 1
+        assert mm._recent.generation_count() <= GENERATIONS + 1
+        # Only the cooldowns of about the last COOLDOWN_S (+ a bucket) are kept.
+        assert mm.held_entries() <= pairs_per_s * (COOLDOWN_S + COOLDOWN_LATE_S + 1)
+    assert mm.in_cooldown("a100-0", "b100-0", 100.0 + COOLDOWN_S - 0.001)
+    assert not mm.in_cooldown("a0-0", "b0-0", COOLDOWN_S + COOLDOWN_LATE_S)
 
-    class Counting(dict):  # type: ignore[type-arg]
-        def items(self):  # type: ignore[no-untyped-def, override]
-            for item in super().items():
-                visited.append(item)
-                yield item
 
-    mm._blocks = Counting(mm._blocks)
-    assert mm.prune(9.0 + BLOCK_TTL_S) == 9  # x1..x9 have run out; x0 was renewed
-    assert len(visited) == 10  # the nine expired and the first still running
-    assert mm.is_blocked("a", "x0", 999.0 + BLOCK_TTL_S)
-    assert not mm.is_blocked("a", "x5", 9.0 + BLOCK_TTL_S)
+@given(
+    start=st.floats(min_value=-1e6, max_value=1e6, allow_nan=False),
+    ttl_s=st.sampled_from([0.5, COOLDOWN_S, 300.0, 86400.0]),
+    early_s=st.floats(min_value=1e-6, max_value=1.0),
+)
+def test_expiring_keys_hold_at_least_the_ttl_and_at_most_one_bucket_more(
+    start: float, ttl_s: float, early_s: float
+) -> None:
+    keys = ExpiringKeys(ttl_s)
+    key = pair_key("a", "b")
+    keys.add(key, start)
+    early = start + ttl_s - min(early_s, ttl_s)
+    assert keys.holds(key, early)
+    assert keys.holds(key, start)
+    keys.prune(early)
+    assert keys.holds(key, early)
+    late = start + ttl_s + keys.bucket_s
+    assert not keys.holds(key, late)
+    assert keys.prune(late) == 1
+    assert len(keys) == 0
+
+
+def test_pair_key_is_symmetric_and_keeps_no_string() -> None:
+    a, b = "".join(["x"] * 36), "".join(["y"] * 36)
+    assert pair_key(a, b) == pair_key(b, a)
+    assert pair_key(a, b) != pair_key(a, "z")
+    assert isinstance(pair_key(a, b), int)
+    assert pair_key(a, b).bit_length() <= 64
+
+
+def test_cooldown_entry_is_far_smaller_than_a_tuple_of_two_ids() -> None:
+    """Bytes per cooldown: a set entry, then 8 bytes once sealed; not a tuple of two ids."""
+    import sys
+    import uuid
+
+    count = 4000
+    mm = matchmaker(rematch_cooldown_s=300.0)
+    ids = [str(uuid.uuid4()) for _ in range(2 * count)]
+    for n in range(count):
+        former_partners(mm, ids[2 * n], ids[2 * n + 1], 1.0)
+    # The old record: a 2-tuple of the two id strings (kept alive by it) and a float.
+    old = sys.getsizeof((ids[0], ids[1])) + 2 * sys.getsizeof(ids[0]) + sys.getsizeof(1.0)
+    (_, keys), *_ = mm._recent._generations
+    assert isinstance(keys, set)
+    assert len(keys) == count
+    open_bytes = (sys.getsizeof(keys) + sum(sys.getsizeof(k) for k in keys)) / count
+    assert open_bytes < old / 2
+    # A pair in the next bucket seals the first generation into a sorted array.
+    former_partners(mm, "x", "y", 1.0 + mm.cooldown_bucket_s)
+    (_, sealed), *_ = mm._recent._generations
+    assert not isinstance(sealed, set)
+    assert len(sealed) == count
+    assert sys.getsizeof(sealed) / count < 9
+    assert mm.in_cooldown(ids[0], ids[1], 2.0)  # still found, by bisection
+    assert mm.in_cooldown(ids[1], ids[0], 2.0)
+    assert not mm.in_cooldown(ids[0], ids[3], 2.0)
+
+
+def test_expiring_keys_stay_bounded_without_a_prune() -> None:
+    keys = ExpiringKeys(COOLDOWN_S)
+    for n in range(2000):
+        keys.add(n, n * 0.1)  # 200 s: more than six lifetimes, never pruned by hand
+        assert keys.generation_count() <= GENERATIONS + 1
+    assert keys.holds(1999, 199.9 + COOLDOWN_S - 0.001)
+    assert not keys.holds(0, 199.9)
