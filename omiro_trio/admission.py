@@ -25,8 +25,8 @@ CONCURRENT_LIMIT_RETRY_S = 5
 class SocketSlot:
     """The ``sockets_per_ip`` slot an upgrade holds, if it took one.
 
-    ``admit`` takes it; the front door gives it back when the connection
-    ends, however it ends.
+    ``admit`` takes it; the WebSocket handler gives it back
+    (``release_slot``) when the connection ends, however it ends.
     """
 
     __slots__ = ("client",)
@@ -35,9 +35,9 @@ class SocketSlot:
         self.client: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # (not frozen: a frozen dataclass costs more to build, per request)
 class RequestHead:
-    """The parts of the upgrade request the handshake checks need."""
+    """The parts of a request head the checks need; nothing changes them once read."""
 
     target: str
     headers: dict[str, list[str]]  # lower-case name -> values in order
@@ -75,7 +75,14 @@ def peer_ip(stream: trio.abc.Stream) -> str:
 
 
 def websocket_client(ctx: ServerContext, stream: trio.abc.Stream, head: RequestHead) -> str:
-    """The client (address group) of an upgrade request: see ``addresses.client_ip``."""
+    """The client (address group) of a request: see ``addresses.client_ip``.
+
+    A stream from a peer that is not a trusted proxy carries its client as
+    the front door computed it on accept (``client``): the same answer.
+    """
+    known = getattr(stream, "client", None)
+    if isinstance(known, str):
+        return known
     server = ctx.config.server
     named = head.header(server.client_ip_header.lower()) if server.client_ip_header else None
     ip = client_ip(
@@ -94,7 +101,7 @@ async def admit(ctx: ServerContext, head: RequestHead, ip: str) -> str | Rejecti
     try:
         return await _checks(ctx, head, ip)
     except BackendUnavailable:
-        await release_slot(ctx, head)
+        await release_slot(ctx, head.slot)
         return Rejection(
             503,
             {"error": "unavailable", "message": "the service is briefly unavailable"},
@@ -133,21 +140,21 @@ async def _checks(ctx: ServerContext, head: RequestHead, ip: str) -> str | Rejec
         head.slot.client = ip
     verdict = await _check_token(ctx, head, ip)
     if isinstance(verdict, Rejection):
-        await release_slot(ctx, head)
+        await release_slot(ctx, head.slot)
     return verdict
 
 
-async def release_slot(ctx: ServerContext, head: RequestHead) -> None:
-    """Give back the socket slot ``admit`` took for this upgrade, if any.
+async def release_slot(ctx: ServerContext, slot: SocketSlot) -> None:
+    """Give back the socket slot ``admit`` took for an upgrade, if it took one.
 
     Runs shielded (a closing connection is often being cancelled); the
     backend call has its own deadline. A backend that does not answer keeps
     the slot until the server's next ``sync`` repairs it.
     """
-    client = head.slot.client
+    client = slot.client
     if client is None:
         return
-    head.slot.client = None
+    slot.client = None
     with trio.CancelScope(shield=True), suppress(BackendUnavailable):
         await ctx.backend.release_socket(client)
 

@@ -32,12 +32,21 @@ from collections.abc import Callable
 
 import msgspec
 import trio
+from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
 from omiro_trio import protocol, wsengine
-from omiro_trio.admission import Rejection, RequestHead, admit, websocket_client
+from omiro_trio.admission import (
+    Rejection,
+    RequestHead,
+    SocketSlot,
+    admit,
+    release_slot,
+    websocket_client,
+)
 from omiro_trio.codes import CloseCode
 from omiro_trio.context import ServerContext
+from omiro_trio.httpstream import ReplayStream, plain_response
 from omiro_trio.hub import Hub, Session
 from omiro_trio.session_core import (
     Action,
@@ -59,95 +68,153 @@ log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 2.0
+_NOT_HTTP = plain_response(400, "bad_request", "the upgrade request is not valid HTTP/1.1")
 
 
 async def serve_connection(
-    ctx: ServerContext, engine: Engine, stream: trio.abc.Stream, head: RequestHead
+    ctx: ServerContext, engine: Engine, stream: trio.abc.Stream, head: RequestHead | None
 ) -> None:
     """Handle one ``/ws`` upgrade request on ``stream`` until the socket closes.
 
     ``stream`` is a socket stream (it has ``.socket``) whose first reads
-    return the request head the front door already read. It is closed
-    before returning, whatever happens.
+    return the request head the front door already read; ``head`` is that
+    head when the front door parsed it already, else None (the handshake
+    parses it). The stream is closed, and the ``sockets_per_ip`` slot the
+    checks took is given back, before returning, whatever happens.
     """
     raw: socket.socket | None = None
+    slot = head.slot if head is not None else SocketSlot()
     try:
-        trio_socket = getattr(stream, "socket", None)
-        if trio_socket is None:
-            raise TypeError("the /ws engine needs a socket stream")
-        ip = websocket_client(ctx, stream, head)
-        # The same descriptor, for non-blocking reads and writes without
-        # trio's wrappers; detached (never closed) below: trio owns the fd.
-        raw = socket.socket(fileno=trio_socket.fileno())
-        raw.setblocking(False)
-        accepted = await _handshake(ctx, stream, raw, head, ip)
+        raw = _raw_socket(stream)
+        accepted = await _handshake(ctx, stream, raw, head, slot)
         if accepted is not None:
             # The request and response died with the handshake's frame: an
             # idle socket keeps only its session and engine connection.
-            await _open_session(ctx, engine, raw, *accepted, ip)
+            await _open_session(ctx, engine, raw, *accepted)
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the client went away
     finally:
         if raw is not None:
             raw.detach()
-        with trio.CancelScope(shield=True):
-            await stream.aclose()
+        await release_slot(ctx, slot)  # (shielded, when there is one to give back)
+        if isinstance(stream, ReplayStream):
+            stream.close()
+        else:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+
+def _raw_socket(stream: trio.abc.Stream) -> socket.socket:
+    """The stream's descriptor, for non-blocking reads and writes without trio's wrappers.
+
+    The caller detaches it (never closes it): trio owns the descriptor.
+    """
+    trio_socket = getattr(stream, "socket", None)
+    if trio_socket is None:
+        raise TypeError("the /ws engine needs a socket stream")
+    raw = socket.socket(fileno=trio_socket.fileno())
+    raw.setblocking(False)
+    return raw
 
 
 async def _handshake(
     ctx: ServerContext,
     stream: trio.abc.Stream,
     raw: socket.socket,
-    head: RequestHead,
-    ip: str,
-) -> tuple[ServerProtocol, str] | None:
-    """Read the upgrade request and run the checks; the protocol and session id, or None.
+    head: RequestHead | None,
+    slot: SocketSlot,
+) -> tuple[ServerProtocol, str, str] | None:
+    """Read the upgrade request and run the checks; the protocol, session id and client.
 
     A refused upgrade is answered here (plain HTTP) and gives None.
     """
     proto = wsengine.new_protocol(ctx.config.server.max_frame_bytes)
+    request = await _read_request(stream, raw, proto)
+    if request is None:
+        return None
+    if head is None:
+        head = head_of(request, slot)
+    response = proto.accept(request)
+    if response.status_code != 101:
+        await _write_refusal(raw, wsengine.response_bytes(proto, response))
+        return None
+    ip = websocket_client(ctx, stream, head)
+    verdict = await admit(ctx, head, ip)
+    if isinstance(verdict, Rejection):
+        ctx.metrics.rejections.labels(str(verdict.status)).inc()
+        await _write_refusal(raw, _rejection_bytes(proto, verdict))
+        return None
+    proto.send_response(response)  # written by the engine, before hello
+    return proto, verdict, ip
+
+
+async def _read_request(
+    stream: trio.abc.Stream, raw: socket.socket, proto: ServerProtocol
+) -> Request | None:
+    """The upgrade request, parsed by ``proto`` within ``HANDSHAKE_TIMEOUT_S``, or None.
+
+    What the front door already read usually holds the whole request: it is
+    parsed first, with no read to wait for. A request the parser refuses is
+    answered here (a plain HTTP 4xx).
+    """
+    prefix = stream.take_prefix() if isinstance(stream, ReplayStream) else b""
+    request = None
+    if prefix:
+        proto.receive_data(prefix)
+        request = wsengine.handshake_request(proto)
+    if request is None and proto.handshake_exc is None:
+        request = await _read_more(stream, proto)
+    if request is None:
+        if proto.handshake_exc is not None:
+            # websockets answers a head too large (413/414/431); a head that
+            # is not HTTP it just closes: that one gets h11's answer, 400.
+            answer = b"".join(proto.data_to_send())
+            await _write_refusal(raw, answer or _NOT_HTTP)
+        return None
+    # Frames pipelined behind the request may have broken the protocol before
+    # the upgrade was answered: then the protocol gave up, and no answer can
+    # follow.
+    return None if proto.eof_sent else request
+
+
+async def _read_more(stream: trio.abc.Stream, proto: ServerProtocol) -> Request | None:
+    """Read until ``proto`` has a request or has refused one; None at end of file or deadline."""
     with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
-        request = None
-        # The first read takes all the front door replays (``None``: no size
-        # cap), so nothing it read stays behind when the engine takes over
-        # the socket.
+        # The first read takes all a replaying stream holds (``None``: no
+        # size cap), so nothing stays behind when the engine takes the socket.
         max_bytes: int | None = None
-        while request is None:
+        while True:
             data = await stream.receive_some(max_bytes)
             max_bytes = wsengine.RECEIVE_BYTES
             if not data:
                 return None
             proto.receive_data(data)
             request = wsengine.handshake_request(proto)
-            if request is None and proto.handshake_exc is not None:
-                await _write_refusal(raw, b"".join(proto.data_to_send()))
-                return None
-    if request is None:
-        return None
-    if proto.eof_sent:
-        # Frames pipelined behind the request broke the protocol before the
-        # upgrade was answered: the protocol gave up, and no answer can follow.
-        return None
-    response = proto.accept(request)
-    if response.status_code != 101:
-        await _write_refusal(raw, wsengine.response_bytes(proto, response))
-        return None
-    verdict = await admit(ctx, head, ip)
-    if isinstance(verdict, Rejection):
-        ctx.metrics.rejections.labels(str(verdict.status)).inc()
-        refusal = proto.reject(verdict.status, "")
-        body = msgspec.json.encode(verdict.body)
-        refusal.body = body
-        del refusal.headers["Content-Type"]
-        del refusal.headers["Content-Length"]
-        refusal.headers["Content-Type"] = "application/json"
-        refusal.headers["Content-Length"] = str(len(body))
-        if verdict.retry_after_s is not None:
-            refusal.headers["Retry-After"] = str(verdict.retry_after_s)
-        await _write_refusal(raw, wsengine.response_bytes(proto, refusal))
-        return None
-    proto.send_response(response)  # written by the engine, before hello
-    return proto, verdict
+            if request is not None or proto.handshake_exc is not None:
+                return request
+    return None
+
+
+def head_of(request: Request, slot: SocketSlot) -> RequestHead:
+    """The checks' view of an upgrade request ``websockets`` parsed."""
+    headers: dict[str, list[str]] = {}
+    for name, value in request.headers.raw_items():
+        headers.setdefault(name.lower(), []).append(value)
+    return RequestHead(request.path, headers, method="GET", slot=slot)
+
+
+def _rejection_bytes(proto: ServerProtocol, verdict: Rejection) -> bytes:
+    """The plain HTTP response refusing an upgrade: a JSON body, Retry-After when given."""
+    refusal = proto.reject(verdict.status, "")
+    body = msgspec.json.encode(verdict.body)
+    refusal.body = body
+    del refusal.headers["Content-Type"]
+    del refusal.headers["Content-Length"]
+    refusal.headers["Content-Type"] = "application/json"
+    refusal.headers["Content-Length"] = str(len(body))
+    if verdict.retry_after_s is not None:
+        refusal.headers["Retry-After"] = str(verdict.retry_after_s)
+    return wsengine.response_bytes(proto, refusal)
 
 
 async def _open_session(

@@ -16,6 +16,7 @@ too, so both paths give the same JSON, headers, limits and errors.
 from __future__ import annotations
 
 import email.utils
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from http import HTTPStatus
@@ -27,6 +28,7 @@ import trio
 from omiro_trio.admission import RequestHead, websocket_client
 from omiro_trio.context import ServerContext
 from omiro_trio.errors import BackendUnavailable
+from omiro_trio.httpstream import ReplayStream
 
 SESSION_PATH = "/session/new"
 WRITE_TIMEOUT_S = 10.0
@@ -78,19 +80,30 @@ def route(ctx: ServerContext, head: RequestHead) -> Handler | None:
     return None
 
 
+_SECURITY_LINES = "".join(f"{name}: {value}\r\n" for name, value in SECURITY_HEADERS.items())
+_date = (0, "")  # (unix second, its HTTP date): one formatting a second
+
+
+def _http_date() -> str:
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, email.utils.formatdate(now, usegmt=True))
+    return _date[1]
+
+
 def render(status: int, body: dict[str, Any], headers: dict[str, str]) -> bytes:
     """A complete HTTP/1.1 response with a JSON body; the connection closes after it."""
     payload = _encoder.encode(body) + b"\n"
-    lines = [
-        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
-        "content-type: application/json",
-        f"content-length: {len(payload)}",
-        f"date: {email.utils.formatdate(usegmt=True)}",
-        "connection: close",
-        *(f"{name}: {value}" for name, value in headers.items()),
-        *(f"{name}: {value}" for name, value in SECURITY_HEADERS.items()),
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(payload)}\r\n"
+        f"date: {_http_date()}\r\n"
+        f"connection: close\r\n{extra}{_SECURITY_LINES}\r\n"
+    )
+    return head.encode("latin-1") + payload
 
 
 async def serve_session_new(ctx: ServerContext, stream: trio.abc.Stream, head: RequestHead) -> None:
@@ -104,8 +117,13 @@ async def serve_session_new(ctx: ServerContext, stream: trio.abc.Stream, head: R
             "error": "unavailable",
             "message": "the backend is not answering; try again shortly",
         }
+    data = render(status, body, headers)
+    if isinstance(stream, ReplayStream):
+        data = stream.send_nowait(data)  # usually all of it: no deadline to set
+    if not data:
+        return
     with trio.move_on_after(WRITE_TIMEOUT_S):
         try:
-            await stream.send_all(render(status, body, headers))
+            await stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return

@@ -2,14 +2,15 @@
 
 The front door is the connection boundary. Its rules, each structural:
 
-* **Crash isolation.** Everything that serves one TCP connection runs inside
-  that connection's own nursery, opened by ``FrontDoor.handle``; whatever it
-  raises ends that connection and nothing else. Expected network failures
-  (resets, broken pipes, deadlines, the peer closing) end it silently;
-  anything else is logged once, with its traceback, and counted in
-  ``omiro_connection_failures_total``. ``trio.Cancelled`` is never caught:
-  ``except*`` takes only ``Exception``s out of a group, so a cancellation
-  mixed with an error still propagates.
+* **Crash isolation.** ``FrontDoor.handle`` serves one TCP connection and
+  is its boundary: whatever serves the connection (the fast path, hypercorn
+  and its task group, the WebSocket session and its nursery) runs inside
+  that call, so whatever it raises ends that connection and nothing else.
+  Expected network failures (resets, broken pipes, deadlines, the peer
+  closing) end it silently; anything else is logged once, with its
+  traceback, and counted in ``omiro_connection_failures_total``.
+  ``trio.Cancelled`` is never caught: ``except*`` takes only ``Exception``s
+  out of a group, so a cancellation mixed with an error still propagates.
 * **Limits from the first byte.** The peer address is read once, on accept
   (a socket reset before that has no address, and is just closed); at most
   ``server.connections_per_ip`` connections per client (address group) are
@@ -21,26 +22,33 @@ The front door is the connection boundary. Its rules, each structural:
   request within ``KEEPALIVE_TIMEOUT_S`` of the last response; a response
   write must finish within ``SEND_TIMEOUT_S``. The WebSocket path has its own
   (``connection.py``: handshake, idle pings, close handshake).
-* **One routing rule per request.** ``HttpStream`` is the stream hypercorn
-  reads from: it parses each request's boundaries with h11 and hands
-  hypercorn one request at a time. hypercorn reads again only once its
-  response to the previous request is complete (h11 pauses until then), so
-  when the next head is a ``/ws`` upgrade the stream ends hypercorn's side
-  (end of file, and ``aclose`` becomes a no-op) and the front door gives the
-  socket, with the bytes already read, to the WebSocket path.
+* **One routing rule per request.** A connection's first head is read whole
+  (``read_head``: up to its blank line) and routed on its request line: a
+  ``GET /ws`` goes, as bytes, to the WebSocket path, whose handshake parser
+  (``websockets``) reads it once; a plain ``GET /session/new`` head
+  (``httpstream.simple_get``) goes to the fast path (``fastpath.py``);
+  everything else is parsed by h11 in ``HttpStream`` (``httpstream.py``),
+  which refuses what the HTTP app must not see, sends a ``/session/new``
+  h11 had to read to the fast path too, and hands hypercorn the rest one
+  request at a time. A ``/ws`` upgrade later on a kept-alive connection
+  ends hypercorn's side and goes to the WebSocket path with the bytes
+  already read.
+* **Accepting.** Connections already waiting are accepted in one wake-up
+  (a checkpoint every ``ACCEPT_BATCH``), with the peer address ``accept``
+  gives.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import math
+import os
+import re
+import socket
 from collections.abc import Awaitable, Callable
-from functools import partial
-from http import HTTPStatus
+from functools import lru_cache, partial
 
 import h11
-import msgspec
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio.tcp_server import TCPServer
@@ -51,6 +59,18 @@ from wsproto.utilities import LocalProtocolError as WsLocalProtocolError
 
 from omiro_trio.addresses import Network, address_group, in_networks
 from omiro_trio.admission import RequestHead
+from omiro_trio.httpstream import (
+    MAX_HEAD_BYTES,
+    RECEIVE_BYTES,
+    WS_PATH,
+    HttpStream,
+    ReplayStream,
+    Timeouts,
+    is_websocket_upgrade,
+    parse_head,
+    refusal_for,
+    simple_get,
+)
 from omiro_trio.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -60,10 +80,37 @@ BODY_TIMEOUT_S = 30.0
 KEEPALIVE_TIMEOUT_S = 30.0
 SEND_TIMEOUT_S = 30.0
 STALL_TIMEOUT_S = 60.0  # an HTTP connection with no read or write this long ends
-MAX_HEAD_BYTES = 16384
-RECEIVE_BYTES = 65536
-WS_PATH = "/ws"
 ACCEPT_RETRY_S = 0.1  # after EMFILE and the like: let connections end, then accept again
+ACCEPT_BATCH = 16  # connections accepted in a row before the loop yields
+GROUPS_KEPT = 65536  # peer addresses whose address group is remembered
+
+# A pure function of its arguments, asked again for every connection of a client.
+_address_group = lru_cache(maxsize=GROUPS_KEPT)(address_group)
+
+# As trio's SocketListener: a closed listener, and a connection that failed
+# before accept returned it (nothing to serve, nothing to report).
+_CLOSED_ERRNOS = frozenset({errno.EBADF})
+_IGNORED_ACCEPT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EPERM",
+        "ECONNABORTED",
+        "EPROTO",
+        "ENETDOWN",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+        "ENOSR",
+        "ESOCKTNOSUPPORT",
+        "EPROTONOSUPPORT",
+        "ETIMEDOUT",
+        "ECONNRESET",
+    )
+    if hasattr(errno, name)
+)
 
 EXPECTED_FAILURES: tuple[type[BaseException], ...] = (
     OSError,  # resets, ENOTCONN, EPIPE
@@ -78,280 +125,69 @@ EXPECTED_FAILURES: tuple[type[BaseException], ...] = (
 )
 """What a connection may die of without it being our bug: ended silently."""
 
-WebSocketHandler = Callable[[trio.abc.Stream, RequestHead], Awaitable[None]]
+WebSocketHandler = Callable[[trio.abc.Stream, RequestHead | None], Awaitable[None]]
+"""Serves one ``/ws`` upgrade on a stream whose first reads replay the request
+head; the head is given when h11 parsed it already, else None (the handler
+parses it). The handler closes the stream and gives back what it reserved."""
+
+FastHandler = Callable[[trio.abc.Stream, RequestHead], Awaitable[None]]
+"""Answers one plain request (``fastpath.py``); the front door closes the stream."""
+
+__all__ = [
+    "WS_PATH",
+    "ConnectionCounter",
+    "FrontDoor",
+    "ReplayStream",
+    "parse_head",
+    "read_head",
+]
+
+_HEAD_END = re.compile(rb"\n\r?\n")  # the blank line after a head, as h11 finds it
+_WS_REQUEST_LINE = (f"GET {WS_PATH} ".encode(), f"GET {WS_PATH}?".encode())
 
 
-class ReplayStream(trio.abc.HalfCloseableStream):
-    """A socket stream that first returns ``prefix``, the bytes already read from it.
+async def read_head(stream: trio.SocketStream, timeout_s: float = HEAD_TIMEOUT_S) -> bytes:
+    """The bytes of a connection's first request head, read within ``timeout_s``.
 
-    ``peer`` is the remote address read when the connection was accepted.
+    Reads until the blank line that ends a head, more than
+    ``MAX_HEAD_BYTES``, end of file or the deadline, and returns everything
+    read (possibly more than the head: pipelined bytes stay with it). A head
+    already in the socket's buffer, the usual case, is taken in one
+    non-blocking read, without a deadline to set.
     """
-
-    def __init__(self, stream: trio.SocketStream, prefix: bytes, peer: str) -> None:
-        self._stream = stream
-        self._prefix = prefix
-        self.peer = peer
-        self.socket = stream.socket  # hypercorn and trio-websocket read the peer from it
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            await trio.lowlevel.checkpoint()
-            size = len(self._prefix) if max_bytes is None else max_bytes
-            chunk, self._prefix = self._prefix[:size], self._prefix[size:]
-            return chunk
-        return await self._stream.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-
-def to_head(event: h11.Request) -> RequestHead:
-    headers: dict[str, list[str]] = {}
-    for name, value in event.headers:
-        headers.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
-    return RequestHead(event.target.decode("latin-1"), headers, method=event.method.decode())
-
-
-def parse_head(data: bytes) -> RequestHead | None:
-    """The request line and headers, or None when h11 cannot read them."""
-    connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+    data = bytearray()
     try:
-        connection.receive_data(data)
-        event = connection.next_event()
-    except h11.RemoteProtocolError:
-        return None
-    if not isinstance(event, h11.Request):
-        return None
-    return to_head(event)
-
-
-def is_websocket_upgrade(head: RequestHead) -> bool:
-    path = head.target.split("?", 1)[0]
-    upgrade = ",".join(head.headers.get("upgrade", [])).lower()
-    return head.method == "GET" and path == WS_PATH and "websocket" in upgrade
-
-
-def _plain_response(status: int, code: str, message: str) -> bytes:
-    body = msgspec.json.encode({"error": code, "message": message})
-    reason = HTTPStatus(status).phrase
-    return (
-        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
-    ).encode() + body
-
-
-def refusal_for(head: RequestHead) -> bytes | None:
-    """The answer to a request the HTTP app must not see, or None to pass it on.
-
-    The app serves plain requests only: ``CONNECT`` and protocol upgrades
-    other than ``/ws`` (WebSocket elsewhere, h2c) would leave hypercorn
-    waiting on a protocol switch that never comes.
-    """
-    if head.method == "CONNECT":
-        return _plain_response(405, "method_not_allowed", "CONNECT is not served")
-    if head.headers.get("upgrade"):
-        return _plain_response(400, "bad_request", f"only {WS_PATH} accepts an upgrade (GET)")
-    return None
-
-
-class HttpStream(trio.abc.HalfCloseableStream):
-    """The socket as hypercorn sees it: one request at a time, every wait bounded.
-
-    Reads a request's head whole (``read_head``) before any of it is handed
-    on, so each request can be routed; then hands hypercorn that request's
-    bytes only. A ``/ws`` upgrade that arrives later on the connection is kept
-    back: hypercorn gets end-of-file, ``handoff`` holds the head and the bytes
-    read, and closing this stream leaves the socket open for the WebSocket
-    path. Requests h11 cannot parse, and anything after a request that asks
-    to switch protocols, pass through unparsed (hypercorn answers them).
-
-    Args:
-        stream: the accepted socket.
-        peer: its remote address.
-    """
-
-    def __init__(self, stream: trio.SocketStream, peer: str) -> None:
-        self._stream = stream
-        self.peer = peer
-        self.socket = stream.socket  # hypercorn reads the peer from it
-        self._parser: h11.Connection | None = None  # the current request's
-        self._pending = bytearray()  # read, fed to the parser, not yet handed on
-        self._ready = bytearray()  # hypercorn's next bytes
-        self._complete = True  # the current request was handed on whole
-        self._broken = False  # a body h11 could not parse: no more bytes for hypercorn
-        self.refusal: bytes | None = None  # the answer to a head h11 could not parse
-        self._body_deadline = math.inf
-        self.handoff: tuple[RequestHead, bytes] | None = None
-        # hypercorn may write an error response while another write is under
-        # way, and may call send_eof during a write: one writer at a time.
-        self._sending = trio.Lock()
-        self._reads = 0  # socket reads so far (each one a checkpoint)
-        self.watchdog: trio.CancelScope | None = None  # moved on by every read and write
-
-    # -- reading requests ----------------------------------------------
-
-    def _progress(self) -> None:
-        # Moving a deadline costs a heap update: do it at most once a second.
-        if self.watchdog is not None:
-            deadline = trio.current_time() + STALL_TIMEOUT_S
-            if deadline - self.watchdog.deadline > 1.0:
-                self.watchdog.deadline = deadline
-
-    async def _receive(self, deadline: float) -> bytes:
-        """One read from the socket by ``deadline``; b"" at end of file or deadline."""
-        self._reads += 1
-        with trio.move_on_at(deadline):
-            data = await self._stream.receive_some(RECEIVE_BYTES)
-            self._progress()
-            return data
-        return b""
-
-    async def read_head(self, idle_s: float) -> RequestHead | None:
-        """Read the next request's head whole, keeping its bytes for later.
-
-        Waits at most ``idle_s`` for the first byte, then ``HEAD_TIMEOUT_S``
-        for the rest. Returns None when the connection ended or stalled, or
-        when h11 cannot parse the request (then ``refusal`` holds the answer
-        to send before closing).
-        """
-        parser = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-        self._parser = parser
-        start = trio.current_time()
-        head_deadline = start + HEAD_TIMEOUT_S if self._pending else math.inf
-        idle_deadline = start + idle_s
-        if self._pending:  # (feeding h11 nothing would mean end of file)
-            parser.receive_data(bytes(self._pending))
+        data += os.read(stream.socket.fileno(), RECEIVE_BYTES)
+        if not data or head_complete(data):
+            return bytes(data)
+    except BlockingIOError:
+        pass
+    with trio.move_on_after(timeout_s):
         while True:
-            try:
-                event = parser.next_event()
-            except h11.RemoteProtocolError as exc:
-                status = exc.error_status_hint
-                self.refusal = _plain_response(status, "bad_request", str(exc))
-                return None
-            if isinstance(event, h11.Request):
-                self._complete = False
-                self._body_deadline = trio.current_time() + BODY_TIMEOUT_S
-                return to_head(event)
-            if event is not h11.NEED_DATA:  # ConnectionClosed or PAUSED: nothing more
-                return None
-            data = await self._receive(min(idle_deadline, head_deadline))
-            if not data:
-                return None
-            if math.isinf(head_deadline):
-                head_deadline = trio.current_time() + HEAD_TIMEOUT_S
-            self._pending += data
-            parser.receive_data(data)
+            chunk = await stream.receive_some(RECEIVE_BYTES)
+            if not chunk:
+                break
+            searched = max(0, len(data) - 2)  # a blank line may straddle two reads
+            data += chunk
+            if _HEAD_END.search(data, searched) or len(data) > MAX_HEAD_BYTES:
+                break
+    return bytes(data)
 
-    def take_pending(self) -> bytes:
-        """Everything read and not handed on (for the WebSocket path)."""
-        data = bytes(self._pending)
-        self._pending.clear()
-        return data
 
-    def hand_on(self, head: RequestHead) -> None:
-        """Hand the request just read to hypercorn (as far as it has arrived)."""
-        self._advance()
+def head_complete(data: bytes | bytearray) -> bool:
+    """Whether ``data`` holds a whole head (or more than any head may be)."""
+    return len(data) > MAX_HEAD_BYTES or _HEAD_END.search(data) is not None
 
-    def _advance(self) -> None:
-        """Move the current request's bytes to ``_ready``, up to its end."""
-        assert self._parser is not None
-        while True:
-            try:
-                event = self._parser.next_event()
-            except h11.RemoteProtocolError:
-                self._broken = True  # a malformed body: hypercorn gets end of file
-                self._pending.clear()
-                return
-            if event is h11.NEED_DATA:
-                self._ready += self._pending
-                self._pending.clear()
-                return
-            if isinstance(event, h11.EndOfMessage):
-                trailing = self._parser.trailing_data[0]
-                end = len(self._pending) - len(trailing)
-                self._ready += self._pending[:end]
-                del self._pending[:end]
-                self._complete = True
-                return
-            if not isinstance(event, h11.Data):
-                self._ready += self._pending
-                self._pending.clear()
-                self._complete = True
-                return
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        reads = self._reads
-        while not self._ready:
-            if self._broken:
-                await trio.lowlevel.checkpoint()
-                return b""
-            if self._complete:
-                # hypercorn reads again only once it has answered the last
-                # request: route the next one.
-                head = await self.read_head(KEEPALIVE_TIMEOUT_S)
-                if head is None:
-                    if self.refusal is not None:
-                        await self.send_all(self.refusal)
-                    return b""
-                if is_websocket_upgrade(head):
-                    self.handoff = (head, self.take_pending())
-                    return b""
-                refusal = refusal_for(head)
-                if refusal is not None:
-                    await self.send_all(refusal)
-                    return b""
-                self.hand_on(head)
-                continue
-            data = await self._receive(self._body_deadline)
-            if not data:
-                return b""  # the body stalled or the peer left: hypercorn ends it
-            self._pending += data
-            assert self._parser is not None
-            self._parser.receive_data(data)
-            self._advance()
-        size = len(self._ready) if max_bytes is None else max_bytes
-        chunk = bytes(self._ready[:size])
-        del self._ready[:size]
-        if reads == self._reads:  # no socket read (a checkpoint) in this call
-            await trio.lowlevel.checkpoint()
-        return chunk
-
-    # -- writing -------------------------------------------------------
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        # hypercorn writes under a shield; our own deadline still applies.
-        async with self._sending:
-            with trio.move_on_after(SEND_TIMEOUT_S):
-                await self._stream.send_all(data)
-                self._progress()
-                return
-        await self._stream.aclose()
-        raise trio.BrokenResourceError("the client did not read its response in time")
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        # hypercorn may end the connection while it is still writing an
-        # error response: wait for the write (itself bounded) to finish.
-        async with self._sending:
-            if self.handoff is None:
-                await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        if self.handoff is None:
-            await self._stream.aclose()
-        else:
-            await trio.lowlevel.checkpoint()
+def _timeouts() -> Timeouts:
+    # Read at each connection, so that a changed setting applies to the next one.
+    return Timeouts(
+        head=HEAD_TIMEOUT_S,
+        body=BODY_TIMEOUT_S,
+        keepalive=KEEPALIVE_TIMEOUT_S,
+        send=SEND_TIMEOUT_S,
+        stall=STALL_TIMEOUT_S,
+    )
 
 
 class ConnectionCounter:
@@ -387,8 +223,8 @@ class FrontDoor:
         connections_per_ip: ``server.connections_per_ip``.
         ipv6_prefix: ``server.ipv6_prefix``.
         trusted_proxies: connections from these are not capped per address.
-        on_websocket_end: called with the head of every ``/ws`` upgrade once
-            its connection has ended (gives back what admission reserved).
+        fast_route: the fast handler for a connection's first request
+            head, or None to let hypercorn serve it.
     """
 
     def __init__(
@@ -402,8 +238,7 @@ class FrontDoor:
         connections_per_ip: int,
         ipv6_prefix: int,
         trusted_proxies: tuple[Network, ...] = (),
-        on_websocket_end: Callable[[RequestHead], Awaitable[None]] | None = None,
-        fast_route: Callable[[RequestHead], WebSocketHandler | None] | None = None,
+        fast_route: Callable[[RequestHead], FastHandler | None] | None = None,
     ) -> None:
         self._app = app
         self._hyper_config = hyper_config
@@ -412,32 +247,33 @@ class FrontDoor:
         self._metrics = metrics
         self._ipv6_prefix = ipv6_prefix
         self._trusted_proxies = trusted_proxies
-        self._on_websocket_end = on_websocket_end
         self._fast_route = fast_route  # a connection's first request, without hypercorn
         self.connections = ConnectionCounter(connections_per_ip)
         self.context = WorkerContext(None)
 
-    async def handle(self, stream: trio.SocketStream) -> None:
-        """Serve one accepted connection; never raises anything but cancellation."""
+    async def handle(self, stream: trio.SocketStream, peer: str | None = None) -> None:
+        """Serve one accepted connection; never raises anything but cancellation.
+
+        ``peer`` is the remote address, as ``accept`` gave it (read from the
+        socket when not given).
+        """
         try:
-            try:
-                peer = str(stream.socket.getpeername()[0])
-            except OSError:
-                return  # reset before we looked: nobody to serve
-            if in_networks(peer, self._trusted_proxies):
+            if peer is None:
+                try:
+                    peer = str(stream.socket.getpeername()[0])
+                except OSError:
+                    return  # reset before we looked: nobody to serve
+            if self._trusted_proxies and in_networks(peer, self._trusted_proxies):
                 # A proxy carries many clients: they are told apart (and
                 # limited) by their forwarded address, once a request is read.
                 client = None
             else:
-                client = address_group(peer, self._ipv6_prefix)
+                client = _address_group(peer, self._ipv6_prefix)
                 if not self.connections.take(client):
                     self._metrics.connections_shed.inc()
                     return
             try:
-                # This connection's own nursery: whatever serves it (hypercorn's
-                # tasks, the WebSocket engine's) fails into this group, no further.
-                async with trio.open_nursery():
-                    await self._serve(stream, peer)
+                await self._serve(stream, peer, client)
             finally:
                 if client is not None:
                     self.connections.give_back(client)
@@ -447,18 +283,32 @@ class FrontDoor:
             self._metrics.connection_failures.inc()
             log.error("a connection failed; it was closed", exc_info=failure)
         finally:
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+            # What ``stream.aclose()`` does, minus its checkpoint: no shield needed.
+            stream.socket.close()
 
-    async def _serve(self, stream: trio.SocketStream, peer: str) -> None:
-        http = HttpStream(stream, peer)
-        head = await http.read_head(HEAD_TIMEOUT_S)
-        if head is not None and is_websocket_upgrade(head):
-            await self._serve_websocket(stream, peer, head, http.take_pending())
+    async def _serve(self, stream: trio.SocketStream, peer: str, client: str | None) -> None:
+        """Read the first head and route it (the WebSocket path, the fast path, hypercorn)."""
+        data = await read_head(stream, HEAD_TIMEOUT_S)
+        if not head_complete(data):
+            return  # ended or stalled before a whole head: nothing to answer
+        if data.startswith(_WS_REQUEST_LINE) and _HEAD_END.search(data):
+            # Parsed once, by the WebSocket handshake (no h11 on this path).
+            # A head with no end in MAX_HEAD_BYTES is h11's to refuse (431).
+            await self._websocket(ReplayStream(stream, data, peer, client), None)
             return
+        simple = self._simple_fast_route(data)
+        if simple is not None:  # (fastpath.py: GET /session/new), without h11
+            await simple[0](ReplayStream(stream, data, peer, client), simple[1])
+            return
+        timeouts = _timeouts()
+        http = HttpStream(stream, peer, timeouts, prefix=data)
+        head = await http.read_head(timeouts.head)
         if head is None:  # ended, stalled, or not HTTP
             if http.refusal is not None:
                 await http.send_all(http.refusal)
+            return
+        if is_websocket_upgrade(head):
+            await self._websocket(ReplayStream(stream, http.take_pending(), peer, client), head)
             return
         refusal = refusal_for(head)
         if refusal is not None:
@@ -466,9 +316,24 @@ class FrontDoor:
             return
         fast = self._fast_route(head) if self._fast_route else None
         if fast is not None:  # (fastpath.py: GET /session/new)
-            await fast(ReplayStream(stream, http.take_pending(), peer), head)
+            await fast(ReplayStream(stream, http.take_pending(), peer, client), head)
             return
         http.hand_on(head)
+        await self._serve_http(http, timeouts)
+        if http.handoff is not None:
+            head, pending = http.handoff
+            await self._websocket(ReplayStream(stream, pending, peer, client), head)
+
+    def _simple_fast_route(self, data: bytes) -> tuple[FastHandler, RequestHead] | None:
+        """The fast handler for a plain GET head that needs no h11 to read, and the head."""
+        if self._fast_route is None:
+            return None
+        head = simple_get(data)
+        handler = self._fast_route(head) if head is not None else None
+        return (handler, head) if handler is not None and head is not None else None
+
+    async def _serve_http(self, http: HttpStream, timeouts: Timeouts) -> None:
+        """Let hypercorn serve requests from ``http`` until it is done with the connection."""
         server = TCPServer(
             self._app,
             self._hyper_config,
@@ -478,22 +343,10 @@ class FrontDoor:
         )
         with trio.CancelScope() as watchdog:
             # Whatever hypercorn waits for, a connection with no I/O at all
-            # for STALL_TIMEOUT_S ends (every read and write moves this on).
+            # for the stall timeout ends (every read and write moves this on).
             http.watchdog = watchdog
-            watchdog.deadline = trio.current_time() + STALL_TIMEOUT_S
+            watchdog.deadline = trio.current_time() + timeouts.stall
             await server.run()
-        if http.handoff is not None:
-            head, pending = http.handoff
-            await self._serve_websocket(stream, peer, head, pending)
-
-    async def _serve_websocket(
-        self, stream: trio.SocketStream, peer: str, head: RequestHead, pending: bytes
-    ) -> None:
-        try:
-            await self._websocket(ReplayStream(stream, pending, peer), head)
-        finally:
-            if self._on_websocket_end is not None:
-                await self._on_websocket_end(head)
 
     async def serve(
         self,
@@ -512,11 +365,32 @@ class FrontDoor:
                 nursery.start_soon(self._accept_loop, listener, handler_nursery)
 
     async def _accept_loop(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
+        # The listening descriptor, for non-blocking accepts without trio's
+        # wrapper (two scheduler round trips each): every connection already
+        # waiting is taken in one wake-up. Detached, never closed: the
+        # listener owns the descriptor.
+        raw = socket.socket(fileno=listener.socket.fileno())
+        try:
+            raw.setblocking(False)
+            await self._accept_all(raw, handlers)
+        finally:
+            raw.detach()
+
+    async def _accept_all(self, raw: socket.socket, handlers: trio.Nursery) -> None:
         failing = False  # one warning per episode, not one per retry
+        taken = 0
         while True:
             try:
-                stream = await listener.accept()
+                sock, address = raw.accept()
+            except BlockingIOError:
+                taken = 0
+                await trio.lowlevel.wait_readable(raw)  # (ClosedResourceError once closed)
+                continue
             except OSError as exc:
+                if exc.errno in _CLOSED_ERRNOS:
+                    raise trio.ClosedResourceError from None
+                if exc.errno in _IGNORED_ACCEPT_ERRNOS:
+                    continue  # that connection failed before it was ours
                 if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     raise
                 self._metrics.accept_errors.inc()
@@ -532,4 +406,9 @@ class FrontDoor:
             if failing:
                 log.info("accepting connections again")
                 failing = False
-            handlers.start_soon(partial(FrontDoor.handle, self), stream)
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+            peer = str(address[0]) if isinstance(address, tuple) else None
+            handlers.start_soon(partial(FrontDoor.handle, self), stream, peer)
+            taken += 1
+            if taken % ACCEPT_BATCH == 0:
+                await trio.lowlevel.checkpoint()  # the connections taken so far start

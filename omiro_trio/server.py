@@ -13,7 +13,7 @@ Task tree::
              ├─ WebSocket engine          one flusher and one keepalive sweeper for all sockets
              ├─ hypercorn lifespan        quart-trio startup/shutdown
              └─ front door                one listener; /ws → connection.py, rest → hypercorn
-                 └─ connection handlers   each in a nursery of its own (front.py's boundary)
+                 └─ connection handlers   each behind front.py's per-connection boundary
 
 Shutdown (``stop`` set, e.g. by SIGINT/SIGTERM): readiness goes 503, every
 client gets ``server_draining``, new sockets are refused; sockets still open
@@ -37,7 +37,6 @@ from hypercorn.trio.lifespan import Lifespan
 
 from omiro_trio import fastpath
 from omiro_trio.addresses import base_url
-from omiro_trio.admission import release_slot
 from omiro_trio.backends.base import Backend
 from omiro_trio.backends.memory import open_memory_backend
 from omiro_trio.codes import CloseCode
@@ -269,7 +268,6 @@ async def serve(
                     connections_per_ip=config.server.connections_per_ip,
                     ipv6_prefix=config.server.ipv6_prefix,
                     trusted_proxies=ctx.trusted_proxies,
-                    on_websocket_end=partial(release_slot, ctx),
                     fast_route=partial(fastpath.route, ctx),
                 )
                 accepting = trio.CancelScope()

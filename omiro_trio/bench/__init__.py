@@ -141,80 +141,96 @@ async def run(args: RelayOptions, url: str, pid: int) -> dict[str, float]:
             if args.idle:
                 per_socket = (results["rss_idle_kib"] - results["rss_empty_kib"]) / args.idle
                 results["kib_per_idle_socket"] = per_socket
-
-            pairs: list[tuple[WebSocketConnection, WebSocketConnection]] = []
-            for _ in range(args.pairs):
-                a, _ = await open_client(nursery, url)
-                b, _ = await open_client(nursery, url)
-                await a.send_message('{"op":"join_queue","data":{"mode":"text"}}')
-                assert json.loads(await a.get_message())["op"] == "queued"
-                await b.send_message('{"op":"join_queue","data":{"mode":"text"}}')
-                assert json.loads(await a.get_message())["op"] == "match_found"
-                assert json.loads(await b.get_message())["op"] == "match_found"
-                pairs.append((a, b))
-
-            # 1. Throughput with a bounded window per pair.
-            async def blast(a: WebSocketConnection, b: WebSocketConnection) -> None:
-                window = trio.Semaphore(args.window)
-
-                async def send() -> None:
-                    for i in range(args.messages):
-                        await window.acquire()
-                        await a.send_message(f'{{"op":"chat","data":{{"message":"m{i}"}}}}')
-
-                async def receive() -> None:
-                    for _ in range(args.messages):
-                        await b.get_message()
-                        window.release()
-
-                async with trio.open_nursery() as inner:
-                    inner.start_soon(send)
-                    inner.start_soon(receive)
-
-            cpu_before, start = cpu_seconds(pid), time.perf_counter()
-            async with trio.open_nursery() as blasts:
-                for a, b in pairs:
-                    blasts.start_soon(blast, a, b)
-            elapsed = time.perf_counter() - start
-            total = args.messages * len(pairs)
-            results["throughput_msgs_per_s"] = total / elapsed
-            results["server_cpu_per_msg_us"] = (cpu_seconds(pid) - cpu_before) / total * 1e6
-
-            # 2. Latency at a fixed offered rate.
-            latencies: list[float] = []
-            per_pair_interval = len(pairs) / args.rate
-            count = int(args.seconds * args.rate / len(pairs))
-
-            async def paced(a: WebSocketConnection, b: WebSocketConnection, offset: float) -> None:
-                async def send() -> None:
-                    await trio.sleep(offset)
-                    begin = trio.current_time()
-                    for i in range(count):
-                        await trio.sleep_until(begin + i * per_pair_interval)
-                        stamp = f"{time.perf_counter():.9f}"
-                        await a.send_message(f'{{"op":"chat","data":{{"message":"{stamp}"}}}}')
-
-                async def receive() -> None:
-                    for _ in range(count):
-                        message = json.loads(await b.get_message())
-                        latencies.append(time.perf_counter() - float(message["data"]["message"]))
-
-                async with trio.open_nursery() as inner:
-                    inner.start_soon(send)
-                    inner.start_soon(receive)
-
-            async with trio.open_nursery() as pacers:
-                for n, (a, b) in enumerate(pairs):
-                    pacers.start_soon(paced, a, b, n * per_pair_interval / len(pairs))
-            results["latency_p50_ms"] = statistics.median(latencies) * 1000
-            results["latency_p99_ms"] = percentile(latencies, 0.99) * 1000
-            results["latency_max_ms"] = max(latencies) * 1000
-            results["latency_samples"] = len(latencies)
+            pairs = [await _matched_pair(nursery, url) for _ in range(args.pairs)]
+            results.update(await _throughput(args, pairs, pid))
+            results.update(await _latency(args, pairs))
             results["rss_end_kib"] = rss_kib(pid)
             for ws, _ in idle:
                 await ws.aclose()
             nursery.cancel_scope.cancel()
     return results
+
+
+Pair = tuple[WebSocketConnection, WebSocketConnection]
+
+
+async def _matched_pair(nursery: trio.Nursery, url: str) -> Pair:
+    """Two new clients that joined the queue and were matched with each other."""
+    a, _ = await open_client(nursery, url)
+    b, _ = await open_client(nursery, url)
+    await a.send_message('{"op":"join_queue","data":{"mode":"text"}}')
+    assert json.loads(await a.get_message())["op"] == "queued"
+    await b.send_message('{"op":"join_queue","data":{"mode":"text"}}')
+    assert json.loads(await a.get_message())["op"] == "match_found"
+    assert json.loads(await b.get_message())["op"] == "match_found"
+    return a, b
+
+
+async def _throughput(args: RelayOptions, pairs: list[Pair], pid: int) -> dict[str, float]:
+    """Phase 1: every pair sends ``args.messages`` frames one way, ``args.window`` in flight."""
+
+    async def blast(a: WebSocketConnection, b: WebSocketConnection) -> None:
+        window = trio.Semaphore(args.window)
+
+        async def send() -> None:
+            for i in range(args.messages):
+                await window.acquire()
+                await a.send_message(f'{{"op":"chat","data":{{"message":"m{i}"}}}}')
+
+        async def receive() -> None:
+            for _ in range(args.messages):
+                await b.get_message()
+                window.release()
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(send)
+            inner.start_soon(receive)
+
+    cpu_before, start = cpu_seconds(pid), time.perf_counter()
+    async with trio.open_nursery() as blasts:
+        for a, b in pairs:
+            blasts.start_soon(blast, a, b)
+    elapsed = time.perf_counter() - start
+    total = args.messages * len(pairs)
+    return {
+        "throughput_msgs_per_s": total / elapsed,
+        "server_cpu_per_msg_us": (cpu_seconds(pid) - cpu_before) / total * 1e6,
+    }
+
+
+async def _latency(args: RelayOptions, pairs: list[Pair]) -> dict[str, float]:
+    """Phase 2: the pairs send at a fixed total ``args.rate`` for ``args.seconds``."""
+    latencies: list[float] = []
+    per_pair_interval = len(pairs) / args.rate
+    count = int(args.seconds * args.rate / len(pairs))
+
+    async def paced(a: WebSocketConnection, b: WebSocketConnection, offset: float) -> None:
+        async def send() -> None:
+            await trio.sleep(offset)
+            begin = trio.current_time()
+            for i in range(count):
+                await trio.sleep_until(begin + i * per_pair_interval)
+                stamp = f"{time.perf_counter():.9f}"
+                await a.send_message(f'{{"op":"chat","data":{{"message":"{stamp}"}}}}')
+
+        async def receive() -> None:
+            for _ in range(count):
+                message = json.loads(await b.get_message())
+                latencies.append(time.perf_counter() - float(message["data"]["message"]))
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(send)
+            inner.start_soon(receive)
+
+    async with trio.open_nursery() as pacers:
+        for n, (a, b) in enumerate(pairs):
+            pacers.start_soon(paced, a, b, n * per_pair_interval / len(pairs))
+    return {
+        "latency_p50_ms": statistics.median(latencies) * 1000,
+        "latency_p99_ms": percentile(latencies, 0.99) * 1000,
+        "latency_max_ms": max(latencies) * 1000,
+        "latency_samples": len(latencies),
+    }
 
 
 @dataclass

@@ -4,6 +4,10 @@ The generator must outrun the server it measures, so it avoids per-frame
 tasks and channels: frames to send are joined into one ``send_all``, and
 one ``receive_some`` yields every frame that arrived. Tokens come from
 ``/session/new`` over a kept-alive HTTP/1.1 connection (h11).
+
+``LeanSession`` is the connect scenario's client, leaner still: one whole
+session (token, upgrade, ``join_queue``, ``match_found``) in pre-built bytes
+on raw trio sockets, checking only what proves each answer.
 """
 
 from __future__ import annotations
@@ -227,3 +231,123 @@ class WsClient:
 def op_of(frame: bytes) -> str:
     op: str = msgspec.json.decode(frame)["op"]
     return op
+
+
+# -- the connect scenario's client: pre-built bytes on raw trio sockets -------------------
+
+
+class LeanSession:
+    """One user of the connect scenario: token, upgrade, ``join_queue``, ``match_found``.
+
+    Everything sent is built once per generator (only the token changes);
+    the answers are checked with the least parsing that still proves them:
+    the status line of each response, the ``op`` of each server frame (the
+    server writes ``{"op":...`` first), and no close frame. Raises
+    ``RuntimeError`` for a wrong answer and ``OSError`` for a network failure.
+
+    Args:
+        host, port: the server.
+        deflate_offer: offer permessage-deflate, as browsers do.
+    """
+
+    __slots__ = ("_address", "_join", "_token_request", "_upgrade_head", "_upgrade_tail")
+
+    def __init__(self, host: str, port: int, *, deflate_offer: bool = True) -> None:
+        self._address = (host, port)
+        self._token_request = f"GET /session/new HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+        key = base64.b64encode(os.urandom(16)).decode()
+        extra = f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n" if deflate_offer else ""
+        self._upgrade_head = b"GET /ws?token="
+        self._upgrade_tail = (
+            f" HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        ).encode()
+        join = msgspec.json.encode({"op": "join_queue", "data": {"mode": "text"}})
+        self._join = _masked_text_frame(join)
+
+    async def run(self) -> None:
+        """One whole session; the socket is closed at once after ``match_found``."""
+        token = await self._token()
+        sock = await self._open()
+        try:
+            await sock.send(self._upgrade_head + token + self._upgrade_tail)
+            buffer = await _receive_head(sock)
+            if not buffer.startswith(b"HTTP/1.1 101"):
+                raise RuntimeError(f"upgrade refused: {buffer[:200]!r}")
+            if b"permessage-deflate" in buffer.split(b"\r\n\r\n", 1)[0].lower():
+                raise RuntimeError("the server negotiated permessage-deflate")
+            buffer = buffer.split(b"\r\n\r\n", 1)[1]
+            buffer = await _until_op(sock, buffer, b"hello")
+            await sock.send(self._join)
+            await _until_op(sock, buffer, b"match_found")
+        finally:
+            sock.close()
+
+    async def _open(self) -> trio.socket.SocketType:
+        sock = trio.socket.socket()
+        try:
+            await sock.connect(self._address)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    async def _token(self) -> bytes:
+        sock = await self._open()
+        try:
+            await sock.send(self._token_request)
+            response = b""
+            while chunk := await sock.recv(65536):  # the server closes after answering
+                response += chunk
+        finally:
+            sock.close()
+        if not response.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"/session/new answered {response[:200]!r}")
+        start = response.find(b'"token":"')
+        if start < 0:
+            raise RuntimeError(f"/session/new gave no token: {response[-300:]!r}")
+        start += len(b'"token":"')
+        return response[start : response.index(b'"', start)]
+
+
+def _masked_text_frame(payload: bytes) -> bytes:
+    """A client text frame (short payloads only) under a fixed random mask."""
+    if len(payload) > 125:
+        raise ValueError("a short frame only")
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x81, 0x80 | len(payload)]) + mask + masked
+
+
+async def _receive_head(sock: trio.socket.SocketType) -> bytes:
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        chunk = await sock.recv(65536)
+        if not chunk:
+            raise RuntimeError("the server closed the connection during the upgrade")
+        buffer += chunk
+    return buffer
+
+
+async def _until_op(sock: trio.socket.SocketType, buffer: bytes, op: bytes) -> bytes:
+    """Read server frames until one whose op is ``op``; returns the bytes after it."""
+    wanted = b'{"op":"' + op + b'"'
+    while True:
+        while len(buffer) >= 2:
+            opcode, size = buffer[0] & 0x0F, buffer[1] & 0x7F
+            start = 2
+            if size == 126:
+                size, start = int.from_bytes(buffer[2:4], "big"), 4
+            elif size == 127:
+                size, start = int.from_bytes(buffer[2:10], "big"), 10
+            if len(buffer) < start + size:
+                break
+            payload, buffer = buffer[start : start + size], buffer[start + size :]
+            if opcode == 0x8:
+                raise RuntimeError(f"closed while waiting for {op.decode()}: {payload[:100]!r}")
+            if opcode == 0x1 and payload.startswith(wanted):
+                return buffer
+        chunk = await sock.recv(65536)
+        if not chunk:
+            raise RuntimeError(f"closed while waiting for {op.decode()}")
+        buffer += chunk

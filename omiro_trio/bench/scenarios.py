@@ -34,7 +34,7 @@ import msgspec
 import trio
 
 from omiro_trio.bench import STALL_LINES, cpu_seconds, percentile, rss_kib, start_server
-from omiro_trio.bench.client import IO_TIMEOUT_S, HttpClient, WsClient, op_of
+from omiro_trio.bench.client import IO_TIMEOUT_S, HttpClient, LeanSession, WsClient, op_of
 from omiro_trio.diagnostics import TRACEMALLOC_ENV, BatchMonitor, threshold_from_env
 
 DEADLINE_S = 600.0
@@ -503,29 +503,32 @@ def relay_summary(
 async def _connect_round(
     options: Options, host: str, port: int, index: int, sessions: int
 ) -> dict[str, float]:
+    """``sessions`` sessions, ``options.concurrency`` (this process's share) at a time.
+
+    Each user task runs sessions one after another on the lean client
+    (``LeanSession``): the generator must cost less per session than the
+    server it measures.
+    """
     matched = 0
     failures = 0
     todo = sessions
-    join = msgspec.json.encode({"op": "join_queue", "data": {"mode": "text"}})
+    session = LeanSession(host, port, deflate_offer=options.deflate_offer)
 
-    async def one_user(http: HttpClient) -> None:
+    async def one_user() -> None:
         nonlocal matched, failures, todo
         while todo > 0:
             todo -= 1
             try:
                 with trio.fail_after(IO_TIMEOUT_S):
-                    client = await _open(http, host, port, options)
-                    await client.send([join])
-                    await _until(client, "match_found")
+                    await session.run()
                 matched += 1
-                await client.aclose()
-            except (RuntimeError, OSError, trio.TooSlowError, trio.BrokenResourceError):
+            except (RuntimeError, OSError, trio.TooSlowError):
                 failures += 1
 
     start = time.perf_counter()
     async with trio.open_nursery() as nursery:
         for _ in range(max(1, _share(options.concurrency, options, index))):
-            nursery.start_soon(one_user, HttpClient(host, port))
+            nursery.start_soon(one_user)
     return {"matched": matched, "failures": failures, "seconds": time.perf_counter() - start}
 
 
@@ -547,6 +550,10 @@ async def churn_worker(
     return {"rounds": rounds}
 
 
+def _per_session(cpu_s: float, sessions: int) -> float:
+    return round(cpu_s / sessions * 1000, 3) if sessions else 0.0
+
+
 def churn_summary(
     options: Options, samples: list[dict[str, float]], workers: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -566,6 +573,10 @@ def churn_summary(
                 "sessions_seen": seen,
                 "pairs_per_s": round(matched / 2 / busy, 1),
                 "server_cpu_s": round(sample["server_cpu_s"], 2),
+                # CPU per session (token, upgrade, join, match, leave) on each side:
+                # the generator must cost less than the server to measure it.
+                "server_cpu_ms_per_session": _per_session(sample["server_cpu_s"], matched),
+                "generator_cpu_ms_per_session": _per_session(sample["generator_cpu_s"], matched),
                 "server_rss_kib": sample["server_rss_after_kib"],
                 "online_after": sample.get("stats_online", -1),
             }

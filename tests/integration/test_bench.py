@@ -51,6 +51,8 @@ def test_bench_connect_matches_every_session(tmp_path: Path, procs: str) -> None
     assert row["pairs_per_s"] > 0
     assert row["online_after"] == 0
     assert len(report["generator_cpu_s_per_proc"]) == int(procs)
+    assert row["server_cpu_ms_per_session"] > 0
+    assert row["generator_cpu_ms_per_session"] > 0
 
 
 def test_bench_churn_reports_each_round(tmp_path: Path) -> None:
