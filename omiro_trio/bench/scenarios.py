@@ -773,7 +773,8 @@ def find_max_users(options: Options, plan: FindMax) -> dict[str, Any]:
     the first step whose relay p99 exceeds ``plan.p99_limit_ms``, whose
     server or generator saturated (the generator's own limit is reported as
     such, not as the server's), or after ``plan.max_steps`` steps. Returns
-    every step and the largest user count that stayed within the limit.
+    every step and the largest user count that stayed within the limit on a
+    step whose generator kept up.
     """
     steps: list[dict[str, Any]] = []
     best = 0
@@ -787,10 +788,12 @@ def find_max_users(options: Options, plan: FindMax) -> dict[str, Any]:
         if p99 > plan.p99_limit_ms:
             stopped_by = "p99"
             break
-        best = users
         if step["generator_cpu_share_max_proc"] >= plan.saturated_share:
+            # A saturated generator did not offer this step's load: the step
+            # says nothing about the server, so it is not counted.
             stopped_by = "generator_saturated"
             break
+        best = users
         if step["server_cpu_share"] >= plan.saturated_share:
             stopped_by = "server_saturated"
             break

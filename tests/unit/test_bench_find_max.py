@@ -1,0 +1,50 @@
+"""``omiro bench realistic --find-max``'s stepping rules, without servers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from omiro_trio.bench import scenarios
+from omiro_trio.bench.scenarios import FindMax, Options, find_max_users
+
+
+def steps_of(results: dict[int, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    def run_scenario(name: str, options: Options) -> dict[str, Any]:
+        assert name == "realistic"
+        return {"users": options.users, **results[options.users]}
+
+    monkeypatch.setattr(scenarios, "run_scenario", run_scenario)
+
+
+def step(p99: float, server: float = 0.5, generator: float = 0.5) -> dict[str, Any]:
+    return {
+        "latency_p99_ms": p99,
+        "server_cpu_share": server,
+        "generator_cpu_share_max_proc": generator,
+    }
+
+
+def test_a_step_whose_generator_saturated_is_not_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    steps_of({10: step(5.0), 20: step(8.0, generator=0.99)}, monkeypatch)
+    report = find_max_users(Options(users=10), FindMax(factor=2.0, max_steps=5))
+    assert [s["users"] for s in report["steps"]] == [10, 20]
+    assert report["stopped_by"] == "generator_saturated"
+    assert report["max_users_within_p99"] == 10  # 20 users were never really offered
+
+
+def test_a_saturated_server_within_the_limit_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    steps_of({10: step(5.0), 20: step(40.0, server=0.97)}, monkeypatch)
+    report = find_max_users(Options(users=10), FindMax(factor=2.0, max_steps=5))
+    assert report["stopped_by"] == "server_saturated"
+    assert report["max_users_within_p99"] == 20
+
+
+def test_the_first_step_over_the_limit_stops_and_is_not_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    steps_of({10: step(5.0), 15: step(60.0)}, monkeypatch)
+    report = find_max_users(Options(users=10), FindMax(max_steps=5))
+    assert report["stopped_by"] == "p99"
+    assert report["max_users_within_p99"] == 10
