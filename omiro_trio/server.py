@@ -200,6 +200,54 @@ async def _run_bus(
         backoff = min(backoff * 2, BUS_RETRY_MAX_S)
 
 
+def _signer(config: Config) -> TokenSigner:
+    """The token signer: the configured secret, or a random one for this process."""
+    if config.session.secret:
+        secret = config.session.secret.encode()
+    else:
+        secret = new_secret()
+        log.warning(
+            "no session.secret configured: using a random one for this process "
+            "(tokens die with it; a cluster must share one secret)"
+        )
+    return TokenSigner(secret, config.session.token_ttl_s)
+
+
+def _new_hub(config: Config, backend: Backend, metrics: Metrics) -> Hub:
+    """The hub, with the report and autoban rules from ``config``."""
+    return Hub(
+        backend,
+        metrics,
+        reports=ReportPolicy(
+            per_reporter_per_hour=config.limits.reports_per_hour,
+            autoban_reporters=config.reports.autoban_reporters,
+            autoban_window_s=config.reports.autoban_window_s,
+            autoban_s=config.reports.autoban_s,
+        ),
+    )
+
+
+async def _start_services(services: trio.Nursery, ctx: ServerContext) -> Engine:
+    """Start the background services in ``services``; returns the running engine.
+
+    The bus listener, the janitor, the hub's resync, GC tuning, the
+    (diagnostic) memory snapshots and the WebSocket engine's flusher and
+    keepalive sweeper.
+    """
+    config, backend, hub, metrics = ctx.config, ctx.backend, ctx.hub, ctx.metrics
+    await services.start(_run_bus, backend, hub, metrics)
+    # Often enough that a dead server is swept within its dead_after_s plus
+    # one heartbeat.
+    janitor_s = min(JANITOR_INTERVAL_S, config.redis.heartbeat_s)
+    services.start_soon(_janitor, backend, metrics, hub, janitor_s)
+    services.start_soon(hub.run_sync)
+    engine = Engine(config.server.idle_timeout_s)
+    services.start_soon(partial(run_gc_tuning, population=engine.__len__))
+    services.start_soon(serve_memory_snapshots)  # only with OMIRO_DEBUG_TRACEMALLOC
+    await services.start(engine.run)
+    return engine
+
+
 async def serve(
     config: Config,
     stop: trio.Event,
@@ -214,27 +262,10 @@ async def serve(
     (``SO_REUSEPORT``) with other workers of ``omiro serve --workers``.
     """
     install_stall_monitor()  # only with OMIRO_DEBUG_STALLS_MS (diagnostics.py)
-    if config.session.secret:
-        secret = config.session.secret.encode()
-    else:
-        secret = new_secret()
-        log.warning(
-            "no session.secret configured: using a random one for this process "
-            "(tokens die with it; a cluster must share one secret)"
-        )
-    signer = TokenSigner(secret, config.session.token_ttl_s)
+    signer = _signer(config)
     metrics = Metrics()
     async with open_backend(config) as backend:
-        hub = Hub(
-            backend,
-            metrics,
-            reports=ReportPolicy(
-                per_reporter_per_hour=config.limits.reports_per_hour,
-                autoban_reporters=config.reports.autoban_reporters,
-                autoban_window_s=config.reports.autoban_window_s,
-                autoban_s=config.reports.autoban_s,
-            ),
-        )
+        hub = _new_hub(config, backend, metrics)
         ctx = ServerContext(config=config, backend=backend, hub=hub, signer=signer, metrics=metrics)
         app = ASGIWrapper(create_app(ctx))
         hyper = _hyper_config()
@@ -246,16 +277,7 @@ async def serve(
         sockname = listeners[0].socket.getsockname()
         running = Running(base_url(config.server.host, sockname[1]), sockname[1], ctx)
         async with trio.open_nursery() as services:
-            await services.start(_run_bus, backend, hub, metrics)
-            # Often enough that a dead server is swept within its dead_after_s
-            # plus one heartbeat.
-            janitor_s = min(JANITOR_INTERVAL_S, config.redis.heartbeat_s)
-            services.start_soon(_janitor, backend, metrics, hub, janitor_s)
-            services.start_soon(hub.run_sync)
-            engine = Engine(config.server.idle_timeout_s)
-            services.start_soon(partial(run_gc_tuning, population=engine.__len__))
-            services.start_soon(serve_memory_snapshots)  # only with OMIRO_DEBUG_TRACEMALLOC
-            await services.start(engine.run)
+            engine = await _start_services(services, ctx)
             await services.start(lifespan.handle_lifespan)
             await lifespan.wait_for_startup()
             async with trio.open_nursery() as connections:
