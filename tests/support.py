@@ -184,6 +184,22 @@ class RawClient:
         await self.stream.send_all(self.ws.send(TextMessage(data=frame)))
 
 
+async def flood_until_slow_consumer_closed(server: Harness, flooder: Client) -> None:
+    """Send large chat frames to a partner that reads nothing until the server closes it (4008).
+
+    The partner's outbox fills and the server closes it with 4008; the
+    flooder is then told its partner left. Bounded: 400 frames (~24 MB), 10 s.
+    """
+    big = "x" * 59000
+    with trio.fail_after(10):
+        for _ in range(400):  # ~24 MB for a client that reads nothing
+            await flooder.send("chat", {"message": big})
+            if server.metric("omiro_socket_closes_total", code="4008"):
+                break
+        assert await flooder.expect("partner_disconnected") == {"reason": "left"}
+    assert server.metric("omiro_socket_closes_total", code="4008") == 1
+
+
 async def wait_until(predicate: Callable[[], bool], wait_s: float = WAIT_S) -> None:
     """Bounded polling: return once ``predicate()`` holds, fail after ``wait_s``."""
     with trio.fail_after(wait_s):
