@@ -403,7 +403,7 @@ class Matchmaker:
                 if self.is_blocked(session_id, other_id, now):
                     continue
                 other = self._waiting[other_id]
-                if self._recent.holds(pair_key(session_id, other_id), now):
+                if self.in_cooldown(session_id, other_id, now):
                     if recent is None or other.since < recent.since:
                         recent = other
                     continue
