@@ -22,7 +22,7 @@ from omiro_trio.errors import BackendUnavailable
 from omiro_trio.fastpath import session_answer
 from omiro_trio.metrics import CONTENT_TYPE
 from omiro_trio.responses import json_error, not_found
-from omiro_trio.static import Asset, etag_matches, frontend_dir, load_assets
+from omiro_trio.static import Asset, cache_control, etag_matches, frontend_dir, load_assets
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ PAGE_CSP = (
 def create_app(ctx: ServerContext) -> QuartTrio:
     """The quart-trio app of one server."""
     app = QuartTrio("omiro_trio", static_folder=None)
-    assets = load_assets(frontend_dir(), ctx.config.page)
+    assets = load_assets(frontend_dir(), ctx.config.page, relayed=ctx.config.ice.relayed)
     remote_ip = _remote_ip_of(ctx)
     _add_headers_and_errors(app)
     register_admin(app, ctx, remote_ip)
@@ -100,7 +100,7 @@ def _add_page(app: QuartTrio, assets: dict[str, Asset]) -> None:
         if found is None:
             return not_found()
         coding, chosen = found.select(request.headers.get("Accept-Encoding"))
-        headers = {"ETag": chosen.etag, "Cache-Control": "no-cache"}
+        headers = {"ETag": chosen.etag, "Cache-Control": cache_control("/" + filename)}
         if found.encoded:
             headers["Vary"] = "Accept-Encoding"
         if etag_matches(request.headers.get("If-None-Match"), chosen.etag):
