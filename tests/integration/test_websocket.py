@@ -50,6 +50,9 @@ async def test_pair_hello_queued_match_found(server: Harness) -> None:
             },
         ),
         ("ice_candidate", {"candidate": None}),
+        ("camera_kind", {"kind": "virtual"}),
+        ("camera_kind", {"kind": "camera"}),
+        ("camera_kind", {"kind": "none"}),
     ],
 )
 async def test_relay_reaches_partner_with_from(
@@ -345,6 +348,17 @@ async def test_bad_frames_get_errors_and_the_socket_survives(server: Harness) ->
     await a.send("chat", {"message": "still fine"})
     assert (await b.expect("chat"))["message"] == "still fine"
     await b.expect_nothing()  # none of the bad frames reached the partner
+
+
+async def test_camera_kind_checked_and_only_the_kind_relayed(server: Harness) -> None:
+    a, b = await server.pair()
+    for bad in ({"kind": "OBS Virtual Camera"}, {"kind": 1}, {}, {"label": "x"}):
+        await a.send("camera_kind", bad)
+        error = await a.expect("error")
+        assert (error["code"], error["op"]) == ("bad_request", "camera_kind")
+    await a.send("camera_kind", {"kind": "virtual", "label": "ManyCam", "extra": [1]})
+    assert await b.expect("camera_kind") == {"kind": "virtual", "from": a.session_id}
+    await b.expect_nothing()  # none of the bad ones reached the partner
 
 
 async def _send_until_closed(client: Client, frames: list[str]) -> None:
