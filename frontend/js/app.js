@@ -844,7 +844,8 @@ ui.reportDialog.addEventListener("close", () => {
 });
 ui.openNotice.addEventListener("click", () => safety.show());
 settings.addEventListener("change", ({ detail: { name, on } }) => {
-  if (name === "filter" && on && media.stream) loadFilter();
+  if (name === "filter" && on && filter && call) filter.watch(ui.remoteVideo);
+  else if (name === "filter" && on && media.stream) loadFilter();
   else if (name === "filter" && !on) filter?.unwatch();
   else if (name === "blur" && call && !veil.shownByUser && veil.reason !== "filter") veil.reset(on);
 });

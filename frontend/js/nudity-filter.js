@@ -3,8 +3,11 @@
 // the page imports only when the user (or the operator's default) turns the
 // filter on.
 //
-// A few times a second (at most one frame in flight, every SAMPLE_MS) the
-// stranger's <video> is turned into a small ImageBitmap and classified:
+// A few times a second (every SAMPLE_MS, one frame in flight at most, and
+// never more than half of the time: after a frame that took T ms the next
+// waits at least T ms, so a slow device classifies less often rather than
+// starving the call) the stranger's <video> is turned into a small
+// ImageBitmap and classified:
 // * in a worker (js/nudity-worker.js, drawing into an OffscreenCanvas) where
 //   the browser has Worker and OffscreenCanvas: off the page's main thread;
 // * else on the main thread, honestly slower for the page ("main-thread").
@@ -13,6 +16,7 @@
 // Next. The frames, the pixels and the scores never leave the browser.
 
 export const SAMPLE_MS = 333;
+export const MAX_BUSY_SHARE = 0.5; // of the time, at most, spent classifying
 export const EXPLICIT_THRESHOLD = 0.7;
 export const EXPLICIT_CLASSES = Object.freeze(["Porn", "Hentai"]);
 export const INPUT_SIZE = 224;
@@ -127,6 +131,7 @@ export class NudityFilter extends EventTarget {
   #classifier;
   #video = null;
   #timer = null;
+  #generation = 0; // a sample started before the last watch()/unwatch() schedules nothing
   #busy = false;
   #flagged = false;
   backend = null;
@@ -159,13 +164,17 @@ export class NudityFilter extends EventTarget {
   watch(video) {
     this.#video = video;
     this.#flagged = false;
-    if (!this.#timer) this.#timer = setInterval(() => this.#sample(), SAMPLE_MS);
+    if (!this.#timer) {
+      this.#generation += 1;
+      this.#schedule(SAMPLE_MS);
+    }
   }
 
   /** Stop sampling (the call ended, or the filter was turned off). */
   unwatch() {
-    clearInterval(this.#timer);
+    clearTimeout(this.#timer);
     this.#timer = null;
+    this.#generation += 1;
     this.#video = null;
     this.#flagged = false;
   }
@@ -184,12 +193,20 @@ export class NudityFilter extends EventTarget {
     this.dispatchEvent(new CustomEvent("nudity", { detail: { scores, score } }));
   }
 
+  #schedule(delayMs) {
+    this.#timer = setTimeout(() => this.#sample(), delayMs);
+  }
+
   async #sample() {
     const video = this.#video;
-    if (this.#busy || !video || video.readyState < 2 || !video.videoWidth) return;
+    const generation = this.#generation;
+    const started = performance.now();
+    if (this.#busy || !video || video.readyState < 2 || !video.videoWidth) {
+      if (this.#timer) this.#schedule(SAMPLE_MS);
+      return;
+    }
     this.#busy = true;
     try {
-      const started = performance.now();
       const bitmap = await createImageBitmap(video, {
         resizeWidth: INPUT_SIZE,
         resizeHeight: INPUT_SIZE,
@@ -201,14 +218,19 @@ export class NudityFilter extends EventTarget {
       this.modelMs.push(this.#classifier.lastMs);
       if (this.classifyMs.length > 50) this.classifyMs.shift();
       if (this.modelMs.length > 50) this.modelMs.shift();
-      if (video === this.#video) this.verdict(scores);
+      if (generation === this.#generation) this.verdict(scores); // not a frame of an earlier call
     } catch (err) {
-      if (this.#timer) {
+      if (this.#timer && generation === this.#generation) {
         const message = String(err?.message ?? err);
         this.dispatchEvent(new CustomEvent("error", { detail: { message } }));
       }
     } finally {
       this.#busy = false;
+      if (this.#timer && generation === this.#generation) {
+        const took = performance.now() - started;
+        const rest = (took * (1 - MAX_BUSY_SHARE)) / MAX_BUSY_SHARE;
+        this.#schedule(Math.max(SAMPLE_MS - took, rest));
+      }
     }
   }
 }

@@ -237,6 +237,13 @@ def test_filter_runs_offline_classifies_and_a_confident_verdict_blurs(server, pe
     assert sum(scores.values()) == pytest.approx(1.0, abs=1e-3)
     assert info["flagged"] is False  # the fake camera's test pattern is no nudity
     assert alice.js("() => window.omiro.veil.blurred") is False
+    # Turned off and on again in the call, it goes on classifying.
+    open_settings(alice)
+    alice.testid("filter-setting").uncheck()
+    alice.testid("filter-setting").check()
+    close_settings(alice)
+    frames = alice.js("() => window.omiro.filter.frames")
+    alice.wait("(n) => window.omiro.filter.frames >= n + 2", frames, timeout_ms=30_000)
 
     # Nothing but the Omiro server was asked for anything, and the vendored
     # library and model were among what it was asked for.
