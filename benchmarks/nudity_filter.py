@@ -59,6 +59,9 @@ VENDOR = "/vendor/nsfwjs-4.4.0/"
 FILES = [VENDOR + "nsfwjs.min.js", VENDOR + "mobilenet_v2/model.json"]
 FILES.append(VENDOR + "mobilenet_v2/group1-shard1of1.bin")
 FILES += ["/js/nudity-filter.js", "/js/nudity-worker.js"]
+TFJS = "/vendor/tfjs-4.22.0/"
+FILES += [TFJS + "tf-core.min.js", TFJS + "tf-backend-wasm.min.js"]
+FILES.append(TFJS + "tfjs-backend-wasm-simd.wasm")
 LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
 
 # Counts over one window, in alice's page.

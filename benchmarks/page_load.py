@@ -36,6 +36,9 @@ FILTER_ASSETS = [
     "/vendor/nsfwjs-4.4.0/nsfwjs.min.js",
     "/vendor/nsfwjs-4.4.0/mobilenet_v2/model.json",
     "/vendor/nsfwjs-4.4.0/mobilenet_v2/group1-shard1of1.bin",
+    "/vendor/tfjs-4.22.0/tf-core.min.js",
+    "/vendor/tfjs-4.22.0/tf-backend-wasm.min.js",
+    "/vendor/tfjs-4.22.0/tfjs-backend-wasm-simd.wasm",
 ]
 CHROMIUM_ACCEPT = {"Accept-Encoding": "gzip, deflate, br, zstd"}
 

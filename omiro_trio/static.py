@@ -50,6 +50,7 @@ MIME_TYPES = {
     ".json": "application/json",
     # Model weights (quantized to bytes): brotli saves about a fifth.
     ".bin": "application/octet-stream",
+    ".wasm": "application/wasm",
 }
 COMPRESSIBLE_SUFFIXES = frozenset(MIME_TYPES)
 # Below this a compressed body saves less than its headers cost.

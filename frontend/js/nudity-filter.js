@@ -9,8 +9,11 @@
 // starving the call) the stranger's <video> is turned into a small
 // ImageBitmap and classified:
 // * in a worker (js/nudity-worker.js, drawing into an OffscreenCanvas) where
-//   the browser has Worker and OffscreenCanvas: off the page's main thread;
-// * else on the main thread, honestly slower for the page ("main-thread").
+//   the browser has Worker and OffscreenCanvas: off the page's main thread,
+//   on TensorFlow.js's WebAssembly backend when it starts there;
+// * else on the main thread, honestly slower for the page ("main-thread"),
+//   on nsfwjs's own backends (WebGL, then JavaScript: the page's
+//   Content-Security-Policy allows no WebAssembly).
 // A frame whose Porn + Hentai probability reaches EXPLICIT_THRESHOLD emits
 // "nudity" {scores, score}: the page blurs the video and offers Report and
 // Next. The frames, the pixels and the scores never leave the browser.
@@ -23,6 +26,7 @@ export const INPUT_SIZE = 224;
 const VENDOR = "vendor/nsfwjs-4.4.0/";
 const LIBRARY = `${VENDOR}nsfwjs.min.js`;
 const MODEL = `${VENDOR}mobilenet_v2/model.json`;
+const TFJS = "vendor/tfjs-4.22.0/"; // tfjs-core and its WebAssembly backend (worker only)
 
 /** The explicit score of one frame's class probabilities. */
 export function explicitScore(scores) {
@@ -51,7 +55,12 @@ class WorkerClassifier {
       };
       this.#worker.onerror = (event) => reject(new Error(event.message || "worker failed"));
     });
-    this.#worker.postMessage({ type: "load", library: url(LIBRARY), model: url(MODEL) });
+    this.#worker.postMessage({
+      type: "load",
+      library: url(LIBRARY),
+      model: url(MODEL),
+      tfjs: url(TFJS),
+    });
     const { backend } = await ready;
     this.#worker.onmessage = ({ data }) => this.#settle(data);
     return backend;

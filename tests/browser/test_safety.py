@@ -231,7 +231,7 @@ def test_filter_runs_offline_classifies_and_a_confident_verdict_blurs(server, pe
     alice.wait("() => window.omiro.filter.frames >= 3", timeout_ms=30_000)
     info = alice.js("() => window.omiro.filter")
     assert info["mode"] == "worker"  # off the main thread
-    assert info["backend"] in ("webgl", "cpu")
+    assert info["backend"] == "wasm"  # TensorFlow.js's WebAssembly backend, in the worker
     scores = info["lastScores"]
     assert set(scores) == {"Drawing", "Hentai", "Neutral", "Porn", "Sexy"}
     assert sum(scores.values()) == pytest.approx(1.0, abs=1e-3)
@@ -256,6 +256,9 @@ def test_filter_runs_offline_classifies_and_a_confident_verdict_blurs(server, pe
         "/vendor/nsfwjs-4.4.0/nsfwjs.min.js",
         "/vendor/nsfwjs-4.4.0/mobilenet_v2/model.json",
         "/vendor/nsfwjs-4.4.0/mobilenet_v2/group1-shard1of1.bin",
+        "/vendor/tfjs-4.22.0/tf-core.min.js",
+        "/vendor/tfjs-4.22.0/tf-backend-wasm.min.js",
+        "/vendor/tfjs-4.22.0/tfjs-backend-wasm-simd.wasm",
     ):
         assert path in paths, paths
 

@@ -140,6 +140,8 @@ async def test_vendored_filter_files_are_served_immutable_and_compressed(server:
             (VENDOR + "nsfwjs.min.js", "text/javascript; charset=utf-8"),
             (VENDOR + "mobilenet_v2/model.json", "application/json"),
             (VENDOR + "mobilenet_v2/group1-shard1of1.bin", "application/octet-stream"),
+            ("/vendor/tfjs-4.22.0/tf-backend-wasm.min.js", "text/javascript; charset=utf-8"),
+            ("/vendor/tfjs-4.22.0/tfjs-backend-wasm-simd.wasm", "application/wasm"),
         ]:
             plain, identity = await raw_get(http, path, **{"Accept-Encoding": "identity"})
             assert plain.status_code == 200, path
