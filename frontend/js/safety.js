@@ -42,7 +42,8 @@ export const TEXT = Object.freeze({
 });
 
 // Known virtual cameras, matched case-insensitively inside a track's label:
-// [pattern, the name shown].
+// [pattern, the name shown]. Whole product names only: a short pattern such
+// as "vcam" could match a real webcam's name.
 export const VIRTUAL_CAMERAS = Object.freeze([
   ["obs virtual camera", "OBS Virtual Camera"],
   ["obs-camera", "OBS Virtual Camera"],
@@ -51,7 +52,6 @@ export const VIRTUAL_CAMERAS = Object.freeze([
   ["snap camera", "Snap Camera"],
   ["xsplit", "XSplit VCam"],
   ["e2esoft", "e2eSoft VCam"],
-  ["vcam", "a VCam"],
   ["splitcam", "SplitCam"],
   ["camtwist", "CamTwist"],
   ["youcam", "YouCam"],
