@@ -158,7 +158,9 @@ def test_always_show_is_remembered_after_a_reload(server, people):
     open_settings(alice)
     blur = alice.testid("blur-setting")
     assert blur.is_checked()  # the operator's default: blur
-    blur.uncheck()
+    blur.focus()
+    alice.page.keyboard.press("Space")  # by keyboard
+    assert not blur.is_checked()
     close_settings(alice)
     assert alice.js("() => localStorage.getItem('omiro.blur')") == "off"
     alice.page.reload()
