@@ -473,7 +473,9 @@ async function inboundFramesDecoded() {
   if (!pc) return null;
   let frames = null;
   (await pc.getStats()).forEach((report) => {
-    if (report.type === "inbound-rtp" && report.kind === "video") frames = report.framesDecoded ?? null;
+    if (report.type === "inbound-rtp" && report.kind === "video") {
+      frames = report.framesDecoded ?? null;
+    }
   });
   return frames;
 }
@@ -490,7 +492,9 @@ function loadFilter() {
       filter = loaded;
       filterState = "ready";
       filter.addEventListener("nudity", onNudity);
-      filter.addEventListener("error", ({ detail }) => console.warn("omiro: nudity filter", detail.message));
+      filter.addEventListener("error", ({ detail }) => {
+        console.warn("omiro: nudity filter", detail.message);
+      });
       if (call && settings.filter) filter.watch(ui.remoteVideo);
     })
     .catch((err) => {
@@ -503,9 +507,13 @@ function loadFilter() {
 function onNudity() {
   if (!match || !call) return;
   veil.blur("filter");
-  callNotice = null;
   showNotice(SAFETY_TEXT.filterFlagged, [
-    { label: SAFETY_TEXT.filterReport, primary: true, testid: "filter-report", action: () => openReport("nudity") },
+    {
+      label: SAFETY_TEXT.filterReport,
+      primary: true,
+      testid: "filter-report",
+      action: () => openReport("nudity"),
+    },
     { label: SAFETY_TEXT.filterNext, testid: "filter-next", action: () => next() },
   ]);
   callNotice = "filter";
@@ -727,7 +735,14 @@ const handlers = {
   },
 };
 
-const RELAYED = new Set(["chat", "typing", "webrtc_offer", "webrtc_answer", "ice_candidate", "camera_kind"]);
+const RELAYED = new Set([
+  "chat",
+  "typing",
+  "webrtc_offer",
+  "webrtc_answer",
+  "ice_candidate",
+  "camera_kind",
+]);
 
 signaling.addEventListener("message", ({ detail: { op, data } }) => {
   // Relayed messages name their sender; anything not from the current
