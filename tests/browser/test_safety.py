@@ -365,3 +365,27 @@ def test_safety_notice_says_whether_addresses_are_hidden(server, people):
     text = alice.testid("address-privacy").inner_text()
     assert "can see your IP address" in text
     assert alice.js("() => document.body.dataset.relayed") == "false"
+
+
+UNCOVERED_JS = """(id) => {
+  const box = document.getElementById(id).getBoundingClientRect();
+  const hit = document.elementFromPoint(box.x + box.width / 2, box.y + box.height / 2);
+  return !!hit && document.getElementById(id).contains(hit);
+}"""
+
+
+@pytest.mark.parametrize("viewport", [{"width": 390, "height": 844}, {"width": 640, "height": 400}])
+def test_show_control_is_never_covered_on_small_stages(server, people, viewport):
+    alice = people(server, "alice", viewport=viewport)
+    bob = people(server, "bob")
+    alice.start()
+    bob.start()
+    alice.wait_state("connected")
+    playing(alice)
+    alice.wait("() => document.getAnimations().every(a => a.playState !== 'running')")
+    # Nothing lies over the Show button, nor over the microphone and camera buttons.
+    for element_id in ("show-video", "mute", "camera"):
+        assert alice.js(UNCOVERED_JS, element_id), element_id
+    alice.testid("show-video").click()
+    alice.wait("() => !window.omiro.veil.blurred")
+    assert alice.js(UNCOVERED_JS, "blur-video")
