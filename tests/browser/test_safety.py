@@ -98,9 +98,15 @@ def close_settings(person: Any) -> None:
 
 
 def requests_of(person: Any) -> list[str]:
-    """Every request the person's browser context makes from now on (workers too)."""
+    """Every request the person's browser context makes from now on (workers too),
+    intercepted on its way out and let through."""
     seen: list[str] = []
-    person.page.context.on("request", lambda request: seen.append(request.url))
+
+    def intercept(route: Any) -> None:
+        seen.append(route.request.url)
+        route.continue_()
+
+    person.page.context.route("**/*", intercept)
     return seen
 
 
