@@ -122,7 +122,7 @@ def test_remote_video_starts_blurred_and_shows_by_keyboard(server, pair):
         "reason": "default",
         "shownByUser": False,
     }
-    assert visible(alice, "show-video")
+    alice.wait(VISIBLE_JS, "show-video")  # the veil comes with the first frame
     assert not visible(alice, "blur-video")
     # Sound plays while blurred, and Next and Report are one tap away.
     assert alice.js("() => document.getElementById('remote-video').muted") is False
