@@ -43,7 +43,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import socket
 from collections.abc import Awaitable, Callable
 from functools import lru_cache, partial
@@ -59,13 +58,17 @@ from wsproto.utilities import LocalProtocolError as WsLocalProtocolError
 
 from omiro_trio.addresses import Network, address_group, in_networks
 from omiro_trio.admission import RequestHead
+from omiro_trio.budgets import MAX_HEAD_BYTES, Budget
 from omiro_trio.httpstream import (
-    MAX_HEAD_BYTES,
+    HEAD_TOO_LARGE,
     RECEIVE_BYTES,
     WS_PATH,
     HttpStream,
     ReplayStream,
     Timeouts,
+    discard_unread,
+    head_end,
+    head_too_large,
     is_websocket_upgrade,
     parse_head,
     refusal_for,
@@ -142,7 +145,6 @@ __all__ = [
     "read_head",
 ]
 
-_HEAD_END = re.compile(rb"\n\r?\n")  # the blank line after a head, as h11 finds it
 _WS_REQUEST_LINE = (f"GET {WS_PATH} ".encode(), f"GET {WS_PATH}?".encode())
 
 
@@ -169,14 +171,14 @@ async def read_head(stream: trio.SocketStream, timeout_s: float = HEAD_TIMEOUT_S
                 break
             searched = max(0, len(data) - 2)  # a blank line may straddle two reads
             data += chunk
-            if _HEAD_END.search(data, searched) or len(data) > MAX_HEAD_BYTES:
+            if head_end(data, searched) >= 0 or len(data) > MAX_HEAD_BYTES:
                 break
     return bytes(data)
 
 
 def head_complete(data: bytes | bytearray) -> bool:
     """Whether ``data`` holds a whole head (or more than any head may be)."""
-    return len(data) > MAX_HEAD_BYTES or _HEAD_END.search(data) is not None
+    return len(data) > MAX_HEAD_BYTES or head_end(data) >= 0
 
 
 def _timeouts() -> Timeouts:
@@ -283,6 +285,7 @@ class FrontDoor:
             self._metrics.connection_failures.inc()
             log.error("a connection failed; it was closed", exc_info=failure)
         finally:
+            discard_unread(stream.socket)
             # What ``stream.aclose()`` does, minus its checkpoint: no shield needed.
             stream.socket.close()
 
@@ -291,9 +294,14 @@ class FrontDoor:
         data = await read_head(stream, HEAD_TIMEOUT_S)
         if not head_complete(data):
             return  # ended or stalled before a whole head: nothing to answer
-        if data.startswith(_WS_REQUEST_LINE) and _HEAD_END.search(data):
+        if head_too_large(data, head_end(data)):
+            # Before any parser sees it, whether it is complete or not.
+            self._metrics.exceeded(Budget.HEAD)
+            with trio.move_on_after(SEND_TIMEOUT_S):
+                await stream.send_all(HEAD_TOO_LARGE)
+            return
+        if data.startswith(_WS_REQUEST_LINE):
             # Parsed once, by the WebSocket handshake (no h11 on this path).
-            # A head with no end in MAX_HEAD_BYTES is h11's to refuse (431).
             await self._websocket(ReplayStream(stream, data, peer, client), None)
             return
         simple = self._simple_fast_route(data)
@@ -301,7 +309,14 @@ class FrontDoor:
             await simple[0](ReplayStream(stream, data, peer, client), simple[1])
             return
         timeouts = _timeouts()
-        http = HttpStream(stream, peer, timeouts, prefix=data)
+        http = HttpStream(
+            stream,
+            peer,
+            timeouts,
+            prefix=data,
+            on_budget=self._metrics.exceeded,
+            max_requests=self._hyper_config.keep_alive_max_requests,
+        )
         head = await http.read_head(timeouts.head)
         if head is None:  # ended, stalled, or not HTTP
             if http.refusal is not None:
