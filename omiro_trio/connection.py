@@ -33,7 +33,6 @@ from collections.abc import Callable
 import msgspec
 import trio
 from websockets.http11 import Request
-from websockets.server import ServerProtocol
 
 from omiro_trio import protocol, wsengine
 from omiro_trio.admission import (
@@ -44,6 +43,7 @@ from omiro_trio.admission import (
     release_slot,
     websocket_client,
 )
+from omiro_trio.budgets import Budget
 from omiro_trio.codes import CloseCode
 from omiro_trio.context import ServerContext
 from omiro_trio.httpstream import ReplayStream, plain_response
@@ -62,7 +62,7 @@ from omiro_trio.session_core import (
     SessionCore,
     Widen,
 )
-from omiro_trio.wsengine import Engine, WsConnection
+from omiro_trio.wsengine import Engine, EngineProtocol, WsConnection
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ async def _handshake(
     raw: socket.socket,
     head: RequestHead | None,
     slot: SocketSlot,
-) -> tuple[ServerProtocol, str, str] | None:
+) -> tuple[EngineProtocol, str, str] | None:
     """Read the upgrade request and run the checks; the protocol, session id and client.
 
     A refused upgrade is answered here (plain HTTP) and gives None.
@@ -149,7 +149,7 @@ async def _handshake(
 
 
 async def _read_request(
-    stream: trio.abc.Stream, raw: socket.socket, proto: ServerProtocol
+    stream: trio.abc.Stream, raw: socket.socket, proto: EngineProtocol
 ) -> Request | None:
     """The upgrade request, parsed by ``proto`` within ``HANDSHAKE_TIMEOUT_S``, or None.
 
@@ -177,7 +177,7 @@ async def _read_request(
     return None if proto.eof_sent else request
 
 
-async def _read_more(stream: trio.abc.Stream, proto: ServerProtocol) -> Request | None:
+async def _read_more(stream: trio.abc.Stream, proto: EngineProtocol) -> Request | None:
     """Read until ``proto`` has a request or has refused one; None at end of file or deadline."""
     with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
         # The first read takes all a replaying stream holds (``None``: no
@@ -203,7 +203,7 @@ def head_of(request: Request, slot: SocketSlot) -> RequestHead:
     return RequestHead(request.path, headers, method="GET", slot=slot)
 
 
-def _rejection_bytes(proto: ServerProtocol, verdict: Rejection) -> bytes:
+def _rejection_bytes(proto: EngineProtocol, verdict: Rejection) -> bytes:
     """The plain HTTP response refusing an upgrade: a JSON body, Retry-After when given."""
     refusal = proto.reject(verdict.status, "")
     body = msgspec.json.encode(verdict.body)
@@ -221,7 +221,7 @@ async def _open_session(
     ctx: ServerContext,
     engine: Engine,
     raw: socket.socket,
-    proto: ServerProtocol,
+    proto: EngineProtocol,
     session_id: str,
     ip: str,
 ) -> None:
@@ -234,6 +234,7 @@ async def _open_session(
         raw,
         proto,
         send_queue=ctx.config.server.send_queue,
+        send_queue_bytes=ctx.config.server.send_queue_bytes,
         on_fail=_closer(session),
     )
     del proto
@@ -354,6 +355,8 @@ async def _end_session(ctx: ServerContext, conn: WsConnection, session: Session)
     code = core.close_code
     if code is not None:
         ctx.metrics.closes.labels(str(code)).inc()
+    if code == CloseCode.SLOW_CONSUMER and conn.exceeded is Budget.SEND_QUEUE:
+        ctx.metrics.exceeded(Budget.SEND_QUEUE)
     graceful = code != CloseCode.SLOW_CONSUMER and core.partner_reason != "timeout"
     with trio.move_on_after(CLOSE_TIMEOUT_S):
         await conn.close(code or CloseCode.NORMAL, core.close_reason, graceful=graceful)
@@ -384,6 +387,8 @@ async def _read_loop(ctx: ServerContext, conn: WsConnection, session: Session) -
             code = conn.close_code
             if code is not None and not conn.peer_closed:
                 # The engine failed the connection: 1002, 1007 or 1009.
+                if code == CloseCode.TOO_BIG:
+                    ctx.metrics.exceeded(conn.exceeded or Budget.MESSAGE_SIZE)
                 session.close(code, conn.close_reason)
             return
         for frame in frames:
