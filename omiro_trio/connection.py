@@ -90,7 +90,7 @@ async def serve_connection(
         if accepted is not None:
             # The request and response died with the handshake's frame: an
             # idle socket keeps only its session and engine connection.
-            await _open_session(ctx, engine, raw, *accepted)
+            await _open_session(ctx, engine, raw, *accepted, slot=slot)
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the client went away
     finally:
@@ -224,6 +224,8 @@ async def _open_session(
     proto: EngineProtocol,
     session_id: str,
     ip: str,
+    *,
+    slot: SocketSlot,
 ) -> None:
     limits = ctx.config.limits
     rates = Rates(limits.messages_per_second, limits.message_burst)
@@ -240,7 +242,7 @@ async def _open_session(
     del proto
     session.outlet = conn
     try:
-        await _run_session(ctx, engine, conn, session)
+        await _run_session(ctx, engine, conn, session, slot)
     finally:
         conn.release()
         session.close_outbox()
@@ -313,7 +315,7 @@ class _Timers:
 
 
 async def _run_session(
-    ctx: ServerContext, engine: Engine, conn: WsConnection, session: Session
+    ctx: ServerContext, engine: Engine, conn: WsConnection, session: Session, slot: SocketSlot
 ) -> None:
     """Attach ``session`` to the hub, read its frames until it ends, then detach and close.
 
@@ -345,12 +347,21 @@ async def _run_session(
         raise
     finally:
         with trio.CancelScope(shield=True):
-            await _end_session(ctx, conn, session)
+            await _end_session(ctx, conn, session, slot)
 
 
-async def _end_session(ctx: ServerContext, conn: WsConnection, session: Session) -> None:
-    """Detach ``session`` (its partner is told), count its close code, close the socket."""
+async def _end_session(
+    ctx: ServerContext, conn: WsConnection, session: Session, slot: SocketSlot
+) -> None:
+    """Detach ``session`` (its partner is told), count its close code, close the socket.
+
+    The socket's ``sockets_per_ip`` slot is given back as soon as the
+    session is gone, before the close handshake: the WebSocket is over, and
+    however long the client takes to end the TCP connection is bounded by
+    ``CLOSE_TIMEOUT_S`` and counted in ``connections_per_ip``.
+    """
     await ctx.hub.detach(session)
+    await release_slot(ctx, slot)
     core = session.core
     code = core.close_code
     if code is not None:

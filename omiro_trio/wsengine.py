@@ -554,8 +554,7 @@ class WsConnection:
         if not await self.flush():
             return
         # Wait for the peer's close frame (unless the protocol already gave
-        # up on it), then end our side and read until the peer's end of
-        # stream, so our close is not cut short by a reset of unread data.
+        # up on it), then end our side.
         while not self._eof_wanted and proto.close_rcvd is None:
             if not await self.receive_closing():
                 break
@@ -568,8 +567,30 @@ class WsConnection:
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             return  # already gone
+        if proto.close_rcvd is not None:
+            # The handshake is complete and the peer sends nothing more: the
+            # server ends the TCP connection first (RFC 6455, 7.1.1), at
+            # once. What already arrived is read first, so that closing does
+            # not turn into a reset that could lose our close frame.
+            self.read_what_arrived()
+            return
         while await self.receive_closing():
             pass
+
+    def read_what_arrived(self) -> None:
+        """Read, without waiting, what the socket holds (at most ``CHECKPOINT_EVERY`` reads)."""
+        sock = self.sock
+        if sock is None:
+            return
+        self._unparsed = b""
+        for _ in range(CHECKPOINT_EVERY):
+            try:
+                if not sock.recv(RECEIVE_BYTES):
+                    return
+            except (BlockingIOError, InterruptedError):
+                return
+            except _CLOSED_SOCKET_ERRORS:
+                return
 
     async def receive_closing(self) -> bool:
         """Read during the closing handshake; False at end of stream."""

@@ -657,6 +657,20 @@ async def test_a_head_over_the_budget_later_on_a_kept_alive_connection_is_431(
     assert server.metric("omiro_budget_exceeded_total", budget="head") == 2
 
 
+@pytest.mark.parametrize("how", ["server closes", "client closes"])
+async def test_a_closed_socket_gives_back_its_slot_at_once(server: Harness, how: str) -> None:
+    """Its sockets_per_ip slot is free as soon as the WebSocket is closed, however long the
+    client keeps the TCP connection (this one never ends it)."""
+    stream, _ = await open_session(server)
+    await wait_until(lambda: _sockets_from(server, "127.0.0.1") == 1)
+    if how == "server closes":
+        await stream.send_all(text("disconnect"))
+    else:
+        await stream.send_all(ws_frame(0x8, struct.pack("!H", 1000)))
+    await wait_until(lambda: _sockets_from(server, "127.0.0.1") == 0, CLOSED_AT_ONCE_S / 2)
+    await stream.aclose()
+
+
 async def test_requests_pipelined_behind_the_last_one_are_not_answered(server: Harness) -> None:
     """After a request whose answer ends the connection, what follows is dropped, and that
     answer is whole."""
