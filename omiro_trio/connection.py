@@ -418,10 +418,17 @@ async def _perform(
 ) -> bool:
     """Do what the core asked (all but the relay); True when the session is closing."""
     hub = ctx.hub
-    if isinstance(action, NextPartner) and await hub.next_limited(
-        session, ctx.config.limits.nexts_per_minute
+    if (
+        isinstance(action, Join | NextPartner)
+        and action.counted
+        and await hub.next_limited(session, ctx.config.limits.nexts_per_minute)
     ):
-        action = session.core.refuse("next", now)
+        # Every way into the queue spends a skip (session_core.py): over the
+        # allowance the op is refused and the match, if any, goes on.
+        ctx.metrics.exceeded(Budget.SKIPS)
+        action = session.core.refuse(
+            "next" if isinstance(action, NextPartner) else "join_queue", now
+        )
     if isinstance(action, Reply):
         if action.error is not None:
             ctx.metrics.protocol_errors.labels(action.error).inc()
