@@ -16,6 +16,8 @@ The front door is the connection boundary. Its rules, each structural:
   ``server.connections_per_ip`` connections per client (address group) are
   open at once; more are closed without a byte read. A trusted proxy's
   connections are not capped: they carry many clients.
+* **Budgets before parsing.** A head over ``budgets.MAX_HEAD_BYTES`` is
+  answered 431 before any parser sees it, whether it is complete or not.
 * **Deadlines on every wait.** A request head must arrive whole within
   ``HEAD_TIMEOUT_S`` of the connection (or of its first byte, on a kept-alive
   connection), a request body within ``BODY_TIMEOUT_S`` of its head, the next
