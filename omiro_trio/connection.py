@@ -46,7 +46,7 @@ from omiro_trio.admission import (
 from omiro_trio.budgets import Budget
 from omiro_trio.codes import CloseCode
 from omiro_trio.context import ServerContext
-from omiro_trio.httpstream import ReplayStream, plain_response
+from omiro_trio.httpstream import ReplayStream, head_end, plain_response
 from omiro_trio.hub import Hub, Session
 from omiro_trio.session_core import (
     Action,
@@ -123,15 +123,18 @@ async def _handshake(
     raw: socket.socket,
     head: RequestHead | None,
     slot: SocketSlot,
-) -> tuple[EngineProtocol, str, str] | None:
-    """Read the upgrade request and run the checks; the protocol, session id and client.
+) -> tuple[EngineProtocol, str, str, bytes] | None:
+    """Read the upgrade request and run the checks.
 
+    Returns the protocol, the session id, the client and the bytes read
+    behind the request (frames the engine parses once the socket is open).
     A refused upgrade is answered here (plain HTTP) and gives None.
     """
     proto = wsengine.new_protocol(ctx.config.server.max_frame_bytes)
-    request = await _read_request(stream, raw, proto)
-    if request is None:
+    read = await _read_request(stream, raw, proto)
+    if read is None:
         return None
+    request, behind = read
     if head is None:
         head = head_of(request, slot)
     response = proto.accept(request)
@@ -145,21 +148,27 @@ async def _handshake(
         await _write_refusal(raw, _rejection_bytes(proto, verdict))
         return None
     proto.send_response(response)  # written by the engine, before hello
-    return proto, verdict, ip
+    return proto, verdict, ip, behind
 
 
 async def _read_request(
     stream: trio.abc.Stream, raw: socket.socket, proto: EngineProtocol
-) -> Request | None:
+) -> tuple[Request, bytes] | None:
     """The upgrade request, parsed by ``proto`` within ``HANDSHAKE_TIMEOUT_S``, or None.
 
     What the front door already read usually holds the whole request: it is
-    parsed first, with no read to wait for. A request the parser refuses is
-    answered here (a plain HTTP 4xx).
+    parsed first, with no read to wait for, and what came behind it is
+    returned unparsed (the engine parses it a slice at a time, under the
+    session's budgets). A request the parser refuses is answered here (a
+    plain HTTP 4xx).
     """
     prefix = stream.take_prefix() if isinstance(stream, ReplayStream) else b""
     request = None
+    behind = b""
     if prefix:
+        end = head_end(prefix)
+        if end >= 0:
+            prefix, behind = prefix[:end], prefix[end:]
         proto.receive_data(prefix)
         request = wsengine.handshake_request(proto)
     if request is None and proto.handshake_exc is None:
@@ -171,10 +180,10 @@ async def _read_request(
             answer = b"".join(proto.data_to_send())
             await _write_refusal(raw, answer or _NOT_HTTP)
         return None
-    # Frames pipelined behind the request may have broken the protocol before
-    # the upgrade was answered: then the protocol gave up, and no answer can
-    # follow.
-    return None if proto.eof_sent else request
+    # Frames pipelined behind a request read in pieces may have broken the
+    # protocol before the upgrade was answered: then the protocol gave up,
+    # and no answer can follow.
+    return None if proto.eof_sent else (request, behind)
 
 
 async def _read_more(stream: trio.abc.Stream, proto: EngineProtocol) -> Request | None:
@@ -224,6 +233,7 @@ async def _open_session(
     proto: EngineProtocol,
     session_id: str,
     ip: str,
+    behind: bytes,
     *,
     slot: SocketSlot,
 ) -> None:
@@ -238,6 +248,7 @@ async def _open_session(
         send_queue=ctx.config.server.send_queue,
         send_queue_bytes=ctx.config.server.send_queue_bytes,
         on_fail=_closer(session),
+        unparsed=behind,
     )
     del proto
     session.outlet = conn

@@ -169,6 +169,8 @@ class WsConnection:
         on_fail: called once, with a close code and reason, when the engine
             gives up on the connection for writing (slow consumer) or
             liveness (no pong).
+        unparsed: bytes the client sent behind its upgrade request, read
+            already: parsed first, like any read.
 
     ``exceeded`` names the budget the connection went over, if it did.
     """
@@ -212,6 +214,7 @@ class WsConnection:
         send_queue: int,
         send_queue_bytes: int,
         on_fail: Callable[[int, str, str], None],
+        unparsed: bytes = b"",
     ) -> None:
         self.engine: Engine | None = engine
         self.sock: socket.socket | None = sock
@@ -238,7 +241,7 @@ class WsConnection:
         self._fragments: bytearray | None = None  # the message being assembled
         self._fragment_count = 0
         self._fragments_text = False
-        self._unparsed = b""  # the last read, parsed a slice at a time
+        self._unparsed = unparsed  # the last read, parsed a slice at a time
         self._unparsed_at = 0
         _forget_handshake(proto)
         self.take_protocol_writes()

@@ -316,14 +316,16 @@ class ServerFrames:
 
 
 async def hostile_session(
-    omiro: Server, *, receive_buffer: int | None = None
+    omiro: Server, *, receive_buffer: int | None = None, behind_the_upgrade: bytes = b""
 ) -> tuple[trio.SocketStream, ServerFrames]:
-    """A hostile WebSocket session, upgraded and past ``hello``."""
+    """A hostile WebSocket session, upgraded (and past ``hello`` unless frames were sent
+    ``behind_the_upgrade``, in the same write as the request)."""
     stream = await hostile_tcp(omiro, receive_buffer=receive_buffer)
     await stream.send_all(
         f"GET /ws?token={omiro.token()} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         "Upgrade: websocket\r\nConnection: Upgrade\r\n"
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        + behind_the_upgrade
     )
     head = b""
     with trio.fail_after(WAIT_S):
@@ -331,7 +333,8 @@ async def hostile_session(
             head += await stream.receive_some(1)  # stop exactly at the head's end
         assert head.startswith(b"HTTP/1.1 101"), head
         frames = ServerFrames(stream)
-        assert (await frames.op())["op"] == "hello"
+        if not behind_the_upgrade:
+            assert (await frames.op())["op"] == "hello"
     return stream, frames
 
 
@@ -466,11 +469,16 @@ async def test_message_size_budget(omiro: Server) -> None:
     ],
     ids=["pings", "pongs", "messages", "bad messages"],
 )
-async def test_frame_rate_budget(omiro: Server, burst: bytes, code: int) -> None:
+@pytest.mark.parametrize("behind_the_upgrade", [False, True], ids=["after", "behind the upgrade"])
+async def test_frame_rate_budget(
+    omiro: Server, burst: bytes, code: int, behind_the_upgrade: bool
+) -> None:
     """Floods of small frames: closed by the message bucket (4029) or the error count (4000)
-    within the first slices; the server never reads on for the rest."""
+    within the first slices, also when they come in the upgrade request's own packet."""
     async with watched(omiro) as watch:
-        stream, frames = await hostile_session(omiro)
+        stream, frames = await hostile_session(
+            omiro, behind_the_upgrade=burst if behind_the_upgrade else b""
+        )
 
         async def attack() -> None:
             while True:

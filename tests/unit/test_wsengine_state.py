@@ -224,3 +224,30 @@ async def test_a_read_is_parsed_a_slice_at_a_time(sock: socket.socket) -> None:
         total += len(await conn.receive())
     assert total == 1000
     conn.release()
+
+
+async def test_frames_read_behind_the_upgrade_are_parsed_a_slice_at_a_time(
+    sock: socket.socket,
+) -> None:
+    proto = wsengine.new_protocol(65536)
+    proto.receive_data(REQUEST)
+    request = wsengine.handshake_request(proto)
+    assert request is not None
+    proto.send_response(proto.accept(request))
+    frame = _client_text(b'{"op":"typing","data":{"typing":true}}')
+    conn = wsengine.WsConnection(
+        wsengine.Engine(60.0),
+        sock,
+        proto,
+        send_queue=8,
+        send_queue_bytes=1 << 20,
+        on_fail=lambda *_: None,
+        unparsed=frame * 1000,
+    )
+    first = await conn.receive()
+    assert 0 < len(first) <= wsengine.PARSE_SLICE_BYTES // len(frame) + 1
+    total = len(first)
+    while total < 1000:
+        total += len(await conn.receive())
+    assert total == 1000
+    conn.release()
