@@ -193,10 +193,10 @@ class WsConnection:
         "nursery",
         "on_fail",
         "out",
-        "out_bytes",
         "pending",
         "proto",
         "queued",
+        "queued_bytes",
         "send_queue",
         "send_queue_bytes",
         "silent_ticks",
@@ -225,7 +225,7 @@ class WsConnection:
         self.exceeded: Budget | None = None
         # A list, not a deque: an empty list holds no block of its own.
         self.out: list[bytes] = []
-        self.out_bytes = 0  # the bytes in out
+        self.queued_bytes = 0  # waiting for the socket: the frames in out and pending
         self.pending: memoryview | None = None  # the unsent rest of the last send
         self.queued = False  # in the engine's dirty list
         self.draining = False  # a _drain task owns writing
@@ -260,7 +260,7 @@ class WsConnection:
         out = self.out
         frame = text_frame(payload)
         out.append(frame)
-        self.out_bytes += len(frame)
+        self.queued_bytes += len(frame)
         if not self.queued:
             self.queued = True
             engine = self.engine
@@ -274,15 +274,9 @@ class WsConnection:
                 return False
         return True
 
-    @property
-    def queued_bytes(self) -> int:
-        """Bytes waiting for the socket: queued frames and the unsent rest of a write."""
-        pending = self.pending
-        return self.out_bytes + (len(pending) if pending is not None else 0)
-
     def _drop_queued(self) -> None:
         self.out.clear()
-        self.out_bytes = 0
+        self.queued_bytes = 0
         self.pending = None
 
     def take_protocol_writes(self) -> None:
@@ -294,7 +288,7 @@ class WsConnection:
         for chunk in proto.data_to_send():
             if chunk:
                 self.out.append(chunk)
-                self.out_bytes += len(chunk)
+                self.queued_bytes += len(chunk)
             else:
                 self._eof_wanted = True
         if self.out and not self.queued and self.engine is not None:
@@ -322,6 +316,7 @@ class WsConnection:
                 self.write_broken = True
                 self._drop_queued()
                 return
+            self.queued_bytes -= sent
             if sent < len(pending):
                 self.pending = pending[sent:]
                 return
@@ -331,7 +326,6 @@ class WsConnection:
             return
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
-        self.out_bytes = 0
         try:
             sent = sock.send(data)
         except BlockingIOError:
@@ -340,6 +334,7 @@ class WsConnection:
             self.write_broken = True
             self._drop_queued()
             return
+        self.queued_bytes -= sent
         if sent < len(data):
             self.pending = memoryview(data)[sent:]
 
@@ -549,8 +544,7 @@ class WsConnection:
             proto.send_close(code, reason)
         if not graceful:
             if self.pending is None:
-                self.out.clear()
-                self.out_bytes = 0
+                self._drop_queued()
                 self.take_protocol_writes()
                 self.write_now()
             return
