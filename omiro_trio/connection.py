@@ -46,7 +46,7 @@ from omiro_trio.admission import (
 from omiro_trio.budgets import Budget
 from omiro_trio.codes import CloseCode
 from omiro_trio.context import ServerContext
-from omiro_trio.httpstream import ReplayStream, head_end, plain_response
+from omiro_trio.httpstream import ReplayStream, discard_unread, head_end, plain_response
 from omiro_trio.hub import Hub, Session
 from omiro_trio.session_core import (
     Action,
@@ -283,6 +283,7 @@ async def _write_refusal(raw: socket.socket, data: bytes) -> None:
             raw.shutdown(socket.SHUT_WR)
         except OSError:
             return
+        discard_unread(raw)  # so that the close does not reset the answer away
 
 
 class _Timers:

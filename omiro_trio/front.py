@@ -178,6 +178,18 @@ async def read_head(stream: trio.SocketStream, timeout_s: float = HEAD_TIMEOUT_S
     return bytes(data)
 
 
+async def _refuse(stream: trio.SocketStream, answer: bytes) -> None:
+    """Write a refusal (within ``SEND_TIMEOUT_S``); the caller then closes the socket.
+
+    What the client sent that nobody read is dropped first, so that the
+    close is a FIN after the answer, not a reset that may make the client
+    lose it.
+    """
+    with trio.move_on_after(SEND_TIMEOUT_S):
+        await stream.send_all(answer)
+    discard_unread(stream.socket)
+
+
 def head_complete(data: bytes | bytearray) -> bool:
     """Whether ``data`` holds a whole head (or more than any head may be)."""
     return len(data) > MAX_HEAD_BYTES or head_end(data) >= 0
@@ -287,7 +299,6 @@ class FrontDoor:
             self._metrics.connection_failures.inc()
             log.error("a connection failed; it was closed", exc_info=failure)
         finally:
-            discard_unread(stream.socket)
             # What ``stream.aclose()`` does, minus its checkpoint: no shield needed.
             stream.socket.close()
 
@@ -299,8 +310,7 @@ class FrontDoor:
         if head_too_large(data, head_end(data)):
             # Before any parser sees it, whether it is complete or not.
             self._metrics.exceeded(Budget.HEAD)
-            with trio.move_on_after(SEND_TIMEOUT_S):
-                await stream.send_all(HEAD_TOO_LARGE)
+            await _refuse(stream, HEAD_TOO_LARGE)
             return
         if data.startswith(_WS_REQUEST_LINE):
             # Parsed once, by the WebSocket handshake (no h11 on this path).
@@ -322,14 +332,14 @@ class FrontDoor:
         head = await http.read_head(timeouts.head)
         if head is None:  # ended, stalled, or not HTTP
             if http.refusal is not None:
-                await http.send_all(http.refusal)
+                await _refuse(stream, http.refusal)
             return
         if is_websocket_upgrade(head):
             await self._websocket(ReplayStream(stream, http.take_pending(), peer, client), head)
             return
         refusal = refusal_for(head)
         if refusal is not None:
-            await http.send_all(refusal)
+            await _refuse(stream, refusal)
             return
         fast = self._fast_route(head) if self._fast_route else None
         if fast is not None:  # (fastpath.py: GET /session/new)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -148,7 +149,7 @@ def head_too_large(data: bytes | bytearray, end: int) -> bool:
     return end > MAX_HEAD_BYTES or (end < 0 and len(data) > MAX_HEAD_BYTES)
 
 
-def discard_unread(sock: trio.socket.SocketType, reads: int = 16) -> None:
+def discard_unread(sock: trio.socket.SocketType | socket.socket, reads: int = 16) -> None:
     """Read and drop, without waiting, what the client sent that nobody read.
 
     Closing a socket with unread bytes sends a reset instead of a FIN, and a
