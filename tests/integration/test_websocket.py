@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 import trio
+from redis_support import new_prefix
 from support import WAIT_S, Client, Harness, StartServer, wait_until
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
@@ -439,8 +441,24 @@ async def _spend_skips(server: Harness, skipper: Client, partner: Client, skips:
         await skipper.expect("match_found")
 
 
-async def test_join_queue_while_matched_spends_a_skip(start_server: StartServer) -> None:
-    server = await start_server(limits__nexts_per_minute=3)
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Config overrides for each backend (the skip window is the backend's)."""
+    if request.param == "memory":
+        return {}
+    redis = request.getfixturevalue("redis_server")
+    return {
+        "backend__kind": "redis",
+        "redis__url": redis.url,
+        "redis__key_prefix": new_prefix(),
+        "session__secret": "a-shared-secret-of-at-least-32-bytes",
+    }
+
+
+async def test_join_queue_while_matched_spends_a_skip(
+    start_server: StartServer, backend: dict[str, Any]
+) -> None:
+    server = await start_server(limits__nexts_per_minute=3, **backend)
     a, b = await server.pair()  # a's join spent one
     await _spend_skips(server, a, b, 2)
     await a.send("join_queue")
@@ -457,8 +475,10 @@ async def test_join_queue_while_matched_spends_a_skip(start_server: StartServer)
 
 
 @pytest.mark.parametrize("leave_by", ["leave_queue", "report"])
-async def test_leaving_then_joining_spends_a_skip(start_server: StartServer, leave_by: str) -> None:
-    server = await start_server(limits__nexts_per_minute=2)
+async def test_leaving_then_joining_spends_a_skip(
+    start_server: StartServer, backend: dict[str, Any], leave_by: str
+) -> None:
+    server = await start_server(limits__nexts_per_minute=2, **backend)
     a, partner = await server.pair()  # a's join spent one
     data = {"reason": "spam"} if leave_by == "report" else None
     await a.send(leave_by, data)
@@ -480,9 +500,9 @@ async def test_leaving_then_joining_spends_a_skip(start_server: StartServer, lea
 
 
 async def test_a_new_socket_of_the_session_spends_a_skip_to_join(
-    start_server: StartServer,
+    start_server: StartServer, backend: dict[str, Any]
 ) -> None:
-    server = await start_server(limits__nexts_per_minute=2)
+    server = await start_server(limits__nexts_per_minute=2, **backend)
     token = server.token()
     partner = await server.connect()
     await partner.send("join_queue")
@@ -504,9 +524,9 @@ async def test_a_new_socket_of_the_session_spends_a_skip_to_join(
 
 
 async def test_rejoining_after_the_partner_left_spends_nothing(
-    start_server: StartServer,
+    start_server: StartServer, backend: dict[str, Any]
 ) -> None:
-    server = await start_server(limits__nexts_per_minute=1)
+    server = await start_server(limits__nexts_per_minute=1, **backend)
     a, b = await server.pair()  # each spent its one
     await a.send("next")
     assert (await a.expect("error"))["code"] == "rate_limited"  # the match goes on
