@@ -284,7 +284,8 @@ class WsConnection:
         proto = self.proto
         if proto is None:
             return
-        proto.take_pong()
+        if proto.pong is not None:
+            proto.take_pong()
         for chunk in proto.data_to_send():
             if chunk:
                 self.out.append(chunk)
