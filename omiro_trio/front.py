@@ -305,9 +305,10 @@ class FrontDoor:
     async def _serve(self, stream: trio.SocketStream, peer: str, client: str | None) -> None:
         """Read the first head and route it (the WebSocket path, the fast path, hypercorn)."""
         data = await read_head(stream, HEAD_TIMEOUT_S)
-        if not head_complete(data):
+        end = head_end(data)
+        if end < 0 and len(data) <= MAX_HEAD_BYTES:
             return  # ended or stalled before a whole head: nothing to answer
-        if head_too_large(data, head_end(data)):
+        if head_too_large(data, end):
             # Before any parser sees it, whether it is complete or not.
             self._metrics.exceeded(Budget.HEAD)
             await _refuse(stream, HEAD_TOO_LARGE)
