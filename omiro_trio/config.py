@@ -99,6 +99,7 @@ class ServerConfig(_Table, frozen=True):
     )
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=256, le=16 * 1024 * 1024)] = 65536
     send_queue: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 256
+    send_queue_bytes: Annotated[int, msgspec.Meta(ge=4096, le=1 << 30)] = 1 << 20
     idle_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
     drain_grace_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
 
@@ -468,6 +469,12 @@ def _check_values(config: Config, sources: _Sources) -> None:
         # Not echoed: a Redis URL may carry a password.
         problem = f"expected a URL starting with {', '.join(_REDIS_SCHEMES)}"
         raise _error(sources, "redis", "url", problem)
+    if server.send_queue_bytes < 2 * server.max_frame_bytes:
+        problem = (
+            f"must be at least twice server.max_frame_bytes ({2 * server.max_frame_bytes}): "
+            "room for the largest message and the rest of one being written"
+        )
+        raise _error(sources, "server", "send_queue_bytes", problem)
     if config.redis.dead_after_s <= config.redis.heartbeat_s:
         problem = "must be longer than redis.heartbeat_s (a live server would be swept)"
         raise _error(sources, "redis", "dead_after_s", problem)

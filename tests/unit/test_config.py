@@ -45,6 +45,7 @@ DESIGN_DEFAULTS: dict[str, dict[str, Any]] = {
         "connections_per_ip": 64,
         "max_frame_bytes": 65536,
         "send_queue": 256,
+        "send_queue_bytes": 1048576,
         "idle_timeout_s": 60,
         "drain_grace_s": 10,
     },
@@ -289,6 +290,7 @@ def test_config_int_accepted_for_float_seconds(tmp_path: Path) -> None:
         ("[server]\nport = -1\n", "server.port"),
         ("[server]\nmax_frame_bytes = 0\n", "server.max_frame_bytes"),
         ("[server]\nsend_queue = -5\n", "server.send_queue"),
+        ("[server]\nsend_queue_bytes = 100\n", "server.send_queue_bytes"),
         ("[server]\nidle_timeout_s = -1\n", "server.idle_timeout_s"),
         ("[server]\ndrain_grace_s = nan\n", "server.drain_grace_s"),
         ("[server]\ndrain_grace_s = inf\n", "server.drain_grace_s"),
@@ -625,6 +627,21 @@ def test_config_client_ip_header_with_trusted_proxies_is_accepted(tmp_path: Path
         '[server]\ntrusted_proxies = ["10.0.0.0/8"]\nclient_ip_header = "CF-Connecting-IP"\n',
     )
     assert load_config(path, environ={}).server.client_ip_header == "CF-Connecting-IP"
+
+
+def test_config_send_queue_bytes_holds_two_of_the_largest_messages() -> None:
+    message = env_error(
+        {"OMIRO_SERVER_MAX_FRAME_BYTES": "1048576", "OMIRO_SERVER_SEND_QUEUE_BYTES": "1048576"}
+    )
+    assert "server.send_queue_bytes" in message
+    assert "2097152" in message
+    config = load_config(
+        environ={
+            "OMIRO_SERVER_MAX_FRAME_BYTES": "1048576",
+            "OMIRO_SERVER_SEND_QUEUE_BYTES": "2097152",
+        }
+    )
+    assert config.server.send_queue_bytes == 2 * config.server.max_frame_bytes
 
 
 # --- ice.relay_only "auto" ----------------------------------------------------
