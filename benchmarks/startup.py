@@ -6,11 +6,16 @@ cores), then measures:
 
 1. ``ready_s``: from just before the process is started until ``/readyz``
    first answers 200 (polled every 2 ms, for at most 60 s);
-2. ``cpu_s``: the server's CPU seconds by then; ``rss_ready_mb``: its VmRSS;
+2. ``cpu_s``: the server's CPU seconds by then; ``rss_ready_mb``: its VmRSS,
+   and ``hwm_ready_mb``: the highest it has been (VmHWM);
 3. ``filter_first_ms``: the nudity filter's files fetched all at once, as a
    page that turns the filter on does (brotli, as Chromium asks), on a
    server that never served them; ``filter_again_ms``: the same again;
-   ``rss_filter_mb``: VmRSS after that.
+   ``rss_filter_mb``: VmRSS after that;
+4. on a second fresh server, every file under ``vendor/`` in every encoding
+   (identity, gzip, brotli), 32 requests at a time: ``rss_every_peak_mb``,
+   the highest VmRSS seen meanwhile (sampled every 5 ms), and
+   ``rss_every_mb``, VmRSS after.
 
 With several ``--build NAME=PYTHON`` the runs alternate between them (A, B,
 A, B, ...), so a machine that gets busier during the runs weighs on every
@@ -27,12 +32,14 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 
 import httpx
 import trio
 
 from omiro_trio.bench import cpu_seconds, rss_kib, start_server
+from omiro_trio.static import frontend_dir
 
 # What the page fetches when the user turns the nudity filter on (page_load.py).
 FILTER_FILES = [
@@ -47,6 +54,15 @@ FILTER_FILES = [
 ]
 CHROMIUM_ACCEPT = {"Accept-Encoding": "gzip, deflate, br, zstd"}
 READY_DEADLINE_S = 60.0
+
+
+def hwm_kib(pid: int) -> int:
+    """The process's highest resident set size so far (VmHWM)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmHWM")
 
 
 def wait_ready(url: str, deadline: float) -> None:
@@ -79,6 +95,32 @@ async def fetch_filter(url: str) -> float:
             return (time.perf_counter() - start) * 1000
 
 
+async def fetch_every_encoding(url: str) -> None:
+    """Every vendored file in every encoding, 32 requests at a time; each must be 200."""
+    root = frontend_dir()
+    paths = sorted(
+        "/" + path.relative_to(root).as_posix()
+        for path in (root / "vendor").rglob("*")
+        if path.is_file()
+    )
+
+    async def fetch(http: httpx.AsyncClient, path: str, accept: str) -> None:
+        async with http.stream("GET", path, headers={"Accept-Encoding": accept}) as response:
+            assert response.status_code == 200, path
+            async for _ in response.aiter_raw():
+                pass
+
+    limits = httpx.Limits(max_connections=32)
+    with trio.fail_after(60):
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http,
+            trio.open_nursery() as nursery,
+        ):
+            for path in paths:
+                for accept in ("identity", "gzip", "br"):
+                    nursery.start_soon(fetch, http, path, accept)
+
+
 def one_run(python: str, pin: bool) -> dict[str, float]:
     command = [python, "-m", "omiro_trio", "serve", "--host", "127.0.0.1", "--port", "0"]
     start = time.perf_counter()
@@ -90,10 +132,34 @@ def one_run(python: str, pin: bool) -> dict[str, float]:
             "ready_s": ready_s,
             "cpu_s": cpu_seconds(process.pid),
             "rss_ready_mb": rss_kib(process.pid) / 1024,
+            "hwm_ready_mb": hwm_kib(process.pid) / 1024,
         }
         result["filter_first_ms"] = trio.run(fetch_filter, url)
         result["filter_again_ms"] = trio.run(fetch_filter, url)
         result["rss_filter_mb"] = rss_kib(process.pid) / 1024
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    process, url = start_server(pin, command=command)
+    try:
+        wait_ready(url, time.perf_counter() + READY_DEADLINE_S)
+        peak_kib = rss_kib(process.pid)
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak_kib
+            while not done.wait(0.005):
+                peak_kib = max(peak_kib, rss_kib(process.pid))
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            trio.run(fetch_every_encoding, url)
+        finally:
+            done.set()
+            sampler.join()
+        result["rss_every_peak_mb"] = peak_kib / 1024
+        result["rss_every_mb"] = rss_kib(process.pid) / 1024
         return result
     finally:
         process.terminate()
