@@ -83,6 +83,7 @@ async def open_backend(config: Config) -> AsyncIterator[Backend]:
             # A block outlives both sessions: a session lives at most its
             # token's life plus one connection.
             block_ttl_s=max(config.session.token_ttl_s * 2, 86400),
+            ipv6_prefix=config.server.ipv6_prefix,
         ) as backend:
             yield backend
     else:

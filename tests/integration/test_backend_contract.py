@@ -925,3 +925,38 @@ async def test_memory_sweep_visits_only_what_expired(autojump_clock: Clock) -> N
     for _ in range(100):
         await backend.sweep()
     assert backend.held_entries() == 0
+
+
+async def test_memory_ban_check_looks_at_the_address_and_the_network_bans_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An exact lookup plus the short list of network bans, never a scan of every ban."""
+    from omiro_trio.backends import memory
+
+    backend = MemoryBackend(interest_timeout_s=1, rematch_cooldown_s=30, block_ttl_s=60)
+    now = time.time()
+    for n in range(3000):
+        await backend.add_ban(Ban(f"10.{n // 256}.{n % 256}.1", "spam", now + 600, now))
+    await backend.add_ban(Ban("198.51.100.0/24", "a network", None, now))
+    await backend.add_ban(Ban("2001:db8:5::/48", "a network", None, now))
+    compared = 0
+    original = memory._overlaps
+
+    def counting(a: Any, b: Any) -> bool:
+        nonlocal compared
+        compared += 1
+        return original(a, b)
+
+    monkeypatch.setattr(memory, "_overlaps", counting)
+    checks = {
+        "10.5.7.1": "10.5.7.1",
+        "10.11.183.1": "10.11.183.1",
+        "192.0.2.1": None,
+        "198.51.100.77": "198.51.100.0/24",
+        "2001:db8:5:1::/64": "2001:db8:5::/48",
+        "2001:db8:6:1::/64": None,
+    }
+    for ip, target in checks.items():
+        ban = await backend.ban_for(ip)
+        assert (ban.target if ban else None) == target, ip
+    assert compared <= 2 * len(checks)
