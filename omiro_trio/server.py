@@ -102,6 +102,7 @@ async def open_backend(config: Config) -> AsyncIterator[Backend]:
                 interest_timeout_s=config.matchmaking.interest_timeout_s,
                 rematch_cooldown_s=config.matchmaking.rematch_cooldown_s,
                 block_ttl_s=max(config.session.token_ttl_s * 2, 86400),
+                ipv6_prefix=config.server.ipv6_prefix,
             ) as backend:
                 opened = True
                 yield backend
@@ -189,7 +190,11 @@ async def _run_bus(
     while True:
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(partial(backend.run_bus, deliver, on_gap=hub.request_sync))
+                await nursery.start(
+                    partial(
+                        backend.run_bus, deliver, on_gap=hub.request_sync, views=hub.local_views
+                    )
+                )
                 if not started:
                     started = True
                     task_status.started()

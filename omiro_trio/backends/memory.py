@@ -32,6 +32,7 @@ from omiro_trio.addresses import Network, ban_key
 from omiro_trio.backends.base import (
     Ban,
     BusHandler,
+    Delivery,
     Ended,
     LocalView,
     ReportRecord,
@@ -253,10 +254,18 @@ class MemoryBackend:
     async def stats(self) -> Stats:
         return Stats(online=len(self._live), waiting=self._mm.waiting_count())
 
-    async def publish(self, session_id: str, message: bytes) -> bool:
+    async def publish(
+        self,
+        session_id: str,
+        message: bytes,
+        *,
+        server: str = "",
+        match_id: str = "",
+        sender: str = "",
+    ) -> Delivery:
         # One server: every live session is local, and the hub delivers to
         # local sessions itself. A session not there is gone.
-        return False
+        return "gone"
 
     async def broadcast(self, message: bytes) -> None:
         return None  # no other server
@@ -266,6 +275,7 @@ class MemoryBackend:
         handler: BusHandler,
         *,
         on_gap: Callable[[], None] | None = None,
+        views: Callable[[], Sequence[LocalView]] | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         task_status.started()

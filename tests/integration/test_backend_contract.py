@@ -27,6 +27,7 @@ import time
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -198,13 +199,32 @@ async def backend(
         timings, url=redis.url, key_prefix=new_prefix(), pool_size=20, clock_offset=offset
     )
     if kind == "redis":
-        async with open_redis_backend(**options) as opened:
+        async with open_redis_backend(**options) as opened, listening(opened):
             offset.servers = [opened]
             yield opened
     else:
-        async with open_redis_backend(**options) as a, open_redis_backend(**options) as b:
+        async with (
+            open_redis_backend(**options) as a,
+            open_redis_backend(**options) as b,
+            listening(a, b),
+        ):
             offset.servers = [a, b]
             yield Split(a, b)  # type: ignore[misc]
+
+
+@asynccontextmanager
+async def listening(*servers: Any) -> AsyncIterator[None]:
+    """Each server listens on its bus, as a running server does (only a server
+    that listens has its users matched, and its sockets counted)."""
+
+    async def ignore(message: bytes) -> None:
+        pass
+
+    async with trio.open_nursery() as nursery:
+        for server in servers:
+            await nursery.start(server.run_bus, ignore)
+        yield
+        nursery.cancel_scope.cancel()
 
 
 def prefs(*interests: str, mode: str = "video") -> Preferences:
@@ -729,8 +749,8 @@ async def test_count_reporter_counts_distinct_addresses_in_the_window(
     assert await backend.count_reporter("203.0.113.7", "198.51.100.3", 60) == 1
 
 
-async def test_publish_to_an_unknown_session_returns_false(backend: Backend) -> None:
-    assert await backend.publish("nobody", b"{}") is False
+async def test_publish_to_an_unknown_session_is_gone(backend: Backend) -> None:
+    assert await backend.publish("nobody", b"{}") == "gone"
 
 
 async def test_run_bus_starts_and_stops_when_cancelled(backend: Backend) -> None:
