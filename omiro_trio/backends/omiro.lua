@@ -565,6 +565,14 @@ elseif op == 'unregister' then
   end
   return 1
 
+elseif op == 'retire' then
+  -- server: one known to be dead (a worker this one replaces): as if it had
+  -- stopped cleanly, so the next sweep frees what it held at once
+  if A[1] ~= me and redis.call('ZSCORE', P .. 'servers', A[1]) then
+    redis.call('ZADD', P .. 'servers', -1, A[1])
+  end
+  return 1
+
 elseif op == 'add_ban' then
   -- target, ban (JSON), until (unix ms) or "", index key or "" (a network)
   local target, upto, key = A[1], A[3], A[4]

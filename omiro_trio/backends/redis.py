@@ -809,8 +809,14 @@ async def open_redis_backend(
     timeout_s: float = TIMEOUT_S,
     ipv6_prefix: int = 64,
     clock_offset: Callable[[], float] = lambda: 0.0,
+    server_id: str | None = None,
+    replaces: str | None = None,
 ) -> AsyncIterator[RedisBackend]:
     """Connect, register this server, heartbeat while open; unregister on exit.
+
+    ``server_id``: this server's id in the registry (default: a random one).
+    ``replaces``: a server known to be dead (the worker this one replaces):
+    it is marked stopped, so the next sweep frees what it held at once.
 
     Raises:
         BackendUnavailable: Redis does not answer at start.
@@ -838,6 +844,8 @@ async def open_redis_backend(
                 ipv6_prefix=ipv6_prefix,
                 clock_offset=clock_offset,
             )
+            if server_id:
+                backend._server_id = server_id
             while True:
                 added, boot, _ = await backend._run("register", uuid.uuid4().hex, restoring=True)
                 if int(added):
@@ -845,6 +853,8 @@ async def open_redis_backend(
                     break
                 backend._server_id = uuid.uuid4().hex[:16]  # an id clash: pick another
             backend._restored.set()
+            if replaces:
+                await backend._run("retire", replaces)
             await backend.index_bans()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(backend.run_heartbeat)
