@@ -72,6 +72,7 @@ log = logging.getLogger(__name__)
 
 SYNC_INTERVAL_S = 5.0
 SYNC_RETRY_S = 1.0
+RELEASE_RETRY_S = 0.1  # sockets gone while the backend was away: released as soon as it answers
 SYNC_SLICE = 256  # sessions compared with the backend between checkpoints
 
 BusKind = Literal["matched", "ended", "relay", "ban"]
@@ -637,7 +638,9 @@ class Hub:
                 await self.resync()
             except BackendUnavailable as exc:
                 log.warning("resync failed: %s", exc)
-                await trio.sleep(SYNC_RETRY_S)
+                # A session whose socket ended while the backend was away still
+                # waits there, and could be matched: try again at once.
+                await trio.sleep(RELEASE_RETRY_S if self._unreleased else SYNC_RETRY_S)
                 self._sync_now.set()
             except Exception:
                 # A bug here must not end the process with every socket on it.

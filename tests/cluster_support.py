@@ -300,6 +300,20 @@ async def chat_both_ways(first: Watched, second: Watched, text: str, wait_s: flo
                     break
 
 
+async def chats_again(first: Watched, second: Watched, wait_s: float, text: str = "back") -> None:
+    """A chat each way gets through within ``wait_s``, sent again while refused or lost
+    (the service is back: for a fault's bound)."""
+    with trio.fail_after(wait_s):
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await chat_both_ways(first, second, f"{text} {attempt}", wait_s=2.0)
+                return
+            except trio.TooSlowError:
+                continue  # refused (unavailable) or lost while it was away: again
+
+
 async def chatter(
     pairs: list[tuple[Watched, Watched]],
     stop: trio.Event,

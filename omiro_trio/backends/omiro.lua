@@ -325,12 +325,16 @@ local function beat_now()
   return tonumber(redis.call('GET', P .. 'beat') or '0')
 end
 
-local function heartbeat()
+-- fresh: this server could not beat for a while (Redis was away from it):
+-- its beats from before do not count, or a server that happened to beat a
+-- little later after the outage would look dead to it.
+local function heartbeat(fresh)
   local n = redis.call('INCR', P .. 'beat')
   live(P .. 'beat')
   local added = redis.call('ZADD', P .. 'servers', n, me)
   live(P .. 'servers')
   local hb = P .. 'hb:' .. me
+  if fresh then redis.call('DEL', hb) end
   redis.call('LPUSH', hb, n)
   redis.call('LTRIM', hb, 0, DEAD_BEATS)
   live(hb)
@@ -535,7 +539,8 @@ elseif op == 'stats' then
   return {online, redis.call('SCARD', P .. 'waiting')}
 
 elseif op == 'heartbeat' then
-  local added = heartbeat()
+  -- fresh (0/1): the last heartbeat failed
+  local added = heartbeat(A[1] == '1')
   for _, own in ipairs({P .. 'srv:' .. me, P .. 'sk:' .. me}) do
     if redis.call('EXISTS', own) == 1 then live(own) end
   end
@@ -549,7 +554,7 @@ elseif op == 'register' then
   if redis.call('ZSCORE', P .. 'servers', me) then return {0, '', fmt(NOW)} end
   redis.call('SET', P .. 'boot', A[1], 'NX')
   live(P .. 'boot')
-  heartbeat()
+  heartbeat(true)
   return {1, redis.call('GET', P .. 'boot'), fmt(NOW)}
 
 elseif op == 'adopt' then

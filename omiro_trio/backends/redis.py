@@ -323,6 +323,7 @@ class RedisBackend:
         self._skew: float | None = None  # Redis's time (less the offset) minus time.monotonic()
         self._restored = trio.Event()  # set while this server is in step with this Redis
         self._restore_wanted = trio.Event()
+        self._beat_failed = False
         self._on_gap: Callable[[], None] = lambda: None
         self._views: Callable[[], Sequence[LocalView]] = list
         self._claims: dict[str, str] = {}  # session -> the claim token of its socket here
@@ -708,8 +709,17 @@ class RedisBackend:
             await trio.sleep(BUS_PROBE_S)
 
     async def heartbeat(self) -> None:
-        """Say this server is alive; after it was swept, have the hub re-synchronise."""
-        added, _ = await self._run("heartbeat")
+        """Say this server is alive; after it was swept, have the hub re-synchronise.
+
+        After a heartbeat that failed (Redis was away from this server), the
+        beats before it no longer count towards taking another server for dead.
+        """
+        try:
+            added, _ = await self._run("heartbeat", "1" if self._beat_failed else "0")
+        except BackendUnavailable:
+            self._beat_failed = True
+            raise
+        self._beat_failed = False
         if int(added):
             log.warning("this server had been taken for dead: re-registering its sessions")
             self._on_gap()
@@ -737,7 +747,7 @@ class RedisBackend:
     async def _restore(self) -> None:
         boot, _ = await self._run("adopt", uuid.uuid4().hex, restoring=True)
         self._boot = _text(boot)
-        await self._run("heartbeat", restoring=True)
+        await self._run("heartbeat", "1", restoring=True)
         views = list(self._views())
         for start in range(0, len(views), SYNC_BATCH):
             await self._sync_batch(views[start : start + SYNC_BATCH], restore=True)

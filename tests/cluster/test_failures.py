@@ -33,6 +33,7 @@ from cluster_support import (
     Watched,
     assert_never_ended,
     chat_both_ways,
+    chats_again,
     chatter,
     cluster_env,
     shared_state_faults,
@@ -85,17 +86,6 @@ async def hold(pairs: list[tuple[Watched, Watched]], seconds: float) -> None:
         for first, second in pairs:
             await chat_both_ways(first, second, f"hold {round_}")
         await trio.sleep(0.5)  # pacing the chats, not waiting for anything
-
-
-async def chats_again(first: Watched, second: Watched, wait_s: float) -> None:
-    """Retry a chat both ways until both arrive (the service is back) within ``wait_s``."""
-    with trio.fail_after(wait_s):
-        attempt = 0
-        while True:
-            attempt += 1
-            with trio.move_on_after(2.0):
-                await chat_both_ways(first, second, f"back {attempt}", wait_s=2.0)
-                return
 
 
 def no_traceback(servers: list[ServeProcess]) -> None:

@@ -40,9 +40,6 @@ LIMITS = {
     "OMIRO_REPORTS_AUTOBAN_REPORTERS": "1000",
     "OMIRO_SERVER_CONNECTIONS_PER_IP": "100000",
     "OMIRO_MATCHMAKING_INTEREST_TIMEOUT_S": "0.05",
-    # Hundreds of clients starve this shared machine: do not take a slow
-    # server for dead (that is tested on its own).
-    "OMIRO_REDIS_DEAD_AFTER_S": "10",
 }
 
 
