@@ -243,7 +243,7 @@ async def cross_relay(
 
 
 async def cross_matches(
-    args: argparse.Namespace, urls: list[str], sides: dict[str, str]
+    args: argparse.Namespace, urls: list[str], sides: dict[str, str], pids: dict[str, int]
 ) -> dict[str, float]:
     """Clients on both servers churn through ``next``; counts matches and those across."""
     found = across = 0
@@ -255,6 +255,7 @@ async def cross_matches(
             sockets.append((ws, session_id))
         begin = trio.current_time()
         stop = begin + args.seconds
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
 
         async def churn(ws: WebSocketConnection, me: str) -> None:
             nonlocal found, across
@@ -271,12 +272,16 @@ async def cross_matches(
             for ws, me in sockets:
                 churners.start_soon(churn, ws, me)
         elapsed = trio.current_time() - begin
+        spent = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
         nursery.cancel_scope.cancel()
-    return {
+    results = {
         "matches_per_s": found / 2 / elapsed,
         "match_found_frames": found,
         "share_across_servers": across / found if found else 0.0,
     }
+    for name, seconds in spent.items():
+        results[f"{name}_cpu_per_match_us"] = seconds / max(1, found / 2) * 1e6
+    return results
 
 
 def _admin(url: str, method: str, path: str, body: dict[str, Any] | None = None) -> int:
@@ -384,7 +389,7 @@ def main() -> None:
             async def measure_cross() -> dict[str, float]:
                 with trio.fail_after(DEADLINE_S):
                     results = await cross_relay(args, a_url, b_url, pids)
-                    results.update(await cross_matches(args, [a_url, b_url], {}))
+                    results.update(await cross_matches(args, [a_url, b_url], {}, pids))
                 return results
 
             results = trio.run(measure_cross)

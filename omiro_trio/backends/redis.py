@@ -105,6 +105,7 @@ BUS_IDLE_S = 1.0  # coredis pings an idle subscription this often
 BUS_PROBE_S = 1.0  # the listener publishes a probe to itself this often...
 BUS_SILENCE_PROBES = 3  # ...and rebuilds after this many probe periods without a message
 RESTORE_RETRY_S = 0.5
+PUBLISH_BATCH = 256  # PUBLISHes sent in one pipeline, at most
 MAX_REPORT_BYTES = 8 * 1024 * 1024  # the report store's bound, as the memory backend's
 REPORTS_KEPT_S = 30 * 86400
 SYNC_BATCH = 200
@@ -264,6 +265,17 @@ def _wait_fields(view: LocalView) -> str:
     return f"{view.waiting.mode}|{ticket}|{interests}"
 
 
+@dataclasses.dataclass(slots=True)
+class _Outgoing:
+    """One ``PUBLISH`` waiting for the publisher: its answer, or why there is none."""
+
+    channel: str
+    payload: bytes
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    heard: int = 0
+    error: BaseException | None = None
+
+
 class RedisBackend:
     """Shared state in Redis. See ``backends.base.Backend`` and ``omiro.lua``.
 
@@ -329,6 +341,8 @@ class RedisBackend:
         self._claims: dict[str, str] = {}  # session -> the claim token of its socket here
         self._sockets: dict[str, int] = {}  # client -> sockets reserved here (sockets_per_ip)
         self.late_dropped = 0  # bus messages that arrived after their sender gave up
+        self._outgoing: list[_Outgoing] = []  # PUBLISHes for run_publisher, in order
+        self._outgoing_ready = trio.Event()
 
     @property
     def server_id(self) -> str:
@@ -581,6 +595,47 @@ class RedisBackend:
         until = 0.0 if redis_now is None else redis_now + self._op_timeout_s
         return b"%.3f|" % until + message
 
+    async def _publish_now(self, channel: str, payload: bytes) -> int:
+        """``PUBLISH`` through ``run_publisher``; returns how many subscribers heard it."""
+        item = _Outgoing(channel, payload)
+        self._outgoing.append(item)
+        self._outgoing_ready.set()
+        await self._guard(item.done.wait)
+        if item.error is not None:
+            raise BackendUnavailable(f"redis: {item.error!r}") from item.error
+        return item.heard
+
+    async def run_publisher(self) -> None:
+        """Send the waiting PUBLISHes, in order, many in one pipeline.
+
+        While one pipeline is on its way the next messages gather, so under
+        load a relayed frame costs a share of one round trip instead of one
+        (coredis spends about 150 µs of CPU on a command sent alone, about
+        15 µs on one of 32 in a pipeline). A PUBLISH is never sent twice.
+        """
+        while True:
+            await self._outgoing_ready.wait()
+            self._outgoing_ready = trio.Event()
+            while self._outgoing:
+                batch = self._outgoing[:PUBLISH_BATCH]
+                del self._outgoing[:PUBLISH_BATCH]
+                try:
+                    with trio.fail_after(self._op_timeout_s):
+                        async with self._once.pipeline(transaction=False) as pipe:
+                            for item in batch:
+                                pipe.publish(item.channel, item.payload)
+                        heard = pipe.results or ()
+                    for item, count in zip(batch, heard, strict=True):
+                        item.heard = int(count)
+                except BaseException as exc:
+                    if not _is_redis_error(exc):
+                        raise
+                    for item in batch:
+                        item.error = exc
+                finally:
+                    for item in batch:
+                        item.done.set()
+
     def _late(self, until: float) -> bool:
         """Whether a message whose sender gave up at ``until`` (Redis's time) is too late."""
         redis_now = self._redis_now()
@@ -596,19 +651,15 @@ class RedisBackend:
         sender: str = "",
     ) -> Delivery:
         payload = self._stamp(message)
-        if server:
-            channel = f"{self._prefix}bus:{server}"
-            if await self._guard(lambda: self._once.publish(channel, payload)):
-                return "delivered"
+        if server and await self._publish_now(f"{self._prefix}bus:{server}", payload):
+            return "delivered"
         raw = await self._run("deliver", session_id, payload, sender, match_id)
         if _text(raw[0]) == "gone":
             return "gone"
         return "delivered" if int(raw[1]) else "unheard"
 
     async def broadcast(self, message: bytes) -> None:
-        channel = f"{self._prefix}bus:{BROADCAST}"
-        payload = self._stamp(message)
-        await self._guard(lambda: self._once.publish(channel, payload))
+        await self._publish_now(f"{self._prefix}bus:{BROADCAST}", self._stamp(message))
 
     async def run_bus(
         self,
@@ -705,7 +756,7 @@ class RedisBackend:
         """Publish a probe to our own channel every ``BUS_PROBE_S``: what the listener hears."""
         while True:
             with suppress(BackendUnavailable):
-                await self._guard(lambda: self._once.publish(channel, PROBE))
+                await self._publish_now(channel, PROBE)
             await trio.sleep(BUS_PROBE_S)
 
     async def heartbeat(self) -> None:
@@ -869,6 +920,7 @@ async def open_redis_backend(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(backend.run_heartbeat)
                 nursery.start_soon(backend.run_restorer)
+                nursery.start_soon(backend.run_publisher)
                 try:
                     yield backend
                 finally:
