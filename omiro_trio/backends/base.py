@@ -212,7 +212,9 @@ class Backend(Protocol):
 
         ``ip`` is an address or a client (an address group such as an IPv6
         ``/64``); a ban applies when its target overlaps it, so a ban of one
-        IPv6 address covers its whole group.
+        IPv6 address covers its whole group. One lookup by client plus the
+        bans of networks wider than one client: the number of bans does not
+        slow it (``addresses.ban_key``).
         """
         ...
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import trio
-
 from omiro_trio.backends.memory import MemoryBackend
 from omiro_trio.hub import Hub, Session
 from omiro_trio.matchmaking import Match, Preferences
@@ -61,4 +59,3 @@ async def test_a_match_formed_by_widening_reaches_the_partners_server_first() ->
     await hub.widen(x, widen)
     assert outlet.ops() == ["match_found"]
     assert backend.told == [("y", [])], "match_found went out before the partner's server knew"
-    await trio.lowlevel.checkpoint()
