@@ -340,7 +340,16 @@ class Hub:
     async def _enter_queue(self, session: Session, prefs: Preferences, *, announce: bool) -> None:
         core = session.core
         applied = core.matches_applied
-        result = await self.backend.join(session.id, prefs)
+        try:
+            result = await self.backend.join(session.id, prefs)
+        except ValueError:
+            # The backend holds it in a queue or a match this server does not
+            # know of (an answer lost to a fault): end that, then join.
+            log.info("join: %s was not idle in the backend; leaving first", session.id)
+            ended = await self.backend.leave(session.id)
+            if ended is not None:
+                await self._end(session, ended, "left")
+            result = await self.backend.join(session.id, prefs)
         if isinstance(result, Waiting):
             if core.matches_applied != applied:
                 # Another server matched it (and told it) before this answer

@@ -68,7 +68,7 @@ import coredis
 import coredis.exceptions
 import msgspec
 import trio
-from coredis._concurrency import QueueFull
+from coredis._concurrency import Queue, QueueFull
 from coredis.connection import TCPConnection, UnixDomainSocketConnection
 from coredis.pool import ConnectionPool
 from coredis.retry import ConstantRetryPolicy, NoRetryPolicy
@@ -175,8 +175,80 @@ class _UnixConnection(UnixDomainSocketConnection):
         return super().create_request(*args, **kwargs)
 
 
+class _SlotQueue(Queue[Any]):
+    """coredis's queue of free pool slots, with a ``get`` that gives up cleanly.
+
+    coredis 6.9's ``get`` waits while holding the queue's lock and leaves its
+    wake-up event behind when it gives up (a pool wait that times out): every
+    later slot given back wakes that stale event instead of a live waiter, and
+    each waiter holds the lock for its whole timeout. Once the pool has run
+    dry once (a Redis outage), calls keep timing out with free slots in the
+    queue. Here a waiter that gives up takes its event with it, passes on a
+    wake-up it got but did not use, and nobody holds a lock while waiting.
+    """
+
+    async def get(self) -> Any:
+        while True:
+            if self._queue:
+                item = self._queue.pop()
+                if self._putters and not self.full():
+                    self._putters.popleft().set()
+                return item
+            woken = anyio.Event()
+            self._getters.append(woken)
+            try:
+                await woken.wait()
+            except BaseException:
+                if woken.is_set():
+                    if self._queue and self._getters:
+                        self._getters.popleft().set()  # a slot came for us: pass it on
+                else:
+                    with suppress(ValueError):
+                        self._getters.remove(woken)
+                raise
+
+
 class _Pool(ConnectionPool[Any]):
-    """coredis's pool, but a dropped (unusable) connection gives its slot back."""
+    """coredis's pool, but no way out of it loses a slot.
+
+    In coredis 6.9 a slot is lost (and after ``max_connections`` losses every
+    call waits for a connection forever) when a dropped connection is
+    released, and when getting a connection is cancelled or times out while
+    a new one is being opened; and its queue of free slots stops waking
+    waiters once a wait has timed out (``_SlotQueue``).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._available_connections = _SlotQueue(self.max_connections)
+
+    async def get_connection(self, **_: Any) -> Any:
+        with anyio.fail_after(self.timeout):
+            connection = await self._available_connections.get()
+        if connection is not None and connection.reusable:
+            self.statistics.connection_leased(connection)
+            return connection
+        # The slot is ours now: whatever happens, it goes back if no
+        # connection leaves with it.
+        try:
+            if connection is not None:
+                connection.invalidate()
+            connection = await self._construct_connection()
+            # Bounded by the connection's own connect and reply deadlines.
+            wrap = getattr(self, "_ConnectionPool__wrap_connection")  # noqa: B009 (name-mangled)
+            error = await self.task_group.start(wrap, connection)
+            if error:
+                raise error
+        except BaseException:
+            if connection is not None:
+                connection.invalidate()
+            with suppress(QueueFull):
+                self._available_connections.append_nowait(None)
+            raise
+        self.statistics.connection_created(connection)
+        self._online_connections.add(connection)
+        self.statistics.connection_leased(connection)
+        return connection
 
     def release(self, connection: Any) -> None:
         if connection.usable:
@@ -445,10 +517,13 @@ class RedisBackend:
     # -- sessions --------------------------------------------------------
 
     async def claim_session(self, session_id: str, client: str) -> bool:
+        if session_id in self._claims:
+            return False  # held here already (or its release is still owed)
         token = uuid.uuid4().hex[:16]
+        self._claims[session_id] = token  # kept if the answer is lost: a release can undo it
         if not await self._run("claim", session_id, client, token):
+            del self._claims[session_id]
             return False
-        self._claims[session_id] = token
         return True
 
     async def client_of(self, session_id: str) -> str | None:
@@ -630,8 +705,13 @@ class RedisBackend:
                 except BaseException as exc:
                     if not _is_redis_error(exc):
                         raise
+                    # Not the exception itself: coredis names each command with
+                    # its arguments in it, and those are users' chat lines.
+                    failure = coredis.exceptions.ConnectionError(
+                        f"PUBLISH failed ({type(exc).__name__})"
+                    )
                     for item in batch:
-                        item.error = exc
+                        item.error = failure
                 finally:
                     for item in batch:
                         item.done.set()

@@ -188,6 +188,8 @@ async def test_redis_frozen_past_dead_after_ends_no_match_and_runs_nothing_late(
             assert_never_ended(*across, *local, waiter, newcomer)
             late = [c for c in across[1].seen("chat") if c["message"].startswith("frozen")]
             assert late == [], "a frame its sender was told failed arrived after all"
+            for server in servers:  # the chat text is never logged, not even in an error
+                assert "frozen 0" not in server.log()
             assert await shared_state_faults(redis.url, prefix) == []
             no_traceback(servers)
         finally:

@@ -60,7 +60,9 @@ RUN_S = float(os.environ.get("OMIRO_TEST_FAULT_RUN_S", "62"))
 CROWD = 48
 SETTLE_S = 12.0  # a resync period twice over, and a sweep
 GONE_GRACE_S = 1.5  # a socket's end reaches the backend within this
-OUTAGE_GRACE_S = 3 * TIMEOUT_S + 1.0 + GONE_GRACE_S  # ...or a call's bound after Redis returns
+CALL_S = 3 * TIMEOUT_S + 1.0  # the most one call to Redis waits
+OUTAGE_GRACE_S = CALL_S + GONE_GRACE_S  # ...or a call's bound after Redis is back for a server
+PUT_BACK_S = HEARTBEAT_S + CALL_S  # a server has put its state back in a new Redis within this
 INTERESTS = ["music", "chess", "films"]
 LIMITS = {
     "OMIRO_LIMITS_MESSAGES_PER_SECOND": "100000",
@@ -130,7 +132,8 @@ class Cluster:
             self.redis.stop()
             await trio.sleep(0.5)
             await trio.to_thread.run_sync(self.redis.start)
-            self.redis_away.append((start, trio.current_time()))
+            # Away for a server until it has put its state back (docs: H + C).
+            self.redis_away.append((start, trio.current_time() + PUT_BACK_S))
             await trio.sleep(8)
             victim = self.c_name
             self.log.append(f"{trio.current_time():.1f} freeze {victim}")
@@ -149,7 +152,7 @@ class Cluster:
             self.extra_redis.append(fresh)
             self.proxy.swallow(fresh.port)
             self.redis = fresh
-            self.redis_away.append((trio.current_time(), trio.current_time() + TIMEOUT_S))
+            self.redis_away.append((trio.current_time(), trio.current_time() + PUT_BACK_S))
             await trio.sleep(8)
             self.log.append(f"{trio.current_time():.1f} kill {victim}")
             self.faults[victim].append((trio.current_time(), math.inf))
@@ -278,7 +281,11 @@ async def _run(nursery: trio.Nursery, cluster: Cluster, rng: random.Random) -> N
             # Steady pairs: chatting still (a frame refused while the
             # machine is this loaded is sent again), never ended.
             for first, second in steady:
-                await chats_again(first, second, RECOVERY_BOUND_S, "after it all")
+                try:
+                    await chats_again(first, second, RECOVERY_BOUND_S, "after it all")
+                except BaseException:
+                    _tell(first, second, cluster)
+                    raise
             assert_never_ended(*(c for pair in steady for c in pair))
 
             # Everyone leaves; the service must end empty.
@@ -312,6 +319,17 @@ ACTIONS = (
     + ["disconnect"] * 2
     + ["vanish"] * 1
 )
+
+
+def _tell(first: Watched, second: Watched, cluster: Cluster) -> None:
+    """What a steady pair that stopped chatting saw, and what the servers said of it."""
+    for client in (first, second):
+        frames = [(round(at, 1), op, data) for at, op, data in client.log if op != "chat"]
+        print("STEADY", client.id, frames[-8:])
+        for name, server in cluster.servers.items():
+            for line in server.log().splitlines():
+                if client.id in line:
+                    print("STEADY LOG", name, line[:300])
 
 
 def cross_count(sides: dict[str, list[tuple[Member, str, bool, float]]]) -> int:

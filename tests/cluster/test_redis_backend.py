@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from functools import partial
 from typing import Any
 
 import coredis
 import pytest
 import trio
+from cluster_support import BlackHole
 from redis_support import RedisServer, new_prefix, running_redis
 
 from omiro_trio.backends.base import Ban, Ended, LocalView, ReportRecord, Stats
-from omiro_trio.backends.redis import OP_TIMEOUT_S, RedisBackend, open_redis_backend
+from omiro_trio.backends.redis import OP_TIMEOUT_S, RedisBackend, new_pool, open_redis_backend
 from omiro_trio.errors import BackendUnavailable, SessionElsewhere
 from omiro_trio.matchmaking import Match, Preferences, Waiting
 
@@ -450,3 +451,54 @@ async def test_a_ban_check_costs_the_same_with_thousands_of_bans(
                 assert (ban.target if ban else None) == target, ip
             ran = await _commands_run(redis) - base - 1
     assert ran <= 8 * len(checks), f"{ran} Redis commands for {len(checks)} ban checks"
+
+
+async def test_connecting_cut_short_gives_the_pool_slot_back() -> None:
+    """A call given up while its connection was still being opened (Redis
+    accepts and answers nothing) does not take a pool slot with it: after
+    more such calls than the pool has slots, the pool still connects."""
+    with running_redis() as redis:
+        pool = new_pool(redis.url, max_connections=2, timeout_s=1.0, name="t")
+        client: coredis.Redis[bytes] = coredis.Redis(connection_pool=pool)
+        async with client:
+            redis.pause()
+            try:
+                for _ in range(6):
+                    with trio.move_on_after(0.3), suppress(coredis.exceptions.ConnectionError):
+                        await pool.get_connection()
+                    assert len(pool._available_connections) == 2  # both slots free again
+            finally:
+                redis.resume()
+            with trio.fail_after(WAIT_S):
+                assert await client.ping() == b"PONG"
+
+
+async def test_a_redis_that_accepts_and_never_answers_does_not_use_up_the_pool(
+    nursery: trio.Nursery,
+) -> None:
+    """Connections that never finish their handshake give their pool slot back.
+
+    Behind the address, a Redis that accepts connections and answers nothing
+    (frozen); each call gives up. Many more calls than the pool has
+    connections, then the Redis answers again: calls work at once.
+    """
+    with running_redis() as first, running_redis() as second:
+        proxy = BlackHole(first.port)
+        await nursery.start(proxy.run)
+        async with open_redis_backend(**options(proxy.url, new_prefix(), pool_size=2)) as backend:
+            second.pause()
+            proxy.swallow(second.port)
+            try:
+                for _ in range(8):
+                    with trio.fail_after(OP_TIMEOUT_S + 2), pytest.raises(BackendUnavailable):
+                        await backend.stats()
+            finally:
+                second.resume()
+            with trio.fail_after(WAIT_S):
+                while True:
+                    try:
+                        await backend.ping()  # (puts this server back in the empty Redis)
+                        break
+                    except BackendUnavailable:
+                        await trio.sleep(0.1)
+            assert await backend.stats() == Stats(online=0, waiting=0)
