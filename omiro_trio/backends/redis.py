@@ -44,9 +44,11 @@ What can go wrong with Redis, and how it is met (docs/operations.md,
 
 coredis internals relied on (its major version is pinned in pyproject.toml;
 ``tests/unit/test_redis_internals.py`` fails loudly if they change): the
-``disconnect_on_cancellation`` argument of ``BaseConnection.create_request``,
-the pool's ``_available_connections`` queue, and the pool's
-``connection_class`` / ``connection_kwargs``.
+``disconnect_on_cancellation`` argument of ``BaseConnection.create_request``;
+the pool's ``connection_class`` / ``connection_kwargs``; and, to mend two
+ways coredis 6.9's pool loses or strands its free slots (``_Pool``,
+``_SlotQueue``), the pool's ``_available_connections`` queue and its fields,
+``_construct_connection``, ``__wrap_connection`` and ``_online_connections``.
 """
 
 from __future__ import annotations
