@@ -34,6 +34,7 @@ import random
 import signal
 from collections import defaultdict
 from contextlib import suppress
+from pathlib import Path
 
 import trio
 from cluster_support import (
@@ -183,8 +184,11 @@ async def test_random_clients_keep_the_rules_while_redis_and_a_server_fail(
             assert await shared_state_faults(cluster.redis.url, prefix) == []
         except BaseException:
             print("FAULTS", cluster.log)
+            keep = os.environ.get("OMIRO_TEST_LOG_DIR")  # for looking into a failure
             for name, server in cluster.servers.items():
                 print("LOG", name, server.log()[-3000:])
+                if keep:
+                    (Path(keep) / f"random-faults-{name}.log").write_text(server.log())
             raise
         for name, server in cluster.servers.items():
             log = server.log()
@@ -363,17 +367,20 @@ def _check(
             if op == "match_found":
                 partner, match_id = data["partner"], data["match_id"]
                 sides[match_id].append((member, partner, data["should_call"], at))
-                # Formed only with a live session (a frozen server's are excused
-                # until its sweep).
+                # Formed only with a live session (a frozen server's users are
+                # excused until its sweep, and so is news a frozen server held
+                # back from its own users until it resumed).
                 other = by_id.get(partner)
                 if (
                     other is not None
                     and not frozen(other.server, at)
+                    and not frozen(member.server, at)
                     and not left_frozen(other, at)
                 ):
                     gone = min(other.gone_at, cluster.killed_at.get(other.server, math.inf))
                     assert gone + GONE_GRACE_S > at, (
-                        f"{member.id} was matched with {partner}, gone {at - gone:.1f} s before"
+                        f"{member.id} (on {member.server}) was matched at {at:.1f} with "
+                        f"{partner} (on {other.server}), gone at {gone:.1f}"
                     )
             elif op == "partner_disconnected":
                 told_ended.add((member.id, str(match_id)))
