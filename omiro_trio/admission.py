@@ -42,6 +42,7 @@ class RequestHead:
     target: str
     headers: dict[str, list[str]]  # lower-case name -> values in order
     method: str = "GET"
+    version: str = "1.1"  # the request line's HTTP version
     slot: SocketSlot = field(default_factory=SocketSlot, compare=False)
 
     def header(self, name: str) -> str | None:

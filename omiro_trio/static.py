@@ -3,9 +3,10 @@
 The files are small and fixed for the life of the process, so each request
 costs a dict lookup instead of a file read in a worker thread, and each
 compressible file is compressed once, at start, with gzip and brotli at
-their best settings. A request gets the smallest encoding its
-``Accept-Encoding`` allows (never one it refuses with ``q=0``, and never a
-compressed body it did not ask for).
+their best settings (brotli quality 9, not 11, above 128 KiB). A
+request gets the smallest encoding its ``Accept-Encoding`` allows (never
+one it refuses with ``q=0``, and never a compressed body it did not ask
+for).
 
 Every representation has its own strong ETag (the identity body's hash, with
 ``-gzip`` or ``-br`` appended for the encodings), and the answer carries
@@ -15,7 +16,14 @@ is picked up at once.
 
 ``index.html`` is rendered once from the ``[page]`` configuration: the
 operator's first-visit notice (plain text, HTML-escaped) and links to terms
-and privacy pages replace the marked parts of the built-in page.
+and privacy pages replace the marked parts of the built-in page, and the
+operator's safety defaults (blur, nudity filter) and whether calls are
+relayed are stamped on ``<body>`` as ``data-`` attributes for the page's
+scripts.
+
+Files under ``vendor/`` (third-party libraries and models, their version in
+their path) never change under one URL: they are served with a year-long
+``immutable`` cache lifetime instead of ``no-cache``.
 """
 
 from __future__ import annotations
@@ -39,16 +47,31 @@ MIME_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".svg": "image/svg+xml",
     ".webmanifest": "application/manifest+json",
+    ".json": "application/json",
+    # Model weights (quantized to bytes): brotli saves about a fifth.
+    ".bin": "application/octet-stream",
+    ".wasm": "application/wasm",
 }
 COMPRESSIBLE_SUFFIXES = frozenset(MIME_TYPES)
 # Below this a compressed body saves less than its headers cost.
 MIN_COMPRESS_BYTES = 256
+# Brotli's best quality (11) costs about a second at start per few hundred
+# kilobytes (the filter's vendored files) for a tenth less; above this size
+# quality 9 is used, a hundred times faster.
+BROTLI_BEST_MAX_BYTES = 128 * 1024
 # Preferred first when the client accepts several equally.
 ENCODINGS = ("br", "gzip")
 
 _NOTICE = re.compile(r"<!--notice-->.*?<!--/notice-->", re.S)
 _LINKS = re.compile(r"<!--links-->.*?<!--/links-->", re.S)
 _NOTICE_VERSION = 'data-notice-version=""'
+# The page's switches as the template holds them, each with its built-in value.
+_SWITCHES = {
+    "blur_remote": 'data-blur-remote="true"',
+    "nudity_filter": 'data-nudity-filter="false"',
+    "relayed": 'data-relayed="false"',
+}
+VENDOR_PREFIX = "/vendor/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,12 +133,21 @@ def frontend_dir() -> Path:
     return path
 
 
-def render_page(template: str, page: PageConfig) -> str:
-    """``index.html`` with the operator's notice and links, and the notice's version.
+def render_page(template: str, page: PageConfig, *, relayed: bool = False) -> str:
+    """``index.html`` with the operator's notice, links and switches, and the notice's version.
 
     The version (a hash of the notice as shown) lets the page show a changed
-    notice again to people who dismissed the old one.
+    notice again to people who dismissed the old one. ``relayed``: calls use
+    TURN relays only (``IceConfig.relayed``), so the page can say that
+    addresses are hidden.
     """
+    values = {"blur_remote": page.blur_remote, "nudity_filter": page.nudity_filter}
+    values["relayed"] = relayed
+    for name, attribute in _SWITCHES.items():
+        if attribute not in template:
+            raise ValueError(f"the page template lacks {attribute}")
+        value = "true" if values[name] else "false"
+        template = template.replace(attribute, f'{attribute.split("=")[0]}="{value}"')
     if page.notice.strip():
         paragraphs = [p.strip() for p in re.split(r"\n\s*\n", page.notice.strip()) if p.strip()]
         text = "".join("<p>" + html.escape(p).replace("\n", "<br>") + "</p>" for p in paragraphs)
@@ -137,7 +169,7 @@ def _asset(body: bytes, content_type: str, compressible: bool) -> Asset:
     encoded: dict[str, Representation] = {}
     if compressible and len(body) >= MIN_COMPRESS_BYTES:
         for coding, packed in (
-            ("br", brotli.compress(body, quality=11)),
+            ("br", brotli.compress(body, quality=11 if len(body) <= BROTLI_BEST_MAX_BYTES else 9)),
             ("gzip", gzip.compress(body, compresslevel=9, mtime=0)),
         ):
             if len(packed) < len(body):
@@ -145,7 +177,9 @@ def _asset(body: bytes, content_type: str, compressible: bool) -> Asset:
     return Asset(body, content_type, f'"{digest}"', encoded)
 
 
-def load_assets(root: Path, page: PageConfig | None = None) -> dict[str, Asset]:
+def load_assets(
+    root: Path, page: PageConfig | None = None, *, relayed: bool = False
+) -> dict[str, Asset]:
     """Every file under ``root`` by its URL path (``/`` is ``index.html``)."""
     page = page or PageConfig()
     assets: dict[str, Asset] = {}
@@ -154,7 +188,7 @@ def load_assets(root: Path, page: PageConfig | None = None) -> dict[str, Asset]:
             continue
         body = path.read_bytes()
         if path.relative_to(root).as_posix() == "index.html":
-            body = render_page(body.decode("utf-8"), page).encode("utf-8")
+            body = render_page(body.decode("utf-8"), page, relayed=relayed).encode("utf-8")
         content_type = MIME_TYPES.get(path.suffix) or (
             mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         )
@@ -162,6 +196,13 @@ def load_assets(root: Path, page: PageConfig | None = None) -> dict[str, Asset]:
         assets["/" + path.relative_to(root).as_posix()] = _asset(body, content_type, compressible)
     assets["/"] = assets["/index.html"]
     return assets
+
+
+def cache_control(path: str) -> str:
+    """``Cache-Control`` for the asset at URL ``path``."""
+    if path.startswith(VENDOR_PREFIX):
+        return "public, max-age=31536000, immutable"
+    return "no-cache"
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:

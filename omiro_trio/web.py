@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from http import HTTPStatus
 
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
@@ -17,12 +18,13 @@ from werkzeug.exceptions import HTTPException
 from omiro_trio.addresses import address_group, client_ip
 from omiro_trio.admin import register_admin
 from omiro_trio.backends.base import Stats
+from omiro_trio.budgets import MAX_BODY_BYTES, Budget
 from omiro_trio.context import ServerContext
 from omiro_trio.errors import BackendUnavailable
 from omiro_trio.fastpath import session_answer
-from omiro_trio.metrics import CONTENT_TYPE
+from omiro_trio.metrics import CONTENT_TYPE, Metrics
 from omiro_trio.responses import json_error, not_found
-from omiro_trio.static import Asset, etag_matches, frontend_dir, load_assets
+from omiro_trio.static import Asset, cache_control, etag_matches, frontend_dir, load_assets
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +44,11 @@ PAGE_CSP = (
 def create_app(ctx: ServerContext) -> QuartTrio:
     """The quart-trio app of one server."""
     app = QuartTrio("omiro_trio", static_folder=None)
-    assets = load_assets(frontend_dir(), ctx.config.page)
+    # Nothing here takes a body larger than a ban request (budgets.py).
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    assets = load_assets(frontend_dir(), ctx.config.page, relayed=ctx.config.ice.relayed)
     remote_ip = _remote_ip_of(ctx)
-    _add_headers_and_errors(app)
+    _add_headers_and_errors(app, ctx.metrics)
     register_admin(app, ctx, remote_ip)
     _add_page(app, assets)
     _add_sessions(app, ctx, remote_ip)
@@ -69,7 +73,7 @@ def _remote_ip_of(ctx: ServerContext) -> Callable[[], str]:
     return remote_ip
 
 
-def _add_headers_and_errors(app: QuartTrio) -> None:
+def _add_headers_and_errors(app: QuartTrio, metrics: Metrics) -> None:
     """Security headers on every answer; errors answered as JSON."""
 
     @app.after_request
@@ -82,6 +86,8 @@ def _add_headers_and_errors(app: QuartTrio) -> None:
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
+        if exc.code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+            metrics.exceeded(Budget.BODY)
         code = (exc.name or "error").lower().replace(" ", "_")
         return json_error(exc.code or 500, code, exc.description or code)
 
@@ -100,7 +106,7 @@ def _add_page(app: QuartTrio, assets: dict[str, Asset]) -> None:
         if found is None:
             return not_found()
         coding, chosen = found.select(request.headers.get("Accept-Encoding"))
-        headers = {"ETag": chosen.etag, "Cache-Control": "no-cache"}
+        headers = {"ETag": chosen.etag, "Cache-Control": cache_control("/" + filename)}
         if found.encoded:
             headers["Vary"] = "Accept-Encoding"
         if etag_matches(request.headers.get("If-None-Match"), chosen.etag):

@@ -167,7 +167,10 @@ class MemoryBackend:
         if window is None or now - window.start >= window.length:
             window = _Window(key, now, 0, window_s)
             self._windows[key] = window
-            self._window_ends.setdefault(window_s, deque()).append(window)
+            ends = self._window_ends.get(window_s)
+            if ends is None:  # (not setdefault: that would build a deque per call)
+                ends = self._window_ends[window_s] = deque()
+            ends.append(window)
         if window.count >= limit:
             return max(0.0, window.start + window.length - now)
         window.count += 1

@@ -128,3 +128,68 @@ async def test_page_notice_and_links_from_config(start_server: StartServer) -> N
 )
 def test_accepted_encodings(header: str | None, expected: set[str]) -> None:
     assert accepted_encodings(header) == expected
+
+
+VENDOR = "/vendor/nsfwjs-4.4.0/"
+
+
+async def test_vendored_filter_files_are_served_immutable_and_compressed(server: Harness) -> None:
+    """The nudity filter's library and model: from the package, cached for a year."""
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        for path, content_type in [
+            (VENDOR + "nsfwjs.min.js", "text/javascript; charset=utf-8"),
+            (VENDOR + "mobilenet_v2/model.json", "application/json"),
+            (VENDOR + "mobilenet_v2/group1-shard1of1.bin", "application/octet-stream"),
+            ("/vendor/tfjs-4.22.0/tf-backend-wasm.min.js", "text/javascript; charset=utf-8"),
+            ("/vendor/tfjs-4.22.0/tfjs-backend-wasm-simd.wasm", "application/wasm"),
+        ]:
+            plain, identity = await raw_get(http, path, **{"Accept-Encoding": "identity"})
+            assert plain.status_code == 200, path
+            assert plain.headers["content-type"] == content_type
+            assert plain.headers["cache-control"] == "public, max-age=31536000, immutable"
+            packed, body = await raw_get(http, path, **{"Accept-Encoding": "br"})
+            assert packed.headers["content-encoding"] == "br", path
+            assert packed.headers["cache-control"] == "public, max-age=31536000, immutable"
+            assert brotli.decompress(body) == identity
+            assert len(body) < len(identity), path
+        licence, _ = await raw_get(http, VENDOR + "LICENSE.tensorflow-tfjs")
+        assert licence.status_code == 200
+        # The page's own files keep being revalidated on every load.
+        page, _ = await raw_get(http, "/js/nudity-filter.js")
+        assert page.headers["cache-control"] == "no-cache"
+        # The model is what the weights manifest names.
+        manifest = (await http.get(VENDOR + "mobilenet_v2/model.json")).json()
+        assert manifest["weightsManifest"][0]["paths"] == ["group1-shard1of1.bin"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, ('data-blur-remote="true"', 'data-nudity-filter="false"', 'data-relayed="false"')),
+        (
+            {"page__blur_remote": False, "page__nudity_filter": True},
+            ('data-blur-remote="false"', 'data-nudity-filter="true"', 'data-relayed="false"'),
+        ),
+        (
+            {"ice__turn_urls": ("turn:127.0.0.1:3478",), "ice__turn_secret": "s"},
+            ('data-blur-remote="true"', 'data-nudity-filter="false"', 'data-relayed="true"'),
+        ),
+        (
+            {
+                "ice__turn_urls": ("turn:127.0.0.1:3478",),
+                "ice__turn_secret": "s",
+                "ice__relay_only": False,
+            },
+            ('data-blur-remote="true"', 'data-nudity-filter="false"', 'data-relayed="false"'),
+        ),
+    ],
+)
+async def test_page_safety_switches_from_config(
+    start_server: StartServer, overrides: dict[str, object], expected: tuple[str, ...]
+) -> None:
+    server = await start_server(**overrides)
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        page = (await http.get("/")).text
+    body = page.split("<body", 1)[1].split(">", 1)[0]
+    for attribute in expected:
+        assert attribute in body
