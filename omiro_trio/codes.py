@@ -37,3 +37,12 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     BANNED = "banned"
     UNAVAILABLE = "unavailable"  # the shared backend (Redis) is not answering: try again
+
+
+class PartnerReason(StrEnum):
+    """The ``reason`` of ``partner_disconnected``: why the match ended, as the partner hears it."""
+
+    NEXT = "next"
+    LEFT = "left"
+    REPORTED = "reported"
+    TIMEOUT = "timeout"
