@@ -12,8 +12,10 @@ Task tree::
              ├─ gc tuning                 freezes long-lived objects (gc_tuning.py)
              ├─ WebSocket engine          one flusher and one keepalive sweeper for all sockets
              ├─ hypercorn lifespan        quart-trio startup/shutdown
-             └─ front door                one listener; /ws → connection.py, rest → hypercorn
-                 └─ connection handlers   each behind front.py's per-connection boundary
+             └─ front door                accepts; each connection served by the HTTP layer
+                 └─ connection handlers   each behind front.py's per-connection boundary:
+                                          http/ routes each request (/ws → connection.py,
+                                          /session/new → sessions.py, the rest → hypercorn)
 
 Shutdown (``stop`` set, e.g. by SIGINT/SIGTERM): readiness goes 503, every
 client gets ``server_draining``, new sockets are refused; sockets still open
@@ -35,8 +37,8 @@ from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio.lifespan import Lifespan
 
-from omiro_trio import fastpath
-from omiro_trio.addresses import base_url
+from omiro_trio.addresses import Clients, base_url
+from omiro_trio.admission import Admission
 from omiro_trio.backends.base import Backend
 from omiro_trio.backends.memory import open_memory_backend
 from omiro_trio.codes import CloseCode
@@ -46,10 +48,14 @@ from omiro_trio.context import ServerContext
 from omiro_trio.diagnostics import install_from_env as install_stall_monitor
 from omiro_trio.diagnostics import serve_memory_snapshots
 from omiro_trio.errors import BackendUnavailable, ConfigError
-from omiro_trio.front import KEEPALIVE_TIMEOUT_S, FrontDoor
+from omiro_trio.front import FrontDoor
 from omiro_trio.gc_tuning import run_gc_tuning
+from omiro_trio.http.deadlines import DEFAULT_DEADLINES, Deadlines
+from omiro_trio.http.routes import Router
+from omiro_trio.http.serve import HttpServer
 from omiro_trio.hub import Hub, ReportPolicy
 from omiro_trio.metrics import Metrics
+from omiro_trio.sessions import SESSION_PATH, NewSession
 from omiro_trio.tokens import TokenSigner, new_secret
 from omiro_trio.web import create_app
 from omiro_trio.wsengine import Engine
@@ -121,11 +127,11 @@ async def open_backend(
             raise ConfigError(f"redis.url: cannot reach Redis at start ({exc})") from None
 
 
-def _hyper_config() -> HyperConfig:
+def _hyper_config(deadlines: Deadlines) -> HyperConfig:
     hyper = HyperConfig()
     hyper.accesslog = None
     hyper.errorlog = logging.getLogger("omiro.http")
-    hyper.keep_alive_timeout = KEEPALIVE_TIMEOUT_S
+    hyper.keep_alive_timeout = deadlines.keepalive_s
     hyper.graceful_timeout = HTTP_GRACE_S
     hyper.include_server_header = False
     return hyper
@@ -266,10 +272,37 @@ async def _start_services(services: trio.Nursery, ctx: ServerContext) -> Engine:
     return engine
 
 
+def _admission(ctx: ServerContext) -> Admission:
+    """The handshake checks, given what they need of the server (not the server)."""
+    config, hub = ctx.config, ctx.hub
+    return Admission(
+        ctx.backend,
+        ctx.signer,
+        allowed_origins=config.server.allowed_origins,
+        sockets_per_ip=config.limits.sockets_per_ip,
+        draining=lambda: hub.draining,
+        release_claim=hub.release_claim,
+        wall=ctx.wall,
+    )
+
+
+def _router(ctx: ServerContext) -> Router:
+    """The HTTP layer's own endpoints: the requests it answers without the ASGI app."""
+    new_session = NewSession(
+        ctx.backend,
+        ctx.signer,
+        ctx.metrics,
+        per_minute=ctx.config.limits.sessions_per_ip_per_minute,
+        wall=ctx.wall,
+    )
+    return Router({("GET", SESSION_PATH): new_session})
+
+
 async def serve(
     config: Config,
     stop: trio.Event,
     *,
+    deadlines: Deadlines = DEFAULT_DEADLINES,
     reuse_port: bool = False,
     server_id: str | None = None,
     replaces: str | None = None,
@@ -281,8 +314,9 @@ async def serve(
     connections are accepted. With ``reuse_port`` the port is shared
     (``SO_REUSEPORT``) with other workers of ``omiro serve --workers``:
     this worker listens only once it is ready to accept, so the kernel never
-    queues a connection for a worker still starting. ``server_id`` and
-    ``replaces``: see ``open_backend``.
+    queues a connection for a worker still starting. ``deadlines`` bound
+    every wait of an HTTP connection (the defaults are docs/security.md's).
+    ``server_id`` and ``replaces``: see ``open_backend``.
     """
     install_stall_monitor()  # only with OMIRO_DEBUG_STALLS_MS (diagnostics.py)
     signer = _signer(config)
@@ -290,8 +324,11 @@ async def serve(
     async with open_backend(config, server_id=server_id, replaces=replaces) as backend:
         hub = _new_hub(config, backend, metrics)
         ctx = ServerContext(config=config, backend=backend, hub=hub, signer=signer, metrics=metrics)
-        app = ASGIWrapper(create_app(ctx))
-        hyper = _hyper_config()
+        clients = Clients(
+            ctx.trusted_proxies, config.server.client_ip_header, config.server.ipv6_prefix
+        )
+        app = ASGIWrapper(create_app(ctx, clients))
+        hyper = _hyper_config(deadlines)
         lifespan_state: dict[str, object] = {}
         lifespan = Lifespan(app, hyper, lifespan_state)
         async with trio.open_nursery() as services:
@@ -303,18 +340,24 @@ async def serve(
             )
             sockname = listeners[0].socket.getsockname()
             running = Running(base_url(config.server.host, sockname[1]), sockname[1], ctx)
+            http = HttpServer(
+                _router(ctx),
+                app,
+                hyper,
+                lifespan_state,
+                partial(serve_connection, ctx, engine, _admission(ctx), clients),
+                clients=clients,
+                deadlines=deadlines,
+                on_budget=metrics.exceeded,
+            )
+            door = FrontDoor(
+                http.serve,
+                metrics=metrics,
+                connections_per_ip=config.server.connections_per_ip,
+                ipv6_prefix=config.server.ipv6_prefix,
+                trusted_proxies=ctx.trusted_proxies,
+            )
             async with trio.open_nursery() as connections:
-                door = FrontDoor(
-                    app,
-                    hyper,
-                    lifespan_state,
-                    partial(serve_connection, ctx, engine),
-                    metrics=metrics,
-                    connections_per_ip=config.server.connections_per_ip,
-                    ipv6_prefix=config.server.ipv6_prefix,
-                    trusted_proxies=ctx.trusted_proxies,
-                    fast_route=partial(fastpath.route, ctx),
-                )
                 accepting = trio.CancelScope()
 
                 async def accept() -> None:
@@ -329,7 +372,7 @@ async def serve(
                 accepting.cancel()
                 for listener in listeners:
                     await listener.aclose()
-                await door.context.terminated.set()
+                await http.terminate()
                 connections.cancel_scope.deadline = trio.current_time() + HTTP_GRACE_S
             await lifespan.wait_for_shutdown()
             services.cancel_scope.cancel()

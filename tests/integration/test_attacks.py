@@ -7,8 +7,8 @@ checking that the server still answers ``/healthz`` and logged no traceback.
 The server runs in process: an exception escaping a connection would reach
 the test's nursery and fail the test, which is what "the process exits"
 means here (``test_fuzz.py`` and ``test_fd_exhaustion.py`` run real
-processes). Deadlines are shortened with ``monkeypatch`` so waits stay short;
-every wait is bounded by ``trio.fail_after``.
+processes). Deadlines are shortened (a ``Deadlines`` passed to the server) so
+waits stay short; every wait is bounded by ``trio.fail_after``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from support import Harness, StartServer, wait_until
 
 from omiro_trio import front
 from omiro_trio.backends.memory import MemoryBackend
+from omiro_trio.http.deadlines import Deadlines
 
 WAIT_S = 5.0
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -223,8 +224,6 @@ async def test_boundary_lets_a_cancellation_through_mixed_with_an_error(
 ) -> None:
     """A group of Cancelled and an error: the error is logged, the cancellation is not
     swallowed (the cancel scope around the handler still catches it)."""
-    door = front.FrontDoor.__new__(front.FrontDoor)
-    door.__dict__.update(_door_parts(server))
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     port = listener.socket.getsockname()[1]
     client = await trio.open_tcp_stream("127.0.0.1", port)
@@ -233,7 +232,7 @@ async def test_boundary_lets_a_cancellation_through_mixed_with_an_error(
 
     with trio.CancelScope() as scope:
 
-        async def websocket(stream: trio.abc.Stream, head: object) -> None:
+        async def serve(stream: trio.SocketStream, peer: str, client: str | None) -> None:
             async def fails_when_cancelled() -> None:
                 try:
                     await trio.sleep_forever()
@@ -246,7 +245,9 @@ async def test_boundary_lets_a_cancellation_through_mixed_with_an_error(
                 scope.cancel()
                 await trio.sleep_forever()
 
-        door._websocket = websocket
+        door = front.FrontDoor(
+            serve, metrics=server.ctx.metrics, connections_per_ip=10, ipv6_prefix=64
+        )
         await door.handle(accepted)
         raise AssertionError("the cancellation was swallowed")  # pragma: no cover
     assert scope.cancelled_caught
@@ -261,24 +262,14 @@ def _sockets_from(server: Harness, client: str) -> int:
     return backend.sockets_from(client)
 
 
-def _door_parts(server: Harness) -> dict[str, object]:
-    return {
-        "_metrics": server.ctx.metrics,
-        "_ipv6_prefix": 64,
-        "_trusted_proxies": (),
-        "_on_websocket_end": None,
-        "connections": front.ConnectionCounter(10),
-    }
-
-
 # -- wedges 5, 6: deadlines and per-address connections ---------------------------
 
 
 async def test_announced_body_never_sent_is_cut_at_the_body_deadline(
-    server: Harness, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Item 5: a head announcing a large body, then silence."""
-    monkeypatch.setattr(front, "BODY_TIMEOUT_S", 0.5)
+    server = await start_server(deadlines=Deadlines(body_s=0.5))
     stream = await open_raw(server)
     await stream.send_all(
         b"POST /admin/bans HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n"
@@ -294,10 +285,10 @@ async def test_announced_body_never_sent_is_cut_at_the_body_deadline(
     ids=["http", "upgrade", "silent"],
 )
 async def test_slow_head_is_cut_at_the_head_deadline(
-    server: Harness, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, head: bytes
+    start_server: StartServer, caplog: pytest.LogCaptureFixture, head: bytes
 ) -> None:
     """Item 6: slowloris heads (and a silent connection) are closed at the deadline."""
-    monkeypatch.setattr(front, "HEAD_TIMEOUT_S", 0.5)
+    server = await start_server(deadlines=Deadlines(head_s=0.5))
     stream = await open_raw(server)
     await stream.send_all(head)
     assert await read_until_closed(stream, WAIT_S) == b""
@@ -305,10 +296,8 @@ async def test_slow_head_is_cut_at_the_head_deadline(
     assert tracebacks(caplog) == []
 
 
-async def test_idle_keep_alive_connection_is_closed(
-    server: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(front, "KEEPALIVE_TIMEOUT_S", 0.5)
+async def test_idle_keep_alive_connection_is_closed(start_server: StartServer) -> None:
+    server = await start_server(deadlines=Deadlines(keepalive_s=0.5))
     stream = await open_raw(server)
     await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     status, _ = await read_response_head(stream)

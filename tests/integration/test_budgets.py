@@ -43,7 +43,7 @@ from trio_websocket import WebSocketConnection, connect_websocket_url
 
 from omiro_trio.budgets import MAX_HEAD_BYTES, MAX_MESSAGE_FRAGMENTS
 from omiro_trio.config import LimitsConfig, ServerConfig
-from omiro_trio.front import HEAD_TIMEOUT_S
+from omiro_trio.http.deadlines import DEFAULT_DEADLINES
 from omiro_trio.static import frontend_dir
 from omiro_trio.tokens import TokenSigner
 
@@ -619,12 +619,12 @@ async def test_pending_handshakes_budget(omiro: Server) -> None:
                 pass
             closed += 1
 
-        with trio.fail_after(HEAD_TIMEOUT_S + 5):
+        with trio.fail_after(DEFAULT_DEADLINES.head_s + 5):
             async with trio.open_nursery() as nursery:
                 for stream in held:
                     nursery.start_soon(trickle, stream)
         assert closed == len(held)
-        assert trio.current_time() - start <= HEAD_TIMEOUT_S + 3
+        assert trio.current_time() - start <= DEFAULT_DEADLINES.head_s + 3
         for stream in held:
             await stream.aclose()
     watch.check()

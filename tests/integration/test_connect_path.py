@@ -2,7 +2,7 @@
 
 A connection's first ``GET /ws`` is parsed only by the WebSocket handshake;
 a plain ``GET`` head is read without h11 when it is simple enough
-(``httpstream.simple_get``); anything else is h11's to accept or refuse.
+(``http.heads.simple_get``); anything else is h11's to accept or refuse.
 """
 
 from __future__ import annotations
