@@ -134,7 +134,6 @@ class Session:
         "id",
         "ip",
         "lock",
-        "nursery",
         "outlet",
         "suspect",
         "timers",
@@ -155,7 +154,6 @@ class Session:
         self.lock = trio.Lock()  # one backend operation at a time
         self.suspect: tuple[str, str] | None = None  # a difference the last resync saw
         self.cancel_scope = trio.CancelScope()
-        self.nursery: trio.Nursery | None = None  # the owning connection's, while it runs
         self.timers: Timers | None = None  # set by the connection that owns it
 
     @property
