@@ -18,7 +18,7 @@ import time
 import httpx
 import trio
 
-from omiro_trio.bench import report
+from omiro_bench import report
 
 ASSETS = [
     "/",

@@ -117,7 +117,7 @@ def main() -> None:
     if args.serve:
         trio.run(serve, args.host, args.port)
         return
-    from omiro_trio.bench.scenarios import Options, run_scenario
+    from omiro_bench.scenarios import Options, run_scenario
 
     options = Options(
         procs=args.procs,

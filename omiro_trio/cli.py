@@ -374,7 +374,7 @@ def bench_relay(
     server_python: str | None,
 ) -> None:
     """Relay throughput, latency and memory per socket; prints JSON (see BENCHMARKS.md)."""
-    from omiro_trio.bench.scenarios import Options, run_scenario
+    from omiro_bench.scenarios import Options, run_scenario
 
     options = Options(
         server_command=_server(server_python),
@@ -405,7 +405,7 @@ def bench_connect(
     sessions: int, concurrency: int, procs: int, as_json: bool, server_python: str | None
 ) -> None:
     """New matched pairs a second: token, upgrade, join_queue, match_found, leave."""
-    from omiro_trio.bench.scenarios import Options, run_scenario
+    from omiro_bench.scenarios import Options, run_scenario
 
     options = Options(
         server_command=_server(server_python),
@@ -455,7 +455,7 @@ def bench_churn(
     Each round is also printed on stderr as it ends (time, sessions seen,
     server RSS, pairs/s).
     """
-    from omiro_trio.bench.scenarios import Options, run_scenario
+    from omiro_bench.scenarios import Options, run_scenario
 
     if rounds is None:
         rounds = MAX_CHURN_ROUNDS if minutes else 10
@@ -484,7 +484,7 @@ def bench_idle(
     sockets: int, deflate: bool, procs: int, as_json: bool, server_python: str | None
 ) -> None:
     """Server RSS per idle socket."""
-    from omiro_trio.bench.scenarios import Options, run_scenario
+    from omiro_bench.scenarios import Options, run_scenario
 
     options = Options(
         server_command=_server(server_python), procs=procs, idle=sockets, deflate_offer=deflate
@@ -537,7 +537,7 @@ def bench_realistic(
     server_python: str | None,
 ) -> None:
     """Users who meet, signal (offer, answer, ICE), chat at human rates and press next."""
-    from omiro_trio.bench.scenarios import FindMax, Options, find_max_users, run_scenario
+    from omiro_bench.scenarios import FindMax, Options, find_max_users, run_scenario
 
     options = Options(
         server_command=_server(server_python),

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from omiro_trio.bench import scenarios
-from omiro_trio.bench.scenarios import FindMax, Options, find_max_users
+from omiro_bench import scenarios
+from omiro_bench.scenarios import FindMax, Options, find_max_users
 
 
 def steps_of(results: dict[int, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -33,8 +33,8 @@ from typing import Any
 import msgspec
 import trio
 
-from omiro_trio.bench import STALL_LINES, cpu_seconds, percentile, rss_kib, start_server
-from omiro_trio.bench.client import IO_TIMEOUT_S, HttpClient, LeanSession, WsClient, op_of
+from omiro_bench import STALL_LINES, cpu_seconds, percentile, rss_kib, start_server
+from omiro_bench.client import IO_TIMEOUT_S, HttpClient, LeanSession, WsClient, op_of
 from omiro_trio.diagnostics import TRACEMALLOC_ENV, BatchMonitor, threshold_from_env
 
 DEADLINE_S = 600.0
