@@ -101,7 +101,7 @@ def bench_relay(
     as_json: bool,
     server_python: str | None,
 ) -> None:
-    """Relay throughput, latency and memory per socket; prints JSON (see BENCHMARKS.md)."""
+    """Relay throughput, latency and memory per socket (see BENCHMARKS.md)."""
     from omiro_bench.scenarios import Options, run_scenario
 
     options = Options(
@@ -116,7 +116,7 @@ def bench_relay(
     )
     result = run_scenario("relay", options)
     result["args"] = result.pop("options")
-    _print(result, True)  # JSON always: scripts read it
+    _print(result, as_json)
 
 
 @bench.command("connect")

@@ -138,7 +138,7 @@ def test_bench_relay_runs_and_reports_json(tmp_path: Path) -> None:
     result = run_omiro(
         tmp_path,
         "bench", "relay", "--pairs", "2", "--idle", "3", "--messages", "20",
-        "--window", "4", "--rate", "40", "--seconds", "0.5",
+        "--window", "4", "--rate", "40", "--seconds", "0.5", "--json",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -146,6 +146,19 @@ def test_bench_relay_runs_and_reports_json(tmp_path: Path) -> None:
     assert report["throughput_msgs_per_s"] > 0
     assert report["latency_samples"] == 20  # 40 frames/s for 0.5 s, over 2 pairs
     assert report["rss_idle_kib"] >= report["rss_empty_kib"] > 0
+
+
+def test_bench_relay_without_json_prints_one_line_a_result(tmp_path: Path) -> None:
+    result = run_omiro(
+        tmp_path,
+        "bench", "relay", "--pairs", "2", "--idle", "0", "--messages", "20",
+        "--window", "4", "--rate", "40", "--seconds", "0.5",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split(": ", 1) for line in result.stdout.splitlines())
+    assert int(lines["throughput_msgs_per_s"]) > 0
+    assert lines["latency_samples"] == "20"
+    assert "args" not in lines  # the options are in the JSON report only
 
 
 def test_bench_is_a_command_of_omiro(tmp_path: Path) -> None:
