@@ -35,7 +35,7 @@ from typing import Any
 import trio
 from trio_websocket_client import RelayOptions, open_client, run
 
-from omiro_bench import LISTENING, SERVER_ENV
+from omiro_bench.server import LISTENING, SERVER_ENV
 
 DEADLINE_S = 300
 

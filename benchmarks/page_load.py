@@ -20,7 +20,7 @@ import time
 import httpx
 import trio
 
-from omiro_bench import start_server
+from omiro_bench.server import start_server
 
 ASSETS = [
     "/",
@@ -72,14 +72,13 @@ def main() -> None:
     args = parser.parse_args()
     # With two or more cores the server gets core 0 and this process core 1.
     pin = len(os.sched_getaffinity(0)) >= 2
-    process, url = start_server(pin)
+    server = start_server(pin)
     try:
         if pin:
             os.sched_setaffinity(0, {1})
-        results = trio.run(run, args, url, process.pid)
+        results = trio.run(run, args, server.url, server.pid)
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        server.stop()
     print(json.dumps({"args": vars(args), "pinned": pin, **results}, indent=2))
 
 

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import trio
 from trio_websocket import WebSocketConnection, connect_websocket_url
 
-from omiro_bench import cpu_seconds, percentile, rss_kib
+from omiro_bench.scenario import percentile
+from omiro_bench.server import cpu_seconds, rss_kib
 
 DEADLINE_S = 300
 

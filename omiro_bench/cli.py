@@ -1,7 +1,9 @@
 """``omiro bench``: measure a real ``omiro serve`` on this machine.
 
-The command group reaches ``omiro`` through the ``omiro.commands`` entry
-point (see ``omiro_trio.cli``), so the server never imports the lab.
+Each command turns its options into its scenario's options type and runs
+it (run.py); ``--procs``, ``--server-python`` and ``--json`` are common to
+all. The group reaches ``omiro`` through the ``omiro.commands`` entry point
+(see ``omiro_trio.cli``), so the server never imports the lab.
 """
 
 from __future__ import annotations
@@ -11,6 +13,13 @@ from typing import Any
 
 import click
 import msgspec
+
+from omiro_bench.churn import CHURN, CONNECT, ChurnOptions, ConnectOptions
+from omiro_bench.find_max import FindMax, find_max_users
+from omiro_bench.idle import IDLE, IdleOptions
+from omiro_bench.realistic import REALISTIC, RealisticOptions
+from omiro_bench.relay import RELAY, RelayOptions
+from omiro_bench.run import RunOptions, run_scenario
 
 MAX_CHURN_ROUNDS = 100_000
 """``omiro bench churn --minutes``: the rounds it runs at most unless ``--rounds`` says."""
@@ -26,7 +35,7 @@ def _common(function: Callable[..., Any]) -> Callable[..., Any]:
     function = click.option(
         "--procs",
         type=click.IntRange(min=1, max=64),
-        default=1,
+        default=RunOptions.procs,
         show_default=True,
         help="Load-generator processes (pinned away from the server's core).",
     )(function)
@@ -39,8 +48,9 @@ def _common(function: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(function)
 
 
-def _server(server_python: str | None) -> list[str]:
-    return [server_python, "-m", "omiro_trio", "serve"] if server_python else []
+def _setup(procs: int, server_python: str | None) -> RunOptions:
+    server = (server_python, "-m", "omiro_trio", "serve") if server_python else ()
+    return RunOptions(procs=procs, server_command=server)
 
 
 def _print(result: dict[str, Any], as_json: bool) -> None:
@@ -53,39 +63,39 @@ def _print(result: dict[str, Any], as_json: bool) -> None:
 
 
 @bench.command("relay")
-@click.option("--pairs", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--pairs", type=click.IntRange(min=1), default=RelayOptions.pairs, show_default=True)
 @click.option(
     "--idle",
     type=click.IntRange(min=0),
-    default=1000,
+    default=RelayOptions.idle,
     show_default=True,
     help="Idle sockets held open during the measurement.",
 )
 @click.option(
     "--messages",
     type=click.IntRange(min=1),
-    default=2000,
+    default=RelayOptions.messages,
     show_default=True,
     help="Frames per pair and direction in the throughput phase.",
 )
 @click.option(
     "--window",
     type=click.IntRange(min=1),
-    default=32,
+    default=RelayOptions.window,
     show_default=True,
     help="Unanswered frames per pair and direction in the throughput phase.",
 )
 @click.option(
     "--rate",
     type=click.FloatRange(min=1),
-    default=1000.0,
+    default=RelayOptions.rate,
     show_default=True,
     help="Frames per second, in all, in the latency phase.",
 )
 @click.option(
     "--seconds",
     type=click.FloatRange(min=0.1),
-    default=10.0,
+    default=RelayOptions.seconds,
     show_default=True,
     help="Length of the latency phase.",
 )
@@ -102,29 +112,22 @@ def bench_relay(
     server_python: str | None,
 ) -> None:
     """Relay throughput, latency and memory per socket (see BENCHMARKS.md)."""
-    from omiro_bench.scenarios import Options, run_scenario
-
-    options = Options(
-        server_command=_server(server_python),
-        procs=procs,
-        pairs=pairs,
-        idle=idle,
-        messages=messages,
-        window=window,
-        rate=rate,
-        seconds=seconds,
+    options = RelayOptions(
+        pairs=pairs, idle=idle, messages=messages, window=window, rate=rate, seconds=seconds
     )
-    result = run_scenario("relay", options)
+    result = run_scenario(RELAY, options, _setup(procs, server_python))
     result["args"] = result.pop("options")
     _print(result, as_json)
 
 
 @bench.command("connect")
-@click.option("--sessions", type=click.IntRange(min=2), default=2000, show_default=True)
+@click.option(
+    "--sessions", type=click.IntRange(min=2), default=ConnectOptions.sessions, show_default=True
+)
 @click.option(
     "--concurrency",
     type=click.IntRange(min=1),
-    default=100,
+    default=ConnectOptions.concurrency,
     show_default=True,
     help="Clients connecting at the same time, in all.",
 )
@@ -133,16 +136,8 @@ def bench_connect(
     sessions: int, concurrency: int, procs: int, as_json: bool, server_python: str | None
 ) -> None:
     """New matched pairs a second: token, upgrade, join_queue, match_found, leave."""
-    from omiro_bench.scenarios import Options, run_scenario
-
-    options = Options(
-        server_command=_server(server_python),
-        procs=procs,
-        sessions=sessions,
-        concurrency=concurrency,
-        rounds=1,
-    )
-    _print(run_scenario("connect", options), as_json)
+    options = ConnectOptions(sessions=sessions, concurrency=concurrency)
+    _print(run_scenario(CONNECT, options, _setup(procs, server_python)), as_json)
 
 
 @bench.command("churn")
@@ -150,20 +145,27 @@ def bench_connect(
     "--rounds",
     type=click.IntRange(min=1),
     default=None,
-    help="Rounds to run (default 10; with --minutes, at most this many).",
+    help=f"Rounds to run (default {ChurnOptions.rounds}; with --minutes, at most this many).",
 )
 @click.option(
     "--minutes",
     type=click.FloatRange(min=0),
-    default=0.0,
+    default=ChurnOptions.minutes,
     help="Run rounds until this many minutes have passed.",
 )
-@click.option("--sessions", type=click.IntRange(min=2), default=2000, show_default=True)
-@click.option("--concurrency", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option(
+    "--sessions", type=click.IntRange(min=2), default=ChurnOptions.sessions, show_default=True
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=ChurnOptions.concurrency,
+    show_default=True,
+)
 @click.option(
     "--pause",
     type=click.FloatRange(min=0),
-    default=1.0,
+    default=ChurnOptions.pause,
     show_default=True,
     help="Seconds between rounds.",
 )
@@ -183,27 +185,21 @@ def bench_churn(
     Each round is also printed on stderr as it ends (time, sessions seen,
     server RSS, pairs/s).
     """
-    from omiro_bench.scenarios import Options, run_scenario
-
     if rounds is None:
-        rounds = MAX_CHURN_ROUNDS if minutes else 10
-    options = Options(
-        server_command=_server(server_python),
-        procs=procs,
-        sessions=sessions,
-        concurrency=concurrency,
-        rounds=rounds,
-        pause=pause,
-        minutes=minutes,
+        rounds = MAX_CHURN_ROUNDS if minutes else ChurnOptions.rounds
+    options = ChurnOptions(
+        rounds=rounds, minutes=minutes, sessions=sessions, concurrency=concurrency, pause=pause
     )
-    _print(run_scenario("churn", options), as_json)
+    _print(run_scenario(CHURN, options, _setup(procs, server_python)), as_json)
 
 
 @bench.command("idle")
-@click.option("--sockets", type=click.IntRange(min=1), default=10000, show_default=True)
+@click.option(
+    "--sockets", type=click.IntRange(min=1), default=IdleOptions.sockets, show_default=True
+)
 @click.option(
     "--deflate/--no-deflate",
-    default=True,
+    default=IdleOptions.deflate_offer,
     show_default=True,
     help="Offer permessage-deflate, as browsers do.",
 )
@@ -212,21 +208,24 @@ def bench_idle(
     sockets: int, deflate: bool, procs: int, as_json: bool, server_python: str | None
 ) -> None:
     """Server RSS per idle socket."""
-    from omiro_bench.scenarios import Options, run_scenario
-
-    options = Options(
-        server_command=_server(server_python), procs=procs, idle=sockets, deflate_offer=deflate
-    )
-    _print(run_scenario("idle", options), as_json)
+    options = IdleOptions(sockets=sockets, deflate_offer=deflate)
+    _print(run_scenario(IDLE, options, _setup(procs, server_python)), as_json)
 
 
 @bench.command("realistic")
-@click.option("--users", type=click.IntRange(min=2), default=200, show_default=True)
-@click.option("--seconds", type=click.FloatRange(min=1), default=60.0, show_default=True)
+@click.option(
+    "--users", type=click.IntRange(min=2), default=RealisticOptions.users, show_default=True
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=1),
+    default=RealisticOptions.seconds,
+    show_default=True,
+)
 @click.option(
     "--next-after",
     type=(float, float),
-    default=(5.0, 60.0),
+    default=RealisticOptions.next_after,
     show_default=True,
     help="Each match lasts a random time in this range (seconds).",
 )
@@ -236,18 +235,23 @@ def bench_idle(
     help="Step --users up (a fresh server each step of --seconds) until the relay p99 "
     "exceeds --p99-limit-ms or a process saturates; report every step.",
 )
-@click.option("--p99-limit-ms", type=click.FloatRange(min=0), default=50.0, show_default=True)
+@click.option(
+    "--p99-limit-ms",
+    type=click.FloatRange(min=0),
+    default=FindMax.p99_limit_ms,
+    show_default=True,
+)
 @click.option(
     "--step-factor",
     type=click.FloatRange(min=1, min_open=True),
-    default=1.5,
+    default=FindMax.factor,
     show_default=True,
     help="With --find-max: users of the next step, times this one's.",
 )
 @click.option(
     "--max-steps",
     type=click.IntRange(min=1, max=20),
-    default=8,
+    default=FindMax.max_steps,
     show_default=True,
     help="With --find-max: at most this many steps.",
 )
@@ -265,17 +269,10 @@ def bench_realistic(
     server_python: str | None,
 ) -> None:
     """Users who meet, signal (offer, answer, ICE), chat at human rates and press next."""
-    from omiro_bench.scenarios import FindMax, Options, find_max_users, run_scenario
-
-    options = Options(
-        server_command=_server(server_python),
-        procs=procs,
-        users=users,
-        seconds=seconds,
-        next_after=next_after,
-    )
+    options = RealisticOptions(users=users, seconds=seconds, next_after=next_after)
+    setup = _setup(procs, server_python)
     if find_max:
         plan = FindMax(p99_limit_ms=p99_limit_ms, factor=step_factor, max_steps=max_steps)
-        _print(find_max_users(options, plan), as_json)
+        _print(find_max_users(options, plan, setup), as_json)
         return
-    _print(run_scenario("realistic", options), as_json)
+    _print(run_scenario(REALISTIC, options, setup), as_json)
