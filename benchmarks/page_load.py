@@ -6,6 +6,12 @@ a browser does, on fresh connections; then REQUESTS sequential requests for
 one asset and for /healthz on a kept-alive connection, and a revalidation
 (If-None-Match → 304). Loopback only, bounded in count and time.
 
+"Every asset it loads" is read from the served index.html (its stylesheet,
+module preloads, script, icon and manifest: every module the page imports at
+start is preloaded there). It also reports the bytes a first visit
+transfers (bodies as Chromium gets them, brotli), and what the nudity
+filter adds when a user turns it on (fetched only then).
+
     .venv/bin/python benchmarks/page_load.py [--rounds 20] [--requests 500]
 """
 
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import time
 
@@ -22,28 +29,55 @@ import trio
 
 from omiro_bench.server import start_server
 
-ASSETS = [
-    "/",
-    "/css/app.css",
-    "/js/app.js",
-    "/js/call.js",
-    "/js/chat.js",
-    "/js/signaling.js",
-    "/js/media.js",
-    "/js/interests.js",
-    "/favicon.svg",
+# What the page's head and body name: <link href>, <script src>.
+ASSET_RE = re.compile(r'<(?:link|script)\b[^>]*\b(?:href|src)="([^"#:?]+)"')
+# Fetched only when the user turns the nudity filter on.
+FILTER_ASSETS = [
+    "/js/nudity-filter.js",
+    "/js/nudity-worker.js",
+    "/vendor/nsfwjs-4.4.0/nsfwjs.min.js",
+    "/vendor/nsfwjs-4.4.0/mobilenet_v2/model.json",
+    "/vendor/nsfwjs-4.4.0/mobilenet_v2/group1-shard1of1.bin",
+    "/vendor/tfjs-4.22.0/tf-core.min.js",
+    "/vendor/tfjs-4.22.0/tf-backend-wasm.min.js",
+    "/vendor/tfjs-4.22.0/tfjs-backend-wasm-simd.wasm",
 ]
+CHROMIUM_ACCEPT = {"Accept-Encoding": "gzip, deflate, br, zstd"}
+
+
+async def page_assets(http: httpx.AsyncClient) -> list[str]:
+    """The page and every file its markup loads, as paths from the site root."""
+    html = (await http.get("/")).text
+    return ["/", *dict.fromkeys("/" + path.lstrip("./") for path in ASSET_RE.findall(html))]
+
+
+async def wire_bytes(http: httpx.AsyncClient, paths: list[str]) -> int | None:
+    """Bytes of the bodies as Chromium receives them; None if one is missing."""
+    total = 0
+    for path in paths:
+        async with http.stream("GET", path, headers=CHROMIUM_ACCEPT) as response:
+            if response.status_code != 200:
+                return None
+            total += sum([len(chunk) async for chunk in response.aiter_raw()])
+    return total
 
 
 async def run(args: argparse.Namespace, url: str, server_pid: int) -> dict[str, float]:
     results: dict[str, float] = {}
     with trio.fail_after(120):
+        async with httpx.AsyncClient(base_url=url) as http:
+            assets = await page_assets(http)
+            results["page_files"] = len(assets)
+            results["page_bytes_br"] = await wire_bytes(http, assets) or 0
+            extra = await wire_bytes(http, FILTER_ASSETS)
+            if extra is not None:
+                results["filter_on_extra_bytes_br"] = extra
         page_ms: list[float] = []
         for _ in range(args.rounds):
             async with httpx.AsyncClient(base_url=url) as http:
                 start = time.perf_counter()
                 async with trio.open_nursery() as nursery:
-                    for path in ASSETS:
+                    for path in assets:
                         nursery.start_soon(http.get, path)
                 page_ms.append((time.perf_counter() - start) * 1000)
         results["page_all_assets_ms_median"] = statistics.median(page_ms)

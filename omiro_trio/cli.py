@@ -103,8 +103,16 @@ def main() -> None:
     help="Processes sharing the port (SO_REUSEPORT), supervised; more than 1 needs Redis.",
 )
 @click.option("--reuse-port", is_flag=True, hidden=True, help="Run as one of --workers.")
+@click.option("--server-id", default=None, hidden=True, help="(--workers) this worker's id.")
+@click.option("--replaces", default=None, hidden=True, help="(--workers) the id of a dead one.")
 def serve(
-    config_path: Path | None, host: str | None, port: int | None, workers: int, reuse_port: bool
+    config_path: Path | None,
+    host: str | None,
+    port: int | None,
+    workers: int,
+    reuse_port: bool,
+    server_id: str | None,
+    replaces: str | None,
 ) -> None:
     """Run the server until Ctrl-C or SIGTERM, then drain and exit."""
     config = _with_address(_load(config_path), host, port)
@@ -112,7 +120,7 @@ def serve(
     if workers != 1:
         _supervise_workers(config, workers, config_path)
         return
-    exit_code = _serve_one(config, reuse_port)
+    exit_code = _serve_one(config, reuse_port, server_id, replaces)
     if exit_code:
         sys.exit(exit_code)
 
@@ -143,11 +151,13 @@ def _supervise_workers(config: Config, workers: int, config_path: Path | None) -
     trio.run(supervise, config, workers, config_path)
 
 
-def _serve_one(config: Config, reuse_port: bool) -> int:
+def _serve_one(
+    config: Config, reuse_port: bool, server_id: str | None = None, replaces: str | None = None
+) -> int:
     """Run one server process until signalled; returns the exit code (0, 1 or 2)."""
     exit_code = 0
     try:
-        trio.run(_serve_until_signalled, config, reuse_port)
+        trio.run(_serve_until_signalled, config, reuse_port, server_id, replaces)
     except* ConfigError as problems:  # found only when starting (e.g. an unavailable backend)
         for problem in problems.exceptions:
             log.error("configuration error: %s", problem)
@@ -159,7 +169,12 @@ def _serve_one(config: Config, reuse_port: bool) -> int:
     return exit_code
 
 
-async def _serve_until_signalled(config: Config, reuse_port: bool = False) -> None:
+async def _serve_until_signalled(
+    config: Config,
+    reuse_port: bool = False,
+    server_id: str | None = None,
+    replaces: str | None = None,
+) -> None:
     from omiro_trio.server import serve as run_server  # the CLI stays quick to import
 
     stop = trio.Event()
@@ -167,7 +182,9 @@ async def _serve_until_signalled(config: Config, reuse_port: bool = False) -> No
         async with trio.open_nursery() as nursery:
 
             async def run() -> None:
-                await run_server(config, stop, reuse_port=reuse_port)
+                await run_server(
+                    config, stop, reuse_port=reuse_port, server_id=server_id, replaces=replaces
+                )
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(run)

@@ -39,6 +39,7 @@ import math
 import os
 import re
 import tomllib
+import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -98,6 +99,7 @@ class ServerConfig(_Table, frozen=True):
     )
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=256, le=16 * 1024 * 1024)] = 65536
     send_queue: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 256
+    send_queue_bytes: Annotated[int, msgspec.Meta(ge=4096, le=1 << 30)] = 1 << 20
     idle_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
     drain_grace_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
 
@@ -146,7 +148,16 @@ class IceConfig(_Table, frozen=True):
     turn_urls: tuple[str, ...] = ()
     turn_secret: str = ""  # coturn static-auth-secret
     turn_ttl_s: Annotated[int, msgspec.Meta(ge=60, le=30 * DAY_S)] = 3600
-    relay_only: bool = False
+    # "auto": relay-only exactly when turn_urls is set (strangers never see
+    # each other's address); true needs turn_urls; false: direct calls allowed.
+    relay_only: bool | Literal["auto"] = "auto"
+
+    @property
+    def relayed(self) -> bool:
+        """Whether browsers are told to use TURN relays only."""
+        if self.relay_only == "auto":
+            return bool(self.turn_urls)
+        return self.relay_only
 
 
 class AdminConfig(_Table, frozen=True):
@@ -162,6 +173,8 @@ class PageConfig(_Table, frozen=True):
     notice: str = ""  # the first-visit notice, plain text; empty: the built-in one
     terms_url: str = ""  # linked under the notice when set
     privacy_url: str = ""
+    blur_remote: bool = True  # the stranger's video starts blurred until the user shows it
+    nudity_filter: bool = False  # the on-device nudity filter is on unless the user turns it off
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -316,12 +329,17 @@ def _parse_env(name: str, text: str, table: str, key: str) -> Any:
     tp = _KEY_TYPES[table][key]
     stripped = text.strip()
     problem = ""
-    if tp is bool:
+    if tp is bool or _is_bool_or_choice(tp):
         if stripped.lower() in _TRUE:
             return True
         if stripped.lower() in _FALSE:
             return False
-        problem = "expected a boolean (true/false/1/0/yes/no)"
+        words = _words(tp)
+        if stripped.lower() in words:
+            return stripped.lower()
+        problem = "expected a boolean (true/false/1/0/yes/no)" + "".join(
+            f" or {w!r}" for w in words
+        )
     elif tp is int:
         try:
             return int(stripped)
@@ -348,6 +366,16 @@ def _parse_env(name: str, text: str, table: str, key: str) -> Any:
     raise ConfigError(f"{name}: {table}.{key}: {problem}, got {text!r}")
 
 
+def _is_bool_or_choice(tp: Any) -> bool:
+    """``bool | Literal[...]``: a switch with named settings besides on and off."""
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and bool in typing.get_args(tp)
+
+
+def _words(tp: Any) -> list[str]:
+    """The named settings of a ``bool | Literal[...]`` key (``[]`` for a plain bool)."""
+    return [w for arg in typing.get_args(tp) for w in typing.get_args(arg) if isinstance(w, str)]
+
+
 def _read_secret_file(name: str, file: str, table: str, key: str) -> str:
     try:
         secret = Path(file).read_text(encoding="utf-8")
@@ -370,6 +398,9 @@ def _translate(exc: msgspec.ValidationError, sources: _Sources) -> ConfigError:
     allowed = typing.get_args(_KEY_TYPES[table][key])
     if typing.get_origin(_KEY_TYPES[table][key]) is Literal:
         message += f" (expected one of {', '.join(map(repr, allowed))})"
+    elif _is_bool_or_choice(_KEY_TYPES[table][key]):
+        words = _words(_KEY_TYPES[table][key])
+        message += f" (expected true, false{''.join(f' or {w!r}' for w in words)})"
     return _error(sources, table, key, message[0].lower() + message[1:], index)
 
 
@@ -422,8 +453,9 @@ def _check_values(config: Config, sources: _Sources) -> None:
             if not url.startswith(schemes) or url.endswith(":") or any(c.isspace() for c in url):
                 problem = f"expected a URL starting with {' or '.join(schemes)}, got {url!r}"
                 raise _error(sources, "ice", key, problem, f"[{i}]")
-    if ice.relay_only and not ice.turn_urls:
-        raise _error(sources, "ice", "relay_only", "needs at least one ice.turn_urls entry")
+    if ice.relay_only is True and not ice.turn_urls:
+        problem = 'needs at least one ice.turn_urls entry (or "auto": relay-only when there is one)'
+        raise _error(sources, "ice", "relay_only", problem)
     if ice.turn_urls and not ice.turn_secret:
         problem = "needs ice.turn_secret to issue TURN credentials"
         raise _error(sources, "ice", "turn_urls", problem)
@@ -437,6 +469,12 @@ def _check_values(config: Config, sources: _Sources) -> None:
         # Not echoed: a Redis URL may carry a password.
         problem = f"expected a URL starting with {', '.join(_REDIS_SCHEMES)}"
         raise _error(sources, "redis", "url", problem)
+    if server.send_queue_bytes < 2 * server.max_frame_bytes:
+        problem = (
+            f"must be at least twice server.max_frame_bytes ({2 * server.max_frame_bytes}): "
+            "room for the largest message and the rest of one being written"
+        )
+        raise _error(sources, "server", "send_queue_bytes", problem)
     if config.redis.dead_after_s <= config.redis.heartbeat_s:
         problem = "must be longer than redis.heartbeat_s (a live server would be swept)"
         raise _error(sources, "redis", "dead_after_s", problem)

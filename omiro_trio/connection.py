@@ -33,7 +33,6 @@ from collections.abc import Callable
 import msgspec
 import trio
 from websockets.http11 import Request
-from websockets.server import ServerProtocol
 
 from omiro_trio import protocol, wsengine
 from omiro_trio.admission import (
@@ -44,9 +43,10 @@ from omiro_trio.admission import (
     release_slot,
     websocket_client,
 )
+from omiro_trio.budgets import Budget
 from omiro_trio.codes import CloseCode
 from omiro_trio.context import ServerContext
-from omiro_trio.httpstream import ReplayStream, plain_response
+from omiro_trio.httpstream import ReplayStream, discard_unread, head_end, plain_response
 from omiro_trio.hub import Hub, Session
 from omiro_trio.session_core import (
     Action,
@@ -62,7 +62,7 @@ from omiro_trio.session_core import (
     SessionCore,
     Widen,
 )
-from omiro_trio.wsengine import Engine, WsConnection
+from omiro_trio.wsengine import Engine, EngineProtocol, WsConnection
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ async def serve_connection(
         if accepted is not None:
             # The request and response died with the handshake's frame: an
             # idle socket keeps only its session and engine connection.
-            await _open_session(ctx, engine, raw, *accepted)
+            await _open_session(ctx, engine, raw, *accepted, slot=slot)
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the client went away
     finally:
@@ -123,15 +123,18 @@ async def _handshake(
     raw: socket.socket,
     head: RequestHead | None,
     slot: SocketSlot,
-) -> tuple[ServerProtocol, str, str] | None:
-    """Read the upgrade request and run the checks; the protocol, session id and client.
+) -> tuple[EngineProtocol, str, str, bytes] | None:
+    """Read the upgrade request and run the checks.
 
+    Returns the protocol, the session id, the client and the bytes read
+    behind the request (frames the engine parses once the socket is open).
     A refused upgrade is answered here (plain HTTP) and gives None.
     """
     proto = wsengine.new_protocol(ctx.config.server.max_frame_bytes)
-    request = await _read_request(stream, raw, proto)
-    if request is None:
+    read = await _read_request(stream, raw, proto)
+    if read is None:
         return None
+    request, behind = read
     if head is None:
         head = head_of(request, slot)
     response = proto.accept(request)
@@ -145,21 +148,27 @@ async def _handshake(
         await _write_refusal(raw, _rejection_bytes(proto, verdict))
         return None
     proto.send_response(response)  # written by the engine, before hello
-    return proto, verdict, ip
+    return proto, verdict, ip, behind
 
 
 async def _read_request(
-    stream: trio.abc.Stream, raw: socket.socket, proto: ServerProtocol
-) -> Request | None:
+    stream: trio.abc.Stream, raw: socket.socket, proto: EngineProtocol
+) -> tuple[Request, bytes] | None:
     """The upgrade request, parsed by ``proto`` within ``HANDSHAKE_TIMEOUT_S``, or None.
 
     What the front door already read usually holds the whole request: it is
-    parsed first, with no read to wait for. A request the parser refuses is
-    answered here (a plain HTTP 4xx).
+    parsed first, with no read to wait for, and what came behind it is
+    returned unparsed (the engine parses it a slice at a time, under the
+    session's budgets). A request the parser refuses is answered here (a
+    plain HTTP 4xx).
     """
     prefix = stream.take_prefix() if isinstance(stream, ReplayStream) else b""
     request = None
+    behind = b""
     if prefix:
+        end = head_end(prefix)
+        if end >= 0:
+            prefix, behind = prefix[:end], prefix[end:]
         proto.receive_data(prefix)
         request = wsengine.handshake_request(proto)
     if request is None and proto.handshake_exc is None:
@@ -171,13 +180,13 @@ async def _read_request(
             answer = b"".join(proto.data_to_send())
             await _write_refusal(raw, answer or _NOT_HTTP)
         return None
-    # Frames pipelined behind the request may have broken the protocol before
-    # the upgrade was answered: then the protocol gave up, and no answer can
-    # follow.
-    return None if proto.eof_sent else request
+    # Frames pipelined behind a request read in pieces may have broken the
+    # protocol before the upgrade was answered: then the protocol gave up,
+    # and no answer can follow.
+    return None if proto.eof_sent else (request, behind)
 
 
-async def _read_more(stream: trio.abc.Stream, proto: ServerProtocol) -> Request | None:
+async def _read_more(stream: trio.abc.Stream, proto: EngineProtocol) -> Request | None:
     """Read until ``proto`` has a request or has refused one; None at end of file or deadline."""
     with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
         # The first read takes all a replaying stream holds (``None``: no
@@ -203,7 +212,7 @@ def head_of(request: Request, slot: SocketSlot) -> RequestHead:
     return RequestHead(request.path, headers, method="GET", slot=slot)
 
 
-def _rejection_bytes(proto: ServerProtocol, verdict: Rejection) -> bytes:
+def _rejection_bytes(proto: EngineProtocol, verdict: Rejection) -> bytes:
     """The plain HTTP response refusing an upgrade: a JSON body, Retry-After when given."""
     refusal = proto.reject(verdict.status, "")
     body = msgspec.json.encode(verdict.body)
@@ -221,9 +230,12 @@ async def _open_session(
     ctx: ServerContext,
     engine: Engine,
     raw: socket.socket,
-    proto: ServerProtocol,
+    proto: EngineProtocol,
     session_id: str,
     ip: str,
+    behind: bytes,
+    *,
+    slot: SocketSlot,
 ) -> None:
     limits = ctx.config.limits
     rates = Rates(limits.messages_per_second, limits.message_burst)
@@ -234,12 +246,14 @@ async def _open_session(
         raw,
         proto,
         send_queue=ctx.config.server.send_queue,
+        send_queue_bytes=ctx.config.server.send_queue_bytes,
         on_fail=_closer(session),
+        unparsed=behind,
     )
     del proto
     session.outlet = conn
     try:
-        await _run_session(ctx, engine, conn, session)
+        await _run_session(ctx, engine, conn, session, slot)
     finally:
         conn.release()
         session.close_outbox()
@@ -269,6 +283,7 @@ async def _write_refusal(raw: socket.socket, data: bytes) -> None:
             raw.shutdown(socket.SHUT_WR)
         except OSError:
             return
+        discard_unread(raw)  # so that the close does not reset the answer away
 
 
 class _Timers:
@@ -312,7 +327,7 @@ class _Timers:
 
 
 async def _run_session(
-    ctx: ServerContext, engine: Engine, conn: WsConnection, session: Session
+    ctx: ServerContext, engine: Engine, conn: WsConnection, session: Session, slot: SocketSlot
 ) -> None:
     """Attach ``session`` to the hub, read its frames until it ends, then detach and close.
 
@@ -344,16 +359,27 @@ async def _run_session(
         raise
     finally:
         with trio.CancelScope(shield=True):
-            await _end_session(ctx, conn, session)
+            await _end_session(ctx, conn, session, slot)
 
 
-async def _end_session(ctx: ServerContext, conn: WsConnection, session: Session) -> None:
-    """Detach ``session`` (its partner is told), count its close code, close the socket."""
+async def _end_session(
+    ctx: ServerContext, conn: WsConnection, session: Session, slot: SocketSlot
+) -> None:
+    """Detach ``session`` (its partner is told), count its close code, close the socket.
+
+    The socket's ``sockets_per_ip`` slot is given back as soon as the
+    session is gone, before the close handshake: the WebSocket is over, and
+    however long the client takes to end the TCP connection is bounded by
+    ``CLOSE_TIMEOUT_S`` and counted in ``connections_per_ip``.
+    """
     await ctx.hub.detach(session)
+    await release_slot(ctx, slot)
     core = session.core
     code = core.close_code
     if code is not None:
         ctx.metrics.closes.labels(str(code)).inc()
+    if code == CloseCode.SLOW_CONSUMER and conn.exceeded is Budget.SEND_QUEUE:
+        ctx.metrics.exceeded(Budget.SEND_QUEUE)
     graceful = code != CloseCode.SLOW_CONSUMER and core.partner_reason != "timeout"
     with trio.move_on_after(CLOSE_TIMEOUT_S):
         await conn.close(code or CloseCode.NORMAL, core.close_reason, graceful=graceful)
@@ -384,6 +410,8 @@ async def _read_loop(ctx: ServerContext, conn: WsConnection, session: Session) -
             code = conn.close_code
             if code is not None and not conn.peer_closed:
                 # The engine failed the connection: 1002, 1007 or 1009.
+                if code == CloseCode.TOO_BIG:
+                    ctx.metrics.exceeded(conn.exceeded or Budget.MESSAGE_SIZE)
                 session.close(code, conn.close_reason)
             return
         for frame in frames:
@@ -402,10 +430,17 @@ async def _perform(
 ) -> bool:
     """Do what the core asked (all but the relay); True when the session is closing."""
     hub = ctx.hub
-    if isinstance(action, NextPartner) and await hub.next_limited(
-        session, ctx.config.limits.nexts_per_minute
+    if (
+        isinstance(action, Join | NextPartner)
+        and action.counted
+        and await hub.next_limited(session, ctx.config.limits.nexts_per_minute)
     ):
-        action = session.core.refuse("next", now)
+        # Every way into the queue spends a skip (session_core.py): over the
+        # allowance the op is refused and the match, if any, goes on.
+        ctx.metrics.exceeded(Budget.SKIPS)
+        action = session.core.refuse(
+            "next" if isinstance(action, NextPartner) else "join_queue", now
+        )
     if isinstance(action, Reply):
         if action.error is not None:
             ctx.metrics.protocol_errors.labels(action.error).inc()

@@ -40,7 +40,7 @@ class ServerContext:
         """RTCIceServer dictionaries for this session (TURN credentials are per session)."""
         ice = self.config.ice
         servers: list[dict[str, Any]] = []
-        if ice.urls and not ice.relay_only:
+        if ice.urls and not ice.relayed:
             servers.append({"urls": list(ice.urls)})
         if ice.turn_urls and ice.turn_secret:
             username, credential = turn_credentials(
@@ -55,7 +55,7 @@ class ServerContext:
         return {
             "session_id": session_id,
             "ice_servers": self.ice_servers(session_id),
-            "ice_transport_policy": "relay" if self.config.ice.relay_only else "all",
+            "ice_transport_policy": "relay" if self.config.ice.relayed else "all",
             "limits": {
                 "max_chat_length": self.limits.max_chat_length,
                 "max_frame_bytes": self.limits.max_frame_bytes,

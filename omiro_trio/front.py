@@ -16,6 +16,8 @@ The front door is the connection boundary. Its rules, each structural:
   ``server.connections_per_ip`` connections per client (address group) are
   open at once; more are closed without a byte read. A trusted proxy's
   connections are not capped: they carry many clients.
+* **Budgets before parsing.** A head over ``budgets.MAX_HEAD_BYTES`` is
+  answered 431 before any parser sees it, whether it is complete or not.
 * **Deadlines on every wait.** A request head must arrive whole within
   ``HEAD_TIMEOUT_S`` of the connection (or of its first byte, on a kept-alive
   connection), a request body within ``BODY_TIMEOUT_S`` of its head, the next
@@ -43,7 +45,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import socket
 from collections.abc import Awaitable, Callable
 from functools import lru_cache, partial
@@ -57,13 +58,17 @@ from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
 
 from omiro_trio.addresses import Network, address_group, in_networks
 from omiro_trio.admission import RequestHead
+from omiro_trio.budgets import MAX_HEAD_BYTES, Budget
 from omiro_trio.httpstream import (
-    MAX_HEAD_BYTES,
+    HEAD_TOO_LARGE,
     RECEIVE_BYTES,
     WS_PATH,
     HttpStream,
     ReplayStream,
     Timeouts,
+    discard_unread,
+    head_end,
+    head_too_large,
     is_websocket_upgrade,
     parse_head,
     refusal_for,
@@ -136,7 +141,6 @@ __all__ = [
     "read_head",
 ]
 
-_HEAD_END = re.compile(rb"\n\r?\n")  # the blank line after a head, as h11 finds it
 _WS_REQUEST_LINE = (f"GET {WS_PATH} ".encode(), f"GET {WS_PATH}?".encode())
 
 
@@ -163,14 +167,26 @@ async def read_head(stream: trio.SocketStream, timeout_s: float = HEAD_TIMEOUT_S
                 break
             searched = max(0, len(data) - 2)  # a blank line may straddle two reads
             data += chunk
-            if _HEAD_END.search(data, searched) or len(data) > MAX_HEAD_BYTES:
+            if head_end(data, searched) >= 0 or len(data) > MAX_HEAD_BYTES:
                 break
     return bytes(data)
 
 
+async def _refuse(stream: trio.SocketStream, answer: bytes) -> None:
+    """Write a refusal (within ``SEND_TIMEOUT_S``); the caller then closes the socket.
+
+    What the client sent that nobody read is dropped first, so that the
+    close is a FIN after the answer, not a reset that may make the client
+    lose it.
+    """
+    with trio.move_on_after(SEND_TIMEOUT_S):
+        await stream.send_all(answer)
+    discard_unread(stream.socket)
+
+
 def head_complete(data: bytes | bytearray) -> bool:
     """Whether ``data`` holds a whole head (or more than any head may be)."""
-    return len(data) > MAX_HEAD_BYTES or _HEAD_END.search(data) is not None
+    return len(data) > MAX_HEAD_BYTES or head_end(data) >= 0
 
 
 def _timeouts() -> Timeouts:
@@ -283,11 +299,16 @@ class FrontDoor:
     async def _serve(self, stream: trio.SocketStream, peer: str, client: str | None) -> None:
         """Read the first head and route it (the WebSocket path, the fast path, hypercorn)."""
         data = await read_head(stream, HEAD_TIMEOUT_S)
-        if not head_complete(data):
+        end = head_end(data)
+        if end < 0 and len(data) <= MAX_HEAD_BYTES:
             return  # ended or stalled before a whole head: nothing to answer
-        if data.startswith(_WS_REQUEST_LINE) and _HEAD_END.search(data):
+        if head_too_large(data, end):
+            # Before any parser sees it, whether it is complete or not.
+            self._metrics.exceeded(Budget.HEAD)
+            await _refuse(stream, HEAD_TOO_LARGE)
+            return
+        if data.startswith(_WS_REQUEST_LINE):
             # Parsed once, by the WebSocket handshake (no h11 on this path).
-            # A head with no end in MAX_HEAD_BYTES is h11's to refuse (431).
             await self._websocket(ReplayStream(stream, data, peer, client), None)
             return
         simple = self._simple_fast_route(data)
@@ -295,18 +316,25 @@ class FrontDoor:
             await simple[0](ReplayStream(stream, data, peer, client), simple[1])
             return
         timeouts = _timeouts()
-        http = HttpStream(stream, peer, timeouts, prefix=data)
+        http = HttpStream(
+            stream,
+            peer,
+            timeouts,
+            prefix=data,
+            on_budget=self._metrics.exceeded,
+            max_requests=self._hyper_config.keep_alive_max_requests,
+        )
         head = await http.read_head(timeouts.head)
         if head is None:  # ended, stalled, or not HTTP
             if http.refusal is not None:
-                await http.send_all(http.refusal)
+                await _refuse(stream, http.refusal)
             return
         if is_websocket_upgrade(head):
             await self._websocket(ReplayStream(stream, http.take_pending(), peer, client), head)
             return
         refusal = refusal_for(head)
         if refusal is not None:
-            await http.send_all(refusal)
+            await _refuse(stream, refusal)
             return
         fast = self._fast_route(head) if self._fast_route else None
         if fast is not None:  # (fastpath.py: GET /session/new)

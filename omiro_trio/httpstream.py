@@ -14,14 +14,19 @@ door already read from it (for the fast path and the WebSocket path).
 The heads: ``parse_head`` and ``HttpStream`` read them with h11;
 ``simple_get`` reads, without h11, only a plain ``GET`` head that h11 would
 read the same way (a property test holds it), so that the fast path needs no
-h11 for the usual ``/session/new``.
+h11 for the usual ``/session/new``. Every head is held to
+``budgets.MAX_HEAD_BYTES`` before anything parses it (``head_too_large``),
+and every parser here costs time linear in the head's size: ``simple_get``
+scans with ``bytes`` methods only (no regular expression on client bytes),
+and h11's own reader is linear (a property test holds both).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -30,10 +35,12 @@ import msgspec
 import trio
 
 from omiro_trio.admission import RequestHead
+from omiro_trio.budgets import MAX_HEAD_BYTES, Budget
 
-MAX_HEAD_BYTES = 16384
 RECEIVE_BYTES = 65536
 WS_PATH = "/ws"
+
+__all__ = ["MAX_HEAD_BYTES", "RECEIVE_BYTES", "WS_PATH", "HttpStream", "ReplayStream"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +121,48 @@ def to_head(event: h11.Request) -> RequestHead:
     headers: dict[str, list[str]] = {}
     for name, value in event.headers:
         headers.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
-    return RequestHead(event.target.decode("latin-1"), headers, method=event.method.decode())
+    return RequestHead(
+        event.target.decode("latin-1"),
+        headers,
+        method=event.method.decode(),
+        version=event.http_version.decode(),
+    )
+
+
+def head_end(data: bytes | bytearray, start: int = 0) -> int:
+    """Where the head at the start of ``data`` ends (just past its blank line), or -1.
+
+    The blank line is found as h11 finds it (``\\n\\n`` or ``\\n\\r\\n``),
+    searching from ``start`` (a search resumed after more bytes came should
+    start two bytes before the old end, where a blank line may straddle them).
+    Two scans of the bytes, whatever they hold.
+    """
+    bare = data.find(b"\n\n", start)
+    crlf = data.find(b"\n\r\n", start, bare + 1 if bare >= 0 else len(data))
+    if crlf >= 0:
+        return crlf + 3
+    return bare + 2 if bare >= 0 else -1
+
+
+def head_too_large(data: bytes | bytearray, end: int) -> bool:
+    """Whether the head starting ``data`` and ending at ``end`` (-1: not yet) is over budget."""
+    return end > MAX_HEAD_BYTES or (end < 0 and len(data) > MAX_HEAD_BYTES)
+
+
+def discard_unread(sock: trio.socket.SocketType | socket.socket, reads: int = 16) -> None:
+    """Read and drop, without waiting, what the client sent that nobody read.
+
+    Closing a socket with unread bytes sends a reset instead of a FIN, and a
+    reset may make the client's side drop our last answer (a 431, the
+    response that ended a kept-alive connection) before it reads it. At most
+    ``reads`` reads: a client still sending when we close is not waited for.
+    """
+    for _ in range(reads):
+        try:
+            if not os.read(sock.fileno(), RECEIVE_BYTES):
+                return
+        except OSError:  # nothing more now (EAGAIN), or closed already
+            return
 
 
 def parse_head(data: bytes) -> RequestHead | None:
@@ -130,11 +178,11 @@ def parse_head(data: bytes) -> RequestHead | None:
     return to_head(event)
 
 
-_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"  # as h11 (RFC 9110 tchar)
-_SIMPLE_GET = re.compile(
-    rb"GET (/[!-~]*) HTTP/1\.1\r\n((?:" + _TOKEN + rb":[\t -~\x80-\xff]*\r\n)*)\r\n"
-)
-_FIELD = re.compile(rb"(" + _TOKEN + rb"):[\t ]*([\t -~\x80-\xff]*?)[\t ]*\r\n")
+_TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_TARGET_CHARS = bytes(range(0x21, 0x7F))  # visible ASCII, as h11's request target
+_VALUE_CHARS = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
+_SIMPLE_START = b"GET /"
+_SIMPLE_VERSION = b" HTTP/1.1"
 _NOT_SIMPLE = frozenset({"content-length", "transfer-encoding", "upgrade"})
 
 
@@ -145,16 +193,50 @@ def simple_get(data: bytes) -> RequestHead | None:
     CRLF line ends, token header names, values of visible characters, exactly
     one ``Host``, and nothing that announces a body or a protocol switch.
     Anything else (None) is for h11, which accepts or refuses it as ever.
+
+    Linear in the head's size: ``bytes`` scans (``find``, ``count``,
+    ``split``, ``partition``, ``translate``, ``strip``) and one pass over
+    its lines; nothing backtracks. A head over ``MAX_HEAD_BYTES`` is None.
     """
-    match = _SIMPLE_GET.match(data)
-    if match is None:
+    if not data.startswith(_SIMPLE_START):
+        return None
+    end = data.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES)
+    if end < 0:
+        return None
+    head = data[:end]
+    crlf = head.count(b"\r\n")
+    if head.count(b"\n") != crlf or head.count(b"\r") != crlf:
+        return None  # a bare CR or LF: h11's to read (or refuse)
+    request_line, *lines = head.split(b"\r\n")
+    if not request_line.endswith(_SIMPLE_VERSION):
+        return None
+    target = request_line[4 : -len(_SIMPLE_VERSION)]
+    if target.translate(None, _TARGET_CHARS):
         return None
     headers: dict[str, list[str]] = {}
-    for name, value in _FIELD.findall(match.group(2)):
-        headers.setdefault(name.decode("ascii").lower(), []).append(value.decode("latin-1"))
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if (
+            not colon
+            or not name
+            or name.translate(None, _TOKEN_CHARS)
+            or value.translate(None, _VALUE_CHARS)
+        ):
+            return None
+        values = headers.setdefault(name.decode("ascii").lower(), [])
+        values.append(value.strip(b" \t").decode("latin-1"))
     if len(headers.get("host", ())) != 1 or not _NOT_SIMPLE.isdisjoint(headers):
         return None
-    return RequestHead(match.group(1).decode("ascii"), headers, method="GET")
+    return RequestHead(target.decode("ascii"), headers, method="GET")
+
+
+def _ends_connection(head: RequestHead) -> bool:
+    """Whether the answer to ``head`` ends the connection (h11's rule: HTTP/1.0, or
+    ``close`` among the ``Connection`` tokens)."""
+    if head.version == "1.0":
+        return True
+    tokens = ",".join(head.headers.get("connection", ())).lower().split(",")
+    return any(token.strip() == "close" for token in tokens)
 
 
 def is_websocket_upgrade(head: RequestHead) -> bool:
@@ -172,13 +254,25 @@ def plain_response(status: int, code: str, message: str) -> bytes:
     ).encode() + body
 
 
+HEAD_TOO_LARGE = plain_response(
+    431, "request_head_too_large", f"the request head is over {MAX_HEAD_BYTES} bytes"
+)
+
+
 def refusal_for(head: RequestHead) -> bytes | None:
     """The answer to a request the HTTP app must not see, or None to pass it on.
 
-    The app serves plain requests only: ``CONNECT`` and protocol upgrades
-    other than ``/ws`` (WebSocket elsewhere, h2c) would leave hypercorn
-    waiting on a protocol switch that never comes.
+    The app serves plain HTTP/1 requests only (1.1, and 1.0 too): ``CONNECT``
+    and protocol upgrades other than ``/ws`` (WebSocket elsewhere, h2c)
+    would leave hypercorn waiting on a protocol switch that never comes, and
+    another version (HTTP/2 with prior knowledge) would have hypercorn speak
+    a protocol whose budgets are not ours.
     """
+    if not head.version.startswith("1."):
+        # h11 reads any "HTTP/x.y". A later HTTP/1 minor version is read as
+        # HTTP/1.1 (RFC 9110, 2.5); another major version (HTTP/2 with prior
+        # knowledge, "PRI * HTTP/2.0", among them) is not served.
+        return plain_response(505, "http_version_not_supported", "only HTTP/1 is served")
     if head.method == "CONNECT":
         return plain_response(405, "method_not_allowed", "CONNECT is not served")
     if head.headers.get("upgrade"):
@@ -202,12 +296,33 @@ class HttpStream(trio.abc.HalfCloseableStream):
         peer: its remote address.
         timeouts: the deadlines of every wait.
         prefix: bytes already read from the socket (the start of the first request).
+        on_budget: told when a request is refused for being over a budget.
+        max_requests: hypercorn's ``keep_alive_max_requests``: it closes the
+            connection after answering that many.
+
+    hypercorn reads the next request while it still answers one. After a
+    request whose answer ends the connection (``Connection: close``,
+    HTTP/1.0, the last of ``max_requests``), the next one must not reach
+    it: h11 would call it a protocol error and hypercorn would close the
+    connection before its answer was out. So nothing more is handed on, and
+    hypercorn reads the end of file once it closes the connection itself.
     """
 
     def __init__(
-        self, stream: trio.SocketStream, peer: str, timeouts: Timeouts, prefix: bytes = b""
+        self,
+        stream: trio.SocketStream,
+        peer: str,
+        timeouts: Timeouts,
+        prefix: bytes = b"",
+        on_budget: Callable[[Budget], None] | None = None,
+        max_requests: int = 1000,
     ) -> None:
         self._stream = stream
+        self._on_budget = on_budget
+        self._max_requests = max_requests
+        self._requests = 0  # handed on so far
+        self._last = False  # the request handed on last ends the connection
+        self._closed = trio.Event()  # hypercorn ended the connection
         self.peer = peer
         self.socket = stream.socket  # hypercorn reads the peer from it
         self._timeouts = timeouts
@@ -248,8 +363,9 @@ class HttpStream(trio.abc.HalfCloseableStream):
 
         Waits at most ``idle_s`` for the first byte, then ``timeouts.head``
         for the rest. Returns None when the connection ended or stalled, or
-        when h11 cannot parse the request (then ``refusal`` holds the answer
-        to send before closing).
+        when the head is over ``MAX_HEAD_BYTES`` (complete or not) or h11
+        cannot parse it (then ``refusal`` holds the answer to send before
+        closing). The size is checked before h11 sees the head.
         """
         parser = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self._parser = parser
@@ -258,7 +374,16 @@ class HttpStream(trio.abc.HalfCloseableStream):
         idle_deadline = start + idle_s
         if self._pending:  # (feeding h11 nothing would mean end of file)
             parser.receive_data(bytes(self._pending))
+        searched = 0  # the head's end is not before this
         while True:
+            end = head_end(self._pending, searched)
+            if head_too_large(self._pending, end):
+                self.refusal = HEAD_TOO_LARGE
+                if self._on_budget is not None:
+                    self._on_budget(Budget.HEAD)
+                return None
+            if end < 0:
+                searched = max(0, len(self._pending) - 2)
             try:
                 event = parser.next_event()
             except h11.RemoteProtocolError as exc:
@@ -287,6 +412,9 @@ class HttpStream(trio.abc.HalfCloseableStream):
 
     def hand_on(self, head: RequestHead) -> None:
         """Hand the request just read to hypercorn (as far as it has arrived)."""
+        self._requests += 1
+        if self._requests >= self._max_requests or _ends_connection(head):
+            self._last = True
         self._advance()
 
     def _advance(self) -> None:
@@ -323,8 +451,11 @@ class HttpStream(trio.abc.HalfCloseableStream):
                 await trio.lowlevel.checkpoint()
                 return b""
             if self._complete:
-                # hypercorn reads again only once it has answered the last
-                # request: route the next one.
+                if self._last:  # hypercorn closes once it has answered
+                    await self._closed.wait()
+                    return b""
+                # Route the next request (hypercorn reads it while it still
+                # answers the last; h11 holds it until the answer is out).
                 head = await self.read_head(self._timeouts.keepalive)
                 if head is None:
                     if self.refusal is not None:
@@ -371,12 +502,22 @@ class HttpStream(trio.abc.HalfCloseableStream):
     async def send_eof(self) -> None:
         # hypercorn may end the connection while it is still writing an
         # error response: wait for the write (itself bounded) to finish.
-        async with self._sending:
-            if self.handoff is None:
-                await self._stream.send_eof()
+        # Shielded: hypercorn ends a "Connection: close" (or HTTP/1.0)
+        # connection from the request's task, which quart-trio has already
+        # cancelled once the response was sent. Unshielded, the first
+        # checkpoint here would raise Cancelled, hypercorn would never reach
+        # ``aclose``, and the socket would stay open until the keep-alive
+        # timeout. ``aclose`` then closes the socket before its checkpoint.
+        self._closed.set()
+        with trio.CancelScope(shield=True):
+            async with self._sending:
+                if self.handoff is None:
+                    await self._stream.send_eof()
 
     async def aclose(self) -> None:
+        self._closed.set()
         if self.handoff is None:
+            discard_unread(self.socket)  # (hypercorn closes after its last answer)
             await self._stream.aclose()
         else:
             await trio.lowlevel.checkpoint()

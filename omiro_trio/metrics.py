@@ -9,6 +9,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from omiro_trio.budgets import Budget
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # Time from match_found to the first media: most calls take 0.3-3 s; past
@@ -68,6 +70,12 @@ class Metrics:
             ["task"],
             registry=r,
         )
+        self.budget_exceeded = Counter(
+            "omiro_budget_exceeded",
+            "Connections or requests stopped at one of their budgets (docs/security.md)",
+            ["budget"],
+            registry=r,
+        )
         self.reports = Counter("omiro_reports", "Reports received", registry=r)
         self.autobans = Counter("omiro_autobans", "Addresses banned for being reported", registry=r)
         self.waiting = Gauge(
@@ -92,6 +100,12 @@ class Metrics:
             self.calls.labels(outcome, path)
         for path in ("direct", "relay"):
             self.call_connect_seconds.labels(path)
+        for budget in Budget:
+            self.budget_exceeded.labels(budget.value)
+
+    def exceeded(self, budget: Budget) -> None:
+        """Count one refusal at ``budget``."""
+        self.budget_exceeded.labels(budget.value).inc()
 
     def count_call(self, outcome: str, path: str | None, connect_ms: int | None) -> None:
         """Count one validated ``call_outcome`` (``path`` is ``None`` for a failed call)."""

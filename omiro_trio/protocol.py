@@ -5,7 +5,7 @@ part of PROTOCOL.md ("WebSocket messages") and nothing else.
 
 Invariants:
 
-* ``parse_client_frame`` returns exactly one of the eleven ``ClientMessage``
+* ``parse_client_frame`` returns exactly one of the twelve ``ClientMessage``
   classes or raises ``ProtocolViolation``; no other exception escapes it, for
   any ``str`` or ``bytes`` input (a property test holds it to that).
 * A returned message is already valid and normalised: ``Chat.message`` is
@@ -19,7 +19,7 @@ Invariants:
   A ``CallOutcome`` names a match (1..``MAX_MATCH_ID_LENGTH`` characters)
   and an outcome in ``CALL_OUTCOMES``; ``connected`` carries a ``path`` in
   ``CALL_PATHS`` and ``connect_ms`` in 0..``MAX_CONNECT_MS``, ``failed``
-  carries neither (both ``None``).
+  carries neither (both ``None``). ``CameraKind.kind`` is in ``CAMERA_KINDS``.
   Every string in a message encodes to UTF-8 (lone surrogates are rejected),
   so relaying it can never fail to encode.
 * Validation is strict: a JSON string is not a number, a number is not a
@@ -45,6 +45,7 @@ from omiro_trio.errors import ProtocolViolation
 __all__ = [
     "CALL_OUTCOMES",
     "CALL_PATHS",
+    "CAMERA_KINDS",
     "MAX_CONNECT_MS",
     "MAX_INTERESTS",
     "MAX_INTEREST_LENGTH",
@@ -54,6 +55,7 @@ __all__ = [
     "OP_NAMES",
     "RELAYED",
     "CallOutcome",
+    "CameraKind",
     "Chat",
     "ClientMessage",
     "Disconnect",
@@ -81,6 +83,9 @@ CALL_OUTCOMES: Final[tuple[str, ...]] = ("connected", "failed")
 CALL_PATHS: Final[tuple[str, ...]] = ("direct", "relay")
 MAX_MATCH_ID_LENGTH: Final = 64
 MAX_CONNECT_MS: Final = 600_000  # ten minutes: anything slower is a client bug
+# What kind of camera a page sends from: a webcam, a known virtual camera
+# (software that can show any video), or none at all.
+CAMERA_KINDS: Final[tuple[str, ...]] = ("camera", "virtual", "none")
 
 # Longest op name echoed inside an error *message*; the ``op`` field of the
 # error carries the op as sent.
@@ -150,6 +155,12 @@ class IceCandidate(msgspec.Struct, frozen=True):
     candidate: dict[str, Any] | None
 
 
+class CameraKind(msgspec.Struct, frozen=True, gc=False):
+    """The kind of camera this side sends from (in ``CAMERA_KINDS``), for the partner's page."""
+
+    kind: str
+
+
 class Report(msgspec.Struct, frozen=True, gc=False):
     """Report the current partner; the reason is trimmed, possibly empty."""
 
@@ -179,6 +190,7 @@ ClientMessage = (
     | WebrtcOffer
     | WebrtcAnswer
     | IceCandidate
+    | CameraKind
     | Report
     | CallOutcome
 )
@@ -193,11 +205,19 @@ OP_NAMES: Final[dict[type, str]] = {
     WebrtcOffer: "webrtc_offer",
     WebrtcAnswer: "webrtc_answer",
     IceCandidate: "ice_candidate",
+    CameraKind: "camera_kind",
     Report: "report",
     CallOutcome: "call_outcome",
 }
 
-RELAYED: Final[tuple[type, ...]] = (Chat, Typing, WebrtcOffer, WebrtcAnswer, IceCandidate)
+RELAYED: Final[tuple[type, ...]] = (
+    Chat,
+    Typing,
+    WebrtcOffer,
+    WebrtcAnswer,
+    IceCandidate,
+    CameraKind,
+)
 
 
 # -- parsing ---------------------------------------------------------------------------
@@ -339,6 +359,16 @@ def _parse_ice_candidate(raw: msgspec.Raw, limits: Limits) -> IceCandidate:
     return message
 
 
+_CAMERA_KIND_DECODER: Final = _decoder_or_none(CameraKind)
+
+
+def _parse_camera_kind(raw: msgspec.Raw, limits: Limits) -> CameraKind:
+    message = _require(_CAMERA_KIND_DECODER.decode(raw), "kind", "camera_kind")
+    if message.kind not in CAMERA_KINDS:
+        raise _bad("camera_kind", f"data.kind must be {_one_of(CAMERA_KINDS)}")
+    return message
+
+
 _REPORT_DECODER: Final = _decoder_or_none(Report)
 _EMPTY_REPORT: Final = Report()
 
@@ -390,6 +420,7 @@ _PARSERS: Final[dict[str, Callable[[msgspec.Raw, Limits], ClientMessage]]] = {
     "webrtc_offer": _parse_webrtc_offer,
     "webrtc_answer": _parse_webrtc_answer,
     "ice_candidate": _parse_ice_candidate,
+    "camera_kind": _parse_camera_kind,
     "report": _parse_report,
     "call_outcome": _parse_call_outcome,
 }
@@ -539,4 +570,6 @@ def relay_data(message: ClientMessage, sender: str) -> dict[str, Any]:
         return {"sdp": message.sdp, "from": sender}
     if isinstance(message, IceCandidate):
         return {"candidate": message.candidate, "from": sender}
+    if isinstance(message, CameraKind):
+        return {"kind": message.kind, "from": sender}
     raise TypeError(f"{type(message).__name__} is not relayed to the partner")

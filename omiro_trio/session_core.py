@@ -34,6 +34,13 @@ Flood control: one token bucket for every client message and control
 frame; a message over it is refused with ``rate_limited``, and more than
 ``RATE_VIOLATIONS_ALLOWED`` refusals per ``ERROR_WINDOW_S`` close with 4029.
 More than ``PROTOCOL_ERRORS_ALLOWED`` bad frames per window close with 4000.
+
+Skips: every way into the queue (``next``, ``join_queue`` while matched,
+waiting or idle: after a ``leave_queue`` or a ``report`` too, and on a new
+socket of the session) is a ``Join`` or ``NextPartner`` with ``counted``
+set, which the shell checks against the session's ``nexts_per_minute``
+before the match ends; the one exception is the first entry after the
+partner ended the match (``ended``), which the client did not choose.
 """
 
 from __future__ import annotations
@@ -137,14 +144,24 @@ class Relay:
 
 @dataclass(frozen=True, slots=True)
 class Join:
-    """Ask the backend to queue the session with ``prefs`` (ending its match first)."""
+    """Ask the backend to queue the session with ``prefs`` (ending its match first).
+
+    ``counted``: it spends one of the session's skips (``nexts_per_minute``),
+    checked before anything else happens.
+    """
 
     prefs: Preferences
+    counted: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class NextPartner:
-    """Ask the backend for the next partner, once the backend's ``next`` allowance is checked."""
+    """Ask the backend for the next partner (ending the match first).
+
+    ``counted`` as ``Join``'s.
+    """
+
+    counted: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +207,7 @@ Action = Reply | Relay | Join | NextPartner | Leave | ReportPartner | CountCall 
 """What ``SessionCore.receive`` asks of the shell (``None``: nothing)."""
 
 NEXT: Final = NextPartner()
+NEXT_UNCOUNTED: Final = NextPartner(counted=False)
 LEAVE: Final = Leave()
 _BYE: Final = Close(CloseCode.NORMAL)
 _RELAYED_OPS: Final = {kind: protocol.OP_NAMES[kind] for kind in protocol.RELAYED}
@@ -210,6 +228,7 @@ class SessionCore:
         "_bucket",
         "_errors",
         "_limits",
+        "_rejoin_free",
         "_violations",
         "close_code",
         "close_reason",
@@ -254,6 +273,7 @@ class SessionCore:
         self._bucket = TokenBucket(rates.messages_per_second, rates.message_burst, now)
         self._errors = WindowCounter(PROTOCOL_ERRORS_ALLOWED, ERROR_WINDOW_S)
         self._violations = WindowCounter(RATE_VIOLATIONS_ALLOWED, ERROR_WINDOW_S)
+        self._rejoin_free = False  # the partner ended the match; no entry since
 
     @property
     def waiting(self) -> bool:
@@ -290,9 +310,9 @@ class SessionCore:
             return Relay(op, frame, chat, match)
         if kind is protocol.JoinQueue:
             assert isinstance(message, protocol.JoinQueue)
-            return Join(Preferences(message.mode, message.interests))
+            return Join(Preferences(message.mode, message.interests), self._skip_counted())
         if kind is protocol.Next:
-            return NEXT
+            return NEXT if self._skip_counted() else NEXT_UNCOUNTED
         if kind is protocol.LeaveQueue:
             return LEAVE
         if kind is protocol.Report:
@@ -312,6 +332,13 @@ class SessionCore:
             if not self._bucket.take(now) and self._violations.hit(now):
                 return self._close(CloseCode.RATE_LIMITED, "rate limit exceeded")
         return None
+
+    def _skip_counted(self) -> bool:
+        """Whether entering the queue now spends a skip: yes, but for the first after
+        the partner ended the match."""
+        free = self._rejoin_free
+        self._rejoin_free = False
+        return not free
 
     def refuse(self, op: str, now: float) -> Reply | Close:
         """Refuse ``op`` as over the allowance (the bucket, or the backend's ``next`` limit)."""
@@ -390,6 +417,7 @@ class SessionCore:
         self.widen = None
         if self.state != "closing":
             self.state = "matched"
+        self._rejoin_free = False
         self.matches_applied += 1
         self.match = match
         self._remember(match)
@@ -406,8 +434,13 @@ class SessionCore:
         )
 
     def ended(self, match_id: str, reason: str) -> str | None:
-        """``match_id`` ended: the ``partner_disconnected`` frame when it was the current match."""
+        """``match_id`` ended: the ``partner_disconnected`` frame when it was the current match.
+
+        Ended by the partner (or for it): the client's next entry into the
+        queue spends no skip.
+        """
         if self.forget(match_id):
+            self._rejoin_free = True
             return protocol.encode("partner_disconnected", {"reason": reason})
         return None
 

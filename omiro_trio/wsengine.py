@@ -15,16 +15,27 @@ Design (numbers in ``docs/decisions/0001-websocket-engine.md``):
   list and marks it dirty; the engine's one flusher task joins
   everything queued for each dirty connection into one ``send``. Frames
   for one destination produced in one scheduling round therefore leave in
-  one syscall. Only a socket whose kernel buffer is full gets a task of its
-  own (``_drain``) until it is writable again; if it stays full for
-  ``WRITE_TIMEOUT_S`` the client is a slow consumer.
+  one syscall. What the socket did not take stays in ``pending`` (a view of
+  that one buffer, sent before anything queued after it, never copied
+  again). Only a socket whose kernel buffer is full gets a task of its own
+  (``_drain``) until it is writable again; if it stays full for
+  ``WRITE_TIMEOUT_S`` the client is a slow consumer, and so it is when
+  what waits for it (``out`` and ``pending`` together) passes
+  ``send_queue`` frames or ``send_queue_bytes`` bytes.
 * **Liveness**: one sweeper task for all sockets, a timer wheel: each socket
   is visited every ``idle_timeout_s / 8``, one slot of sockets per step, so
   that sockets opened together are not all pinged in one scheduling round.
   A socket silent for half of ``idle_timeout_s`` gets a ping; one that stays
   silent is dropped within ``idle_timeout_s``.
-* **Text** is decoded (strict UTF-8, 1007 otherwise) here; fragments are
-  joined, bounded by the protocol's message size limit.
+* **Budgets** (``budgets.py``): the protocol parses what a read brought
+  ``PARSE_SLICE_BYTES`` at a time, and ``receive`` returns after each slice
+  that completed a message or carried a control frame, so the session's
+  rules act before the next slice is parsed. Pings are answered once per
+  slice (the latest; RFC 6455, 5.5.3), so a ping flood queues one pong, not
+  thousands. A message's fragments are joined into one buffer as they
+  come, at most ``MAX_MESSAGE_FRAGMENTS`` of them (an empty one counts)
+  within the protocol's size limit; over either, close 1009.
+* **Text** is decoded (strict UTF-8, 1007 otherwise) here.
 
 Invariants:
 
@@ -50,6 +61,9 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
+
+from omiro_trio.budgets import MAX_MESSAGE_FRAGMENTS, PARSE_SLICE_BYTES, Budget
+from omiro_trio.codes import CloseCode
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +110,33 @@ def text_frame(payload: bytes) -> bytes:
     return b"\x81\x7f" + struct.pack("!Q", n) + payload
 
 
-class _Protocol(ServerProtocol):
-    """``ServerProtocol`` that sends no pong once our close frame is out."""
+class EngineProtocol(ServerProtocol):
+    """``ServerProtocol`` whose pongs wait for ``take_pong``, and stop once our close is out.
+
+    A ping is answered by the pong of the latest ping parsed since the last
+    ``take_pong`` (RFC 6455, 5.5.3 allows it), so that a slice full of pings
+    costs one pong, not one each.
+    """
+
+    pong: Frame | None = None
 
     def send_frame(self, frame: Frame) -> None:
-        if frame.opcode is _PONG and self.close_sent is not None:
+        if frame.opcode is _PONG:
+            if self.close_sent is None:
+                self.pong = frame
             return
         super().send_frame(frame)
 
+    def take_pong(self) -> None:
+        """Queue the pong owed, if any (none after our close frame)."""
+        pong = self.pong
+        if pong is not None:
+            self.pong = None
+            if self.close_sent is None and self.state is _OPEN:
+                super().send_frame(pong)
 
-def _forget_handshake(proto: ServerProtocol) -> None:
+
+def _forget_handshake(proto: EngineProtocol) -> None:
     """Let the handshake request go once the protocol is open.
 
     ``ServerProtocol``'s parser is a generator that keeps the parsed request
@@ -118,9 +149,9 @@ def _forget_handshake(proto: ServerProtocol) -> None:
         next(proto.parser)
 
 
-def new_protocol(max_frame_bytes: int) -> ServerProtocol:
+def new_protocol(max_frame_bytes: int) -> EngineProtocol:
     """A server protocol in the handshake state: no extensions (no deflate), no subprotocols."""
-    return _Protocol(max_size=max_frame_bytes, logger=_PROTOCOL_LOG)
+    return EngineProtocol(max_size=max_frame_bytes, logger=_PROTOCOL_LOG)
 
 
 class WsConnection:
@@ -133,21 +164,31 @@ class WsConnection:
         proto: the protocol, already past the handshake or about to send its
             response (whatever it has queued is sent first).
         send_queue: most frames queued while the socket cannot take them.
+        send_queue_bytes: most bytes waiting for the socket, queued frames
+            and the unsent rest of a write together.
         on_fail: called once, with a close code and reason, when the engine
             gives up on the connection for writing (slow consumer) or
             liveness (no pong).
+        unparsed: bytes the client sent behind its upgrade request, read
+            already: parsed first, like any read.
+
+    ``exceeded`` names the budget the connection went over, if it did.
     """
 
     __slots__ = (
         "__weakref__",
         "_eof_wanted",
+        "_fragment_count",
         "_fragments",
         "_fragments_text",
         "_reads",
+        "_unparsed",
+        "_unparsed_at",
         "closing",
         "control_frames",
         "draining",
         "engine",
+        "exceeded",
         "heard",
         "nursery",
         "on_fail",
@@ -155,7 +196,9 @@ class WsConnection:
         "pending",
         "proto",
         "queued",
+        "queued_bytes",
         "send_queue",
+        "send_queue_bytes",
         "silent_ticks",
         "slot",
         "sock",
@@ -166,18 +209,23 @@ class WsConnection:
         self,
         engine: Engine,
         sock: socket.socket,
-        proto: ServerProtocol,
+        proto: EngineProtocol,
         *,
         send_queue: int,
+        send_queue_bytes: int,
         on_fail: Callable[[int, str, str], None],
+        unparsed: bytes = b"",
     ) -> None:
         self.engine: Engine | None = engine
         self.sock: socket.socket | None = sock
-        self.proto: ServerProtocol | None = proto
+        self.proto: EngineProtocol | None = proto
         self.send_queue = send_queue
+        self.send_queue_bytes = send_queue_bytes
         self.on_fail: Callable[[int, str, str], None] | None = on_fail
+        self.exceeded: Budget | None = None
         # A list, not a deque: an empty list holds no block of its own.
         self.out: list[bytes] = []
+        self.queued_bytes = 0  # waiting for the socket: the frames in out and pending
         self.pending: memoryview | None = None  # the unsent rest of the last send
         self.queued = False  # in the engine's dirty list
         self.draining = False  # a _drain task owns writing
@@ -190,38 +238,58 @@ class WsConnection:
         self.control_frames = 0  # pings and pongs received, for the rate limit
         self._reads = 0
         self._eof_wanted = False
-        self._fragments: list[bytes] | None = None
+        self._fragments: bytearray | None = None  # the message being assembled
+        self._fragment_count = 0
         self._fragments_text = False
+        self._unparsed = unparsed  # the last read, parsed a slice at a time
+        self._unparsed_at = 0
         _forget_handshake(proto)
         self.take_protocol_writes()
 
     # -- writing ----------------------------------------------------------
 
     def push(self, payload: bytes) -> bool:
-        """Queue one text message; False when the outbox is full (a slow consumer)."""
+        """Queue one text message; False when the outbox is over budget (a slow consumer).
+
+        The budget: ``send_queue`` frames and ``send_queue_bytes`` bytes
+        (queued frames and the unsent rest of a write), after writing what
+        the socket takes at once.
+        """
         if self.write_broken or self.sock is None:
             return True  # the frame has nowhere to go; the reader sees the end
         out = self.out
-        out.append(text_frame(payload))
+        frame = text_frame(payload)
+        out.append(frame)
+        self.queued_bytes += len(frame)
         if not self.queued:
             self.queued = True
             engine = self.engine
             if engine is not None:
                 engine.mark_dirty(self)
-        if len(out) > self.send_queue:
+        if len(out) > self.send_queue or self.queued_bytes > self.send_queue_bytes:
             if not self.draining:
                 self.write_now()
-            return len(out) <= self.send_queue
+            if len(self.out) > self.send_queue or self.queued_bytes > self.send_queue_bytes:
+                self.exceeded = Budget.SEND_QUEUE
+                return False
         return True
+
+    def _drop_queued(self) -> None:
+        self.out.clear()
+        self.queued_bytes = 0
+        self.pending = None
 
     def take_protocol_writes(self) -> None:
         """Move what the protocol wants sent (pongs, close frames) into the outbox."""
         proto = self.proto
         if proto is None:
             return
+        if proto.pong is not None:
+            proto.take_pong()
         for chunk in proto.data_to_send():
             if chunk:
                 self.out.append(chunk)
+                self.queued_bytes += len(chunk)
             else:
                 self._eof_wanted = True
         if self.out and not self.queued and self.engine is not None:
@@ -229,32 +297,47 @@ class WsConnection:
             self.engine.mark_dirty(self)
 
     def write_now(self) -> None:
-        """Send what the socket takes without blocking; keep the rest in ``pending``."""
+        """Send what the socket takes without blocking; keep the rest in ``pending``.
+
+        ``pending`` (the rest of an earlier send) leaves first, as it is: a
+        view, never copied again however often the socket takes a little.
+        Frames queued behind it are joined only once it is all gone.
+        """
         sock = self.sock
         if sock is None or self.write_broken:
-            self.out.clear()
-            self.pending = None
+            self._drop_queued()
             return
-        out = self.out
         pending = self.pending
-        if out:
-            if pending is not None:
-                out.insert(0, bytes(pending))
-            data: bytes | memoryview = out[0] if len(out) == 1 else b"".join(out)
-            out.clear()
-        elif pending is not None:
-            data = pending
-        else:
+        if pending is not None:
+            try:
+                sent = sock.send(pending)
+            except BlockingIOError:
+                return
+            except _CLOSED_SOCKET_ERRORS:
+                self.write_broken = True
+                self._drop_queued()
+                return
+            self.queued_bytes -= sent
+            if sent < len(pending):
+                self.pending = pending[sent:]
+                return
+            self.pending = None
+        out = self.out
+        if not out:
             return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
         try:
             sent = sock.send(data)
         except BlockingIOError:
             sent = 0
         except _CLOSED_SOCKET_ERRORS:
             self.write_broken = True
-            self.pending = None
+            self._drop_queued()
             return
-        self.pending = memoryview(data)[sent:] if sent < len(data) else None
+        self.queued_bytes -= sent
+        if sent < len(data):
+            self.pending = memoryview(data)[sent:]
 
     def wants_drain(self) -> bool:
         return self.pending is not None and not self.draining and not self.write_broken
@@ -315,7 +398,10 @@ class WsConnection:
         Returns an empty list with ``control_frames`` > 0 after pings or
         pongs only; an empty list with no control frames once the peer is
         done: then ``close_code`` says why (None: the peer closed or vanished
-        without a protocol error of ours to report).
+        without a protocol error of ours to report). Parses at most
+        ``PARSE_SLICE_BYTES`` of what was read per step, and returns after
+        any step that gave messages or control frames, so the caller's
+        rules run before more is parsed.
         """
         while True:
             sock, proto = self.sock, self.proto
@@ -326,6 +412,20 @@ class WsConnection:
                 self.take_protocol_writes()
                 if messages:
                     return messages
+            unparsed = self._unparsed
+            if unparsed:
+                at = self._unparsed_at
+                end = at + PARSE_SLICE_BYTES
+                if end >= len(unparsed):
+                    self._unparsed = b""
+                else:
+                    self._unparsed_at = end
+                proto.receive_data(unparsed[at:end])
+                messages = self._messages(proto)
+                self.take_protocol_writes()
+                if messages or self.control_frames or proto.state is not _OPEN:
+                    return messages
+                continue
             if self._reads >= CHECKPOINT_EVERY:
                 self._reads = 0
                 await trio.lowlevel.checkpoint()
@@ -345,7 +445,11 @@ class WsConnection:
                 continue
             self._reads += 1
             self.heard = True
-            if data:
+            if len(data) > PARSE_SLICE_BYTES:
+                self._unparsed = data
+                self._unparsed_at = PARSE_SLICE_BYTES
+                proto.receive_data(data[:PARSE_SLICE_BYTES])
+            elif data:
                 proto.receive_data(data)
             else:
                 proto.receive_eof()
@@ -354,7 +458,7 @@ class WsConnection:
             if messages or self.control_frames or proto.state is not _OPEN:
                 return messages
 
-    def _messages(self, proto: ServerProtocol) -> list[str | bytes]:
+    def _messages(self, proto: EngineProtocol) -> list[str | bytes]:
         messages: list[str | bytes] = []
         for frame in proto.events_received():
             if not isinstance(frame, Frame):  # pragma: no cover - only a Request, before
@@ -367,16 +471,25 @@ class WsConnection:
                         return messages
                     messages.append(message)
                 else:
-                    self._fragments = [bytes(frame.data)]
+                    self._fragments = bytearray(frame.data)
+                    self._fragment_count = 1
                     self._fragments_text = opcode is _TEXT
             elif opcode is _CONT:
                 fragments = self._fragments
                 if fragments is None:  # pragma: no cover - the protocol refuses it
                     continue
-                fragments.append(bytes(frame.data))
+                self._fragment_count += 1
+                if self._fragment_count > MAX_MESSAGE_FRAGMENTS:
+                    # Empty fragments count: no message would ever end.
+                    self._fragments = None
+                    self.exceeded = Budget.FRAGMENTS
+                    if proto.state is _OPEN:
+                        proto.fail(CloseCode.TOO_BIG, "too many fragments")
+                    return messages
+                fragments += frame.data
                 if frame.fin:
                     self._fragments = None
-                    message = self._complete(self._fragments_text, b"".join(fragments))
+                    message = self._complete(self._fragments_text, fragments)
                     if message is None:
                         return messages
                     messages.append(message)
@@ -388,7 +501,7 @@ class WsConnection:
         if not text:
             return bytes(data)  # binary: the caller answers it (the protocol allows none)
         try:
-            return bytes(data).decode("utf-8") if not isinstance(data, bytes) else data.decode()
+            return bytes(data).decode() if isinstance(data, memoryview) else data.decode()
         except UnicodeDecodeError:
             proto = self.proto
             if proto is not None and proto.state is _OPEN:
@@ -432,15 +545,14 @@ class WsConnection:
             proto.send_close(code, reason)
         if not graceful:
             if self.pending is None:
-                self.out.clear()
+                self._drop_queued()
                 self.take_protocol_writes()
                 self.write_now()
             return
         if not await self.flush():
             return
         # Wait for the peer's close frame (unless the protocol already gave
-        # up on it), then end our side and read until the peer's end of
-        # stream, so our close is not cut short by a reset of unread data.
+        # up on it), then end our side.
         while not self._eof_wanted and proto.close_rcvd is None:
             if not await self.receive_closing():
                 break
@@ -453,20 +565,47 @@ class WsConnection:
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             return  # already gone
+        if proto.close_rcvd is not None:
+            # The handshake is complete and the peer sends nothing more: the
+            # server ends the TCP connection first (RFC 6455, 7.1.1), at
+            # once. What already arrived is read first, so that closing does
+            # not turn into a reset that could lose our close frame.
+            self.read_what_arrived()
+            return
         while await self.receive_closing():
             pass
+
+    def read_what_arrived(self) -> None:
+        """Read, without waiting, what the socket holds (at most ``CHECKPOINT_EVERY`` reads)."""
+        sock = self.sock
+        if sock is None:
+            return
+        self._unparsed = b""
+        for _ in range(CHECKPOINT_EVERY):
+            try:
+                if not sock.recv(RECEIVE_BYTES):
+                    return
+            except (BlockingIOError, InterruptedError):
+                return
+            except _CLOSED_SOCKET_ERRORS:
+                return
 
     async def receive_closing(self) -> bool:
         """Read during the closing handshake; False at end of stream."""
         sock, proto = self.sock, self.proto
         if sock is None or proto is None:
             return False
-        try:
-            data = sock.recv(RECEIVE_BYTES)
-        except BlockingIOError:
-            data = None
-        except _CLOSED_SOCKET_ERRORS:
-            data = b""
+        data: bytes | None
+        if self._unparsed:  # read already (the peer's close frame may be in it)
+            data = self._unparsed[self._unparsed_at :]
+            self._unparsed = b""
+        else:
+            try:
+                data = sock.recv(RECEIVE_BYTES)
+            except BlockingIOError:
+                data = None
+            except _CLOSED_SOCKET_ERRORS:
+                data = b""
         if data is None:
             await trio.lowlevel.wait_readable(sock)
             return True
@@ -498,9 +637,9 @@ class WsConnection:
         self.engine = None
         self.on_fail = None
         self.nursery = None
-        self.out.clear()
-        self.pending = None
+        self._drop_queued()
         self._fragments = None
+        self._unparsed = b""
 
 
 class Engine:
@@ -609,7 +748,7 @@ class Engine:
                     conn.take_protocol_writes()
 
 
-def handshake_request(proto: ServerProtocol) -> Request | None:
+def handshake_request(proto: EngineProtocol) -> Request | None:
     """The handshake request the protocol parsed, if it has one yet."""
     events = proto.events_received()
     for n, event in enumerate(events):
@@ -620,7 +759,7 @@ def handshake_request(proto: ServerProtocol) -> Request | None:
     return None
 
 
-def response_bytes(proto: ServerProtocol, response: Response) -> bytes:
+def response_bytes(proto: EngineProtocol, response: Response) -> bytes:
     """Queue ``response`` in the protocol and return what to write for it."""
     proto.send_response(response)
     return b"".join(proto.data_to_send())

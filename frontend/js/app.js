@@ -1,6 +1,8 @@
 // Omiro's page: the user's intent, the screen state, and the wiring between
 // signaling (signaling.js), the call (call.js), the chat (chat.js), the
-// devices (media.js) and the interests field (interests.js).
+// devices (media.js), the interests field (interests.js) and the safety
+// protections inside the call (safety.js, blank-video.js, and the nudity
+// filter, nudity-filter.js, imported only when it is on).
 //
 // States (shown in body[data-state] and on the status line's data-state):
 //   idle          nothing going on; Start is the one big button
@@ -24,6 +26,8 @@ import { ChatView, TitleFlasher, TypingReporter } from "./chat.js";
 import { LocalMedia, describeMediaError } from "./media.js";
 import { InterestsField } from "./interests.js";
 import { SafetyNotice } from "./notice.js";
+import { TEXT as SAFETY_TEXT, SafetySettings, Veil, cameraKind } from "./safety.js";
+import { BlankVideoWatch } from "./blank-video.js";
 
 const STATS_POLL_MS = 15_000;
 const QUALITY_POLL_MS = 2_000;
@@ -57,6 +61,9 @@ const ui = {
   reportCancel: $("report-cancel"),
   openNotice: $("open-notice"),
   brand: document.querySelector(".brand"),
+  addressPrivacy: $("address-privacy"),
+  remoteCameraKind: $("remote-camera-kind"),
+  localCameraKind: $("local-camera-kind"),
 };
 
 const signaling = new Signaling();
@@ -72,6 +79,22 @@ const chat = new ChatView({
 });
 const typing = new TypingReporter((on) => signaling.send("typing", { typing: on }));
 const safety = new SafetyNotice({ dialog: $("welcome"), shortcuts: $("shortcuts") });
+const settings = new SafetySettings({
+  body: document.body,
+  blur: $("blur-setting"),
+  filter: $("filter-setting"),
+  skipBlank: $("skip-blank-setting"),
+});
+const veil = new Veil({
+  body: document.body,
+  video: ui.remoteVideo,
+  veil: $("veil"),
+  text: $("veil-text"),
+  show: $("show-video"),
+  blur: $("blur-video"),
+  announce: $("video-announce"),
+});
+const blankWatch = new BlankVideoWatch(ui.remoteVideo, inboundFramesDecoded);
 
 let state = "idle";
 let searching = false;
@@ -87,6 +110,11 @@ let partnerLeft = false; // the last match ended from the other side
 let lastPartner = null; // the session id of the previous match's stranger
 let startAfterNotice = false; // Start was pressed before the notice was accepted
 let noticeHandlers = []; // what the notice's buttons do: [{label, action, primary, testid}]
+let callNotice = null; // "filter" or "blank": the notice belongs to this match and ends with it
+let filter = null; // the NudityFilter, once loaded
+let filterState = "off"; // off, loading, ready, error
+let ownCamera = { kind: "none", name: null };
+let ownCameraTold = false; // the user heard once that their camera is a virtual one
 const stateLog = [];
 const reconnects = []; // {reason, delayMs} of every scheduled reconnection
 
@@ -194,6 +222,7 @@ function hideNotice() {
   ui.noticeActions.replaceChildren();
   delete ui.noticeActions.dataset.key;
   noticeHandlers = [];
+  callNotice = null;
   if (hadFocus) rescueFocus();
   clearInterval(countdownTimer);
   countdownTimer = null;
@@ -246,6 +275,9 @@ async function start() {
       return;
     }
     showLocalPreview();
+    ownCamera = cameraKind(media.stream);
+    ui.localCameraKind.hidden = ownCamera.kind !== "virtual";
+    loadFilter();
   } else {
     media.close();
   }
@@ -313,10 +345,18 @@ function sendChat() {
   }
 }
 
-function openReport() {
+/** Ask for a reason and report; `reason` preselects one (the nudity filter's). */
+function openReport(reason = null) {
   if (!match) return;
   ui.reportDialog.returnValue = "";
   ui.reportDialog.showModal();
+  if (reason) {
+    const choice = ui.reportForm.querySelector(`input[name="reason"][value="${reason}"]`);
+    if (choice) {
+      choice.checked = true;
+      choice.focus();
+    }
+  }
 }
 
 function report(reason) {
@@ -416,10 +456,87 @@ function beginCall(shouldCall) {
     ui.overlayCaption.textContent = text;
     chat.addSystem(text, "warn");
   });
+  call.addEventListener("state", ({ detail }) => {
+    if (call === thisCall && detail.state === "connected") blankWatch.start();
+  });
   ui.body.dataset.call = "new";
   ui.body.dataset.media = "pending";
   ui.overlayCaption.textContent = "Connecting video…";
   qualityTimer = setInterval(updateQuality, QUALITY_POLL_MS);
+  veil.reset(settings.blur);
+  if (filter && settings.filter) filter.watch(ui.remoteVideo);
+}
+
+/** The inbound video's framesDecoded (for the blank-video watch), or null. */
+async function inboundFramesDecoded() {
+  const pc = call?.pc;
+  if (!pc) return null;
+  let frames = null;
+  (await pc.getStats()).forEach((report) => {
+    if (report.type === "inbound-rtp" && report.kind === "video") {
+      frames = report.framesDecoded ?? null;
+    }
+  });
+  return frames;
+}
+
+// ------------------------------------------------------- safety in the call
+
+/** Load the nudity filter (once) if it is on; it then watches every video call. */
+function loadFilter() {
+  if (!settings.filter || filter || filterState === "loading") return;
+  filterState = "loading";
+  import("./nudity-filter.js")
+    .then(({ NudityFilter }) => NudityFilter.load())
+    .then((loaded) => {
+      filter = loaded;
+      filterState = "ready";
+      filter.addEventListener("nudity", onNudity);
+      filter.addEventListener("error", ({ detail }) => {
+        console.warn("omiro: nudity filter", detail.message);
+      });
+      if (call && settings.filter) filter.watch(ui.remoteVideo);
+    })
+    .catch((err) => {
+      filterState = "error";
+      console.info("nudity filter unavailable:", err);
+      chat.addSystem(SAFETY_TEXT.filterFailed, "warn");
+    });
+}
+
+function onNudity() {
+  if (!match || !call) return;
+  veil.blur("filter");
+  showNotice(SAFETY_TEXT.filterFlagged, [
+    {
+      label: SAFETY_TEXT.filterReport,
+      primary: true,
+      testid: "filter-report",
+      action: () => openReport("nudity"),
+    },
+    { label: SAFETY_TEXT.filterNext, testid: "filter-next", action: () => next() },
+  ]);
+  callNotice = "filter";
+}
+
+function onBlankVideo({ detail: { seconds } }) {
+  if (!match || !call) return;
+  if (settings.skipBlank) {
+    chat.addSystem(SAFETY_TEXT.blankSkipped(seconds), "warn");
+    next();
+    return;
+  }
+  if (callNotice === "filter") return; // the filter's notice says more
+  showNotice(SAFETY_TEXT.blankVideo(seconds), [
+    { label: SAFETY_TEXT.blankNext, primary: true, testid: "blank-next", action: () => next() },
+  ]);
+  callNotice = "blank";
+}
+
+function renderAddressPrivacy(relayed) {
+  const text = relayed ? SAFETY_TEXT.addressHidden : SAFETY_TEXT.addressVisible;
+  if (ui.addressPrivacy.textContent !== text) ui.addressPrivacy.textContent = text;
+  ui.addressPrivacy.dataset.relayed = String(relayed);
 }
 
 function playRemote() {
@@ -441,6 +558,10 @@ function endCall() {
   lastQuality = null;
   ui.quality.hidden = true;
   ui.unmuteRemote.hidden = true;
+  ui.remoteCameraKind.hidden = true;
+  blankWatch.stop();
+  filter?.unwatch();
+  if (callNotice) hideNotice();
   if (call) {
     call.close();
     call = null;
@@ -523,7 +644,14 @@ const handlers = {
           ? `You're talking with a stranger · you both like ${listText(common)}`
           : "You're talking with a stranger",
     );
-    if (mode === "video" && media.stream) beginCall(match.shouldCall);
+    if (mode === "video" && media.stream) {
+      signaling.send("camera_kind", { kind: ownCamera.kind });
+      if (ownCamera.kind === "virtual" && !ownCameraTold) {
+        ownCameraTold = true;
+        chat.addSystem(SAFETY_TEXT.ownVirtual(ownCamera.name), "warn");
+      }
+      beginCall(match.shouldCall);
+    }
     flasher.notify("Stranger found!");
     chat.focus();
     refreshOnline();
@@ -562,6 +690,16 @@ const handlers = {
     if (match) chat.showTyping(data.typing === true);
   },
 
+  camera_kind(data) {
+    if (!match || !call) return;
+    if (data.kind === "virtual") {
+      ui.remoteCameraKind.hidden = false;
+      chat.addSystem(SAFETY_TEXT.strangerVirtual, "warn");
+    } else if (data.kind === "none") {
+      chat.addSystem(SAFETY_TEXT.strangerNoCamera);
+    }
+  },
+
   webrtc_offer(data, op) {
     call?.handleSignal(op, data);
   },
@@ -597,7 +735,14 @@ const handlers = {
   },
 };
 
-const RELAYED = new Set(["chat", "typing", "webrtc_offer", "webrtc_answer", "ice_candidate"]);
+const RELAYED = new Set([
+  "chat",
+  "typing",
+  "webrtc_offer",
+  "webrtc_answer",
+  "ice_candidate",
+  "camera_kind",
+]);
 
 signaling.addEventListener("message", ({ detail: { op, data } }) => {
   // Relayed messages name their sender; anything not from the current
@@ -609,6 +754,7 @@ signaling.addEventListener("message", ({ detail: { op, data } }) => {
 signaling.addEventListener("ready", ({ detail: { hello } }) => {
   const max = hello?.limits?.max_chat_length;
   if (Number.isInteger(max)) chat.maxLength = max;
+  renderAddressPrivacy(hello?.ice_transport_policy === "relay");
   hideNotice();
   if (searching) joinQueue();
   refreshOnline();
@@ -712,6 +858,16 @@ ui.reportDialog.addEventListener("close", () => {
   rescueFocus();
 });
 ui.openNotice.addEventListener("click", () => safety.show());
+settings.addEventListener("change", ({ detail: { name, on } }) => {
+  if (name === "filter" && on && filter && call) filter.watch(ui.remoteVideo);
+  else if (name === "filter" && on && media.stream) loadFilter();
+  else if (name === "filter" && !on) filter?.unwatch();
+  else if (name === "blur" && call && !veil.shownByUser && veil.reason !== "filter") veil.reset(on);
+});
+blankWatch.addEventListener("blank", onBlankVideo);
+blankWatch.addEventListener("alive", () => {
+  if (callNotice === "blank") hideNotice();
+});
 safety.addEventListener("closed", ({ detail: { accepted } }) => {
   updateShortcutHints();
   const wanted = startAfterNotice;
@@ -760,6 +916,7 @@ document.addEventListener("keydown", (event) => {
   if (!media.stream) return; // nothing to mute before the camera is on
   if (event.key === "m" || event.key === "M") toggleMic();
   else if (event.key === "v" || event.key === "V") toggleCamera();
+  else if ((event.key === "b" || event.key === "B") && call) veil.toggle();
 });
 
 window.addEventListener("online", () => signaling.retryNow());
@@ -783,6 +940,8 @@ ui.body.dataset.preview = "off";
 ui.body.dataset.camera = "on";
 ui.body.dataset.visible = String(!document.hidden);
 updateShortcutHints();
+renderAddressPrivacy(ui.body.dataset.relayed === "true");
+veil.reset(settings.blur);
 setState("idle", "Press Start to meet someone new.");
 if (!safety.accepted) safety.show();
 
@@ -828,4 +987,52 @@ window.omiro = Object.freeze({
     return safety.accepted;
   },
   signaling,
+  /** The blur over the stranger's video: {blurred, reason, shownByUser}. */
+  get veil() {
+    return { blurred: veil.blurred, reason: veil.reason, shownByUser: veil.shownByUser };
+  },
+  /** The user's safety settings on this device. */
+  get settings() {
+    return { blur: settings.blur, filter: settings.filter, skipBlank: settings.skipBlank };
+  },
+  /** The nudity filter: state (off, loading, ready, error) and what it did. */
+  get filter() {
+    return {
+      state: filterState,
+      mode: filter?.mode ?? null,
+      backend: filter?.backend ?? null,
+      loadMs: filter?.loadMs ?? null,
+      frames: filter?.frames ?? 0,
+      classifyMs: [...(filter?.classifyMs ?? [])],
+      modelMs: [...(filter?.modelMs ?? [])],
+      lastScores: filter?.lastScores ?? null,
+      flagged: filter?.flagged ?? false,
+    };
+  },
+  /** The blank-video watch: {running, blank, reason, samples}. */
+  get blankVideo() {
+    return {
+      running: blankWatch.running,
+      blank: blankWatch.blank,
+      reason: blankWatch.reason,
+      samples: blankWatch.samples,
+    };
+  },
+  /** What this page's camera reports itself as: {kind, name}. */
+  get ownCamera() {
+    return { ...ownCamera };
+  },
 });
+
+// Test-only hooks (docs/frontend.md): present only when a test's init script
+// set window.__omiroTestHooks = true before the page loaded.
+if (window.__omiroTestHooks === true) {
+  window.__omiroTest = Object.freeze({
+    /** Judge class probabilities as if the model had given them; false if the filter is not loaded. */
+    filterVerdict(scores) {
+      if (!filter) return false;
+      filter.verdict(scores);
+      return true;
+    },
+  });
+}

@@ -295,3 +295,75 @@ def test_screen_reader_manners(make_server, people):
     assert alice.js("() => window.__alerts") <= 2
     assert alice.js("() => document.getElementById('notice-countdown').getAttribute('aria-hidden')")
     assert alice.testid("online-count").inner_text() == "offline"
+
+
+# The fake camera calls itself a virtual camera; its video is a canvas
+# painted black (so the "shows nothing" notice comes too).
+BLACK_VIRTUAL_CAMERA_JS = """
+(() => {
+  const devices = navigator.mediaDevices;
+  const original = devices.getUserMedia.bind(devices);
+  devices.getUserMedia = async (constraints) => {
+    const real = await original({ audio: constraints.audio || false, video: false });
+    const canvas = document.createElement("canvas");
+    canvas.width = 320;
+    canvas.height = 240;
+    const context = canvas.getContext("2d");
+    const paint = () => { context.fillStyle = "#000"; context.fillRect(0, 0, 320, 240); };
+    paint();
+    setInterval(paint, 100);
+    const video = canvas.captureStream(10).getVideoTracks()[0];
+    Object.defineProperty(video, "label", { value: "ManyCam Virtual Webcam" });
+    return new MediaStream([...real.getAudioTracks(), video]);
+  };
+})();
+"""
+
+
+def test_axe_finds_nothing_in_the_safety_states(make_server, people):
+    server = make_server()
+    alice = people(
+        server,
+        "alice",
+        init_script="window.__omiroTestHooks = true;"
+        "localStorage.setItem('omiro.nudity-filter', 'on');",
+    )
+    alice.testid("open-notice").click()
+    alice.wait("() => document.getElementById('welcome').open")
+    assert_no_violations(alice, "safety settings")
+    alice.testid("notice-accept").click()
+
+    bob = people(server, "bob", init_script=BLACK_VIRTUAL_CAMERA_JS)
+    alice.start()
+    bob.start()
+    for person in (alice, bob):
+        person.wait_state("connected")
+    alice.wait("() => document.body.dataset.media === 'playing'")
+    alice.wait("() => !document.getElementById('remote-camera-kind').hidden")
+    assert_no_violations(alice, "blurred video, virtual camera")
+
+    alice.wait(
+        "() => document.getElementById('notice-text').textContent.includes('shown nothing')",
+        timeout_ms=10_000,
+    )
+    assert_no_violations(alice, "camera shows nothing")
+
+    alice.testid("show-video").click()
+    alice.wait("() => !window.omiro.veil.blurred")
+    assert_no_violations(alice, "video shown")
+
+    alice.wait("() => window.omiro.filter.state === 'ready'", timeout_ms=60_000)
+    alice.js("() => window.__omiroTest.filterVerdict({Porn: 0.9, Hentai: 0.05, Neutral: 0.05})")
+    alice.wait("() => window.omiro.veil.reason === 'filter'")
+    alice.wait("() => document.querySelector('[data-testid=filter-report]') !== null")
+    assert_no_violations(alice, "nudity filter blurred the video")
+
+    alice.testid("filter-report").click()
+    alice.wait("() => document.getElementById('report-dialog').open")
+    assert_no_violations(alice, "report with a preselected reason")
+    assert focused(alice)["id"] == "INPUT"  # the preselected reason has the focus
+    alice.page.keyboard.press("Escape")
+    alice.wait("() => !document.getElementById('report-dialog').open")
+    # Bob saw his own camera named, and the stranger's blurred video.
+    assert bob.testid("local-camera-kind").is_visible()
+    assert_no_violations(bob, "own virtual camera")

@@ -41,6 +41,15 @@ pytestmark = pytest.mark.browser
 
 MIN_CONTRAST = 4.5
 PHASES = (0.0, 0.2, 0.45, 0.7, 0.95)
+# The fake camera calls itself a virtual camera: its badge is text too.
+VIRTUAL_CAMERA_JS = """
+(() => {
+  const label = Object.getOwnPropertyDescriptor(MediaStreamTrack.prototype, "label");
+  Object.defineProperty(MediaStreamTrack.prototype, "label", {
+    get() { return this.kind === "video" ? "OBS Virtual Camera" : label.get.call(this); },
+  });
+})();
+"""
 DENY_CAMERA_JS = """
 navigator.mediaDevices.getUserMedia = async () => {
   throw new DOMException("Permission denied", "NotAllowedError");
@@ -232,7 +241,7 @@ def test_text_contrast_at_every_phase(make_server, people, viewport):
     results += measure(newcomer, decoder, "idle")
 
     alice = open_person("alice")
-    bob = open_person("bob")
+    bob = open_person("bob", init_script=VIRTUAL_CAMERA_JS)
     alice.start()
     alice.wait_state("waiting")
     results += measure(alice, decoder, "waiting")
@@ -248,7 +257,13 @@ def test_text_contrast_at_every_phase(make_server, people, viewport):
     bob.testid("chat-input").type("and")  # not sent: Alice sees "typing"
     alice.wait("() => !document.querySelector('[data-testid=typing-indicator]').hidden")
     alice.wait("() => !document.getElementById('quality').hidden")
+    alice.wait("() => !document.getElementById('remote-camera-kind').hidden")
+    # The stranger's video starts blurred: the veil's words over the moving video.
+    assert alice.js("() => window.omiro.veil.blurred") is True
     results += measure(alice, decoder, "video call")
+    alice.testid("show-video").click()
+    alice.wait("() => !window.omiro.veil.blurred")
+    results += measure(alice, decoder, "video shown")
     alice.testid("report").click()
     alice.wait("() => document.getElementById('report-dialog').open")
     results += measure(alice, decoder, "report dialog")
@@ -276,7 +291,7 @@ def test_text_contrast_at_every_phase(make_server, people, viewport):
     results += measure(carol, decoder, "reconnecting")
 
     states = {r["state"] for r in results}
-    assert len(states) == 9, states
+    assert len(states) == 10, states
     assert len(results) > 200, len(results)
     labels = " ".join(r["label"] for r in results)
     for text in (
@@ -285,6 +300,11 @@ def test_text_contrast_at_every_phase(make_server, people, viewport):
         "placeholder: Say hi",
         "author: Stranger",
         "author: You",
+        "veil-text: The stranger's video is blurred",
+        "Show video",
+        "camera-kind: Virtual camera",
+        "address-privacy: Calls connect directly",
+        "Nudity filter",
     ):
         assert text in labels, f"{text!r} was not measured"
     failing = low(results)

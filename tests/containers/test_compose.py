@@ -173,10 +173,10 @@ def stack(podman: Podman, image: str) -> Iterator[Stack]:
         STACK_SUBNET=f"{subnet}.0/24",
         CADDY_ADDRESS=f"{subnet}.254",  # above what podman hands out first
         OMIRO_ADMIN_TOKEN=os.urandom(16).hex(),
-        # Every call through TURN; both test browsers are on this machine, so
+        # Every call through TURN, by the stack's default (relay_only "auto"
+        # with coturn configured); both test browsers are on this machine, so
         # coturn must relay between loopback addresses, which it refuses by
         # default (and must, in production).
-        OMIRO_ICE_RELAY_ONLY="true",
         TURN_EXTRA_ARGS="--listening-ip=127.0.0.1 --relay-ip=127.0.0.1"
         " --allow-loopback-peers --allowed-peer-ip=127.0.0.1",
     )

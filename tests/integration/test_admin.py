@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -172,3 +173,22 @@ async def test_ban_cli_drives_the_api(admin_server: Harness) -> None:
     wrong = await _omiro("ban", "list", "--url", admin_server.url, "--token", "nope")
     assert wrong.returncode == 1
     assert b"401" in wrong.stderr
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_body_over_the_budget_is_413(admin_server: Harness, chunked: bool) -> None:
+    """No route takes a body larger than a ban request: past MAX_BODY_BYTES it is refused
+    (a body whose length is announced, or one that just keeps coming)."""
+    ban = b'{"target": "192.0.2.80", "duration_s": 60, "reason": "' + b" " * 100_000 + b'"}'
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(ban), 8192):
+            yield ban[start : start + 8192]
+
+    async with httpx.AsyncClient(base_url=admin_server.url) as http:
+        response = await http.post(
+            "/admin/bans", headers=AUTH, content=chunks() if chunked else ban
+        )
+    assert response.status_code == 413
+    assert await admin_server.ctx.backend.ban_for("192.0.2.80") is None
+    assert admin_server.metric("omiro_budget_exceeded_total", budget="body") == 1

@@ -595,3 +595,91 @@ async def test_reporters_of_one_ipv6_prefix_count_once(start_server: StartServer
     assert await server.ctx.backend.ban_for(bad_ip) is None
     reports = await server.ctx.backend.reports(10)
     assert [r.reporter_ip for r in reports] == ["2001:db8:1:2::/64"]
+
+
+# -- issue "a budget for every byte": the smaller items -------------------------------
+
+CLOSED_AT_ONCE_S = 1.0  # the keep-alive timeout (30 s) and the close handshake (2 s) are far
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /healthz HTTP/1.0\r\n\r\n",  # HTTP/1.0 is answered, then closed
+        b"GET /stats HTTP/1.0\r\nHost: x\r\n\r\n",
+        b"GET /session/new HTTP/1.0\r\nHost: x\r\n\r\n",
+    ],
+    ids=["connection close", "http/1.0", "http/1.0 with host", "http/1.0 session"],
+)
+async def test_a_request_that_ends_its_connection_is_answered_and_closed_at_once(
+    server: Harness, caplog: pytest.LogCaptureFixture, request_head: bytes
+) -> None:
+    stream = await open_raw(server)
+    await stream.send_all(request_head)
+    received = await read_until_closed(stream, CLOSED_AT_ONCE_S)
+    assert received.startswith(b"HTTP/1.1 200")
+    await assert_healthy(server)
+    assert tracebacks(caplog) == []
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",  # HTTP/2 with prior knowledge
+        b"GET /session/new HTTP/0.9\r\nHost: x\r\n\r\n",
+    ],
+    ids=["http/2.0", "h2 prior knowledge", "http/0.9"],
+)
+async def test_a_version_other_than_http_1_is_refused_505(
+    server: Harness, request_head: bytes
+) -> None:
+    stream = await open_raw(server)
+    await stream.send_all(request_head)
+    received = await read_until_closed(stream, CLOSED_AT_ONCE_S)
+    assert received.startswith(b"HTTP/1.1 505 ")
+    assert b'"error":"http_version_not_supported"' in received
+
+
+async def test_a_head_over_the_budget_later_on_a_kept_alive_connection_is_431(
+    server: Harness,
+) -> None:
+    """The budget holds for every request of a connection, complete or not."""
+    for tail in (b"\r\n\r\n", b""):
+        stream = await open_raw(server)
+        await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _ = await read_response_head(stream)
+        assert status == 200
+        await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 20000 + tail)
+        received = await read_until_closed(stream)
+        assert b"HTTP/1.1 431 " in received
+    assert server.metric("omiro_budget_exceeded_total", budget="head") == 2
+
+
+@pytest.mark.parametrize("how", ["server closes", "client closes"])
+async def test_a_closed_socket_gives_back_its_slot_at_once(server: Harness, how: str) -> None:
+    """Its sockets_per_ip slot is free as soon as the WebSocket is closed, however long the
+    client keeps the TCP connection (this one never ends it)."""
+    stream, _ = await open_session(server)
+    await wait_until(lambda: _sockets_from(server, "127.0.0.1") == 1)
+    if how == "server closes":
+        await stream.send_all(text("disconnect"))
+    else:
+        await stream.send_all(ws_frame(0x8, struct.pack("!H", 1000)))
+    await wait_until(lambda: _sockets_from(server, "127.0.0.1") == 0, CLOSED_AT_ONCE_S / 2)
+    await stream.aclose()
+
+
+async def test_requests_pipelined_behind_the_last_one_are_not_answered(server: Harness) -> None:
+    """After a request whose answer ends the connection, what follows is dropped, and that
+    answer is whole."""
+    stream = await open_raw(server)
+    await stream.send_all(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        + b"GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 50
+    )
+    received = await read_until_closed(stream, CLOSED_AT_ONCE_S)
+    assert received.count(b"HTTP/1.1 200") == 2
+    assert received.endswith(b"}\n")  # /stats answered whole

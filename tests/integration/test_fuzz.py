@@ -132,7 +132,20 @@ def random_value(rng: random.Random, depth: int = 0) -> Any:
 
 def random_frames(rng: random.Random) -> bytes:
     """One to a few hostile (or harmless) frames."""
-    kind = rng.randrange(14)
+    kind = rng.randrange(17)
+    if kind == 14:  # a message that never ends: empty continuation frames
+        fragments = rng.choice([10, 62, 63, 64, 65, 500, 5000])
+        return frame(0x1, b'{"op":', fin=False) + frame(0x0, b"", fin=False) * fragments
+    if kind == 15:  # a legal-size message in tiny fragments, ended or not
+        fragments = rng.choice([30, 64, 65, 1000])
+        return (
+            frame(0x1, b" ", fin=False)
+            + frame(0x0, b" ", fin=False) * (fragments - 2)
+            + frame(0x0, b'{"op":"typing","data":{"typing":true}}', fin=rng.random() < 0.5)
+        )
+    if kind == 16:  # fragments adding up past the size limit, pings between
+        half = b"y" * 40000
+        return frame(0x1, half, fin=False) + frame(0x9, b"") + frame(0x0, half)
     if kind <= 3:  # protocol-shaped JSON with random values
         message: dict[str, Any] = {"op": rng.choice(OPS)}
         if rng.random() < 0.8:
@@ -219,7 +232,48 @@ async def drain(stream: trio.SocketStream, wait_s: float) -> None:
                 return
 
 
+async def slow_reader(omiro: Server, rng: random.Random) -> None:
+    """A session that reads a little now and then while its partner relays large offers."""
+    url_head = (
+        "HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    join = frame(
+        0x1,
+        json.dumps({"op": "join_queue", "data": {"interests": [f"slow{rng.random()}"]}}).encode(),
+    )
+    streams = []
+    try:
+        for buffer in (4096, None):
+            sock = trio.socket.socket()
+            if buffer is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+            await sock.connect(("127.0.0.1", omiro.port))
+            stream = trio.SocketStream(sock)
+            streams.append(stream)
+            await stream.send_all(f"GET /ws?token={omiro.token()} {url_head}".encode() + join)
+        reader, sender = streams
+        offer = frame(
+            0x1, json.dumps({"op": "webrtc_offer", "data": {"sdp": "v" * 60000}}).encode()
+        )
+        with trio.move_on_after(rng.choice([0.5, 2.0])):
+            for _ in range(rng.choice([10, 100])):
+                await sender.send_all(offer)
+                await drain(sender, 0)
+                with trio.move_on_after(0.01):
+                    await reader.receive_some(rng.choice([1, 1000]))
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    finally:
+        for stream in streams:
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await stream.aclose()
+
+
 async def fuzz_once(omiro: Server, rng: random.Random) -> None:
+    if rng.random() < 0.03:
+        await slow_reader(omiro, rng)
+        return
     try:
         stream = await trio.open_tcp_stream("127.0.0.1", omiro.port)
     except OSError:

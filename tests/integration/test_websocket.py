@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 import trio
+from redis_support import new_prefix
 from support import WAIT_S, Client, Harness, StartServer, wait_until
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
@@ -50,6 +52,9 @@ async def test_pair_hello_queued_match_found(server: Harness) -> None:
             },
         ),
         ("ice_candidate", {"candidate": None}),
+        ("camera_kind", {"kind": "virtual"}),
+        ("camera_kind", {"kind": "camera"}),
+        ("camera_kind", {"kind": "none"}),
     ],
 )
 async def test_relay_reaches_partner_with_from(
@@ -347,6 +352,17 @@ async def test_bad_frames_get_errors_and_the_socket_survives(server: Harness) ->
     await b.expect_nothing()  # none of the bad frames reached the partner
 
 
+async def test_camera_kind_checked_and_only_the_kind_relayed(server: Harness) -> None:
+    a, b = await server.pair()
+    for bad in ({"kind": "OBS Virtual Camera"}, {"kind": 1}, {}, {"label": "x"}):
+        await a.send("camera_kind", bad)
+        error = await a.expect("error")
+        assert (error["code"], error["op"]) == ("bad_request", "camera_kind")
+    await a.send("camera_kind", {"kind": "virtual", "label": "ManyCam", "extra": [1]})
+    assert await b.expect("camera_kind") == {"kind": "virtual", "from": a.session_id}
+    await b.expect_nothing()  # none of the bad ones reached the partner
+
+
 async def _send_until_closed(client: Client, frames: list[str]) -> None:
     """Send frames; the server may close the socket before the last ones."""
     for frame in frames:
@@ -425,3 +441,114 @@ async def test_nexts_per_minute_is_per_session_not_per_socket(start_server: Star
     other = await server.connect()  # another session has its own allowance
     await other.send("next")
     await other.expect("queued")
+
+
+async def _spend_skips(server: Harness, skipper: Client, partner: Client, skips: int) -> None:
+    """``skips`` times: ``skipper`` leaves its match with ``join_queue`` and meets ``partner``
+    again (the partner's rejoin after being left is free)."""
+    for _ in range(skips):
+        await skipper.send("join_queue")
+        await skipper.expect("queued")
+        assert await partner.expect("partner_disconnected") == {"reason": "next"}
+        await partner.send("join_queue")
+        await partner.expect("match_found")
+        await skipper.expect("match_found")
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Config overrides for each backend (the skip window is the backend's)."""
+    if request.param == "memory":
+        return {}
+    redis = request.getfixturevalue("redis_server")
+    return {
+        "backend__kind": "redis",
+        "redis__url": redis.url,
+        "redis__key_prefix": new_prefix(),
+        "session__secret": "a-shared-secret-of-at-least-32-bytes",
+    }
+
+
+async def test_join_queue_while_matched_spends_a_skip(
+    start_server: StartServer, backend: dict[str, Any]
+) -> None:
+    server = await start_server(limits__nexts_per_minute=3, **backend)
+    a, b = await server.pair()  # a's join spent one
+    await _spend_skips(server, a, b, 2)
+    await a.send("join_queue")
+    assert await a.expect("error") == {
+        "code": "rate_limited",
+        "message": "slow down",
+        "op": "join_queue",
+    }
+    await a.send("chat", {"message": "the match went on"})  # nothing ended
+    assert (await b.expect("chat"))["message"] == "the match went on"
+    await a.send("next")
+    assert (await a.expect("error"))["op"] == "next"
+    assert server.metric("omiro_budget_exceeded_total", budget="skips") == 2
+
+
+@pytest.mark.parametrize("leave_by", ["leave_queue", "report"])
+async def test_leaving_then_joining_spends_a_skip(
+    start_server: StartServer, backend: dict[str, Any], leave_by: str
+) -> None:
+    server = await start_server(limits__nexts_per_minute=2, **backend)
+    a, partner = await server.pair()  # a's join spent one
+    data = {"reason": "spam"} if leave_by == "report" else None
+    await a.send(leave_by, data)
+    await partner.expect("partner_disconnected")
+    await a.send("join_queue")  # the second
+    await a.expect("queued")
+    another = await server.connect()
+    await another.send("join_queue")
+    await a.expect("match_found")
+    await another.expect("match_found")
+    await a.send(leave_by, data)
+    await another.expect("partner_disconnected")
+    await a.send("join_queue")  # a third: one too many
+    assert await a.expect("error") == {
+        "code": "rate_limited",
+        "message": "slow down",
+        "op": "join_queue",
+    }
+
+
+async def test_a_new_socket_of_the_session_spends_a_skip_to_join(
+    start_server: StartServer, backend: dict[str, Any]
+) -> None:
+    server = await start_server(limits__nexts_per_minute=2, **backend)
+    token = server.token()
+    partner = await server.connect()
+    await partner.send("join_queue")
+    await partner.expect("queued")
+    for _ in range(2):
+        a = await server.connect(token)
+        await a.send("join_queue")
+        await a.expect("match_found")
+        await partner.expect("match_found")
+        await a.ws.aclose()  # leaves the match by going away, then comes back
+        assert await partner.expect("partner_disconnected") == {"reason": "left"}
+        gone = a.session_id
+        await wait_until(lambda: gone not in server.ctx.hub.sessions)  # noqa: B023
+        await partner.send("join_queue")
+        await partner.expect("queued")
+    again = await server.connect(token)
+    await again.send("join_queue")
+    assert (await again.expect("error"))["code"] == "rate_limited"
+
+
+async def test_rejoining_after_the_partner_left_spends_nothing(
+    start_server: StartServer, backend: dict[str, Any]
+) -> None:
+    server = await start_server(limits__nexts_per_minute=1, **backend)
+    a, b = await server.pair()  # each spent its one
+    await a.send("next")
+    assert (await a.expect("error"))["code"] == "rate_limited"  # the match goes on
+    await b.send("leave_queue")  # b leaves: a did not choose to
+    assert await a.expect("partner_disconnected") == {"reason": "left"}
+    await a.send("join_queue")  # free
+    await a.expect("queued")
+    await a.send("join_queue")  # but only the first
+    assert (await a.expect("error"))["code"] == "rate_limited"
+    await b.send("join_queue")  # b left by itself: its way back is a skip
+    assert (await b.expect("error"))["code"] == "rate_limited"

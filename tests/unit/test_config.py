@@ -45,6 +45,7 @@ DESIGN_DEFAULTS: dict[str, dict[str, Any]] = {
         "connections_per_ip": 64,
         "max_frame_bytes": 65536,
         "send_queue": 256,
+        "send_queue_bytes": 1048576,
         "idle_timeout_s": 60,
         "drain_grace_s": 10,
     },
@@ -74,12 +75,19 @@ DESIGN_DEFAULTS: dict[str, dict[str, Any]] = {
         "turn_urls": [],
         "turn_secret": "",
         "turn_ttl_s": 3600,
-        "relay_only": False,
+        # Added after DESIGN.md: relay-only exactly when TURN is configured.
+        "relay_only": "auto",
     },
     "admin": {"token": ""},
     "log": {"level": "info", "format": "text"},
     # Added after DESIGN.md: what the page tells people before they start.
-    "page": {"notice": "", "terms_url": "", "privacy_url": ""},
+    "page": {
+        "notice": "",
+        "terms_url": "",
+        "privacy_url": "",
+        "blur_remote": True,
+        "nudity_filter": False,
+    },
 }
 
 
@@ -245,6 +253,9 @@ def test_config_table_given_as_value(tmp_path: Path) -> None:
         ('[server]\nallowed_origins = "https://a.example"\n', "server.allowed_origins"),
         ("[ice]\nurls = [1]\n", "ice.urls[0]"),
         ('[ice]\nrelay_only = "yes"\n', "ice.relay_only"),
+        ("[ice]\nrelay_only = 1\n", "ice.relay_only"),
+        ('[page]\nblur_remote = "no"\n', "page.blur_remote"),
+        ("[page]\nnudity_filter = 1\n", "page.nudity_filter"),
         ("[admin]\ntoken = 1234\n", "admin.token"),
         ('[backend]\nkind = "postgres"\n', "backend.kind"),
         ('[log]\nlevel = "INFO"\n', "log.level"),
@@ -279,6 +290,7 @@ def test_config_int_accepted_for_float_seconds(tmp_path: Path) -> None:
         ("[server]\nport = -1\n", "server.port"),
         ("[server]\nmax_frame_bytes = 0\n", "server.max_frame_bytes"),
         ("[server]\nsend_queue = -5\n", "server.send_queue"),
+        ("[server]\nsend_queue_bytes = 100\n", "server.send_queue_bytes"),
         ("[server]\nidle_timeout_s = -1\n", "server.idle_timeout_s"),
         ("[server]\ndrain_grace_s = nan\n", "server.drain_grace_s"),
         ("[server]\ndrain_grace_s = inf\n", "server.drain_grace_s"),
@@ -401,6 +413,17 @@ def test_config_env_overrides_each_type() -> None:
     [("true", True), ("1", True), ("YES", True), ("false", False), ("0", False), ("no", False)],
 )
 def test_config_env_booleans(text: str, expected: bool) -> None:
+    environ = {"OMIRO_PAGE_BLUR_REMOTE": text, "OMIRO_PAGE_NUDITY_FILTER": text}
+    page = load_config(environ=environ).page
+    assert page.blur_remote is expected
+    assert page.nudity_filter is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("true", True), ("1", True), ("YES", True), ("false", False), ("0", False), ("no", False)],
+)
+def test_config_env_relay_only_booleans(text: str, expected: bool) -> None:
     environ = {
         "OMIRO_ICE_RELAY_ONLY": text,
         "OMIRO_ICE_TURN_URLS": "turn:a",
@@ -604,3 +627,70 @@ def test_config_client_ip_header_with_trusted_proxies_is_accepted(tmp_path: Path
         '[server]\ntrusted_proxies = ["10.0.0.0/8"]\nclient_ip_header = "CF-Connecting-IP"\n',
     )
     assert load_config(path, environ={}).server.client_ip_header == "CF-Connecting-IP"
+
+
+def test_config_send_queue_bytes_holds_two_of_the_largest_messages() -> None:
+    message = env_error(
+        {"OMIRO_SERVER_MAX_FRAME_BYTES": "1048576", "OMIRO_SERVER_SEND_QUEUE_BYTES": "1048576"}
+    )
+    assert "server.send_queue_bytes" in message
+    assert "2097152" in message
+    config = load_config(
+        environ={
+            "OMIRO_SERVER_MAX_FRAME_BYTES": "1048576",
+            "OMIRO_SERVER_SEND_QUEUE_BYTES": "2097152",
+        }
+    )
+    assert config.server.send_queue_bytes == 2 * config.server.max_frame_bytes
+
+
+# --- ice.relay_only "auto" ----------------------------------------------------
+
+TURN = {"OMIRO_ICE_TURN_URLS": "turn:turn.example.org:3478", "OMIRO_ICE_TURN_SECRET": "s"}
+
+
+@pytest.mark.parametrize(
+    ("environ", "relay_only", "relayed"),
+    [
+        ({}, "auto", False),  # the default, without TURN: direct calls as before
+        (TURN, "auto", True),  # the default, with TURN: relay-only
+        ({**TURN, "OMIRO_ICE_RELAY_ONLY": "auto"}, "auto", True),
+        ({**TURN, "OMIRO_ICE_RELAY_ONLY": "AUTO"}, "auto", True),
+        ({"OMIRO_ICE_RELAY_ONLY": "auto"}, "auto", False),
+        ({**TURN, "OMIRO_ICE_RELAY_ONLY": "false"}, False, False),  # turned off by hand
+        ({**TURN, "OMIRO_ICE_RELAY_ONLY": "true"}, True, True),
+        ({"OMIRO_ICE_RELAY_ONLY": "no"}, False, False),
+    ],
+)
+def test_config_relay_only_auto_follows_turn(
+    environ: dict[str, str], relay_only: object, relayed: bool
+) -> None:
+    ice = load_config(environ=environ).ice
+    assert ice.relay_only == relay_only
+    assert ice.relayed is relayed
+
+
+def test_config_relay_only_auto_in_a_file(tmp_path: Path) -> None:
+    text = '[ice]\nrelay_only = "auto"\nturn_urls = ["turn:a:3478"]\nturn_secret = "s"\n'
+    assert load_config(write(tmp_path, text), environ={}).ice.relayed is True
+
+
+@pytest.mark.parametrize("text", ['relay_only = "always"', "relay_only = 1", 'relay_only = ""'])
+def test_config_relay_only_bad_value_lists_the_settings(tmp_path: Path, text: str) -> None:
+    message = load_error(tmp_path, f"[ice]\n{text}\n")
+    assert "ice.relay_only" in message
+    assert "(expected true, false or 'auto')" in message
+
+
+def test_config_relay_only_env_bad_value_lists_the_settings() -> None:
+    message = env_error({"OMIRO_ICE_RELAY_ONLY": "sometimes"})
+    assert message == (
+        "OMIRO_ICE_RELAY_ONLY: ice.relay_only: expected a boolean "
+        "(true/false/1/0/yes/no) or 'auto', got 'sometimes'"
+    )
+
+
+def test_config_relay_only_true_without_turn_says_auto_exists() -> None:
+    message = env_error({"OMIRO_ICE_RELAY_ONLY": "true"})
+    assert "ice.relay_only: needs at least one ice.turn_urls entry" in message
+    assert '"auto"' in message

@@ -1,12 +1,26 @@
-"""``simple_get`` (the front door's h11-free read of a plain GET) agrees with h11."""
+"""The front door's heads: ``simple_get`` (its h11-free read of a plain GET) agrees with
+h11, every head parser costs time linear in the head's size, and the head's budget."""
 
 from __future__ import annotations
 
+import math
+import re
+import time
+from collections.abc import Callable
+from functools import partial
+
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from omiro_trio.httpstream import parse_head, simple_get
+from omiro_trio.budgets import MAX_HEAD_BYTES
+from omiro_trio.httpstream import (
+    head_end,
+    head_too_large,
+    parse_head,
+    refusal_for,
+    simple_get,
+)
 
 
 def test_reads_a_plain_get_as_h11_does() -> None:
@@ -81,3 +95,100 @@ def test_never_reads_a_head_other_than_h11(
     head = simple_get(data)
     if head is not None:
         assert head == parse_head(data)
+
+
+# -- the head's size and the parsers' cost -------------------------------------------
+
+_BLANK_LINE = re.compile(rb"\n\r?\n")  # h11's own rule, as the oracle (test code only)
+
+
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b" ", b"\n\r"]), max_size=30))
+def test_head_end_finds_the_blank_line_h11_finds(parts: list[bytes]) -> None:
+    data = b"".join(parts)
+    match = _BLANK_LINE.search(data)
+    assert head_end(data) == (match.end() if match else -1)
+    for start in range(len(data)):
+        resumed = _BLANK_LINE.search(data, start)
+        assert head_end(data, start) == (resumed.end() if resumed else -1)
+
+
+def test_head_over_the_budget_is_too_large_complete_or_not() -> None:
+    head = b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * MAX_HEAD_BYTES + b"\r\n\r\n"
+    assert head_too_large(head, head_end(head))
+    assert head_too_large(head[:-4], head_end(head[:-4]))  # not complete yet
+    fits = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    assert not head_too_large(fits, head_end(fits))
+    assert not head_too_large(fits[:-2], head_end(fits[:-2]))
+    assert (
+        simple_get(b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * MAX_HEAD_BYTES + b"\r\n\r\n")
+        is None
+    )
+
+
+@pytest.mark.parametrize(
+    ("version", "status"),
+    [("1.1", None), ("1.0", None), ("1.2", None), ("2.0", 505), ("0.9", 505), ("9.9", 505)],
+)
+def test_only_http_1_passes_the_door(version: str, status: int | None) -> None:
+    head = parse_head(f"GET / HTTP/{version}\r\nHost: a\r\n\r\n".encode())
+    assert head is not None
+    assert head.version == version
+    refusal = refusal_for(head)
+    assert (None if refusal is None else int(refusal.split(b" ", 2)[1])) == status
+
+
+# Inputs that made regular expressions backtrack, or that a scan could trip on,
+# each repeated to fill a head of a given size at a given place.
+_UNITS = [b" ", b"\t", b" \t", b"a ", b"a:", b":", b" a", b"\x80", b"%", b"\r", b"\n", b"\x01"]
+_PLACES = {
+    "value": (b"GET /session/new HTTP/1.1\r\nHost: a\r\nX: a", b"a\r\n\r\n"),
+    "value end": (b"GET /session/new HTTP/1.1\r\nHost: a\r\nX: a", b"\r\n\r\n"),
+    "target": (b"GET /", b" HTTP/1.1\r\nHost: a\r\n\r\n"),
+    "name": (b"GET / HTTP/1.1\r\nHost: a\r\n", b": x\r\n\r\n"),
+    "lines": (b"GET / HTTP/1.1\r\nHost: a\r\n", b"\r\n\r\n"),
+}
+SMALL_HEAD = 1024
+FACTOR = 16  # a linear parser takes about FACTOR times as long on the larger head
+REPEATS = 5
+
+
+def _filled(place: str, unit: bytes, size: int) -> bytes:
+    before, after = _PLACES[place]
+    return before + unit * ((size - len(before) - len(after)) // len(unit)) + after
+
+
+def _line_filled(unit: bytes, size: int) -> bytes:
+    before, after = _PLACES["lines"]
+    line = b"x: " + unit + b"\r\n"
+    return before + line * ((size - len(before) - len(after)) // len(line)) + after
+
+
+def _best_time(parse: Callable[[bytes], object], data: bytes) -> float:
+    best = math.inf
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        parse(data)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@settings(max_examples=30, deadline=None)
+@example("value", b" ")  # the one reported: a letter, spaces, a letter
+@example("value", b"\t")
+@example("value end", b" ")
+@example("lines", b" ")
+@given(
+    st.sampled_from(sorted(_PLACES)),
+    st.one_of(st.sampled_from(_UNITS), st.binary(min_size=1, max_size=4)),
+)
+def test_head_parsing_cost_grows_linearly_with_the_head(place: str, unit: bytes) -> None:
+    """Every parser the front door runs on client bytes: a head FACTOR times larger costs at
+    most 4 * FACTOR times as long (a quadratic one would take FACTOR**2 times), plus 2 ms
+    of slack for a noisy machine. The best of a few runs is compared, so a run preempted by
+    another process does not count."""
+    fill = _line_filled if place == "lines" else partial(_filled, place)
+    small, large = fill(unit, SMALL_HEAD), fill(unit, SMALL_HEAD * FACTOR)
+    assert len(large) <= MAX_HEAD_BYTES
+    for parse in (simple_get, parse_head, head_end):
+        small_s, large_s = _best_time(parse, small), _best_time(parse, large)
+        assert large_s <= 4 * FACTOR * small_s + 0.002, (parse.__name__, small_s, large_s)

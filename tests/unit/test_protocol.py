@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from omiro_trio.errors import ProtocolViolation
 from omiro_trio.protocol import (
+    CAMERA_KINDS,
     MAX_CONNECT_MS,
     MAX_INTEREST_LENGTH,
     MAX_INTERESTS,
@@ -23,6 +24,7 @@ from omiro_trio.protocol import (
     OP_NAMES,
     RELAYED,
     CallOutcome,
+    CameraKind,
     Chat,
     ClientMessage,
     Disconnect,
@@ -88,6 +90,10 @@ def violation(text: str | bytes, limits: Limits = LIMITS) -> ProtocolViolation:
         ("ice_candidate", {"candidate": None}, IceCandidate(None)),
         ("report", {}, Report("")),
         ("report", {"reason": "spam"}, Report("spam")),
+        ("report", {"reason": "nudity"}, Report("nudity")),
+        ("camera_kind", {"kind": "camera"}, CameraKind("camera")),
+        ("camera_kind", {"kind": "virtual"}, CameraKind("virtual")),
+        ("camera_kind", {"kind": "none"}, CameraKind("none")),
     ],
 )
 def test_parse_client_frame_accepts_every_op(op: str, data: Any, expected: ClientMessage) -> None:
@@ -144,12 +150,14 @@ def test_op_names_cover_every_message_class() -> None:
         WebrtcOffer,
         WebrtcAnswer,
         IceCandidate,
+        CameraKind,
         Report,
         CallOutcome,
     }
     assert OP_NAMES[WebrtcOffer] == "webrtc_offer"
     assert OP_NAMES[IceCandidate] == "ice_candidate"
-    assert (Chat, Typing, WebrtcOffer, WebrtcAnswer, IceCandidate) == RELAYED
+    assert OP_NAMES[CameraKind] == "camera_kind"
+    assert (Chat, Typing, WebrtcOffer, WebrtcAnswer, IceCandidate, CameraKind) == RELAYED
 
 
 @pytest.mark.parametrize("cls", list(OP_NAMES))
@@ -160,6 +168,7 @@ def test_op_names_round_trip_through_parse(cls: type) -> None:
         WebrtcOffer: {"sdp": "x"},
         WebrtcAnswer: {"sdp": "x"},
         IceCandidate: {"candidate": None},
+        CameraKind: {"kind": "none"},
         CallOutcome: {"match_id": "m", "outcome": "failed"},
     }
     assert type(parse(frame(OP_NAMES[cls], samples.get(cls, {})))) is cls
@@ -280,6 +289,7 @@ WRONG_TYPES: list[tuple[str, str, Any, str]] = [
         "ice_candidate", "candidate", NOT_OBJECT_OR_NULL, "data.candidate must be an object or null"
     ),
     *wrong("report", "reason", NOT_STRING, "data.reason must be a string"),
+    *wrong("camera_kind", "kind", NOT_STRING, "data.kind must be a string"),
 ]
 
 
@@ -295,6 +305,7 @@ def test_parse_client_frame_rejects_wrong_field_type(
         "webrtc_answer": {"sdp": "v=0"},
         "ice_candidate": {"candidate": ICE},
         "report": {"reason": "spam"},
+        "camera_kind": {"kind": "camera"},
     }
     data = {**valid[op], field: value}
     error = violation(frame(op, data))
@@ -309,6 +320,7 @@ def test_parse_client_frame_rejects_wrong_field_type(
         ("webrtc_offer", "sdp"),
         ("webrtc_answer", "sdp"),
         ("ice_candidate", "candidate"),
+        ("camera_kind", "kind"),
     ],
 )
 def test_parse_client_frame_rejects_missing_required_field(op: str, field: str) -> None:
@@ -526,6 +538,14 @@ def test_parse_client_frame_report_reason_length_limit() -> None:
     assert f"{MAX_REPORT_REASON_LENGTH} characters" in error.message
 
 
+@pytest.mark.parametrize("kind", ["", "Camera", "obs", "virtual ", "webcam", "x" * 1000])
+def test_parse_client_frame_camera_kind_is_one_of_the_kinds(kind: str) -> None:
+    error = violation(frame("camera_kind", {"kind": kind}))
+    assert (error.code, error.op) == ("bad_request", "camera_kind")
+    assert error.message == 'data.kind must be "camera" or "virtual" or "none"'
+    assert CAMERA_KINDS == ("camera", "virtual", "none")
+
+
 # -- relay_data ------------------------------------------------------------------------
 
 
@@ -538,6 +558,7 @@ def test_parse_client_frame_report_reason_length_limit() -> None:
         (WebrtcOffer("v=0 o"), {"sdp": "v=0 o", "from": "S"}),
         (WebrtcAnswer("v=0 a"), {"sdp": "v=0 a", "from": "S"}),
         (IceCandidate(None), {"candidate": None, "from": "S"}),
+        (CameraKind("virtual"), {"kind": "virtual", "from": "S"}),
         (
             IceCandidate({**ICE, "usernameFragment": "u"}),
             {"candidate": {**ICE, "usernameFragment": "u"}, "from": "S"},
@@ -605,6 +626,7 @@ def test_encode_relay_round_trip_through_parse() -> None:
         frame("typing", {"typing": True}),
         frame("webrtc_offer", {"sdp": "v=0"}),
         frame("ice_candidate", {"candidate": {**ICE, "usernameFragment": "u"}}),
+        frame("camera_kind", {"kind": "virtual"}),
     ]:
         message = parse(text)
         relayed = json.loads(encode(OP_NAMES[type(message)], relay_data(message, "S")))
@@ -628,7 +650,17 @@ JSON_VALUES = st.recursive(
     max_leaves=12,
 )
 FIELD_NAMES = st.sampled_from(
-    ["message", "typing", "sdp", "candidate", "sdpMid", "sdpMLineIndex", "mode", "interests"]
+    [
+        "message",
+        "typing",
+        "sdp",
+        "candidate",
+        "sdpMid",
+        "sdpMLineIndex",
+        "mode",
+        "interests",
+        "kind",
+    ]
 )
 ENVELOPES = st.builds(
     lambda op, data: json.dumps({"op": op, "data": data}),

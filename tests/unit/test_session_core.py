@@ -77,8 +77,9 @@ OPS: dict[str, str] = {
     "ice_candidate": frame("ice_candidate", {"candidate": {"candidate": "c"}}),
     "report": frame("report", {"reason": "spam"}),
     "call_outcome": frame("call_outcome", {"match_id": "m1", "outcome": "failed"}),
+    "camera_kind": frame("camera_kind", {"kind": "virtual"}),
 }
-RELAYED_OPS = ("chat", "typing", "webrtc_offer", "webrtc_answer", "ice_candidate")
+RELAYED_OPS = ("chat", "typing", "webrtc_offer", "webrtc_answer", "ice_candidate", "camera_kind")
 
 
 @dataclass

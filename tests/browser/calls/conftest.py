@@ -38,13 +38,21 @@ class Turn:
     def url(self) -> str:
         return f"turn:127.0.0.1:{self.port}?transport=udp"
 
-    def omiro_env(self, *, secret: str | None = None) -> dict[str, str]:
-        """``OMIRO_ICE_*`` settings for a relay-only server using this coturn."""
-        return {
-            "OMIRO_ICE_RELAY_ONLY": "true",
+    def omiro_env(
+        self, *, secret: str | None = None, relay_only: str | None = "true"
+    ) -> dict[str, str]:
+        """``OMIRO_ICE_*`` settings for a server using this coturn.
+
+        ``relay_only``: the value of ``OMIRO_ICE_RELAY_ONLY``, or ``None`` to
+        leave it at its default (``"auto"``).
+        """
+        env = {
             "OMIRO_ICE_TURN_URLS": f'["{self.url}"]',
             "OMIRO_ICE_TURN_SECRET": self.secret if secret is None else secret,
         }
+        if relay_only is not None:
+            env["OMIRO_ICE_RELAY_ONLY"] = relay_only
+        return env
 
 
 def _free_port() -> int:

@@ -95,3 +95,62 @@ def test_turn_wrong_secret_fails_visibly_and_is_counted(make_server, people, cot
     assert m.get(m.CONNECTED_RELAY) == 0
     assert m.get(m.CONNECTED_DIRECT) == 0
     assert "check_stun_auth" in coturn.log.read_text(errors="replace")  # refused by coturn
+
+
+ADDRESS_TEXT = "() => document.querySelector('[data-testid=address-privacy]').textContent"
+
+
+def test_turn_relay_only_is_the_default_once_turn_is_configured(make_server, people, coturn):
+    """``ice.relay_only`` left at "auto": with TURN, both ends of the selected pair are relays."""
+    server = make_server(**coturn.omiro_env(relay_only=None))
+    alice = people(server, "alice")
+    bob = people(server, "bob")
+    # Before any socket: the page, as rendered, already says so.
+    assert alice.js("() => document.body.dataset.relayed") == "true"
+    assert "hidden from strangers" in alice.js(ADDRESS_TEXT)
+    alice.start()
+    alice.wait_state("waiting")
+    hello = alice.js("() => window.omiro.signaling.hello")
+    assert hello["ice_transport_policy"] == "relay"
+    assert [s["urls"] for s in hello["ice_servers"]] == [[coturn.url]]
+    bob.start()
+    for person in (alice, bob):
+        person.wait_call_connected()
+    for person in (alice, bob):
+        person.wait_media_flowing()
+        person.wait(f"async () => ({SELECTED_PAIR})() !== null")
+        assert person.js(SELECTED_PAIR) == {"local": "relay", "remote": "relay"}
+        assert "hidden from strangers" in person.js(ADDRESS_TEXT)
+    assert coturn.log.read_text(errors="replace").count("ALLOCATE processed, success") >= 2
+
+
+def test_turn_relay_only_false_allows_direct_calls(make_server, people, coturn):
+    """Turned off by hand, TURN is only a fallback: on loopback the call goes direct."""
+    server = make_server(**coturn.omiro_env(relay_only="false"))
+    alice = people(server, "alice")
+    bob = people(server, "bob")
+    assert alice.js("() => document.body.dataset.relayed") == "false"
+    alice.start()
+    bob.start()
+    for person in (alice, bob):
+        person.wait_call_connected()
+    alice.wait(f"async () => ({SELECTED_PAIR})() !== null")
+    assert alice.js("() => window.omiro.signaling.hello.ice_transport_policy") == "all"
+    assert alice.js(SELECTED_PAIR) == {"local": "host", "remote": "host"}
+    assert "can see your IP address" in alice.js(ADDRESS_TEXT)
+
+
+def test_without_turn_calls_are_direct_as_before(server, people):
+    """The default ("auto") with no TURN server: direct calls, and the page says so."""
+    alice = people(server, "alice")
+    bob = people(server, "bob")
+    assert alice.js("() => document.body.dataset.relayed") == "false"
+    alice.start()
+    bob.start()
+    for person in (alice, bob):
+        person.wait_call_connected()
+    for person in (alice, bob):
+        person.wait(f"async () => ({SELECTED_PAIR})() !== null")
+        assert person.js("() => window.omiro.signaling.hello.ice_transport_policy") == "all"
+        assert person.js(SELECTED_PAIR) == {"local": "host", "remote": "host"}
+        assert "can see your IP address" in person.js(ADDRESS_TEXT)

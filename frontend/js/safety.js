@@ -1,0 +1,212 @@
+// Safety inside the call, the parts every page loads (docs/safety.md):
+//
+// * SafetySettings: the user's choices on this device (blur, nudity filter,
+//   skip blank cameras), each falling back to the operator's default that the
+//   server stamps on <body> (data-blur-remote, data-nudity-filter).
+// * Veil: the stranger's video starts blurred (a CSS blur on the <video>, not
+//   a tint) until the user shows it; sound is never held back. The filter can
+//   blur it again.
+// * cameraKind(): whether a video track's label names a known virtual camera.
+//
+// Invariant: the veil never stops the audio and never hides Next or Report;
+// it only changes the <video>'s filter and the overlay above it.
+//
+// Every string the user sees is in TEXT (one place, for translation).
+
+export const TEXT = Object.freeze({
+  veilDefault: "The stranger's video is blurred until you choose to see it.",
+  veilFilter:
+    "Blurred: the nudity filter on your device thinks this video may show nudity. Show it only if you want to.",
+  announceShown: "The stranger's video is shown.",
+  announceBlurred: "The stranger's video is blurred.",
+  addressHidden:
+    "Your IP address is hidden from strangers: calls go through this site's relay server.",
+  addressVisible:
+    "Calls connect directly between browsers, so the stranger's browser can see your IP address (as any site you visit can).",
+  filterFlagged:
+    "The nudity filter blurred the stranger's video: it may show nudity. Nothing left your device.",
+  filterReport: "Report",
+  filterNext: "Next",
+  filterLoading: "Loading the nudity filter…",
+  filterFailed: "The nudity filter could not start on this browser, so it is off for now.",
+  blankVideo: (seconds) =>
+    `The stranger's camera has shown nothing for ${seconds} s (black, frozen or off).`,
+  blankSkipped: (seconds) =>
+    `Skipped: the stranger's camera showed nothing for ${seconds} s.`,
+  blankNext: "Next",
+  ownVirtual: (name) =>
+    `Your camera calls itself a virtual camera (${name}). You can use it, but strangers are told, and many skip them.`,
+  strangerVirtual:
+    "The stranger's video comes from a virtual camera: software that can show any video, not necessarily a live camera.",
+  strangerNoCamera: "The stranger has no camera: you can still talk and chat.",
+});
+
+// Known virtual cameras, matched case-insensitively inside a track's label:
+// [pattern, the name shown]. Whole product names only: a short pattern such
+// as "vcam" could match a real webcam's name.
+export const VIRTUAL_CAMERAS = Object.freeze([
+  ["obs virtual camera", "OBS Virtual Camera"],
+  ["obs-camera", "OBS Virtual Camera"],
+  ["obs camera", "OBS Virtual Camera"],
+  ["manycam", "ManyCam"],
+  ["snap camera", "Snap Camera"],
+  ["xsplit", "XSplit VCam"],
+  ["e2esoft", "e2eSoft VCam"],
+  ["splitcam", "SplitCam"],
+  ["camtwist", "CamTwist"],
+  ["youcam", "YouCam"],
+  ["virtual camera", "a virtual camera"],
+  ["virtual cam", "a virtual camera"],
+  ["v4l2loopback", "v4l2loopback"],
+  ["dummy video device", "v4l2loopback"],
+]);
+
+const KEYS = Object.freeze({
+  blur: "omiro.blur",
+  filter: "omiro.nudity-filter",
+  skipBlank: "omiro.skip-blank",
+});
+
+function load(key) {
+  try {
+    return localStorage.getItem(key);
+  } catch {
+    return null; // storage blocked: the operator's defaults apply
+  }
+}
+
+function store(key, value) {
+  try {
+    localStorage.setItem(key, value);
+  } catch {
+    /* private mode: not remembered */
+  }
+}
+
+/** The kind of camera a stream sends from: {kind: "camera"|"virtual"|"none", name}. */
+export function cameraKind(stream) {
+  const track = stream?.getVideoTracks()[0];
+  if (!track) return { kind: "none", name: null };
+  const label = (track.label || "").toLowerCase();
+  for (const [pattern, name] of VIRTUAL_CAMERAS) {
+    if (label.includes(pattern)) return { kind: "virtual", name };
+  }
+  return { kind: "camera", name: null };
+}
+
+/**
+ * The user's safety choices, remembered in localStorage ("on"/"off"); a
+ * choice never made follows the operator's default from <body data-…>.
+ * Each checkbox changes its setting at once and emits "change" {name, on}.
+ */
+export class SafetySettings extends EventTarget {
+  #defaults;
+  #boxes;
+
+  constructor({ body, blur, filter, skipBlank }) {
+    super();
+    this.#defaults = {
+      blur: body.dataset.blurRemote !== "false",
+      filter: body.dataset.nudityFilter === "true",
+      skipBlank: false,
+    };
+    this.#boxes = { blur, filter, skipBlank };
+    for (const [name, box] of Object.entries(this.#boxes)) {
+      box.checked = this.#get(name);
+      box.addEventListener("change", () => {
+        store(KEYS[name], box.checked ? "on" : "off");
+        this.dispatchEvent(new CustomEvent("change", { detail: { name, on: box.checked } }));
+      });
+    }
+  }
+
+  #get(name) {
+    const stored = load(KEYS[name]);
+    return stored === null ? this.#defaults[name] : stored === "on";
+  }
+
+  /** Blur the stranger's video until shown. */
+  get blur() {
+    return this.#boxes.blur.checked;
+  }
+
+  /** Run the on-device nudity filter. */
+  get filter() {
+    return this.#boxes.filter.checked;
+  }
+
+  /** Skip a stranger whose video shows nothing. */
+  get skipBlank() {
+    return this.#boxes.skipBlank.checked;
+  }
+}
+
+/**
+ * The blur over the stranger's video and its two controls: "Show video" on
+ * the veil, "Blur video" on the stage once shown. Emits "change" {blurred,
+ * reason} whenever the state changes; the state is also written to
+ * body[data-veil] and the <video>'s data-blurred.
+ */
+export class Veil extends EventTarget {
+  #ui;
+  blurred = false;
+  reason = null; // "default" (the setting) or "filter", while blurred
+  shownByUser = false; // this call's video was shown by the user
+
+  constructor({ body, video, veil, text, show, blur, announce }) {
+    super();
+    this.#ui = { body, video, veil, text, show, blur, announce };
+    show.addEventListener("click", () => this.show({ byUser: true }));
+    blur.addEventListener("click", () => this.blur("default", { byUser: true }));
+    this.#render(false);
+  }
+
+  /** A new call: blurred or not, as the user's setting says. */
+  reset(blurred) {
+    this.shownByUser = false;
+    this.blurred = blurred;
+    this.reason = blurred ? "default" : null;
+    this.#render(false);
+  }
+
+  show({ byUser = false } = {}) {
+    if (!this.blurred) return;
+    const hadFocus = document.activeElement === this.#ui.show;
+    if (byUser) this.shownByUser = true;
+    this.blurred = false;
+    this.reason = null;
+    this.#render(byUser);
+    if (hadFocus) this.#ui.blur.focus({ preventScroll: true });
+  }
+
+  blur(reason = "default", { byUser = false } = {}) {
+    if (this.blurred && this.reason === reason) return;
+    const hadFocus = document.activeElement === this.#ui.blur;
+    this.blurred = true;
+    this.reason = reason;
+    this.#render(byUser);
+    if (hadFocus) this.#ui.show.focus({ preventScroll: true });
+  }
+
+  toggle() {
+    if (this.blurred) this.show({ byUser: true });
+    else this.blur("default", { byUser: true });
+  }
+
+  #render(announce) {
+    const { body, video, veil, text, show, blur } = this.#ui;
+    body.dataset.veil = this.blurred ? "on" : "off";
+    video.dataset.blurred = String(this.blurred);
+    veil.dataset.reason = this.reason ?? "";
+    const words = this.reason === "filter" ? TEXT.veilFilter : TEXT.veilDefault;
+    if (text.textContent !== words) text.textContent = words;
+    show.hidden = !this.blurred;
+    blur.hidden = this.blurred;
+    if (announce) {
+      this.#ui.announce.textContent = this.blurred ? TEXT.announceBlurred : TEXT.announceShown;
+    }
+    this.dispatchEvent(
+      new CustomEvent("change", { detail: { blurred: this.blurred, reason: this.reason } }),
+    );
+  }
+}
