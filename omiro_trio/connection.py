@@ -379,7 +379,6 @@ async def _read_loop(ctx: ServerContext, conn: WsConnection, session: Session) -
     """
     hub = ctx.hub
     core = session.core
-    scope = session.cancel_scope
     clock: Callable[[], float] = trio.current_time
     while True:
         frames = await conn.receive()
@@ -391,7 +390,7 @@ async def _read_loop(ctx: ServerContext, conn: WsConnection, session: Session) -
             effects = core.handle(Controls(controls), now)
             if effects:
                 await hub.perform(session, effects, now)
-                if scope.cancel_called:
+                if session.closed is not None:
                     return
         if not frames and not controls:
             code = conn.close_code
@@ -405,5 +404,5 @@ async def _read_loop(ctx: ServerContext, conn: WsConnection, session: Session) -
             effects = core.receive(frame, now)
             if effects:
                 await hub.perform(session, effects, now)
-                if scope.cancel_called:
+                if session.closed is not None:
                     return
