@@ -197,6 +197,7 @@ _LEAVE: Final = Leave()
 _DETACHED: Final = Detached()
 _DRAINING: Final = Draining()
 _BANNED: Final = Banned()
+_SLOW_CONSUMER: Final = CloseAsked(CloseCode.SLOW_CONSUMER, "slow consumer")
 
 
 class Hub:
@@ -582,7 +583,7 @@ class Hub:
         """Perform an effect that needs no await."""
         match effect:
             case str() | bytes():
-                self._send(session, effect, now)
+                self._apply(session, (effect,), now)
             case Arm():
                 timers = session.timers
                 if timers is not None:
@@ -608,23 +609,22 @@ class Hub:
                 assert_never(effect)
 
     def _apply(self, session: Session, effects: Effects, now: float) -> None:
-        """Perform news' effects (all immediate: news never asks the backend)."""
+        """Perform effects that need no await: news' effects (news never asks the backend).
+
+        A frame is queued on the client's outbox without blocking; a full
+        outbox means the client stopped reading, and closes it with 4008.
+        """
         for effect in effects:
-            if isinstance(effect, str | bytes):
-                self._send(session, effect, now)
+            if isinstance(effect, _FRAME):  # the hot path: a relayed frame
+                outlet = session.outlet
+                if outlet is not None and not outlet.push(
+                    effect.encode() if isinstance(effect, str) else effect
+                ):
+                    self._apply(session, session.core.handle(_SLOW_CONSUMER, now), now)
             elif isinstance(effect, _AWAITED):
                 raise AssertionError(f"news for {session.id} asked for {effect!r}")
             else:
                 self._do(session, effect, now)
-
-    def _send(self, session: Session, frame: str | bytes, now: float) -> None:
-        """Queue a frame for the client without blocking; a full outbox closes with 4008."""
-        outlet = session.outlet
-        if outlet is None:
-            return
-        if not outlet.push(frame.encode() if isinstance(frame, str) else frame):
-            closing = CloseAsked(CloseCode.SLOW_CONSUMER, "slow consumer")
-            self._apply(session, session.core.handle(closing, now), now)
 
     # -- delivery --------------------------------------------------------
 
@@ -659,6 +659,7 @@ class Hub:
         await self.backend.publish(partner_id, message, server=match.server_of(partner_id))
 
 
+_FRAME: Final = (str, bytes)
 _AWAITED: Final = (
     Relay,
     Join,

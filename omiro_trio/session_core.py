@@ -220,9 +220,11 @@ _UNAVAILABLE_TEXT: Final = "the service is briefly unavailable; try again"
 _ELSEWHERE: Final = "connected elsewhere"
 
 # The hot path: for each relayed message type, its op name and what the partner receives.
-_RELAYED: Final[dict[type, tuple[str, Callable[[Any, str], dict[str, Any]]]]] = {
+_RELAYED: Final[dict[type, tuple[str, Callable[[Any, str], protocol.RelayedData]]]] = {
     op.message: (op.name, op.relay) for op in protocol.OPS if op.relay is not None
 }
+_CHAT: Final = protocol.Chat
+_relay_frame: Final = protocol.relay_frame
 
 
 class SessionCore:
@@ -316,17 +318,23 @@ class SessionCore:
                         ErrorCode.NOT_MATCHED, "you have no partner right now", op
                     ),
                 )
-            chat = message.message if kind is protocol.Chat else None  # type: ignore[union-attr]
+            chat = message.message if kind is _CHAT else None  # type: ignore[union-attr]
             if chat is not None:
                 self.transcript.append((self.id, chat))
-            return (Relay(op, protocol.encode_bytes(op, data(message, self.id)), chat, match),)
+            return (Relay(op, _relay_frame(op, data(message, self.id)), chat, match),)
         return _RULES[kind](self, message, now)
 
     def handle(self, event: Event, now: float) -> Effects:
         """Anything but a client frame: what to do about it."""
         match event:
-            case Relay():  # the partner, on this server, said something
-                return self._said(event.match.match_id, event.frame, event.chat)
+            case Relay():  # the partner, on this server, said something (the hot path)
+                current = self.match
+                if current is None or current.match_id != event.match.match_id:
+                    return NOTHING  # a late message from a match that ended: it reaches nobody
+                chat = event.chat
+                if chat is not None:
+                    self.transcript.append((current.partner_of(self.id), chat))
+                return (event.frame,)
             case Said():
                 return self._said(event.match_id, event.frame, event.chat)
             case MatchFormed():
