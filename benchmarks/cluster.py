@@ -11,7 +11,7 @@ Starts what the mode needs on 127.0.0.1 (a redis-server without persistence
 on a free port; `omiro serve`, or `omiro serve --workers 2`), then:
 
 1. relay: PAIRS matched pairs each send MESSAGES chat frames one way, at most
-   32 unanswered per pair (``omiro_trio.bench.run``'s throughput phase, with
+   32 unanswered per pair (``trio_websocket_client.run``'s throughput phase, with
    its short latency phase after it); with --workers 2 a pair's two sides
    are on different workers about half the time, and cross through Redis;
 2. matches: CLIENTS clients in text mode send ``next`` whenever they are
@@ -61,8 +61,9 @@ from typing import Any
 
 import trio
 from trio_websocket import WebSocketConnection
+from trio_websocket_client import RelayOptions, open_client, run
 
-from omiro_trio.bench import LISTENING, SERVER_ENV, RelayOptions, open_client, run
+from omiro_bench.server import LISTENING, SERVER_ENV
 
 DEADLINE_S = 300
 SECRET = "a benchmark secret, 32 bytes or more"

@@ -38,7 +38,7 @@ import time
 import httpx
 import trio
 
-from omiro_trio.bench import cpu_seconds, rss_kib, start_server
+from omiro_bench.server import cpu_seconds, rss_kib, start_server
 from omiro_trio.static import frontend_dir
 
 # What the page fetches when the user turns the nudity filter on (page_load.py).
@@ -124,32 +124,33 @@ async def fetch_every_encoding(url: str) -> None:
 def one_run(python: str, pin: bool) -> dict[str, float]:
     command = [python, "-m", "omiro_trio", "serve", "--host", "127.0.0.1", "--port", "0"]
     start = time.perf_counter()
-    process, url = start_server(pin, command=command)
+    server = start_server(pin, command=command)
+    url, pid = server.url, server.pid
     try:
         wait_ready(url, start + READY_DEADLINE_S)
         ready_s = time.perf_counter() - start
         result = {
             "ready_s": ready_s,
-            "cpu_s": cpu_seconds(process.pid),
-            "rss_ready_mb": rss_kib(process.pid) / 1024,
-            "hwm_ready_mb": hwm_kib(process.pid) / 1024,
+            "cpu_s": cpu_seconds(pid),
+            "rss_ready_mb": rss_kib(pid) / 1024,
+            "hwm_ready_mb": hwm_kib(pid) / 1024,
         }
         result["filter_first_ms"] = trio.run(fetch_filter, url)
         result["filter_again_ms"] = trio.run(fetch_filter, url)
-        result["rss_filter_mb"] = rss_kib(process.pid) / 1024
+        result["rss_filter_mb"] = rss_kib(pid) / 1024
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-    process, url = start_server(pin, command=command)
+        server.stop()
+    server = start_server(pin, command=command)
+    url, pid = server.url, server.pid
     try:
         wait_ready(url, time.perf_counter() + READY_DEADLINE_S)
-        peak_kib = rss_kib(process.pid)
+        peak_kib = rss_kib(pid)
         done = threading.Event()
 
         def sample() -> None:
             nonlocal peak_kib
             while not done.wait(0.005):
-                peak_kib = max(peak_kib, rss_kib(process.pid))
+                peak_kib = max(peak_kib, rss_kib(pid))
 
         sampler = threading.Thread(target=sample)
         sampler.start()
@@ -159,11 +160,10 @@ def one_run(python: str, pin: bool) -> dict[str, float]:
             done.set()
             sampler.join()
         result["rss_every_peak_mb"] = peak_kib / 1024
-        result["rss_every_mb"] = rss_kib(process.pid) / 1024
+        result["rss_every_mb"] = rss_kib(pid) / 1024
         return result
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        server.stop()
 
 
 def main() -> None:
