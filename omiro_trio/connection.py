@@ -1,9 +1,10 @@
 """The ``/ws`` handler: the only translator between a socket and the hub.
 
 One connection, one task and one nursery. The handler's own task reads
-(``wsengine.WsConnection.receive``) and hands each frame to the session's
+(``wsengine.WsConnection.receive``) and pumps each frame to the session's
 ``SessionCore``, which decides (parsing, the rate and error windows, which
-op does what); this module and the hub perform its answer. The engine's
+op does what), and the core's effects to the hub, which performs them;
+this module decides nothing of a session's rules. The engine's
 shared flusher writes the session's outbox and its shared sweeper pings
 idle sockets, so an idle socket costs no task of its own. The nursery holds
 only what a connection needs now and then: the session's widen timer
@@ -39,7 +40,7 @@ from typing import Final
 import trio
 from websockets.http11 import Request
 
-from omiro_trio import protocol, wsengine
+from omiro_trio import wsengine
 from omiro_trio.addresses import Clients
 from omiro_trio.admission import Admission, SocketSlot
 from omiro_trio.budgets import Budget
@@ -49,20 +50,8 @@ from omiro_trio.http.answers import HttpError, JsonAnswer, error, render
 from omiro_trio.http.heads import RequestHead, head_end
 from omiro_trio.http.streams import ReplayStream, discard_unread
 from omiro_trio.hub import Hub, Session
-from omiro_trio.session_core import (
-    Action,
-    Close,
-    CountCall,
-    Join,
-    Leave,
-    NextPartner,
-    Rates,
-    Relay,
-    Reply,
-    ReportPartner,
-    SessionCore,
-    Widen,
-)
+from omiro_trio.session_core import SessionCore
+from omiro_trio.session_events import Controls, Widen
 from omiro_trio.wsengine import Engine, EngineProtocol, Failure, WsConnection
 
 log = logging.getLogger(__name__)
@@ -246,9 +235,7 @@ async def _open_session(
     *,
     slot: SocketSlot,
 ) -> None:
-    limits = ctx.config.limits
-    rates = Rates(limits.messages_per_second, limits.message_burst)
-    core = SessionCore(session_id, trio.current_time(), limits=ctx.limits, rates=rates)
+    core = SessionCore(session_id, trio.current_time(), ctx.rules)
     session = Session(session_id, ip, core=core)
     conn = WsConnection(
         engine,
@@ -256,7 +243,7 @@ async def _open_session(
         proto,
         send_queue=ctx.config.server.send_queue,
         send_queue_bytes=ctx.config.server.send_queue_bytes,
-        on_fail=_closer(session),
+        on_fail=_closer(ctx.hub, session),
         unparsed=behind,
     )
     del proto
@@ -269,12 +256,12 @@ async def _open_session(
         session.timers = None
 
 
-def _closer(session: Session) -> Callable[[Failure], None]:
+def _closer(hub: Hub, session: Session) -> Callable[[Failure], None]:
     """What the engine calls when it gives up on the session's socket."""
 
     def close(failure: Failure) -> None:
         code, reason, partner_reason = ENGINE_FAILURES[failure]
-        session.close(code, reason or "", partner_reason=partner_reason)
+        hub.close(session, code, reason or "", partner_reason)
 
     return close
 
@@ -351,21 +338,18 @@ async def _run_session(
     the engine connection starts itself, ``WsConnection.writing_in``).
     """
     hub = ctx.hub
-    hub.attach(session)
     try:
         with session.cancel_scope:
             async with trio.open_nursery() as nursery:
                 session.timers = _Timers(hub, session, nursery)
                 with conn.writing_in(nursery):  # no writer may start in a closing nursery
-                    session.send(protocol.encode("hello", ctx.hello_data(session.id)))
-                    if hub.draining:
-                        session.send(hub.draining_frame)
+                    hub.attach(session, ctx.hello(session.id))
                     await _read_loop(ctx, conn, session)
                     nursery.cancel_scope.cancel()
     except Exception:
         # A bug: the client hears 1011, its partner is told, and the error
         # goes on to the front door's boundary (logged once, counted).
-        session.close(CloseCode.INTERNAL_ERROR, "internal error")
+        hub.close(session, CloseCode.INTERNAL_ERROR, "internal error")
         raise
     finally:
         with trio.CancelScope(shield=True):
@@ -388,23 +372,24 @@ async def _end_session(
     """
     await ctx.hub.detach(session)
     await admission.release_slot(slot)
-    core = session.core
-    code = core.close_code
-    if code is not None:
+    close = session.closed  # as the core decided it; None: the client left
+    if close is None:
+        code, reason, graceful = CloseCode.NORMAL, "", True
+    else:
+        code, reason, graceful = close.code, close.reason, close.graceful
         ctx.metrics.closes.labels(str(code)).inc()
     if code == CloseCode.SLOW_CONSUMER and conn.exceeded is Budget.SEND_QUEUE:
         ctx.metrics.exceeded(Budget.SEND_QUEUE)
-    graceful = code != CloseCode.SLOW_CONSUMER and core.partner_reason != "timeout"
     with trio.move_on_after(CLOSE_TIMEOUT_S):
-        await conn.close(code or CloseCode.NORMAL, core.close_reason, graceful=graceful)
+        await conn.close(code, reason, graceful=graceful)
 
 
 async def _read_loop(ctx: ServerContext, conn: WsConnection, session: Session) -> None:
-    """Read frames until the client leaves or the session is closed; the core decides.
+    """Read frames until the client leaves or the session is closed.
 
-    A relayed message (chat, typing, signaling) takes the short path: the
-    core's ``Relay`` goes straight to the hub. Everything else is performed
-    by ``_perform``.
+    Each frame goes to the core, and what it answers to the hub; the loop
+    stops as soon as a close was performed (the frames behind it are not
+    read).
     """
     hub = ctx.hub
     core = session.core
@@ -415,10 +400,11 @@ async def _read_loop(ctx: ServerContext, conn: WsConnection, session: Session) -
         controls = conn.take_control_frames()
         if controls:
             # Pings cost the sender a message each: a ping flood is a flood.
-            close = core.controls(controls, now)
-            if close is not None:
-                session.close(close.code, close.reason)
-                return
+            effects = core.handle(Controls(controls), now)
+            if effects:
+                await hub.perform(session, effects, now)
+                if session.closed is not None:
+                    return
         if not frames and not controls:
             failure = conn.failure
             if failure is not None:
@@ -426,58 +412,11 @@ async def _read_loop(ctx: ServerContext, conn: WsConnection, session: Session) -
                 if failure is Failure.TOO_BIG:
                     ctx.metrics.exceeded(conn.exceeded or Budget.MESSAGE_SIZE)
                 code, _, partner_reason = ENGINE_FAILURES[failure]
-                session.close(code, conn.close_reason, partner_reason=partner_reason)
+                hub.close(session, code, conn.close_reason, partner_reason)
             return
         for frame in frames:
-            action = core.receive(frame, now)
-            if type(action) is Relay:
-                await hub.relay(session, action)
-            elif action is not None and await _perform(ctx, session, action, now):
-                return
-
-
-async def _perform(
-    ctx: ServerContext,
-    session: Session,
-    action: Action,
-    now: float,
-) -> bool:
-    """Do what the core asked (all but the relay); True when the session is closing."""
-    hub = ctx.hub
-    if (
-        isinstance(action, Join | NextPartner)
-        and action.counted
-        and await hub.next_limited(session, ctx.config.limits.nexts_per_minute)
-    ):
-        # Every way into the queue spends a skip (session_core.py): over the
-        # allowance the op is refused and the match, if any, goes on.
-        ctx.metrics.exceeded(Budget.SKIPS)
-        action = session.core.refuse(
-            "next" if isinstance(action, NextPartner) else "join_queue", now
-        )
-    if isinstance(action, Reply):
-        if action.error is not None:
-            ctx.metrics.protocol_errors.labels(action.error).inc()
-        session.send(action.frame)
-    elif isinstance(action, Close):
-        if action.error is not None:
-            ctx.metrics.protocol_errors.labels(action.error).inc()
-        if action.frame is not None:
-            session.send(action.frame)
-        session.close(action.code, action.reason)
-        return True
-    elif isinstance(action, Join | NextPartner) and hub.draining:
-        session.send(hub.draining_frame)
-    elif isinstance(action, Join):
-        await hub.join(session, action.prefs, ended_reason="next")
-    elif isinstance(action, NextPartner):
-        await hub.next(session)
-    elif isinstance(action, Leave):
-        await hub.leave(session)
-    elif isinstance(action, ReportPartner):
-        await hub.report(session, action.reason)
-    elif isinstance(action, CountCall):
-        ctx.metrics.count_call(action.outcome, action.path, action.connect_ms)
-    elif isinstance(action, Relay):
-        await hub.relay(session, action)
-    return False
+            effects = core.receive(frame, now)
+            if effects:
+                await hub.perform(session, effects, now)
+                if session.closed is not None:
+                    return

@@ -8,7 +8,7 @@ Task tree::
              ├─ bus listener              backend.run_bus → hub.on_bus (restarted on failure;
              │                            gaps → hub.request_sync)
              ├─ janitor                   backend.sweep → hub.partners_gone (failures logged)
-             ├─ resync                    hub.run_sync: local matches checked against the backend
+             ├─ resync                    run_resync: local sessions checked against the backend
              ├─ gc tuning                 freezes long-lived objects (gc_tuning.py)
              ├─ WebSocket engine          one flusher and one keepalive sweeper for all sockets
              ├─ hypercorn lifespan        quart-trio startup/shutdown
@@ -53,8 +53,12 @@ from omiro_trio.gc_tuning import run_gc_tuning
 from omiro_trio.http.deadlines import DEFAULT_DEADLINES, Deadlines
 from omiro_trio.http.routes import Router
 from omiro_trio.http.serve import HttpServer
-from omiro_trio.hub import Hub, ReportPolicy
+from omiro_trio.hub import Hub
 from omiro_trio.metrics import Metrics
+from omiro_trio.protocol import Limits
+from omiro_trio.reports import ReportPolicy
+from omiro_trio.resync import run_resync
+from omiro_trio.session_core import Rates, SessionRules
 from omiro_trio.sessions import SESSION_PATH, NewSession
 from omiro_trio.tokens import TokenSigner, new_secret
 from omiro_trio.web import create_app
@@ -79,6 +83,41 @@ class Running:
     context: ServerContext
 
 
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """What the configuration gives each part of the server, worked out once (``parts``)."""
+
+    session: SessionRules  # every session's core (connection.py)
+    reports: ReportPolicy  # the hub's report desk
+    nexts_per_minute: int  # the hub: skips a session may spend a minute
+    block_ttl_s: float  # the backend: how long a report keeps a pair apart
+
+
+def parts(config: Config) -> Parts:
+    """Turn ``config`` into the parameters of the server's parts: the one place that does."""
+    limits = config.limits
+    return Parts(
+        session=SessionRules(
+            limits=Limits(
+                max_chat_length=limits.max_chat_length,
+                max_frame_bytes=config.server.max_frame_bytes,
+            ),
+            rates=Rates(limits.messages_per_second, limits.message_burst),
+            reconnect_after_ms=config.server.reconnect_after_ms,
+        ),
+        reports=ReportPolicy(
+            per_reporter_per_hour=limits.reports_per_hour,
+            autoban_reporters=config.reports.autoban_reporters,
+            autoban_window_s=config.reports.autoban_window_s,
+            autoban_s=config.reports.autoban_s,
+        ),
+        nexts_per_minute=limits.nexts_per_minute,
+        # A block outlives both sessions: a session lives at most its token's
+        # life plus one connection.
+        block_ttl_s=max(config.session.token_ttl_s * 2, 86400),
+    )
+
+
 @asynccontextmanager
 async def open_backend(
     config: Config, *, server_id: str | None = None, replaces: str | None = None
@@ -89,13 +128,12 @@ async def open_backend(
     random id), and ``replaces`` names a server known to be dead (a worker
     this one replaces): it is swept at once.
     """
+    block_ttl_s = parts(config).block_ttl_s
     if config.backend.kind == "memory":
         async with open_memory_backend(
             interest_timeout_s=config.matchmaking.interest_timeout_s,
             rematch_cooldown_s=config.matchmaking.rematch_cooldown_s,
-            # A block outlives both sessions: a session lives at most its
-            # token's life plus one connection.
-            block_ttl_s=max(config.session.token_ttl_s * 2, 86400),
+            block_ttl_s=block_ttl_s,
             ipv6_prefix=config.server.ipv6_prefix,
         ) as backend:
             yield backend
@@ -114,7 +152,7 @@ async def open_backend(
                 timeout_s=redis.timeout_s,
                 interest_timeout_s=config.matchmaking.interest_timeout_s,
                 rematch_cooldown_s=config.matchmaking.rematch_cooldown_s,
-                block_ttl_s=max(config.session.token_ttl_s * 2, 86400),
+                block_ttl_s=block_ttl_s,
                 ipv6_prefix=config.server.ipv6_prefix,
                 server_id=server_id,
                 replaces=replaces,
@@ -237,18 +275,9 @@ def _signer(config: Config) -> TokenSigner:
     return TokenSigner(secret, config.session.token_ttl_s)
 
 
-def _new_hub(config: Config, backend: Backend, metrics: Metrics) -> Hub:
-    """The hub, with the report and autoban rules from ``config``."""
-    return Hub(
-        backend,
-        metrics,
-        reports=ReportPolicy(
-            per_reporter_per_hour=config.limits.reports_per_hour,
-            autoban_reporters=config.reports.autoban_reporters,
-            autoban_window_s=config.reports.autoban_window_s,
-            autoban_s=config.reports.autoban_s,
-        ),
-    )
+def _new_hub(wired: Parts, backend: Backend, metrics: Metrics) -> Hub:
+    """The hub, with the report, autoban and skip rules from the config."""
+    return Hub(backend, metrics, reports=wired.reports, nexts_per_minute=wired.nexts_per_minute)
 
 
 async def _start_services(services: trio.Nursery, ctx: ServerContext) -> Engine:
@@ -264,7 +293,7 @@ async def _start_services(services: trio.Nursery, ctx: ServerContext) -> Engine:
     # one heartbeat.
     janitor_s = min(JANITOR_INTERVAL_S, config.redis.heartbeat_s)
     services.start_soon(_janitor, backend, metrics, hub, janitor_s)
-    services.start_soon(hub.run_sync)
+    services.start_soon(run_resync, hub)
     engine = Engine(config.server.idle_timeout_s)
     services.start_soon(partial(run_gc_tuning, population=engine.__len__))
     services.start_soon(serve_memory_snapshots)  # only with OMIRO_DEBUG_TRACEMALLOC
@@ -321,9 +350,17 @@ async def serve(
     install_stall_monitor()  # only with OMIRO_DEBUG_STALLS_MS (diagnostics.py)
     signer = _signer(config)
     metrics = Metrics()
+    wired = parts(config)
     async with open_backend(config, server_id=server_id, replaces=replaces) as backend:
-        hub = _new_hub(config, backend, metrics)
-        ctx = ServerContext(config=config, backend=backend, hub=hub, signer=signer, metrics=metrics)
+        hub = _new_hub(wired, backend, metrics)
+        ctx = ServerContext(
+            config=config,
+            backend=backend,
+            hub=hub,
+            signer=signer,
+            metrics=metrics,
+            rules=wired.session,
+        )
         clients = Clients(
             ctx.trusted_proxies, config.server.client_ip_header, config.server.ipv6_prefix
         )
