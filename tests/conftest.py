@@ -14,6 +14,30 @@ from omiro_trio.http.deadlines import DEFAULT_DEADLINES, Deadlines
 from omiro_trio.server import Running, serve
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--rule",
+        action="append",
+        default=[],
+        metavar="DOC/ANCHOR",
+        help="run only the tests marked as holding this rule, e.g. protocol/session-new",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With ``--rule``, keep the tests whose ``rule`` marker names one of the rules given."""
+    wanted = set(config.getoption("rule"))
+    if not wanted:
+        return
+    kept, dropped = [], []
+    for item in items:
+        rules = {name for mark in item.iter_markers("rule") for name in mark.args}
+        (kept if rules & wanted else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 @pytest.fixture
 async def start_server(nursery: trio.Nursery) -> AsyncIterator[StartServer]:
     """Start servers with config overrides; each is drained and stopped after the test.

@@ -415,6 +415,7 @@ async def _fragment_attack(omiro: Server, fragment: bytes) -> int | None:
     [frame(CONT, b"", fin=False), frame(CONT, b"x", fin=False)],
     ids=["empty", "one byte"],
 )
+@pytest.mark.rule("protocol/fragments-and-pings")
 async def test_message_fragments_budget(omiro: Server, fragment: bytes) -> None:
     """Continuation frames that never end a message: closed 1009 at MAX_MESSAGE_FRAGMENTS."""
     before = await exceeded(omiro, "fragments")
@@ -493,6 +494,7 @@ async def test_frame_rate_budget(
 # -- a slow reader ------------------------------------------------------------------------
 
 
+@pytest.mark.rule("protocol/slow-consumers")
 async def test_slow_reader_budget(omiro: Server) -> None:
     """A reader that takes 256 KB every half second while its partner relays legal 60 KB
     offers faster than that: its socket is never full for long, so only the bytes waiting

@@ -65,6 +65,7 @@ def test_route_sends_each_request_to_one_place(head: bytes, expected: object) ->
         (b"GET /session/new HTTP/2.0\r\nHost: a\r\n\r\n", 505, "http_version_not_supported"),
     ],
 )
+@pytest.mark.rule("protocol/front-door")
 def test_route_refuses_what_the_app_must_not_see(head: bytes, status: int, code: str) -> None:
     route = _route(head)
     assert isinstance(route, Refusal)

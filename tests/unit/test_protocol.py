@@ -430,6 +430,7 @@ def test_parse_client_frame_empty_interests() -> None:
     assert parse(frame("join_queue", {"interests": ["", " "]})) == JoinQueue()
 
 
+@pytest.mark.rule("protocol/interests")
 def test_parse_client_frame_interest_count_limit_applies_after_normalising() -> None:
     ten = [f"topic{i}" for i in range(MAX_INTERESTS)]
     assert parse(frame("join_queue", {"interests": ten})) == JoinQueue(interests=tuple(ten))
@@ -525,11 +526,13 @@ def test_parse_client_frame_rejects_out_of_range_number_in_ice_candidate() -> No
 # -- report ----------------------------------------------------------------------------
 
 
+@pytest.mark.rule("protocol/report-reasons")
 def test_parse_client_frame_trims_report_reason() -> None:
     assert parse(frame("report", {"reason": "  spam\n"})) == Report("spam")
     assert parse(frame("report", {"reason": "   "})) == Report("")
 
 
+@pytest.mark.rule("protocol/report-reasons")
 def test_parse_client_frame_report_reason_length_limit() -> None:
     longest = "r" * MAX_REPORT_REASON_LENGTH
     assert parse(frame("report", {"reason": f" {longest} "})) == Report(longest)
