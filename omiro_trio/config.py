@@ -60,6 +60,7 @@ __all__ = [
     "LimitsConfig",
     "LogConfig",
     "MatchmakingConfig",
+    "ModerationConfig",
     "PageConfig",
     "RedisConfig",
     "ReportsConfig",
@@ -143,6 +144,17 @@ class ReportsConfig(_Table, frozen=True):
     autoban_reporters: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
     autoban_window_s: PositiveDuration = 3600
     autoban_s: PositiveDuration = 86400
+    # Reports with their transcripts, and each client's report and ban history.
+    retention_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 30
+
+
+class ModerationConfig(_Table, frozen=True):
+    """The moderator console and accounts (docs/moderation.md)."""
+
+    audit_retention_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 365
+    session_idle_s: Annotated[int, msgspec.Meta(ge=60, le=7 * DAY_S)] = 1800
+    moderator_max_ban_s: PositiveDuration = 7 * DAY_S  # the longest ban a moderator may set
+    claim_s: Annotated[int, msgspec.Meta(ge=10, le=DAY_S)] = 900  # a claim lapses after this
 
 
 class IceConfig(_Table, frozen=True):
@@ -189,6 +201,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     matchmaking: MatchmakingConfig = msgspec.field(default_factory=MatchmakingConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     reports: ReportsConfig = msgspec.field(default_factory=ReportsConfig)
+    moderation: ModerationConfig = msgspec.field(default_factory=ModerationConfig)
     ice: IceConfig = msgspec.field(default_factory=IceConfig)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)

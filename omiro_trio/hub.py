@@ -539,6 +539,7 @@ class Hub:
                     reason=call.reason,
                     at=at,
                     transcript=call.transcript,
+                    match_s=call.match_s,
                 )
                 return Filed(call, await self.reports.file(record, now=at))
             case _:

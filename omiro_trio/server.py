@@ -72,6 +72,7 @@ BUS_RETRY_MAX_S = 2.0
 CLOSE_WAIT_S = 5.0
 HTTP_GRACE_S = 2.0
 LISTEN_BACKLOG = 1024
+DAY_S = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,12 +130,16 @@ async def open_backend(
     this one replaces): it is swept at once.
     """
     block_ttl_s = parts(config).block_ttl_s
+    report_retention_s = config.reports.retention_days * DAY_S
+    audit_retention_s = config.moderation.audit_retention_days * DAY_S
     if config.backend.kind == "memory":
         async with open_memory_backend(
             interest_timeout_s=config.matchmaking.interest_timeout_s,
             rematch_cooldown_s=config.matchmaking.rematch_cooldown_s,
             block_ttl_s=block_ttl_s,
             ipv6_prefix=config.server.ipv6_prefix,
+            report_retention_s=report_retention_s,
+            audit_retention_s=audit_retention_s,
         ) as backend:
             yield backend
     else:
@@ -154,6 +159,8 @@ async def open_backend(
                 rematch_cooldown_s=config.matchmaking.rematch_cooldown_s,
                 block_ttl_s=block_ttl_s,
                 ipv6_prefix=config.server.ipv6_prefix,
+                report_retention_s=report_retention_s,
+                audit_retention_s=audit_retention_s,
                 server_id=server_id,
                 replaces=replaces,
             ) as backend:

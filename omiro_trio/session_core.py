@@ -245,6 +245,7 @@ class SessionCore:
         "_detached",
         "_draining",
         "_errors",
+        "_now",
         "_rejoin_free",
         "_rules",
         "_suspect",
@@ -254,6 +255,7 @@ class SessionCore:
         "ended_ids",
         "id",
         "match",
+        "matched_at",
         "matches_applied",
         "outcomes_reported",
         "partner_reason",
@@ -268,6 +270,8 @@ class SessionCore:
         self.id = session_id
         self.state: State = "idle"
         self.match: Match | None = None
+        self.matched_at = now  # when ``match`` reached this session (for a report's evidence)
+        self._now = now  # the time of the frame or event being handled
         self.prefs: Preferences | None = None  # the last wish the backend took: next reuses it
         self.widen: Widen | None = None  # the timer the shell should be running
         self.matches_applied = 0  # matches this client heard of, to spot one that overtook a join
@@ -294,6 +298,7 @@ class SessionCore:
 
     def receive(self, frame: str | bytes, now: float) -> Effects:
         """One text frame from the client: what to do about it."""
+        self._now = now
         try:
             message = protocol.parse_client_frame(frame, self._rules.limits)
         except ProtocolViolation as exc:
@@ -326,6 +331,7 @@ class SessionCore:
 
     def handle(self, event: Event, now: float) -> Effects:
         """Anything but a client frame: what to do about it."""
+        self._now = now
         match event:
             case Relay():  # the partner, on this server, said something (the hot path)
                 current = self.match
@@ -544,7 +550,11 @@ class SessionCore:
     def _blocked(self, blocked: Blocked) -> Effects:
         """The pair is blocked: end the match, then keep the report with its transcript."""
         report = FileReport(
-            blocked.call.partner, blocked.partner_ip, blocked.call.reason, self.transcript_lines()
+            blocked.call.partner,
+            blocked.partner_ip,
+            blocked.call.reason,
+            self.transcript_lines(),
+            max(0.0, self._now - self.matched_at),
         )
         return self._make_idle(PartnerReason.REPORTED, "report", report)
 
@@ -569,6 +579,7 @@ class SessionCore:
         self._rejoin_free = False
         self.matches_applied += 1
         self.match = match
+        self.matched_at = self._now
         self._remember(match)
         self.transcript.clear()
         found = protocol.MatchFound(

@@ -179,6 +179,7 @@ class FileReport:
     reported_ip: str
     reason: str
     transcript: tuple[str, ...]
+    match_s: float | None = None  # how long the match had lasted
 
 
 @dataclass(frozen=True, slots=True)

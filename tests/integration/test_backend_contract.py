@@ -654,6 +654,9 @@ async def test_remove_ban_lifts_it_once(backend: Backend) -> None:
     assert await backend.remove_ban("198.51.100.0/24") is False
 
 
+REPORTED_AT = time.time()  # reports are kept for a retention counted from when they were filed
+
+
 def _report(n: int) -> ReportRecord:
     return ReportRecord(
         reported_ip="203.0.113.7",
@@ -661,7 +664,7 @@ def _report(n: int) -> ReportRecord:
         reporter=f"good{n}",
         reporter_ip="198.51.100.1",
         reason="spam",
-        at=1_700_000_000.0 + n,
+        at=REPORTED_AT + n,
         transcript=("hi", f"line {n}"),
     )
 
