@@ -16,12 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from omiro_trio import bus
-from omiro_trio.backends.base import Backend, Ban, ReportRecord
+from omiro_trio.backends.base import AuditEntry, Backend, Ban, ReportRecord, ReportStatus
 from omiro_trio.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 REPORT_WINDOW_S = 3600.0  # per_reporter_per_hour
+AUTO = "auto"  # who set an automatic ban, in the ban and the audit log
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,24 +74,32 @@ class ReportDesk:
         )
         if over is not None:
             return False
-        await backend.record_report(report)
+        report_id = await backend.record_report(report)
         self._metrics.reports.inc()
         reported = report.reported_ip
         if reported and reported != report.reporter_ip:  # one address cannot report itself away
             reporters = await backend.count_reporter(
                 reported, report.reporter_ip, policy.autoban_window_s
             )
-            if reporters >= policy.autoban_reporters:
-                await self._autoban(reported, reporters, now)
+            if reporters >= policy.autoban_reporters and await self._autoban(
+                reported, reporters, report_id, now
+            ):
+                # The moderators see on the report that the ban fired (nobody
+                # has acted on a report just filed, so it is still open).
+                opened = ReportStatus()
+                await backend.swap_report_status(report_id, opened, ReportStatus(autoban=True))
         return True
 
-    async def _autoban(self, ip: str, reporters: int, now: float) -> None:
+    async def _autoban(self, ip: str, reporters: int, report_id: int, now: float) -> bool:
+        """Ban ``ip`` unless a ban is in force; whether this one was set."""
         backend = self._backend
         if await backend.ban_for(ip) is not None:
-            return  # never shorten a ban an operator set
+            return False  # never shorten a ban an operator set
         autoban_s = self.policy.autoban_s
-        ban = Ban(ip, f"reported by {reporters} people", now + autoban_s, now)
+        reason = f"reported by {reporters} people"
+        ban = Ban(ip, reason, now + autoban_s, now, by=AUTO)
         closed = await bus.put_ban_in_force(backend, ban, self._close_banned)
+        await backend.append_audit(AuditEntry(now, AUTO, "ban", ip, report_id, reason))
         self._metrics.autobans.inc()
         log.info(
             "banned %s for %.0f s after %d reports (%d sockets closed)",
@@ -99,3 +108,4 @@ class ReportDesk:
             reporters,
             closed,
         )
+        return True

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ from omiro_trio.http.routes import Router
 from omiro_trio.http.serve import HttpServer
 from omiro_trio.hub import Hub
 from omiro_trio.metrics import Metrics
+from omiro_trio.moderation import ModerationDesk, ModerationPolicy
 from omiro_trio.protocol import Limits
 from omiro_trio.reports import ReportPolicy
 from omiro_trio.resync import run_resync
@@ -90,6 +92,7 @@ class Parts:
 
     session: SessionRules  # every session's core (connection.py)
     reports: ReportPolicy  # the hub's report desk
+    moderation: ModerationPolicy  # the moderators' desk
     nexts_per_minute: int  # the hub: skips a session may spend a minute
     block_ttl_s: float  # the backend: how long a report keeps a pair apart
 
@@ -111,6 +114,10 @@ def parts(config: Config) -> Parts:
             autoban_reporters=config.reports.autoban_reporters,
             autoban_window_s=config.reports.autoban_window_s,
             autoban_s=config.reports.autoban_s,
+        ),
+        moderation=ModerationPolicy(
+            moderator_max_ban_s=config.moderation.moderator_max_ban_s,
+            claim_s=config.moderation.claim_s,
         ),
         nexts_per_minute=limits.nexts_per_minute,
         # A block outlives both sessions: a session lives at most its token's
@@ -367,6 +374,7 @@ async def serve(
             signer=signer,
             metrics=metrics,
             rules=wired.session,
+            moderation=ModerationDesk(backend, wired.moderation, put_ban=hub.ban, wall=time.time),
         )
         clients = Clients(
             ctx.trusted_proxies, config.server.client_ip_header, config.server.ipv6_prefix
