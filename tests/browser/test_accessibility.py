@@ -13,16 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from support import AXE_OPTIONS
 
 pytestmark = pytest.mark.browser
 
-AXE_OPTIONS = {
-    "runOnly": {
-        "type": "tag",
-        "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa", "best-practice"],
-    },
-    "resultTypes": ["violations"],
-}
 
 DENY_CAMERA_JS = """
 navigator.mediaDevices.getUserMedia = async () => {
