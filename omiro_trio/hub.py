@@ -60,7 +60,7 @@ from omiro_trio.errors import BackendUnavailable, SessionElsewhere
 from omiro_trio.matchmaking import Match, Preferences
 from omiro_trio.metrics import Metrics
 from omiro_trio.protocol import OP_NAMES, Hello
-from omiro_trio.reports import ReportDesk, ReportPolicy
+from omiro_trio.reports import ReportDesk, ReportPolicy, ReportWatcher
 from omiro_trio.resync import SYNC_INTERVAL_S as SYNC_INTERVAL_S  # the cluster tests plan by it
 from omiro_trio.resync import SYNC_RETRY_S as SYNC_RETRY_S
 from omiro_trio.resync import SyncRequests
@@ -205,6 +205,7 @@ class Hub:
         backend: the shared state.
         metrics: counters to update.
         reports: how reports are limited and when they ban.
+        watcher: told of each report kept and each automatic ban (the alerts).
         nexts_per_minute: the skips a session may spend a minute.
         wall: unix time, for reports and bans.
     """
@@ -215,6 +216,7 @@ class Hub:
         metrics: Metrics,
         *,
         reports: ReportPolicy | None = None,
+        watcher: ReportWatcher | None = None,
         nexts_per_minute: int = 30,
         wall: Callable[[], float] = time.time,
     ):
@@ -224,7 +226,11 @@ class Hub:
         self.draining = False
         self.sync = SyncRequests()
         self.reports = ReportDesk(
-            backend, metrics, reports or ReportPolicy(), close_banned=self.close_banned
+            backend,
+            metrics,
+            reports or ReportPolicy(),
+            close_banned=self.close_banned,
+            watcher=watcher,
         )
         self._nexts_per_minute = nexts_per_minute
         self._wall = wall

@@ -11,9 +11,11 @@ cannot report itself away. Time is passed in.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from omiro_trio import bus
 from omiro_trio.backends.base import AuditEntry, Backend, Ban, ReportRecord, ReportStatus
@@ -35,6 +37,22 @@ class ReportPolicy:
     autoban_s: float = 86400.0
 
 
+class ReportWatcher(Protocol):
+    """Told of each report kept and each automatic ban, without waiting (``alerts.Alerts``)."""
+
+    def report_filed(self, report: ReportRecord) -> None: ...
+
+    def autobanned(self, ban: Ban, reporters: int, report_id: int) -> None: ...
+
+
+class _Unwatched:
+    def report_filed(self, report: ReportRecord) -> None:
+        pass
+
+    def autobanned(self, ban: Ban, reporters: int, report_id: int) -> None:
+        pass
+
+
 class ReportDesk:
     """Keeps reports and bans the clients they add up against.
 
@@ -44,6 +62,7 @@ class ReportDesk:
         policy: the limits.
         close_banned: closes this server's sockets a ban target covers
             (returns how many); other servers hear of the ban on the bus.
+        watcher: told of each report kept and each automatic ban.
     """
 
     def __init__(
@@ -53,11 +72,13 @@ class ReportDesk:
         policy: ReportPolicy,
         *,
         close_banned: Callable[[str], int],
+        watcher: ReportWatcher | None = None,
     ) -> None:
         self.policy = policy
         self._backend = backend
         self._metrics = metrics
         self._close_banned = close_banned
+        self._watcher: ReportWatcher = watcher or _Unwatched()
 
     async def file(self, report: ReportRecord, *, now: float) -> bool:
         """Keep ``report`` unless its reporter is over its allowance (then False).
@@ -76,6 +97,7 @@ class ReportDesk:
             return False
         report_id = await backend.record_report(report)
         self._metrics.reports.inc()
+        self._watcher.report_filed(dataclasses.replace(report, id=report_id))
         reported = report.reported_ip
         if reported and reported != report.reporter_ip:  # one address cannot report itself away
             reporters = await backend.count_reporter(
@@ -101,6 +123,7 @@ class ReportDesk:
         closed = await bus.put_ban_in_force(backend, ban, self._close_banned)
         await backend.append_audit(AuditEntry(now, AUTO, "ban", ip, report_id, reason))
         self._metrics.autobans.inc()
+        self._watcher.autobanned(ban, reporters, report_id)
         log.info(
             "banned %s for %.0f s after %d reports (%d sockets closed)",
             ip,

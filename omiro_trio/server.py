@@ -40,6 +40,7 @@ from hypercorn.trio.lifespan import Lifespan
 
 from omiro_trio.addresses import Clients, base_url
 from omiro_trio.admission import Admission
+from omiro_trio.alerts import AlertPolicy, Alerts
 from omiro_trio.backends.base import Backend
 from omiro_trio.backends.memory import open_memory_backend
 from omiro_trio.codes import CloseCode
@@ -93,6 +94,7 @@ class Parts:
     session: SessionRules  # every session's core (connection.py)
     reports: ReportPolicy  # the hub's report desk
     moderation: ModerationPolicy  # the moderators' desk
+    alerts: AlertPolicy | None  # the webhook, if one is configured
     nexts_per_minute: int  # the hub: skips a session may spend a minute
     block_ttl_s: float  # the backend: how long a report keeps a pair apart
 
@@ -118,6 +120,15 @@ def parts(config: Config) -> Parts:
         moderation=ModerationPolicy(
             moderator_max_ban_s=config.moderation.moderator_max_ban_s,
             claim_s=config.moderation.claim_s,
+        ),
+        alerts=None
+        if not config.alerts.webhook_url
+        else AlertPolicy(
+            webhook_url=config.alerts.webhook_url,
+            secret=config.alerts.secret,
+            reports_per_hour=config.alerts.reports_per_hour,
+            timeout_s=config.alerts.timeout_s,
+            retries=config.alerts.retries,
         ),
         nexts_per_minute=limits.nexts_per_minute,
         # A block outlives both sessions: a session lives at most its token's
@@ -289,9 +300,15 @@ def _signer(config: Config) -> TokenSigner:
     return TokenSigner(secret, config.session.token_ttl_s)
 
 
-def _new_hub(wired: Parts, backend: Backend, metrics: Metrics) -> Hub:
+def _new_hub(wired: Parts, backend: Backend, metrics: Metrics, alerts: Alerts | None = None) -> Hub:
     """The hub, with the report, autoban and skip rules from the config."""
-    return Hub(backend, metrics, reports=wired.reports, nexts_per_minute=wired.nexts_per_minute)
+    return Hub(
+        backend,
+        metrics,
+        reports=wired.reports,
+        watcher=alerts,
+        nexts_per_minute=wired.nexts_per_minute,
+    )
 
 
 async def _start_services(services: trio.Nursery, ctx: ServerContext) -> Engine:
@@ -366,7 +383,8 @@ async def serve(
     metrics = Metrics()
     wired = parts(config)
     async with open_backend(config, server_id=server_id, replaces=replaces) as backend:
-        hub = _new_hub(wired, backend, metrics)
+        alerts = None if wired.alerts is None else Alerts(wired.alerts, backend, metrics)
+        hub = _new_hub(wired, backend, metrics, alerts)
         ctx = ServerContext(
             config=config,
             backend=backend,
@@ -385,6 +403,8 @@ async def serve(
         lifespan = Lifespan(app, hyper, lifespan_state)
         async with trio.open_nursery() as services:
             engine = await _start_services(services, ctx)
+            if alerts is not None:
+                await services.start(alerts.run)
             await services.start(lifespan.handle_lifespan)
             await lifespan.wait_for_startup()
             listeners = await open_listeners(

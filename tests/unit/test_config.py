@@ -15,6 +15,7 @@ import pytest
 
 from omiro_trio.config import (
     AdminConfig,
+    AlertsConfig,
     BackendConfig,
     Config,
     IceConfig,
@@ -93,6 +94,13 @@ DESIGN_DEFAULTS: dict[str, dict[str, Any]] = {
         "relay_only": "auto",
     },
     "admin": {"token": ""},
+    "alerts": {
+        "webhook_url": "",
+        "secret": "",
+        "reports_per_hour": 20,
+        "timeout_s": 5.0,
+        "retries": 3,
+    },
     "log": {"level": "info", "format": "text"},
     # Added after DESIGN.md: what the page tells people before they start.
     "page": {
@@ -149,6 +157,7 @@ def test_config_table_types_and_attribute_names() -> None:
         "moderation": ModerationConfig,
         "ice": IceConfig,
         "admin": AdminConfig,
+        "alerts": AlertsConfig,
         "log": LogConfig,
         "page": PageConfig,
     }
