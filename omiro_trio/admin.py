@@ -155,6 +155,7 @@ class Gate:
         self.ctx = ctx
         self.client = client
         self.failures = AuthFailures()
+        self.signing_in: set[str] = set()  # clients whose sign-in is being checked now
 
     def throttled(self) -> Response | None:
         """404 without an admin token; 429 for a client locked out; else None."""

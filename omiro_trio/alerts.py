@@ -130,7 +130,10 @@ class Alerts:
         try:
             self._send.send_nowait(news)
         except trio.WouldBlock:
-            kind: AlertKind = "autoban" if isinstance(news, _Autobanned) else "minor_report"
+            kind: AlertKind = "autoban"
+            if isinstance(news, _Filed):  # the alert it would have made, or the spike check
+                minor = category(news.report.reason) is Category.MINOR
+                kind = "minor_report" if minor else "report_spike"
             self._metrics.alerts.labels(kind, "dropped").inc()
 
     # -- the task --------------------------------------------------------

@@ -94,13 +94,28 @@ def register_console_api(app: QuartTrio, ctx: ServerContext, gate: Gate) -> None
         body = await _decode(SignIn)
         if isinstance(body, Response):
             return body
-        account = await backend.moderator(body.name) if len(body.name) <= 32 else None
-        password = body.password[:MAX_PASSWORD_LENGTH]
-        hashed = account.password_hash if account is not None else None
-        if account is None or not await accounts.check_password(hashed, password):
-            if account is None:
-                await accounts.check_password(None, password)  # as slow as a wrong password
-            gate.failures.fail(gate.client())
+        # One sign-in per client is checked at a time, so a client cannot start many
+        # slow password checks at once before its failures count.
+        who = gate.client()
+        if who in gate.signing_in:
+            busy = json_error(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                HttpError.RATE_LIMITED,
+                "a sign-in from you is already being checked",
+                retry_after=1,
+            )
+            busy.headers["Retry-After"] = "1"
+            return busy
+        gate.signing_in.add(who)
+        try:
+            account = await backend.moderator(body.name) if len(body.name) <= 32 else None
+            password = body.password[:MAX_PASSWORD_LENGTH]
+            hashed = account.password_hash if account is not None else None
+            right = await accounts.check_password(hashed, password)
+        finally:
+            gate.signing_in.discard(who)
+        if account is None or not right:
+            gate.failures.fail(who)
             return json_error(
                 HTTPStatus.UNAUTHORIZED, HttpError.UNAUTHORIZED, "wrong name or password"
             )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import statistics
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ import pytest
 import trio
 from support import Client, Harness, StartServer
 
+from omiro_trio import accounts
 from omiro_trio.backends.base import ReportRecord
 
 TOKEN = "s3cret-admin-token-of-at-least-32-bytes"
@@ -242,6 +244,42 @@ async def test_sign_in_is_throttled_like_the_admin_token(admin_server: Harness) 
         assert int(locked.headers["retry-after"]) > 0
         # The lockout is the client's, for the token too.
         assert (await http.get("/admin/bans", headers=AUTH)).status_code == 429
+
+
+async def test_a_sign_in_flood_costs_a_bounded_number_of_password_checks_while_a_pair_chats(
+    admin_server: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checks = 0
+    real_check = accounts.check_password
+
+    async def counted(password_hash: str | None, password: str) -> bool:
+        nonlocal checks
+        checks += 1
+        return await real_check(password_hash, password)
+
+    monkeypatch.setattr(accounts, "check_password", counted)
+    a, b = await admin_server.pair()
+    statuses: list[int] = []
+    round_trips: list[float] = []
+    async with httpx.AsyncClient(base_url=admin_server.url) as http:
+
+        async def guess(n: int) -> None:
+            body = {"name": "ana", "password": f"guess {n}"}
+            statuses.append((await http.post("/admin/session", json=body)).status_code)
+
+        async with trio.open_nursery() as nursery:
+            for n in range(40):  # all at once, from one client
+                nursery.start_soon(guess, n)
+            for n in range(20):
+                start = trio.current_time()
+                await a.send("chat", {"message": f"ping {n}"})
+                await b.expect("chat")
+                round_trips.append(trio.current_time() - start)
+    assert set(statuses) <= {401, 429}
+    assert checks <= 10  # one at a time, and 10 failures lock the client out
+    assert statuses.count(401) == checks
+    assert statistics.median(round_trips) < 0.1, round_trips
+    assert max(round_trips) < 1.0, round_trips
 
 
 async def test_a_removed_account_is_signed_out(admin_server: Harness) -> None:
