@@ -275,6 +275,9 @@ def register_console_api(app: QuartTrio, ctx: ServerContext, gate: Gate) -> None
                 "reports_last_hour": now.reports_last_hour,
                 "open_reports": now.open_reports,
                 "active_bans": now.active_bans,
+                "matches_per_minute": now.matches_per_minute,
+                "calls": now.calls,
+                "call_success": now.call_success,
             }
         )
         response.headers["Cache-Control"] = "no-store"

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import msgspec
+import trio
 
 from omiro_trio import accounts
 from omiro_trio.backends.base import (
@@ -32,6 +33,8 @@ from omiro_trio.backends.base import (
     ReportStatus,
     Role,
 )
+from omiro_trio.errors import BackendUnavailable
+from omiro_trio.metrics import Metrics
 from omiro_trio.triage import (
     Actor,
     Change,
@@ -53,6 +56,10 @@ MAX_NOTE_LENGTH = 500
 SWAP_ATTEMPTS = 3
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")  # an account name (no backtracking)
 HOUR_S = 3600.0
+ACTIVITY_EVERY_S = 10.0
+"""How often each server adds its matches and call outcomes to the shared counts."""
+LIVE_MINUTES = 5
+"""The live view's matches per minute and call success rate are over this many minutes."""
 
 
 class NoSuchReport(LookupError):
@@ -87,6 +94,9 @@ class Live:
     reports_last_hour: int
     open_reports: int
     active_bans: int
+    matches_per_minute: float  # over the last LIVE_MINUTES minutes
+    calls: int  # call outcomes the pages reported over those minutes
+    call_success: float | None  # the share of them that connected (None: no calls)
 
 
 def check_note(note: str) -> str:
@@ -155,13 +165,19 @@ class ModerationDesk:
     async def live(self) -> Live:
         backend = self._backend
         stats = await backend.stats()
-        since = self._wall() - HOUR_S
+        now = self._wall()
+        recent = await backend.activity(int(now // 60) - LIVE_MINUTES + 1)
+        connected, failed = recent.get("calls_connected", 0), recent.get("calls_failed", 0)
+        calls = connected + failed
         return Live(
             online=stats.online,
             waiting=stats.waiting,
-            reports_last_hour=await backend.count_reports_since(since),
+            reports_last_hour=await backend.count_reports_since(now - HOUR_S),
             open_reports=len(await backend.open_reports(QUEUE_READ)),
             active_bans=len(await backend.bans()),
+            matches_per_minute=round(recent.get("matches", 0) / LIVE_MINUTES, 1),
+            calls=calls,
+            call_success=round(connected / calls, 3) if calls else None,
         )
 
     async def bans(self, search: str = "") -> list[Ban]:
@@ -367,6 +383,54 @@ class ModerationDesk:
 def _admin_only(actor: Actor) -> None:
     if not actor.is_admin:
         raise Refused("only an admin can do this")
+
+
+# -- activity ------------------------------------------------------------------
+
+
+def _activity_now(metrics: Metrics) -> dict[str, float]:
+    """This server's counts so far: matches formed, call outcomes the pages reported."""
+    value = metrics.registry.get_sample_value
+
+    def sample(name: str, **labels: str) -> float:
+        return value(name, labels) or 0.0
+
+    return {
+        "matches": sample("omiro_matches_total"),
+        "calls_connected": sample("omiro_calls_total", outcome="connected", path="direct")
+        + sample("omiro_calls_total", outcome="connected", path="relay"),
+        "calls_failed": sample("omiro_calls_total", outcome="failed", path="none"),
+    }
+
+
+async def run_activity(
+    backend: Backend,
+    metrics: Metrics,
+    wall: Callable[[], float],
+    interval_s: float = ACTIVITY_EVERY_S,
+) -> None:
+    """Every ``interval_s``, add what this server counted since to the shared per-minute
+    counts (the live view's matches per minute and call success rate), until cancelled.
+
+    Off the chat's path: one backend call per interval at most. What could not be
+    added (the backend away) is added with the next interval's.
+    """
+    added = _activity_now(metrics)
+    while True:
+        await trio.sleep(interval_s)
+        now = _activity_now(metrics)
+        delta = {name: int(now[name] - added[name]) for name in now}
+        delta = {name: count for name, count in delta.items() if count > 0}
+        if not delta:
+            continue
+        try:
+            await backend.add_activity(int(wall() // 60), delta)
+        except BackendUnavailable:
+            continue  # added next time
+        except Exception:
+            metrics.background_failures.labels("activity").inc()
+            log.exception("could not add this server's activity counts")
+        added = now
 
 
 # -- exports -----------------------------------------------------------------

@@ -57,7 +57,7 @@ from omiro_trio.http.routes import Router
 from omiro_trio.http.serve import HttpServer
 from omiro_trio.hub import Hub
 from omiro_trio.metrics import Metrics
-from omiro_trio.moderation import ModerationDesk, ModerationPolicy
+from omiro_trio.moderation import ModerationDesk, ModerationPolicy, run_activity
 from omiro_trio.protocol import Limits
 from omiro_trio.reports import ReportPolicy
 from omiro_trio.resync import run_resync
@@ -325,6 +325,7 @@ async def _start_services(services: trio.Nursery, ctx: ServerContext) -> Engine:
     janitor_s = min(JANITOR_INTERVAL_S, config.redis.heartbeat_s)
     services.start_soon(_janitor, backend, metrics, hub, janitor_s)
     services.start_soon(run_resync, hub)
+    services.start_soon(run_activity, backend, metrics, time.time)
     engine = Engine(config.server.idle_timeout_s)
     services.start_soon(partial(run_gc_tuning, population=engine.__len__))
     services.start_soon(serve_memory_snapshots)  # only with OMIRO_DEBUG_TRACEMALLOC

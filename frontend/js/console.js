@@ -192,10 +192,13 @@ async function refreshLive() {
   const { data } = await api("GET", "live");
   $("live-online").textContent = data.online;
   $("live-waiting").textContent = data.waiting;
+  $("live-matches").textContent = data.matches_per_minute;
+  $("live-calls").textContent =
+    data.call_success === null ? "no calls" : `${Math.round(data.call_success * 100)} %`;
   $("live-reports").textContent = data.reports_last_hour;
   $("live-open").textContent = data.open_reports;
   $("live-bans").textContent = data.active_bans;
-  $("live-updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
+  $("live-updated").textContent = `Updated ${new Date().toLocaleTimeString()}.`;
 }
 
 async function refreshQueue() {

@@ -28,7 +28,7 @@ Rules every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -84,6 +84,9 @@ class ReportRecord:
 
 REPORT_OVERHEAD_BYTES = 64
 """What one report costs the store beyond its text (for the byte bound)."""
+
+ACTIVITY_KEPT_MINUTES = 120
+"""How long the per-minute activity counts (the console's live view) are kept."""
 
 ReportState = Literal["open", "claimed", "actioned", "dismissed"]
 """Where a report is in the moderators' queue (``triage.py`` has the rules)."""
@@ -371,6 +374,15 @@ class Backend(Protocol):
         ...
 
     async def close_console_session(self, key: str) -> None: ...
+
+    async def add_activity(self, minute: int, counts: Mapping[str, int]) -> None:
+        """Add this server's ``counts`` (matches, call outcomes) to unix minute ``minute``
+        (kept ``ACTIVITY_KEPT_MINUTES``)."""
+        ...
+
+    async def activity(self, since_minute: int) -> dict[str, int]:
+        """The counts of every server, summed over the minutes from ``since_minute`` on."""
+        ...
 
     async def append_audit(self, entry: AuditEntry) -> int:
         """Append ``entry`` (its ``id`` is ignored) to the audit log; return the id given."""

@@ -14,10 +14,11 @@ nothing else.
 from __future__ import annotations
 
 import dataclasses
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
 
 from omiro_trio.backends.base import (
+    ACTIVITY_KEPT_MINUTES,
     AuditEntry,
     Ban,
     ConsoleSession,
@@ -66,6 +67,7 @@ class MemoryRecords:
         self._console: dict[str, tuple[ConsoleSession, float]] = {}  # key -> session, expiry
         self._audit: deque[AuditEntry] = deque()  # oldest first
         self._audit_ids = 0
+        self._activity: dict[int, Counter[str]] = {}  # unix minute -> counts
 
     # -- reports ---------------------------------------------------------
 
@@ -217,6 +219,20 @@ class MemoryRecords:
 
     async def close_console_session(self, key: str) -> None:
         self._console.pop(key, None)
+
+    # -- activity ----------------------------------------------------------
+
+    async def add_activity(self, minute: int, counts: Mapping[str, int]) -> None:
+        self._activity.setdefault(minute, Counter()).update(counts)
+        for old in [m for m in self._activity if m <= minute - ACTIVITY_KEPT_MINUTES]:
+            del self._activity[old]
+
+    async def activity(self, since_minute: int) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for minute, counts in self._activity.items():
+            if minute >= since_minute:
+                total.update(counts)
+        return dict(total)
 
     # -- the audit log ---------------------------------------------------
 

@@ -24,6 +24,8 @@
 --   P.."bh:"..client   list   the bans set on that client, newest first (omiro.lua add_ban)
 --   P.."mods"          hash   account name -> account (JSON)
 --   P.."cs:"..key      string a console session: "expiry|JSON"; expires once idle
+--   P.."act:"..minute  hash   name -> count: every server's matches and call outcomes
+--                             in that unix minute (the console's live view)
 --   P.."audit"         zset   entry id -> "at|JSON"
 --   P.."audit_id"      string the last audit id given
 -- Reports outlive their retention by at most one call: each write drops the
@@ -224,6 +226,25 @@ elseif op == 'session' then
 
 elseif op == 'close_session' then
   return redis.call('DEL', P .. 'cs:' .. A[1])
+
+elseif op == 'act_add' then
+  -- unix minute, how long to keep it (s), then name, count, ...: add to that minute
+  local key = P .. 'act:' .. A[1]
+  for i = 3, #A, 2 do redis.call('HINCRBY', key, A[i], tonumber(A[i + 1])) end
+  keep(key, tonumber(A[2]))
+  return 1
+
+elseif op == 'act' then
+  -- since (a unix minute), at most this many minutes: {name, count, ...} of each minute
+  -- from then to now (the caller sums them)
+  local out = {}
+  local now_minute = math.floor(NOW / 60)
+  local from = math.max(tonumber(A[1]), now_minute - tonumber(A[2]))
+  for minute = from, now_minute do
+    local h = redis.call('HGETALL', P .. 'act:' .. minute)
+    for i = 1, #h do out[#out + 1] = h[i] end
+  end
+  return out
 
 elseif op == 'audit_add' then
   -- entry (JSON), when: its id

@@ -10,7 +10,7 @@ back compares equal byte for byte (``swap_report_status``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -18,6 +18,7 @@ import coredis
 import msgspec
 
 from omiro_trio.backends.base import (
+    ACTIVITY_KEPT_MINUTES,
     AuditEntry,
     Ban,
     ConsoleSession,
@@ -150,6 +151,21 @@ class RedisRecords:
 
     async def close_console_session(self, key: str) -> None:
         await self._records("close_session", key)
+
+    # -- activity ----------------------------------------------------------
+
+    async def add_activity(self, minute: int, counts: Mapping[str, int]) -> None:
+        args: list[str | int] = [minute, ACTIVITY_KEPT_MINUTES * 60]
+        for name, count in counts.items():
+            args += [name, count]
+        await self._records("act_add", *args)
+
+    async def activity(self, since_minute: int) -> dict[str, int]:
+        raw = await self._records("act", since_minute, ACTIVITY_KEPT_MINUTES)
+        total: dict[str, int] = {}
+        for name, count in zip(raw[::2], raw[1::2], strict=True):
+            total[_text(name)] = total.get(_text(name), 0) + int(count)
+        return total
 
     # -- the audit log ---------------------------------------------------
 

@@ -371,6 +371,8 @@ async def test_a_report_from_a_real_match_is_banned_from_and_the_second_moderato
         assert live["reports_last_hour"] == 1
         assert live["active_bans"] == 1
         assert live["open_reports"] == 0
+        assert live["matches_per_minute"] >= 0  # added every 10 s (test_moderation_records.py)
+        assert "call_success" in live
 
     async with httpx.AsyncClient(base_url=admin_server.url, headers=AUTH) as admin:
         entries = (await admin.get("/admin/audit")).json()["entries"]

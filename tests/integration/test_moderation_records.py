@@ -30,6 +30,14 @@ from omiro_trio.backends.base import (
 )
 from omiro_trio.backends.memory import open_memory_backend
 from omiro_trio.backends.redis import open_redis_backend
+from omiro_trio.metrics import Metrics
+from omiro_trio.moderation import (
+    ACTIVITY_EVERY_S,
+    LIVE_MINUTES,
+    ModerationDesk,
+    ModerationPolicy,
+    run_activity,
+)
 
 DAY_S = 86400.0
 RETENTION_S = 7 * DAY_S
@@ -297,3 +305,54 @@ async def test_every_redis_key_has_a_ttl_but_the_accounts(kind: str, store: Cloc
     records = {"reports", "report_t", "report_bytes", "report_id", "open", "audit", "audit_id"}
     assert not records & set(without_ttl)
     assert not [k for k in without_ttl if k.startswith(("rs:", "rg:", "bh:", "cs:"))]
+
+
+# -- activity (the live view) --------------------------------------------------
+
+
+async def test_activity_counts_add_up_by_minute_over_every_server(
+    store: Clocked, clock: Clock | None
+) -> None:
+    b = store.backend
+    minute = int(store.now() // 60)
+    await b.add_activity(minute - 10, {"matches": 100})
+    await b.add_activity(minute - 1, {"matches": 3, "calls_connected": 2})
+    await b.add_activity(minute - 1, {"matches": 1})  # another server, the same minute
+    await b.add_activity(minute, {"calls_failed": 1})
+    assert await b.activity(minute - 4) == {"matches": 4, "calls_connected": 2, "calls_failed": 1}
+    assert await b.activity(minute) == {"calls_failed": 1}
+    assert (await b.activity(minute - 10))["matches"] == 104
+
+
+async def test_the_live_view_has_matches_a_minute_and_the_call_success_rate(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    def wall() -> float:
+        return BASE + trio.current_time()
+
+    metrics = Metrics()
+    async with open_memory_backend(
+        interest_timeout_s=5, rematch_cooldown_s=30, block_ttl_s=60, wall=wall
+    ) as backend:
+
+        async def put_ban(ban: Ban) -> int:
+            return 0
+
+        desk = ModerationDesk(backend, ModerationPolicy(), put_ban=put_ban, wall=wall)
+        before = await desk.live()
+        assert (before.matches_per_minute, before.calls, before.call_success) == (0, 0, None)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_activity, backend, metrics, wall)
+            await trio.sleep(1)
+            metrics.matches.inc(10)
+            metrics.count_call("connected", "direct", 800)
+            metrics.count_call("connected", "relay", 900)
+            metrics.count_call("failed", None, None)
+            metrics.count_call("connected", "direct", 700)
+            await trio.sleep(ACTIVITY_EVERY_S)
+            live = await desk.live()
+            assert live.matches_per_minute == 2.0  # 10 over the last 5 minutes
+            assert (live.calls, live.call_success) == (4, 0.75)
+            await trio.sleep(LIVE_MINUTES * 60 + 60)  # they age out of the window
+            assert (await desk.live()).matches_per_minute == 0
+            nursery.cancel_scope.cancel()
