@@ -48,3 +48,4 @@ class PartnerReason(StrEnum):
     LEFT = "left"  # the other side left, closed or broke its socket, or is gone
     REPORTED = "reported"  # the other side reported this one
     TIMEOUT = "timeout"  # the other side's socket stopped answering pings
+    LOST = "lost"  # the connection between the two went silent (either side, liveness)

@@ -104,6 +104,8 @@ class ServerConfig(_Table, frozen=True):
     drain_grace_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
     # What server_draining tells clients to wait before they reconnect.
     reconnect_after_ms: Annotated[int, msgspec.Meta(ge=0, le=600_000)] = 1000
+    # A matched client that beats (``alive``) and is silent this long has lost its partner.
+    lost_after_s: Annotated[float, msgspec.Meta(ge=3, le=300)] = 15.0
 
 
 class SessionConfig(_Table, frozen=True):

@@ -110,6 +110,8 @@ from omiro_trio.session_events import (
     SyncSoon,
     TimerFired,
     Unavailable,
+    Watch,
+    WatchFired,
     Widen,
     Widened,
     WidenWait,
@@ -135,6 +137,11 @@ class Timers(Protocol):
 
     def want(self, widen: Widen | None) -> None:
         """Run the widen timer ``widen`` (cancelling any other); None cancels it."""
+        ...
+
+    def watch(self, after_s: float | None) -> None:
+        """Run the liveness timer, to fire after ``after_s`` (cancelling any other); None
+        cancels it."""
         ...
 
 
@@ -193,6 +200,7 @@ class _Abandoned(Exception):
 
 _LEAVE: Final = Leave()
 _DETACHED: Final = Detached()
+_WATCH_FIRED: Final = WatchFired()
 _DRAINING: Final = Draining()
 _BANNED: Final = Banned()
 _SLOW_CONSUMER: Final = CloseAsked(CloseCode.SLOW_CONSUMER, "slow consumer")
@@ -420,6 +428,17 @@ class Hub:
             with trio.CancelScope(shield=True):
                 await self._run_effects(session, effects, now)
 
+    async def watch_fired(self, session: Session) -> None:
+        """The connection's liveness timer fired: a silent client's match may end as lost.
+
+        Shielded once started, like a widen: the end is told to both sides.
+        """
+        async with session.lock:
+            now = trio.current_time()
+            effects = session.core.handle(_WATCH_FIRED, now)
+            with trio.CancelScope(shield=True):
+                await self._run_effects(session, effects, now)
+
     async def repair(self, session: Session, effects: Effects, now: float) -> None:
         """Perform what the core made of a resync's answer (the resync holds the lock).
 
@@ -456,7 +475,7 @@ class Hub:
                 case Join():
                     await self.join(session, effect.prefs, op=effect.op)
                 case Leave():
-                    await self.leave(session)
+                    await self._operate(session, effect)
                 case ReportPartner():
                     await self.report(session, effect.reason)
                 case AnnounceMatch():
@@ -480,6 +499,7 @@ class Hub:
                     str()
                     | bytes()
                     | Arm()
+                    | Watch()
                     | Close()
                     | CountError()
                     | CountCall()
@@ -586,6 +606,10 @@ class Hub:
                 timers = session.timers
                 if timers is not None:
                     timers.want(effect.widen)
+            case Watch():
+                timers = session.timers
+                if timers is not None:
+                    timers.watch(effect.after_s)
             case Close():
                 session.closed = effect
                 session.cancel_scope.cancel()

@@ -8,7 +8,7 @@ behalf is a ``ServerMessage`` Struct rendered by ``server_frame``.
 
 Invariants:
 
-* ``parse_client_frame`` returns exactly one of the twelve ``ClientMessage``
+* ``parse_client_frame`` returns exactly one of the fourteen ``ClientMessage``
   classes or raises ``ProtocolViolation``; no other exception escapes it, for
   any ``str`` or ``bytes`` input (a property test holds it to that).
 * A returned message is already valid and normalised: ``Chat.message`` is
@@ -60,6 +60,8 @@ __all__ = [
     "OP_NAMES",
     "OP_OF",
     "RELAYED",
+    "Alive",
+    "AliveAnswer",
     "CallOutcome",
     "CameraKind",
     "Chat",
@@ -68,6 +70,7 @@ __all__ = [
     "Error",
     "Hello",
     "HelloLimits",
+    "HelloLiveness",
     "IceCandidate",
     "JoinQueue",
     "LeaveQueue",
@@ -76,6 +79,7 @@ __all__ = [
     "Next",
     "Op",
     "PartnerDisconnected",
+    "PeerLost",
     "Queued",
     "Report",
     "ServerDraining",
@@ -183,6 +187,17 @@ class Report(msgspec.Struct, frozen=True, gc=False):
     reason: str = ""
 
 
+class Alive(msgspec.Struct, frozen=True, gc=False):
+    """A liveness beat: the server answers ``alive`` and, from now on, notices this
+    socket going silent while matched (``hello.liveness``)."""
+
+
+class PeerLost(msgspec.Struct, frozen=True, gc=False):
+    """Nothing came from the partner for the liveness bound: end match ``match_id``."""
+
+    match_id: str
+
+
 class CallOutcome(msgspec.Struct, frozen=True, gc=False):
     """How this side's call of one match went, for the call-success metric.
 
@@ -209,6 +224,8 @@ ClientMessage = (
     | CameraKind
     | Report
     | CallOutcome
+    | Alive
+    | PeerLost
 )
 
 # -- parsing ---------------------------------------------------------------------------
@@ -401,6 +418,24 @@ def _parse_call_outcome(raw: msgspec.Raw, limits: Limits) -> CallOutcome:
     return message
 
 
+_ALIVE_DECODER: Final = _decoder_or_none(Alive)
+_ALIVE: Final = Alive()
+_PEER_LOST_DECODER: Final = _decoder_or_none(PeerLost)
+
+
+def _parse_alive(raw: msgspec.Raw, limits: Limits) -> Alive:
+    _ALIVE_DECODER.decode(raw)
+    return _ALIVE
+
+
+def _parse_peer_lost(raw: msgspec.Raw, limits: Limits) -> PeerLost:
+    op = "peer_lost"
+    message = _require(_PEER_LOST_DECODER.decode(raw), "match_id", op)
+    if not 1 <= len(message.match_id) <= MAX_MATCH_ID_LENGTH:
+        raise _bad(op, f"data.match_id must be 1 to {MAX_MATCH_ID_LENGTH} characters long")
+    return message
+
+
 # -- the ops --------------------------------------------------------------------------
 
 _M = TypeVar("_M", bound=ClientMessage)
@@ -491,6 +526,8 @@ OPS: Final[tuple[Op[Any], ...]] = (
     Op("camera_kind", CameraKind, _parse_camera_kind, _camera_kind_data),
     Op("report", Report, _parse_report),
     Op("call_outcome", CallOutcome, _parse_call_outcome),
+    Op("alive", Alive, _parse_alive),
+    Op("peer_lost", PeerLost, _parse_peer_lost),
 )
 """Every client op, once: adding an op is a row here (and, unless it is
 relayed, a rule in ``session_core``)."""
@@ -659,6 +696,15 @@ class HelloLimits(msgspec.Struct, frozen=True, gc=False):
     max_frame_bytes: int
 
 
+class HelloLiveness(msgspec.Struct, frozen=True, gc=False):
+    """How often a client beats (``alive_ms``), when a silent link is unstable
+    (``unstable_ms``) and when it is lost (``lost_ms``)."""
+
+    alive_ms: int
+    unstable_ms: int
+    lost_ms: int
+
+
 class Hello(ServerMessage, frozen=True):
     """The first message on every socket: who the client is and what it may send."""
 
@@ -667,6 +713,13 @@ class Hello(ServerMessage, frozen=True):
     ice_servers: list[dict[str, Any]]
     ice_transport_policy: str
     limits: HelloLimits
+    liveness: HelloLiveness = HelloLiveness(2500, 5000, 15000)
+
+
+class AliveAnswer(ServerMessage, frozen=True):
+    """The answer to a client's ``alive``: the socket works both ways."""
+
+    op: ClassVar[str] = "alive"
 
 
 class Queued(ServerMessage, frozen=True):

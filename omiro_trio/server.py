@@ -104,6 +104,7 @@ def parts(config: Config) -> Parts:
             ),
             rates=Rates(limits.messages_per_second, limits.message_burst),
             reconnect_after_ms=config.server.reconnect_after_ms,
+            lost_after_s=config.server.lost_after_s,
         ),
         reports=ReportPolicy(
             per_reporter_per_hour=limits.reports_per_hour,

@@ -127,6 +127,8 @@ from omiro_trio.session_events import (
     SyncSoon,
     TimerFired,
     Unavailable,
+    Watch,
+    WatchFired,
     Widen,
     Widened,
     WidenWait,
@@ -202,11 +204,19 @@ class SessionRules:
         limits: what a client frame may be (announced in ``hello``).
         rates: the client's message allowance.
         reconnect_after_ms: what ``server_draining`` tells clients.
+        lost_after_s: how long a matched socket that beats (``alive``) may stay
+            silent before its match ends as ``lost``.
     """
 
     limits: protocol.Limits = field(default_factory=protocol.Limits)
     rates: Rates = field(default_factory=Rates)
     reconnect_after_ms: int = 1000
+    lost_after_s: float = 15.0
+
+    def liveness(self) -> protocol.HelloLiveness:
+        """What ``hello`` tells clients of the liveness bounds."""
+        lost_ms = round(self.lost_after_s * 1000)
+        return protocol.HelloLiveness(lost_ms // 6, lost_ms // 3, lost_ms)
 
 
 _DEFAULT_RULES: Final = SessionRules()
@@ -216,6 +226,7 @@ _SYNC_NOW: Final = SyncNow()
 _SYNC_SOON: Final = SyncSoon()
 _COUNT_MATCH: Final = CountMatch()
 _DISARM: Final = Arm(None)
+_ALIVE_FRAME: Final = protocol.server_frame(protocol.AliveAnswer())
 _UNAVAILABLE_TEXT: Final = "the service is briefly unavailable; try again"
 _ELSEWHERE: Final = "connected elsewhere"
 
@@ -241,14 +252,17 @@ class SessionCore:
     """
 
     __slots__ = (
+        "_beats",
         "_bucket",
         "_detached",
         "_draining",
         "_errors",
+        "_heard",
         "_rejoin_free",
         "_rules",
         "_suspect",
         "_violations",
+        "_watching",
         "close_code",
         "close_reason",
         "ended_ids",
@@ -289,11 +303,15 @@ class SessionCore:
         self._draining = False
         self._detached = False
         self._suspect: tuple[str, str] | None = None  # a difference the last resync saw
+        self._heard = now  # when the client last sent anything (a frame, a ping, a pong)
+        self._beats = False  # the client sent ``alive``: its silence while matched is noticed
+        self._watching = False  # the liveness timer runs
 
     # -- the two verbs -------------------------------------------------------
 
     def receive(self, frame: str | bytes, now: float) -> Effects:
         """One text frame from the client: what to do about it."""
+        self._heard = now
         try:
             message = protocol.parse_client_frame(frame, self._rules.limits)
         except ProtocolViolation as exc:
@@ -375,7 +393,10 @@ class SessionCore:
                 return self._delivered(event)
             case Unavailable():
                 return self._unavailable(event)
+            case WatchFired():
+                return self._watch_fired(now)
             case Controls():
+                self._heard = now
                 for _ in range(event.count):
                     if not self._bucket.take(now) and self._violations.hit(now):
                         return self._close(CloseCode.RATE_LIMITED, "rate limit exceeded")
@@ -441,6 +462,35 @@ class SessionCore:
     def _disconnect(self, message: protocol.Disconnect, now: float) -> Effects:
         return self._close(CloseCode.NORMAL, "")
 
+    def _alive(self, message: protocol.Alive, now: float) -> Effects:
+        """A beat: answer it, and from now on notice this socket going silent while matched."""
+        self._beats = True
+        if self.match is not None and not self._watching:
+            self._watching = True
+            return (_ALIVE_FRAME, Watch(self._rules.lost_after_s))
+        return (_ALIVE_FRAME,)
+
+    def _peer_lost(self, message: protocol.PeerLost, now: float) -> Effects:
+        """The client heard nothing of its partner for the bound: end the match as lost."""
+        match = self.match
+        if match is None or match.match_id != message.match_id:
+            text = "that is not your current match"
+            return (protocol.error_frame(ErrorCode.NOT_MATCHED, text, "peer_lost"),)
+        return (Leave(PartnerReason.LOST, "peer_lost", match.match_id),)
+
+    def _watch_fired(self, now: float) -> Effects:
+        """The liveness timer: a matched client that beats and went silent for the bound has
+        lost its partner (and the partner it): the match ends as ``lost`` for both."""
+        self._watching = False
+        if self.match is None or self.close_code is not None or not self._beats:
+            return NOTHING
+        silent = now - self._heard
+        bound = self._rules.lost_after_s
+        if silent < bound:
+            self._watching = True
+            return (Watch(bound - silent),)
+        return (MakeIdle(PartnerReason.LOST, None),)
+
     def _call_outcome(self, message: protocol.CallOutcome, now: float) -> Effects:
         """Count how this side's call of a recent video match went, once per match.
 
@@ -489,7 +539,10 @@ class SessionCore:
         if isinstance(operation, Join):
             return self._make_idle(PartnerReason.NEXT, operation.op, operation)
         if isinstance(operation, Leave):
-            return self._make_idle(PartnerReason.LEFT, "leave_queue", None)
+            wanted = operation.match_id
+            if wanted is not None and (self.match is None or self.match.match_id != wanted):
+                return NOTHING  # that match ended while the op waited for its turn
+            return self._make_idle(operation.reason, operation.op, None)
         match = self.match
         if match is None:
             text = "you have no partner to report"
@@ -512,6 +565,13 @@ class SessionCore:
         if ended is not None:
             self._forget(ended.match_id)
             effects.append(AnnounceEnd(ended, call.reason, call.op))
+            if call.reason is PartnerReason.LOST:
+                # Nobody chose this end: the next way into the queue is free,
+                # and a client that went silent hears why when it comes back.
+                self._rejoin_free = True
+                if call.op is None:
+                    lost = protocol.PartnerDisconnected(PartnerReason.LOST)
+                    effects.append(protocol.server_frame(lost))
         then = call.then
         if isinstance(then, Join):
             self.prefs = then.prefs  # next reuses the wish the client last asked for
@@ -578,6 +638,10 @@ class SessionCore:
             match.mode,
             match.common_interests,
         )
+        if self._beats and not self._watching:
+            self._watching = True
+            watch = Watch(self._rules.lost_after_s)
+            return (_DISARM, watch, protocol.server_frame(found))
         return (_DISARM, protocol.server_frame(found))
 
     def _ended(self, match_id: str, reason: PartnerReason) -> Effects:
@@ -742,6 +806,8 @@ _RULES: Final[dict[type, Callable[[SessionCore, Any, float], Effects]]] = {
     protocol.Report: SessionCore._report,
     protocol.Disconnect: SessionCore._disconnect,
     protocol.CallOutcome: SessionCore._call_outcome,
+    protocol.Alive: SessionCore._alive,
+    protocol.PeerLost: SessionCore._peer_lost,
 }
 assert set(_RULES) | set(_RELAYED) == set(protocol.OP_OF), "an op without a rule"
 assert not set(_RULES) & set(_RELAYED), "a relayed op with a rule of its own"

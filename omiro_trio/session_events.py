@@ -67,6 +67,14 @@ class Arm:
 
 
 @dataclass(frozen=True, slots=True)
+class Watch:
+    """Run the liveness timer: fire ``WatchFired`` after ``after_s`` (replacing any
+    other); None: run none."""
+
+    after_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Close:
     """End the session's socket with ``code``.
 
@@ -126,6 +134,7 @@ Immediate = (
     str
     | bytes
     | Arm
+    | Watch
     | Close
     | CountError
     | CountCall
@@ -149,7 +158,14 @@ class Join:
 
 @dataclass(frozen=True, slots=True)
 class Leave:
-    """Become idle: stop searching, or end the match."""
+    """Become idle: stop searching, or end the match (the partner hears ``reason``).
+
+    ``match_id``: only if this is still the current match (``peer_lost``).
+    """
+
+    reason: PartnerReason = PartnerReason.LEFT
+    op: str = "leave_queue"
+    match_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +353,11 @@ class TimerFired:
 
 
 @dataclass(frozen=True, slots=True)
+class WatchFired:
+    """The liveness timer fired (the hub holds the session's lock)."""
+
+
+@dataclass(frozen=True, slots=True)
 class CloseAsked:
     """Something outside the core ends the session (a ban, the engine, a drain, a bug)."""
 
@@ -456,6 +477,7 @@ Event = (
     | MatchFormed
     | MatchEnded
     | TimerFired
+    | WatchFired
     | CloseAsked
     | Banned
     | Started

@@ -50,6 +50,8 @@ DESIGN_DEFAULTS: dict[str, dict[str, Any]] = {
         "drain_grace_s": 10,
         # Added after DESIGN.md: what server_draining tells clients.
         "reconnect_after_ms": 1000,
+        # Issue 23: the liveness bound of a call.
+        "lost_after_s": 15.0,
     },
     "session": {"secret": "", "token_ttl_s": 600},
     "backend": {"kind": "memory"},

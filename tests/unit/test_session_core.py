@@ -21,6 +21,7 @@ from typing import Any, get_args
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -75,6 +76,8 @@ from omiro_trio.session_events import (
     SkipCounted,
     Started,
     TimerFired,
+    Watch,
+    WatchFired,
     Widen,
     WidenWait,
 )
@@ -108,6 +111,8 @@ OPS: dict[str, str] = {
     "report": frame("report", {"reason": "spam"}),
     "call_outcome": frame("call_outcome", {"match_id": "m1", "outcome": "failed"}),
     "camera_kind": frame("camera_kind", {"kind": "virtual"}),
+    "alive": frame("alive"),
+    "peer_lost": frame("peer_lost", {"match_id": "m1"}),
 }
 RELAYED_OPS = ("chat", "typing", "webrtc_offer", "webrtc_answer", "ice_candidate", "camera_kind")
 
@@ -175,6 +180,12 @@ class Timers:
         else:
             self._world.timers[self._id] = (self._world.now + widen.delay_s, widen)
 
+    def watch(self, after_s: float | None) -> None:
+        if after_s is None:
+            self._world.watches.pop(self._id, None)
+        else:
+            self._world.watches[self._id] = self._world.now + after_s
+
 
 class World:
     """Session cores, the hub and the memory backend, pumped the way connections pump them."""
@@ -187,6 +198,7 @@ class World:
         self.sessions: dict[str, Session] = {}
         self.clients: dict[str, Client] = {}
         self.timers: dict[str, tuple[float, Widen]] = {}
+        self.watches: dict[str, float] = {}  # the liveness timers: when each is due
         self.gone: set[str] = set()  # detached: closed and told the partner
         self.delivered: list[tuple[str, str]] = []  # (receiver, match_id)
 
@@ -273,6 +285,12 @@ class World:
             if due <= self.now and self.timers.get(session_id) == (due, widen):
                 del self.timers[session_id]
                 trio.run(self.hub.widen, self.sessions[session_id], widen)
+        for session_id, due in sorted(self.watches.items()):
+            if due <= self.now and self.watches.get(session_id) == due:
+                del self.watches[session_id]
+                clock = trio.testing.MockClock()  # the hub reads trio's clock: the world's time
+                clock.jump(self.now)
+                trio.run(self.hub.watch_fired, self.sessions[session_id], clock=clock)
         self.reap()
 
 
@@ -511,6 +529,16 @@ def test_every_op_in_every_state(state: State, op: str) -> None:
         assert effects == (ReportPartner("spam"),)
         started = core.handle(Started(ReportPartner("spam")), world.now)
         assert (started == (BlockPartner("b", "spam"),)) == (state == "matched")
+    elif op == "alive":
+        assert decoded(effects[0]) == {"op": "alive", "data": {}}
+        watch = (Watch(RULES.lost_after_s),) if state == "matched" else ()
+        assert effects[1:] == watch
+    elif op == "peer_lost":  # "m1" is a's match only when it was matched
+        if state == "matched":
+            assert effects == (Leave(PartnerReason.LOST, "peer_lost", "m1"),)
+        else:
+            (reply,) = effects
+            assert decoded(reply)["data"]["code"] == ErrorCode.NOT_MATCHED
     elif op == "call_outcome":  # "m1" is a's match only when it was matched
         if state == "matched":
             assert effects == (CountCall("failed", None, None),)
@@ -622,6 +650,141 @@ def test_call_outcome_for_a_text_match_or_a_forgotten_one_is_refused() -> None:
 
 
 # -- rate and error thresholds -------------------------------------------------
+
+
+# -- liveness (issue 23) -------------------------------------------------------
+
+LOST_S = RULES.lost_after_s
+
+
+def beating_pair(world: World) -> Match:
+    """Match "a" with "b", both beating (they sent ``alive``)."""
+    world.connect("a")
+    world.connect("b")
+    world.op("a", "alive")
+    world.op("b", "alive")
+    assert world.watches == {}  # not matched yet: nothing to watch
+    world.op("a", "join_queue")
+    world.op("b", "join_queue")
+    match = world.cores["a"].match
+    assert match is not None
+    assert set(world.watches) == {"a", "b"}
+    return match
+
+
+@pytest.mark.rule("protocol/liveness-op")
+def test_alive_is_answered_and_arms_the_watch_only_while_matched() -> None:
+    world = World()
+    world.connect("a")
+    world.op("a", "alive")
+    assert world.last("a") == {"op": "alive", "data": {}}
+    assert world.watches == {}
+    world.connect("b")
+    world.op("a", "join_queue")
+    world.op("b", "join_queue")
+    assert world.watches == {"a": LOST_S}  # b never beat: its silence is not watched
+    # A second beat while watched does not restart the timer.
+    world.advance(1.0)
+    assert world.op("a", "alive")[1:] == ()
+
+
+@pytest.mark.rule("protocol/liveness-op")
+def test_a_silent_beating_client_loses_its_match_at_the_bound_not_before() -> None:
+    world = World()
+    match = beating_pair(world)
+    # b keeps beating, a goes silent.
+    while world.now + 2.5 < LOST_S:
+        world.advance(2.5)
+        world.op("b", "alive")
+    world.advance(LOST_S - world.now - 0.001)
+    assert world.cores["a"].match is match  # 15 s have not passed since a's last frame
+    world.advance(0.001)
+    assert world.cores["a"].match is None
+    assert world.cores["b"].match is None
+    assert match.match_id in world.ended_matches
+    lost = {"op": "partner_disconnected", "data": {"reason": "lost"}}
+    assert world.last("b") == lost  # told within the bound, not after the idle timeout
+    assert world.last("a") == lost  # the silent side hears it when its network comes back
+    # Nobody chose this end: each side's next way in spends no skip.
+    assert world.op("a", "join_queue") == (Join(DEFAULTS, "join_queue"),)
+    assert world.op("b", "join_queue") == (Join(DEFAULTS, "join_queue"),)
+
+
+@pytest.mark.rule("protocol/liveness-op")
+def test_every_frame_counts_as_life_and_the_watch_waits_for_the_rest() -> None:
+    world = World()
+    match = beating_pair(world)
+    world.advance(LOST_S - 1.0)
+    world.op("a", "chat")  # not a beat, but life all the same
+    world.op("b", "alive")
+    world.advance(1.0)  # the timer fires: a spoke 1 s ago
+    assert world.watches == {"a": world.now + LOST_S - 1.0, "b": world.now + LOST_S - 1.0}
+    assert world.cores["a"].match is match
+    world.advance(LOST_S - 1.0)
+    assert world.cores["a"].match is None
+    assert world.last("b")["data"] == {"reason": "lost"}
+
+
+def test_pings_and_pongs_count_as_life() -> None:
+    world = World()
+    match = beating_pair(world)
+    world.advance(LOST_S - 1.0)
+    core = world.cores["a"]
+    assert core.handle(Controls(1), world.now) == ()
+    world.op("b", "alive")
+    world.advance(1.0)
+    assert core.match is match
+
+
+def test_a_client_that_never_beats_is_never_lost() -> None:
+    world = World()
+    match = pair(world)
+    world.advance(10 * LOST_S)
+    assert world.watches == {}
+    assert world.cores["a"].match is match
+
+
+def test_a_watch_after_the_match_ended_does_nothing() -> None:
+    world = World()
+    beating_pair(world)
+    world.op("a", "leave_queue")
+    assert world.last("b")["data"] == {"reason": "left"}
+    world.advance(LOST_S)  # both timers fire; nobody is matched
+    assert world.ops("b")[-1] == "partner_disconnected"
+    assert world.cores["a"].handle(WatchFired(), world.now) == ()
+
+
+@pytest.mark.rule("protocol/liveness-op")
+def test_peer_lost_ends_the_match_as_lost_and_the_next_way_in_is_free() -> None:
+    world = World()
+    match = pair(world)
+    sent = len(world.sent("a"))
+    assert world.op("a", "peer_lost", {"match_id": match.match_id}) == (
+        Leave(PartnerReason.LOST, "peer_lost", match.match_id),
+    )
+    assert world.last("b") == {"op": "partner_disconnected", "data": {"reason": "lost"}}
+    assert len(world.sent("a")) == sent  # it asked: it is told nothing more
+    assert world.cores["a"].state == "idle"
+    assert world.op("a", "join_queue") == (Join(DEFAULTS, "join_queue"),)
+    assert world.op("b", "join_queue") == (Join(DEFAULTS, "join_queue"),)
+
+
+@pytest.mark.rule("protocol/liveness-op")
+def test_peer_lost_for_another_match_is_refused_and_ends_nothing() -> None:
+    world = World()
+    match = pair(world)
+    (reply,) = world.op("a", "peer_lost", {"match_id": "m-old"})
+    assert decoded(reply)["data"] == {
+        "code": "not_matched",
+        "message": "that is not your current match",
+        "op": "peer_lost",
+    }
+    assert world.cores["b"].match is match
+    # A peer_lost that waited for its turn while the match ended and another formed.
+    core = world.cores["a"]
+    stale = Leave(PartnerReason.LOST, "peer_lost", "m-old")
+    assert core.handle(Started(stale), world.now) == ()
+    assert core.match is match
 
 
 def test_the_burst_passes_then_refusals_then_4029() -> None:
