@@ -713,7 +713,7 @@ class Hello(ServerMessage, frozen=True):
     ice_servers: list[dict[str, Any]]
     ice_transport_policy: str
     limits: HelloLimits
-    liveness: HelloLiveness = HelloLiveness(2500, 5000, 15000)
+    liveness: HelloLiveness = HelloLiveness(2500, 3750, 15000)
 
 
 class AliveAnswer(ServerMessage, frozen=True):

@@ -216,7 +216,7 @@ class SessionRules:
     def liveness(self) -> protocol.HelloLiveness:
         """What ``hello`` tells clients of the liveness bounds."""
         lost_ms = round(self.lost_after_s * 1000)
-        return protocol.HelloLiveness(lost_ms // 6, lost_ms // 3, lost_ms)
+        return protocol.HelloLiveness(lost_ms // 6, lost_ms // 4, lost_ms)
 
 
 _DEFAULT_RULES: Final = SessionRules()

@@ -28,6 +28,7 @@ import { InterestsField } from "./interests.js";
 import { SafetyNotice } from "./notice.js";
 import { TEXT as SAFETY_TEXT, SafetySettings, Veil, cameraKind } from "./safety.js";
 import { BlankVideoWatch } from "./blank-video.js";
+import { TEXT as LINK_TEXT, MediaWatch } from "./liveness.js";
 
 const STATS_POLL_MS = 15_000;
 const QUALITY_POLL_MS = 2_000;
@@ -115,6 +116,9 @@ let filter = null; // the NudityFilter, once loaded
 let filterState = "off"; // off, loading, ready, error
 let ownCamera = { kind: "none", name: null };
 let ownCameraTold = false; // the user heard once that their camera is a virtual one
+let mediaWatch = null; // the MediaWatch of the current call
+const unstableLinks = new Set(); // what is silent right now: "media", "server"
+let connectedText = ""; // the status line of the current match, for when the link steadies
 const stateLog = [];
 const reconnects = []; // {reason, delayMs} of every scheduled reconnection
 
@@ -459,6 +463,19 @@ function beginCall(shouldCall) {
   call.addEventListener("state", ({ detail }) => {
     if (call === thisCall && detail.state === "connected") blankWatch.start();
   });
+  mediaWatch = new MediaWatch(call.pc, signaling.liveness);
+  const thisWatch = mediaWatch;
+  mediaWatch.addEventListener("unstable", () => {
+    if (mediaWatch !== thisWatch) return;
+    thisCall.restartIce(); // whichever side notices first; perfect negotiation settles glare
+    linkUnstable("media");
+  });
+  mediaWatch.addEventListener("steady", () => {
+    if (mediaWatch === thisWatch) linkSteady("media");
+  });
+  mediaWatch.addEventListener("lost", () => {
+    if (mediaWatch === thisWatch) callLost();
+  });
   ui.body.dataset.call = "new";
   ui.body.dataset.media = "pending";
   ui.overlayCaption.textContent = "Connecting video…";
@@ -549,8 +566,49 @@ function playRemote() {
   });
 }
 
+// ------------------------------------------------------------ liveness
+
+/** Something of the link went silent: say so (once), keep the call. */
+function linkUnstable(what) {
+  const before = unstableLinks.size;
+  unstableLinks.add(what);
+  if (before > 0 || state !== "connected") return;
+  ui.body.dataset.link = "unstable";
+  setState("connected", LINK_TEXT.unstable);
+  if (call) ui.overlayCaption.textContent = LINK_TEXT.unstableCaption;
+}
+
+function linkSteady(what) {
+  if (!unstableLinks.delete(what) || unstableLinks.size > 0) return;
+  delete ui.body.dataset.link;
+  if (state === "connected") setState("connected", connectedText);
+}
+
+function forgetLink() {
+  unstableLinks.clear();
+  delete ui.body.dataset.link;
+}
+
+/** Nothing came from the stranger for the whole bound: end the call and say why. */
+function callLost() {
+  if (!match) return;
+  const own = signaling.unstable; // our side went silent, not theirs
+  chat.addSystem(own ? LINK_TEXT.ownLost : LINK_TEXT.callLost, "warn");
+  signaling.send("peer_lost", { match_id: match.id });
+  lastPartner = match.partner;
+  endCall();
+  flasher.notify("Connection lost");
+  if (!searching) return;
+  partnerLeft = false;
+  setState("waiting", waitingText());
+  joinQueue(); // the server spends no skip on it: nobody chose this end
+}
+
 function endCall() {
   match = null;
+  mediaWatch?.stop();
+  mediaWatch = null;
+  forgetLink();
   typing.reset();
   chat.showTyping(false);
   clearInterval(qualityTimer);
@@ -636,14 +694,12 @@ const handlers = {
       );
     }
     if (common.length) chat.addSystem(`You both like ${listText(common)}.`, "good");
-    setState(
-      "connected",
-      same
-        ? "You're back with the same stranger · no one else is here right now"
-        : common.length
-          ? `You're talking with a stranger · you both like ${listText(common)}`
-          : "You're talking with a stranger",
-    );
+    connectedText = same
+      ? "You're back with the same stranger · no one else is here right now"
+      : common.length
+        ? `You're talking with a stranger · you both like ${listText(common)}`
+        : "You're talking with a stranger";
+    setState("connected", connectedText);
     if (mode === "video" && media.stream) {
       signaling.send("camera_kind", { kind: ownCamera.kind });
       if (ownCamera.kind === "virtual" && !ownCameraTold) {
@@ -667,7 +723,11 @@ const handlers = {
           ? "Stranger's connection timed out."
           : reason === "reported"
             ? "The chat was ended."
-            : "Stranger has disconnected.",
+            : reason === "lost"
+              ? signaling.unstable
+                ? LINK_TEXT.ownLost
+                : LINK_TEXT.partnerLost
+              : "Stranger has disconnected.",
       "warn",
     );
     lastPartner = match.partner;
@@ -716,6 +776,7 @@ const handlers = {
         // Our `next` crossed the partner's: we are out of the match but not
         // queued, so queue now.
         if (data.op === "next" && searching && !match) joinQueue();
+        // (A peer_lost that crossed the match's end elsewhere needs nothing.)
         break;
       case ErrorCode.MESSAGE_TOO_LONG:
         chat.addSystem(`That message is too long (at most ${chat.maxLength} characters).`, "warn");
@@ -762,7 +823,12 @@ signaling.addEventListener("ready", ({ detail: { hello } }) => {
 
 signaling.addEventListener("reconnecting", ({ detail: { reason, delayMs } }) => {
   reconnects.push({ reason, delayMs });
-  if (match) chat.addSystem("Lost the connection to the server; this chat has ended.", "warn");
+  if (match) {
+    const text =
+      reason === "silent" ? LINK_TEXT.ownLost : "Lost the connection to the server; this chat has ended.";
+    chat.addSystem(text, "warn");
+    lastPartner = match.partner;
+  }
   endCall();
   partnerLeft = false;
   if (!searching) return;
@@ -786,6 +852,9 @@ signaling.addEventListener("reconnecting", ({ detail: { reason, delayMs } }) => 
     ui.noticeCountdown.textContent = left > 0 ? `Trying again in ${left} s…` : "Reconnecting…";
   });
 });
+
+signaling.addEventListener("unstable", () => linkUnstable("server"));
+signaling.addEventListener("steady", () => linkSteady("server"));
 
 signaling.addEventListener("banned", ({ detail: { message, until } }) => {
   searching = false;
@@ -979,6 +1048,10 @@ window.omiro = Object.freeze({
   },
   get quality() {
     return lastQuality;
+  },
+  /** The liveness watches: what is silent now ("media", "server"), the media watch's state. */
+  get link() {
+    return { unstable: [...unstableLinks], media: mediaWatch?.state ?? null };
   },
   get prefs() {
     return prefs;

@@ -39,7 +39,7 @@ async def test_a_silent_beating_client_is_reported_lost_within_the_bound(
     await silent.send("alive")
     await silent.send("join_queue")
     partner = await server.connect()
-    assert partner.hello["liveness"] == {"alive_ms": 2500, "unstable_ms": 5000, "lost_ms": 15000}
+    assert partner.hello["liveness"] == {"alive_ms": 2500, "unstable_ms": 3750, "lost_ms": 15000}
     await partner.send("alive")
     assert await partner.expect("alive") == {}
     await partner.send("join_queue")
