@@ -47,6 +47,7 @@ import contextlib
 import ipaddress
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Final, Protocol, assert_never
 
@@ -55,7 +56,7 @@ import trio
 from omiro_trio import bus
 from omiro_trio.addresses import group_in_networks
 from omiro_trio.backends.base import Backend, Ban, Ended, LocalView, ReportRecord
-from omiro_trio.codes import CloseCode, PartnerReason
+from omiro_trio.codes import CloseCode, ErrorCode, PartnerReason
 from omiro_trio.errors import BackendUnavailable, SessionElsewhere
 from omiro_trio.matchmaking import Match, Preferences
 from omiro_trio.metrics import Metrics
@@ -64,6 +65,7 @@ from omiro_trio.reports import ReportDesk, ReportPolicy
 from omiro_trio.resync import SYNC_INTERVAL_S as SYNC_INTERVAL_S  # the cluster tests plan by it
 from omiro_trio.resync import SYNC_RETRY_S as SYNC_RETRY_S
 from omiro_trio.resync import SyncRequests
+from omiro_trio.seats import Hold, Pair, Seats
 from omiro_trio.session_core import SessionCore
 from omiro_trio.session_events import (
     AnnounceEnd,
@@ -72,6 +74,7 @@ from omiro_trio.session_events import (
     Banned,
     Blocked,
     BlockPartner,
+    ClaimSeat,
     Close,
     CloseAsked,
     CountCall,
@@ -89,6 +92,7 @@ from omiro_trio.session_events import (
     Event,
     Filed,
     FileReport,
+    GiveUpSeat,
     Immediate,
     Join,
     Leave,
@@ -104,10 +108,14 @@ from omiro_trio.session_events import (
     Released,
     ReleaseLater,
     ReportPartner,
+    Resumed,
+    SeatHeld,
+    SeatRefused,
     SkipCounted,
     Started,
     SyncNow,
     SyncSoon,
+    TakeSeat,
     TimerFired,
     Unavailable,
     Watch,
@@ -215,6 +223,7 @@ class Hub:
         reports: how reports are limited and when they ban.
         nexts_per_minute: the skips a session may spend a minute.
         wall: unix time, for reports and bans.
+        seats: the seats of matches being resumed (``seats.py``).
     """
 
     def __init__(
@@ -225,6 +234,7 @@ class Hub:
         reports: ReportPolicy | None = None,
         nexts_per_minute: int = 30,
         wall: Callable[[], float] = time.time,
+        seats: Seats | None = None,
     ):
         self.backend = backend
         self.metrics = metrics
@@ -235,6 +245,7 @@ class Hub:
             backend, metrics, reports or ReportPolicy(), close_banned=self.close_banned
         )
         self._nexts_per_minute = nexts_per_minute
+        self.seats = seats or Seats(grace_s=30.0, keep_s=7200.0)
         self._wall = wall
         # Metric children looked up once, not per relayed frame.
         self._relayed = {op: metrics.relayed.labels(op) for op in OP_NAMES.values()}
@@ -478,6 +489,11 @@ class Hub:
                     await self._operate(session, effect)
                 case ReportPartner():
                     await self.report(session, effect.reason)
+                case TakeSeat():
+                    await self._operate(session, effect)
+                case ClaimSeat():
+                    answer = await self._claim_seat(session, effect, now)
+                    await self._chain(session, session.core.handle(answer, now), now)
                 case AnnounceMatch():
                     await self._announce_match(session.id, effect.match)
                 case AnnounceEnd():
@@ -508,6 +524,7 @@ class Hub:
                     | SyncNow()
                     | SyncSoon()
                     | ReleaseLater()
+                    | GiveUpSeat()
                 ):
                     self._do(session, effect, now)
                 case _:
@@ -627,6 +644,8 @@ class Hub:
                 self.sync.look_again_soon()
             case ReleaseLater():
                 self.sync.release_later(session.id)
+            case GiveUpSeat():
+                self.seats.give_up(effect.match_id, session.id, now)
             case _:
                 assert_never(effect)
 
@@ -647,6 +666,51 @@ class Hub:
                 raise AssertionError(f"news for {session.id} asked for {effect!r}")
             else:
                 self._do(session, effect, now)
+
+    # -- resuming ----------------------------------------------------------
+
+    async def _claim_seat(self, session: Session, call: ClaimSeat, now: float) -> Event:
+        """Claim the seat ``call.ticket`` names for ``session`` (whose lock is held).
+
+        The partner's seat held here by another session: the two are paired
+        in a new match with the same roles, put in the shared state
+        (``Backend.sync`` puts back a match both sides hold), and the partner
+        is told at once. Else the seat is held for the grace, or refused.
+        """
+        ticket = call.ticket
+        for old in (ticket.caller, ticket.callee):
+            held = self.sessions.get(old)
+            going_on = held is not None and held.match is not None
+            if going_on and held.match.match_id == ticket.match_id:  # type: ignore[union-attr]
+                return SeatRefused(call, ErrorCode.TICKET_USED, "that match is still going on")
+        verdict = self.seats.claim(ticket, session.id, now)
+        if isinstance(verdict, Hold):
+            return SeatHeld(call, verdict.grace_s)
+        if not isinstance(verdict, Pair):
+            return SeatRefused(call, verdict.code, verdict.text)
+        partner = self.sessions.get(verdict.partner)
+        if partner is None:  # (its socket's end gave the seat up; never here)
+            self.seats.unpair(ticket.match_id, session.id)
+            return SeatRefused(call, ErrorCode.MATCH_OVER, "your partner is gone")
+        async with partner.lock:
+            caller, callee = (session, partner) if ticket.seat == "caller" else (partner, session)
+            server = self.backend.server_id
+            match = Match(uuid.uuid4().hex, caller.id, callee.id, ticket.mode, (), (server, server))
+            views = [LocalView(s.id, s.ip, match) for s in (caller, callee)]
+            try:
+                shared = await self.backend.sync(views)
+            except BackendUnavailable:
+                self.seats.unpair(ticket.match_id, session.id)
+                text = "the service is briefly unavailable; try again"
+                return SeatRefused(call, ErrorCode.UNAVAILABLE, text)
+            if (
+                any(view.match != match for view in shared)
+                or self.sessions.get(partner.id) is not partner
+            ):
+                self.seats.unpair(ticket.match_id, session.id)
+                return SeatRefused(call, ErrorCode.MATCH_OVER, "your partner moved on")
+            self.tell(partner, Resumed(match, ticket.match_id))
+        return Resumed(match, ticket.match_id)
 
     # -- delivery --------------------------------------------------------
 
@@ -674,6 +738,7 @@ class Hub:
         Raises:
             BackendUnavailable: the partner's server could not be told.
         """
+        self.seats.ended(match.match_id, trio.current_time())
         partner_id = match.partner_of(session_id)
         if self.tell_partner(partner_id, MatchEnded(match.match_id, reason)):
             return
@@ -684,6 +749,8 @@ class Hub:
 _FRAME: Final = (str, bytes)
 _AWAITED: Final = (
     Relay,
+    TakeSeat,
+    ClaimSeat,
     Join,
     Leave,
     ReportPartner,

@@ -8,7 +8,7 @@ behalf is a ``ServerMessage`` Struct rendered by ``server_frame``.
 
 Invariants:
 
-* ``parse_client_frame`` returns exactly one of the fourteen ``ClientMessage``
+* ``parse_client_frame`` returns exactly one of the fifteen ``ClientMessage``
   classes or raises ``ProtocolViolation``; no other exception escapes it, for
   any ``str`` or ``bytes`` input (a property test holds it to that).
 * A returned message is already valid and normalised: ``Chat.message`` is
@@ -82,6 +82,9 @@ __all__ = [
     "PeerLost",
     "Queued",
     "Report",
+    "Resume",
+    "Resumed",
+    "Resuming",
     "ServerDraining",
     "ServerMessage",
     "Typing",
@@ -198,6 +201,12 @@ class PeerLost(msgspec.Struct, frozen=True, gc=False):
     match_id: str
 
 
+class Resume(msgspec.Struct, frozen=True, gc=False):
+    """Take back this client's seat in the match its ``ticket`` names (after a reconnect)."""
+
+    ticket: str
+
+
 class CallOutcome(msgspec.Struct, frozen=True, gc=False):
     """How this side's call of one match went, for the call-success metric.
 
@@ -226,6 +235,7 @@ ClientMessage = (
     | CallOutcome
     | Alive
     | PeerLost
+    | Resume
 )
 
 # -- parsing ---------------------------------------------------------------------------
@@ -436,6 +446,17 @@ def _parse_peer_lost(raw: msgspec.Raw, limits: Limits) -> PeerLost:
     return message
 
 
+MAX_TICKET_LENGTH: Final = 512
+_RESUME_DECODER: Final = _decoder_or_none(Resume)
+
+
+def _parse_resume(raw: msgspec.Raw, limits: Limits) -> Resume:
+    message = _require(_RESUME_DECODER.decode(raw), "ticket", "resume")
+    if not 1 <= len(message.ticket) <= MAX_TICKET_LENGTH:
+        raise _bad("resume", f"data.ticket must be 1 to {MAX_TICKET_LENGTH} characters long")
+    return message
+
+
 # -- the ops --------------------------------------------------------------------------
 
 _M = TypeVar("_M", bound=ClientMessage)
@@ -528,6 +549,7 @@ OPS: Final[tuple[Op[Any], ...]] = (
     Op("call_outcome", CallOutcome, _parse_call_outcome),
     Op("alive", Alive, _parse_alive),
     Op("peer_lost", PeerLost, _parse_peer_lost),
+    Op("resume", Resume, _parse_resume),
 )
 """Every client op, once: adding an op is a row here (and, unless it is
 relayed, a rule in ``session_core``)."""
@@ -728,13 +750,33 @@ class Queued(ServerMessage, frozen=True):
     interests: tuple[str, ...]
 
 
-class MatchFound(ServerMessage, frozen=True):
+class MatchFound(ServerMessage, frozen=True, omit_defaults=True):
     op: ClassVar[str] = "match_found"
     partner: str
     match_id: str
     should_call: bool
     mode: str
     common_interests: tuple[str, ...]
+    ticket: str | None = None  # this side's match ticket (absent when the server signs none)
+
+
+class Resumed(ServerMessage, frozen=True, omit_defaults=True):
+    """Both seats of a ticket's match came back: the match goes on (under a new id)."""
+
+    op: ClassVar[str] = "resumed"
+    partner: str
+    match_id: str
+    should_call: bool
+    mode: str
+    resumed_from: str  # the match id the tickets named
+    ticket: str | None = None
+
+
+class Resuming(ServerMessage, frozen=True):
+    """The seat is held: waiting up to ``grace_ms`` for the partner to come back."""
+
+    op: ClassVar[str] = "resuming"
+    grace_ms: int
 
 
 class PartnerDisconnected(ServerMessage, frozen=True):

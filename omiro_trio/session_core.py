@@ -20,6 +20,12 @@ State (``state``) and its transitions, all in this module:
   the end arrives, and relays for it still reach the client.
 * ``matched``: ``match`` is the current match. Its end makes it ``idle``;
   another match replaces it.
+* ``resuming``: the client took back its seat in a match with its ticket
+  (``resume``) and the partner's seat is still empty: it waits up to
+  ``resume_grace_s``. The partner's return makes it ``matched`` (the same
+  roles, a new match id); the grace passing, a way into the queue, a leave
+  or the socket's end make it ``idle`` (the seat is freed, and the client
+  hears ``partner_disconnected`` ``left`` when the grace passed).
 * ``closing``: terminal. Entered by the first close (the client's
   ``disconnect``, a limit, or ``CloseAsked``); the first close code wins. A
   closing session's match is still kept up to date, because the shell tells
@@ -68,6 +74,7 @@ this session holds and follows ``reconcile.TABLE``.
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -77,7 +84,7 @@ from omiro_trio import protocol
 from omiro_trio.backends.base import LocalView, SharedView
 from omiro_trio.budgets import Budget
 from omiro_trio.codes import CloseCode, ErrorCode, PartnerReason
-from omiro_trio.errors import ProtocolViolation
+from omiro_trio.errors import InvalidTicket, ProtocolViolation
 from omiro_trio.matchmaking import Match, Preferences, Waiting
 from omiro_trio.reconcile import Local, Shared, Step, View, reconcile
 from omiro_trio.session_events import (
@@ -88,6 +95,7 @@ from omiro_trio.session_events import (
     Banned,
     Blocked,
     BlockPartner,
+    ClaimSeat,
     Close,
     CloseAsked,
     Controls,
@@ -106,6 +114,7 @@ from omiro_trio.session_events import (
     Event,
     Filed,
     FileReport,
+    GiveUpSeat,
     Join,
     Leave,
     MadeIdle,
@@ -119,12 +128,16 @@ from omiro_trio.session_events import (
     Released,
     ReleaseLater,
     ReportPartner,
+    Resumed,
     Said,
+    SeatHeld,
+    SeatRefused,
     SkipCounted,
     Started,
     Synced,
     SyncNow,
     SyncSoon,
+    TakeSeat,
     TimerFired,
     Unavailable,
     Watch,
@@ -133,8 +146,9 @@ from omiro_trio.session_events import (
     Widened,
     WidenWait,
 )
+from omiro_trio.tokens import TicketSigner
 
-State = Literal["idle", "waiting", "matched", "closing"]
+State = Literal["idle", "waiting", "matched", "resuming", "closing"]
 """Where a session is (see the module's docstring for the transitions)."""
 
 TRANSCRIPT_LINES: Final = 20
@@ -212,6 +226,9 @@ class SessionRules:
     rates: Rates = field(default_factory=Rates)
     reconnect_after_ms: int = 1000
     lost_after_s: float = 15.0
+    tickets: TicketSigner | None = None  # None: no tickets are given, none resumed
+    wall: Callable[[], float] = time.time  # unix time, for tickets' expiry (injected)
+    resume_grace_s: float = 30.0
 
     def liveness(self) -> protocol.HelloLiveness:
         """What ``hello`` tells clients of the liveness bounds."""
@@ -260,6 +277,7 @@ class SessionCore:
         "_heard",
         "_rejoin_free",
         "_rules",
+        "_seat",
         "_suspect",
         "_violations",
         "_watching",
@@ -306,6 +324,7 @@ class SessionCore:
         self._heard = now  # when the client last sent anything (a frame, a ping, a pong)
         self._beats = False  # the client sent ``alive``: its silence while matched is noticed
         self._watching = False  # the liveness timer runs
+        self._seat: str | None = None  # the match whose seat this session holds, resuming
 
     # -- the two verbs -------------------------------------------------------
 
@@ -395,6 +414,22 @@ class SessionCore:
                 return self._unavailable(event)
             case WatchFired():
                 return self._watch_fired(now)
+            case SeatHeld():
+                if self.state != "idle" or self.match is not None:
+                    return (GiveUpSeat(event.call.ticket.match_id),)  # moved on meanwhile
+                self.state = "resuming"
+                self._seat = event.call.ticket.match_id
+                self._watching = True
+                held = protocol.Resuming(round(event.grace_s * 1000))
+                return (protocol.server_frame(held), Watch(event.grace_s))
+            case SeatRefused():
+                return (
+                    CountError(event.code),
+                    protocol.error_frame(event.code, event.text, "resume"),
+                )
+            case Resumed():
+                self._seat = None
+                return self._matched(event.match, resumed_from=event.resumed_from)
             case Controls():
                 self._heard = now
                 for _ in range(event.count):
@@ -416,11 +451,18 @@ class SessionCore:
             case Detached():
                 self._detached = True
                 self.widen = None
+                if self._seat is not None:
+                    seat, self._seat = self._seat, None
+                    return (_DISARM, GiveUpSeat(seat), _RELEASE)
                 return (_DISARM, _RELEASE)
             case Released():
                 if event.ended is None:
                     return NOTHING
                 self._forget(event.ended.match_id)
+                if self._draining and self.partner_reason is PartnerReason.LEFT:
+                    # The server is going away: the partner is told to reconnect too,
+                    # and both resume the match with their tickets elsewhere.
+                    return NOTHING
                 return (AnnounceEnd(event.ended, self.partner_reason, None),)
             case Synced():
                 return self._synced(event.local, event.shared)
@@ -478,10 +520,33 @@ class SessionCore:
             return (protocol.error_frame(ErrorCode.NOT_MATCHED, text, "peer_lost"),)
         return (Leave(PartnerReason.LOST, "peer_lost", match.match_id),)
 
+    def _resume(self, message: protocol.Resume, now: float) -> Effects:
+        """Take back a seat with a match ticket: only a fresh session, before anything else."""
+        tickets = self._rules.tickets
+        if self.state != "idle" or self.match is not None or tickets is None:
+            text = (
+                "this server resumes no matches"
+                if tickets is None
+                else "resume only a session that is idle (before join_queue)"
+            )
+            return (protocol.error_frame(ErrorCode.BAD_REQUEST, text, "resume"),)
+        try:
+            ticket = tickets.verify(message.ticket, self._rules.wall())
+        except InvalidTicket as exc:
+            return (CountError(exc.code), protocol.error_frame(exc.code, exc.message, "resume"))
+        return (TakeSeat(ticket),)
+
     def _watch_fired(self, now: float) -> Effects:
         """The liveness timer: a matched client that beats and went silent for the bound has
         lost its partner (and the partner it): the match ends as ``lost`` for both."""
         self._watching = False
+        if self.state == "resuming" and self._seat is not None:
+            # The grace passed and the partner's seat stayed empty: the partner left.
+            seat, self._seat = self._seat, None
+            self.state = "idle"
+            self._rejoin_free = True
+            left = protocol.PartnerDisconnected(PartnerReason.LEFT)
+            return (GiveUpSeat(seat), protocol.server_frame(left))
         if self.match is None or self.close_code is not None or not self._beats:
             return NOTHING
         silent = now - self._heard
@@ -536,6 +601,11 @@ class SessionCore:
 
     def _start(self, started: Started) -> Effects:
         operation = started.operation
+        if isinstance(operation, TakeSeat):
+            if self.state != "idle" or self.match is not None:
+                text = "resume only a session that is idle (before join_queue)"
+                return (protocol.error_frame(ErrorCode.BAD_REQUEST, text, "resume"),)
+            return (ClaimSeat(operation.ticket),)
         if isinstance(operation, Join):
             return self._make_idle(PartnerReason.NEXT, operation.op, operation)
         if isinstance(operation, Leave):
@@ -556,6 +626,10 @@ class SessionCore:
         self.widen = None
         if self.state == "waiting":
             self.state = "idle"
+        if self._seat is not None:  # it no longer waits for its partner to come back
+            seat, self._seat = self._seat, None
+            self.state = "idle"
+            return (_DISARM, GiveUpSeat(seat), MakeIdle(reason, op, then))
         return (_DISARM, MakeIdle(reason, op, then))
 
     def _made_idle(self, call: MakeIdle, ended: Match | None) -> Effects:
@@ -616,8 +690,9 @@ class SessionCore:
         frame reaches it)."""
         return (_COUNT_MATCH, AnnounceMatch(match), *self._matched(match))
 
-    def _matched(self, match: Match) -> Effects:
-        """``match`` formed: ``match_found`` for the client, unless it is stale or known."""
+    def _matched(self, match: Match, resumed_from: str | None = None) -> Effects:
+        """``match`` formed: ``match_found`` for the client, unless it is stale or known
+        (``resumed`` when it is a match resumed from ``resumed_from``)."""
         if match.match_id in self.ended_ids:
             return NOTHING
         current = self.match
@@ -631,13 +706,31 @@ class SessionCore:
         self.match = match
         self._remember(match)
         self.transcript.clear()
-        found = protocol.MatchFound(
-            match.partner_of(self.id),
-            match.match_id,
-            match.should_call(self.id),
-            match.mode,
-            match.common_interests,
-        )
+        tickets = self._rules.tickets
+        ticket = None
+        if tickets is not None:
+            caller, callee = match.caller, match.callee
+            mid, wall = match.match_id, self._rules.wall()
+            try:
+                ticket = tickets.issue(mid, caller, callee, self.id, match.mode, wall)
+            except ValueError:  # an id no ticket can carry: this match cannot be resumed
+                ticket = None
+        partner = match.partner_of(self.id)
+        found: protocol.ServerMessage
+        if resumed_from is None:
+            found = protocol.MatchFound(
+                partner,
+                match.match_id,
+                match.should_call(self.id),
+                match.mode,
+                match.common_interests,
+                ticket,
+            )
+        else:
+            should_call = match.should_call(self.id)
+            found = protocol.Resumed(
+                partner, match.match_id, should_call, match.mode, resumed_from, ticket
+            )
         if self._beats and not self._watching:
             self._watching = True
             watch = Watch(self._rules.lost_after_s)
@@ -808,6 +901,7 @@ _RULES: Final[dict[type, Callable[[SessionCore, Any, float], Effects]]] = {
     protocol.CallOutcome: SessionCore._call_outcome,
     protocol.Alive: SessionCore._alive,
     protocol.PeerLost: SessionCore._peer_lost,
+    protocol.Resume: SessionCore._resume,
 }
 assert set(_RULES) | set(_RELAYED) == set(protocol.OP_OF), "an op without a rule"
 assert not set(_RULES) & set(_RELAYED), "a relayed op with a rule of its own"

@@ -43,6 +43,7 @@ from omiro_trio.backends.base import Delivery, LocalView, SharedView
 from omiro_trio.budgets import Budget
 from omiro_trio.codes import CloseCode, ErrorCode, PartnerReason
 from omiro_trio.matchmaking import Match, Preferences, Waiting
+from omiro_trio.tokens import Ticket
 
 Frame = str | bytes
 """A frame for this session's client (text, or its UTF-8 bytes): the effect "send it"."""
@@ -130,6 +131,13 @@ class ReleaseLater:
     """The detached session could not be released: the resync releases it later."""
 
 
+@dataclass(frozen=True, slots=True)
+class GiveUpSeat:
+    """The session no longer waits to resume ``match_id``: free its seat."""
+
+    match_id: str
+
+
 Immediate = (
     str
     | bytes
@@ -143,6 +151,7 @@ Immediate = (
     | SyncNow
     | SyncSoon
     | ReleaseLater
+    | GiveUpSeat
 )
 
 # -- operations: one at a time per session, under its lock --------------------
@@ -175,7 +184,21 @@ class ReportPartner:
     reason: str
 
 
-Operation = Join | Leave | ReportPartner
+@dataclass(frozen=True, slots=True)
+class TakeSeat:
+    """Take the seat ``ticket`` names: pair with the partner's seat, or hold it."""
+
+    ticket: Ticket
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimSeat:
+    """Ask the server's seats (``seats.py``) for the seat ``ticket`` names."""
+
+    ticket: Ticket
+
+
+Operation = Join | Leave | ReportPartner | TakeSeat
 
 # -- backend calls ------------------------------------------------------------
 
@@ -289,7 +312,7 @@ class AnnounceEnd:
     op: str | None
 
 
-Awaited = Operation | Call | Relay | AnnounceMatch | AnnounceEnd
+Awaited = Operation | Call | Relay | AnnounceMatch | AnnounceEnd | ClaimSeat
 
 Effect = Immediate | Awaited
 Effects = tuple[Effect, ...]
@@ -355,6 +378,31 @@ class TimerFired:
 @dataclass(frozen=True, slots=True)
 class WatchFired:
     """The liveness timer fired (the hub holds the session's lock)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SeatHeld:
+    """The seat is taken; the partner's is empty: wait ``grace_s`` for it."""
+
+    call: ClaimSeat
+    grace_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SeatRefused:
+    """The seat cannot be taken: ``code`` and ``text`` for the client."""
+
+    call: ClaimSeat
+    code: ErrorCode
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """Both seats came back: ``match`` (the same roles, a new id) goes on."""
+
+    match: Match
+    resumed_from: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,6 +526,9 @@ Event = (
     | MatchEnded
     | TimerFired
     | WatchFired
+    | SeatHeld
+    | SeatRefused
+    | Resumed
     | CloseAsked
     | Banned
     | Started

@@ -52,8 +52,9 @@ DESIGN_DEFAULTS: dict[str, dict[str, Any]] = {
         "reconnect_after_ms": 1000,
         # Issue 23: the liveness bound of a call.
         "lost_after_s": 15.0,
+        "resume_grace_s": 30.0,
     },
-    "session": {"secret": "", "token_ttl_s": 600},
+    "session": {"secret": "", "token_ttl_s": 600, "ticket_ttl_s": 7200},
     "backend": {"kind": "memory"},
     "redis": {
         "url": "redis://127.0.0.1:6379/0",

@@ -37,6 +37,7 @@ from omiro_trio.protocol import (
     Next,
     PeerLost,
     Report,
+    Resume,
     Typing,
     WebrtcAnswer,
     WebrtcOffer,
@@ -158,6 +159,7 @@ def test_op_names_cover_every_message_class() -> None:
         CallOutcome,
         Alive,
         PeerLost,
+        Resume,
     }
     assert OP_NAMES[WebrtcOffer] == "webrtc_offer"
     assert OP_NAMES[IceCandidate] == "ice_candidate"
@@ -176,6 +178,7 @@ def test_op_names_round_trip_through_parse(cls: type) -> None:
         CameraKind: {"kind": "none"},
         CallOutcome: {"match_id": "m", "outcome": "failed"},
         PeerLost: {"match_id": "m"},
+        Resume: {"ticket": "t"},
     }
     assert type(parse(frame(OP_NAMES[cls], samples.get(cls, {})))) is cls
 
@@ -828,3 +831,11 @@ def test_parse_peer_lost_needs_a_match_id() -> None:
         assert error.code == "bad_request"
         assert error.op == "peer_lost"
         assert message in error.message
+
+
+@pytest.mark.rule("protocol/op-resume")
+def test_parse_resume_needs_a_bounded_ticket() -> None:
+    assert parse(frame("resume", {"ticket": "abc"})) == Resume("abc")
+    for data in [{}, {"ticket": ""}, {"ticket": "t" * 513}, {"ticket": 5}]:
+        error = violation(frame("resume", data))
+        assert (error.code, error.op) == ("bad_request", "resume")
