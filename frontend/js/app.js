@@ -119,6 +119,10 @@ let ownCameraTold = false; // the user heard once that their camera is a virtual
 let mediaWatch = null; // the MediaWatch of the current call
 const unstableLinks = new Set(); // what is silent right now: "media", "server"
 let connectedText = ""; // the status line of the current match, for when the link steadies
+let resuming = null; // {ticket} while the call waits to take its match back after a reconnect
+let resumeTimer = null;
+let outbox = []; // [{text, item}]: our lines typed while resuming, sent once it is back
+const RESUME_DEADLINE_MS = 60_000; // how long the page waits for its server to come back
 const stateLog = [];
 const reconnects = []; // {reason, delayMs} of every scheduled reconnection
 
@@ -342,11 +346,29 @@ function stop() {
 function sendChat() {
   const text = chat.draft;
   if (!text || !match) return;
-  if (signaling.send("chat", { message: text })) {
-    chat.addMessage("you", text);
+  if (resuming) {
+    // Kept here, marked "Sending…", and sent in order once the match is back.
+    outbox.push({ text, item: chat.addMessage("you", text, "sending") });
+    chat.clearDraft();
+    typing.reset();
+    return;
+  }
+  if (sendLine(text)) {
     chat.clearDraft();
     typing.stop();
   }
+}
+
+/** Send one chat line; it says "Sending…" until the server confirms it took it. */
+function sendLine(text, item = null) {
+  const confirmed = signaling.sendConfirmed("chat", { message: text });
+  if (!confirmed) return false;
+  const line = item ?? chat.addMessage("you", text, "sending");
+  confirmed.then(
+    () => chat.setDelivery(line, "sent"),
+    () => chat.setDelivery(line, "unknown"), // the socket dropped before the server said
+  );
+  return true;
 }
 
 /** Ask for a reason and report; `reason` preselects one (the nudity filter's). */
@@ -604,8 +626,36 @@ function callLost() {
   joinQueue(); // the server spends no skip on it: nobody chose this end
 }
 
+// ------------------------------------------------------------ resuming
+
+/** The signaling socket dropped in a call that has a ticket: keep the call, come back. */
+function startResuming() {
+  if (resuming) return;
+  resuming = { ticket: match.ticket };
+  clearTimeout(resumeTimer);
+  resumeTimer = setTimeout(() => resumeFailed(LINK_TEXT.resumeFailed), RESUME_DEADLINE_MS);
+  unstableLinks.add("server");
+  ui.body.dataset.link = "resuming";
+  setState("connected", LINK_TEXT.resumingServer);
+}
+
+function resumeFailed(text) {
+  if (!resuming || !match) return;
+  chat.addSystem(text, "warn");
+  lastPartner = match.partner;
+  endCall();
+  if (!searching) return;
+  setState("waiting", waitingText());
+  joinQueue();
+}
+
 function endCall() {
   match = null;
+  resuming = null;
+  clearTimeout(resumeTimer);
+  resumeTimer = null;
+  for (const { item } of outbox) chat.setDelivery(item, "failed");
+  outbox = [];
   mediaWatch?.stop();
   mediaWatch = null;
   forgetLink();
@@ -671,6 +721,7 @@ const handlers = {
     partnerLeft = false;
     match = {
       id: data.match_id ?? null,
+      ticket: typeof data.ticket === "string" ? data.ticket : null,
       partner: data.partner ?? null,
       commonInterests: Array.isArray(data.common_interests) ? data.common_interests.map(String) : [],
       shouldCall: data.should_call === true,
@@ -711,6 +762,29 @@ const handlers = {
     flasher.notify("Stranger found!");
     chat.focus();
     refreshOnline();
+  },
+
+  resuming() {
+    if (resuming && match) setState("connected", LINK_TEXT.resumingPartner);
+  },
+
+  resumed(data) {
+    if (!resuming || !match) return; // we had moved on meanwhile; the server ends it
+    match.id = data.match_id ?? match.id;
+    match.partner = data.partner ?? match.partner;
+    match.ticket = typeof data.ticket === "string" ? data.ticket : null;
+    resuming = null;
+    clearTimeout(resumeTimer);
+    resumeTimer = null;
+    delete ui.body.dataset.link;
+    unstableLinks.delete("server");
+    if (unstableLinks.size === 0) setState("connected", connectedText);
+    chat.addSystem(LINK_TEXT.resumed, "good");
+    const lines = outbox;
+    outbox = [];
+    for (const { text, item } of lines) {
+      if (!sendLine(text, item)) chat.setDelivery(item, "failed");
+    }
   },
 
   partner_disconnected(data) {
@@ -787,6 +861,14 @@ const handlers = {
         break;
       case ErrorCode.BANNED:
         break; // signaling emits "banned"
+      case ErrorCode.MATCH_OVER:
+      case ErrorCode.TICKET_USED:
+      case ErrorCode.TICKET_EXPIRED:
+      case ErrorCode.BAD_TICKET:
+        if (data.op === "resume") {
+          resumeFailed(data.code === ErrorCode.MATCH_OVER ? LINK_TEXT.resumeOver : LINK_TEXT.resumeFailed);
+        }
+        break;
       default:
         if (data.op === "join_queue") {
           showNotice(`The server refused to queue you: ${data.message || data.code}`);
@@ -817,12 +899,19 @@ signaling.addEventListener("ready", ({ detail: { hello } }) => {
   if (Number.isInteger(max)) chat.maxLength = max;
   renderAddressPrivacy(hello?.ice_transport_policy === "relay");
   hideNotice();
-  if (searching) joinQueue();
+  if (resuming && match) signaling.send("resume", { ticket: resuming.ticket });
+  else if (searching) joinQueue();
   refreshOnline();
 });
 
 signaling.addEventListener("reconnecting", ({ detail: { reason, delayMs } }) => {
   reconnects.push({ reason, delayMs });
+  // (Silent for the whole liveness bound: the server has ended the match already.)
+  if (match && match.ticket && searching && reason !== "silent" && mediaWatch?.state !== "lost") {
+    // The call does not need the server: keep it, and take the match back.
+    startResuming();
+    return;
+  }
   if (match) {
     const text =
       reason === "silent" ? LINK_TEXT.ownLost : "Lost the connection to the server; this chat has ended.";
@@ -1051,7 +1140,11 @@ window.omiro = Object.freeze({
   },
   /** The liveness watches: what is silent now ("media", "server"), the media watch's state. */
   get link() {
-    return { unstable: [...unstableLinks], media: mediaWatch?.state ?? null };
+    return {
+      unstable: [...unstableLinks],
+      media: mediaWatch?.state ?? null,
+      resuming: resuming !== null,
+    };
   },
   get prefs() {
     return prefs;

@@ -23,6 +23,11 @@ export const TEXT = Object.freeze({
   partnerLost: "The connection to the stranger was lost, so this chat has ended.",
   ownLost: "Your connection dropped, so this chat has ended.",
   steady: "The connection is back.",
+  resumingServer: "Reconnecting to the server… your call goes on",
+  resumingPartner: "Waiting for the stranger to reconnect…",
+  resumed: "Reconnected. Your chat goes on.",
+  resumeOver: "The stranger had already left, so this chat has ended.",
+  resumeFailed: "This chat could not be taken back after the reconnect, so it has ended.",
 });
 
 export const DEFAULT_LIVENESS = Object.freeze({ alive_ms: 2500, unstable_ms: 3750, lost_ms: 15000 });

@@ -72,11 +72,14 @@ export class Signaling extends EventTarget {
   #wanted = false;
   #base;
   #bounds = livenessOf(null);
-  #beat = null; // the interval that beats and watches the current socket
+  #beatTimer = null; // the interval that beats and watches the current socket
   #lastBeatAt = 0;
   #lastHeardAt = 0;
   #unstable = false;
   #helloDeadline = null;
+  #beatsSent = 0; // on the current socket
+  #beatsAnswered = 0;
+  #waiters = []; // {beat, resolve, reject}: frames waiting for the server to confirm
 
   constructor({ base = document.baseURI } = {}) {
     super();
@@ -136,6 +139,18 @@ export class Signaling extends EventTarget {
     if (!ws) return;
     if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ op: "disconnect", data: {} }));
     ws.close(CloseCode.NORMAL, "bye");
+  }
+
+  /**
+   * Send one envelope and learn whether the server took it: resolves once the
+   * server answered a beat sent right behind it (so it read and handled the
+   * frame), rejects if the socket is lost first. Returns null when not ready.
+   */
+  sendConfirmed(op, data = {}) {
+    if (!this.send(op, data)) return null;
+    this.#beat();
+    const beat = this.#beatsSent;
+    return new Promise((resolve, reject) => this.#waiters.push({ beat, resolve, reject }));
   }
 
   /** Send one envelope; returns false (and sends nothing) when not ready. */
@@ -239,13 +254,31 @@ export class Signaling extends EventTarget {
     this.#lastHeardAt = now;
     this.#lastBeatAt = now;
     this.#unstable = false;
-    this.send("alive");
-    this.#beat = setInterval(() => this.#watch(), WATCH_MS);
+    this.#beatsSent = 0;
+    this.#beatsAnswered = 0;
+    this.#beat();
+    this.#beatTimer = setInterval(() => this.#watch(), WATCH_MS);
+  }
+
+  #beat() {
+    if (!this.send("alive")) return;
+    this.#beatsSent += 1;
+    this.#lastBeatAt = performance.now();
+  }
+
+  #answered() {
+    this.#beatsAnswered += 1;
+    const done = this.#waiters.filter((w) => w.beat <= this.#beatsAnswered);
+    this.#waiters = this.#waiters.filter((w) => w.beat > this.#beatsAnswered);
+    for (const waiter of done) waiter.resolve();
   }
 
   #stopWatch() {
-    clearInterval(this.#beat);
-    this.#beat = null;
+    clearInterval(this.#beatTimer);
+    this.#beatTimer = null;
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const waiter of waiters) waiter.reject(new Error("the socket was lost"));
     clearTimeout(this.#helloDeadline);
     this.#helloDeadline = null;
     this.#unstable = false; // what follows (a reconnection) says more than "steady"
@@ -255,10 +288,7 @@ export class Signaling extends EventTarget {
     const ws = this.#ws;
     if (!ws || !this.ready) return;
     const now = performance.now();
-    if (now - this.#lastBeatAt >= this.#bounds.alive_ms) {
-      this.#lastBeatAt = now;
-      this.send("alive");
-    }
+    if (now - this.#lastBeatAt >= this.#bounds.alive_ms) this.#beat();
     const silent = now - this.#lastHeardAt;
     if (silent >= this.#bounds.lost_ms) {
       this.#abandon(ws, "silent");
@@ -307,7 +337,8 @@ export class Signaling extends EventTarget {
         this.#emit("ready", { hello: data });
         break;
       case "alive":
-        break; // the answer to our beat: hearing it was the point
+        this.#answered(); // the answer to a beat: everything sent before it was read
+        break;
       case "server_draining":
         // Leave now so our partner hears about it from the server promptly,
         // then come back after the server's delay (to it or its successor).

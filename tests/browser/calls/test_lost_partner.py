@@ -81,7 +81,11 @@ def test_a_partner_gone_silent_is_unstable_within_5_s_and_lost_within_15_s(
             person.wait_call_connected(timeout_ms=20_000)
         for person in (alice, bob):
             person.wait_media_flowing()
-        assert bob.js("() => window.omiro.link") == {"unstable": [], "media": "steady"}
+        assert bob.js("() => window.omiro.link") == {
+            "unstable": [],
+            "media": "steady",
+            "resuming": False,
+        }
 
         to_server.freeze()
         to_turn.freeze()

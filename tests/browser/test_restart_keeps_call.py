@@ -1,0 +1,116 @@
+"""A call outlives its server: ``omiro serve`` restarted under two pages in a call.
+
+The server (memory backend, default drain settings) gets SIGTERM; a new
+process with the same session secret starts on the same port. The pages
+keep their peer connection and chat view, reconnect, and take their match
+back with their tickets: the remote video never stalls for more than a
+second, a line typed while reconnecting is delivered after the resume, and
+no line is lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+SECRET = "restart-keeps-call-" + "k" * 32
+STALL_LIMIT_S = 1.0
+
+# Samples the remote video's currentTime every 100 ms, with the page's clock.
+SAMPLER_JS = """() => {
+  const video = document.querySelector('[data-testid="remote-video"]');
+  window.__videoSamples = [];
+  window.__videoSampler = setInterval(() => {
+    window.__videoSamples.push([performance.now(), video.currentTime]);
+  }, 100);
+}"""
+
+# The longest stretch, in seconds, over which currentTime did not move.
+LONGEST_STALL_JS = """() => {
+  const samples = window.__videoSamples;
+  let longest = 0, since = samples[0][0];
+  for (let i = 1; i < samples.length; i++) {
+    if (samples[i][1] > samples[i - 1][1]) since = samples[i][0];
+    longest = Math.max(longest, samples[i][0] - since);
+  }
+  return { longest: longest / 1000, samples: samples.length };
+}"""
+
+LINES = """(who) => [...document.querySelectorAll('[data-testid=chat-log] > li.msg-' + who)]
+  .map((li) => [li.querySelector('.msg-text').textContent, li.dataset.delivery ?? null])"""
+
+
+def say(person, text: str) -> None:
+    person.testid("chat-input").fill(text)
+    person.testid("chat-input").press("Enter")
+
+
+def heard(person, text: str, timeout_ms: int = 15_000) -> None:
+    person.wait(
+        "(t) => [...document.querySelectorAll('[data-testid=chat-log] > li.msg-stranger .msg-text')]"
+        ".some((e) => e.textContent === t)",
+        text,
+        timeout_ms,
+    )
+
+
+@pytest.mark.rule("protocol/resume", "protocol/msg-server-draining")
+def test_a_restart_of_the_server_keeps_the_call_and_the_chat(make_server, pair):
+    env = {"OMIRO_SESSION_SECRET": SECRET, "OMIRO_SERVER_DRAIN_GRACE_S": "10"}  # the default
+    first = make_server(**env)
+    alice, bob = pair(first)
+    for person in (alice, bob):
+        person.wait_media_flowing()
+        person.js(SAMPLER_JS)
+    say(alice, "before the restart")
+    heard(bob, "before the restart")
+    say(bob, "hi alice")
+    heard(alice, "hi alice")
+    created = [person.probe()["created"] for person in (alice, bob)]
+
+    assert first.proc is not None
+    first.proc.send_signal(signal.SIGTERM)
+    # Both pages are told to reconnect and keep their call.
+    for person in (alice, bob):
+        person.wait("() => window.omiro.link.resuming", timeout_ms=5_000)
+        assert person.state == "connected"
+    assert first.proc.wait(15) == 0  # drained: every socket left, nothing was cut
+    say(alice, "typed while reconnecting")
+    assert alice.js(LINES, "you")[-1] == ["typed while reconnecting", "sending"]
+
+    second = make_server(port=first.port, **env)  # a new process on the same port
+    assert second.port == first.port
+    for person in (alice, bob):
+        person.wait("() => !window.omiro.link.resuming && window.omiro.signaling.ready", 30_000)
+        assert person.state == "connected"
+    heard(bob, "typed while reconnecting")
+    say(bob, "after the restart")
+    heard(alice, "after the restart")
+    say(alice, "still here")
+    heard(bob, "still here")
+    alice.wait(
+        "() => [...document.querySelectorAll('[data-testid=chat-log] > li.msg-you')]"
+        ".every((li) => li.dataset.delivery === 'sent')"
+    )
+
+    # Nothing lost, nothing twice, in order, on both sides.
+    assert [text for text, _ in bob.js(LINES, "stranger")] == [
+        "before the restart",
+        "typed while reconnecting",
+        "still here",
+    ]
+    assert [text for text, _ in alice.js(LINES, "stranger")] == ["hi alice", "after the restart"]
+    # The same peer connection all along, and the video never stalled for a second.
+    assert [person.probe()["created"] for person in (alice, bob)] == created
+    for person in (alice, bob):
+        person.js("() => clearInterval(window.__videoSampler)")
+        stall = person.js(LONGEST_STALL_JS)
+        assert stall["samples"] > 20, stall
+        print(
+            f"{person.name}: longest stall {stall['longest']:.2f} s over {stall['samples']} samples"
+        )
+        assert stall["longest"] <= STALL_LIMIT_S, (person.name, stall)
+        assert person.js("() => window.omiro.pc.connectionState") == "connected"
