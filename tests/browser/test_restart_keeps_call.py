@@ -50,8 +50,8 @@ def say(person, text: str) -> None:
 
 def heard(person, text: str, timeout_ms: int = 15_000) -> None:
     person.wait(
-        "(t) => [...document.querySelectorAll('[data-testid=chat-log] > li.msg-stranger .msg-text')]"
-        ".some((e) => e.textContent === t)",
+        "(t) => [...document.querySelectorAll("
+        "'[data-testid=chat-log] > li.msg-stranger .msg-text')].some((e) => e.textContent === t)",
         text,
         timeout_ms,
     )
