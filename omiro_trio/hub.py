@@ -68,6 +68,7 @@ from omiro_trio.resync import SyncRequests
 from omiro_trio.seats import Hold, Pair, Seats
 from omiro_trio.session_core import SessionCore
 from omiro_trio.session_events import (
+    AnnounceAway,
     AnnounceEnd,
     AnnounceMatch,
     Arm,
@@ -87,6 +88,7 @@ from omiro_trio.session_events import (
     Draining,
     Effect,
     Effects,
+    EndSeats,
     Enqueue,
     Enqueued,
     Event,
@@ -103,6 +105,7 @@ from omiro_trio.session_events import (
     NotIdle,
     Opened,
     Operation,
+    PartnerAway,
     Relay,
     Release,
     Released,
@@ -496,6 +499,8 @@ class Hub:
                     await self._chain(session, session.core.handle(answer, now), now)
                 case AnnounceMatch():
                     await self._announce_match(session.id, effect.match)
+                case AnnounceAway():
+                    await self._announce_away(session.id, effect.match)
                 case AnnounceEnd():
                     try:
                         await self._announce_end(session.id, effect.match, effect.reason)
@@ -525,6 +530,7 @@ class Hub:
                     | SyncSoon()
                     | ReleaseLater()
                     | GiveUpSeat()
+                    | EndSeats()
                 ):
                     self._do(session, effect, now)
                 case _:
@@ -646,6 +652,8 @@ class Hub:
                 self.sync.release_later(session.id)
             case GiveUpSeat():
                 self.seats.give_up(effect.match_id, session.id, now)
+            case EndSeats():
+                self.seats.ended(effect.match_id, now)
             case _:
                 assert_never(effect)
 
@@ -680,9 +688,17 @@ class Hub:
         ticket = call.ticket
         for old in (ticket.caller, ticket.callee):
             held = self.sessions.get(old)
-            going_on = held is not None and held.match is not None
-            if going_on and held.match.match_id == ticket.match_id:  # type: ignore[union-attr]
-                return SeatRefused(call, ErrorCode.TICKET_USED, "that match is still going on")
+            if held is None or held.match is None or held.match.match_id != ticket.match_id:
+                continue
+            if old != ticket.holder and held.core.awaits_partner(ticket.match_id):
+                # The partner kept the match for this seat: pair with it.
+                kept = self.seats.claim_kept(ticket, session.id, held.id, now)
+                if isinstance(kept, Pair):
+                    async with held.lock:
+                        return await self._pair(session, held, call)
+                assert not isinstance(kept, Hold)
+                return SeatRefused(call, kept.code, kept.text)
+            return SeatRefused(call, ErrorCode.TICKET_USED, "that match is still going on")
         verdict = self.seats.claim(ticket, session.id, now)
         if isinstance(verdict, Hold):
             return SeatHeld(call, verdict.grace_s)
@@ -693,23 +709,32 @@ class Hub:
             self.seats.unpair(ticket.match_id, session.id)
             return SeatRefused(call, ErrorCode.MATCH_OVER, "your partner is gone")
         async with partner.lock:
-            caller, callee = (session, partner) if ticket.seat == "caller" else (partner, session)
-            server = self.backend.server_id
-            match = Match(uuid.uuid4().hex, caller.id, callee.id, ticket.mode, (), (server, server))
-            views = [LocalView(s.id, s.ip, match) for s in (caller, callee)]
-            try:
-                shared = await self.backend.sync(views)
-            except BackendUnavailable:
-                self.seats.unpair(ticket.match_id, session.id)
-                text = "the service is briefly unavailable; try again"
-                return SeatRefused(call, ErrorCode.UNAVAILABLE, text)
-            if (
-                any(view.match != match for view in shared)
-                or self.sessions.get(partner.id) is not partner
-            ):
-                self.seats.unpair(ticket.match_id, session.id)
-                return SeatRefused(call, ErrorCode.MATCH_OVER, "your partner moved on")
-            self.tell(partner, Resumed(match, ticket.match_id))
+            return await self._pair(session, partner, call)
+
+    async def _pair(self, session: Session, partner: Session, call: ClaimSeat) -> Event:
+        """Pair ``session`` (claiming ``call``'s seat) with ``partner`` (holding the other
+        seat, or keeping the match for it) in a new match; tell the partner.
+
+        The caller holds both sessions' locks, or ``partner`` needs none.
+        """
+        ticket = call.ticket
+        caller, callee = (session, partner) if ticket.seat == "caller" else (partner, session)
+        server = self.backend.server_id
+        match = Match(uuid.uuid4().hex, caller.id, callee.id, ticket.mode, (), (server, server))
+        views = [LocalView(s.id, s.ip, match) for s in (caller, callee)]
+        try:
+            shared = await self.backend.sync(views)
+        except BackendUnavailable:
+            self.seats.unpair(ticket.match_id, session.id)
+            text = "the service is briefly unavailable; try again"
+            return SeatRefused(call, ErrorCode.UNAVAILABLE, text)
+        if (
+            any(view.match != match for view in shared)
+            or self.sessions.get(partner.id) is not partner
+        ):
+            self.seats.unpair(ticket.match_id, session.id)
+            return SeatRefused(call, ErrorCode.MATCH_OVER, "your partner moved on")
+        self.tell(partner, Resumed(match, ticket.match_id))
         return Resumed(match, ticket.match_id)
 
     # -- delivery --------------------------------------------------------
@@ -732,6 +757,21 @@ class Hub:
         except BackendUnavailable as exc:
             log.warning("could not tell %s of match %s: %s", partner_id, match.match_id, exc)
 
+    async def _announce_away(self, session_id: str, match: Match) -> None:
+        """Tell the partner of ``session_id`` that its socket is gone (not its wish).
+
+        Not told (its server is away): the partner's next relay finds the match
+        over, as before tickets.
+        """
+        partner_id = match.partner_of(session_id)
+        if self.tell_partner(partner_id, PartnerAway(match.match_id)):
+            return
+        try:
+            message = bus.away(partner_id, match.match_id)
+            await self.backend.publish(partner_id, message, server=match.server_of(partner_id))
+        except BackendUnavailable as exc:
+            log.warning("could not tell %s its partner is away: %s", partner_id, exc)
+
     async def _announce_end(self, session_id: str, match: Match, reason: PartnerReason) -> None:
         """Tell the partner of ``session_id`` that ``match`` ended.
 
@@ -749,6 +789,7 @@ class Hub:
 _FRAME: Final = (str, bytes)
 _AWAITED: Final = (
     Relay,
+    AnnounceAway,
     TakeSeat,
     ClaimSeat,
     Join,

@@ -78,6 +78,7 @@ __all__ = [
     "MatchFound",
     "Next",
     "Op",
+    "PartnerAwayMessage",
     "PartnerDisconnected",
     "PeerLost",
     "Queued",
@@ -770,6 +771,13 @@ class Resumed(ServerMessage, frozen=True, omit_defaults=True):
     mode: str
     resumed_from: str  # the match id the tickets named
     ticket: str | None = None
+
+
+class PartnerAwayMessage(ServerMessage, frozen=True):
+    """The partner's socket is gone; it may take its seat back within ``grace_ms``."""
+
+    op: ClassVar[str] = "partner_away"
+    grace_ms: int
 
 
 class Resuming(ServerMessage, frozen=True):

@@ -102,6 +102,19 @@ class Seats:
         self._renew(ticket.match_id, record, now + self._keep_s)
         return Pair(partner)
 
+    def claim_kept(self, ticket: Ticket, session_id: str, partner: str, now: float) -> Verdict:
+        """``session_id`` claims its seat in a match ``partner`` kept for it (the partner's
+        socket never ended): paired at once, unless the seat was claimed already."""
+        self._prune(now)
+        record = self._records.get(ticket.match_id)
+        if record is not None and (record.over or record.paired or record.holders):
+            return _OVER if record.over else _USED
+        record = self._add(ticket.match_id, now + self._keep_s)
+        other = "callee" if ticket.seat == "caller" else "caller"
+        record.holders.update({ticket.seat: session_id, other: partner})
+        record.paired = True
+        return Pair(partner)
+
     def unpair(self, match_id: str, session_id: str) -> None:
         """The pairing of ``session_id`` could not be made: its seat is free again."""
         record = self._records.get(match_id)

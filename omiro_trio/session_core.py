@@ -26,6 +26,11 @@ State (``state``) and its transitions, all in this module:
   roles, a new match id); the grace passing, a way into the queue, a leave
   or the socket's end make it ``idle`` (the seat is freed, and the client
   hears ``partner_disconnected`` ``left`` when the grace passed).
+* ``matched`` with the partner *away*: the partner's socket ended without
+  its wish (it broke, or its server drained) and tickets are on, so it may
+  come back (``resume``) within ``resume_grace_s``: the match is kept here
+  (and not in the shared state, which ended it), relays are answered
+  ``unavailable``, and the grace passing ends it (``left``).
 * ``closing``: terminal. Entered by the first close (the client's
   ``disconnect``, a limit, or ``CloseAsked``); the first close code wins. A
   closing session's match is still kept up to date, because the shell tells
@@ -89,6 +94,7 @@ from omiro_trio.matchmaking import Match, Preferences, Waiting
 from omiro_trio.reconcile import Local, Shared, Step, View, reconcile
 from omiro_trio.session_events import (
     NOTHING,
+    AnnounceAway,
     AnnounceEnd,
     AnnounceMatch,
     Arm,
@@ -109,6 +115,7 @@ from omiro_trio.session_events import (
     Draining,
     Effect,
     Effects,
+    EndSeats,
     Enqueue,
     Enqueued,
     Event,
@@ -123,6 +130,7 @@ from omiro_trio.session_events import (
     MatchFormed,
     NotIdle,
     Opened,
+    PartnerAway,
     Relay,
     Release,
     Released,
@@ -244,6 +252,10 @@ _SYNC_SOON: Final = SyncSoon()
 _COUNT_MATCH: Final = CountMatch()
 _DISARM: Final = Arm(None)
 _ALIVE_FRAME: Final = protocol.server_frame(protocol.AliveAnswer())
+_AWAY_TEXT: Final = "your partner is reconnecting: not delivered"
+# How a socket may end without its client choosing to leave the match: it broke
+# or the client closed it without a word (None), or its server drained (1012).
+_NOT_CHOSEN: Final = (None, CloseCode.RESTARTING)
 _UNAVAILABLE_TEXT: Final = "the service is briefly unavailable; try again"
 _ELSEWHERE: Final = "connected elsewhere"
 
@@ -269,6 +281,7 @@ class SessionCore:
     """
 
     __slots__ = (
+        "_away",
         "_beats",
         "_bucket",
         "_detached",
@@ -325,6 +338,7 @@ class SessionCore:
         self._beats = False  # the client sent ``alive``: its silence while matched is noticed
         self._watching = False  # the liveness timer runs
         self._seat: str | None = None  # the match whose seat this session holds, resuming
+        self._away: str | None = None  # the current match, whose partner is away
 
     # -- the two verbs -------------------------------------------------------
 
@@ -355,6 +369,8 @@ class SessionCore:
                         ErrorCode.NOT_MATCHED, "you have no partner right now", op
                     ),
                 )
+            if self._away is not None:
+                return (protocol.error_frame(ErrorCode.UNAVAILABLE, _AWAY_TEXT, op),)
             chat = message.message if kind is _CHAT else None  # type: ignore[union-attr]
             if chat is not None:
                 self.transcript.append((self.id, chat))
@@ -378,6 +394,8 @@ class SessionCore:
                 return self._matched(event.match)
             case MatchEnded():
                 return self._ended(event.match_id, event.reason)
+            case PartnerAway():
+                return self._partner_away(event.match_id)
             case Started():
                 return self._start(event)
             case SkipCounted():
@@ -459,10 +477,10 @@ class SessionCore:
                 if event.ended is None:
                     return NOTHING
                 self._forget(event.ended.match_id)
-                if self._draining and self.partner_reason is PartnerReason.LEFT:
-                    # The server is going away: the partner is told to reconnect too,
-                    # and both resume the match with their tickets elsewhere.
-                    return NOTHING
+                if self._rules.tickets is not None and self.close_code in _NOT_CHOSEN:
+                    # The socket broke, or its server drained: not the client's wish.
+                    # The partner keeps the match for a while; this side may resume it.
+                    return (AnnounceAway(event.ended),)
                 return (AnnounceEnd(event.ended, self.partner_reason, None),)
             case Synced():
                 return self._synced(event.local, event.shared)
@@ -474,6 +492,8 @@ class SessionCore:
         """What this server holds for the session, for ``Backend.sync`` (None: closing)."""
         if self.close_code is not None:
             return None
+        if self._away is not None:  # the shared state ended it; only this side keeps it
+            return LocalView(self.id, ip, None)
         if self.state != "waiting" or self.prefs is None:
             return LocalView(self.id, ip, self.match)
         ticket = self.widen.ticket if self.widen is not None else None
@@ -536,10 +556,29 @@ class SessionCore:
             return (CountError(exc.code), protocol.error_frame(exc.code, exc.message, "resume"))
         return (TakeSeat(ticket),)
 
+    def _partner_away(self, match_id: str) -> Effects:
+        """The partner's socket ended without its wish: wait the grace for its ticket."""
+        current = self.match
+        if current is None or current.match_id != match_id or self.close_code is not None:
+            return NOTHING
+        self._away = match_id
+        self._watching = True
+        grace = self._rules.resume_grace_s
+        away = protocol.PartnerAwayMessage(round(grace * 1000))
+        return (protocol.server_frame(away), Watch(grace))
+
+    def awaits_partner(self, match_id: str) -> bool:
+        """Whether this session keeps ``match_id`` for its partner to come back to."""
+        return self._away == match_id and self.close_code is None
+
     def _watch_fired(self, now: float) -> Effects:
         """The liveness timer: a matched client that beats and went silent for the bound has
         lost its partner (and the partner it): the match ends as ``lost`` for both."""
         self._watching = False
+        away = self._away
+        if away is not None:
+            # The grace passed and the partner did not come back: it left.
+            return (EndSeats(away), *self._ended(away, PartnerReason.LEFT))
         if self.state == "resuming" and self._seat is not None:
             # The grace passed and the partner's seat stayed empty: the partner left.
             seat, self._seat = self._seat, None
@@ -601,6 +640,11 @@ class SessionCore:
 
     def _start(self, started: Started) -> Effects:
         operation = started.operation
+        away = self._away
+        if away is not None:
+            # The client moves on from a partner that is away: over here, and for its ticket.
+            self._forget(away)
+            return (EndSeats(away), *self._start(started))
         if isinstance(operation, TakeSeat):
             if self.state != "idle" or self.match is not None:
                 text = "resume only a session that is idle (before join_queue)"
@@ -704,6 +748,7 @@ class SessionCore:
         self._rejoin_free = False
         self.matches_applied += 1
         self.match = match
+        self._away = None
         self._remember(match)
         self.transcript.clear()
         tickets = self._rules.tickets
@@ -752,6 +797,7 @@ class SessionCore:
         if current is None or current.match_id != match_id:
             return False
         self.match = None
+        self._away = None
         self.transcript.clear()
         if self.state == "matched":
             self.state = "idle"

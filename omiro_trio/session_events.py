@@ -132,6 +132,13 @@ class ReleaseLater:
 
 
 @dataclass(frozen=True, slots=True)
+class EndSeats:
+    """``match_id`` is over: its tickets resume nothing (``seats.Seats.ended``)."""
+
+    match_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class GiveUpSeat:
     """The session no longer waits to resume ``match_id``: free its seat."""
 
@@ -152,6 +159,7 @@ Immediate = (
     | SyncSoon
     | ReleaseLater
     | GiveUpSeat
+    | EndSeats
 )
 
 # -- operations: one at a time per session, under its lock --------------------
@@ -304,6 +312,14 @@ class AnnounceMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class AnnounceAway:
+    """Tell the partner of ``match`` that this side's socket is gone, not its wish:
+    it may come back with its ticket."""
+
+    match: Match
+
+
+@dataclass(frozen=True, slots=True)
 class AnnounceEnd:
     """Tell the partner that ``match`` ended, with ``reason``; ``op`` as the call's."""
 
@@ -312,7 +328,7 @@ class AnnounceEnd:
     op: str | None
 
 
-Awaited = Operation | Call | Relay | AnnounceMatch | AnnounceEnd | ClaimSeat
+Awaited = Operation | Call | Relay | AnnounceMatch | AnnounceEnd | AnnounceAway | ClaimSeat
 
 Effect = Immediate | Awaited
 Effects = tuple[Effect, ...]
@@ -366,6 +382,13 @@ class MatchEnded:
 
     match_id: str
     reason: PartnerReason
+
+
+@dataclass(frozen=True, slots=True)
+class PartnerAway:
+    """The partner in ``match_id`` lost its socket; it may resume within the grace."""
+
+    match_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,6 +547,7 @@ Event = (
     | Said
     | MatchFormed
     | MatchEnded
+    | PartnerAway
     | TimerFired
     | WatchFired
     | SeatHeld

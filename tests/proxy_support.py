@@ -45,6 +45,17 @@ class SilentProxy:
     def thaw(self) -> None:
         self._flowing.set()
 
+    def cut(self) -> None:
+        """Break every connection open now (new ones are still forwarded)."""
+        with self._lock:
+            open_now = [sock for sock in self._sockets if sock is not self._listener]
+            self._sockets = [self._listener]
+        for sock in open_now:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()
+
     def close(self) -> None:
         self._stop.set()
         self._flowing.set()  # release the pumps waiting for a thaw

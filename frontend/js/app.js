@@ -78,7 +78,9 @@ const chat = new ChatView({
   typing: $("typing"),
   counter: $("char-count"),
 });
-const typing = new TypingReporter((on) => signaling.send("typing", { typing: on }));
+const typing = new TypingReporter((on) => {
+  if (!resuming && !partnerAway) signaling.send("typing", { typing: on });
+});
 const safety = new SafetyNotice({ dialog: $("welcome"), shortcuts: $("shortcuts") });
 const settings = new SafetySettings({
   body: document.body,
@@ -121,7 +123,9 @@ const unstableLinks = new Set(); // what is silent right now: "media", "server"
 let connectedText = ""; // the status line of the current match, for when the link steadies
 let resuming = null; // {ticket} while the call waits to take its match back after a reconnect
 let resumeTimer = null;
+let partnerAway = false; // the stranger's socket dropped; the server keeps the match for them
 let outbox = []; // [{text, item}]: our lines typed while resuming, sent once it is back
+let inFlight = []; // [{item, settled}]: our lines sent, not yet confirmed, oldest first
 const RESUME_DEADLINE_MS = 60_000; // how long the page waits for its server to come back
 const stateLog = [];
 const reconnects = []; // {reason, delayMs} of every scheduled reconnection
@@ -346,7 +350,7 @@ function stop() {
 function sendChat() {
   const text = chat.draft;
   if (!text || !match) return;
-  if (resuming) {
+  if (resuming || partnerAway) {
     // Kept here, marked "Sending…", and sent in order once the match is back.
     outbox.push({ text, item: chat.addMessage("you", text, "sending") });
     chat.clearDraft();
@@ -359,16 +363,35 @@ function sendChat() {
   }
 }
 
-/** Send one chat line; it says "Sending…" until the server confirms it took it. */
+/**
+ * Send one chat line; it says "Sending…" until the server confirms it took it.
+ * The server answers in order: an `error` for a chat comes before the answer to
+ * the beat sent behind it, so it settles the oldest line still in flight.
+ */
 function sendLine(text, item = null) {
   const confirmed = signaling.sendConfirmed("chat", { message: text });
   if (!confirmed) return false;
-  const line = item ?? chat.addMessage("you", text, "sending");
+  const line = { item: item ?? chat.addMessage("you", text, "sending"), settled: false };
+  inFlight.push(line);
+  const settle = (delivery) => {
+    if (line.settled) return;
+    line.settled = true;
+    inFlight = inFlight.filter((other) => other !== line);
+    chat.setDelivery(line.item, delivery);
+  };
   confirmed.then(
-    () => chat.setDelivery(line, "sent"),
-    () => chat.setDelivery(line, "unknown"), // the socket dropped before the server said
+    () => settle("sent"),
+    () => settle("unknown"), // the socket dropped before the server said
   );
   return true;
+}
+
+/** The server refused a chat line (not delivered): the oldest in flight. */
+function chatRefused() {
+  const line = inFlight.shift();
+  if (!line || line.settled) return;
+  line.settled = true;
+  chat.setDelivery(line.item, "failed");
 }
 
 /** Ask for a reason and report; `reason` preselects one (the nudity filter's). */
@@ -652,6 +675,7 @@ function resumeFailed(text) {
 function endCall() {
   match = null;
   resuming = null;
+  partnerAway = false;
   clearTimeout(resumeTimer);
   resumeTimer = null;
   for (const { item } of outbox) chat.setDelivery(item, "failed");
@@ -768,8 +792,16 @@ const handlers = {
     if (resuming && match) setState("connected", LINK_TEXT.resumingPartner);
   },
 
+  partner_away() {
+    if (!match || resuming) return;
+    partnerAway = true;
+    ui.body.dataset.link = "partner-away";
+    setState("connected", LINK_TEXT.partnerAway);
+  },
+
   resumed(data) {
-    if (!resuming || !match) return; // we had moved on meanwhile; the server ends it
+    if (!match || (!resuming && !partnerAway)) return; // we had moved on; the server ends it
+    partnerAway = false;
     match.id = data.match_id ?? match.id;
     match.partner = data.partner ?? match.partner;
     match.ticket = typeof data.ticket === "string" ? data.ticket : null;
@@ -845,12 +877,18 @@ const handlers = {
   },
 
   error(data) {
+    if (data.op === "chat") chatRefused(); // whatever the reason, that line was not delivered
     switch (data.code) {
       case ErrorCode.NOT_MATCHED:
         // Our `next` crossed the partner's: we are out of the match but not
         // queued, so queue now.
         if (data.op === "next" && searching && !match) joinQueue();
         // (A peer_lost that crossed the match's end elsewhere needs nothing.)
+        break;
+      case ErrorCode.UNAVAILABLE:
+        // A relayed op that did not reach the stranger (they are reconnecting,
+        // or the service is briefly away): chat lines are marked above.
+        if (data.op === "join_queue") showNotice(`The server refused to queue you: ${data.message}`);
         break;
       case ErrorCode.MESSAGE_TOO_LONG:
         chat.addSystem(`That message is too long (at most ${chat.maxLength} characters).`, "warn");
@@ -1144,6 +1182,7 @@ window.omiro = Object.freeze({
       unstable: [...unstableLinks],
       media: mediaWatch?.state ?? null,
       resuming: resuming !== null,
+      partnerAway,
     };
   },
   get prefs() {

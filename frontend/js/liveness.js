@@ -25,6 +25,7 @@ export const TEXT = Object.freeze({
   steady: "The connection is back.",
   resumingServer: "Reconnecting to the server… your call goes on",
   resumingPartner: "Waiting for the stranger to reconnect…",
+  partnerAway: "The stranger's connection dropped. Waiting for them to come back…",
   resumed: "Reconnected. Your chat goes on.",
   resumeOver: "The stranger had already left, so this chat has ended.",
   resumeFailed: "This chat could not be taken back after the reconnect, so it has ended.",

@@ -114,3 +114,52 @@ def test_a_restart_of_the_server_keeps_the_call_and_the_chat(make_server, pair):
         )
         assert stall["longest"] <= STALL_LIMIT_S, (person.name, stall)
         assert person.js("() => window.omiro.pc.connectionState") == "connected"
+
+
+@pytest.mark.rule("protocol/msg-partner-away", "protocol/resume")
+def test_one_socket_that_breaks_comes_back_and_the_partner_waited(make_server, people):
+    """Alice's signaling goes through a proxy that breaks her connection (a network
+    change); her media does not. Bob is told she is away, not gone; she resumes."""
+    from proxy_support import SilentProxy
+
+    server = make_server(OMIRO_SESSION_SECRET=SECRET)
+    proxy = SilentProxy(server.port)
+    try:
+        alice = people(server, "alice", url=proxy.url + "/")
+        bob = people(server, "bob")
+        alice.start()
+        alice.wait_state("waiting")
+        bob.start()
+        for person in (alice, bob):
+            person.wait_call_connected()
+        for person in (alice, bob):
+            person.wait_media_flowing()
+            person.js(SAMPLER_JS)
+        say(bob, "before")
+        heard(alice, "before")
+        proxy.cut()
+        bob.wait("() => window.omiro.link.partnerAway", timeout_ms=5_000)
+        assert bob.testid("status").text_content() == (
+            "The stranger's connection dropped. Waiting for them to come back…"
+        )
+        say(bob, "while you were away")
+        for person in (alice, bob):
+            person.wait(
+                "() => !window.omiro.link.resuming && !window.omiro.link.partnerAway"
+                " && window.omiro.signaling.ready",
+                timeout_ms=20_000,
+            )
+        heard(alice, "while you were away")
+        say(alice, "back")
+        heard(bob, "back")
+        assert [text for text, _ in alice.js(LINES, "stranger")] == [
+            "before",
+            "while you were away",
+        ]
+        for person in (alice, bob):
+            person.js("() => clearInterval(window.__videoSampler)")
+            stall = person.js(LONGEST_STALL_JS)
+            assert stall["longest"] <= STALL_LIMIT_S, (person.name, stall)
+            assert person.probe()["created"] == 1
+    finally:
+        proxy.close()

@@ -33,6 +33,7 @@ from hypothesis.stateful import (
 )
 
 from omiro_trio import protocol
+from omiro_trio.backends.base import LocalView
 from omiro_trio.backends.memory import MemoryBackend
 from omiro_trio.budgets import Budget
 from omiro_trio.codes import CloseCode, ErrorCode, PartnerReason
@@ -999,16 +1000,93 @@ def test_resume_is_only_for_an_idle_session_on_a_server_that_signs() -> None:
     assert decoded(reply)["data"]["message"] == "this server resumes no matches"
 
 
-def test_a_draining_server_tells_no_partner_that_a_socket_left() -> None:
+def drop(world: World, session_id: str) -> None:
+    """The client's socket breaks (no close code of the server's): its connection detaches."""
+    world.gone.add(session_id)
+    world.run(world.hub.detach, world.sessions[session_id])
+
+
+@pytest.mark.rule("protocol/msg-partner-away", "protocol/resume")
+def test_a_socket_that_breaks_leaves_its_partner_waiting_then_resumes() -> None:
+    world = World(TICKET_RULES)
+    match, ticket_a, _ = ticketed_pair(world)
+    drop(world, "a")
+    assert world.last("b") == {"op": "partner_away", "data": {"grace_ms": 30000}}
+    core_b = world.cores["b"]
+    assert core_b.match is match  # kept for a while here; the shared state ended it
+    assert match.match_id in world.ended_matches
+    (reply,) = world.op("b", "chat")
+    assert decoded(reply)["data"] == {
+        "code": "unavailable",
+        "message": "your partner is reconnecting: not delivered",
+        "op": "chat",
+    }
+    assert core_b.local_view("192.0.2.1") == LocalView("b", "192.0.2.1", None)
+    world.advance(GRACE_S - 1)
+    world.connect("a2")
+    assert resume(world, "a2", ticket_a)["op"] == "resumed"
+    again = core_b.match
+    assert again is not None
+    assert again.match_id != match.match_id
+    assert (again.caller, again.callee) == ("a2", "b")
+    assert world.last("b")["data"]["partner"] == "a2"
+    world.op("b", "chat")
+    assert world.last("a2") == {"op": "chat", "data": {"message": "hello", "from": "b"}}
+    world.advance(2.0)  # b's grace timer fires into a match that goes on
+    assert core_b.match is again
+    # The old ticket once more (a replay): refused.
+    world.connect("c")
+    assert resume(world, "c", ticket_a)["data"]["code"] == "ticket_used"
+
+
+@pytest.mark.rule("protocol/msg-partner-away", "protocol/resume")
+def test_a_partner_that_never_comes_back_has_left_after_the_grace() -> None:
+    world = World(TICKET_RULES)
+    _, ticket_a, _ = ticketed_pair(world)
+    drop(world, "a")
+    world.advance(GRACE_S - 0.001)
+    assert world.last("b")["op"] == "partner_away"
+    world.advance(0.001)
+    assert world.last("b") == {"op": "partner_disconnected", "data": {"reason": "left"}}
+    assert world.cores["b"].match is None
+    assert world.op("b", "join_queue") == (Join(DEFAULTS, "join_queue"),)  # free
+    world.connect("a2")
+    assert resume(world, "a2", ticket_a)["data"]["code"] == "match_over"
+
+
+def test_moving_on_from_an_away_partner_ends_its_ticket() -> None:
+    world = World(TICKET_RULES)
+    _, ticket_a, _ = ticketed_pair(world)
+    drop(world, "a")
+    world.op("b", "next")
+    assert world.cores["b"].state == "waiting"
+    assert world.cores["b"].match is None
+    world.connect("a2")
+    assert resume(world, "a2", ticket_a)["data"]["code"] == "match_over"
+
+
+def test_a_chosen_end_is_not_an_absence() -> None:
+    world = World(TICKET_RULES)
+    pair(world)
+    world.op("a", "disconnect")
+    assert world.last("b") == {"op": "partner_disconnected", "data": {"reason": "left"}}
+    # Without tickets there is nothing to come back with: a broken socket has left.
+    plain = World()
+    pair(plain)
+    drop(plain, "a")
+    assert plain.last("b") == {"op": "partner_disconnected", "data": {"reason": "left"}}
+
+
+def test_a_draining_server_tells_partners_to_wait_not_that_the_socket_left() -> None:
     world = World(TICKET_RULES)
     match = pair(world)
 
     async def drain() -> None:
         world.hub.start_drain()
 
-    trio.run(drain)
+    world.run(drain)
     world.close("a", CloseCode.RESTARTING, "server restarting")
-    assert world.last("b")["op"] == "server_draining"  # not partner_disconnected
+    assert world.last("b") == {"op": "partner_away", "data": {"grace_ms": 30000}}
     assert match.match_id in world.ended_matches  # released in the shared state all the same
 
 

@@ -85,6 +85,7 @@ def test_a_partner_gone_silent_is_unstable_within_5_s_and_lost_within_15_s(
             "unstable": [],
             "media": "steady",
             "resuming": False,
+            "partnerAway": False,
         }
 
         to_server.freeze()
