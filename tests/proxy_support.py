@@ -100,3 +100,108 @@ class SilentProxy:
         except OSError:
             with contextlib.suppress(OSError):
                 sink.shutdown(socket.SHUT_RDWR)
+
+
+class ReadyBalancer:
+    """A load balancer in front of several servers, as an operator's would be.
+
+    Each new WebSocket upgrade (a connection whose first request is ``GET
+    /ws``) goes to the next server, round robin, whose ``GET /readyz``
+    answers 200 now; other requests go to the first ready server. A server
+    that drains answers 503 and gets no new connection. Connections already
+    open stay where they are.
+    """
+
+    def __init__(self, targets: list[int]) -> None:
+        self.targets = targets
+        self._next = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._sockets: list[socket.socket] = [self._listener]
+        self._lock = threading.Lock()
+        self.sockets_to: list[int] = []  # the target of each WebSocket upgrade, in order
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def _ready(self, port: int) -> bool:
+        import http.client
+
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        try:
+            connection.request("GET", "/readyz")
+            return connection.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            connection.close()
+
+    def _pick(self, upgrade: bool) -> int | None:
+        with self._lock:
+            start = self._next if upgrade else 0
+            for n in range(len(self.targets)):
+                port = self.targets[(start + n) % len(self.targets)]
+                if self._ready(port):
+                    if upgrade:
+                        self._next = start + n + 1
+                        self.sockets_to.append(port)
+                    return port
+        return None
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                downstream, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._connect, args=(downstream,), daemon=True).start()
+
+    def _connect(self, downstream: socket.socket) -> None:
+        downstream.settimeout(5)
+        try:
+            first = downstream.recv(8, socket.MSG_PEEK)
+        except OSError:
+            downstream.close()
+            return
+        downstream.settimeout(None)
+        port = self._pick(upgrade=first.startswith(b"GET /ws"))
+        if port is None:
+            downstream.close()  # nobody is ready: the client retries
+            return
+        try:
+            upstream = socket.create_connection(("127.0.0.1", port), timeout=5)
+        except OSError:
+            downstream.close()
+            return
+        upstream.settimeout(None)
+        with self._lock:
+            self._sockets += [downstream, upstream]
+        for source, sink in ((downstream, upstream), (upstream, downstream)):
+            threading.Thread(target=_pump, args=(source, sink, self._stop), daemon=True).start()
+
+
+def _pump(source: socket.socket, sink: socket.socket, stop: threading.Event) -> None:
+    try:
+        while not stop.is_set():
+            readable, _, _ = select.select([source], [], [], POLL_S)
+            if not readable:
+                continue
+            data = source.recv(65536)
+            if not data:
+                with contextlib.suppress(OSError):
+                    sink.shutdown(socket.SHUT_WR)
+                return
+            sink.sendall(data)
+    except OSError:
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_RDWR)
