@@ -553,7 +553,16 @@ class SessionCore:
         try:
             ticket = tickets.verify(message.ticket, self._rules.wall())
         except InvalidTicket as exc:
-            return (CountError(exc.code), protocol.error_frame(exc.code, exc.message, "resume"))
+            # A ticket the service never signed (or long expired) is a bad frame: it
+            # counts toward the protocol errors that close the socket with 4000.
+            reply = protocol.error_frame(exc.code, exc.message, "resume")
+            if self._errors.hit(now):
+                return (
+                    CountError(exc.code),
+                    reply,
+                    *self._close(CloseCode.PROTOCOL_ERRORS, "too many protocol errors"),
+                )
+            return (CountError(exc.code), reply)
         return (TakeSeat(ticket),)
 
     def _partner_away(self, match_id: str) -> Effects:
