@@ -568,8 +568,11 @@ class SessionCore:
     def _partner_away(self, match_id: str) -> Effects:
         """The partner's socket ended without its wish: wait the grace for its ticket."""
         current = self.match
-        if current is None or current.match_id != match_id or self.close_code is not None:
+        if current is None or current.match_id != match_id:
+            self.ended_ids.append(match_id)
             return NOTHING
+        if self.close_code is not None:  # this side is going too: nobody will come back to it
+            return self._ended(match_id, PartnerReason.LEFT)
         self._away = match_id
         self._watching = True
         grace = self._rules.resume_grace_s
@@ -861,6 +864,10 @@ class SessionCore:
         self.close_reason = reason
         self.partner_reason = partner_reason
         graceful = code != CloseCode.SLOW_CONSUMER and partner_reason is not PartnerReason.TIMEOUT
+        away = self._away
+        if away is not None:  # nobody is left to come back to: the match is over
+            self._forget(away)
+            return (EndSeats(away), Close(code, reason, graceful))
         return (Close(code, reason, graceful),)
 
     # -- reconciliation ----------------------------------------------------------
