@@ -107,11 +107,16 @@ class ServerConfig(_Table, frozen=True):
     drain_grace_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
     # What server_draining tells clients to wait before they reconnect.
     reconnect_after_ms: Annotated[int, msgspec.Meta(ge=0, le=600_000)] = 1000
+    # A matched client that beats (``alive``) and is silent this long has lost its partner.
+    lost_after_s: Annotated[float, msgspec.Meta(ge=3, le=300)] = 15.0
+    # How long a seat taken back with a match ticket waits for the partner's.
+    resume_grace_s: Annotated[float, msgspec.Meta(ge=1, le=600)] = 30.0
 
 
 class SessionConfig(_Table, frozen=True):
     secret: str = ""  # empty: random per process; else at least 32 bytes
     token_ttl_s: Annotated[int, msgspec.Meta(ge=10, le=30 * DAY_S)] = 600
+    ticket_ttl_s: Annotated[int, msgspec.Meta(ge=60, le=DAY_S)] = 7200  # a match ticket's life
 
 
 class BackendConfig(_Table, frozen=True):

@@ -63,4 +63,5 @@ class ServerContext:
             self.ice_servers(session_id),
             "relay" if self.config.ice.relayed else "all",
             protocol.HelloLimits(limits.max_chat_length, limits.max_frame_bytes),
+            self.rules.liveness(),
         )

@@ -25,6 +25,7 @@ connections, lifespan and bus stop, and the backend closes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import time
@@ -61,9 +62,10 @@ from omiro_trio.moderation import ModerationDesk, ModerationPolicy, run_activity
 from omiro_trio.protocol import Limits
 from omiro_trio.reports import ReportPolicy
 from omiro_trio.resync import run_resync
+from omiro_trio.seats import Seats
 from omiro_trio.session_core import Rates, SessionRules
 from omiro_trio.sessions import SESSION_PATH, NewSession
-from omiro_trio.tokens import TokenSigner, new_secret
+from omiro_trio.tokens import TicketSigner, TokenSigner, new_secret
 from omiro_trio.web import create_app
 from omiro_trio.wsengine import Engine
 
@@ -97,6 +99,7 @@ class Parts:
     alerts: AlertPolicy | None  # the webhook, if one is configured
     nexts_per_minute: int  # the hub: skips a session may spend a minute
     block_ttl_s: float  # the backend: how long a report keeps a pair apart
+    ticket_ttl_s: float  # the hub's seats: how long a claim is remembered
 
 
 def parts(config: Config) -> Parts:
@@ -110,6 +113,8 @@ def parts(config: Config) -> Parts:
             ),
             rates=Rates(limits.messages_per_second, limits.message_burst),
             reconnect_after_ms=config.server.reconnect_after_ms,
+            lost_after_s=config.server.lost_after_s,
+            resume_grace_s=config.server.resume_grace_s,
         ),
         reports=ReportPolicy(
             per_reporter_per_hour=limits.reports_per_hour,
@@ -134,6 +139,7 @@ def parts(config: Config) -> Parts:
         # A block outlives both sessions: a session lives at most its token's
         # life plus one connection.
         block_ttl_s=max(config.session.token_ttl_s * 2, 86400),
+        ticket_ttl_s=config.session.ticket_ttl_s,
     )
 
 
@@ -287,8 +293,9 @@ async def _run_bus(
         backoff = min(backoff * 2, BUS_RETRY_MAX_S)
 
 
-def _signer(config: Config) -> TokenSigner:
-    """The token signer: the configured secret, or a random one for this process."""
+def _signers(config: Config) -> tuple[TokenSigner, TicketSigner]:
+    """The token and ticket signers: the configured secret, or a random one for this
+    process."""
     if config.session.secret:
         secret = config.session.secret.encode()
     else:
@@ -297,17 +304,20 @@ def _signer(config: Config) -> TokenSigner:
             "no session.secret configured: using a random one for this process "
             "(tokens die with it; a cluster must share one secret)"
         )
-    return TokenSigner(secret, config.session.token_ttl_s)
+    session = config.session
+    return TokenSigner(secret, session.token_ttl_s), TicketSigner(secret, session.ticket_ttl_s)
 
 
 def _new_hub(wired: Parts, backend: Backend, metrics: Metrics, alerts: Alerts | None = None) -> Hub:
-    """The hub, with the report, autoban and skip rules from the config."""
+    """The hub, with the report, autoban, skip and resume rules from the config."""
+    seats = Seats(grace_s=wired.session.resume_grace_s, keep_s=wired.ticket_ttl_s)
     return Hub(
         backend,
         metrics,
         reports=wired.reports,
         watcher=alerts,
         nexts_per_minute=wired.nexts_per_minute,
+        seats=seats,
     )
 
 
@@ -380,9 +390,10 @@ async def serve(
     ``server_id`` and ``replaces``: see ``open_backend``.
     """
     install_stall_monitor()  # only with OMIRO_DEBUG_STALLS_MS (diagnostics.py)
-    signer = _signer(config)
+    signer, tickets = _signers(config)
     metrics = Metrics()
     wired = parts(config)
+    wired = dataclasses.replace(wired, session=dataclasses.replace(wired.session, tickets=tickets))
     async with open_backend(config, server_id=server_id, replaces=replaces) as backend:
         alerts = None if wired.alerts is None else Alerts(wired.alerts, backend, metrics)
         hub = _new_hub(wired, backend, metrics, alerts)

@@ -276,6 +276,15 @@ class MemoryBackend(MemoryRecords):
 
     async def sync(self, views: Sequence[LocalView]) -> list[SharedView]:
         shared: list[SharedView] = []
+        # A match both of whose sides this server holds, that the shared state does
+        # not (a match resumed with its tickets after a restart): put back.
+        held = {view.session_id: view.match for view in views if view.match is not None}
+        for view in views:
+            match = view.match
+            if match is None or self._mm.match_of(view.session_id) == match:
+                continue
+            if held.get(match.partner_of(view.session_id)) == match:
+                self._mm.restore(match)  # (both are re-registered as live below)
         for view in views:
             state = self._mm.state_of(view.session_id)
             self._live[view.session_id] = view.ip

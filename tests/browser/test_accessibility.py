@@ -126,6 +126,9 @@ def test_axe_finds_nothing_in_any_state(make_server, people):
     denied.wait_state("blocked")
     assert_no_violations(denied, "camera denied")
 
+    # Carol waits alone when the server dies (in a call the page would keep it and resume).
+    dave.testid("stop").click()
+    carol.wait_state("waiting")
     server.crash()
     carol.wait_state("reconnecting")
     carol.wait("() => !document.querySelector('[data-testid=notice]').hidden")

@@ -37,7 +37,7 @@ import trio.testing
 from redis_support import RedisServer, new_prefix
 from trio.abc import Clock
 
-from omiro_trio.backends.base import Backend, Ban, ReportRecord, Stats
+from omiro_trio.backends.base import Backend, Ban, LocalView, ReportRecord, Stats
 from omiro_trio.backends.memory import MemoryBackend, open_memory_backend
 from omiro_trio.backends.redis import open_redis_backend
 from omiro_trio.matchmaking import GENERATIONS, Match, Preferences, Waiting
@@ -983,3 +983,21 @@ async def test_memory_ban_check_looks_at_the_address_and_the_network_bans_only(
         ban = await backend.ban_for(ip)
         assert (ban.target if ban else None) == target, ip
     assert compared <= 2 * len(checks)
+
+
+async def test_sync_puts_back_a_match_both_sides_hold_that_the_shared_state_lacks(
+    backend: Backend,
+) -> None:
+    """A match resumed with its tickets (issue 23): this server holds both sides, idle in
+    the shared state, each with the same match; ``sync`` puts it back for both."""
+    for sid in ("a", "b", "c"):
+        assert await backend.claim_session(sid, CLIENT)
+    resumed = Match("r1", "a", "b", "video", (), (backend.server_id, backend.server_id))
+    shared = await backend.sync([LocalView("a", CLIENT, resumed), LocalView("b", CLIENT, resumed)])
+    assert [(view.state, view.match) for view in shared] == [("matched", resumed)] * 2
+    # Matched for real: a third session does not find them, and leaving ends it for both.
+    await waits(backend, "c")
+    ended = await backend.leave("a")
+    assert ended is not None
+    assert ended.match_id == "r1"
+    assert await backend.leave("b") is None

@@ -150,10 +150,15 @@ async def test_disconnect_closes_1000_and_tells_partner(server: Harness) -> None
 
 @pytest.mark.rule("protocol/msg-partner-disconnected", "protocol/partner-reasons")
 async def test_socket_death_tells_partner(server: Harness) -> None:
+    """A socket that dies may come back with its ticket: its partner is told it is away,
+    and that it left once the grace (``server.resume_grace_s``, 30 s) has passed."""
     a, b = await server.pair()
     await a.ws._stream.aclose()  # the TCP connection drops without a close frame
-    assert await b.expect("partner_disconnected") == {"reason": "left"}
+    assert await b.expect("partner_away") == {"grace_ms": 30000}
+    away_at = trio.current_time()
     await wait_until(lambda: len(server.ctx.hub.sessions) == 1)
+    assert await b.expect("partner_disconnected", wait_s=35) == {"reason": "left"}
+    assert 30 - 0.5 <= trio.current_time() - away_at <= 30 + 2
 
 
 @pytest.mark.rule("protocol/relay-current-partner")
@@ -581,7 +586,8 @@ async def test_a_new_socket_of_the_session_spends_a_skip_to_join(
         await a.send("join_queue")
         await a.expect("match_found")
         await partner.expect("match_found")
-        await a.ws.aclose()  # leaves the match by going away, then comes back
+        await a.send("disconnect")  # leaves the match (as the page does), then comes back
+        await a.ws.aclose()
         assert await partner.expect("partner_disconnected") == {"reason": "left"}
         gone = a.session_id
         await wait_until(lambda: gone not in server.ctx.hub.sessions)  # noqa: B023

@@ -52,8 +52,11 @@ DESIGN_DEFAULTS: dict[str, dict[str, Any]] = {
         "drain_grace_s": 10,
         # Added after DESIGN.md: what server_draining tells clients.
         "reconnect_after_ms": 1000,
+        # Issue 23: the liveness bound of a call.
+        "lost_after_s": 15.0,
+        "resume_grace_s": 30.0,
     },
-    "session": {"secret": "", "token_ttl_s": 600},
+    "session": {"secret": "", "token_ttl_s": 600, "ticket_ttl_s": 7200},
     "backend": {"kind": "memory"},
     "redis": {
         "url": "redis://127.0.0.1:6379/0",
