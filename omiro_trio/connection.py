@@ -433,13 +433,15 @@ async def _perform(
     if (
         isinstance(action, Join | NextPartner)
         and action.counted
-        and await hub.next_limited(session, ctx.config.limits.nexts_per_minute)
+        and (wait_s := await hub.next_limited(session, ctx.config.limits.nexts_per_minute))
+        is not None
     ):
         # Every way into the queue spends a skip (session_core.py): over the
-        # allowance the op is refused and the match, if any, goes on.
+        # allowance the op is refused (saying when it would be accepted) and
+        # the match, if any, goes on.
         ctx.metrics.exceeded(Budget.SKIPS)
         action = session.core.refuse(
-            "next" if isinstance(action, NextPartner) else "join_queue", now
+            "next" if isinstance(action, NextPartner) else "join_queue", now, wait_s
         )
     if isinstance(action, Reply):
         if action.error is not None:

@@ -43,6 +43,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -77,6 +78,7 @@ class BusMessage(msgspec.Struct, frozen=True, omit_defaults=True):
     match: tuple[str, str, str, tuple[str, ...]] | None = None  # caller, callee, mode, common
     reason: str = ""
     frame: str = ""
+    pair: str = ""  # "matched": the match's pair tag (match_found's "pair"), if known
     chat: str | None = None
     target: str = ""  # "ban": the banned address or network
     origin: str = ""  # "ban": the server that sent it
@@ -212,8 +214,10 @@ class Hub:
         *,
         reports: ReportPolicy | None = None,
         reconnect_after_ms: int = 1000,
+        pair_tag: Callable[[str, str], str] | None = None,
     ):
         self.backend = backend
+        self._pair_tag = pair_tag
         self.metrics = metrics
         self.report_policy = reports or ReportPolicy()
         self.sessions: dict[str, Session] = {}
@@ -348,8 +352,9 @@ class Hub:
         prefs = session.core.prefs or Preferences()
         await self.join(session, prefs, ended_reason="next", op="next")
 
-    async def next_limited(self, session: Session, per_minute: int) -> bool:
-        """Count one ``next``; True when the session has spent its ``per_minute``.
+    async def next_limited(self, session: Session, per_minute: int) -> float | None:
+        """Count one ``next``; when the session has spent its ``per_minute``, the
+        seconds until it may skip again (else None).
 
         The window is the backend's, keyed by session id: every socket the
         session opens, on any server, spends the same allowance, so
@@ -357,10 +362,9 @@ class Hub:
         nothing here (the ``next`` itself then answers ``unavailable``).
         """
         try:
-            over = await self.backend.hit_rate_limit(f"next:{session.id}", per_minute, 60.0)
+            return await self.backend.hit_rate_limit(f"next:{session.id}", per_minute, 60.0)
         except BackendUnavailable:
-            return False
-        return over is not None
+            return None
 
     async def leave(self, session: Session) -> None:
         """Become idle: stop searching, or end the current match."""
@@ -507,7 +511,8 @@ class Hub:
             self._apply_ended(session, message.match_id, message.reason)
         elif message.kind == "matched" and message.match is not None:
             caller, callee, mode, common = message.match
-            self._apply_match(session, Match(message.match_id, caller, callee, mode, common))
+            match = Match(message.match_id, caller, callee, mode, common)
+            self._apply_match(session, match, message.pair or None)
 
     # -- internals -----------------------------------------------------
 
@@ -541,11 +546,12 @@ class Hub:
     async def _form(self, session: Session, match: Match) -> None:
         """``session``'s operation formed ``match``: tell both sides."""
         self.metrics.matches.inc()
-        self._apply_match(session, match)
         partner_id = match.partner_of(session.id)
         partner = self.sessions.get(partner_id)
+        pair = await self._pair(session, partner_id, partner)
+        self._apply_match(session, match, pair)
         if partner is not None:
-            self._apply_match(partner, match)
+            self._apply_match(partner, match, pair)
         else:
             common = match.common_interests
             await self._publish(
@@ -554,8 +560,29 @@ class Hub:
                     kind="matched",
                     match_id=match.match_id,
                     match=(match.caller, match.callee, match.mode, common),
+                    pair=pair or "",
                 )
             )
+
+    async def _pair(self, session: Session, partner_id: str, partner: Session | None) -> str | None:
+        """The pair tag of ``session`` and its new partner, or None when a client is unknown.
+
+        A partner on another server costs one lookup of its client (the
+        backend's; None if it does not answer: the match goes on untagged).
+        """
+        if self._pair_tag is None:
+            return None
+        theirs: str | None
+        if partner is not None:
+            theirs = partner.ip
+        else:
+            try:
+                theirs = await self.backend.client_of(partner_id)
+            except BackendUnavailable:
+                theirs = None
+        if not theirs or not session.ip:
+            return None
+        return self._pair_tag(session.ip, theirs)
 
     async def _end(self, session: Session, match: Match, partner_reason: str) -> None:
         """``session``'s operation ended ``match``: update it, tell the partner."""
@@ -571,8 +598,8 @@ class Hub:
                 )
             )
 
-    def _apply_match(self, session: Session, match: Match) -> None:
-        frame = session.core.matched(match)
+    def _apply_match(self, session: Session, match: Match, pair: str | None = None) -> None:
+        frame = session.core.matched(match, pair)
         if frame is not None:
             session.sync_timer()
             session.send(frame)

@@ -551,9 +551,16 @@ def encode_bytes(op: str, data: Mapping[str, Any]) -> bytes:
     return _ENCODER.encode({"op": op, "data": data})
 
 
-def error_frame(code: str, message: str, op: str | None) -> str:
-    """The ``error`` message for a PROTOCOL.md error code."""
-    return encode("error", {"code": code, "message": message, "op": op})
+def error_frame(code: str, message: str, op: str | None, *, retry_after: int | None = None) -> str:
+    """The ``error`` message for a PROTOCOL.md error code.
+
+    ``retry_after``: whole seconds until the op would be accepted (a refused
+    ``next`` or ``join_queue``), sent only when given.
+    """
+    data: dict[str, Any] = {"code": code, "message": message, "op": op}
+    if retry_after is not None:
+        data["retry_after"] = retry_after
+    return encode("error", data)
 
 
 def relay_data(message: ClientMessage, sender: str) -> dict[str, Any]:

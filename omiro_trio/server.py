@@ -213,11 +213,14 @@ def _signer(config: Config) -> TokenSigner:
     return TokenSigner(secret, config.session.token_ttl_s)
 
 
-def _new_hub(config: Config, backend: Backend, metrics: Metrics) -> Hub:
+def _new_hub(
+    config: Config, backend: Backend, metrics: Metrics, signer: TokenSigner | None = None
+) -> Hub:
     """The hub, with the report and autoban rules from ``config``."""
     return Hub(
         backend,
         metrics,
+        pair_tag=signer.pair_tag if signer is not None else None,
         reports=ReportPolicy(
             per_reporter_per_hour=config.limits.reports_per_hour,
             autoban_reporters=config.reports.autoban_reporters,
@@ -265,7 +268,7 @@ async def serve(
     signer = _signer(config)
     metrics = Metrics()
     async with open_backend(config) as backend:
-        hub = _new_hub(config, backend, metrics)
+        hub = _new_hub(config, backend, metrics, signer)
         ctx = ServerContext(config=config, backend=backend, hub=hub, signer=signer, metrics=metrics)
         app = ASGIWrapper(create_app(ctx))
         hyper = _hyper_config()

@@ -340,9 +340,14 @@ class SessionCore:
         self._rejoin_free = False
         return not free
 
-    def refuse(self, op: str, now: float) -> Reply | Close:
-        """Refuse ``op`` as over the allowance (the bucket, or the backend's ``next`` limit)."""
-        reply = protocol.error_frame(ErrorCode.RATE_LIMITED, "slow down", op)
+    def refuse(self, op: str, now: float, retry_after_s: float | None = None) -> Reply | Close:
+        """Refuse ``op`` as over the allowance (the bucket, or the backend's ``next`` limit).
+
+        ``retry_after_s``: when the op would be accepted again, told to the
+        client in whole seconds (rounded up).
+        """
+        after = None if retry_after_s is None else max(1, math.ceil(retry_after_s))
+        reply = protocol.error_frame(ErrorCode.RATE_LIMITED, "slow down", op, retry_after=after)
         if self._violations.hit(now):
             return self._close(
                 CloseCode.RATE_LIMITED, "rate limit exceeded", reply, ErrorCode.RATE_LIMITED
@@ -407,8 +412,12 @@ class SessionCore:
         if self.state == "waiting":
             self.state = "idle"
 
-    def matched(self, match: Match) -> str | None:
-        """The backend formed ``match``: the ``match_found`` frame, or None when stale."""
+    def matched(self, match: Match, pair: str | None = None) -> str | None:
+        """The backend formed ``match``: the ``match_found`` frame, or None when stale.
+
+        ``pair``: the tag of the two clients' address groups
+        (``TokenSigner.pair_tag``), sent as ``pair`` when known.
+        """
         if match.match_id in self.ended_ids:
             return None
         current = self.match
@@ -422,16 +431,16 @@ class SessionCore:
         self.match = match
         self._remember(match)
         self.transcript.clear()
-        return protocol.encode(
-            "match_found",
-            {
-                "partner": match.partner_of(self.id),
-                "match_id": match.match_id,
-                "should_call": match.should_call(self.id),
-                "mode": match.mode,
-                "common_interests": list(match.common_interests),
-            },
-        )
+        data: dict[str, object] = {
+            "partner": match.partner_of(self.id),
+            "match_id": match.match_id,
+            "should_call": match.should_call(self.id),
+            "mode": match.mode,
+            "common_interests": list(match.common_interests),
+        }
+        if pair is not None:
+            data["pair"] = pair
+        return protocol.encode("match_found", data)
 
     def ended(self, match_id: str, reason: str) -> str | None:
         """``match_id`` ended: the ``partner_disconnected`` frame when it was the current match.

@@ -34,7 +34,11 @@ from typing import Final
 
 from omiro_trio.errors import InvalidToken
 
-__all__ = ["IssuedToken", "TokenSigner", "new_secret", "turn_credentials"]
+__all__ = ["PAIR_TAG_CHARS", "IssuedToken", "TokenSigner", "new_secret", "turn_credentials"]
+
+# 64 bits in hex: two pairs of networks share a tag by chance once in 2**32
+# pairs (the birthday bound), far beyond the matches one page ever compares.
+PAIR_TAG_CHARS = 16
 
 SECRET_BYTES: Final = 32
 # Unix seconds stay below 10**12 for the next 30,000 years.
@@ -82,6 +86,21 @@ class TokenSigner:
         mac = self._keyed.copy()
         mac.update(payload.encode("ascii"))
         return mac.hexdigest()
+
+    def pair_tag(self, client_a: str, client_b: str) -> str:
+        """A short tag for the pair of clients (address groups), the same either way round.
+
+        What ``match_found`` carries as ``pair`` (PROTOCOL.md): two matches of
+        the same two networks have the same tag, so a page can tell that a
+        reload brought back the same stranger; without the secret the tag
+        says nothing of the addresses. Keyed with the session secret, set
+        apart from token signatures by its ``pair:`` prefix (a token's
+        payload starts with a uuid).
+        """
+        mac = self._keyed.copy()
+        first, second = sorted((client_a, client_b))
+        mac.update(f"pair:{first}\n{second}".encode())
+        return mac.hexdigest()[:PAIR_TAG_CHARS]
 
     def issue(self, now: float) -> IssuedToken:
         """Sign a token for a new session id that expires ``ttl_s`` after ``now``."""

@@ -3,6 +3,13 @@
 //
 // Invariant: text from the network is only ever put into the page with
 // textContent, never parsed as HTML.
+//
+// Screen readers: the log itself is not a live region. What is news to the
+// user (a stranger's message, a line that the status line does not already
+// say) is written once into a separate polite region, `announce`; a match or
+// a departure is said by the status line alone, so it is heard once.
+
+import { formatNumber, t } from "./i18n.js";
 
 const TYPING_IDLE_MS = 3_000; // we stop "typing" after this long without a keystroke
 const TYPING_STALE_MS = 8_000; // a partner's "typing" that was never cleared expires
@@ -14,11 +21,13 @@ export class ChatView {
   #sendButton;
   #typing;
   #counter;
+  #announce;
   #typingTimer = null;
   #maxLength = 1000;
 
-  constructor({ log, input, sendButton, typing, counter }) {
+  constructor({ log, input, sendButton, typing, counter, announce }) {
     this.#log = log;
+    this.#announce = announce;
     this.#input = input;
     this.#sendButton = sendButton;
     this.#typing = typing;
@@ -74,20 +83,32 @@ export class ChatView {
     item.className = `msg msg-${who}`;
     const author = document.createElement("span");
     author.className = "msg-author";
-    author.textContent = who === "you" ? "You" : "Stranger";
+    author.textContent = who === "you" ? t("chat.you") : t("chat.stranger");
     const body = document.createElement("span");
     body.className = "msg-text";
+    body.dir = "auto"; // a message keeps its own direction in a page of the other
     body.textContent = text;
     item.append(author, body);
     this.#append(item);
+    if (who === "stranger") this.say(t("chat.strangerSaid", { message: text }));
   }
 
-  /** A line from Omiro itself; tone: "info", "good" or "warn". */
-  addSystem(text, tone = "info") {
+  /**
+   * A line from Omiro itself; tone: "info", "good" or "warn". `announce`:
+   * also say it to screen readers (for news the status line does not say).
+   */
+  addSystem(text, tone = "info", { announce = false } = {}) {
     const item = document.createElement("li");
     item.className = `msg msg-system tone-${tone}`;
     item.textContent = text;
     this.#append(item);
+    if (announce) this.say(text);
+  }
+
+  /** Say `text` once in the polite announcement region. */
+  say(text) {
+    if (!this.#announce) return;
+    this.#announce.textContent = text;
   }
 
   showTyping(on) {
@@ -170,6 +191,12 @@ export class TitleFlasher {
     });
   }
 
+  /** The title to come back to (it follows the page's language). */
+  set base(title) {
+    this.#base = title;
+    if (!this.#timer) document.title = title;
+  }
+
   get unread() {
     return this.#count;
   }
@@ -178,7 +205,7 @@ export class TitleFlasher {
   notify(label) {
     if (!document.hidden) return;
     this.#count += 1;
-    const text = this.#count > 1 ? `(${this.#count}) ${label}` : label;
+    const text = this.#count > 1 ? `(${formatNumber(this.#count)}) ${label}` : label;
     clearInterval(this.#timer);
     let on = true;
     document.title = text;

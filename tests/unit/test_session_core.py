@@ -713,3 +713,24 @@ def test_random_op_sequences_keep_the_invariants() -> None:
     run_state_machine_as_test(
         SessionCores, settings=settings(max_examples=150, stateful_step_count=60, deadline=None)
     )
+
+
+def test_match_found_carries_the_pair_tag_only_when_known() -> None:
+    match = Match("m1", "a", "b", "video", ())
+    told = json.loads(SessionCore("a", 0.0).matched(match, "0123456789abcdef") or "")
+    assert told["data"]["pair"] == "0123456789abcdef"
+    untagged = json.loads(SessionCore("a", 0.0).matched(match) or "")
+    assert "pair" not in untagged["data"]
+
+
+@pytest.mark.parametrize(("wait_s", "told"), [(0.2, 1), (1.0, 1), (41.3, 42), (60.0, 60)])
+def test_a_refused_skip_says_when_to_try_again(wait_s: float, told: int) -> None:
+    refused = SessionCore("a", 0.0, rates=RATES).refuse("next", 0.0, wait_s)
+    assert isinstance(refused, Reply)
+    data = json.loads(refused.frame)["data"]
+    assert data == {
+        "code": "rate_limited",
+        "message": "slow down",
+        "op": "next",
+        "retry_after": told,
+    }
