@@ -686,9 +686,10 @@ async function inboundFramesDecoded() {
 }
 
 /**
- * Fill the stage with the stranger when the stream's shape is close to the
- * stage's (a phone held upright showing a phone held upright); show it whole
- * when it is not (a laptop's wide picture on an upright phone).
+ * A tall stream on a tall stage (a phone held upright showing a phone held
+ * upright) fills the stage, cut a little at the edges when their shapes are
+ * close; anything else is shown whole (a laptop's wide picture on an
+ * upright phone is never cut to a sliver).
  */
 function fitRemoteVideo() {
   const video = ui.remoteVideo;
@@ -697,7 +698,8 @@ function fitRemoteVideo() {
   const stream = video.videoWidth / video.videoHeight;
   const stage = box.width / box.height;
   const visible = Math.min(stream / stage, stage / stream);
-  video.dataset.fit = visible >= COVER_MIN_VISIBLE ? "cover" : "contain";
+  const tall = stream < 1 && stage < 1;
+  video.dataset.fit = tall && visible >= COVER_MIN_VISIBLE ? "cover" : "contain";
 }
 
 // --------------------------------------------------- camera and microphone
