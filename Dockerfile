@@ -13,6 +13,7 @@ RUN apt-get update \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY omiro_trio ./omiro_trio
+COPY omiro_bench ./omiro_bench
 COPY frontend ./frontend
 # Wheels only: the final stage has no compiler, so nothing may need one. pip
 # leaves the modules byte-compiled (the runtime user cannot write there).

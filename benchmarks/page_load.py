@@ -18,6 +18,8 @@ filter adds when a user turns it on (fetched only then).
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import statistics
 import time
@@ -25,7 +27,7 @@ import time
 import httpx
 import trio
 
-from omiro_trio.bench import report
+from omiro_bench.server import start_server
 
 # What the page's head and body name: <link href>, <script src>.
 ASSET_RE = re.compile(r'<(?:link|script)\b[^>]*\b(?:href|src)="([^"#:?]+)"')
@@ -101,7 +103,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--requests", type=int, default=500)
-    report(parser.parse_args(), run)
+    args = parser.parse_args()
+    # With two or more cores the server gets core 0 and this process core 1.
+    pin = len(os.sched_getaffinity(0)) >= 2
+    server = start_server(pin)
+    try:
+        if pin:
+            os.sched_setaffinity(0, {1})
+        results = trio.run(run, args, server.url, server.pid)
+    finally:
+        server.stop()
+    print(json.dumps({"args": vars(args), "pinned": pin, **results}, indent=2))
 
 
 if __name__ == "__main__":

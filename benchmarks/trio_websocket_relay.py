@@ -117,19 +117,21 @@ def main() -> None:
     if args.serve:
         trio.run(serve, args.host, args.port)
         return
-    from omiro_trio.bench.scenarios import Options, run_scenario
+    from omiro_bench.relay import RELAY, RelayOptions
+    from omiro_bench.run import RunOptions, run_scenario
 
-    options = Options(
-        procs=args.procs,
+    options = RelayOptions(
         pairs=args.pairs,
         idle=args.idle,
         messages=args.messages,
         window=args.window,
         rate=args.rate,
         seconds=args.seconds,
-        server_command=[sys.executable, os.path.abspath(__file__), "--serve"],
     )
-    result = run_scenario("relay", options)
+    setup = RunOptions(
+        procs=args.procs, server_command=(sys.executable, os.path.abspath(__file__), "--serve")
+    )
+    result = run_scenario(RELAY, options, setup)
     print(json.dumps(result, indent=2))
 
 

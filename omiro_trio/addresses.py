@@ -103,6 +103,26 @@ def address_group(ip: str, ipv6_prefix: int) -> str:
     return str(ipaddress.IPv6Network((address, ipv6_prefix), strict=False))
 
 
+def ban_key(target: str, ipv6_prefix: int) -> str | None:
+    """The client a ban covers whole, as ``address_group`` writes it; None for a wider network.
+
+    A ban of one IPv4 address is found under that address; a ban of an IPv6
+    address or network within one group (``ipv6_prefix`` bits) under that
+    group. Those are looked up exactly (O(1) per check); only the bans of
+    wider networks (``None``) are compared one by one. Raises ``ValueError``
+    for a target that is not an address or a network.
+    """
+    network = ipaddress.ip_network(target.strip(), strict=False)
+    address = str(network.network_address)
+    if isinstance(network, ipaddress.IPv4Network):
+        return address if network.prefixlen == 32 else None
+    if network.network_address.ipv4_mapped is not None:
+        return str(network.network_address.ipv4_mapped) if network.prefixlen == 128 else None
+    if network.prefixlen >= min(ipv6_prefix, 128):
+        return address_group(address, ipv6_prefix)
+    return None
+
+
 def group_in_networks(group: str, networks: tuple[Network, ...]) -> bool:
     """Whether a client (address or address group) overlaps any of ``networks``."""
     try:

@@ -173,7 +173,14 @@ async def _check_token(ctx: ServerContext, head: RequestHead, ip: str) -> str | 
         return Rejection(
             401, {"error": "invalid_token", "message": f"invalid session token: {exc}"}
         )
-    if not await ctx.backend.claim_session(session_id, ip):
+    try:
+        claimed = await ctx.backend.claim_session(session_id, ip)
+    except BackendUnavailable:
+        # The claim may have been made and only its answer lost: undo it
+        # (later, if the backend is away), or the session stays held.
+        await ctx.hub.release_claim(session_id)
+        raise
+    if not claimed:
         return Rejection(
             409, {"error": "already_connected", "message": "this session is already connected"}
         )

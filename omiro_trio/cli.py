@@ -1,4 +1,8 @@
-"""The ``omiro`` command: ``serve``, ``check-config``, ``ban`` and ``bench``.
+"""The ``omiro`` command: ``serve``, ``check-config`` and ``ban``.
+
+Installed packages add commands through the ``omiro.commands`` entry-point
+group, loaded only when named (``omiro bench``, from ``omiro_bench``): the
+server never imports them.
 
 Exit codes: 0 after a clean stop (Ctrl-C or SIGTERM included), 1 when the
 server could not start (port in use, ...), 2 for a configuration error.
@@ -6,6 +10,7 @@ server could not start (port in use, ...), 2 for a configuration error.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import signal
@@ -31,6 +36,8 @@ from omiro_trio.logging import setup_logging
 log = logging.getLogger("omiro")
 
 ADMIN_TIMEOUT_S = 10.0
+COMMANDS_ENTRY_POINTS = "omiro.commands"
+"""The entry-point group of the commands other packages add to ``omiro``."""
 
 config_option = click.option(
     "--config",
@@ -51,7 +58,34 @@ def _load(config_path: Path | None) -> Config:
         sys.exit(2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Omiro(click.Group):
+    """``omiro``'s own commands, then those of the ``omiro.commands`` entry points.
+
+    An added command is imported when it is run or when the help lists the
+    commands, never for one of ``omiro``'s own (``omiro serve``).
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_added_commands()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        entry_point = _added_commands().get(cmd_name)
+        if entry_point is None:
+            return None
+        added = entry_point.load()
+        if not isinstance(added, click.Command):
+            raise TypeError(f"{entry_point.value} ({COMMANDS_ENTRY_POINTS}) is not a click command")
+        return added
+
+
+def _added_commands() -> dict[str, importlib.metadata.EntryPoint]:
+    return {e.name: e for e in importlib.metadata.entry_points(group=COMMANDS_ENTRY_POINTS)}
+
+
+@click.group(cls=_Omiro, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="omiro")
 def main() -> None:
     """Omiro: self-hostable random video chat."""
@@ -69,8 +103,16 @@ def main() -> None:
     help="Processes sharing the port (SO_REUSEPORT), supervised; more than 1 needs Redis.",
 )
 @click.option("--reuse-port", is_flag=True, hidden=True, help="Run as one of --workers.")
+@click.option("--server-id", default=None, hidden=True, help="(--workers) this worker's id.")
+@click.option("--replaces", default=None, hidden=True, help="(--workers) the id of a dead one.")
 def serve(
-    config_path: Path | None, host: str | None, port: int | None, workers: int, reuse_port: bool
+    config_path: Path | None,
+    host: str | None,
+    port: int | None,
+    workers: int,
+    reuse_port: bool,
+    server_id: str | None,
+    replaces: str | None,
 ) -> None:
     """Run the server until Ctrl-C or SIGTERM, then drain and exit."""
     config = _with_address(_load(config_path), host, port)
@@ -78,7 +120,7 @@ def serve(
     if workers != 1:
         _supervise_workers(config, workers, config_path)
         return
-    exit_code = _serve_one(config, reuse_port)
+    exit_code = _serve_one(config, reuse_port, server_id, replaces)
     if exit_code:
         sys.exit(exit_code)
 
@@ -109,11 +151,13 @@ def _supervise_workers(config: Config, workers: int, config_path: Path | None) -
     trio.run(supervise, config, workers, config_path)
 
 
-def _serve_one(config: Config, reuse_port: bool) -> int:
+def _serve_one(
+    config: Config, reuse_port: bool, server_id: str | None = None, replaces: str | None = None
+) -> int:
     """Run one server process until signalled; returns the exit code (0, 1 or 2)."""
     exit_code = 0
     try:
-        trio.run(_serve_until_signalled, config, reuse_port)
+        trio.run(_serve_until_signalled, config, reuse_port, server_id, replaces)
     except* ConfigError as problems:  # found only when starting (e.g. an unavailable backend)
         for problem in problems.exceptions:
             log.error("configuration error: %s", problem)
@@ -125,7 +169,12 @@ def _serve_one(config: Config, reuse_port: bool) -> int:
     return exit_code
 
 
-async def _serve_until_signalled(config: Config, reuse_port: bool = False) -> None:
+async def _serve_until_signalled(
+    config: Config,
+    reuse_port: bool = False,
+    server_id: str | None = None,
+    replaces: str | None = None,
+) -> None:
     from omiro_trio.server import serve as run_server  # the CLI stays quick to import
 
     stop = trio.Event()
@@ -133,7 +182,9 @@ async def _serve_until_signalled(config: Config, reuse_port: bool = False) -> No
         async with trio.open_nursery() as nursery:
 
             async def run() -> None:
-                await run_server(config, stop, reuse_port=reuse_port)
+                await run_server(
+                    config, stop, reuse_port=reuse_port, server_id=server_id, replaces=replaces
+                )
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(run)
@@ -282,272 +333,3 @@ def ban_remove(config_path: Path | None, url: str | None, token: str | None, tar
     if status != 204:
         _fail(status, payload)
     click.echo(f"lifted the ban of {target}")
-
-
-MAX_CHURN_ROUNDS = 100_000
-"""``omiro bench churn --minutes``: the rounds it runs at most unless ``--rounds`` says."""
-
-
-@main.group()
-def bench() -> None:
-    """Measure a real `omiro serve` on this machine (loopback only)."""
-
-
-def _common(function: Callable[..., Any]) -> Callable[..., Any]:
-    """The options every scenario has: generator processes and JSON output."""
-    function = click.option(
-        "--procs",
-        type=click.IntRange(min=1, max=64),
-        default=1,
-        show_default=True,
-        help="Load-generator processes (pinned away from the server's core).",
-    )(function)
-    function = click.option(
-        "--server-python",
-        type=click.Path(exists=True, dir_okay=False),
-        default=None,
-        help="Run the server with this Python (another build, for before/after).",
-    )(function)
-    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(function)
-
-
-def _server(server_python: str | None) -> list[str]:
-    return [server_python, "-m", "omiro_trio", "serve"] if server_python else []
-
-
-def _print(result: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        click.echo(msgspec.json.format(msgspec.json.encode(result)).decode())
-        return
-    for key, value in result.items():
-        if key not in ("options", "args"):
-            click.echo(f"{key}: {msgspec.json.encode(value).decode()}")
-
-
-@bench.command("relay")
-@click.option("--pairs", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option(
-    "--idle",
-    type=click.IntRange(min=0),
-    default=1000,
-    show_default=True,
-    help="Idle sockets held open during the measurement.",
-)
-@click.option(
-    "--messages",
-    type=click.IntRange(min=1),
-    default=2000,
-    show_default=True,
-    help="Frames per pair and direction in the throughput phase.",
-)
-@click.option(
-    "--window",
-    type=click.IntRange(min=1),
-    default=32,
-    show_default=True,
-    help="Unanswered frames per pair and direction in the throughput phase.",
-)
-@click.option(
-    "--rate",
-    type=click.FloatRange(min=1),
-    default=1000.0,
-    show_default=True,
-    help="Frames per second, in all, in the latency phase.",
-)
-@click.option(
-    "--seconds",
-    type=click.FloatRange(min=0.1),
-    default=10.0,
-    show_default=True,
-    help="Length of the latency phase.",
-)
-@_common
-def bench_relay(
-    pairs: int,
-    idle: int,
-    messages: int,
-    window: int,
-    rate: float,
-    seconds: float,
-    procs: int,
-    as_json: bool,
-    server_python: str | None,
-) -> None:
-    """Relay throughput, latency and memory per socket; prints JSON (see BENCHMARKS.md)."""
-    from omiro_trio.bench.scenarios import Options, run_scenario
-
-    options = Options(
-        server_command=_server(server_python),
-        procs=procs,
-        pairs=pairs,
-        idle=idle,
-        messages=messages,
-        window=window,
-        rate=rate,
-        seconds=seconds,
-    )
-    result = run_scenario("relay", options)
-    result["args"] = result.pop("options")
-    _print(result, True)  # JSON always: scripts read it
-
-
-@bench.command("connect")
-@click.option("--sessions", type=click.IntRange(min=2), default=2000, show_default=True)
-@click.option(
-    "--concurrency",
-    type=click.IntRange(min=1),
-    default=100,
-    show_default=True,
-    help="Clients connecting at the same time, in all.",
-)
-@_common
-def bench_connect(
-    sessions: int, concurrency: int, procs: int, as_json: bool, server_python: str | None
-) -> None:
-    """New matched pairs a second: token, upgrade, join_queue, match_found, leave."""
-    from omiro_trio.bench.scenarios import Options, run_scenario
-
-    options = Options(
-        server_command=_server(server_python),
-        procs=procs,
-        sessions=sessions,
-        concurrency=concurrency,
-        rounds=1,
-    )
-    _print(run_scenario("connect", options), as_json)
-
-
-@bench.command("churn")
-@click.option(
-    "--rounds",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Rounds to run (default 10; with --minutes, at most this many).",
-)
-@click.option(
-    "--minutes",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    help="Run rounds until this many minutes have passed.",
-)
-@click.option("--sessions", type=click.IntRange(min=2), default=2000, show_default=True)
-@click.option("--concurrency", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option(
-    "--pause",
-    type=click.FloatRange(min=0),
-    default=1.0,
-    show_default=True,
-    help="Seconds between rounds.",
-)
-@_common
-def bench_churn(
-    rounds: int | None,
-    minutes: float,
-    sessions: int,
-    concurrency: int,
-    pause: float,
-    procs: int,
-    as_json: bool,
-    server_python: str | None,
-) -> None:
-    """Rounds of connect-and-leave: server RSS and sessions seen after each round.
-
-    Each round is also printed on stderr as it ends (time, sessions seen,
-    server RSS, pairs/s).
-    """
-    from omiro_trio.bench.scenarios import Options, run_scenario
-
-    if rounds is None:
-        rounds = MAX_CHURN_ROUNDS if minutes else 10
-    options = Options(
-        server_command=_server(server_python),
-        procs=procs,
-        sessions=sessions,
-        concurrency=concurrency,
-        rounds=rounds,
-        pause=pause,
-        minutes=minutes,
-    )
-    _print(run_scenario("churn", options), as_json)
-
-
-@bench.command("idle")
-@click.option("--sockets", type=click.IntRange(min=1), default=10000, show_default=True)
-@click.option(
-    "--deflate/--no-deflate",
-    default=True,
-    show_default=True,
-    help="Offer permessage-deflate, as browsers do.",
-)
-@_common
-def bench_idle(
-    sockets: int, deflate: bool, procs: int, as_json: bool, server_python: str | None
-) -> None:
-    """Server RSS per idle socket."""
-    from omiro_trio.bench.scenarios import Options, run_scenario
-
-    options = Options(
-        server_command=_server(server_python), procs=procs, idle=sockets, deflate_offer=deflate
-    )
-    _print(run_scenario("idle", options), as_json)
-
-
-@bench.command("realistic")
-@click.option("--users", type=click.IntRange(min=2), default=200, show_default=True)
-@click.option("--seconds", type=click.FloatRange(min=1), default=60.0, show_default=True)
-@click.option(
-    "--next-after",
-    type=(float, float),
-    default=(5.0, 60.0),
-    show_default=True,
-    help="Each match lasts a random time in this range (seconds).",
-)
-@click.option(
-    "--find-max",
-    is_flag=True,
-    help="Step --users up (a fresh server each step of --seconds) until the relay p99 "
-    "exceeds --p99-limit-ms or a process saturates; report every step.",
-)
-@click.option("--p99-limit-ms", type=click.FloatRange(min=0), default=50.0, show_default=True)
-@click.option(
-    "--step-factor",
-    type=click.FloatRange(min=1, min_open=True),
-    default=1.5,
-    show_default=True,
-    help="With --find-max: users of the next step, times this one's.",
-)
-@click.option(
-    "--max-steps",
-    type=click.IntRange(min=1, max=20),
-    default=8,
-    show_default=True,
-    help="With --find-max: at most this many steps.",
-)
-@_common
-def bench_realistic(
-    users: int,
-    seconds: float,
-    next_after: tuple[float, float],
-    find_max: bool,
-    p99_limit_ms: float,
-    step_factor: float,
-    max_steps: int,
-    procs: int,
-    as_json: bool,
-    server_python: str | None,
-) -> None:
-    """Users who meet, signal (offer, answer, ICE), chat at human rates and press next."""
-    from omiro_trio.bench.scenarios import FindMax, Options, find_max_users, run_scenario
-
-    options = Options(
-        server_command=_server(server_python),
-        procs=procs,
-        users=users,
-        seconds=seconds,
-        next_after=next_after,
-    )
-    if find_max:
-        plan = FindMax(p99_limit_ms=p99_limit_ms, factor=step_factor, max_steps=max_steps)
-        _print(find_max_users(options, plan), as_json)
-        return
-    _print(run_scenario("realistic", options), as_json)

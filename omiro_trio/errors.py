@@ -5,7 +5,8 @@
   reaches the log as a traceback.
 * ``ConfigError``: the operator's configuration is wrong; names key and file.
 * ``BackendUnavailable``: the environment failed (Redis gone); raised ``from``
-  its cause.
+  its cause. ``SessionElsewhere`` is the one kind that is news, not a
+  failure: the session is held by another of its sockets now.
 
 Anything else is a bug and should be loud.
 """
@@ -40,6 +41,10 @@ class ConfigError(OmiroError):
 
 class BackendUnavailable(OmiroError):
     """The shared backend did not answer."""
+
+
+class SessionElsewhere(BackendUnavailable):
+    """The session has a socket elsewhere now (on another server): this one may not act for it."""
 
 
 class InvalidToken(OmiroError):

@@ -55,8 +55,6 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
-from trio_websocket import ConnectionClosed
-from wsproto.utilities import LocalProtocolError as WsLocalProtocolError
 
 from omiro_trio.addresses import Network, address_group, in_networks
 from omiro_trio.admission import RequestHead
@@ -122,11 +120,7 @@ EXPECTED_FAILURES: tuple[type[BaseException], ...] = (
     trio.BrokenResourceError,
     trio.ClosedResourceError,
     trio.TooSlowError,  # a deadline of ours
-    ConnectionClosed,  # the WebSocket peer left
     h11.ProtocolError,  # a client that does not speak HTTP
-    # The WebSocket engine refusing to send on a connection the peer is
-    # closing (a pong crossing a close frame): the peer's doing, not ours.
-    WsLocalProtocolError,
 )
 """What a connection may die of without it being our bug: ended silently."""
 

@@ -31,11 +31,21 @@ what keep every interleaving correct, and:
   formed is always delivered: nothing between "formed" and "told" can be
   cancelled.
 * ``BackendUnavailable`` never leaves the hub: the client gets an ``error``
-  (``unavailable``) and the state is repaired by the next ``resync``.
+  (``unavailable``) and the state is repaired by the next ``resync``. Its
+  kind ``SessionElsewhere`` (the session has a socket on another server
+  now) closes this socket instead.
+* A relay to a partner on another server goes to the server the match
+  names, with no lookup; the backend says whether it was heard. Not heard
+  (that server is away for a moment) is an ``unavailable`` error for that
+  frame; only a match the backend says is over ends the sender's match.
+* A match formed here is announced to the partner's server before this
+  session's client hears of it, so the caller's first frame finds it known.
 * ``resync`` (periodic, and at once when the backend says messages may have
   been lost or its records were lost) compares each session's local match
-  with the backend's and repairs the difference; after a Redis restart it
-  also puts every live session, waiting entry and match back.
+  with the backend's and repairs the difference, acting at once only on what
+  the backend knows for certain (``ended``, ``formed``). After the backend
+  lost its state, it puts back everything this server holds (``local_views``)
+  before any call of this server, a resync included, may act on it.
 """
 
 from __future__ import annotations
@@ -54,7 +64,7 @@ from omiro_trio import protocol
 from omiro_trio.addresses import group_in_networks
 from omiro_trio.backends.base import Backend, Ban, Ended, LocalView, ReportRecord, SharedView
 from omiro_trio.codes import CloseCode, ErrorCode
-from omiro_trio.errors import BackendUnavailable
+from omiro_trio.errors import BackendUnavailable, SessionElsewhere
 from omiro_trio.matchmaking import Match, Preferences, Waiting
 from omiro_trio.metrics import Metrics
 from omiro_trio.session_core import Relay, SessionCore, Widen
@@ -63,6 +73,7 @@ log = logging.getLogger(__name__)
 
 SYNC_INTERVAL_S = 5.0
 SYNC_RETRY_S = 1.0
+RELEASE_RETRY_S = 0.1  # sockets gone while the backend was away: released as soon as it answers
 SYNC_SLICE = 256  # sessions compared with the backend between checkpoints
 
 BusKind = Literal["matched", "ended", "relay", "ban"]
@@ -76,6 +87,7 @@ class BusMessage(msgspec.Struct, frozen=True, omit_defaults=True):
     kind: BusKind
     match_id: str
     match: tuple[str, str, str, tuple[str, ...]] | None = None  # caller, callee, mode, common
+    servers: tuple[str, str] = ("", "")  # "matched": the servers holding caller and callee
     reason: str = ""
     frame: str = ""
     pair: str = ""  # "matched": the match's pair tag (match_found's "pair"), if known
@@ -332,7 +344,16 @@ class Hub:
     async def _enter_queue(self, session: Session, prefs: Preferences, *, announce: bool) -> None:
         core = session.core
         applied = core.matches_applied
-        result = await self.backend.join(session.id, prefs)
+        try:
+            result = await self.backend.join(session.id, prefs)
+        except ValueError:
+            # The backend holds it in a queue or a match this server does not
+            # know of (an answer lost to a fault): end that, then join.
+            log.info("join: %s was not idle in the backend; leaving first", session.id)
+            ended = await self.backend.leave(session.id)
+            if ended is not None:
+                await self._end(session, ended, "left")
+            result = await self.backend.join(session.id, prefs)
         if isinstance(result, Waiting):
             if core.matches_applied != applied:
                 # Another server matched it (and told it) before this answer
@@ -375,6 +396,12 @@ class Hub:
                 self._unavailable(session, "leave_queue", exc)
 
     def _unavailable(self, session: Session, op: str, exc: BackendUnavailable) -> None:
+        if isinstance(exc, SessionElsewhere):
+            # The session opened a socket on another server since (e.g. while
+            # this one was frozen): this socket may no longer act for it.
+            log.info("%s for %s: the session is held elsewhere now; closing", op, session.id)
+            session.close(CloseCode.GOING_AWAY, "connected elsewhere")
+            return
         log.warning("%s for %s failed: %s", op, session.id, exc)
         self._sync_now.set()
         session.send(
@@ -399,20 +426,25 @@ class Hub:
             to=partner_id, kind="relay", match_id=match.match_id, frame=frame.decode(), chat=chat
         )
         try:
-            delivered = await self._publish(bus)
+            delivery = await self.backend.publish(
+                partner_id,
+                _bus_encoder.encode(bus),
+                server=match.server_of(partner_id),
+                match_id=match.match_id,
+                sender=session.id,
+            )
         except BackendUnavailable as exc:
             self._unavailable(session, relay.op, exc)
             return
-        if not delivered:
-            # Nobody holds the partner any more: the match is over for the sender too.
-            async with session.lock:
-                if session.match is not None and session.match.match_id == match.match_id:
-                    try:
-                        await self._make_idle(session, "left")
-                    except BackendUnavailable:
-                        session.core.forget(match.match_id)
-                        self._sync_now.set()
-                    session.send(protocol.encode("partner_disconnected", {"reason": "left"}))
+        if delivery == "unheard":
+            # The partner is still held, but its server is not listening right
+            # now (resubscribing): this frame is lost, the match is not.
+            self._unavailable(session, relay.op, BackendUnavailable("the partner's server is away"))
+        elif delivery == "gone":
+            # The match is over in the shared state (its end is on its way,
+            # or was lost): over for the sender too, and said once.
+            self._apply_ended(session, match.match_id, "left")
+            self._sync_now.set()
 
     async def report(self, session: Session, reason: str) -> None:
         """End the match, block the pair, keep the report with the transcript."""
@@ -511,7 +543,7 @@ class Hub:
             self._apply_ended(session, message.match_id, message.reason)
         elif message.kind == "matched" and message.match is not None:
             caller, callee, mode, common = message.match
-            match = Match(message.match_id, caller, callee, mode, common)
+            match = Match(message.match_id, caller, callee, mode, common, message.servers)
             self._apply_match(session, match, message.pair or None)
 
     # -- internals -----------------------------------------------------
@@ -544,25 +576,34 @@ class Hub:
             await self._end(session, ended, partner_reason)
 
     async def _form(self, session: Session, match: Match) -> None:
-        """``session``'s operation formed ``match``: tell both sides."""
+        """``session``'s operation formed ``match``: tell both sides.
+
+        A partner on another server hears of it first: its client must know
+        the match before this client's first relayed frame (the caller's
+        offer) reaches its server.
+        """
         self.metrics.matches.inc()
         partner_id = match.partner_of(session.id)
         partner = self.sessions.get(partner_id)
         pair = await self._pair(session, partner_id, partner)
+        if partner is None:
+            common = match.common_interests
+            message = BusMessage(
+                to=partner_id,
+                kind="matched",
+                match_id=match.match_id,
+                match=(match.caller, match.callee, match.mode, common),
+                servers=match.servers,
+                pair=pair or "",
+            )
+            try:
+                await self._publish(message, match.server_of(partner_id))
+            except BackendUnavailable as exc:
+                # Formed all the same: the partner's server finds it at its resync.
+                log.warning("could not tell %s of match %s: %s", partner_id, match.match_id, exc)
         self._apply_match(session, match, pair)
         if partner is not None:
             self._apply_match(partner, match, pair)
-        else:
-            common = match.common_interests
-            await self._publish(
-                BusMessage(
-                    to=partner_id,
-                    kind="matched",
-                    match_id=match.match_id,
-                    match=(match.caller, match.callee, match.mode, common),
-                    pair=pair or "",
-                )
-            )
 
     async def _pair(self, session: Session, partner_id: str, partner: Session | None) -> str | None:
         """The pair tag of ``session`` and its new partner, or None when a client is unknown.
@@ -592,11 +633,10 @@ class Hub:
         if partner is not None:
             self._apply_ended(partner, match.match_id, partner_reason)
         else:
-            await self._publish(
-                BusMessage(
-                    to=partner_id, kind="ended", match_id=match.match_id, reason=partner_reason
-                )
+            message = BusMessage(
+                to=partner_id, kind="ended", match_id=match.match_id, reason=partner_reason
             )
+            await self._publish(message, match.server_of(partner_id))
 
     def _apply_match(self, session: Session, match: Match, pair: str | None = None) -> None:
         frame = session.core.matched(match, pair)
@@ -613,8 +653,8 @@ class Hub:
         if session.core.relayed(match_id, chat):
             session.send(frame)
 
-    async def _publish(self, message: BusMessage) -> bool:
-        return await self.backend.publish(message.to, _bus_encoder.encode(message))
+    async def _publish(self, message: BusMessage, server: str = "") -> None:
+        await self.backend.publish(message.to, _bus_encoder.encode(message), server=server)
 
     # -- cluster upkeep ------------------------------------------------
 
@@ -633,7 +673,9 @@ class Hub:
                 await self.resync()
             except BackendUnavailable as exc:
                 log.warning("resync failed: %s", exc)
-                await trio.sleep(SYNC_RETRY_S)
+                # A session whose socket ended while the backend was away still
+                # waits there, and could be matched: try again at once.
+                await trio.sleep(RELEASE_RETRY_S if self._unreleased else SYNC_RETRY_S)
                 self._sync_now.set()
             except Exception:
                 # A bug here must not end the process with every socket on it.
@@ -660,6 +702,14 @@ class Hub:
                 await trio.lowlevel.checkpoint()
             await self._resync_some(sessions[start : start + SYNC_SLICE])
 
+    def local_views(self) -> list[LocalView]:
+        """What this server holds, for the backend to put back after it lost its state.
+
+        Taken at once, without a checkpoint (and without the sessions' locks:
+        the backend runs no other call of this server until it is put back).
+        """
+        return [_view(s) for s in self.sessions.values() if s.core.close_code is None]
+
     async def _resync_some(self, sessions: list[Session]) -> None:
         held: list[Session] = []
         try:
@@ -667,15 +717,23 @@ class Hub:
                 if not session.lock.locked() and session.core.close_code is None:
                     session.lock.acquire_nowait()
                     held.append(session)
-            views = [LocalView(s.id, s.ip, s.match) for s in held]
+            views = [_view(s) for s in held]
             waiting = [s.waiting for s in held]
             shared = await self.backend.sync(views)
             for session, local, was_waiting, view in zip(held, views, waiting, shared, strict=True):
+                if self.sessions.get(session.id) is not session:
+                    continue
+                if view.state == "formed" and view.match is not None:
+                    # The resync itself matched it (it waited, and a partner
+                    # had been passed over): tell both sides now.
+                    session.stop_widen()
+                    await self._form(session, view.match)
+                    continue
                 # A partner's operation or a bus message may have changed it
                 # meanwhile (they need no lock of its own): then the answer is
                 # stale, and the next resync looks again.
                 moved = session.match is not local.match or session.waiting != was_waiting
-                if not moved and self.sessions.get(session.id) is session:
+                if not moved:
                     await self._repair(session, view)
         finally:
             for session in held:
@@ -683,6 +741,13 @@ class Hub:
 
     async def _repair(self, session: Session, shared: SharedView) -> None:
         local = session.match
+        if shared.state == "ended" and local is not None:
+            # Certain, not news on its way: the partner moved on, or never
+            # came back after the shared state was lost.
+            log.info("resync: match %s of %s is over", local.match_id, session.id)
+            session.suspect = None
+            self._apply_ended(session, local.match_id, "left")
+            return
         # What differs now may be news still on its way (a match formed or
         # ended a moment ago, its bus message not yet here): act only on a
         # difference that the previous resync saw too.
@@ -695,7 +760,7 @@ class Hub:
                 and local.match_id == shared.match.match_id
             )
             or (shared.state == "waiting" and local is None and session.waiting)
-            or (shared.state == "idle" and local is None and not session.waiting)
+            or (shared.state in ("idle", "ended") and local is None and not session.waiting)
         )
         if agrees:
             session.suspect = None
@@ -725,7 +790,7 @@ class Hub:
             self._apply_ended(session, local.match_id, "left")
             if shared.state == "waiting":
                 await self.backend.leave(session.id)
-        elif session.waiting and shared.state == "idle" and session.core.prefs is not None:
+        elif session.waiting and shared.state in ("idle", "ended") and session.core.prefs:
             log.info("resync: %s waits again", session.id)
             session.stop_widen()
             await self._enter_queue(session, session.core.prefs, announce=False)
@@ -743,4 +808,13 @@ class Hub:
                 message = BusMessage(
                     to=partner_id, kind="ended", match_id=item.match.match_id, reason="left"
                 )
-                await self._publish(message)
+                await self._publish(message, item.match.server_of(partner_id))
+
+
+def _view(session: Session) -> LocalView:
+    """What this server holds for ``session``, as ``Backend.sync`` takes it."""
+    core = session.core
+    if core.state != "waiting" or core.prefs is None:
+        return LocalView(session.id, session.ip, core.match)
+    ticket = core.widen.ticket if core.widen is not None else None
+    return LocalView(session.id, session.ip, core.match, core.prefs, ticket)

@@ -39,5 +39,3 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # trio-websocket logs every frame at debug; keep it quiet unless asked for.
-    logging.getLogger("trio-websocket").setLevel(max(root.level, logging.INFO))

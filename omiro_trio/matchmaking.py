@@ -70,6 +70,9 @@ class Match:
     callee: str
     mode: str
     common_interests: tuple[str, ...]
+    # The servers holding caller and callee when it formed ("" when one
+    # server holds everything): where a relay to the partner goes.
+    servers: tuple[str, str] = ("", "")
 
     def partner_of(self, session_id: str) -> str:
         """The other side of the match."""
@@ -81,6 +84,10 @@ class Match:
 
     def should_call(self, session_id: str) -> bool:
         return session_id == self.caller
+
+    def server_of(self, session_id: str) -> str:
+        """The server that held ``session_id`` when the match formed ("" if unknown)."""
+        return self.servers[0] if session_id == self.caller else self.servers[1]
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,8 +74,15 @@ class Running:
 
 
 @asynccontextmanager
-async def open_backend(config: Config) -> AsyncIterator[Backend]:
-    """Open the configured backend; it is closed when the block exits."""
+async def open_backend(
+    config: Config, *, server_id: str | None = None, replaces: str | None = None
+) -> AsyncIterator[Backend]:
+    """Open the configured backend; it is closed when the block exits.
+
+    With Redis, ``server_id`` names this server in the registry (else a
+    random id), and ``replaces`` names a server known to be dead (a worker
+    this one replaces): it is swept at once.
+    """
     if config.backend.kind == "memory":
         async with open_memory_backend(
             interest_timeout_s=config.matchmaking.interest_timeout_s,
@@ -83,6 +90,7 @@ async def open_backend(config: Config) -> AsyncIterator[Backend]:
             # A block outlives both sessions: a session lives at most its
             # token's life plus one connection.
             block_ttl_s=max(config.session.token_ttl_s * 2, 86400),
+            ipv6_prefix=config.server.ipv6_prefix,
         ) as backend:
             yield backend
     else:
@@ -101,6 +109,9 @@ async def open_backend(config: Config) -> AsyncIterator[Backend]:
                 interest_timeout_s=config.matchmaking.interest_timeout_s,
                 rematch_cooldown_s=config.matchmaking.rematch_cooldown_s,
                 block_ttl_s=max(config.session.token_ttl_s * 2, 86400),
+                ipv6_prefix=config.server.ipv6_prefix,
+                server_id=server_id,
+                replaces=replaces,
             ) as backend:
                 opened = True
                 yield backend
@@ -126,12 +137,15 @@ async def _janitor(
     hub: Hub | None = None,
     interval_s: float = JANITOR_INTERVAL_S,
 ) -> None:
-    """Sweep every ``interval_s``; tell the partners of a dead server's sessions.
+    """Sweep at once, then every ``interval_s``; tell the partners of a dead server's sessions.
 
     A failed sweep is logged and tried again.
     """
+    first = True
     while True:
-        await trio.sleep(interval_s)
+        if not first:
+            await trio.sleep(interval_s)
+        first = False
         try:
             ended = await backend.sweep()
             if hub is not None and ended:
@@ -188,7 +202,11 @@ async def _run_bus(
     while True:
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(partial(backend.run_bus, deliver, on_gap=hub.request_sync))
+                await nursery.start(
+                    partial(
+                        backend.run_bus, deliver, on_gap=hub.request_sync, views=hub.local_views
+                    )
+                )
                 if not started:
                     started = True
                     task_status.started()
@@ -256,33 +274,38 @@ async def serve(
     stop: trio.Event,
     *,
     reuse_port: bool = False,
+    server_id: str | None = None,
+    replaces: str | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run Omiro until ``stop`` is set, then drain and return.
 
     Reports a ``Running`` (bound URL and port) through ``task_status`` once
     connections are accepted. With ``reuse_port`` the port is shared
-    (``SO_REUSEPORT``) with other workers of ``omiro serve --workers``.
+    (``SO_REUSEPORT``) with other workers of ``omiro serve --workers``:
+    this worker listens only once it is ready to accept, so the kernel never
+    queues a connection for a worker still starting. ``server_id`` and
+    ``replaces``: see ``open_backend``.
     """
     install_stall_monitor()  # only with OMIRO_DEBUG_STALLS_MS (diagnostics.py)
     signer = _signer(config)
     metrics = Metrics()
-    async with open_backend(config) as backend:
+    async with open_backend(config, server_id=server_id, replaces=replaces) as backend:
         hub = _new_hub(config, backend, metrics, signer)
         ctx = ServerContext(config=config, backend=backend, hub=hub, signer=signer, metrics=metrics)
         app = ASGIWrapper(create_app(ctx))
         hyper = _hyper_config()
         lifespan_state: dict[str, object] = {}
         lifespan = Lifespan(app, hyper, lifespan_state)
-        listeners = await open_listeners(
-            config.server.host, config.server.port, reuse_port=reuse_port
-        )
-        sockname = listeners[0].socket.getsockname()
-        running = Running(base_url(config.server.host, sockname[1]), sockname[1], ctx)
         async with trio.open_nursery() as services:
             engine = await _start_services(services, ctx)
             await services.start(lifespan.handle_lifespan)
             await lifespan.wait_for_startup()
+            listeners = await open_listeners(
+                config.server.host, config.server.port, reuse_port=reuse_port
+            )
+            sockname = listeners[0].socket.getsockname()
+            running = Running(base_url(config.server.host, sockname[1]), sockname[1], ctx)
             async with trio.open_nursery() as connections:
                 door = FrontDoor(
                     app,

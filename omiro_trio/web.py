@@ -24,7 +24,7 @@ from omiro_trio.errors import BackendUnavailable
 from omiro_trio.fastpath import session_answer
 from omiro_trio.metrics import CONTENT_TYPE, Metrics
 from omiro_trio.responses import json_error, not_found
-from omiro_trio.static import Asset, cache_control, etag_matches, frontend_dir, load_assets
+from omiro_trio.static import Frontend, frontend_dir, load_assets
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,11 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     app = QuartTrio("omiro_trio", static_folder=None)
     # Nothing here takes a body larger than a ban request (budgets.py).
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    assets = load_assets(frontend_dir(), ctx.config.page, relayed=ctx.config.ice.relayed)
+    frontend = load_assets(frontend_dir(), ctx.config.page, relayed=ctx.config.ice.relayed)
     remote_ip = _remote_ip_of(ctx)
     _add_headers_and_errors(app, ctx.metrics)
     register_admin(app, ctx, remote_ip)
-    _add_page(app, assets)
+    _add_page(app, frontend)
     _add_sessions(app, ctx, remote_ip)
     _add_health_and_stats(app, ctx)
     return app
@@ -96,24 +96,25 @@ def _add_headers_and_errors(app: QuartTrio, metrics: Metrics) -> None:
         return json_error(503, "unavailable", "the backend is not answering; try again shortly")
 
 
-def _add_page(app: QuartTrio, assets: dict[str, Asset]) -> None:
-    """The page and its assets, from memory, with ETags and precompressed bodies."""
+def _add_page(app: QuartTrio, frontend: Frontend) -> None:
+    """The page and its assets, from memory, with ETags and compressed bodies (static.py)."""
 
     @app.get("/")
     @app.get("/<path:filename>")
     async def asset(filename: str = "") -> Response:
-        found = assets.get("/" + filename)
-        if found is None:
+        answer = await frontend.answer(
+            "/" + filename,
+            request.headers.get("Accept-Encoding"),
+            request.headers.get("If-None-Match"),
+        )
+        if answer is None:
             return not_found()
-        coding, chosen = found.select(request.headers.get("Accept-Encoding"))
-        headers = {"ETag": chosen.etag, "Cache-Control": cache_control("/" + filename)}
-        if found.encoded:
-            headers["Vary"] = "Accept-Encoding"
-        if etag_matches(request.headers.get("If-None-Match"), chosen.etag):
-            return Response(b"", status=304, headers=headers)
-        if coding is not None:
-            headers["Content-Encoding"] = coding
-        return Response(chosen.body, content_type=found.content_type, headers=headers)
+        return Response(
+            answer.body,
+            status=answer.status,
+            content_type=answer.content_type,
+            headers=answer.headers,
+        )
 
 
 def _add_sessions(app: QuartTrio, ctx: ServerContext, remote_ip: Callable[[], str]) -> None:

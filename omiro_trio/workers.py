@@ -10,6 +10,10 @@ running, and exits.
 
 The workers share state only through the backend, so N > 1 needs the Redis
 backend: with the memory backend each worker would be a separate service.
+Each worker gets its id in the backend's registry from the supervisor, and
+a restarted worker names the one it replaces: that one is known to be dead,
+so its users' partners are told and its sessions freed as soon as the new
+worker is up, not after ``redis.dead_after_s``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import trio
@@ -66,16 +71,24 @@ async def supervise(config: Config, workers: int, config_path: Path | None) -> N
     command.append("--reuse-port")
     stopping = False
     processes: dict[int, trio.Process] = {}
+    run = uuid.uuid4().hex[:8]
 
     async def worker(number: int) -> None:
         failures = 0
+        generation = 0
+        replaces: list[str] = []
         while not stopping:
             started = trio.current_time()
+            server_id = f"{run}w{number}g{generation}"
+            generation += 1
             # Its own session: a terminal's Ctrl-C reaches the parent only,
             # which passes one SIGTERM on (a second signal stops a worker at once).
             process = await trio.lowlevel.open_process(
-                command, stdin=subprocess.DEVNULL, start_new_session=True
+                [*command, "--server-id", server_id, *replaces],
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
+            replaces = ["--replaces", server_id]
             processes[number] = process
             log.info("worker %d started (pid %d)", number, process.pid)
             if stopping:

@@ -39,6 +39,12 @@ from omiro_trio.matchmaking import Match, Preferences, Waiting
 BusHandler = Callable[[bytes], Awaitable[None]]
 """Receives each bus message addressed to a session on this server."""
 
+Delivery = Literal["delivered", "unheard", "gone"]
+"""What ``publish`` made of a message: handed to the server holding the session;
+not heard (the session is held, but its server is not listening right now: the
+message is lost); or gone (nobody holds the session, or the match it was for is
+over)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Stats:
@@ -87,19 +93,38 @@ class Ended:
 
 @dataclass(frozen=True, slots=True)
 class LocalView:
-    """What this server believes about one of its live sessions (for ``sync``)."""
+    """What this server believes about one of its live sessions (for ``sync``).
+
+    ``waiting`` is the session's wish while it waits (else None), with the
+    ticket of the widen still to come (``ticket``; None once widened).
+    """
 
     session_id: str
     ip: str
     match: Match | None
+    waiting: Preferences | None = None
+    ticket: int | None = None
+
+
+SharedState = Literal["idle", "waiting", "matched", "elsewhere", "ended", "formed"]
+"""What the backend holds for a session, as ``sync`` answers it:
+
+* ``elsewhere``: another socket of the session, on a live server, holds it;
+* ``matched``: in ``match`` (the one the server knows, or another);
+* ``ended``: the match the server knows is over for certain (its partner
+  moved on, or never came back after the shared state was lost);
+* ``formed``: ``sync`` itself just matched the waiting session (``match``):
+  the server tells both sides, as after a ``join``;
+* ``waiting``, ``idle``.
+"""
 
 
 @dataclass(frozen=True, slots=True)
 class SharedView:
-    """What the backend holds for a session: ``elsewhere`` means another live server holds it."""
+    """What the backend holds for a session (see ``SharedState``)."""
 
     session_id: str
-    state: Literal["idle", "waiting", "matched", "elsewhere"]
+    state: SharedState
     match: Match | None
 
 
@@ -187,7 +212,9 @@ class Backend(Protocol):
 
         ``ip`` is an address or a client (an address group such as an IPv6
         ``/64``); a ban applies when its target overlaps it, so a ban of one
-        IPv6 address covers its whole group.
+        IPv6 address covers its whole group. One lookup by client plus the
+        bans of networks wider than one client: the number of bans does not
+        slow it (``addresses.ban_key``).
         """
         ...
 
@@ -228,10 +255,22 @@ class Backend(Protocol):
         """Sessions with a live socket, and how many of them wait (service-wide)."""
         ...
 
-    async def publish(self, session_id: str, message: bytes) -> bool:
+    async def publish(
+        self,
+        session_id: str,
+        message: bytes,
+        *,
+        server: str = "",
+        match_id: str = "",
+        sender: str = "",
+    ) -> Delivery:
         """Deliver ``message`` to the server holding ``session_id``.
 
-        Returns False when no server holds it (the session is gone).
+        ``server``: where the session was held when its match formed (tried
+        first, with no lookup). ``match_id`` and ``sender``: the message is
+        for ``sender``'s match ``match_id``, and is ``gone`` if that match is
+        over. A message may arrive late, never twice; one that arrives after
+        its sender gave up on it is dropped by the receiving backend.
         """
         ...
 
@@ -244,23 +283,28 @@ class Backend(Protocol):
         handler: BusHandler,
         *,
         on_gap: Callable[[], None] | None = None,
+        views: Callable[[], Sequence[LocalView]] | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Feed bus messages for this server (and broadcasts) to ``handler``, until cancelled.
 
         ``on_gap`` is called whenever messages may have been lost or the
         shared state may have lost this server's records (a reconnect, a
-        restarted Redis): the hub then calls ``sync``.
+        restarted Redis): the hub then calls ``sync``. ``views`` says what
+        this server holds, at once, without waiting: after the shared state
+        was lost the backend puts all of it back before any other call of
+        this server may act on the shared state.
         """
         ...
 
     async def sync(self, views: Sequence[LocalView]) -> list[SharedView]:
         """Re-register these live sessions of this server; say what is shared for each.
 
-        Refreshes their records' lifetimes. After the shared state was lost
-        (an empty restart), it also restores each view's match. The hub
-        compares the answers with its own copies and repairs the difference
-        (a lost bus message, an answer lost to a timeout).
+        Refreshes their records' lifetimes, puts back a match the shared
+        state lost (``ended`` if it is over instead), and gives a waiting
+        session another chance to be matched (``formed``). The hub compares
+        the answers with its own copies and repairs the difference (a lost
+        bus message, an answer lost to a timeout).
         """
         ...
 

@@ -28,10 +28,11 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from omiro_trio.addresses import Network
+from omiro_trio.addresses import Network, ban_key
 from omiro_trio.backends.base import (
     Ban,
     BusHandler,
+    Delivery,
     Ended,
     LocalView,
     ReportRecord,
@@ -57,6 +58,8 @@ class MemoryBackend:
         wall: unix time, for bans and reports.
         new_match_id: makes a fresh, unique match id.
         max_report_bytes: the report store's bound (oldest dropped first).
+        ipv6_prefix: the size of an IPv6 client (``addresses.address_group``),
+            for the exact ban lookup.
     """
 
     def __init__(
@@ -69,8 +72,10 @@ class MemoryBackend:
         wall: Callable[[], float] = time.time,
         new_match_id: Callable[[], str] = lambda: uuid.uuid4().hex,
         max_report_bytes: int = MAX_REPORT_BYTES,
+        ipv6_prefix: int = 64,
     ) -> None:
         self._now = monotonic
+        self._ipv6_prefix = ipv6_prefix
         self._wall = wall
         self._mm = Matchmaker(
             interest_timeout_s=interest_timeout_s,
@@ -84,6 +89,10 @@ class MemoryBackend:
         # Per window length, the windows in the order they started: so in order of ending.
         self._window_ends: dict[float, deque[_Window]] = {}
         self._bans: dict[str, tuple[Ban, Network]] = {}  # target -> ban, its network
+        # How a check finds them: by the client a ban covers whole (one
+        # lookup), and the short list of wider networks (compared one by one).
+        self._ban_index: dict[str, set[str]] = {}  # client -> targets covering it whole
+        self._network_bans: dict[str, Network] = {}  # target -> network
         self._reports: deque[ReportRecord] = deque()  # oldest first
         self._report_bytes = 0
         self._max_report_bytes = max_report_bytes
@@ -172,22 +181,47 @@ class MemoryBackend:
             return None
         try:
             asked = ipaddress.ip_network(ip.strip(), strict=False)
+            key = ban_key(ip, self._ipv6_prefix)
         except ValueError:
             return None
         now = self._wall()
-        for ban, network in self._bans.values():
+        for target in self._ban_index.get(key, ()) if key is not None else ():
+            ban = self._bans[target][0]
+            if ban.until is None or ban.until > now:
+                return ban
+        for target, network in self._network_bans.items():
+            ban = self._bans[target][0]
             if (ban.until is None or ban.until > now) and _overlaps(asked, network):
                 return ban
         return None
 
     async def add_ban(self, ban: Ban) -> None:
-        self._bans.pop(ban.target, None)  # re-adding moves it to the newest
-        self._bans[ban.target] = (ban, ipaddress.ip_network(ban.target, strict=False))
+        self._forget_ban(ban.target)  # re-adding moves it to the newest
+        network = ipaddress.ip_network(ban.target, strict=False)
+        self._bans[ban.target] = (ban, network)
+        key = ban_key(ban.target, self._ipv6_prefix)
+        if key is None:
+            self._network_bans[ban.target] = network
+        else:
+            self._ban_index.setdefault(key, set()).add(ban.target)
         if ban.until is not None:
             heapq.heappush(self._ban_ends, (ban.until, ban.target))
 
     async def remove_ban(self, target: str) -> bool:
-        return self._bans.pop(target, None) is not None
+        return self._forget_ban(target)
+
+    def _forget_ban(self, target: str) -> bool:
+        if self._bans.pop(target, None) is None:
+            return False
+        self._network_bans.pop(target, None)
+        key = ban_key(target, self._ipv6_prefix)
+        if key is not None:
+            targets = self._ban_index.get(key)
+            if targets is not None:
+                targets.discard(target)
+                if not targets:
+                    del self._ban_index[key]
+        return True
 
     async def bans(self) -> list[Ban]:
         now = self._wall()
@@ -223,10 +257,18 @@ class MemoryBackend:
     async def stats(self) -> Stats:
         return Stats(online=len(self._live), waiting=self._mm.waiting_count())
 
-    async def publish(self, session_id: str, message: bytes) -> bool:
+    async def publish(
+        self,
+        session_id: str,
+        message: bytes,
+        *,
+        server: str = "",
+        match_id: str = "",
+        sender: str = "",
+    ) -> Delivery:
         # One server: every live session is local, and the hub delivers to
         # local sessions itself. A session not there is gone.
-        return False
+        return "gone"
 
     async def broadcast(self, message: bytes) -> None:
         return None  # no other server
@@ -236,6 +278,7 @@ class MemoryBackend:
         handler: BusHandler,
         *,
         on_gap: Callable[[], None] | None = None,
+        views: Callable[[], Sequence[LocalView]] | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         task_status.started()
@@ -301,7 +344,7 @@ class MemoryBackend:
             visited += 1
             kept = self._bans.get(target)
             if kept is not None and kept[0].until == until:  # not replaced since
-                del self._bans[target]
+                self._forget_ban(target)
         return visited
 
 
@@ -321,11 +364,16 @@ def _overlaps(a: Network, b: Network) -> bool:
 
 @asynccontextmanager
 async def open_memory_backend(
-    *, interest_timeout_s: float, rematch_cooldown_s: float, block_ttl_s: float
+    *,
+    interest_timeout_s: float,
+    rematch_cooldown_s: float,
+    block_ttl_s: float,
+    ipv6_prefix: int = 64,
 ) -> AsyncIterator[MemoryBackend]:
     """Open the in-process backend; nothing to close."""
     yield MemoryBackend(
         interest_timeout_s=interest_timeout_s,
         rematch_cooldown_s=rematch_cooldown_s,
         block_ttl_s=block_ttl_s,
+        ipv6_prefix=ipv6_prefix,
     )

@@ -3,27 +3,49 @@
 --
 -- ARGV[1] operation, ARGV[2] key prefix, ARGV[3] clock offset in seconds
 -- (0 outside tests), ARGV[4] this server's id, ARGV[5] life of live records
--- in seconds; the operation's own arguments follow from ARGV[6].
+-- in seconds, ARGV[6] the incarnation of Redis the caller knows ("boot"),
+-- ARGV[7] the caller's deadline in Redis time ("" for none), ARGV[8] how many
+-- of its own heartbeats a server waits before taking a silent one for dead.
+-- The operation's own arguments follow from ARGV[9].
+--
+-- Nothing here trusts a server's clock, nor that a command arrives in time:
+--
+-- * A call that arrives after its deadline does nothing (error LATE): its
+--   sender has given up on it (a Redis that was frozen, a slow network).
+-- * A call from a server that knows another incarnation of Redis does
+--   nothing (error REBOOT): Redis lost its data (restarted empty, or a new
+--   Redis behind the same address), and that server must put back what it
+--   holds (``sync`` with restore) before anything may act on the rest.
+-- * Liveness is counted in heartbeats, not seconds: each heartbeat takes a
+--   number from one counter (P.."beat"); a server is dead for another once
+--   that other has beaten DEAD_BEATS times since the first one's last beat.
+--   A frozen Redis freezes every count alike, so nobody dies of it.
+-- * Every session a server claims carries a claim token; ending, leaving or
+--   releasing it is refused unless the caller holds the current claim.
 --
 -- Time is Redis's TIME, never a server's clock. Durations that decide a
 -- rule (cooldowns, blocks, windows) are stored as their end time and
 -- compared with TIME; every key also has a TTL a little longer than what it
--- describes, so nothing outlives its use. The one exception: a permanent
--- ban (P.."ban:"..target without an end) and the index of bans (P.."bans")
--- are kept until an operator lifts them.
+-- describes, so nothing outlives its use. The exceptions: a permanent ban
+-- (P.."ban:"..target without an end), the indexes that list it (P.."bans",
+-- P.."bk:"..key, P.."netbans") are kept until an operator lifts it.
 --
 -- Keys (P = prefix):
---   P.."s:"..sid       hash   a live socket: server, client (address group)
+--   P.."s:"..sid       hash   a live socket: server, client, claim (token)
 --   P.."srv:"..server  set    the sessions a server holds
 --   P.."sk:"..server   hash   client -> open sockets this server reserved for it (sockets_per_ip)
---   P.."servers"       zset   server -> last heartbeat (TIME)
---   P.."dead:"..server string  a server the sweep took for dead; it may not act until it beats
+--   P.."servers"       zset   server -> the beat number of its last heartbeat (-1: stopped)
+--   P.."hb:"..server   list   the beat numbers of its last heartbeats, newest first
+--   P.."beat"          string the heartbeat counter
 --   P.."boot"          string this Redis's incarnation (gone after an empty restart, or
 --                             when no server has beaten for the life of live records)
 --   P.."w:"..sid       hash   a waiting entry: mode, ints, since, ticket, widened, req
 --   P.."q:"..mode..":"..interest  zset  sid -> entry order ("" interest: the general queue)
 --   P.."waiting"       set    waiting sessions (for stats)
---   P.."m:"..sid       hash   the match a session is in: id, caller, callee, mode, common
+--   P.."m:"..sid       hash   the match a session is in: id, caller, callee, mode, common,
+--                             cs, es (the servers holding caller and callee), and
+--                             pending (set when only this side was put back yet)
+--   P.."me:"..id       string a match that ended (a tombstone, for TOMB_MS)
 --   P.."le:"..sid      hash   the last match a leave ended (answers a retried leave)
 --   P.."cd:"..pair     string rematch cooldown end
 --   P.."bl:"..pair     string block end (a pair of sessions)
@@ -32,18 +54,36 @@
 --   P.."rep:"..ip      zset   reporter ip -> when, for autobans
 --   P.."seq"           string counter for tickets and queue order
 --   P.."bans"          zset   banned target -> when; P.."ban:"..target the ban (JSON)
+--   P.."bk:"..key      set    the bans covering one client whole (exact lookup)
+--   P.."netbans"       set    the bans of wider networks (checked one by one)
+--   P.."banidx"        string which index the bans have (the IPv6 group size)
 --   P.."reports"       zset   report id -> "size|JSON"; P.."report_bytes", P.."report_id"
 
 local op, P, offset, me = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local LIVE_MS = math.floor(tonumber(ARGV[5]) * 1000)
+local BOOT, DEADLINE, DEAD_BEATS = ARGV[6], ARGV[7], tonumber(ARGV[8])
 local SCAN_LIMIT = 256
 local GRACE_MS = 1000
+local TOMB_MS = 60000
 
 local t = redis.call('TIME')
 local NOW = tonumber(t[1]) + tonumber(t[2]) / 1000000 + offset
 
 local function fmt(x)
   return string.format('%.6f', x)
+end
+
+if DEADLINE ~= '' and NOW > tonumber(DEADLINE) then
+  return redis.error_reply('LATE ' .. fmt(NOW))
+end
+
+-- Operations a server runs before it knows (or after it lost) the incarnation.
+local BOOTLESS = {register = true, adopt = true}
+if not BOOTLESS[op] then
+  local current = redis.call('GET', P .. 'boot')
+  if current ~= BOOT then
+    return redis.error_reply('REBOOT ' .. (current or ''))
+  end
 end
 
 local function ms(seconds)
@@ -75,15 +115,55 @@ local function entry(sid)
   return hash(P .. 'w:' .. sid)
 end
 
+local function as_reply(m)
+  return {'match', m.id, m.caller, m.callee, m.mode, m.common, m.cs or '', m.es or ''}
+end
+
 local function match_of(sid)
   local m = hash(P .. 'm:' .. sid)
   if not m then return nil end
-  return {'match', m.id, m.caller, m.callee, m.mode, m.common}
+  return as_reply(m)
 end
 
-local function server_alive(server, dead_after)
+-- My k-th most recent heartbeat's number (1: the latest), or nil.
+local function my_beat(k)
+  local v = redis.call('LINDEX', P .. 'hb:' .. me, k - 1)
+  return v and tonumber(v)
+end
+
+-- Registered, and not yet silent for DEAD_BEATS of my heartbeats.
+local function not_dead(server)
+  if server == me then return true end
   local beat = redis.call('ZSCORE', P .. 'servers', server)
-  return beat and tonumber(beat) > NOW - dead_after
+  if not beat or tonumber(beat) < 0 then return false end
+  local line = my_beat(DEAD_BEATS)
+  return not line or tonumber(beat) >= line
+end
+
+-- A server whose users may be matched now: alive as far as the heartbeats
+-- tell, and listening on its channel (a killed server's subscription ends
+-- with its process, long before it misses enough heartbeats).
+local listening = {}
+local function reachable(server)
+  if server == me then return true end
+  local known = listening[server]
+  if known == nil then
+    known = not_dead(server)
+      and redis.call('PUBSUB', 'NUMSUB', P .. 'bus:' .. server)[2] > 0
+    listening[server] = known
+  end
+  return known
+end
+
+local function holder_of(sid)
+  return redis.call('HGET', P .. 's:' .. sid, 'server')
+end
+
+-- Whether the caller may act for sid: nobody holds it, or the caller holds
+-- the current claim.
+local function ours(sid, token)
+  local claim = redis.call('HGET', P .. 's:' .. sid, 'claim')
+  return not claim or claim == token
 end
 
 local function queues_of(w)
@@ -131,6 +211,8 @@ end
 
 -- The oldest available partner in the named queues; a recent partner only
 -- when nobody else is available. At most SCAN_LIMIT entries per queue.
+-- A session whose server is not reachable is passed over (it stays queued
+-- until its server listens again, or is swept).
 local function find(sid, mode, names)
   local client = client_of(sid)
   local fresh, fresh_since, recent, recent_since
@@ -143,7 +225,8 @@ local function find(sid, mode, names)
           redis.call('ZREM', q, other) -- its entry expired: drop the stale member
         else
           since = tonumber(since)
-          if not blocked(sid, client, other) then
+          local holder = holder_of(other)
+          if (not holder or reachable(holder)) and not blocked(sid, client, other) then
             local cooldown = redis.call('GET', P .. 'cd:' .. pair(sid, other))
             if cooldown and tonumber(cooldown) > NOW then
               if recent == nil or since < recent_since then
@@ -163,10 +246,12 @@ local function find(sid, mode, names)
   return fresh or recent
 end
 
-local function store_match(sid, id, caller, callee, mode, common)
+local function store_match(sid, m, pending)
   local key = P .. 'm:' .. sid
-  redis.call('HSET', key, 'id', id, 'caller', caller, 'callee', callee, 'mode', mode,
-    'common', common)
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'id', m[2], 'caller', m[3], 'callee', m[4], 'mode', m[5],
+    'common', m[6], 'cs', m[7], 'es', m[8])
+  if pending then redis.call('HSET', key, 'pending', pending) end
   live(key)
 end
 
@@ -184,13 +269,19 @@ local function form(waiter, joiner, joiner_ints, joiner_since, id)
     caller, callee = joiner, waiter
   end
   local encoded = #common > 0 and cjson.encode(common) or '[]'
-  store_match(caller, id, caller, callee, w.mode, encoded)
-  store_match(callee, id, caller, callee, w.mode, encoded)
-  return {'match', id, caller, callee, w.mode, encoded}
+  local m = {'match', id, caller, callee, w.mode, encoded, holder_of(caller) or '',
+    holder_of(callee) or ''}
+  store_match(caller, m)
+  store_match(callee, m)
+  return m
 end
 
 local function end_match(m, cooldown_s)
-  redis.call('DEL', P .. 'm:' .. m[3], P .. 'm:' .. m[4])
+  local id = m[2]
+  for _, sid in ipairs({m[3], m[4]}) do
+    if redis.call('HGET', P .. 'm:' .. sid, 'id') == id then redis.call('DEL', P .. 'm:' .. sid) end
+  end
+  redis.call('SET', P .. 'me:' .. id, '1', 'PX', TOMB_MS)
   if cooldown_s > 0 then
     redis.call('SET', P .. 'cd:' .. pair(m[3], m[4]), fmt(NOW + cooldown_s), 'PX', ms(cooldown_s))
   end
@@ -201,9 +292,7 @@ end
 local function leave(sid, cooldown_s, req)
   local lekey = P .. 'le:' .. sid
   local last = hash(lekey)
-  if last and last.req == req then
-    return {'match', last.id, last.caller, last.callee, last.mode, last.common}
-  end
+  if last and last.req == req then return as_reply(last) end
   local w = entry(sid)
   if w then
     unqueue(sid, w)
@@ -214,7 +303,7 @@ local function leave(sid, cooldown_s, req)
   end_match(m, cooldown_s)
   redis.call('DEL', lekey)
   redis.call('HSET', lekey, 'req', req, 'id', m[2], 'caller', m[3], 'callee', m[4], 'mode', m[5],
-    'common', m[6])
+    'common', m[6], 'cs', m[7], 'es', m[8])
   redis.call('PEXPIRE', lekey, 60000)
   return m
 end
@@ -224,20 +313,65 @@ local function forget_session(sid, server)
   redis.call('SREM', P .. 'srv:' .. server, sid)
 end
 
-local A = {}
-for i = 6, #ARGV do A[#A + 1] = ARGV[i] end
-
--- A server the others swept (silent too long, e.g. starved) may not change
--- matching state until its next heartbeat re-registers it and it resyncs.
-local FENCED = {join = true, widen = true, leave = true, release = true, claim = true,
-  reserve = true}
-if FENCED[op] and redis.call('EXISTS', P .. 'dead:' .. me) == 1 then
-  return redis.error_reply('SWEPT this server was taken for dead; it re-registers at its heartbeat')
+local function hold(sid, client, token)
+  local key = P .. 's:' .. sid
+  redis.call('HSET', key, 'server', me, 'client', client, 'claim', token)
+  live(key)
+  redis.call('SADD', P .. 'srv:' .. me, sid)
+  live(P .. 'srv:' .. me)
 end
 
+local function beat_now()
+  return tonumber(redis.call('GET', P .. 'beat') or '0')
+end
+
+-- fresh: this server could not beat for a while (Redis was away from it):
+-- its beats from before do not count, or a server that happened to beat a
+-- little later after the outage would look dead to it.
+local function heartbeat(fresh)
+  local n = redis.call('INCR', P .. 'beat')
+  live(P .. 'beat')
+  local added = redis.call('ZADD', P .. 'servers', n, me)
+  live(P .. 'servers')
+  local hb = P .. 'hb:' .. me
+  if fresh then redis.call('DEL', hb) end
+  redis.call('LPUSH', hb, n)
+  redis.call('LTRIM', hb, 0, DEAD_BEATS)
+  live(hb)
+  return added
+end
+
+local function elsewhere()
+  return redis.error_reply('ELSEWHERE the session is held by another socket')
+end
+
+-- The index key under which a ban is found, for the exact lookup; "" for a
+-- wider network (computed by the caller: it knows the IPv6 group size).
+local function unindex(target, key)
+  if key ~= '' then redis.call('SREM', P .. 'bk:' .. key, target) end
+  redis.call('SREM', P .. 'netbans', target)
+end
+
+-- Make an index key live at least until unix ms ``upto`` ("" for ever).
+local function keep_until(key, upto)
+  if upto == '' then
+    redis.call('PERSIST', key)
+    return
+  end
+  local at = redis.call('PEXPIRETIME', key)
+  if at == -2 then return end
+  if at == -1 and redis.call('SCARD', key) > 1 then return end -- holds a permanent one
+  local wanted = tonumber(upto) + GRACE_MS
+  if at == -1 or at < wanted then redis.call('PEXPIREAT', key, wanted) end
+end
+
+local A = {}
+for i = 9, #ARGV do A[#A + 1] = ARGV[i] end
+
 if op == 'join' then
-  -- sid, mode, interests (JSON list), interest timeout, match id
+  -- sid, mode, interests (JSON list), interest timeout, match id, claim token
   local sid, mode, ints_json, timeout, id = A[1], A[2], A[3], tonumber(A[4]), A[5]
+  if not ours(sid, A[6]) then return elsewhere() end
   local m = match_of(sid)
   if m then
     if m[2] == id then return m end -- a retry of this very join
@@ -267,8 +401,9 @@ if op == 'join' then
   return {'wait', tostring(ticket), widen_after}
 
 elseif op == 'widen' then
-  -- sid, ticket, match id
+  -- sid, ticket, match id, claim token
   local sid, ticket, id = A[1], A[2], A[3]
+  if not ours(sid, A[4]) then return elsewhere() end
   local m = match_of(sid)
   if m and m[2] == id then return m end
   local w = entry(sid)
@@ -283,39 +418,45 @@ elseif op == 'widen' then
   return false
 
 elseif op == 'leave' then
-  -- sid, cooldown, request id
+  -- sid, cooldown, request id, claim token
+  if not ours(A[1], A[4]) then return elsewhere() end
   return leave(A[1], tonumber(A[2]), A[3])
 
 elseif op == 'release' then
-  -- sid, cooldown, request id
-  local sid = A[1]
+  -- sid, cooldown, request id, claim token: a socket that held sid is gone.
+  -- Only the current claim's holder ends what sid is doing: a socket the
+  -- session has since opened elsewhere keeps its queue entry and match.
+  local sid, token = A[1], A[4]
+  local key = P .. 's:' .. sid
+  local claim = redis.call('HGET', key, 'claim')
+  if claim and claim ~= token then return false end
   local ended = leave(sid, tonumber(A[2]), A[3])
-  if redis.call('HGET', P .. 's:' .. sid, 'server') == me then forget_session(sid, me) end
+  if claim then forget_session(sid, redis.call('HGET', key, 'server')) end
   return ended
 
 elseif op == 'claim' then
-  -- sid, ip, dead_after
-  local sid, client = A[1], A[2]
-  local key = P .. 's:' .. sid
-  local holder = redis.call('HGET', key, 'server')
-  if holder then
-    -- Held here or by a live server; or its server died and the sweep has
-    -- not freed it yet (the sweep also tells its partner).
+  -- sid, client, claim token
+  local sid, client, token = A[1], A[2], A[3]
+  local claim = redis.call('HGET', P .. 's:' .. sid, 'claim')
+  if claim then
+    -- A retry of this very claim; else held (here, by a live server, or by a
+    -- dead one the sweep has not freed yet: the sweep also tells its partner).
+    if claim == token then return 1 end
     return 0
   end
-  redis.call('HSET', key, 'server', me, 'client', client)
-  live(key)
-  redis.call('SADD', P .. 'srv:' .. me, sid)
-  live(P .. 'srv:' .. me)
+  hold(sid, client, token)
   return 1
 
 elseif op == 'reserve' then
   -- client, limit: one of the client's open sockets, counted over every
-  -- registered server (a dead one's until the sweep frees them)
+  -- server that may still hold sockets (a killed one's stop counting once
+  -- its subscription is gone; the sweep frees them)
   local client, limit = A[1], tonumber(A[2])
   local taken = 0
   for _, server in ipairs(redis.call('ZRANGE', P .. 'servers', 0, -1)) do
-    taken = taken + (tonumber(redis.call('HGET', P .. 'sk:' .. server, client)) or 0)
+    if reachable(server) then
+      taken = taken + (tonumber(redis.call('HGET', P .. 'sk:' .. server, client)) or 0)
+    end
   end
   if taken >= limit then return 0 end
   local key = P .. 'sk:' .. me
@@ -367,62 +508,123 @@ elseif op == 'reporter' then
   redis.call('PEXPIRE', key, ms(window))
   return redis.call('ZCARD', key)
 
-elseif op == 'publish' then
-  -- sid, message: one PUBLISH to the channel of the server holding sid
-  local holder = redis.call('HGET', P .. 's:' .. A[1], 'server')
-  if not holder then return 0 end
-  return redis.call('PUBLISH', P .. 'bus:' .. holder, A[2])
+elseif op == 'deliver' then
+  -- sid, message, sender, match id: deliver to whoever holds sid, if the
+  -- sender's match (when named) is still on. Answers {'sent', receivers}
+  -- ('sent', 0: held, but its server is not listening right now) or {'gone'}
+  -- (no such match any more, or nobody holds sid).
+  local sid, message, sender, id = A[1], A[2], A[3], A[4]
+  if id ~= '' then
+    local current = redis.call('HGET', P .. 'm:' .. sender, 'id')
+    if current ~= id then
+      if current or redis.call('EXISTS', P .. 'me:' .. id) == 1 then return {'gone'} end
+      -- No record either way: lost (a resync puts it back). Not an end.
+    end
+  end
+  local holder = holder_of(sid)
+  if not holder then
+    if id ~= '' then return {'sent', 0} end
+    return {'gone'}
+  end
+  return {'sent', redis.call('PUBLISH', P .. 'bus:' .. holder, message)}
+
+elseif op == 'ping' then
+  return fmt(NOW)
 
 elseif op == 'stats' then
-  -- dead_after
   local online = 0
-  local servers = redis.call('ZRANGEBYSCORE', P .. 'servers', '(' .. fmt(NOW - tonumber(A[1])), '+inf')
-  for _, server in ipairs(servers) do
-    online = online + redis.call('SCARD', P .. 'srv:' .. server)
+  for _, server in ipairs(redis.call('ZRANGE', P .. 'servers', 0, -1)) do
+    if not_dead(server) then online = online + redis.call('SCARD', P .. 'srv:' .. server) end
   end
   return {online, redis.call('SCARD', P .. 'waiting')}
 
 elseif op == 'heartbeat' then
-  -- a fresh incarnation id (used if this Redis has none)
-  local added = redis.call('ZADD', P .. 'servers', fmt(NOW), me)
-  if redis.call('DEL', P .. 'dead:' .. me) == 1 then added = 1 end
-  live(P .. 'servers')
+  -- fresh (0/1): the last heartbeat failed
+  local added = heartbeat(A[1] == '1')
   for _, own in ipairs({P .. 'srv:' .. me, P .. 'sk:' .. me}) do
     if redis.call('EXISTS', own) == 1 then live(own) end
   end
-  local boot = redis.call('GET', P .. 'boot')
-  if not boot then
-    boot = A[1]
-    redis.call('SET', P .. 'boot', boot)
-  end
   live(P .. 'boot')
   if redis.call('EXISTS', P .. 'seq') == 1 then live(P .. 'seq') end
-  return {added, boot}
+  return {added, fmt(NOW)}
 
 elseif op == 'register' then
-  -- a new server id: registered only if no server has it
-  local added = redis.call('ZADD', P .. 'servers', 'NX', fmt(NOW), me)
-  live(P .. 'servers')
-  return added
+  -- a fresh incarnation id (used if this Redis has none): registered only
+  -- if no server has this one's id
+  if redis.call('ZSCORE', P .. 'servers', me) then return {0, '', fmt(NOW)} end
+  redis.call('SET', P .. 'boot', A[1], 'NX')
+  live(P .. 'boot')
+  heartbeat(true)
+  return {1, redis.call('GET', P .. 'boot'), fmt(NOW)}
+
+elseif op == 'adopt' then
+  -- a fresh incarnation id: this Redis's incarnation, made now if it has none
+  redis.call('SET', P .. 'boot', A[1], 'NX')
+  live(P .. 'boot')
+  return {redis.call('GET', P .. 'boot'), fmt(NOW)}
 
 elseif op == 'unregister' then
   -- a clean stop: look dead at once, so the next sweep frees what is left
   if redis.call('ZSCORE', P .. 'servers', me) then
-    redis.call('ZADD', P .. 'servers', 0, me)
+    redis.call('ZADD', P .. 'servers', -1, me)
+  end
+  return 1
+
+elseif op == 'retire' then
+  -- server: one known to be dead (a worker this one replaces): as if it had
+  -- stopped cleanly, so the next sweep frees what it held at once
+  if A[1] ~= me and redis.call('ZSCORE', P .. 'servers', A[1]) then
+    redis.call('ZADD', P .. 'servers', -1, A[1])
   end
   return 1
 
 elseif op == 'add_ban' then
-  -- target, ban (JSON), until in unix ms or ""
-  local key = P .. 'ban:' .. A[1]
-  redis.call('SET', key, A[2])
-  if A[3] ~= '' then redis.call('PEXPIREAT', key, tonumber(A[3]) + GRACE_MS) end
-  redis.call('ZADD', P .. 'bans', fmt(NOW), A[1])
+  -- target, ban (JSON), until (unix ms) or "", index key or "" (a network)
+  local target, upto, key = A[1], A[3], A[4]
+  local ban = P .. 'ban:' .. target
+  redis.call('SET', ban, A[2])
+  if upto ~= '' then redis.call('PEXPIREAT', ban, tonumber(upto) + GRACE_MS) end
+  redis.call('ZADD', P .. 'bans', fmt(NOW), target)
+  local index = key ~= '' and P .. 'bk:' .. key or P .. 'netbans'
+  redis.call('SADD', index, target)
+  keep_until(index, upto)
   return 1
 
 elseif op == 'remove_ban' then
+  -- target, index key or ""
   redis.call('ZREM', P .. 'bans', A[1])
+  unindex(A[1], A[2])
   return redis.call('DEL', P .. 'ban:' .. A[1])
+
+elseif op == 'ban_for' then
+  -- index key or "": the bans covering that client whole, then every
+  -- network ban (the caller checks which of those cover it)
+  local out = {}
+  local indexes = {P .. 'netbans'}
+  if A[1] ~= '' then table.insert(indexes, 1, P .. 'bk:' .. A[1]) end
+  for _, index in ipairs(indexes) do
+    for _, target in ipairs(redis.call('SMEMBERS', index)) do
+      local ban = redis.call('GET', P .. 'ban:' .. target)
+      if ban then out[#out + 1] = ban else redis.call('SREM', index, target) end
+    end
+  end
+  return out
+
+elseif op == 'index_bans' then
+  -- index version, then target, key, ...: (re)build the lookup index of
+  -- every ban kept (after an upgrade, or a change of the IPv6 group size)
+  if redis.call('GET', P .. 'banidx') == A[1] then return 0 end
+  for i = 2, #A, 2 do
+    local target, key = A[i], A[i + 1]
+    local ttl = redis.call('PEXPIRETIME', P .. 'ban:' .. target)
+    if ttl ~= -2 then
+      local index = key ~= '' and P .. 'bk:' .. key or P .. 'netbans'
+      redis.call('SADD', index, target)
+      keep_until(index, ttl == -1 and '' or tostring(ttl - GRACE_MS))
+    end
+  end
+  redis.call('SET', P .. 'banidx', A[1])
+  return 1
 
 elseif op == 'bans' then
   -- every ban kept, newest first (expired ones are dropped from the index)
@@ -460,17 +662,24 @@ elseif op == 'reports' then
   return out
 
 elseif op == 'sweep' then
-  -- dead_after, cooldown: forget servers without a heartbeat; return
-  -- {sid, match...} for each of their sessions whose match this ended
-  local dead_after, cooldown_s = tonumber(A[1]), tonumber(A[2])
+  -- cooldown: forget the servers that stopped, or that stayed silent while
+  -- this one beat DEAD_BEATS times; return {sid, match...} for each of their
+  -- sessions whose match this ended
+  local cooldown_s = tonumber(A[1])
   local out = {}
-  local dead = redis.call('ZRANGEBYSCORE', P .. 'servers', '-inf', fmt(NOW - dead_after))
+  local dead = redis.call('ZRANGEBYSCORE', P .. 'servers', '-inf', '(0')
+  local line = my_beat(DEAD_BEATS)
+  if line then
+    for _, server in ipairs(redis.call('ZRANGEBYSCORE', P .. 'servers', '0', '(' .. line)) do
+      dead[#dead + 1] = server
+    end
+  end
   for _, server in ipairs(dead) do
     if server ~= me then -- never itself: it is running this
       redis.call('ZREM', P .. 'servers', server)
-      redis.call('SET', P .. 'dead:' .. server, '1', 'PX', LIVE_MS)
+      redis.call('DEL', P .. 'hb:' .. server)
       for _, sid in ipairs(redis.call('SMEMBERS', P .. 'srv:' .. server)) do
-        if redis.call('HGET', P .. 's:' .. sid, 'server') == server then
+        if holder_of(sid) == server then
           redis.call('DEL', P .. 's:' .. sid)
           local w = entry(sid)
           if w then
@@ -479,7 +688,7 @@ elseif op == 'sweep' then
             local m = match_of(sid)
             if m then
               end_match(m, cooldown_s)
-              out[#out + 1] = {sid, m[2], m[3], m[4], m[5], m[6]}
+              out[#out + 1] = {sid, m[2], m[3], m[4], m[5], m[6], m[7], m[8]}
             end
           end
         end
@@ -490,44 +699,103 @@ elseif op == 'sweep' then
   return out
 
 elseif op == 'sync' then
-  -- dead_after, restore (0/1), then per session: sid, ip, match id or "",
-  -- and the match as "caller|callee|mode|common" or "" (used to restore).
-  -- Re-registers each session here and answers what Redis holds for it.
-  local dead_after, restore = tonumber(A[1]), A[2] == '1'
+  -- restore (0/1), rematch (0/1), cooldown, then per session: sid, client,
+  -- claim token, match id or "", the match as
+  -- "caller|callee|mode|cs|es|common" or "", and its wait as
+  -- "mode|ticket|interests" or "" (ticket -1: widened).
+  --
+  -- Re-registers each session here (unless another socket holds it on a
+  -- live server) and answers what Redis holds for it. A match this server
+  -- knows but Redis has no record of is put back, unless it ended (its
+  -- tombstone, or the partner is in another match): first this side alone
+  -- ("pending"), confirmed when the partner's server puts its side back; a
+  -- side left pending for DEAD_BEATS heartbeats ends. With restore (Redis
+  -- lost everything), a wait is put back too; with rematch, a waiting
+  -- session looks for a partner again (one passed over while its server
+  -- was not listening).
+  local restore, rematch, cooldown_s = A[1] == '1', A[2] == '1', tonumber(A[3])
   local out = {}
-  for i = 3, #A, 4 do
-    local sid, ip, id, fields = A[i], A[i + 1], A[i + 2], A[i + 3]
+  local waited = false
+  for i = 4, #A, 6 do
+    local sid, client, token, id, fields, wait = A[i], A[i + 1], A[i + 2], A[i + 3], A[i + 4],
+      A[i + 5]
     local key = P .. 's:' .. sid
-    local holder = redis.call('HGET', key, 'server')
-    if holder and holder ~= me and server_alive(holder, dead_after) then
+    local holder, claim = unpack(redis.call('HMGET', key, 'server', 'claim'))
+    if claim and claim ~= token and holder ~= me and not_dead(holder) then
       out[#out + 1] = {'elsewhere'}
     else
-      redis.call('HSET', key, 'server', me, 'client', ip)
-      live(key)
-      redis.call('SADD', P .. 'srv:' .. me, sid)
-      live(P .. 'srv:' .. me)
-      local m = match_of(sid)
-      if not m and restore and id ~= '' and not entry(sid) then
-        local caller, callee, mode, common = string.match(fields, '^(.-)|(.-)|(.-)|(.*)$')
-        store_match(sid, id, caller, callee, mode, common)
-        m = match_of(sid)
-      end
-      if m then
-        live(P .. 'm:' .. sid)
-        out[#out + 1] = m
-      else
-        local w = entry(sid)
-        if w then
-          live(P .. 'w:' .. sid)
-          for _, name in ipairs(queues_of(w)) do live(qkey(w.mode, name)) end
-          out[#out + 1] = {'wait', w.ticket, w.widen_after}
+      hold(sid, client, token)
+      local reply
+      local m = hash(P .. 'm:' .. sid)
+      local w = entry(sid)
+      if id ~= '' and m and m.id == id then
+        local partner = m.caller == sid and m.callee or m.caller
+        if m.pending then
+          if redis.call('HGET', P .. 'm:' .. partner, 'id') == id then
+            redis.call('HDEL', P .. 'm:' .. sid, 'pending')
+            redis.call('HDEL', P .. 'm:' .. partner, 'pending')
+          else
+            local line = my_beat(DEAD_BEATS)
+            if line and line > tonumber(m.pending) then -- the partner never came back
+              end_match(as_reply(m), cooldown_s)
+              reply = {'ended'}
+            end
+          end
+        end
+        if not reply then
+          live(P .. 'm:' .. sid)
+          reply = as_reply(m)
+        end
+      elseif id ~= '' and not m and not w then
+        local caller, callee, mode, cs, es, common =
+          string.match(fields, '^(.-)|(.-)|(.-)|(.-)|(.-)|(.*)$')
+        local partner = caller == sid and callee or caller
+        local theirs = redis.call('HGET', P .. 'm:' .. partner, 'id')
+        if redis.call('EXISTS', P .. 'me:' .. id) == 1 or (theirs and theirs ~= id) then
+          reply = {'ended'}
         else
-          out[#out + 1] = {'idle'}
+          local put = {'match', id, caller, callee, mode, common, cs, es}
+          if theirs == id then
+            store_match(sid, put)
+            redis.call('HDEL', P .. 'm:' .. partner, 'pending')
+          else
+            store_match(sid, put, tostring(beat_now()))
+          end
+          reply = put
+        end
+      elseif m then
+        live(P .. 'm:' .. sid)
+        reply = as_reply(m)
+      end
+      if not reply and restore and wait ~= '' and not w then
+        local mode, ticket, ints = string.match(wait, '^(.-)|(.-)|(.*)$')
+        local widened = ticket == '-1'
+        if widened then ticket = tostring(seq()) end
+        redis.call('HSET', P .. 'w:' .. sid, 'mode', mode, 'ints', ints, 'since', fmt(NOW),
+          'ticket', ticket, 'widened', widened and '1' or '0', 'req', '', 'widen_after', '-1')
+        w = entry(sid)
+        for _, name in ipairs(queues_of(w)) do enqueue(sid, mode, name) end
+        redis.call('SADD', P .. 'waiting', sid)
+      end
+      if not reply and w then
+        waited = true
+        live(P .. 'w:' .. sid)
+        for _, name in ipairs(queues_of(w)) do live(qkey(w.mode, name)) end
+        local partner = rematch and wait ~= '' and find(sid, w.mode, queues_of(w))
+        if partner then
+          unqueue(sid, w)
+          local formed = form(partner, sid, cjson.decode(w.ints), tonumber(w.since),
+            string.sub(redis.sha1hex(sid .. '|' .. partner .. '|' .. fmt(NOW)), 1, 32))
+          formed[1] = 'formed'
+          reply = formed
+        else
+          reply = {'wait', w.ticket, w.widen_after}
         end
       end
+      out[#out + 1] = reply or {'idle'}
     end
   end
-  if #out > 0 then live(P .. 'waiting') end
+  if waited then live(P .. 'waiting') end
   return out
 end
 

@@ -18,8 +18,18 @@ import coredis
 import msgspec
 import pytest
 import trio
-from cluster_support import ADMIN_TOKEN, ServeProcess, cluster_env, connect, token
-from redis_support import RedisServer
+from cluster_support import (
+    ADMIN_TOKEN,
+    ServeProcess,
+    assert_never_ended,
+    chat_both_ways,
+    cluster_env,
+    connect,
+    token,
+    watched_pair,
+)
+from coredis.tokens import PureToken
+from redis_support import RedisServer, new_prefix
 from support import Client
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
@@ -236,31 +246,38 @@ async def test_nexts_per_minute_follow_the_session_to_another_server(
     assert (await again.expect("error"))["code"] == "rate_limited"
 
 
-async def test_a_relay_to_a_partner_no_server_holds_ends_the_senders_match(
+async def test_a_relay_that_reaches_no_listener_keeps_the_match(
     nursery: trio.Nursery, redis_server: RedisServer
 ) -> None:
-    # No sweep within the test (dead_after_s 60 > WAIT_S): only the relay can end the match.
-    with servers_with(redis_server, OMIRO_REDIS_DEAD_AFTER_S="60") as (a, b):
-        first, second = await pair(nursery, a, b)
-        # b freezes (it cannot put the record back), and Redis no longer says
-        # who holds the partner: as after a lost record, before any sweep.
-        b.signal(signal.SIGSTOP)
-        try:
-            await _relay_to_nobody(a, first, second, redis_server)
-        finally:
-            b.signal(signal.SIGCONT)
+    """ "Nobody listens on the partner's server right now" is not "the partner left".
 
-
-async def _relay_to_nobody(
-    a: ServeProcess, first: Client, second: Client, redis_server: RedisServer
-) -> None:
-    prefix = a.env["OMIRO_REDIS_KEY_PREFIX"]
-    redis: coredis.Redis[bytes] = coredis.Redis.from_url(redis_server.url)
-    async with redis:
-        assert await redis.delete([f"{prefix}s:{second.session_id}"]) == 1
-    await first.send("chat", {"message": "anyone there?"})
-    assert await first.expect("partner_disconnected") == {"reason": "left"}
-    await first.send("chat", {"message": "and now?"})
-    assert (await first.expect("error"))["code"] == "not_matched"
-    await first.send("join_queue")  # idle in the shared state too
-    await first.expect("queued")
+    b is frozen (for less than dead_after_s) and its bus connection is cut,
+    so a relay to its user reaches no subscriber: the sender is told the
+    frame was not delivered (``unavailable``), the match stays, and once b
+    listens again the two chat on as before.
+    """
+    prefix = new_prefix()
+    with servers_with(redis_server, OMIRO_REDIS_KEY_PREFIX=prefix) as (a, b):
+        first, second = await watched_pair(nursery, a, b)
+        redis: coredis.Redis[bytes] = coredis.Redis.from_url(redis_server.url)
+        async with redis:
+            channels = await redis.pubsub_channels(f"{prefix}bus:*")
+            b.signal(signal.SIGSTOP)
+            try:
+                await redis.client_kill(type_=PureToken.PUBSUB)
+                # a subscribes again at once; b, frozen, cannot.
+                with trio.fail_after(WAIT_S):
+                    while len(await redis.pubsub_channels(f"{prefix}bus:*")) != len(channels) - 1:  # noqa: ASYNC110
+                        await trio.sleep(0.05)  # bounded polling of another process
+                await first.send("chat", {"message": "anyone there?"})
+                error = await first.next("error", WAIT_S)
+                assert (error["code"], error["op"]) == ("unavailable", "chat")
+            finally:
+                b.signal(signal.SIGCONT)
+        with trio.fail_after(WAIT_S):
+            while True:
+                with trio.move_on_after(1.0):
+                    await chat_both_ways(first, second, "back", wait_s=1.0)
+                    break
+        assert_never_ended(first, second)
+        assert "anyone there?" not in [c["message"] for c in second.seen("chat")]

@@ -12,12 +12,14 @@ import tempfile
 
 import pytest
 import trio
-from cluster_support import ServeProcess, cluster_env, connect
+from cluster_support import ServeProcess, cluster_env, connect, token
 from redis_support import RedisServer
 from support import Client
 
 MAX_CLIENTS = 64  # connections until both workers have one (all on one: p = 2**-63)
 WAIT_S = 15.0
+CONNECT_BOUND_S = 2.0  # a fresh connection while a worker restarts (it is ~10 ms normally)
+REPLACED_BOUND_S = 3.0  # after the new worker listens, what the dead one held is freed
 PID = re.compile(r"pid=(\d+)")
 
 
@@ -56,8 +58,11 @@ async def test_two_workers_share_the_port_match_across_restart_and_drain(
         assert len(workers) == 2
         # Clients spread over the workers by the kernel; take one on each.
         on: dict[int, Client] = {}
+        second_token_of: dict[str, str] = {}
         for _ in range(MAX_CLIENTS):
-            client = await connect(nursery, server)
+            minted = token()
+            client = await connect(nursery, server, token_=minted)
+            second_token_of[client.session_id] = minted
             on.setdefault(worker_of(client, server.port), client)
             if len(on) == 2:
                 break
@@ -71,17 +76,53 @@ async def test_two_workers_share_the_port_match_across_restart_and_drain(
         await first.send("chat", {"message": "across workers"})
         assert (await second.expect("chat"))["message"] == "across workers"
 
-        # A worker killed is restarted; its client's partner is told.
+        # A worker killed is restarted. Connections meanwhile go to the
+        # workers that accept them (none waits on one still starting); the
+        # new worker frees what the dead one held as soon as it is up: its
+        # client's partner is told, and its client's token connects again.
+        second_token = second_token_of[second.session_id]
         killed = worker_of(second, server.port)
-        os.kill(killed, signal.SIGKILL)
-        assert await first.expect("partner_disconnected", wait_s=WAIT_S) == {"reason": "left"}
-        with trio.fail_after(WAIT_S):
-            while True:
-                pids = listening_pids(server.port)
-                if len(pids) == 2 and killed not in pids:
-                    break
-                await trio.sleep(0.05)
+        told = trio.Event()
+        slowest = 0.0
+
+        async def partner_hears() -> None:
+            assert await first.expect("partner_disconnected", wait_s=WAIT_S) == {"reason": "left"}
+            told.set()
+
+        async def probe_connects(done: trio.Event) -> None:
+            nonlocal slowest
+            while not done.is_set():
+                start = trio.current_time()
+                async with trio.open_nursery() as probing:
+                    probe = await connect(probing, server)
+                    await probe.send("disconnect")
+                    probing.cancel_scope.cancel()
+                slowest = max(slowest, trio.current_time() - start)
+                await trio.sleep(0.1)  # pacing the probes
+
+        up = trio.Event()
+        async with trio.open_nursery() as watching:
+            watching.start_soon(partner_hears)
+            watching.start_soon(probe_connects, up)
+            os.kill(killed, signal.SIGKILL)
+            with trio.fail_after(WAIT_S):
+                while True:
+                    pids = listening_pids(server.port)
+                    if len(pids) == 2 and killed not in pids:
+                        break
+                    await trio.sleep(0.05)
+            up_at = trio.current_time()
+            up.set()
+            with trio.fail_after(WAIT_S):
+                await told.wait()
+            assert trio.current_time() - up_at < REPLACED_BOUND_S
+        assert slowest < CONNECT_BOUND_S, (
+            f"a connection took {slowest:.2f} s while a worker restarted"
+        )
         assert "restarting" in server.log()
+        with trio.fail_after(REPLACED_BOUND_S):
+            back = await connect(nursery, server, token_=second_token)
+        assert back.session_id == second.session_id
 
         # SIGTERM drains every worker, and the supervisor exits 0.
         server.signal(signal.SIGTERM)

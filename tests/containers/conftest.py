@@ -35,8 +35,14 @@ PREPARE_S = 900.0  # a fresh machine: podman from apt, a debootstrap base, pip i
 BUILD_S = 900.0
 
 
+# Podman 4.3 picks CNI over netavark on a machine where it once ran before
+# netavark was installed, and Debian ships no DNS plugin for CNI: compose
+# services then cannot resolve each other's names. Name the backend.
+NETAVARK = Path("/usr/lib/podman/netavark")
+
+
 @pytest.fixture(scope="session")
-def podman() -> Podman:
+def podman(tmp_path_factory: pytest.TempPathFactory) -> Podman:
     env = dict(os.environ)
     if STANDINS.exists():
         result = subprocess.run(
@@ -50,6 +56,12 @@ def podman() -> Podman:
                 env[name] = value
     if shutil.which("podman", path=env.get("PATH")) is None:
         missing("podman is not installed")
+    if NETAVARK.exists():
+        conf = tmp_path_factory.mktemp("podman") / "containers.conf"
+        base = env.get("CONTAINERS_CONF")
+        text = Path(base).read_text() if base else ""
+        conf.write_text(text + '\n[network]\nnetwork_backend = "netavark"\n')
+        env["CONTAINERS_CONF"] = str(conf)
     compose = env.get("PODMAN_COMPOSE") or shutil.which("podman-compose", path=env.get("PATH"))
     return Podman(env, compose)
 
@@ -58,7 +70,11 @@ def podman() -> Podman:
 def image(podman: Podman) -> Iterator[str]:
     """The image built from this checkout's Dockerfile, under a unique tag."""
     tag = f"localhost/omiro:test-{uuid.uuid4().hex[:8]}"
-    # Docker format: the OCI format has no HEALTHCHECK.
-    podman.run("build", "--format", "docker", "-t", tag, str(REPO), timeout=BUILD_S)
+    # Docker format: the OCI format has no HEALTHCHECK. The build needs only
+    # egress (pip, apt), which the host's network gives whatever the bridge's
+    # DNS and NAT are on this machine.
+    podman.run(
+        "build", "--network", "host", "--format", "docker", "-t", tag, str(REPO), timeout=BUILD_S
+    )
     yield tag
     podman.run("rmi", "-f", tag, check=False)

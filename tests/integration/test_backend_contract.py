@@ -27,6 +27,7 @@ import time
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -198,13 +199,32 @@ async def backend(
         timings, url=redis.url, key_prefix=new_prefix(), pool_size=20, clock_offset=offset
     )
     if kind == "redis":
-        async with open_redis_backend(**options) as opened:
+        async with open_redis_backend(**options) as opened, listening(opened):
             offset.servers = [opened]
             yield opened
     else:
-        async with open_redis_backend(**options) as a, open_redis_backend(**options) as b:
+        async with (
+            open_redis_backend(**options) as a,
+            open_redis_backend(**options) as b,
+            listening(a, b),
+        ):
             offset.servers = [a, b]
             yield Split(a, b)  # type: ignore[misc]
+
+
+@asynccontextmanager
+async def listening(*servers: Any) -> AsyncIterator[None]:
+    """Each server listens on its bus, as a running server does (only a server
+    that listens has its users matched, and its sockets counted)."""
+
+    async def ignore(message: bytes) -> None:
+        pass
+
+    async with trio.open_nursery() as nursery:
+        for server in servers:
+            await nursery.start(server.run_bus, ignore)
+        yield
+        nursery.cancel_scope.cancel()
 
 
 def prefs(*interests: str, mode: str = "video") -> Preferences:
@@ -729,8 +749,8 @@ async def test_count_reporter_counts_distinct_addresses_in_the_window(
     assert await backend.count_reporter("203.0.113.7", "198.51.100.3", 60) == 1
 
 
-async def test_publish_to_an_unknown_session_returns_false(backend: Backend) -> None:
-    assert await backend.publish("nobody", b"{}") is False
+async def test_publish_to_an_unknown_session_is_gone(backend: Backend) -> None:
+    assert await backend.publish("nobody", b"{}") == "gone"
 
 
 async def test_run_bus_starts_and_stops_when_cancelled(backend: Backend) -> None:
@@ -925,3 +945,38 @@ async def test_memory_sweep_visits_only_what_expired(autojump_clock: Clock) -> N
     for _ in range(100):
         await backend.sweep()
     assert backend.held_entries() == 0
+
+
+async def test_memory_ban_check_looks_at_the_address_and_the_network_bans_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An exact lookup plus the short list of network bans, never a scan of every ban."""
+    from omiro_trio.backends import memory
+
+    backend = MemoryBackend(interest_timeout_s=1, rematch_cooldown_s=30, block_ttl_s=60)
+    now = time.time()
+    for n in range(3000):
+        await backend.add_ban(Ban(f"10.{n // 256}.{n % 256}.1", "spam", now + 600, now))
+    await backend.add_ban(Ban("198.51.100.0/24", "a network", None, now))
+    await backend.add_ban(Ban("2001:db8:5::/48", "a network", None, now))
+    compared = 0
+    original = memory._overlaps
+
+    def counting(a: Any, b: Any) -> bool:
+        nonlocal compared
+        compared += 1
+        return original(a, b)
+
+    monkeypatch.setattr(memory, "_overlaps", counting)
+    checks = {
+        "10.5.7.1": "10.5.7.1",
+        "10.11.183.1": "10.11.183.1",
+        "192.0.2.1": None,
+        "198.51.100.77": "198.51.100.0/24",
+        "2001:db8:5:1::/64": "2001:db8:5::/48",
+        "2001:db8:6:1::/64": None,
+    }
+    for ip, target in checks.items():
+        ban = await backend.ban_for(ip)
+        assert (ban.target if ban else None) == target, ip
+    assert compared <= 2 * len(checks)

@@ -7,13 +7,13 @@ time is trio's ``autojump_clock``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 import trio
 import trio.testing
 
-from omiro_trio.backends.base import BusHandler
+from omiro_trio.backends.base import BusHandler, LocalView
 from omiro_trio.metrics import Metrics
 from omiro_trio.server import JANITOR_INTERVAL_S, _janitor, _run_bus
 
@@ -37,6 +37,7 @@ class FlakyBackend:
         handler: BusHandler,
         *,
         on_gap: Callable[[], None] | None = None,
+        views: Callable[[], Sequence[LocalView]] | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         self.listeners += 1
@@ -54,6 +55,9 @@ class BrokenHub:
     def request_sync(self) -> None:
         pass
 
+    def local_views(self) -> list[LocalView]:
+        return []
+
 
 async def test_janitor_logs_a_failed_sweep_and_sweeps_again(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
@@ -64,7 +68,7 @@ async def test_janitor_logs_a_failed_sweep_and_sweeps_again(
         nursery.start_soon(_janitor, backend, metrics)
         await trio.sleep(JANITOR_INTERVAL_S * 4 + 1)
         nursery.cancel_scope.cancel()
-    assert backend.sweeps == 4
+    assert backend.sweeps == 5  # one at once, then one each interval
     value = metrics.registry.get_sample_value(
         "omiro_background_failures_total", {"task": "janitor"}
     )

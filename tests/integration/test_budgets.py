@@ -44,6 +44,7 @@ from trio_websocket import WebSocketConnection, connect_websocket_url
 from omiro_trio.budgets import MAX_HEAD_BYTES, MAX_MESSAGE_FRAGMENTS
 from omiro_trio.config import LimitsConfig, ServerConfig
 from omiro_trio.front import HEAD_TIMEOUT_S
+from omiro_trio.static import frontend_dir
 from omiro_trio.tokens import TokenSigner
 
 SECRET = "budget-secret-that-is-at-least-32-bytes-long"
@@ -656,3 +657,49 @@ async def test_pipelined_requests_budget(omiro: Server) -> None:
         await stream.aclose()
     watch.check()
     assert received.count(b"HTTP/1.1 200") == 1000
+
+
+# -- vendored files ---------------------------------------------------------------------
+
+
+async def test_vendored_files_budget(omiro: Server) -> None:
+    """Every vendored file in every encoding, three rounds, 32 requests at a time, on a
+    server that never made any: each representation is made once, one at a time in a worker
+    thread, and kept (the same ETag every round); a later round holds nothing more."""
+    root = frontend_dir()
+    paths = sorted(
+        "/" + path.relative_to(root).as_posix()
+        for path in (root / "vendor").rglob("*")
+        if path.is_file()
+    )
+    assert len(paths) >= 15
+    transport = httpx.AsyncHTTPTransport(local_address=HOSTILE_IP)
+    limits = httpx.Limits(max_connections=32)
+    tags: dict[tuple[str, str], set[str]] = {}
+    rss_after_round: list[float] = []
+
+    async def fetch(http: httpx.AsyncClient, path: str, accept: str) -> None:
+        async with http.stream("GET", path, headers={"Accept-Encoding": accept}) as response:
+            assert response.status_code == 200, (path, accept)
+            async for _ in response.aiter_raw():
+                pass
+        tags.setdefault((path, accept), set()).add(response.headers["etag"])
+
+    async with (
+        watched(omiro) as watch,
+        httpx.AsyncClient(
+            base_url=omiro.url, transport=transport, limits=limits, timeout=WAIT_S * 3
+        ) as http,
+    ):
+        for _ in range(3):
+            with trio.fail_after(WAIT_S * 6):
+                async with trio.open_nursery() as nursery:
+                    for path in paths:
+                        for accept in ("identity", "gzip", "br"):
+                            nursery.start_soon(fetch, http, path, accept)
+            rss_after_round.append(omiro.rss_mb())
+    watch.check()
+    assert len(tags) == 3 * len(paths)
+    assert all(len(seen) == 1 for seen in tags.values()), tags  # the same body every round
+    # Every representation exists after the first round: later rounds add nothing to hold.
+    assert rss_after_round[2] - rss_after_round[0] < 4.0, rss_after_round

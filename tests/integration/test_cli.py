@@ -138,7 +138,7 @@ def test_bench_relay_runs_and_reports_json(tmp_path: Path) -> None:
     result = run_omiro(
         tmp_path,
         "bench", "relay", "--pairs", "2", "--idle", "3", "--messages", "20",
-        "--window", "4", "--rate", "40", "--seconds", "0.5",
+        "--window", "4", "--rate", "40", "--seconds", "0.5", "--json",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -146,6 +146,74 @@ def test_bench_relay_runs_and_reports_json(tmp_path: Path) -> None:
     assert report["throughput_msgs_per_s"] > 0
     assert report["latency_samples"] == 20  # 40 frames/s for 0.5 s, over 2 pairs
     assert report["rss_idle_kib"] >= report["rss_empty_kib"] > 0
+
+
+def test_bench_relay_without_json_prints_one_line_a_result(tmp_path: Path) -> None:
+    result = run_omiro(
+        tmp_path,
+        "bench", "relay", "--pairs", "2", "--idle", "0", "--messages", "20",
+        "--window", "4", "--rate", "40", "--seconds", "0.5",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split(": ", 1) for line in result.stdout.splitlines())
+    assert int(lines["throughput_msgs_per_s"]) > 0
+    assert lines["latency_samples"] == "20"
+    assert "args" not in lines  # the options are in the JSON report only
+
+
+def test_bench_is_a_command_of_omiro(tmp_path: Path) -> None:
+    listed = run_omiro(tmp_path, "--help")
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(r"^  bench +Measure a real", listed.stdout, re.MULTILINE)
+    relay = run_omiro(tmp_path, "bench", "relay", "--help")
+    assert relay.returncode == 0, relay.stderr
+    assert "--pairs" in relay.stdout
+    assert "--json" in relay.stdout
+    unknown = run_omiro(tmp_path, "benchmark")
+    assert unknown.returncode == 2
+    assert "No such command 'benchmark'" in unknown.stderr
+
+
+def _websocket_hello(url: str, token: str) -> bytes:
+    """Upgrade ``/ws`` with ``token`` on a plain socket; returns what came until ``hello``."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=START_S) as sock:
+        head = (
+            f"GET /ws?token={token} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        sock.sendall(head.encode())
+        received = b""
+        while b'"op":"hello"' not in received:
+            chunk = sock.recv(65536)  # each read bounded by the socket's timeout
+            if not chunk:
+                break
+            received += chunk
+    return received
+
+
+def test_serve_imports_nothing_of_the_bench_lab(tmp_path: Path) -> None:
+    """``omiro serve`` starting, answering HTTP and a WebSocket, and stopping."""
+    server = start_serve(tmp_path, PYTHONPROFILEIMPORTTIME="1")
+    try:
+        assert httpx.get(f"{server.url}/", timeout=START_S).status_code == 200
+        token = httpx.get(f"{server.url}/session/new", timeout=START_S).json()["token"]
+        hello = _websocket_hello(server.url, token)
+        assert hello.startswith(b"HTTP/1.1 101"), hello[:200]
+        assert b'"op":"hello"' in hello
+    finally:
+        code, log = server.stop(signal.SIGTERM)
+    assert code == 0, log
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in log.splitlines()
+        if line.startswith("import time:")
+    }
+    assert {"omiro_trio.server", "omiro_trio.wsengine"} <= imported  # the profile saw serving
+    assert {
+        name for name in imported if name.split(".")[0] in ("omiro_bench", "trio_websocket")
+    } == set()
 
 
 def test_check_config_masks_secrets(tmp_path: Path) -> None:

@@ -7,16 +7,21 @@ then decompressed here, so the test sees exactly what went over the wire.
 from __future__ import annotations
 
 import gzip
+import hashlib
+from typing import Any
 
 import brotli
 import httpx
 import pytest
+import trio
 from support import Harness, StartServer
 
+from omiro_trio import static
 from omiro_trio.static import accepted_encodings
 
 PATHS = ["/", "/index.html", "/css/app.css", "/js/app.js", "/js/constants.js", "/favicon.svg"]
 DECODE = {"gzip": gzip.decompress, "br": brotli.decompress}
+CHROMIUM = {"Accept-Encoding": "gzip, deflate, br, zstd"}
 
 
 async def raw_get(
@@ -193,3 +198,84 @@ async def test_page_safety_switches_from_config(
     body = page.split("<body", 1)[1].split(">", 1)[0]
     for attribute in expected:
         assert attribute in body
+
+
+async def test_vendored_file_made_on_its_first_request_once_then_served_from_memory(
+    server: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Concurrent first requests get one compression; later ones, GET, HEAD or 304, none."""
+    made: list[tuple[str, int]] = []
+    for coding, codec in list(static.CODECS.items()):
+
+        def counted(body: bytes, coding: str = coding, codec: Any = codec) -> bytes:
+            made.append((coding, len(body)))
+            packed: bytes = codec(body)
+            return packed
+
+        monkeypatch.setitem(static.CODECS, coding, counted)
+    path = VENDOR + "nsfwjs.min.js"
+    on_disk = (static.frontend_dir() / "vendor/nsfwjs-4.4.0/nsfwjs.min.js").read_bytes()
+    firsts: list[tuple[httpx.Response, bytes]] = []
+
+    async def first_request() -> None:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            firsts.append(await raw_get(http, path, **CHROMIUM))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(first_request)
+    assert made == [("br", len(on_disk))]
+    assert {response.headers["etag"] for response, _ in firsts} == {
+        f'"{hashlib.sha256(on_disk).hexdigest()[:32]}-br"'
+    }
+    assert {body for _, body in firsts} == {firsts[0][1]}
+    assert brotli.decompress(firsts[0][1]) == on_disk
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        for coding, accept in [("br", "br"), ("gzip", "gzip"), (None, "identity")]:
+            response, body = await raw_get(http, path, **{"Accept-Encoding": accept})
+            assert response.status_code == 200
+            assert response.headers.get("content-encoding") == coding
+            assert response.headers["vary"] == "Accept-Encoding"
+            assert response.headers["cache-control"] == "public, max-age=31536000, immutable"
+            assert (DECODE[coding](body) if coding else body) == on_disk
+            head = await http.head(path, headers={"Accept-Encoding": accept})
+            assert head.status_code == 200
+            assert head.content == b""
+            for name in ("etag", "content-length", "content-type", "vary", "cache-control"):
+                assert head.headers[name] == response.headers[name], (accept, name)
+            assert head.headers.get("content-encoding") == coding
+            again, _ = await raw_get(
+                http, path, **{"Accept-Encoding": accept, "If-None-Match": response.headers["etag"]}
+            )
+            assert again.status_code == 304
+            assert again.headers["etag"] == response.headers["etag"]
+    assert made == [("br", len(on_disk)), ("gzip", len(on_disk))]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/vendor/../static.py",
+        "/../static.py",
+        "/vendor/nsfwjs-4.4.0/../../../web.py",
+        "/vendor/%2e%2e/%2e%2e/web.py",
+        "/vendor/..%2f..%2fweb.py",
+        "/vendor/nsfwjs-4.4.0/missing.js",
+        "/vendor/nsfwjs-4.4.0/mobilenet_v2/",
+        "/vendor/",
+    ],
+)
+async def test_vendored_paths_name_only_files_of_the_folder(server: Harness, target: str) -> None:
+    """Sent as is on a raw socket (an HTTP client would tidy the dots away)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", server.running.port)
+    async with stream:
+        await stream.send_all(
+            f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        )
+        answer = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 404 "), answer[:200]
+    assert b"import" not in answer

@@ -6,16 +6,21 @@ from typing import Any
 
 import pytest
 
-from omiro_trio.bench import scenarios
-from omiro_trio.bench.scenarios import FindMax, Options, find_max_users
+from omiro_bench import find_max
+from omiro_bench.find_max import FindMax, find_max_users
+from omiro_bench.realistic import REALISTIC, RealisticOptions
+from omiro_bench.run import RunOptions
+from omiro_bench.scenario import Scenario
 
 
 def steps_of(results: dict[int, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
-    def run_scenario(name: str, options: Options) -> dict[str, Any]:
-        assert name == "realistic"
+    def run_scenario(
+        scenario: Scenario[RealisticOptions], options: RealisticOptions, setup: RunOptions
+    ) -> dict[str, Any]:
+        assert scenario is REALISTIC
         return {"users": options.users, **results[options.users]}
 
-    monkeypatch.setattr(scenarios, "run_scenario", run_scenario)
+    monkeypatch.setattr(find_max, "run_scenario", run_scenario)
 
 
 def step(p99: float, server: float = 0.5, generator: float = 0.5) -> dict[str, Any]:
@@ -28,7 +33,9 @@ def step(p99: float, server: float = 0.5, generator: float = 0.5) -> dict[str, A
 
 def test_a_step_whose_generator_saturated_is_not_counted(monkeypatch: pytest.MonkeyPatch) -> None:
     steps_of({10: step(5.0), 20: step(8.0, generator=0.99)}, monkeypatch)
-    report = find_max_users(Options(users=10), FindMax(factor=2.0, max_steps=5))
+    report = find_max_users(
+        RealisticOptions(users=10), FindMax(factor=2.0, max_steps=5), RunOptions()
+    )
     assert [s["users"] for s in report["steps"]] == [10, 20]
     assert report["stopped_by"] == "generator_saturated"
     assert report["max_users_within_p99"] == 10  # 20 users were never really offered
@@ -36,7 +43,9 @@ def test_a_step_whose_generator_saturated_is_not_counted(monkeypatch: pytest.Mon
 
 def test_a_saturated_server_within_the_limit_counts(monkeypatch: pytest.MonkeyPatch) -> None:
     steps_of({10: step(5.0), 20: step(40.0, server=0.97)}, monkeypatch)
-    report = find_max_users(Options(users=10), FindMax(factor=2.0, max_steps=5))
+    report = find_max_users(
+        RealisticOptions(users=10), FindMax(factor=2.0, max_steps=5), RunOptions()
+    )
     assert report["stopped_by"] == "server_saturated"
     assert report["max_users_within_p99"] == 20
 
@@ -45,6 +54,6 @@ def test_the_first_step_over_the_limit_stops_and_is_not_counted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     steps_of({10: step(5.0), 15: step(60.0)}, monkeypatch)
-    report = find_max_users(Options(users=10), FindMax(max_steps=5))
+    report = find_max_users(RealisticOptions(users=10), FindMax(max_steps=5), RunOptions())
     assert report["stopped_by"] == "p99"
     assert report["max_users_within_p99"] == 10
