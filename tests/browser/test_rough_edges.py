@@ -199,9 +199,18 @@ def test_no_focus_ring_left_on_a_disabled_button_after_a_tap(server, people):
     assert alice.js(RING_ON_DISABLED_JS) == []
     # The keyboard stays up: the focus is still in the message box.
     assert alice.js("() => document.activeElement.id") == "chat-input"
+    # Next, tapped: off until the next stranger comes (at once: nobody else
+    # is here), and no ring on it meanwhile.
     alice.testid("next").tap()
+    assert alice.js(RING_ON_DISABLED_JS) == []
+    alice.wait("() => window.omiro.stateLog.at(-2) === 'waiting'")
+    alice.wait_state("connected")
+    # The stranger leaves: Next is off while the page looks again.
+    bob.testid("stop").click()
     alice.wait_state("waiting")
     assert alice.testid("next").get_attribute("aria-disabled") == "true"
+    assert alice.js(RING_ON_DISABLED_JS) == []
+    alice.testid("next").tap(force=True)  # a tap on it while it is off
     assert alice.js(RING_ON_DISABLED_JS) == []
 
 
