@@ -25,7 +25,9 @@ from functools import partial
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
-from omiro_trio.front import ReplayStream, parse_head, read_head
+from omiro_trio.http.heads import parse_head
+from omiro_trio.http.serve import read_head
+from omiro_trio.http.streams import ReplayStream
 
 MESSAGE_QUEUE = 4
 JOINED = '{"op":"queued","data":{}}'

@@ -6,7 +6,8 @@ Pure functions; the web layer and the WebSocket handler both use them.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -151,3 +152,29 @@ def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...
     if parts.scheme not in ("http", "https") or not parts.netloc or host is None:
         return False
     return parts.netloc == host.strip().lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Clients:
+    """How the client (address group) of a request is found: ``client_ip``, then
+    ``address_group``, with a server's settings.
+
+    Attributes:
+        trusted_proxies: ``server.trusted_proxies``.
+        ip_header: ``server.client_ip_header``, or "" for none.
+        ipv6_prefix: ``server.ipv6_prefix``.
+    """
+
+    trusted_proxies: tuple[Network, ...] = ()
+    ip_header: str = ""
+    ipv6_prefix: int = 64
+
+    def client(self, peer: str, forwarded_for: Iterable[str], named: str | None) -> str:
+        """The client of a request from ``peer`` (``client_ip`` says what the rest are)."""
+        ip = client_ip(peer, forwarded_for, self.trusted_proxies, named)
+        return address_group(ip, self.ipv6_prefix)
+
+    def of(self, peer: str, headers: Mapping[str, Sequence[str]]) -> str:
+        """The client of a request from ``peer`` with ``headers`` (lower-case names)."""
+        named = headers.get(self.ip_header.lower()) if self.ip_header else None
+        return self.client(peer, headers.get("x-forwarded-for", ()), named[0] if named else None)

@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
@@ -25,6 +26,7 @@ from quart_trio import QuartTrio
 
 from omiro_trio.backends.base import Ban, ReportRecord
 from omiro_trio.context import ServerContext
+from omiro_trio.http.answers import HttpError
 from omiro_trio.responses import json_error, not_found
 
 log = logging.getLogger(__name__)
@@ -115,7 +117,10 @@ def register_admin(app: QuartTrio, ctx: ServerContext, client: Callable[[], str]
         retry = failures.retry_after(who)
         if retry is not None:
             response = json_error(
-                429, "rate_limited", "too many failed authentications", retry_after=retry
+                HTTPStatus.TOO_MANY_REQUESTS,
+                HttpError.RATE_LIMITED,
+                "too many failed authentications",
+                retry_after=retry,
             )
             response.headers["Retry-After"] = str(retry)
             return response
@@ -125,7 +130,11 @@ def register_admin(app: QuartTrio, ctx: ServerContext, client: Callable[[], str]
             credential.strip().encode(), token.encode()
         ):
             failures.fail(who)
-            response = json_error(401, "unauthorized", "a valid admin bearer token is required")
+            response = json_error(
+                HTTPStatus.UNAUTHORIZED,
+                HttpError.UNAUTHORIZED,
+                "a valid admin bearer token is required",
+            )
             response.headers["WWW-Authenticate"] = 'Bearer realm="omiro-admin"'
             return response
         return None
@@ -143,14 +152,26 @@ def register_admin(app: QuartTrio, ctx: ServerContext, client: Callable[[], str]
         try:
             body = _ban_request.decode(await request.get_data(as_text=False))
         except msgspec.DecodeError as exc:
-            return json_error(400, "bad_request", f"invalid ban: {exc}")
+            return json_error(HTTPStatus.BAD_REQUEST, HttpError.BAD_REQUEST, f"invalid ban: {exc}")
         target = canonical_target(body.target)
         if target is None:
-            return json_error(400, "bad_request", "target must be an IP address or a CIDR network")
+            return json_error(
+                HTTPStatus.BAD_REQUEST,
+                HttpError.BAD_REQUEST,
+                "target must be an IP address or a CIDR network",
+            )
         if body.duration_s is not None and body.duration_s <= 0:
-            return json_error(400, "bad_request", "duration_s must be a positive number or null")
+            return json_error(
+                HTTPStatus.BAD_REQUEST,
+                HttpError.BAD_REQUEST,
+                "duration_s must be a positive number or null",
+            )
         if len(body.reason) > MAX_REASON_LENGTH:
-            return json_error(400, "bad_request", f"reason is longer than {MAX_REASON_LENGTH}")
+            return json_error(
+                HTTPStatus.BAD_REQUEST,
+                HttpError.BAD_REQUEST,
+                f"reason is longer than {MAX_REASON_LENGTH}",
+            )
         now = ctx.wall()
         until = None if body.duration_s is None else now + body.duration_s
         ban = Ban(target=target, reason=body.reason.strip(), until=until, created_at=now)
@@ -166,7 +187,7 @@ def register_admin(app: QuartTrio, ctx: ServerContext, client: Callable[[], str]
             return denied
         canonical = canonical_target(unquote(target))
         if canonical is None or not await ctx.backend.remove_ban(canonical):
-            return json_error(404, "not_found", "no such ban")
+            return json_error(HTTPStatus.NOT_FOUND, HttpError.NOT_FOUND, "no such ban")
         log.info("lifted the ban of %s", canonical)
         return Response("", status=204)
 
@@ -193,7 +214,11 @@ def _int_arg(name: str, default: int | None, low: int, high: int | None) -> int 
     if text is None:
         return default
     bound = f" and at most {high}" if high is not None else ""
-    problem = json_error(400, "bad_request", f"{name} must be an integer at least {low}{bound}")
+    problem = json_error(
+        HTTPStatus.BAD_REQUEST,
+        HttpError.BAD_REQUEST,
+        f"{name} must be an integer at least {low}{bound}",
+    )
     if not text.isdigit() or len(text) > 18:
         return problem
     value = int(text)

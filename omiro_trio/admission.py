@@ -2,31 +2,42 @@
 
 The handshake checks of PROTOCOL.md run here, in its order: 403 origin,
 403 banned, 429 rate limited, 401 token, 409 already connected (plus 503
-while draining). The answer is either the claimed session id or a
-``Rejection`` the connection writes as a plain HTTP response.
+while draining). The answer is either the claimed session id or the
+refusal (a ``JsonAnswer``) the connection writes as a plain HTTP response.
+
+``Admission`` is given what the checks need (the backend, the token
+signer, the settings, and callables for the hub's two parts in it: whether
+the server drains, and undoing a claim whose answer was lost); it knows no
+server context and no hub.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from dataclasses import dataclass, field
-from typing import Any
+from http import HTTPStatus
+from typing import Final
 from urllib.parse import parse_qs, urlsplit
 
 import trio
 
-from omiro_trio.addresses import address_group, client_ip, origin_allowed
-from omiro_trio.context import ServerContext
+from omiro_trio.addresses import origin_allowed
+from omiro_trio.backends.base import Backend
 from omiro_trio.errors import BackendUnavailable, InvalidToken
+from omiro_trio.http.answers import HttpError, JsonAnswer, error
+from omiro_trio.http.heads import RequestHead
+from omiro_trio.tokens import TokenSigner
 
-CONCURRENT_LIMIT_RETRY_S = 5
+CONCURRENT_LIMIT_RETRY_S: Final = 5
+
+_RETRY_CONCURRENT: Final = (("Retry-After", str(CONCURRENT_LIMIT_RETRY_S)),)
 
 
 class SocketSlot:
     """The ``sockets_per_ip`` slot an upgrade holds, if it took one.
 
-    ``admit`` takes it; the WebSocket handler gives it back
-    (``release_slot``) when the connection ends, however it ends.
+    ``Admission.admit`` takes it; the WebSocket handler gives it back
+    (``Admission.release_slot``) when the connection ends, however it ends.
     """
 
     __slots__ = ("client",)
@@ -35,153 +46,138 @@ class SocketSlot:
         self.client: str | None = None
 
 
-@dataclass(slots=True)  # (not frozen: a frozen dataclass costs more to build, per request)
-class RequestHead:
-    """The parts of a request head the checks need; nothing changes them once read."""
+class Admission:
+    """The handshake checks of one server.
 
-    target: str
-    headers: dict[str, list[str]]  # lower-case name -> values in order
-    method: str = "GET"
-    version: str = "1.1"  # the request line's HTTP version
-    slot: SocketSlot = field(default_factory=SocketSlot, compare=False)
-
-    def header(self, name: str) -> str | None:
-        values = self.headers.get(name)
-        return values[0] if values else None
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    status: int
-    body: dict[str, Any]
-    retry_after_s: int | None = None
-
-
-def peer_ip(stream: trio.abc.Stream) -> str:
-    """The socket peer's address, as the front door read it when it accepted.
-
-    Never raises: a socket reset before anyone asked has no peer to read
-    (``ENOTCONN``), so the front door reads it once, up front.
+    Args:
+        backend: bans, the per-client socket count, session claims.
+        signer: verifies session tokens.
+        allowed_origins: ``server.allowed_origins``.
+        sockets_per_ip: ``limits.sockets_per_ip``.
+        draining: whether the server is draining (new sockets are refused).
+        release_claim: undoes a session claim whose answer was lost.
+        wall: the wall clock (tokens expire in wall time).
     """
-    peer = getattr(stream, "peer", None)
-    if isinstance(peer, str):
-        return peer
-    socket = getattr(stream, "socket", None)
-    if socket is None:
-        return "unknown"
-    try:
-        return str(socket.getpeername()[0])
-    except OSError:
-        return "unknown"
 
-
-def websocket_client(ctx: ServerContext, stream: trio.abc.Stream, head: RequestHead) -> str:
-    """The client (address group) of a request: see ``addresses.client_ip``.
-
-    A stream from a peer that is not a trusted proxy carries its client as
-    the front door computed it on accept (``client``): the same answer.
-    """
-    known = getattr(stream, "client", None)
-    if isinstance(known, str):
-        return known
-    server = ctx.config.server
-    named = head.header(server.client_ip_header.lower()) if server.client_ip_header else None
-    ip = client_ip(
-        peer_ip(stream), head.headers.get("x-forwarded-for", []), ctx.trusted_proxies, named
+    __slots__ = (
+        "_allowed_origins",
+        "_backend",
+        "_draining",
+        "_release_claim",
+        "_signer",
+        "_sockets_per_ip",
+        "_wall",
     )
-    return address_group(ip, server.ipv6_prefix)
 
+    def __init__(
+        self,
+        backend: Backend,
+        signer: TokenSigner,
+        *,
+        allowed_origins: tuple[str, ...],
+        sockets_per_ip: int,
+        draining: Callable[[], bool],
+        release_claim: Callable[[str], Awaitable[None]],
+        wall: Callable[[], float],
+    ) -> None:
+        self._backend = backend
+        self._signer = signer
+        self._allowed_origins = allowed_origins
+        self._sockets_per_ip = sockets_per_ip
+        self._draining = draining
+        self._release_claim = release_claim
+        self._wall = wall
 
-async def admit(ctx: ServerContext, head: RequestHead, ip: str) -> str | Rejection:
-    """Run the handshake checks; return the session id to accept, or why not.
+    async def admit(self, head: RequestHead, client: str, slot: SocketSlot) -> str | JsonAnswer:
+        """Run the handshake checks; return the session id to accept, or the refusal.
 
-    ``ip`` is the client (address group). An accepted upgrade holds one of
-    its ``sockets_per_ip`` slots in ``head.slot`` until ``release_slot``.
-    A backend that does not answer is a 503 for this client, never an error.
-    """
-    try:
-        return await _checks(ctx, head, ip)
-    except BackendUnavailable:
-        await release_slot(ctx, head.slot)
-        return Rejection(
-            503,
-            {"error": "unavailable", "message": "the service is briefly unavailable"},
-            retry_after_s=CONCURRENT_LIMIT_RETRY_S,
-        )
+        An accepted upgrade holds one of ``client``'s ``sockets_per_ip``
+        slots in ``slot`` until ``release_slot``. A backend that does not
+        answer is a 503 for this client, never an error.
+        """
+        try:
+            return await self._checks(head, client, slot)
+        except BackendUnavailable:
+            await self.release_slot(slot)
+            return error(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                HttpError.UNAVAILABLE,
+                "the service is briefly unavailable",
+                headers=_RETRY_CONCURRENT,
+            )
 
+    async def _checks(self, head: RequestHead, client: str, slot: SocketSlot) -> str | JsonAnswer:
+        if not origin_allowed(head.header("origin"), head.header("host"), self._allowed_origins):
+            return error(HTTPStatus.FORBIDDEN, HttpError.ORIGIN_NOT_ALLOWED, "origin not allowed")
+        ban = await self._backend.ban_for(client)
+        if ban is not None:
+            return error(
+                HTTPStatus.FORBIDDEN, HttpError.BANNED, "this address is banned", until=ban.until
+            )
+        if self._draining():
+            return error(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                HttpError.DRAINING,
+                "server is shutting down",
+                headers=(("Retry-After", "1"),),
+            )
+        if slot.client is None and not await self._backend.reserve_socket(
+            client, self._sockets_per_ip
+        ):
+            return error(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                HttpError.RATE_LIMITED,
+                "too many open sockets from this address",
+                headers=_RETRY_CONCURRENT,
+                retry_after=CONCURRENT_LIMIT_RETRY_S,
+            )
+        if slot.client is None:
+            slot.client = client
+        verdict = await self._check_token(head, client)
+        if isinstance(verdict, JsonAnswer):
+            await self.release_slot(slot)
+        return verdict
 
-async def _checks(ctx: ServerContext, head: RequestHead, ip: str) -> str | Rejection:
-    config = ctx.config
-    if not origin_allowed(
-        head.header("origin"), head.header("host"), config.server.allowed_origins
-    ):
-        return Rejection(403, {"error": "origin_not_allowed", "message": "origin not allowed"})
-    ban = await ctx.backend.ban_for(ip)
-    if ban is not None:
-        return Rejection(
-            403, {"error": "banned", "message": "this address is banned", "until": ban.until}
-        )
-    if ctx.hub.draining:
-        return Rejection(
-            503, {"error": "draining", "message": "server is shutting down"}, retry_after_s=1
-        )
-    if head.slot.client is None and not await ctx.backend.reserve_socket(
-        ip, config.limits.sockets_per_ip
-    ):
-        return Rejection(
-            429,
-            {
-                "error": "rate_limited",
-                "message": "too many open sockets from this address",
-                "retry_after": CONCURRENT_LIMIT_RETRY_S,
-            },
-            retry_after_s=CONCURRENT_LIMIT_RETRY_S,
-        )
-    if head.slot.client is None:
-        head.slot.client = ip
-    verdict = await _check_token(ctx, head, ip)
-    if isinstance(verdict, Rejection):
-        await release_slot(ctx, head.slot)
-    return verdict
+    async def release_slot(self, slot: SocketSlot) -> None:
+        """Give back the socket slot ``admit`` took for an upgrade, if it took one.
 
+        Runs shielded (a closing connection is often being cancelled); the
+        backend call has its own deadline. A backend that does not answer keeps
+        the slot until the server's next ``sync`` repairs it.
+        """
+        client = slot.client
+        if client is None:
+            return
+        slot.client = None
+        with trio.CancelScope(shield=True), suppress(BackendUnavailable):
+            await self._backend.release_socket(client)
 
-async def release_slot(ctx: ServerContext, slot: SocketSlot) -> None:
-    """Give back the socket slot ``admit`` took for an upgrade, if it took one.
-
-    Runs shielded (a closing connection is often being cancelled); the
-    backend call has its own deadline. A backend that does not answer keeps
-    the slot until the server's next ``sync`` repairs it.
-    """
-    client = slot.client
-    if client is None:
-        return
-    slot.client = None
-    with trio.CancelScope(shield=True), suppress(BackendUnavailable):
-        await ctx.backend.release_socket(client)
-
-
-async def _check_token(ctx: ServerContext, head: RequestHead, ip: str) -> str | Rejection:
-    token = head.header("x-session-token")
-    if token is None:
-        tokens = parse_qs(urlsplit(head.target).query).get("token")
-        token = tokens[0] if tokens else None
-    if token is None:
-        return Rejection(401, {"error": "invalid_token", "message": "missing session token"})
-    try:
-        session_id = ctx.signer.verify(token, ctx.wall())
-    except InvalidToken as exc:
-        return Rejection(
-            401, {"error": "invalid_token", "message": f"invalid session token: {exc}"}
-        )
-    try:
-        claimed = await ctx.backend.claim_session(session_id, ip)
-    except BackendUnavailable:
-        # The claim may have been made and only its answer lost: undo it
-        # (later, if the backend is away), or the session stays held.
-        await ctx.hub.release_claim(session_id)
-        raise
-    if not claimed:
-        return Rejection(
-            409, {"error": "already_connected", "message": "this session is already connected"}
-        )
-    return session_id
+    async def _check_token(self, head: RequestHead, client: str) -> str | JsonAnswer:
+        token = head.header("x-session-token")
+        if token is None:
+            tokens = parse_qs(urlsplit(head.target).query).get("token")
+            token = tokens[0] if tokens else None
+        if token is None:
+            return error(HTTPStatus.UNAUTHORIZED, HttpError.INVALID_TOKEN, "missing session token")
+        try:
+            session_id = self._signer.verify(token, self._wall())
+        except InvalidToken as exc:
+            return error(
+                HTTPStatus.UNAUTHORIZED,
+                HttpError.INVALID_TOKEN,
+                f"invalid session token: {exc}",
+            )
+        try:
+            claimed = await self._backend.claim_session(session_id, client)
+        except BackendUnavailable:
+            # The claim may have been made and only its answer lost: undo it
+            # (later, if the backend is away), or the session stays held.
+            await self._release_claim(session_id)
+            raise
+        if not claimed:
+            return error(
+                HTTPStatus.CONFLICT,
+                HttpError.ALREADY_CONNECTED,
+                "this session is already connected",
+            )
+        return session_id

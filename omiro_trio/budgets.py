@@ -5,7 +5,7 @@ here (or, when an operator may change it, in ``config.py``, named below), so
 that ``docs/security.md``'s budget table, the code and the tests read the
 same constant:
 
-* **A request head** (``front.py``, ``httpstream.py``): at most
+* **A request head** (``http/serve.py``, ``http/streams.py``): at most
   ``MAX_HEAD_BYTES`` from its first byte to the end of its blank line. The
   size is checked before any parsing, on every request of a connection, and
   a head over it is answered 431 whether it is complete or not. Every head

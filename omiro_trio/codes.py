@@ -1,8 +1,10 @@
-"""The protocol's constants as types: close codes, error codes.
+"""The protocol's constants as types: close codes, error codes, partner reasons.
 
 PROTOCOL.md names them; the page's ``frontend/js/constants.js`` carries the
-same values (a test holds the two lists equal). Everything that sends a
-close code or an ``error`` op takes it from here, never as a bare literal.
+same close and error codes (a test holds the lists equal). Everything that
+sends a close code, an ``error`` op or a ``partner_disconnected`` reason takes
+it from here, never as a bare literal: the signatures that carry them ask for
+these types, so a type checker refuses ``close(4008)`` or ``"left"``.
 """
 
 from __future__ import annotations
@@ -37,3 +39,12 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     BANNED = "banned"
     UNAVAILABLE = "unavailable"  # the shared backend (Redis) is not answering: try again
+
+
+class PartnerReason(StrEnum):
+    """Why a match ended, as ``partner_disconnected`` tells the partner."""
+
+    NEXT = "next"  # the other side pressed next (or joined the queue again)
+    LEFT = "left"  # the other side left, closed or broke its socket, or is gone
+    REPORTED = "reported"  # the other side reported this one
+    TIMEOUT = "timeout"  # the other side's socket stopped answering pings

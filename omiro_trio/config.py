@@ -102,6 +102,8 @@ class ServerConfig(_Table, frozen=True):
     send_queue_bytes: Annotated[int, msgspec.Meta(ge=4096, le=1 << 30)] = 1 << 20
     idle_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
     drain_grace_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
+    # What server_draining tells clients to wait before they reconnect.
+    reconnect_after_ms: Annotated[int, msgspec.Meta(ge=0, le=600_000)] = 1000
 
 
 class SessionConfig(_Table, frozen=True):

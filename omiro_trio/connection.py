@@ -1,9 +1,10 @@
 """The ``/ws`` handler: the only translator between a socket and the hub.
 
 One connection, one task and one nursery. The handler's own task reads
-(``wsengine.WsConnection.receive``) and hands each frame to the session's
+(``wsengine.WsConnection.receive``) and pumps each frame to the session's
 ``SessionCore``, which decides (parsing, the rate and error windows, which
-op does what); this module and the hub perform its answer. The engine's
+op does what), and the core's effects to the hub, which performs them;
+this module decides nothing of a session's rules. The engine's
 shared flusher writes the session's outbox and its shared sweeper pings
 idle sockets, so an idle socket costs no task of its own. The nursery holds
 only what a connection needs now and then: the session's widen timer
@@ -16,7 +17,11 @@ queued is flushed, the close handshake runs, and the connection drops
 every reference it held (so reference counting frees it at once).
 
 Handshake checks (``admission.py``) run before the upgrade is accepted;
-their refusals are plain HTTP responses.
+their refusals are plain HTTP responses (``http/answers.py``).
+
+The engine reports its own failures in its own words (``wsengine.Failure``);
+``ENGINE_FAILURES`` says what each means here: the close code the client
+hears and the reason its partner is told.
 
 Nothing a client sends or fails to send raises out of ``serve_connection``:
 network failures end the connection quietly. Anything unexpected (a bug)
@@ -29,97 +34,97 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable
+from http import HTTPStatus
+from typing import Final
 
-import msgspec
 import trio
 from websockets.http11 import Request
 
-from omiro_trio import protocol, wsengine
-from omiro_trio.admission import (
-    Rejection,
-    RequestHead,
-    SocketSlot,
-    admit,
-    release_slot,
-    websocket_client,
-)
+from omiro_trio import wsengine
+from omiro_trio.addresses import Clients
+from omiro_trio.admission import Admission, SocketSlot
 from omiro_trio.budgets import Budget
-from omiro_trio.codes import CloseCode
+from omiro_trio.codes import CloseCode, PartnerReason
 from omiro_trio.context import ServerContext
-from omiro_trio.httpstream import ReplayStream, discard_unread, head_end, plain_response
+from omiro_trio.http.answers import HttpError, JsonAnswer, error, render
+from omiro_trio.http.heads import RequestHead, head_end
+from omiro_trio.http.streams import ReplayStream, discard_unread
 from omiro_trio.hub import Hub, Session
-from omiro_trio.session_core import (
-    Action,
-    Close,
-    CountCall,
-    Join,
-    Leave,
-    NextPartner,
-    Rates,
-    Relay,
-    Reply,
-    ReportPartner,
-    SessionCore,
-    Widen,
-)
-from omiro_trio.wsengine import Engine, EngineProtocol, WsConnection
+from omiro_trio.session_core import SessionCore
+from omiro_trio.session_events import Controls, Widen
+from omiro_trio.wsengine import Engine, EngineProtocol, Failure, WsConnection
 
 log = logging.getLogger(__name__)
 
-HANDSHAKE_TIMEOUT_S = 10.0
-CLOSE_TIMEOUT_S = 2.0
-_NOT_HTTP = plain_response(400, "bad_request", "the upgrade request is not valid HTTP/1.1")
+HANDSHAKE_TIMEOUT_S: Final = 10.0
+CLOSE_TIMEOUT_S: Final = 2.0
+
+ENGINE_FAILURES: Final[dict[Failure, tuple[CloseCode, str | None, PartnerReason]]] = {
+    # Found by the reader: the engine sent the close frame already, with a
+    # reason of its own (the protocol's), which stands. The code is the one
+    # it sent.
+    Failure.PROTOCOL_ERROR: (CloseCode.PROTOCOL_ERROR, None, PartnerReason.LEFT),
+    Failure.INVALID_DATA: (CloseCode.INVALID_DATA, None, PartnerReason.LEFT),
+    Failure.TOO_BIG: (CloseCode.TOO_BIG, None, PartnerReason.LEFT),
+    # Found outside the reader: the session closes with these.
+    Failure.SLOW_CONSUMER: (CloseCode.SLOW_CONSUMER, "slow consumer", PartnerReason.LEFT),
+    Failure.NO_PONG: (CloseCode.GOING_AWAY, "no pong", PartnerReason.TIMEOUT),
+    Failure.BUG: (CloseCode.INTERNAL_ERROR, "internal error", PartnerReason.LEFT),
+}
+"""What each of the engine's failures means here: the close code, its reason, and what
+the partner is told."""
 
 
 async def serve_connection(
-    ctx: ServerContext, engine: Engine, stream: trio.abc.Stream, head: RequestHead | None
+    ctx: ServerContext,
+    engine: Engine,
+    admission: Admission,
+    clients: Clients,
+    stream: ReplayStream,
+    head: RequestHead | None,
 ) -> None:
     """Handle one ``/ws`` upgrade request on ``stream`` until the socket closes.
 
-    ``stream`` is a socket stream (it has ``.socket``) whose first reads
-    return the request head the front door already read; ``head`` is that
-    head when the front door parsed it already, else None (the handshake
-    parses it). The stream is closed, and the ``sockets_per_ip`` slot the
-    checks took is given back, before returning, whatever happens.
+    ``stream``'s first reads return the request head the HTTP layer already
+    read; ``head`` is that head when the HTTP layer parsed it already, else
+    None (the handshake parses it). ``clients`` finds the request's client
+    when the front door could not (behind a trusted proxy). The stream is
+    closed, and the ``sockets_per_ip`` slot the checks took is given back,
+    before returning, whatever happens.
     """
     raw: socket.socket | None = None
-    slot = head.slot if head is not None else SocketSlot()
+    slot = SocketSlot()
     try:
         raw = _raw_socket(stream)
-        accepted = await _handshake(ctx, stream, raw, head, slot)
+        accepted = await _handshake(ctx, admission, clients, stream, raw, head, slot)
         if accepted is not None:
             # The request and response died with the handshake's frame: an
             # idle socket keeps only its session and engine connection.
-            await _open_session(ctx, engine, raw, *accepted, slot=slot)
+            await _open_session(ctx, admission, engine, raw, *accepted, slot=slot)
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the client went away
     finally:
         if raw is not None:
             raw.detach()
-        await release_slot(ctx, slot)  # (shielded, when there is one to give back)
-        if isinstance(stream, ReplayStream):
-            stream.close()
-        else:
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+        await admission.release_slot(slot)  # (shielded, when there is one to give back)
+        stream.close()
 
 
-def _raw_socket(stream: trio.abc.Stream) -> socket.socket:
+def _raw_socket(stream: ReplayStream) -> socket.socket:
     """The stream's descriptor, for non-blocking reads and writes without trio's wrappers.
 
     The caller detaches it (never closes it): trio owns the descriptor.
     """
-    trio_socket = getattr(stream, "socket", None)
-    if trio_socket is None:
-        raise TypeError("the /ws engine needs a socket stream")
-    raw = socket.socket(fileno=trio_socket.fileno())
+    raw = socket.socket(fileno=stream.socket.fileno())
     raw.setblocking(False)
     return raw
 
 
 async def _handshake(
     ctx: ServerContext,
-    stream: trio.abc.Stream,
+    admission: Admission,
+    clients: Clients,
+    stream: ReplayStream,
     raw: socket.socket,
     head: RequestHead | None,
     slot: SocketSlot,
@@ -136,23 +141,23 @@ async def _handshake(
         return None
     request, behind = read
     if head is None:
-        head = head_of(request, slot)
+        head = head_of(request)
     response = proto.accept(request)
     if response.status_code != 101:
         await _write_refusal(raw, wsengine.response_bytes(proto, response))
         return None
-    ip = websocket_client(ctx, stream, head)
-    verdict = await admit(ctx, head, ip)
-    if isinstance(verdict, Rejection):
-        ctx.metrics.rejections.labels(str(verdict.status)).inc()
-        await _write_refusal(raw, _rejection_bytes(proto, verdict))
+    client = stream.client or clients.of(stream.peer, head.headers)
+    verdict = await admission.admit(head, client, slot)
+    if isinstance(verdict, JsonAnswer):
+        ctx.metrics.rejections.labels(str(int(verdict.status))).inc()
+        await _write_refusal(raw, render(verdict))
         return None
     proto.send_response(response)  # written by the engine, before hello
-    return proto, verdict, ip, behind
+    return proto, verdict, client, behind
 
 
 async def _read_request(
-    stream: trio.abc.Stream, raw: socket.socket, proto: EngineProtocol
+    stream: ReplayStream, raw: socket.socket, proto: EngineProtocol
 ) -> tuple[Request, bytes] | None:
     """The upgrade request, parsed by ``proto`` within ``HANDSHAKE_TIMEOUT_S``, or None.
 
@@ -162,7 +167,7 @@ async def _read_request(
     session's budgets). A request the parser refuses is answered here (a
     plain HTTP 4xx).
     """
-    prefix = stream.take_prefix() if isinstance(stream, ReplayStream) else b""
+    prefix = stream.take_prefix()
     request = None
     behind = b""
     if prefix:
@@ -178,7 +183,7 @@ async def _read_request(
             # websockets answers a head too large (413/414/431); a head that
             # is not HTTP it just closes: that one gets h11's answer, 400.
             answer = b"".join(proto.data_to_send())
-            await _write_refusal(raw, answer or _NOT_HTTP)
+            await _write_refusal(raw, answer or render(_not_http()))
         return None
     # Frames pipelined behind a request read in pieces may have broken the
     # protocol before the upgrade was answered: then the protocol gave up,
@@ -186,7 +191,13 @@ async def _read_request(
     return None if proto.eof_sent else (request, behind)
 
 
-async def _read_more(stream: trio.abc.Stream, proto: EngineProtocol) -> Request | None:
+def _not_http() -> JsonAnswer:
+    return error(
+        HTTPStatus.BAD_REQUEST, HttpError.BAD_REQUEST, "the upgrade request is not valid HTTP/1.1"
+    )
+
+
+async def _read_more(stream: ReplayStream, proto: EngineProtocol) -> Request | None:
     """Read until ``proto`` has a request or has refused one; None at end of file or deadline."""
     with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
         # The first read takes all a replaying stream holds (``None``: no
@@ -204,30 +215,17 @@ async def _read_more(stream: trio.abc.Stream, proto: EngineProtocol) -> Request 
     return None
 
 
-def head_of(request: Request, slot: SocketSlot) -> RequestHead:
+def head_of(request: Request) -> RequestHead:
     """The checks' view of an upgrade request ``websockets`` parsed."""
     headers: dict[str, list[str]] = {}
     for name, value in request.headers.raw_items():
         headers.setdefault(name.lower(), []).append(value)
-    return RequestHead(request.path, headers, method="GET", slot=slot)
-
-
-def _rejection_bytes(proto: EngineProtocol, verdict: Rejection) -> bytes:
-    """The plain HTTP response refusing an upgrade: a JSON body, Retry-After when given."""
-    refusal = proto.reject(verdict.status, "")
-    body = msgspec.json.encode(verdict.body)
-    refusal.body = body
-    del refusal.headers["Content-Type"]
-    del refusal.headers["Content-Length"]
-    refusal.headers["Content-Type"] = "application/json"
-    refusal.headers["Content-Length"] = str(len(body))
-    if verdict.retry_after_s is not None:
-        refusal.headers["Retry-After"] = str(verdict.retry_after_s)
-    return wsengine.response_bytes(proto, refusal)
+    return RequestHead(request.path, headers, method="GET")
 
 
 async def _open_session(
     ctx: ServerContext,
+    admission: Admission,
     engine: Engine,
     raw: socket.socket,
     proto: EngineProtocol,
@@ -237,9 +235,7 @@ async def _open_session(
     *,
     slot: SocketSlot,
 ) -> None:
-    limits = ctx.config.limits
-    rates = Rates(limits.messages_per_second, limits.message_burst)
-    core = SessionCore(session_id, trio.current_time(), limits=ctx.limits, rates=rates)
+    core = SessionCore(session_id, trio.current_time(), ctx.rules)
     session = Session(session_id, ip, core=core)
     conn = WsConnection(
         engine,
@@ -247,23 +243,25 @@ async def _open_session(
         proto,
         send_queue=ctx.config.server.send_queue,
         send_queue_bytes=ctx.config.server.send_queue_bytes,
-        on_fail=_closer(session),
+        on_fail=_closer(ctx.hub, session),
         unparsed=behind,
     )
     del proto
     session.outlet = conn
     try:
-        await _run_session(ctx, engine, conn, session, slot)
+        await _run_session(ctx, admission, conn, session, slot)
     finally:
         conn.release()
         session.close_outbox()
-        session.nursery = None
         session.timers = None
 
 
-def _closer(session: Session) -> Callable[[int, str, str], None]:
-    def close(code: int, reason: str, partner_reason: str) -> None:
-        session.close(code, reason, partner_reason=partner_reason)
+def _closer(hub: Hub, session: Session) -> Callable[[Failure], None]:
+    """What the engine calls when it gives up on the session's socket."""
+
+    def close(failure: Failure) -> None:
+        code, reason, partner_reason = ENGINE_FAILURES[failure]
+        hub.close(session, code, reason or "", partner_reason)
 
     return close
 
@@ -327,43 +325,43 @@ class _Timers:
 
 
 async def _run_session(
-    ctx: ServerContext, engine: Engine, conn: WsConnection, session: Session, slot: SocketSlot
+    ctx: ServerContext,
+    admission: Admission,
+    conn: WsConnection,
+    session: Session,
+    slot: SocketSlot,
 ) -> None:
     """Attach ``session`` to the hub, read its frames until it ends, then detach and close.
 
     The connection's nursery holds its tasks: the session's widen timer and,
-    while the client's socket buffer is full, a writer.
+    while the client's socket buffer is full, the socket's writer (which
+    the engine connection starts itself, ``WsConnection.writing_in``).
     """
     hub = ctx.hub
-    hub.attach(session)
-    engine.add(conn)
     try:
         with session.cancel_scope:
             async with trio.open_nursery() as nursery:
-                session.nursery = nursery
                 session.timers = _Timers(hub, session, nursery)
-                conn.nursery = nursery
-                try:
-                    session.send(protocol.encode("hello", ctx.hello_data(session.id)))
-                    if hub.draining:
-                        session.send(hub.draining_frame)
+                with conn.writing_in(nursery):  # no writer may start in a closing nursery
+                    hub.attach(session, ctx.hello(session.id))
                     await _read_loop(ctx, conn, session)
                     nursery.cancel_scope.cancel()
-                finally:
-                    conn.closing = True  # no writer may start in a closing nursery
-                    conn.nursery = None
     except Exception:
         # A bug: the client hears 1011, its partner is told, and the error
         # goes on to the front door's boundary (logged once, counted).
-        session.close(CloseCode.INTERNAL_ERROR, "internal error")
+        hub.close(session, CloseCode.INTERNAL_ERROR, "internal error")
         raise
     finally:
         with trio.CancelScope(shield=True):
-            await _end_session(ctx, conn, session, slot)
+            await _end_session(ctx, admission, conn, session, slot)
 
 
 async def _end_session(
-    ctx: ServerContext, conn: WsConnection, session: Session, slot: SocketSlot
+    ctx: ServerContext,
+    admission: Admission,
+    conn: WsConnection,
+    session: Session,
+    slot: SocketSlot,
 ) -> None:
     """Detach ``session`` (its partner is told), count its close code, close the socket.
 
@@ -373,24 +371,25 @@ async def _end_session(
     ``CLOSE_TIMEOUT_S`` and counted in ``connections_per_ip``.
     """
     await ctx.hub.detach(session)
-    await release_slot(ctx, slot)
-    core = session.core
-    code = core.close_code
-    if code is not None:
+    await admission.release_slot(slot)
+    close = session.closed  # as the core decided it; None: the client left
+    if close is None:
+        code, reason, graceful = CloseCode.NORMAL, "", True
+    else:
+        code, reason, graceful = close.code, close.reason, close.graceful
         ctx.metrics.closes.labels(str(code)).inc()
     if code == CloseCode.SLOW_CONSUMER and conn.exceeded is Budget.SEND_QUEUE:
         ctx.metrics.exceeded(Budget.SEND_QUEUE)
-    graceful = code != CloseCode.SLOW_CONSUMER and core.partner_reason != "timeout"
     with trio.move_on_after(CLOSE_TIMEOUT_S):
-        await conn.close(code or CloseCode.NORMAL, core.close_reason, graceful=graceful)
+        await conn.close(code, reason, graceful=graceful)
 
 
 async def _read_loop(ctx: ServerContext, conn: WsConnection, session: Session) -> None:
-    """Read frames until the client leaves or the session is closed; the core decides.
+    """Read frames until the client leaves or the session is closed.
 
-    A relayed message (chat, typing, signaling) takes the short path: the
-    core's ``Relay`` goes straight to the hub. Everything else is performed
-    by ``_perform``.
+    Each frame goes to the core, and what it answers to the hub; the loop
+    stops as soon as a close was performed (the frames behind it are not
+    read).
     """
     hub = ctx.hub
     core = session.core
@@ -398,74 +397,26 @@ async def _read_loop(ctx: ServerContext, conn: WsConnection, session: Session) -
     while True:
         frames = await conn.receive()
         now = clock()
-        controls = conn.control_frames
+        controls = conn.take_control_frames()
         if controls:
             # Pings cost the sender a message each: a ping flood is a flood.
-            conn.control_frames = 0
-            close = core.controls(controls, now)
-            if close is not None:
-                session.close(close.code, close.reason)
-                return
+            effects = core.handle(Controls(controls), now)
+            if effects:
+                await hub.perform(session, effects, now)
+                if session.closed is not None:
+                    return
         if not frames and not controls:
-            code = conn.close_code
-            if code is not None and not conn.peer_closed:
-                # The engine failed the connection: 1002, 1007 or 1009.
-                if code == CloseCode.TOO_BIG:
+            failure = conn.failure
+            if failure is not None:
+                # The engine failed the connection while reading: 1002, 1007 or 1009.
+                if failure is Failure.TOO_BIG:
                     ctx.metrics.exceeded(conn.exceeded or Budget.MESSAGE_SIZE)
-                session.close(code, conn.close_reason)
+                code, _, partner_reason = ENGINE_FAILURES[failure]
+                hub.close(session, code, conn.close_reason, partner_reason)
             return
         for frame in frames:
-            action = core.receive(frame, now)
-            if type(action) is Relay:
-                await hub.relay(session, action)
-            elif action is not None and await _perform(ctx, session, action, now):
-                return
-
-
-async def _perform(
-    ctx: ServerContext,
-    session: Session,
-    action: Action,
-    now: float,
-) -> bool:
-    """Do what the core asked (all but the relay); True when the session is closing."""
-    hub = ctx.hub
-    if (
-        isinstance(action, Join | NextPartner)
-        and action.counted
-        and (wait_s := await hub.next_limited(session, ctx.config.limits.nexts_per_minute))
-        is not None
-    ):
-        # Every way into the queue spends a skip (session_core.py): over the
-        # allowance the op is refused (saying when it would be accepted) and
-        # the match, if any, goes on.
-        ctx.metrics.exceeded(Budget.SKIPS)
-        action = session.core.refuse(
-            "next" if isinstance(action, NextPartner) else "join_queue", now, wait_s
-        )
-    if isinstance(action, Reply):
-        if action.error is not None:
-            ctx.metrics.protocol_errors.labels(action.error).inc()
-        session.send(action.frame)
-    elif isinstance(action, Close):
-        if action.error is not None:
-            ctx.metrics.protocol_errors.labels(action.error).inc()
-        if action.frame is not None:
-            session.send(action.frame)
-        session.close(action.code, action.reason)
-        return True
-    elif isinstance(action, Join | NextPartner) and hub.draining:
-        session.send(hub.draining_frame)
-    elif isinstance(action, Join):
-        await hub.join(session, action.prefs, ended_reason="next")
-    elif isinstance(action, NextPartner):
-        await hub.next(session)
-    elif isinstance(action, Leave):
-        await hub.leave(session)
-    elif isinstance(action, ReportPartner):
-        await hub.report(session, action.reason)
-    elif isinstance(action, CountCall):
-        ctx.metrics.count_call(action.outcome, action.path, action.connect_ms)
-    elif isinstance(action, Relay):
-        await hub.relay(session, action)
-    return False
+            effects = core.receive(frame, now)
+            if effects:
+                await hub.perform(session, effects, now)
+                if session.closed is not None:
+                    return

@@ -13,6 +13,7 @@ from omiro_trio.backends.base import Backend
 from omiro_trio.config import Config
 from omiro_trio.hub import Hub
 from omiro_trio.metrics import Metrics
+from omiro_trio.session_core import SessionRules
 from omiro_trio.tokens import TokenSigner, turn_credentials
 
 
@@ -25,16 +26,17 @@ class ServerContext:
     hub: Hub
     signer: TokenSigner
     metrics: Metrics
+    rules: SessionRules  # what every session's core is held to (server.parts)
     wall: Callable[[], float] = time.time
     trusted_proxies: tuple[Network, ...] = field(init=False)
-    limits: protocol.Limits = field(init=False)
 
     def __post_init__(self) -> None:
         self.trusted_proxies = parse_networks(self.config.server.trusted_proxies)
-        self.limits = protocol.Limits(
-            max_chat_length=self.config.limits.max_chat_length,
-            max_frame_bytes=self.config.server.max_frame_bytes,
-        )
+
+    @property
+    def limits(self) -> protocol.Limits:
+        """What a client frame may be (announced in ``hello``)."""
+        return self.rules.limits
 
     def ice_servers(self, session_id: str) -> list[dict[str, Any]]:
         """RTCIceServer dictionaries for this session (TURN credentials are per session)."""
@@ -51,13 +53,12 @@ class ServerContext:
             )
         return servers
 
-    def hello_data(self, session_id: str) -> dict[str, Any]:
-        return {
-            "session_id": session_id,
-            "ice_servers": self.ice_servers(session_id),
-            "ice_transport_policy": "relay" if self.config.ice.relayed else "all",
-            "limits": {
-                "max_chat_length": self.limits.max_chat_length,
-                "max_frame_bytes": self.limits.max_frame_bytes,
-            },
-        }
+    def hello(self, session_id: str) -> protocol.Hello:
+        """The first message of ``session_id``'s socket."""
+        limits = self.limits
+        return protocol.Hello(
+            session_id,
+            self.ice_servers(session_id),
+            "relay" if self.config.ice.relayed else "all",
+            protocol.HelloLimits(limits.max_chat_length, limits.max_frame_bytes),
+        )

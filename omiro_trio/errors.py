@@ -13,6 +13,8 @@ Anything else is a bug and should be loud.
 
 from __future__ import annotations
 
+from omiro_trio.codes import ErrorCode
+
 
 class OmiroError(Exception):
     """Root of every error Omiro raises on purpose."""
@@ -22,13 +24,13 @@ class ProtocolViolation(OmiroError):
     """A client frame broke the wire contract.
 
     Args:
-        code: one of the PROTOCOL.md error codes (``bad_json``, ``bad_request``,
+        code: the PROTOCOL.md error code (``bad_json``, ``bad_request``,
             ``unknown_op``, ``message_too_long``, ...).
         message: human-readable text for the client.
         op: the offending op, when it could be read.
     """
 
-    def __init__(self, code: str, message: str, op: str | None = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, op: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message

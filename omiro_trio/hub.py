@@ -1,103 +1,125 @@
-"""Sessions on this server and delivery between partners.
+"""Sessions on this server, their operations, and delivery between partners.
 
-Each ``Session`` is a thin shell around a ``session_core.SessionCore``: the
-core holds the session's state (idle, waiting, matched, closing), its
-current match and the matches it saw end, and decides; the hub performs
-what the core cannot: the backend calls (they are awaits), finding the
-partner, publishing on the bus. The backend owns the truth (who waits, who
-is matched with whom); the core keeps a copy per local session so that
-relaying a message costs no backend round trip, and the hub applies what
-the backend decided in this order:
+The hub performs what each session's ``SessionCore`` decides: it is the one
+interpreter of effects (``session_events.py``), and it decides nothing of a
+session's rules itself. Its jobs:
 
-* The side whose operation formed or ended a match updates itself, then
-  tells the partner: directly when the partner is on this server, through
-  the backend's bus when it is on another.
-* Every event names its ``match_id``. A session's core remembers the last
-  few matches it saw end, so an event that arrives late (a ``matched`` for a
-  match already ended, a relay from an old partner) is dropped instead of
-  resurrecting a dead match or reaching the wrong person.
-* The hub never starts a task and never blocks delivering: ``Session.send``
-  queues on the socket's outbox, and a widen timer the core asks for is run
-  by the connection that owns the session (``Session.sync_timer``), which
-  calls ``Hub.widen`` when it fires.
+* **The registry** (``sessions``): who is connected here; attach, detach
+  (the partner is told), drain.
+* **Operations**: a client's ``join_queue``, ``next``, ``leave_queue`` and
+  ``report`` (``join``, ``leave``, ``report``), a widen timer that fired
+  (``widen``) and a detach run one at a time per session, under
+  ``Session.lock``: the hub takes the lock, tells the core ``Started``,
+  then performs the backend calls the core asks for, feeding every answer
+  back. (The resync, ``resync.py``, takes the same locks.)
+* **Delivery**: a relay, or news that a match formed or ended, goes to the
+  partner's core directly when the partner is on this server, else through
+  the backend's bus (``bus.py`` encodes it) to the server the match names.
 
-With the memory backend no backend call has a checkpoint, so each hub
-operation is atomic. With a shared backend the ``match_id`` checks above are
-what keep every interleaving correct, and:
+Rules of performing:
 
-* Each session's backend operations (join, next, leave, report, widen,
-  detach, resync) run one at a time (``Session.lock``). Backend calls are
-  shielded from cancellation inside the backend, so a match the backend
-  formed is always delivered: nothing between "formed" and "told" can be
-  cancelled.
-* ``BackendUnavailable`` never leaves the hub: the client gets an ``error``
-  (``unavailable``) and the state is repaired by the next ``resync``. Its
-  kind ``SessionElsewhere`` (the session has a socket on another server
-  now) closes this socket instead.
-* A relay to a partner on another server goes to the server the match
-  names, with no lookup; the backend says whether it was heard. Not heard
-  (that server is away for a moment) is an ``unavailable`` error for that
-  frame; only a match the backend says is over ends the sender's match.
-* A match formed here is announced to the partner's server before this
-  session's client hears of it, so the caller's first frame finds it known.
-* ``resync`` (periodic, and at once when the backend says messages may have
-  been lost or its records were lost) compares each session's local match
-  with the backend's and repairs the difference, acting at once only on what
-  the backend knows for certain (``ended``, ``formed``). After the backend
-  lost its state, it puts back everything this server holds (``local_views``)
-  before any call of this server, a resync included, may act on it.
+* Effects are performed in order; an answer's effects are performed where
+  the question was, before the rest.
+* A backend call or a delivery that fails with ``BackendUnavailable`` is
+  told to the core (``Unavailable``), its answer performed, and the rest of
+  the operation dropped: ``BackendUnavailable`` never leaves the hub. (The
+  resync alone lets it through: a failed pass is retried whole.)
+* Backend calls are shielded from cancellation inside the backend, and a
+  widen timer's operation runs shielded once it started, so a match the
+  backend formed is always delivered: nothing between "formed" and "told"
+  can be cancelled.
+* News for a session (its partner's relay, a match formed or ended, a
+  drain, a close) needs no lock and never waits: its effects are all
+  immediate.
+* The hub never starts a task and never blocks delivering: a frame is
+  queued on the socket's outbox (a full outbox closes the session with
+  4008), and a widen timer is run by the connection that owns the session
+  (``Session.timers``), which calls ``Hub.widen`` when it fires.
+
+With the memory backend no backend call has a checkpoint, so each
+operation is atomic. With a shared backend the cores' ``match_id`` checks
+keep every interleaving correct (ADR 0003).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Final, Protocol, assert_never
 
-import msgspec
 import trio
 
-from omiro_trio import protocol
+from omiro_trio import bus
 from omiro_trio.addresses import group_in_networks
-from omiro_trio.backends.base import Backend, Ban, Ended, LocalView, ReportRecord, SharedView
-from omiro_trio.codes import CloseCode, ErrorCode
+from omiro_trio.backends.base import Backend, Ban, Ended, LocalView, ReportRecord
+from omiro_trio.codes import CloseCode, PartnerReason
 from omiro_trio.errors import BackendUnavailable, SessionElsewhere
-from omiro_trio.matchmaking import Match, Preferences, Waiting
+from omiro_trio.matchmaking import Match, Preferences
 from omiro_trio.metrics import Metrics
-from omiro_trio.session_core import Relay, SessionCore, Widen
+from omiro_trio.protocol import OP_NAMES, Hello
+from omiro_trio.reports import ReportDesk, ReportPolicy
+from omiro_trio.resync import SYNC_INTERVAL_S as SYNC_INTERVAL_S  # the cluster tests plan by it
+from omiro_trio.resync import SYNC_RETRY_S as SYNC_RETRY_S
+from omiro_trio.resync import SyncRequests
+from omiro_trio.session_core import SessionCore
+from omiro_trio.session_events import (
+    AnnounceEnd,
+    AnnounceMatch,
+    Arm,
+    Banned,
+    Blocked,
+    BlockPartner,
+    Close,
+    CloseAsked,
+    CountCall,
+    CountError,
+    CountExceeded,
+    CountMatch,
+    CountSkip,
+    Delivered,
+    Detached,
+    Draining,
+    Effect,
+    Effects,
+    Enqueue,
+    Enqueued,
+    Event,
+    Filed,
+    FileReport,
+    Immediate,
+    Join,
+    Leave,
+    MadeIdle,
+    MakeIdle,
+    MatchEnded,
+    MatchFormed,
+    NotIdle,
+    Opened,
+    Operation,
+    Relay,
+    Release,
+    Released,
+    ReleaseLater,
+    ReportPartner,
+    SkipCounted,
+    Started,
+    SyncNow,
+    SyncSoon,
+    TimerFired,
+    Unavailable,
+    Widen,
+    Widened,
+    WidenWait,
+)
+
+__all__ = ["SYNC_INTERVAL_S", "SYNC_RETRY_S", "Hub", "Outlet", "Session", "Timers"]
 
 log = logging.getLogger(__name__)
 
-SYNC_INTERVAL_S = 5.0
-SYNC_RETRY_S = 1.0
-RELEASE_RETRY_S = 0.1  # sockets gone while the backend was away: released as soon as it answers
-SYNC_SLICE = 256  # sessions compared with the backend between checkpoints
-
-BusKind = Literal["matched", "ended", "relay", "ban"]
-"""What a bus message says: ``ban`` goes to every server, the others to one session."""
-
-
-class BusMessage(msgspec.Struct, frozen=True, omit_defaults=True):
-    """What one server tells another about a session it holds."""
-
-    to: str
-    kind: BusKind
-    match_id: str
-    match: tuple[str, str, str, tuple[str, ...]] | None = None  # caller, callee, mode, common
-    servers: tuple[str, str] = ("", "")  # "matched": the servers holding caller and callee
-    reason: str = ""
-    frame: str = ""
-    pair: str = ""  # "matched": the match's pair tag (match_found's "pair"), if known
-    chat: str | None = None
-    target: str = ""  # "ban": the banned address or network
-    origin: str = ""  # "ban": the server that sent it
-
-
-_bus_encoder = msgspec.json.Encoder()
-_bus_decoder = msgspec.json.Decoder(BusMessage)
+SKIP_WINDOW_S: Final = 60.0  # nexts_per_minute
 
 
 class Outlet(Protocol):
@@ -117,28 +139,24 @@ class Timers(Protocol):
 
 
 class Session:
-    """One live socket's session on this server: the shell around its ``SessionCore``.
+    """One live socket's session on this server: its core and what the hub performs on.
 
-    The core holds the state and decides; the session performs: ``send``
-    queues frames on ``outlet`` (the socket's bounded outbox), ``close``
-    cancels ``cancel_scope`` (the connection then closes the socket with
-    ``core.close_code``), ``sync_timer`` tells ``timers`` (the connection)
-    which widen timer the core wants running. ``send`` never blocks: a full
-    outbox means the client stopped reading, and the session is closed with
-    4008. Once detached (``close_outbox``) it holds no reference to the
-    connection.
+    ``outlet`` is the socket's bounded outbox, ``timers`` the connection
+    that runs the session's widen timer, ``cancel_scope`` the connection's
+    (cancelled by a ``Close``, whose code and reason ``closed`` keeps for the
+    close handshake). Once detached (``close_outbox``) it holds no reference
+    to the connection.
     """
 
     __slots__ = (
         "__weakref__",
         "cancel_scope",
+        "closed",
         "core",
         "id",
         "ip",
         "lock",
-        "nursery",
         "outlet",
-        "suspect",
         "timers",
     )
 
@@ -154,69 +172,43 @@ class Session:
         self.ip = ip
         self.outlet = outlet
         self.core = core or SessionCore(session_id, 0.0)
-        self.lock = trio.Lock()  # one backend operation at a time
-        self.suspect: tuple[str, str] | None = None  # a difference the last resync saw
+        self.lock = trio.Lock()  # one operation at a time
         self.cancel_scope = trio.CancelScope()
-        self.nursery: trio.Nursery | None = None  # the owning connection's, while it runs
+        self.closed: Close | None = None  # the close the core decided, if it did
         self.timers: Timers | None = None  # set by the connection that owns it
 
     @property
     def match(self) -> Match | None:
-        """The current match, as this server knows it."""
+        """The current match, as this server knows it (for reports and tests)."""
         return self.core.match
-
-    @property
-    def waiting(self) -> bool:
-        """In the queue, as far as this server knows."""
-        return self.core.state == "waiting"
-
-    def send(self, frame: str | bytes) -> None:
-        """Queue a frame (text, or its UTF-8 bytes) for the client without blocking."""
-        outlet = self.outlet
-        if outlet is None:
-            return
-        if not outlet.push(frame.encode() if isinstance(frame, str) else frame):
-            self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
-
-    def close(self, code: int, reason: str = "", *, partner_reason: str = "left") -> None:
-        """Ask the connection to close with ``code``; the first call wins."""
-        self.core.close(code, reason, partner_reason=partner_reason)
-        self.cancel_scope.cancel()
 
     def close_outbox(self) -> None:
         """Drop whatever is sent from now on (the socket is going away)."""
         self.outlet = None
 
-    def sync_timer(self) -> None:
-        """Have the connection run the widen timer the core wants (or none)."""
-        timers = self.timers
-        if timers is not None:
-            timers.want(self.core.widen)
 
-    def stop_widen(self) -> None:
-        """No widen timer for this session any more."""
-        self.core.cancel_widen()
-        self.sync_timer()
+class _Abandoned(Exception):
+    """The rest of an operation is dropped (a call failed; the core was told)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ReportPolicy:
-    """How reports are limited and when they ban (config ``[reports]``, ``limits``)."""
-
-    per_reporter_per_hour: int = 10
-    autoban_reporters: int = 3
-    autoban_window_s: float = 3600.0
-    autoban_s: float = 86400.0
+_LEAVE: Final = Leave()
+_DETACHED: Final = Detached()
+_DRAINING: Final = Draining()
+_BANNED: Final = Banned()
+_SLOW_CONSUMER: Final = CloseAsked(CloseCode.SLOW_CONSUMER, "slow consumer")
 
 
 class Hub:
-    """Local sessions and the operations the WebSocket handler calls.
+    """Local sessions, their operations and delivery (see the module's docstring).
 
     Args:
         backend: the shared state.
         metrics: counters to update.
-        reports: how reports are limited and when they ban (default ``ReportPolicy()``).
-        reconnect_after_ms: what ``server_draining`` tells clients.
+        reports: how reports are limited and when they ban.
+        nexts_per_minute: the skips a session may spend a minute.
+        pair_tag: the tag of two clients' address groups (``TokenSigner.pair_tag``),
+            told in ``match_found``; None: matches are not tagged.
+        wall: unix time, for reports and bans.
     """
 
     def __init__(
@@ -225,34 +217,39 @@ class Hub:
         metrics: Metrics,
         *,
         reports: ReportPolicy | None = None,
-        reconnect_after_ms: int = 1000,
+        nexts_per_minute: int = 30,
         pair_tag: Callable[[str, str], str] | None = None,
+        wall: Callable[[], float] = time.time,
     ):
         self.backend = backend
-        self._pair_tag = pair_tag
         self.metrics = metrics
-        self.report_policy = reports or ReportPolicy()
         self.sessions: dict[str, Session] = {}
         self.draining = False
-        self.draining_frame = protocol.encode(
-            "server_draining", {"reconnect_after_ms": reconnect_after_ms}
+        self.sync = SyncRequests()
+        self.reports = ReportDesk(
+            backend, metrics, reports or ReportPolicy(), close_banned=self.close_banned
         )
+        self._nexts_per_minute = nexts_per_minute
+        self._pair_tag = pair_tag
+        self._wall = wall
         # Metric children looked up once, not per relayed frame.
-        self._relayed = {op: metrics.relayed.labels(op) for op in protocol.OP_NAMES.values()}
+        self._relayed = {op: metrics.relayed.labels(op) for op in OP_NAMES.values()}
         self._no_sessions = trio.Event()
         self._no_sessions.set()
-        self._sync_now = trio.Event()
-        self._sync_soon = False  # a resync saw differences: look again shortly
-        self._unreleased: set[str] = set()  # claims a failed release left behind
 
-    # -- lifecycle -----------------------------------------------------
+    # -- the registry ----------------------------------------------------
 
-    def attach(self, session: Session) -> None:
-        """Register a session whose socket was just accepted (already claimed)."""
+    def attach(self, session: Session, hello: Hello | None = None) -> None:
+        """Register a session whose socket was just accepted (already claimed).
+
+        With ``hello``, the client is greeted (and told the server drains, if so).
+        """
         self.sessions[session.id] = session
         if self._no_sessions.is_set():
             self._no_sessions = trio.Event()
         self.metrics.connections.inc()
+        if hello is not None:
+            self.tell(session, Opened(hello, self.draining))
 
     async def detach(self, session: Session) -> None:
         """Forget a session whose socket is gone; tell its partner.
@@ -265,17 +262,10 @@ class Hub:
             if self.sessions.get(session.id) is not session:
                 return
             del self.sessions[session.id]
-            session.stop_widen()
             session.close_outbox()
             self.metrics.connections.dec()
             try:
-                ended = await self.backend.release_session(session.id)
-                if ended is not None:
-                    await self._end(session, ended, session.core.partner_reason)
-            except BackendUnavailable as exc:
-                log.warning("could not release session %s now (%s): will retry", session.id, exc)
-                self._unreleased.add(session.id)
-                self._sync_now.set()
+                await self._run(session, _DETACHED, trio.current_time())
             finally:
                 if not self.sessions:
                     self._no_sessions.set()
@@ -285,8 +275,7 @@ class Hub:
         try:
             await self.backend.release_session(session_id)
         except BackendUnavailable:
-            self._unreleased.add(session_id)
-            self._sync_now.set()
+            self.sync.release_later(session_id)
 
     async def wait_empty(self) -> None:
         """Return when no session is attached."""
@@ -296,257 +285,131 @@ class Hub:
         """Tell every client to go elsewhere; the server closes sockets after a grace period."""
         self.draining = True
         for session in list(self.sessions.values()):
-            session.send(self.draining_frame)
+            self.tell(session, _DRAINING)
+
+    def close(
+        self,
+        session: Session,
+        code: CloseCode,
+        reason: str,
+        partner_reason: PartnerReason = PartnerReason.LEFT,
+    ) -> None:
+        """End ``session`` from outside its rules (the engine, a bug); the first close wins."""
+        self.tell(session, CloseAsked(code, reason, partner_reason))
+
+    def close_all(self, code: CloseCode, reason: str) -> None:
+        for session in list(self.sessions.values()):
+            self.close(session, code, reason)
 
     async def ban(self, ban: Ban) -> int:
         """Put ``ban`` in force and close the local sockets it covers with 1008.
 
         Returns how many sockets were closed.
         """
-        await self.backend.add_ban(ban)
-        closed = self._close_banned(ban.target)
-        message = BusMessage(
-            to="", kind="ban", match_id="", target=ban.target, origin=self.backend.server_id
-        )
-        try:
-            await self.backend.broadcast(_bus_encoder.encode(message))
-        except BackendUnavailable as exc:
-            # The ban is in force; other servers apply it to new sockets only.
-            log.warning("could not tell other servers about the ban of %s: %s", ban.target, exc)
-        return closed
+        return await bus.put_ban_in_force(self.backend, ban, self.close_banned)
 
-    def _close_banned(self, target: str) -> int:
+    def close_banned(self, target: str) -> int:
+        """Close the local sockets whose client ``target`` covers (an address or network).
+
+        Returns how many there were.
+
+        Raises:
+            ValueError: ``target`` is not an address or network.
+        """
         networks = (ipaddress.ip_network(target, strict=False),)
         banned = [s for s in self.sessions.values() if group_in_networks(s.ip, networks)]
         for session in banned:
-            session.send(protocol.error_frame(ErrorCode.BANNED, "this address is banned", None))
-            session.close(CloseCode.POLICY, "banned")
+            self.tell(session, _BANNED)
         return len(banned)
 
-    def close_all(self, code: int, reason: str) -> None:
-        for session in list(self.sessions.values()):
-            session.close(code, reason)
+    # -- what arrives from outside the session ---------------------------
 
-    # -- client operations ---------------------------------------------
+    def tell(self, session: Session, event: Event) -> None:
+        """News for ``session`` that needs no lock (its effects are all immediate)."""
+        now = trio.current_time()
+        self._apply(session, session.core.handle(event, now), now)
 
-    async def join(
-        self, session: Session, prefs: Preferences, *, ended_reason: str, op: str = "join_queue"
-    ) -> None:
-        """Enter the waiting pool (ending a current match first)."""
-        async with session.lock:
-            try:
-                await self._make_idle(session, ended_reason)
-                session.core.asked(prefs)
-                await self._enter_queue(session, prefs, announce=True)
-            except BackendUnavailable as exc:
-                self._unavailable(session, op, exc)
+    def tell_partner(self, session_id: str, event: Event) -> bool:
+        """News for the session ``session_id`` if it is here; False when it is not."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            return False
+        self.tell(session, event)
+        return True
 
-    async def _enter_queue(self, session: Session, prefs: Preferences, *, announce: bool) -> None:
-        core = session.core
-        applied = core.matches_applied
-        try:
-            result = await self.backend.join(session.id, prefs)
-        except ValueError:
-            # The backend holds it in a queue or a match this server does not
-            # know of (an answer lost to a fault): end that, then join.
-            log.info("join: %s was not idle in the backend; leaving first", session.id)
-            ended = await self.backend.leave(session.id)
-            if ended is not None:
-                await self._end(session, ended, "left")
-            result = await self.backend.join(session.id, prefs)
-        if isinstance(result, Waiting):
-            if core.matches_applied != applied:
-                # Another server matched it (and told it) before this answer
-                # came back: it no longer waits, and must not hear "queued".
-                return
-            widen = None
-            if result.widen_after_s is not None:
-                widen = Widen(result.ticket, result.widen_after_s)
-            frame = core.queued(prefs, widen, announce=announce)
-            if frame is not None:
-                session.send(frame)
-            session.sync_timer()
-        else:
-            await self._form(session, result)
+    async def on_bus(self, raw: bytes) -> None:
+        """Apply a message another server sent (``bus.py``)."""
+        bus.dispatch(self, raw)
 
-    async def next(self, session: Session) -> None:
-        prefs = session.core.prefs or Preferences()
-        await self.join(session, prefs, ended_reason="next", op="next")
+    def request_sync(self) -> None:
+        """Messages may have been lost, or the backend lost our records: resync soon."""
+        self.sync.now()
 
-    async def next_limited(self, session: Session, per_minute: int) -> float | None:
-        """Count one ``next``; when the session has spent its ``per_minute``, the
-        seconds until it may skip again (else None).
+    def local_views(self) -> list[LocalView]:
+        """What this server holds, for the backend to put back after it lost its state.
 
-        The window is the backend's, keyed by session id: every socket the
-        session opens, on any server, spends the same allowance, so
-        reconnecting does not reset it. A backend that does not answer limits
-        nothing here (the ``next`` itself then answers ``unavailable``).
+        Taken at once, without a checkpoint (and without the sessions' locks:
+        the backend runs no other call of this server until it is put back).
         """
-        try:
-            return await self.backend.hit_rate_limit(f"next:{session.id}", per_minute, 60.0)
-        except BackendUnavailable:
-            return None
+        views = (s.core.local_view(s.ip) for s in self.sessions.values())
+        return [view for view in views if view is not None]
 
-    async def leave(self, session: Session) -> None:
-        """Become idle: stop searching, or end the current match."""
-        async with session.lock:
-            try:
-                await self._make_idle(session, "left")
-            except BackendUnavailable as exc:
-                self._unavailable(session, "leave_queue", exc)
+    async def partners_gone(self, ended: list[Ended]) -> None:
+        """The backend ended these matches because one side is gone: tell the other."""
+        for item in ended:
+            await self._announce_end(item.gone, item.match, PartnerReason.LEFT)
 
-    def _unavailable(self, session: Session, op: str, exc: BackendUnavailable) -> None:
-        if isinstance(exc, SessionElsewhere):
-            # The session opened a socket on another server since (e.g. while
-            # this one was frozen): this socket may no longer act for it.
-            log.info("%s for %s: the session is held elsewhere now; closing", op, session.id)
-            session.close(CloseCode.GOING_AWAY, "connected elsewhere")
+    # -- operations ------------------------------------------------------
+
+    async def perform(self, session: Session, effects: Effects, now: float) -> None:
+        """Perform what ``session``'s core answered a client frame (or pings), in order.
+
+        Operations among them take the session's lock (``join``, ``leave``,
+        ``report``). A relay (always alone) takes the short path: no lock, no
+        backend round trip for a partner on this server.
+        """
+        if not effects:
             return
-        log.warning("%s for %s failed: %s", op, session.id, exc)
-        self._sync_now.set()
-        session.send(
-            protocol.error_frame(
-                ErrorCode.UNAVAILABLE, "the service is briefly unavailable; try again", op
-            )
-        )
-
-    async def relay(self, session: Session, relay: Relay) -> None:
-        """Deliver what the core made of a chat, typing or signaling message to the partner."""
+        relay = effects[0]
+        if type(relay) is not Relay:
+            with contextlib.suppress(_Abandoned):
+                await self._chain(session, effects, now)
+            return
         match = relay.match
-        frame = relay.frame
-        chat = relay.chat
         partner_id = match.partner_of(session.id)
-        partner = self.sessions.get(partner_id)
         self._relayed[relay.op].inc()
+        partner = self.sessions.get(partner_id)
         if partner is not None:
-            if partner.core.relayed(match.match_id, chat):
-                partner.send(frame)
+            self._apply(partner, partner.core.handle(relay, now), now)
             return
-        bus = BusMessage(
-            to=partner_id, kind="relay", match_id=match.match_id, frame=frame.decode(), chat=chat
-        )
+        message = bus.relay(partner_id, match.match_id, relay.frame, relay.chat)
         try:
             delivery = await self.backend.publish(
                 partner_id,
-                _bus_encoder.encode(bus),
+                message,
                 server=match.server_of(partner_id),
                 match_id=match.match_id,
                 sender=session.id,
             )
         except BackendUnavailable as exc:
-            self._unavailable(session, relay.op, exc)
+            with contextlib.suppress(_Abandoned):
+                await self._failed(session, relay, exc, now)
             return
         if delivery == "unheard":
-            # The partner is still held, but its server is not listening right
-            # now (resubscribing): this frame is lost, the match is not.
-            self._unavailable(session, relay.op, BackendUnavailable("the partner's server is away"))
-        elif delivery == "gone":
-            # The match is over in the shared state (its end is on its way,
-            # or was lost): over for the sender too, and said once.
-            self._apply_ended(session, match.match_id, "left")
-            self._sync_now.set()
+            log.warning("%s for %s failed: the partner's server is away", relay.op, session.id)
+        self._apply(session, session.core.handle(Delivered(relay, delivery), now), now)
+
+    async def join(self, session: Session, prefs: Preferences, *, op: str = "join_queue") -> None:
+        """Enter the waiting pool with ``prefs`` (ending a current match first)."""
+        await self._operate(session, Join(prefs, op))
+
+    async def leave(self, session: Session) -> None:
+        """Become idle: stop searching, or end the current match."""
+        await self._operate(session, _LEAVE)
 
     async def report(self, session: Session, reason: str) -> None:
         """End the match, block the pair, keep the report with the transcript."""
-        async with session.lock:
-            try:
-                await self._report(session, reason)
-            except BackendUnavailable as exc:
-                self._unavailable(session, "report", exc)
-
-    async def _report(self, session: Session, reason: str) -> None:
-        core = session.core
-        refusal = core.report_check()
-        if refusal is not None:
-            session.send(refusal)
-            return
-        match = core.match
-        assert match is not None
-        partner_id = match.partner_of(session.id)
-        await self.backend.block(session.id, partner_id)
-        partner = self.sessions.get(partner_id)
-        if partner is not None:
-            reported_ip = partner.ip
-        else:  # on another server: the backend knows its client
-            reported_ip = await self.backend.client_of(partner_id) or ""
-        transcript = core.transcript_lines()
-        await self._make_idle(session, "reported")
-        policy = self.report_policy
-        over = await self.backend.hit_rate_limit(
-            f"reports:{session.ip}", policy.per_reporter_per_hour, 3600.0
-        )
-        if over is not None:
-            # The match still ends and the pair stays apart; the report just does not count.
-            session.send(
-                protocol.error_frame(
-                    ErrorCode.RATE_LIMITED, "too many reports: this one was not recorded", "report"
-                )
-            )
-            return
-        await self.backend.record_report(
-            ReportRecord(
-                reported_ip=reported_ip,
-                reported=partner_id,
-                reporter=session.id,
-                reporter_ip=session.ip,
-                reason=reason,
-                at=time.time(),
-                transcript=transcript,
-            )
-        )
-        self.metrics.reports.inc()
-        if reported_ip and reported_ip != session.ip:  # one address cannot report itself away
-            reporters = await self.backend.count_reporter(
-                reported_ip, session.ip, policy.autoban_window_s
-            )
-            if reporters >= policy.autoban_reporters:
-                await self._autoban(reported_ip, reporters)
-
-    async def _autoban(self, ip: str, reporters: int) -> None:
-        if await self.backend.ban_for(ip) is not None:
-            return  # never shorten a ban an operator set
-        now = time.time()
-        closed = await self.ban(
-            Ban(ip, f"reported by {reporters} people", now + self.report_policy.autoban_s, now)
-        )
-        self.metrics.autobans.inc()
-        log.info(
-            "banned %s for %.0f s after %d reports (%d sockets closed)",
-            ip,
-            self.report_policy.autoban_s,
-            reporters,
-            closed,
-        )
-
-    # -- bus -----------------------------------------------------------
-
-    async def on_bus(self, raw: bytes) -> None:
-        """Apply a message another server sent about one of our sessions."""
-        try:
-            message = _bus_decoder.decode(raw)
-        except msgspec.DecodeError:
-            log.warning("dropped a malformed bus message")
-            return
-        if message.kind == "ban":
-            if message.origin != self.backend.server_id:
-                try:
-                    self._close_banned(message.target)
-                except ValueError:
-                    log.warning("dropped a ban message with a bad target")
-            return
-        session = self.sessions.get(message.to)
-        if session is None:
-            return
-        if message.kind == "relay":
-            self._apply_relay(session, message.match_id, message.frame, message.chat)
-        elif message.kind == "ended":
-            self._apply_ended(session, message.match_id, message.reason)
-        elif message.kind == "matched" and message.match is not None:
-            caller, callee, mode, common = message.match
-            match = Match(message.match_id, caller, callee, mode, common, message.servers)
-            self._apply_match(session, match, message.pair or None)
-
-    # -- internals -----------------------------------------------------
+        await self._operate(session, ReportPartner(reason))
 
     async def widen(self, session: Session, widen: Widen) -> None:
         """The connection's timer for ``widen`` fired: widen the session's queue entry.
@@ -556,265 +419,305 @@ class Hub:
         matched with a partner that never heard of it.
         """
         async with session.lock:
-            if not session.core.widen_due(widen):
-                return  # the wait ended while the timer fired or waited for the lock
+            now = trio.current_time()
+            effects = session.core.handle(TimerFired(widen), now)
             with trio.CancelScope(shield=True):
-                try:
-                    match = await self.backend.widen(session.id, widen.ticket)
-                except BackendUnavailable as exc:
-                    log.warning("widen for %s failed: %s", session.id, exc)
-                    self._sync_now.set()
-                    return
-                if match is not None:
-                    await self._form(session, match)
+                await self._run_effects(session, effects, now)
 
-    async def _make_idle(self, session: Session, partner_reason: str) -> None:
-        session.core.idle()
-        session.sync_timer()
-        ended = await self.backend.leave(session.id)
-        if ended is not None:
-            await self._end(session, ended, partner_reason)
+    async def repair(self, session: Session, effects: Effects, now: float) -> None:
+        """Perform what the core made of a resync's answer (the resync holds the lock).
 
-    async def _form(self, session: Session, match: Match) -> None:
-        """``session``'s operation formed ``match``: tell both sides.
-
-        A partner on another server hears of it first: its client must know
-        the match before this client's first relayed frame (the caller's
-        offer) reaches its server.
+        Raises:
+            BackendUnavailable: a call failed; the resync tries again later.
         """
-        self.metrics.matches.inc()
+        await self._chain(session, effects, now, strict=True)
+
+    async def _operate(self, session: Session, operation: Operation) -> None:
+        async with session.lock:
+            await self._run(session, Started(operation), trio.current_time())
+
+    async def _run(self, session: Session, event: Event, now: float) -> None:
+        await self._run_effects(session, session.core.handle(event, now), now)
+
+    async def _run_effects(self, session: Session, effects: Effects, now: float) -> None:
+        with contextlib.suppress(_Abandoned):
+            await self._chain(session, effects, now)
+
+    # -- the interpreter -------------------------------------------------
+
+    async def _chain(
+        self, session: Session, effects: Effects, now: float, *, strict: bool = False
+    ) -> None:
+        """Perform ``effects`` in order; each answer's effects at once, where it came.
+
+        ``strict``: a failure raises ``BackendUnavailable`` instead of being
+        told to the core.
+        """
+        for effect in effects:
+            match effect:
+                case Relay():
+                    await self.perform(session, (effect,), now)
+                case Join():
+                    await self.join(session, effect.prefs, op=effect.op)
+                case Leave():
+                    await self.leave(session)
+                case ReportPartner():
+                    await self.report(session, effect.reason)
+                case AnnounceMatch():
+                    await self._announce_match(session.id, effect.match, effect.pair)
+                case AnnounceEnd():
+                    try:
+                        await self._announce_end(session.id, effect.match, effect.reason)
+                    except BackendUnavailable as exc:
+                        await self._failed(session, effect, exc, now, strict=strict)
+                case (
+                    CountSkip() | MakeIdle() | Enqueue() | WidenWait() | Release() | BlockPartner()
+                ) | FileReport():
+                    try:
+                        answer = await self._ask(session, effect, now)
+                    except BackendUnavailable as exc:
+                        await self._failed(session, effect, exc, now, strict=strict)
+                    else:
+                        answered = session.core.handle(answer, now)
+                        await self._chain(session, answered, now, strict=strict)
+                case (
+                    str()
+                    | bytes()
+                    | Arm()
+                    | Close()
+                    | CountError()
+                    | CountCall()
+                    | CountExceeded()
+                    | CountMatch()
+                    | SyncNow()
+                    | SyncSoon()
+                    | ReleaseLater()
+                ):
+                    self._do(session, effect, now)
+                case _:
+                    assert_never(effect)
+
+    async def _ask(
+        self,
+        session: Session,
+        call: CountSkip | MakeIdle | Enqueue | WidenWait | Release | BlockPartner | FileReport,
+        now: float,
+    ) -> Event:
+        """Make the backend call ``call`` asks for; the answer, as the core's event."""
+        backend = self.backend
+        match call:
+            case CountSkip():
+                key = f"next:{session.id}"  # the session's, on every server it connects to
+                wait_s = await backend.hit_rate_limit(key, self._nexts_per_minute, SKIP_WINDOW_S)
+                return SkipCounted(call, wait_s)
+            case MakeIdle():
+                return MadeIdle(call, await backend.leave(session.id))
+            case Enqueue():
+                try:
+                    result = await backend.join(session.id, call.prefs)
+                except ValueError:
+                    # The backend holds it in a queue or a match this server
+                    # does not know of (an answer lost to a fault).
+                    log.info("join: %s was not idle in the backend; leaving first", session.id)
+                    return NotIdle(call)
+                if isinstance(result, Match):
+                    return Enqueued(call, result, await self._pair(session, result))
+                return Enqueued(call, result)
+            case WidenWait():
+                match = await backend.widen(session.id, call.ticket)
+                if match is None:
+                    return Widened(call, None)
+                return Widened(call, match, await self._pair(session, match))
+            case Release():
+                return Released(call, await backend.release_session(session.id))
+            case BlockPartner():
+                await backend.block(session.id, call.partner)
+                partner = self.sessions.get(call.partner)
+                if partner is not None:
+                    partner_ip = partner.ip
+                else:  # on another server: the backend knows its client
+                    partner_ip = await backend.client_of(call.partner) or ""
+                return Blocked(call, partner_ip)
+            case FileReport():
+                at = self._wall()
+                record = ReportRecord(
+                    reported_ip=call.reported_ip,
+                    reported=call.reported,
+                    reporter=session.id,
+                    reporter_ip=session.ip,
+                    reason=call.reason,
+                    at=at,
+                    transcript=call.transcript,
+                )
+                return Filed(call, await self.reports.file(record, now=at))
+            case _:
+                assert_never(call)
+
+    async def _failed(
+        self,
+        session: Session,
+        effect: CountSkip
+        | MakeIdle
+        | Enqueue
+        | WidenWait
+        | Release
+        | BlockPartner
+        | FileReport
+        | Relay
+        | AnnounceEnd,
+        exc: BackendUnavailable,
+        now: float,
+        *,
+        strict: bool = False,
+    ) -> None:
+        """Tell the core ``effect`` failed, perform its answer, and drop the rest.
+
+        Raises:
+            _Abandoned: always, unless ``strict``, when ``exc`` is raised.
+        """
+        if strict:
+            raise exc
+        elsewhere = isinstance(exc, SessionElsewhere)
+        what = _what(effect)
+        if elsewhere:
+            log.info("%s for %s: the session is held elsewhere now; closing", what, session.id)
+        elif not isinstance(effect, CountSkip):  # a skip not counted limits nothing
+            log.warning("%s for %s failed: %s", what, session.id, exc)
+        await self._chain(session, session.core.handle(Unavailable(effect, elsewhere), now), now)
+        raise _Abandoned
+
+    def _do(self, session: Session, effect: Immediate, now: float) -> None:
+        """Perform an effect that needs no await."""
+        match effect:
+            case str() | bytes():
+                self._apply(session, (effect,), now)
+            case Arm():
+                timers = session.timers
+                if timers is not None:
+                    timers.want(effect.widen)
+            case Close():
+                session.closed = effect
+                session.cancel_scope.cancel()
+            case CountError():
+                self.metrics.protocol_errors.labels(effect.code).inc()
+            case CountCall():
+                self.metrics.count_call(effect.outcome, effect.path, effect.connect_ms)
+            case CountExceeded():
+                self.metrics.exceeded(effect.budget)
+            case CountMatch():
+                self.metrics.matches.inc()
+            case SyncNow():
+                self.sync.now()
+            case SyncSoon():
+                self.sync.look_again_soon()
+            case ReleaseLater():
+                self.sync.release_later(session.id)
+            case _:
+                assert_never(effect)
+
+    def _apply(self, session: Session, effects: Effects, now: float) -> None:
+        """Perform effects that need no await: news' effects (news never asks the backend).
+
+        A frame is queued on the client's outbox without blocking; a full
+        outbox means the client stopped reading, and closes it with 4008.
+        """
+        for effect in effects:
+            if isinstance(effect, _FRAME):  # the hot path: a relayed frame
+                outlet = session.outlet
+                if outlet is not None and not outlet.push(
+                    effect.encode() if isinstance(effect, str) else effect
+                ):
+                    self._apply(session, session.core.handle(_SLOW_CONSUMER, now), now)
+            elif isinstance(effect, _AWAITED):
+                raise AssertionError(f"news for {session.id} asked for {effect!r}")
+            else:
+                self._do(session, effect, now)
+
+    # -- delivery --------------------------------------------------------
+
+    async def _pair(self, session: Session, match: Match) -> str | None:
+        """The pair tag of ``session`` and its partner in ``match``; None when a client
+        is unknown.
+
+        A partner on another server costs one lookup of its client; when the
+        backend does not answer, the match goes on untagged.
+        """
+        if self._pair_tag is None or not session.ip:
+            return None
         partner_id = match.partner_of(session.id)
         partner = self.sessions.get(partner_id)
-        pair = await self._pair(session, partner_id, partner)
-        if partner is None:
-            common = match.common_interests
-            message = BusMessage(
-                to=partner_id,
-                kind="matched",
-                match_id=match.match_id,
-                match=(match.caller, match.callee, match.mode, common),
-                servers=match.servers,
-                pair=pair or "",
-            )
-            try:
-                await self._publish(message, match.server_of(partner_id))
-            except BackendUnavailable as exc:
-                # Formed all the same: the partner's server finds it at its resync.
-                log.warning("could not tell %s of match %s: %s", partner_id, match.match_id, exc)
-        self._apply_match(session, match, pair)
         if partner is not None:
-            self._apply_match(partner, match, pair)
-
-    async def _pair(self, session: Session, partner_id: str, partner: Session | None) -> str | None:
-        """The pair tag of ``session`` and its new partner, or None when a client is unknown.
-
-        A partner on another server costs one lookup of its client (the
-        backend's; None if it does not answer: the match goes on untagged).
-        """
-        if self._pair_tag is None:
-            return None
-        theirs: str | None
-        if partner is not None:
-            theirs = partner.ip
+            theirs: str | None = partner.ip
         else:
             try:
                 theirs = await self.backend.client_of(partner_id)
             except BackendUnavailable:
                 theirs = None
-        if not theirs or not session.ip:
-            return None
-        return self._pair_tag(session.ip, theirs)
+        return self._pair_tag(session.ip, theirs) if theirs else None
 
-    async def _end(self, session: Session, match: Match, partner_reason: str) -> None:
-        """``session``'s operation ended ``match``: update it, tell the partner."""
-        session.core.forget(match.match_id)
-        partner_id = match.partner_of(session.id)
-        partner = self.sessions.get(partner_id)
-        if partner is not None:
-            self._apply_ended(partner, match.match_id, partner_reason)
-        else:
-            message = BusMessage(
-                to=partner_id, kind="ended", match_id=match.match_id, reason=partner_reason
+    async def _announce_match(self, session_id: str, match: Match, pair: str | None) -> None:
+        """Tell the partner of ``session_id`` that ``match`` formed.
+
+        A partner on another server hears of it before this session's client
+        does (the core orders it so): its client must know the match before
+        the caller's first relayed frame reaches its server. Formed all the
+        same if that fails: the partner's server finds it at its resync.
+        """
+        partner_id = match.partner_of(session_id)
+        if self.tell_partner(partner_id, MatchFormed(match, pair)):
+            return
+        try:
+            await self.backend.publish(
+                partner_id,
+                bus.matched(partner_id, match, pair),
+                server=match.server_of(partner_id),
             )
-            await self._publish(message, match.server_of(partner_id))
+        except BackendUnavailable as exc:
+            log.warning("could not tell %s of match %s: %s", partner_id, match.match_id, exc)
 
-    def _apply_match(self, session: Session, match: Match, pair: str | None = None) -> None:
-        frame = session.core.matched(match, pair)
-        if frame is not None:
-            session.sync_timer()
-            session.send(frame)
-
-    def _apply_ended(self, session: Session, match_id: str, reason: str) -> None:
-        frame = session.core.ended(match_id, reason)
-        if frame is not None:
-            session.send(frame)
-
-    def _apply_relay(self, session: Session, match_id: str, frame: str, chat: str | None) -> None:
-        if session.core.relayed(match_id, chat):
-            session.send(frame)
-
-    async def _publish(self, message: BusMessage, server: str = "") -> None:
-        await self.backend.publish(message.to, _bus_encoder.encode(message), server=server)
-
-    # -- cluster upkeep ------------------------------------------------
-
-    def request_sync(self) -> None:
-        """Messages may have been lost, or the backend lost our records: resync soon."""
-        self._sync_now.set()
-
-    async def run_sync(self, interval_s: float = SYNC_INTERVAL_S) -> None:
-        """Resync every ``interval_s`` and whenever asked, until cancelled."""
-        while True:
-            with trio.move_on_after(SYNC_RETRY_S if self._sync_soon else interval_s):
-                await self._sync_now.wait()
-            self._sync_now = trio.Event()
-            self._sync_soon = False
-            try:
-                await self.resync()
-            except BackendUnavailable as exc:
-                log.warning("resync failed: %s", exc)
-                # A session whose socket ended while the backend was away still
-                # waits there, and could be matched: try again at once.
-                await trio.sleep(RELEASE_RETRY_S if self._unreleased else SYNC_RETRY_S)
-                self._sync_now.set()
-            except Exception:
-                # A bug here must not end the process with every socket on it.
-                log.exception("resync failed")
-                await trio.sleep(SYNC_RETRY_S)
-
-    async def resync(self) -> None:
-        """Compare every idle-handed local session with the backend and repair differences.
+    async def _announce_end(self, session_id: str, match: Match, reason: PartnerReason) -> None:
+        """Tell the partner of ``session_id`` that ``match`` ended.
 
         Raises:
-            BackendUnavailable: the backend did not answer (nothing was lost).
+            BackendUnavailable: the partner's server could not be told.
         """
-        for session_id in list(self._unreleased):
-            if session_id not in self.sessions:
-                ended = await self.backend.release_session(session_id)
-                if ended is not None:
-                    await self.partners_gone([Ended(session_id, ended)])
-            self._unreleased.discard(session_id)
-        # In slices, each under its sessions' locks: one pass over thousands of
-        # sessions would hold every socket up for tens of milliseconds.
-        sessions = list(self.sessions.values())
-        for start in range(0, len(sessions), SYNC_SLICE):
-            if start:
-                await trio.lowlevel.checkpoint()
-            await self._resync_some(sessions[start : start + SYNC_SLICE])
-
-    def local_views(self) -> list[LocalView]:
-        """What this server holds, for the backend to put back after it lost its state.
-
-        Taken at once, without a checkpoint (and without the sessions' locks:
-        the backend runs no other call of this server until it is put back).
-        """
-        return [_view(s) for s in self.sessions.values() if s.core.close_code is None]
-
-    async def _resync_some(self, sessions: list[Session]) -> None:
-        held: list[Session] = []
-        try:
-            for session in sessions:
-                if not session.lock.locked() and session.core.close_code is None:
-                    session.lock.acquire_nowait()
-                    held.append(session)
-            views = [_view(s) for s in held]
-            waiting = [s.waiting for s in held]
-            shared = await self.backend.sync(views)
-            for session, local, was_waiting, view in zip(held, views, waiting, shared, strict=True):
-                if self.sessions.get(session.id) is not session:
-                    continue
-                if view.state == "formed" and view.match is not None:
-                    # The resync itself matched it (it waited, and a partner
-                    # had been passed over): tell both sides now.
-                    session.stop_widen()
-                    await self._form(session, view.match)
-                    continue
-                # A partner's operation or a bus message may have changed it
-                # meanwhile (they need no lock of its own): then the answer is
-                # stale, and the next resync looks again.
-                moved = session.match is not local.match or session.waiting != was_waiting
-                if not moved:
-                    await self._repair(session, view)
-        finally:
-            for session in held:
-                session.lock.release()
-
-    async def _repair(self, session: Session, shared: SharedView) -> None:
-        local = session.match
-        if shared.state == "ended" and local is not None:
-            # Certain, not news on its way: the partner moved on, or never
-            # came back after the shared state was lost.
-            log.info("resync: match %s of %s is over", local.match_id, session.id)
-            session.suspect = None
-            self._apply_ended(session, local.match_id, "left")
+        partner_id = match.partner_of(session_id)
+        if self.tell_partner(partner_id, MatchEnded(match.match_id, reason)):
             return
-        # What differs now may be news still on its way (a match formed or
-        # ended a moment ago, its bus message not yet here): act only on a
-        # difference that the previous resync saw too.
-        seen = (shared.state, shared.match.match_id if shared.match else "")
-        agrees = (
-            (
-                shared.state == "matched"
-                and local is not None
-                and shared.match is not None
-                and local.match_id == shared.match.match_id
-            )
-            or (shared.state == "waiting" and local is None and session.waiting)
-            or (shared.state in ("idle", "ended") and local is None and not session.waiting)
-        )
-        if agrees:
-            session.suspect = None
-            return
-        if shared.state != "elsewhere" and session.suspect != seen:
-            session.suspect = seen
-            self._sync_soon = True
-            return
-        session.suspect = None
-        if shared.state == "elsewhere":
-            session.close(CloseCode.GOING_AWAY, "connected elsewhere")
-        elif shared.state == "matched" and shared.match is not None:
-            match = shared.match
-            if local is not None and local.match_id == match.match_id:
-                return
-            if local is not None:
-                self._apply_ended(session, local.match_id, "left")
-            if match.match_id in session.core.ended_ids:  # ended here, never told the backend
-                ended = await self.backend.leave(session.id)
-                if ended is not None:
-                    await self._end(session, ended, "left")
-            else:
-                log.info("resync: %s missed match %s", session.id, match.match_id)
-                self._apply_match(session, match)
-        elif local is not None:
-            log.info("resync: %s missed the end of match %s", session.id, local.match_id)
-            self._apply_ended(session, local.match_id, "left")
-            if shared.state == "waiting":
-                await self.backend.leave(session.id)
-        elif session.waiting and shared.state in ("idle", "ended") and session.core.prefs:
-            log.info("resync: %s waits again", session.id)
-            session.stop_widen()
-            await self._enter_queue(session, session.core.prefs, announce=False)
-        elif not session.waiting and shared.state == "waiting":
-            await self.backend.leave(session.id)
-
-    async def partners_gone(self, ended: list[Ended]) -> None:
-        """The backend ended these matches because one side is gone: tell the other."""
-        for item in ended:
-            partner_id = item.match.partner_of(item.gone)
-            partner = self.sessions.get(partner_id)
-            if partner is not None:
-                self._apply_ended(partner, item.match.match_id, "left")
-            else:
-                message = BusMessage(
-                    to=partner_id, kind="ended", match_id=item.match.match_id, reason="left"
-                )
-                await self._publish(message, item.match.server_of(partner_id))
+        message = bus.ended(partner_id, match.match_id, reason)
+        await self.backend.publish(partner_id, message, server=match.server_of(partner_id))
 
 
-def _view(session: Session) -> LocalView:
-    """What this server holds for ``session``, as ``Backend.sync`` takes it."""
-    core = session.core
-    if core.state != "waiting" or core.prefs is None:
-        return LocalView(session.id, session.ip, core.match)
-    ticket = core.widen.ticket if core.widen is not None else None
-    return LocalView(session.id, session.ip, core.match, core.prefs, ticket)
+_FRAME: Final = (str, bytes)
+_AWAITED: Final = (
+    Relay,
+    Join,
+    Leave,
+    ReportPartner,
+    AnnounceMatch,
+    AnnounceEnd,
+    CountSkip,
+    MakeIdle,
+    Enqueue,
+    WidenWait,
+    Release,
+    BlockPartner,
+    FileReport,
+)
+
+
+def _what(effect: Effect) -> str:
+    """A failed effect, as the log names it: the client's op, or what the server did."""
+    if isinstance(effect, Relay):
+        return effect.op
+    if isinstance(effect, WidenWait):
+        return "widen"
+    if isinstance(effect, Release):
+        return "release"
+    if isinstance(effect, BlockPartner | FileReport):
+        return "report"
+    if isinstance(effect, CountSkip):
+        return effect.then.op
+    if isinstance(effect, MakeIdle | Enqueue | AnnounceEnd):
+        return effect.op or "resync"
+    return type(effect).__name__

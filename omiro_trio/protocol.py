@@ -1,7 +1,10 @@
 """Client frames to typed messages, and server messages to frames.
 
 This module is pure: no I/O, no trio, no clock. It implements the WebSocket
-part of PROTOCOL.md ("WebSocket messages") and nothing else.
+part of PROTOCOL.md ("WebSocket messages") and nothing else: ``OPS`` is the
+table of client ops (name, message type, parser, what the partner receives
+when the op is relayed), and each message the server sends on its own
+behalf is a ``ServerMessage`` Struct rendered by ``server_frame``.
 
 Invariants:
 
@@ -36,10 +39,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, ClassVar, Final, Generic, TypeVar, get_args
 
 import msgspec
 
+from omiro_trio.codes import ErrorCode, PartnerReason
 from omiro_trio.errors import ProtocolViolation
 
 __all__ = [
@@ -52,19 +56,30 @@ __all__ = [
     "MAX_MATCH_ID_LENGTH",
     "MAX_REPORT_REASON_LENGTH",
     "MODES",
+    "OPS",
     "OP_NAMES",
+    "OP_OF",
     "RELAYED",
     "CallOutcome",
     "CameraKind",
     "Chat",
     "ClientMessage",
     "Disconnect",
+    "Error",
+    "Hello",
+    "HelloLimits",
     "IceCandidate",
     "JoinQueue",
     "LeaveQueue",
     "Limits",
+    "MatchFound",
     "Next",
+    "Op",
+    "PartnerDisconnected",
+    "Queued",
     "Report",
+    "ServerDraining",
+    "ServerMessage",
     "Typing",
     "WebrtcAnswer",
     "WebrtcOffer",
@@ -73,6 +88,7 @@ __all__ = [
     "error_frame",
     "parse_client_frame",
     "relay_data",
+    "server_frame",
 ]
 
 MODES: Final[tuple[str, ...]] = ("video", "text")
@@ -195,31 +211,6 @@ ClientMessage = (
     | CallOutcome
 )
 
-OP_NAMES: Final[dict[type, str]] = {
-    JoinQueue: "join_queue",
-    LeaveQueue: "leave_queue",
-    Next: "next",
-    Disconnect: "disconnect",
-    Chat: "chat",
-    Typing: "typing",
-    WebrtcOffer: "webrtc_offer",
-    WebrtcAnswer: "webrtc_answer",
-    IceCandidate: "ice_candidate",
-    CameraKind: "camera_kind",
-    Report: "report",
-    CallOutcome: "call_outcome",
-}
-
-RELAYED: Final[tuple[type, ...]] = (
-    Chat,
-    Typing,
-    WebrtcOffer,
-    WebrtcAnswer,
-    IceCandidate,
-    CameraKind,
-)
-
-
 # -- parsing ---------------------------------------------------------------------------
 
 
@@ -239,7 +230,7 @@ def _decoder_or_none(message_type: type[_T]) -> msgspec.json.Decoder[_T | None]:
 
 
 def _bad(op: str, message: str) -> ProtocolViolation:
-    return ProtocolViolation("bad_request", message, op)
+    return ProtocolViolation(ErrorCode.BAD_REQUEST, message, op)
 
 
 def _require(value: _T | None, field: str, op: str) -> _T:
@@ -307,7 +298,7 @@ def _parse_chat(raw: msgspec.Raw, limits: Limits) -> Chat:
         raise _bad("chat", "data.message must not be empty")
     if len(text) > limits.max_chat_length:
         raise ProtocolViolation(
-            "message_too_long",
+            ErrorCode.MESSAGE_TOO_LONG,
             f"data.message must be at most {limits.max_chat_length} characters long",
             "chat",
         )
@@ -410,21 +401,113 @@ def _parse_call_outcome(raw: msgspec.Raw, limits: Limits) -> CallOutcome:
     return message
 
 
+# -- the ops --------------------------------------------------------------------------
+
+_M = TypeVar("_M", bound=ClientMessage)
+
+
+# What the partner receives for a relayed op: the client's fields, tagged with
+# the sender. Structs, not dicts: encoded per relayed frame, they cost less.
+
+
+class ChatFrom(msgspec.Struct, frozen=True, gc=False):
+    message: str
+    sender: str = msgspec.field(name="from")
+
+
+class TypingFrom(msgspec.Struct, frozen=True, gc=False):
+    typing: bool
+    sender: str = msgspec.field(name="from")
+
+
+class SdpFrom(msgspec.Struct, frozen=True, gc=False):
+    sdp: str
+    sender: str = msgspec.field(name="from")
+
+
+class CandidateFrom(msgspec.Struct, frozen=True):
+    candidate: dict[str, Any] | None
+    sender: str = msgspec.field(name="from")
+
+
+class CameraKindFrom(msgspec.Struct, frozen=True, gc=False):
+    kind: str
+    sender: str = msgspec.field(name="from")
+
+
+RelayedData = ChatFrom | TypingFrom | SdpFrom | CandidateFrom | CameraKindFrom
+
+
+def _chat_data(message: Chat, sender: str) -> ChatFrom:
+    return ChatFrom(message.message, sender)
+
+
+def _typing_data(message: Typing, sender: str) -> TypingFrom:
+    return TypingFrom(message.typing, sender)
+
+
+def _sdp_data(message: WebrtcOffer | WebrtcAnswer, sender: str) -> SdpFrom:
+    return SdpFrom(message.sdp, sender)
+
+
+def _candidate_data(message: IceCandidate, sender: str) -> CandidateFrom:
+    return CandidateFrom(message.candidate, sender)
+
+
+def _camera_kind_data(message: CameraKind, sender: str) -> CameraKindFrom:
+    return CameraKindFrom(message.kind, sender)
+
+
+@dataclass(frozen=True, slots=True)
+class Op(Generic[_M]):
+    """One client op: its name on the wire, its message type, its parser, and for an
+    op relayed to the partner, the ``data`` the partner receives (tagged ``"from"``).
+
+    A relayed op is handled whole by ``session_core`` (the partner gets the
+    same op); any other op needs a rule there too (``SessionCore`` checks at
+    import that every op has one).
+    """
+
+    name: str
+    message: type[_M]
+    parse: Callable[[msgspec.Raw, Limits], _M]
+    relay: Callable[[_M, str], RelayedData] | None = None
+
+    @property
+    def relayed(self) -> bool:
+        return self.relay is not None
+
+
+OPS: Final[tuple[Op[Any], ...]] = (
+    Op("join_queue", JoinQueue, _parse_join_queue),
+    Op("leave_queue", LeaveQueue, _parse_leave_queue),
+    Op("next", Next, _parse_next),
+    Op("disconnect", Disconnect, _parse_disconnect),
+    Op("chat", Chat, _parse_chat, _chat_data),
+    Op("typing", Typing, _parse_typing, _typing_data),
+    Op("webrtc_offer", WebrtcOffer, _parse_webrtc_offer, _sdp_data),
+    Op("webrtc_answer", WebrtcAnswer, _parse_webrtc_answer, _sdp_data),
+    Op("ice_candidate", IceCandidate, _parse_ice_candidate, _candidate_data),
+    Op("camera_kind", CameraKind, _parse_camera_kind, _camera_kind_data),
+    Op("report", Report, _parse_report),
+    Op("call_outcome", CallOutcome, _parse_call_outcome),
+)
+"""Every client op, once: adding an op is a row here (and, unless it is
+relayed, a rule in ``session_core``)."""
+
+OP_OF: Final[dict[type, Op[Any]]] = {op.message: op for op in OPS}
+"""Each message type's op."""
+
+OP_NAMES: Final[dict[type, str]] = {op.message: op.name for op in OPS}
+"""Each message type's op name."""
+
+RELAYED: Final[tuple[type, ...]] = tuple(op.message for op in OPS if op.relayed)
+"""The message types relayed to the partner."""
+
 _PARSERS: Final[dict[str, Callable[[msgspec.Raw, Limits], ClientMessage]]] = {
-    "join_queue": _parse_join_queue,
-    "leave_queue": _parse_leave_queue,
-    "next": _parse_next,
-    "disconnect": _parse_disconnect,
-    "chat": _parse_chat,
-    "typing": _parse_typing,
-    "webrtc_offer": _parse_webrtc_offer,
-    "webrtc_answer": _parse_webrtc_answer,
-    "ice_candidate": _parse_ice_candidate,
-    "camera_kind": _parse_camera_kind,
-    "report": _parse_report,
-    "call_outcome": _parse_call_outcome,
+    op.name: op.parse for op in OPS
 }
-assert set(_PARSERS) == set(OP_NAMES.values())
+assert set(OP_OF) == set(get_args(ClientMessage))
 
 
 def frame_too_big(frame: str | bytes, max_bytes: int) -> bool:
@@ -458,33 +541,35 @@ def parse_client_frame(frame: str | bytes, limits: Limits) -> ClientMessage:
             read (else ``None``).
     """
     if not isinstance(frame, str):
-        raise ProtocolViolation("bad_request", "only text frames are accepted, not binary")
+        raise ProtocolViolation(ErrorCode.BAD_REQUEST, "only text frames are accepted, not binary")
     if frame_too_big(frame, limits.max_frame_bytes):
         raise ProtocolViolation(
-            "message_too_long", f"the frame is larger than {limits.max_frame_bytes} bytes"
+            ErrorCode.MESSAGE_TOO_LONG, f"the frame is larger than {limits.max_frame_bytes} bytes"
         )
     try:
         envelope = _ENVELOPE_DECODER.decode(frame)
     except msgspec.ValidationError as exc:
-        raise ProtocolViolation("bad_request", _describe(exc, "")) from None
+        raise ProtocolViolation(ErrorCode.BAD_REQUEST, _describe(exc, "")) from None
     except msgspec.DecodeError as exc:
-        raise ProtocolViolation("bad_json", f"the frame is not valid JSON ({exc})") from None
+        raise ProtocolViolation(
+            ErrorCode.BAD_JSON, f"the frame is not valid JSON ({exc})"
+        ) from None
     except UnicodeEncodeError:
-        raise ProtocolViolation("bad_json", "the frame is not valid UTF-8") from None
+        raise ProtocolViolation(ErrorCode.BAD_JSON, "the frame is not valid UTF-8") from None
     except RecursionError:
-        raise ProtocolViolation("bad_request", "the frame is nested too deeply") from None
+        raise ProtocolViolation(ErrorCode.BAD_REQUEST, "the frame is nested too deeply") from None
 
     op = envelope.op
     parser = _PARSERS.get(op)
     if parser is None:
         shown = repr(op) if len(op) <= _MAX_ECHOED_OP_LENGTH else "(name too long to show)"
-        raise ProtocolViolation("unknown_op", f"unknown op {shown}", op)
+        raise ProtocolViolation(ErrorCode.UNKNOWN_OP, f"unknown op {shown}", op)
     try:
         return parser(envelope.data, limits)
     except msgspec.ValidationError as exc:
-        raise ProtocolViolation("bad_request", _describe(exc, "data"), op) from None
+        raise ProtocolViolation(ErrorCode.BAD_REQUEST, _describe(exc, "data"), op) from None
     except RecursionError:
-        raise ProtocolViolation("bad_request", "data is nested too deeply", op) from None
+        raise ProtocolViolation(ErrorCode.BAD_REQUEST, "data is nested too deeply", op) from None
 
 
 # msgspec's ValidationError texts, e.g. "Expected `str`, got `int` - at `$.message`".
@@ -551,16 +636,86 @@ def encode_bytes(op: str, data: Mapping[str, Any]) -> bytes:
     return _ENCODER.encode({"op": op, "data": data})
 
 
-def error_frame(code: str, message: str, op: str | None, *, retry_after: int | None = None) -> str:
+def error_frame(
+    code: ErrorCode, message: str, op: str | None, *, retry_after: int | None = None
+) -> str:
     """The ``error`` message for a PROTOCOL.md error code.
 
-    ``retry_after``: whole seconds until the op would be accepted (a refused
+    ``retry_after``: whole seconds until ``op`` would be accepted (a refused
     ``next`` or ``join_queue``), sent only when given.
     """
-    data: dict[str, Any] = {"code": code, "message": message, "op": op}
-    if retry_after is not None:
-        data["retry_after"] = retry_after
-    return encode("error", data)
+    return server_frame(Error(code, message, op, retry_after))
+
+
+# -- server messages -------------------------------------------------------------------
+#
+# Each message the server sends on its own behalf is a Struct here, named
+# like its op, encoded by ``server_frame`` alone. (A relayed message is the
+# client's own op, built by its row of ``OPS``.)
+
+
+class ServerMessage(msgspec.Struct, frozen=True, gc=False):
+    """Base of the server's own messages; ``op`` is the op name on the wire."""
+
+    op: ClassVar[str]
+
+
+class HelloLimits(msgspec.Struct, frozen=True, gc=False):
+    max_chat_length: int
+    max_frame_bytes: int
+
+
+class Hello(ServerMessage, frozen=True):
+    """The first message on every socket: who the client is and what it may send."""
+
+    op: ClassVar[str] = "hello"
+    session_id: str
+    ice_servers: list[dict[str, Any]]
+    ice_transport_policy: str
+    limits: HelloLimits
+
+
+class Queued(ServerMessage, frozen=True):
+    op: ClassVar[str] = "queued"
+    mode: str
+    interests: tuple[str, ...]
+
+
+class MatchFound(ServerMessage, frozen=True, omit_defaults=True):
+    """A match formed; ``pair`` (PROTOCOL.md "Pair tag") is left out when unknown."""
+
+    op: ClassVar[str] = "match_found"
+    partner: str
+    match_id: str
+    should_call: bool
+    mode: str
+    common_interests: tuple[str, ...]
+    pair: str | None = None
+
+
+class PartnerDisconnected(ServerMessage, frozen=True):
+    op: ClassVar[str] = "partner_disconnected"
+    reason: PartnerReason
+
+
+class Error(ServerMessage, frozen=True, omit_defaults=True):
+    """An error; ``retry_after`` only on a refused skip (left out otherwise)."""
+
+    op: ClassVar[str] = "error"
+    code: ErrorCode
+    message: str
+    op_: str | None = msgspec.field(name="op")
+    retry_after: int | None = None
+
+
+class ServerDraining(ServerMessage, frozen=True):
+    op: ClassVar[str] = "server_draining"
+    reconnect_after_ms: int
+
+
+def server_frame(message: ServerMessage) -> str:
+    """Render one of the server's own messages as a compact JSON text frame."""
+    return _ENCODER.encode({"op": message.op, "data": message}).decode("utf-8")
 
 
 def relay_data(message: ClientMessage, sender: str) -> dict[str, Any]:
@@ -569,14 +724,18 @@ def relay_data(message: ClientMessage, sender: str) -> dict[str, Any]:
     Raises:
         TypeError: ``message`` is not one of ``RELAYED`` (a bug in the caller).
     """
-    if isinstance(message, Chat):
-        return {"message": message.message, "from": sender}
-    if isinstance(message, Typing):
-        return {"typing": message.typing, "from": sender}
-    if isinstance(message, WebrtcOffer | WebrtcAnswer):
-        return {"sdp": message.sdp, "from": sender}
-    if isinstance(message, IceCandidate):
-        return {"candidate": message.candidate, "from": sender}
-    if isinstance(message, CameraKind):
-        return {"kind": message.kind, "from": sender}
-    raise TypeError(f"{type(message).__name__} is not relayed to the partner")
+    relay = OP_OF[type(message)].relay
+    if relay is None:
+        raise TypeError(f"{type(message).__name__} is not relayed to the partner")
+    data: dict[str, Any] = msgspec.to_builtins(relay(message, sender))
+    return data
+
+
+class _Relayed(msgspec.Struct, frozen=True, gc=False):
+    op: str
+    data: RelayedData
+
+
+def relay_frame(op: str, data: RelayedData) -> bytes:
+    """The frame the partner receives for relayed op ``op`` (UTF-8 bytes, ready to send)."""
+    return _ENCODER.encode(_Relayed(op, data))

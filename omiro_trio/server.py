@@ -8,12 +8,14 @@ Task tree::
              ├─ bus listener              backend.run_bus → hub.on_bus (restarted on failure;
              │                            gaps → hub.request_sync)
              ├─ janitor                   backend.sweep → hub.partners_gone (failures logged)
-             ├─ resync                    hub.run_sync: local matches checked against the backend
+             ├─ resync                    run_resync: local sessions checked against the backend
              ├─ gc tuning                 freezes long-lived objects (gc_tuning.py)
              ├─ WebSocket engine          one flusher and one keepalive sweeper for all sockets
              ├─ hypercorn lifespan        quart-trio startup/shutdown
-             └─ front door                one listener; /ws → connection.py, rest → hypercorn
-                 └─ connection handlers   each behind front.py's per-connection boundary
+             └─ front door                accepts; each connection served by the HTTP layer
+                 └─ connection handlers   each behind front.py's per-connection boundary:
+                                          http/ routes each request (/ws → connection.py,
+                                          /session/new → sessions.py, the rest → hypercorn)
 
 Shutdown (``stop`` set, e.g. by SIGINT/SIGTERM): readiness goes 503, every
 client gets ``server_draining``, new sockets are refused; sockets still open
@@ -35,8 +37,8 @@ from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio.lifespan import Lifespan
 
-from omiro_trio import fastpath
-from omiro_trio.addresses import base_url
+from omiro_trio.addresses import Clients, base_url
+from omiro_trio.admission import Admission
 from omiro_trio.backends.base import Backend
 from omiro_trio.backends.memory import open_memory_backend
 from omiro_trio.codes import CloseCode
@@ -46,10 +48,18 @@ from omiro_trio.context import ServerContext
 from omiro_trio.diagnostics import install_from_env as install_stall_monitor
 from omiro_trio.diagnostics import serve_memory_snapshots
 from omiro_trio.errors import BackendUnavailable, ConfigError
-from omiro_trio.front import KEEPALIVE_TIMEOUT_S, FrontDoor
+from omiro_trio.front import FrontDoor
 from omiro_trio.gc_tuning import run_gc_tuning
-from omiro_trio.hub import Hub, ReportPolicy
+from omiro_trio.http.deadlines import DEFAULT_DEADLINES, Deadlines
+from omiro_trio.http.routes import Router
+from omiro_trio.http.serve import HttpServer
+from omiro_trio.hub import Hub
 from omiro_trio.metrics import Metrics
+from omiro_trio.protocol import Limits
+from omiro_trio.reports import ReportPolicy
+from omiro_trio.resync import run_resync
+from omiro_trio.session_core import Rates, SessionRules
+from omiro_trio.sessions import SESSION_PATH, NewSession
 from omiro_trio.tokens import TokenSigner, new_secret
 from omiro_trio.web import create_app
 from omiro_trio.wsengine import Engine
@@ -73,6 +83,41 @@ class Running:
     context: ServerContext
 
 
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """What the configuration gives each part of the server, worked out once (``parts``)."""
+
+    session: SessionRules  # every session's core (connection.py)
+    reports: ReportPolicy  # the hub's report desk
+    nexts_per_minute: int  # the hub: skips a session may spend a minute
+    block_ttl_s: float  # the backend: how long a report keeps a pair apart
+
+
+def parts(config: Config) -> Parts:
+    """Turn ``config`` into the parameters of the server's parts: the one place that does."""
+    limits = config.limits
+    return Parts(
+        session=SessionRules(
+            limits=Limits(
+                max_chat_length=limits.max_chat_length,
+                max_frame_bytes=config.server.max_frame_bytes,
+            ),
+            rates=Rates(limits.messages_per_second, limits.message_burst),
+            reconnect_after_ms=config.server.reconnect_after_ms,
+        ),
+        reports=ReportPolicy(
+            per_reporter_per_hour=limits.reports_per_hour,
+            autoban_reporters=config.reports.autoban_reporters,
+            autoban_window_s=config.reports.autoban_window_s,
+            autoban_s=config.reports.autoban_s,
+        ),
+        nexts_per_minute=limits.nexts_per_minute,
+        # A block outlives both sessions: a session lives at most its token's
+        # life plus one connection.
+        block_ttl_s=max(config.session.token_ttl_s * 2, 86400),
+    )
+
+
 @asynccontextmanager
 async def open_backend(
     config: Config, *, server_id: str | None = None, replaces: str | None = None
@@ -83,13 +128,12 @@ async def open_backend(
     random id), and ``replaces`` names a server known to be dead (a worker
     this one replaces): it is swept at once.
     """
+    block_ttl_s = parts(config).block_ttl_s
     if config.backend.kind == "memory":
         async with open_memory_backend(
             interest_timeout_s=config.matchmaking.interest_timeout_s,
             rematch_cooldown_s=config.matchmaking.rematch_cooldown_s,
-            # A block outlives both sessions: a session lives at most its
-            # token's life plus one connection.
-            block_ttl_s=max(config.session.token_ttl_s * 2, 86400),
+            block_ttl_s=block_ttl_s,
             ipv6_prefix=config.server.ipv6_prefix,
         ) as backend:
             yield backend
@@ -108,7 +152,7 @@ async def open_backend(
                 timeout_s=redis.timeout_s,
                 interest_timeout_s=config.matchmaking.interest_timeout_s,
                 rematch_cooldown_s=config.matchmaking.rematch_cooldown_s,
-                block_ttl_s=max(config.session.token_ttl_s * 2, 86400),
+                block_ttl_s=block_ttl_s,
                 ipv6_prefix=config.server.ipv6_prefix,
                 server_id=server_id,
                 replaces=replaces,
@@ -121,11 +165,11 @@ async def open_backend(
             raise ConfigError(f"redis.url: cannot reach Redis at start ({exc})") from None
 
 
-def _hyper_config() -> HyperConfig:
+def _hyper_config(deadlines: Deadlines) -> HyperConfig:
     hyper = HyperConfig()
     hyper.accesslog = None
     hyper.errorlog = logging.getLogger("omiro.http")
-    hyper.keep_alive_timeout = KEEPALIVE_TIMEOUT_S
+    hyper.keep_alive_timeout = deadlines.keepalive_s
     hyper.graceful_timeout = HTTP_GRACE_S
     hyper.include_server_header = False
     return hyper
@@ -231,20 +275,15 @@ def _signer(config: Config) -> TokenSigner:
     return TokenSigner(secret, config.session.token_ttl_s)
 
 
-def _new_hub(
-    config: Config, backend: Backend, metrics: Metrics, signer: TokenSigner | None = None
-) -> Hub:
-    """The hub, with the report and autoban rules from ``config``."""
+def _new_hub(wired: Parts, backend: Backend, metrics: Metrics, signer: TokenSigner) -> Hub:
+    """The hub, with the report, autoban and skip rules from the config, and the pair
+    tags of ``match_found`` keyed with the session secret."""
     return Hub(
         backend,
         metrics,
-        pair_tag=signer.pair_tag if signer is not None else None,
-        reports=ReportPolicy(
-            per_reporter_per_hour=config.limits.reports_per_hour,
-            autoban_reporters=config.reports.autoban_reporters,
-            autoban_window_s=config.reports.autoban_window_s,
-            autoban_s=config.reports.autoban_s,
-        ),
+        reports=wired.reports,
+        nexts_per_minute=wired.nexts_per_minute,
+        pair_tag=signer.pair_tag,
     )
 
 
@@ -261,7 +300,7 @@ async def _start_services(services: trio.Nursery, ctx: ServerContext) -> Engine:
     # one heartbeat.
     janitor_s = min(JANITOR_INTERVAL_S, config.redis.heartbeat_s)
     services.start_soon(_janitor, backend, metrics, hub, janitor_s)
-    services.start_soon(hub.run_sync)
+    services.start_soon(run_resync, hub)
     engine = Engine(config.server.idle_timeout_s)
     services.start_soon(partial(run_gc_tuning, population=engine.__len__))
     services.start_soon(serve_memory_snapshots)  # only with OMIRO_DEBUG_TRACEMALLOC
@@ -269,10 +308,37 @@ async def _start_services(services: trio.Nursery, ctx: ServerContext) -> Engine:
     return engine
 
 
+def _admission(ctx: ServerContext) -> Admission:
+    """The handshake checks, given what they need of the server (not the server)."""
+    config, hub = ctx.config, ctx.hub
+    return Admission(
+        ctx.backend,
+        ctx.signer,
+        allowed_origins=config.server.allowed_origins,
+        sockets_per_ip=config.limits.sockets_per_ip,
+        draining=lambda: hub.draining,
+        release_claim=hub.release_claim,
+        wall=ctx.wall,
+    )
+
+
+def _router(ctx: ServerContext) -> Router:
+    """The HTTP layer's own endpoints: the requests it answers without the ASGI app."""
+    new_session = NewSession(
+        ctx.backend,
+        ctx.signer,
+        ctx.metrics,
+        per_minute=ctx.config.limits.sessions_per_ip_per_minute,
+        wall=ctx.wall,
+    )
+    return Router({("GET", SESSION_PATH): new_session})
+
+
 async def serve(
     config: Config,
     stop: trio.Event,
     *,
+    deadlines: Deadlines = DEFAULT_DEADLINES,
     reuse_port: bool = False,
     server_id: str | None = None,
     replaces: str | None = None,
@@ -284,17 +350,29 @@ async def serve(
     connections are accepted. With ``reuse_port`` the port is shared
     (``SO_REUSEPORT``) with other workers of ``omiro serve --workers``:
     this worker listens only once it is ready to accept, so the kernel never
-    queues a connection for a worker still starting. ``server_id`` and
-    ``replaces``: see ``open_backend``.
+    queues a connection for a worker still starting. ``deadlines`` bound
+    every wait of an HTTP connection (the defaults are docs/security.md's).
+    ``server_id`` and ``replaces``: see ``open_backend``.
     """
     install_stall_monitor()  # only with OMIRO_DEBUG_STALLS_MS (diagnostics.py)
     signer = _signer(config)
     metrics = Metrics()
+    wired = parts(config)
     async with open_backend(config, server_id=server_id, replaces=replaces) as backend:
-        hub = _new_hub(config, backend, metrics, signer)
-        ctx = ServerContext(config=config, backend=backend, hub=hub, signer=signer, metrics=metrics)
-        app = ASGIWrapper(create_app(ctx))
-        hyper = _hyper_config()
+        hub = _new_hub(wired, backend, metrics, signer)
+        ctx = ServerContext(
+            config=config,
+            backend=backend,
+            hub=hub,
+            signer=signer,
+            metrics=metrics,
+            rules=wired.session,
+        )
+        clients = Clients(
+            ctx.trusted_proxies, config.server.client_ip_header, config.server.ipv6_prefix
+        )
+        app = ASGIWrapper(create_app(ctx, clients))
+        hyper = _hyper_config(deadlines)
         lifespan_state: dict[str, object] = {}
         lifespan = Lifespan(app, hyper, lifespan_state)
         async with trio.open_nursery() as services:
@@ -306,18 +384,24 @@ async def serve(
             )
             sockname = listeners[0].socket.getsockname()
             running = Running(base_url(config.server.host, sockname[1]), sockname[1], ctx)
+            http = HttpServer(
+                _router(ctx),
+                app,
+                hyper,
+                lifespan_state,
+                partial(serve_connection, ctx, engine, _admission(ctx), clients),
+                clients=clients,
+                deadlines=deadlines,
+                on_budget=metrics.exceeded,
+            )
+            door = FrontDoor(
+                http.serve,
+                metrics=metrics,
+                connections_per_ip=config.server.connections_per_ip,
+                ipv6_prefix=config.server.ipv6_prefix,
+                trusted_proxies=ctx.trusted_proxies,
+            )
             async with trio.open_nursery() as connections:
-                door = FrontDoor(
-                    app,
-                    hyper,
-                    lifespan_state,
-                    partial(serve_connection, ctx, engine),
-                    metrics=metrics,
-                    connections_per_ip=config.server.connections_per_ip,
-                    ipv6_prefix=config.server.ipv6_prefix,
-                    trusted_proxies=ctx.trusted_proxies,
-                    fast_route=partial(fastpath.route, ctx),
-                )
                 accepting = trio.CancelScope()
 
                 async def accept() -> None:
@@ -332,7 +416,7 @@ async def serve(
                 accepting.cancel()
                 for listener in listeners:
                     await listener.aclose()
-                await door.context.terminated.set()
+                await http.terminate()
                 connections.cancel_scope.deadline = trio.current_time() + HTTP_GRACE_S
             await lifespan.wait_for_shutdown()
             services.cancel_scope.cancel()

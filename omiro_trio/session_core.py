@@ -1,34 +1,44 @@
-"""One session's rules as plain state: no I/O, no trio, no awaits.
+"""One session's rules as one machine: events in, effects out; no I/O, no trio.
 
-In the spirit of h11's ``Connection``: a ``SessionCore`` is fed what
-happened (a client frame, a count of control frames, a match formed or
-ended by the backend, a partner's relay, a widen timer that fired) together
-with ``now``, and answers what to do: a frame for this client, a message
-for the partner, a backend request, a timer to arm, a close code. The
-shells (``hub.Session`` and ``connection.py``) perform those actions; they
-never change the state below themselves.
+In the spirit of h11's ``Connection``: a ``SessionCore`` is told what
+happened, always with ``now``, and answers what to do, as a tuple of effects
+(``session_events.py`` names both): ``receive(frame, now)`` for a text frame
+from the client, ``handle(event, now)`` for everything else, including the
+world's answer to every question an effect asked. The shells (the hub, which
+performs every effect, and the connection, which pumps frames in) decide
+nothing: they never read the core's state to choose what to do.
 
 State (``state``) and its transitions, all in this module:
 
-* ``idle``: no match, not in the queue. ``queued`` makes it ``waiting``;
-  ``matched`` makes it ``matched``.
-* ``waiting``: in the queue, maybe with a widen timer (``widen``).
-  ``matched`` makes it ``matched``; ``idle`` makes it ``idle``. With a
-  shared backend a session can be queued while the end of its last match
-  is still on its way (the backend had already ended it): ``match`` stays
-  set until ``ended`` arrives, and relays for it still reach the client.
-* ``matched``: ``match`` is the current match. ``ended`` (for that match)
-  or ``idle`` makes it ``idle``; ``matched`` with another match replaces it.
-* ``closing``: terminal. Entered by ``close`` (the first close code wins).
-  A closing session's match is still kept up to date (``match``, the
-  ended list), because the shell tells the partner when it detaches, and
-  frames still go out (the connection flushes them before its close
-  handshake); it never leaves ``closing``.
+* ``idle``: no match, not in the queue. A join answered ``Waiting`` makes
+  it ``waiting``; a match makes it ``matched``.
+* ``waiting``: in the queue, maybe with a widen timer (``widen``). A match
+  makes it ``matched``; starting ``join``, ``next``, ``leave_queue`` or a
+  report makes it ``idle`` (the backend is then asked). With a shared
+  backend a session can be queued while the end of its last match is still
+  on its way (the backend had already ended it): ``match`` stays set until
+  the end arrives, and relays for it still reach the client.
+* ``matched``: ``match`` is the current match. Its end makes it ``idle``;
+  another match replaces it.
+* ``closing``: terminal. Entered by the first close (the client's
+  ``disconnect``, a limit, or ``CloseAsked``); the first close code wins. A
+  closing session's match is still kept up to date, because the shell tells
+  the partner when it detaches, and frames still go out (the connection
+  flushes them before its close handshake).
+
+Operations (``join_queue``, ``next``, ``leave_queue``, ``report``) run one
+at a time per session: the core answers the client's frame with the
+operation, the hub takes the session's lock and says ``Started``, and only
+then does the core change state and ask the backend. Each answer is an
+event carrying the question it answers (what to do next is written in the
+question), so nothing is pending in the core between the two.
 
 Stale events: every match event names its ``match_id``. The core remembers
 the last ``ENDED_REMEMBERED`` matches that ended, so a late ``matched`` for
-one of them is dropped, a duplicate ``matched`` is dropped, and a relay
-reaches the client only when it names the current match.
+one of them is dropped, a duplicate is dropped, and a relay reaches the
+client only when it names the current match. A join whose ``Waiting``
+answer comes back after a match reached the session (another server
+matched it first) is not announced.
 
 Flood control: one token bucket for every client message and control
 frame; a message over it is refused with ``rate_limited``, and more than
@@ -37,23 +47,90 @@ More than ``PROTOCOL_ERRORS_ALLOWED`` bad frames per window close with 4000.
 
 Skips: every way into the queue (``next``, ``join_queue`` while matched,
 waiting or idle: after a ``leave_queue`` or a ``report`` too, and on a new
-socket of the session) is a ``Join`` or ``NextPartner`` with ``counted``
-set, which the shell checks against the session's ``nexts_per_minute``
-before the match ends; the one exception is the first entry after the
-partner ended the match (``ended``), which the client did not choose.
+socket of the session) first spends one of the session's skips
+(``CountSkip``, the backend's ``nexts_per_minute`` window); over it, the
+op is refused like a message over the bucket and the match goes on. The
+one exception is the first entry after the partner ended the match, which
+the client did not choose. A backend that does not answer limits nothing
+(the join itself then answers ``unavailable``). While the server drains, a
+way into the queue answers ``server_draining`` instead.
+
+Failures: a call or delivery the backend could not make ends its operation
+(``Unavailable``): the client hears ``unavailable`` for its op and the
+resync repairs the rest; a claim now held by another socket closes this
+one (1001). A dying socket's release is left to the resync; a widen timer
+that failed waits for it.
+
+Reconciliation (``Synced``) classifies what the backend holds against what
+this session holds and follows ``reconcile.TABLE``.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
-from typing import Final, Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, Literal
 
 from omiro_trio import protocol
-from omiro_trio.codes import CloseCode, ErrorCode
+from omiro_trio.backends.base import LocalView, SharedView
+from omiro_trio.budgets import Budget
+from omiro_trio.codes import CloseCode, ErrorCode, PartnerReason
 from omiro_trio.errors import ProtocolViolation
-from omiro_trio.matchmaking import Match, Preferences
+from omiro_trio.matchmaking import Match, Preferences, Waiting
+from omiro_trio.reconcile import Local, Shared, Step, View, reconcile
+from omiro_trio.session_events import (
+    NOTHING,
+    AnnounceEnd,
+    AnnounceMatch,
+    Arm,
+    Banned,
+    Blocked,
+    BlockPartner,
+    Close,
+    CloseAsked,
+    Controls,
+    CountCall,
+    CountError,
+    CountExceeded,
+    CountMatch,
+    CountSkip,
+    Delivered,
+    Detached,
+    Draining,
+    Effect,
+    Effects,
+    Enqueue,
+    Enqueued,
+    Event,
+    Filed,
+    FileReport,
+    Join,
+    Leave,
+    MadeIdle,
+    MakeIdle,
+    MatchEnded,
+    MatchFormed,
+    NotIdle,
+    Opened,
+    Relay,
+    Release,
+    Released,
+    ReleaseLater,
+    ReportPartner,
+    Said,
+    SkipCounted,
+    Started,
+    Synced,
+    SyncNow,
+    SyncSoon,
+    TimerFired,
+    Unavailable,
+    Widen,
+    Widened,
+    WidenWait,
+)
 
 State = Literal["idle", "waiting", "matched", "closing"]
 """Where a session is (see the module's docstring for the transitions)."""
@@ -111,106 +188,43 @@ class WindowCounter:
 
 @dataclass(frozen=True, slots=True)
 class Rates:
-    """A client's message allowance (config ``[limits]``)."""
+    """A client's message allowance (config ``[limits]``; the defaults are its defaults)."""
 
-    messages_per_second: float = 10.0
-    message_burst: int = 20
-
-
-# -- actions: what the shell does ------------------------------------------
+    messages_per_second: float = 20.0
+    message_burst: int = 40
 
 
 @dataclass(frozen=True, slots=True)
-class Reply:
-    """Send the error ``frame`` to the client; count ``error``, when set, as a protocol error."""
+class SessionRules:
+    """What every session of one server is held to (built from the config once).
 
-    frame: str
-    error: str | None = None
-
-
-@dataclass(slots=True)
-class Relay:
-    """Deliver ``frame`` (already encoded for the partner) to the partner in ``match``.
-
-    Not frozen: one is made per relayed frame, and a frozen dataclass's
-    ``__init__`` costs several times a plain one.
+    Args:
+        limits: what a client frame may be (announced in ``hello``).
+        rates: the client's message allowance.
+        reconnect_after_ms: what ``server_draining`` tells clients.
     """
 
-    op: str
-    frame: bytes
-    chat: str | None
-    match: Match
+    limits: protocol.Limits = field(default_factory=protocol.Limits)
+    rates: Rates = field(default_factory=Rates)
+    reconnect_after_ms: int = 1000
 
 
-@dataclass(frozen=True, slots=True)
-class Join:
-    """Ask the backend to queue the session with ``prefs`` (ending its match first).
+_DEFAULT_RULES: Final = SessionRules()
+_LEAVE: Final = Leave()
+_RELEASE: Final = Release()
+_SYNC_NOW: Final = SyncNow()
+_SYNC_SOON: Final = SyncSoon()
+_COUNT_MATCH: Final = CountMatch()
+_DISARM: Final = Arm(None)
+_UNAVAILABLE_TEXT: Final = "the service is briefly unavailable; try again"
+_ELSEWHERE: Final = "connected elsewhere"
 
-    ``counted``: it spends one of the session's skips (``nexts_per_minute``),
-    checked before anything else happens.
-    """
-
-    prefs: Preferences
-    counted: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class NextPartner:
-    """Ask the backend for the next partner (ending the match first).
-
-    ``counted`` as ``Join``'s.
-    """
-
-    counted: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class Leave:
-    """Ask the backend to make the session idle."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReportPartner:
-    """Ask the backend to end the match, block the pair and keep a report."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class CountCall:
-    """Count one call outcome (the core checked it is new and for a recent video match)."""
-
-    outcome: str
-    path: str | None
-    connect_ms: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    """Close the socket with ``code``; send ``frame`` first when set."""
-
-    code: int
-    reason: str = ""
-    frame: str | None = None
-    error: str | None = None  # counted as a protocol error when set
-
-
-@dataclass(frozen=True, slots=True)
-class Widen:
-    """A timer the shell runs: after ``delay_s``, widen the queue entry ``ticket``."""
-
-    ticket: int
-    delay_s: float
-
-
-Action = Reply | Relay | Join | NextPartner | Leave | ReportPartner | CountCall | Close
-"""What ``SessionCore.receive`` asks of the shell (``None``: nothing)."""
-
-NEXT: Final = NextPartner()
-NEXT_UNCOUNTED: Final = NextPartner(counted=False)
-LEAVE: Final = Leave()
-_BYE: Final = Close(CloseCode.NORMAL)
-_RELAYED_OPS: Final = {kind: protocol.OP_NAMES[kind] for kind in protocol.RELAYED}
+# The hot path: for each relayed message type, its op name and what the partner receives.
+_RELAYED: Final[dict[type, tuple[str, Callable[[Any, str], protocol.RelayedData]]]] = {
+    op.message: (op.name, op.relay) for op in protocol.OPS if op.relay is not None
+}
+_CHAT: Final = protocol.Chat
+_relay_frame: Final = protocol.relay_frame
 
 
 class SessionCore:
@@ -219,16 +233,21 @@ class SessionCore:
     Args:
         session_id: the session's id (what partners see).
         now: the time the session starts (the clock the caller passes to
-            every method that takes ``now``).
-        limits: what a client frame may be.
-        rates: the client's message allowance.
+            ``receive`` and ``handle``).
+        rules: the limits every session of the server is held to.
+
+    The attributes are the core's own; the shells never read them to decide
+    (tests and reports may look).
     """
 
     __slots__ = (
         "_bucket",
+        "_detached",
+        "_draining",
         "_errors",
-        "_limits",
         "_rejoin_free",
+        "_rules",
+        "_suspect",
         "_violations",
         "close_code",
         "close_reason",
@@ -245,123 +264,191 @@ class SessionCore:
         "widen",
     )
 
-    def __init__(
-        self,
-        session_id: str,
-        now: float,
-        *,
-        limits: protocol.Limits | None = None,
-        rates: Rates | None = None,
-    ) -> None:
-        rates = rates or Rates()
+    def __init__(self, session_id: str, now: float, rules: SessionRules = _DEFAULT_RULES) -> None:
         self.id = session_id
         self.state: State = "idle"
         self.match: Match | None = None
-        self.prefs: Preferences | None = None
+        self.prefs: Preferences | None = None  # the last wish the backend took: next reuses it
         self.widen: Widen | None = None  # the timer the shell should be running
-        self.matches_applied = 0  # counts match_found sent, to spot one that overtook a join
-        self.close_code: int | None = None
+        self.matches_applied = 0  # matches this client heard of, to spot one that overtook a join
+        self.close_code: CloseCode | None = None
         self.close_reason = ""
-        self.partner_reason: str = "left"  # what the partner hears when this socket ends
+        self.partner_reason = PartnerReason.LEFT  # what the partner hears when this socket ends
         self.transcript: deque[tuple[str, str]] = deque(maxlen=TRANSCRIPT_LINES)
         self.ended_ids: deque[str] = deque(maxlen=ENDED_REMEMBERED)
         # The last CALLS_REMEMBERED matches this client heard of, oldest first,
         # and which of them it has already reported a call outcome for.
         self.recent_matches: dict[str, Match] = {}
         self.outcomes_reported: set[str] = set()
-        self._limits = limits or protocol.Limits()
+        self._rules = rules
+        rates = rules.rates
         self._bucket = TokenBucket(rates.messages_per_second, rates.message_burst, now)
         self._errors = WindowCounter(PROTOCOL_ERRORS_ALLOWED, ERROR_WINDOW_S)
         self._violations = WindowCounter(RATE_VIOLATIONS_ALLOWED, ERROR_WINDOW_S)
         self._rejoin_free = False  # the partner ended the match; no entry since
+        self._draining = False
+        self._detached = False
+        self._suspect: tuple[str, str] | None = None  # a difference the last resync saw
 
-    @property
-    def waiting(self) -> bool:
-        """In the queue, as far as this server knows."""
-        return self.state == "waiting"
+    # -- the two verbs -------------------------------------------------------
 
-    # -- from the client -------------------------------------------------
-
-    def receive(self, frame: str | bytes, now: float) -> Action | None:
+    def receive(self, frame: str | bytes, now: float) -> Effects:
         """One text frame from the client: what to do about it."""
         try:
-            message = protocol.parse_client_frame(frame, self._limits)
+            message = protocol.parse_client_frame(frame, self._rules.limits)
         except ProtocolViolation as exc:
             reply = protocol.error_frame(exc.code, exc.message, exc.op)
             if self._errors.hit(now):
-                return self._close(
-                    CloseCode.PROTOCOL_ERRORS, "too many protocol errors", reply, exc.code
+                return (
+                    CountError(exc.code),
+                    reply,
+                    *self._close(CloseCode.PROTOCOL_ERRORS, "too many protocol errors"),
                 )
-            return Reply(reply, exc.code)
+            return (CountError(exc.code), reply)
         kind = type(message)
         if not self._bucket.take(now):
-            return self.refuse(protocol.OP_NAMES[kind], now)
-        op = _RELAYED_OPS.get(kind)
-        if op is not None:  # the hot path: chat, typing, signaling
+            return self._refuse(protocol.OP_NAMES[kind], now)
+        relayed = _RELAYED.get(kind)
+        if relayed is not None:  # the hot path: chat, typing, signaling
+            op, data = relayed
             match = self.match
             if match is None:
-                return Reply(
-                    protocol.error_frame(ErrorCode.NOT_MATCHED, "you have no partner right now", op)
+                return (
+                    protocol.error_frame(
+                        ErrorCode.NOT_MATCHED, "you have no partner right now", op
+                    ),
                 )
-            frame = protocol.encode_bytes(op, protocol.relay_data(message, self.id))
-            chat = message.message if isinstance(message, protocol.Chat) else None
+            chat = message.message if kind is _CHAT else None  # type: ignore[union-attr]
             if chat is not None:
                 self.transcript.append((self.id, chat))
-            return Relay(op, frame, chat, match)
-        if kind is protocol.JoinQueue:
-            assert isinstance(message, protocol.JoinQueue)
-            return Join(Preferences(message.mode, message.interests), self._skip_counted())
-        if kind is protocol.Next:
-            return NEXT if self._skip_counted() else NEXT_UNCOUNTED
-        if kind is protocol.LeaveQueue:
-            return LEAVE
-        if kind is protocol.Report:
-            assert isinstance(message, protocol.Report)
-            return ReportPartner(message.reason)
-        if kind is protocol.CallOutcome:
-            assert isinstance(message, protocol.CallOutcome)
-            return self._call_outcome(message)
-        if kind is protocol.Disconnect:
-            self.close(CloseCode.NORMAL)
-            return _BYE
-        raise AssertionError(f"no rule for {kind.__name__}")  # pragma: no cover
+            return (Relay(op, _relay_frame(op, data(message, self.id)), chat, match),)
+        return _RULES[kind](self, message, now)
 
-    def controls(self, count: int, now: float) -> Close | None:
-        """``count`` control frames (pings) arrived: each costs a message."""
-        for _ in range(count):
-            if not self._bucket.take(now) and self._violations.hit(now):
-                return self._close(CloseCode.RATE_LIMITED, "rate limit exceeded")
-        return None
+    def handle(self, event: Event, now: float) -> Effects:
+        """Anything but a client frame: what to do about it."""
+        match event:
+            case Relay():  # the partner, on this server, said something (the hot path)
+                current = self.match
+                if current is None or current.match_id != event.match.match_id:
+                    return NOTHING  # a late message from a match that ended: it reaches nobody
+                chat = event.chat
+                if chat is not None:
+                    self.transcript.append((current.partner_of(self.id), chat))
+                return (event.frame,)
+            case Said():
+                return self._said(event.match_id, event.frame, event.chat)
+            case MatchFormed():
+                return self._matched(event.match, event.pair)
+            case MatchEnded():
+                return self._ended(event.match_id, event.reason)
+            case Started():
+                return self._start(event)
+            case SkipCounted():
+                if event.retry_after_s is not None:
+                    refused = self._refuse(event.call.then.op, now, event.retry_after_s)
+                    return (CountExceeded(Budget.SKIPS), *refused)
+                return self._enter(event.call.then)
+            case MadeIdle():
+                return self._made_idle(event.call, event.ended)
+            case Enqueued():
+                return self._enqueued(event.call, event.result, event.pair)
+            case NotIdle():
+                if event.call.retried:
+                    raise RuntimeError(f"the backend twice refused to queue {self.id}: not idle")
+                retry = replace(event.call, retried=True)
+                return (MakeIdle(PartnerReason.LEFT, event.call.op, then=retry),)
+            case Blocked():
+                return self._blocked(event)
+            case Filed():
+                if event.recorded:
+                    return NOTHING
+                # The match still ended and the pair stays apart; the report just does not count.
+                text = "too many reports: this one was not recorded"
+                return (protocol.error_frame(ErrorCode.RATE_LIMITED, text, "report"),)
+            case TimerFired():
+                if self.widen is not event.widen:
+                    return NOTHING  # the wait ended while the timer fired or waited
+                self.widen = None
+                return (WidenWait(event.widen.ticket),) if self.state == "waiting" else NOTHING
+            case Widened():
+                return NOTHING if event.match is None else self._form(event.match, event.pair)
+            case Delivered():
+                return self._delivered(event)
+            case Unavailable():
+                return self._unavailable(event)
+            case Controls():
+                for _ in range(event.count):
+                    if not self._bucket.take(now) and self._violations.hit(now):
+                        return self._close(CloseCode.RATE_LIMITED, "rate limit exceeded")
+                return NOTHING
+            case Opened():
+                self._draining = self._draining or event.draining
+                hello = protocol.server_frame(event.hello)
+                return (hello, self._draining_frame()) if self._draining else (hello,)
+            case Draining():
+                self._draining = True
+                return (self._draining_frame(),)
+            case CloseAsked():
+                return self._close(event.code, event.reason, event.partner_reason)
+            case Banned():
+                banned = protocol.error_frame(ErrorCode.BANNED, "this address is banned", None)
+                return (banned, *self._close(CloseCode.POLICY, "banned"))
+            case Detached():
+                self._detached = True
+                self.widen = None
+                return (_DISARM, _RELEASE)
+            case Released():
+                if event.ended is None:
+                    return NOTHING
+                self._forget(event.ended.match_id)
+                return (AnnounceEnd(event.ended, self.partner_reason, None),)
+            case Synced():
+                return self._synced(event.local, event.shared)
+        raise AssertionError(f"no rule for {type(event).__name__}")  # pragma: no cover
 
-    def _skip_counted(self) -> bool:
-        """Whether entering the queue now spends a skip: yes, but for the first after
-        the partner ended the match."""
-        free = self._rejoin_free
-        self._rejoin_free = False
-        return not free
+    # -- queries -------------------------------------------------------------
 
-    def refuse(self, op: str, now: float, retry_after_s: float | None = None) -> Reply | Close:
-        """Refuse ``op`` as over the allowance (the bucket, or the backend's ``next`` limit).
+    def local_view(self, ip: str) -> LocalView | None:
+        """What this server holds for the session, for ``Backend.sync`` (None: closing)."""
+        if self.close_code is not None:
+            return None
+        if self.state != "waiting" or self.prefs is None:
+            return LocalView(self.id, ip, self.match)
+        ticket = self.widen.ticket if self.widen is not None else None
+        return LocalView(self.id, ip, self.match, self.prefs, ticket)
 
-        ``retry_after_s``: when the op would be accepted again, told to the
-        client in whole seconds (rounded up).
-        """
-        after = None if retry_after_s is None else max(1, math.ceil(retry_after_s))
-        reply = protocol.error_frame(ErrorCode.RATE_LIMITED, "slow down", op, retry_after=after)
-        if self._violations.hit(now):
-            return self._close(
-                CloseCode.RATE_LIMITED, "rate limit exceeded", reply, ErrorCode.RATE_LIMITED
-            )
-        return Reply(reply, ErrorCode.RATE_LIMITED)
+    def transcript_lines(self) -> tuple[str, ...]:
+        """The current match's chat, as a report keeps it."""
+        return tuple(
+            f"{'reporter' if sender == self.id else 'reported'}: {text}"
+            for sender, text in self.transcript
+        )
 
-    def _call_outcome(self, message: protocol.CallOutcome) -> Reply | CountCall:
+    # -- client ops ----------------------------------------------------------
+
+    def _join_queue(self, message: protocol.JoinQueue, now: float) -> Effects:
+        return self._way_in(Join(Preferences(message.mode, message.interests), "join_queue"))
+
+    def _next(self, message: protocol.Next, now: float) -> Effects:
+        # Without an earlier join_queue, next searches with the defaults.
+        return self._way_in(Join(self.prefs or Preferences(), "next"))
+
+    def _leave_queue(self, message: protocol.LeaveQueue, now: float) -> Effects:
+        return (_LEAVE,)
+
+    def _report(self, message: protocol.Report, now: float) -> Effects:
+        return (ReportPartner(message.reason),)
+
+    def _disconnect(self, message: protocol.Disconnect, now: float) -> Effects:
+        return self._close(CloseCode.NORMAL, "")
+
+    def _call_outcome(self, message: protocol.CallOutcome, now: float) -> Effects:
         """Count how this side's call of a recent video match went, once per match.
 
         The match may already have ended (a failed call is often skipped
         before the page gives up on it), but it must be one of the client's
         own last ``CALLS_REMEMBERED`` matches.
         """
-        op = "call_outcome"
         match = self.recent_matches.get(message.match_id)
         if match is None:
             reason, code = "no recent match has this match_id", ErrorCode.NOT_MATCHED
@@ -372,57 +459,119 @@ class SessionCore:
             code = ErrorCode.BAD_REQUEST
         else:
             self.outcomes_reported.add(message.match_id)
-            return CountCall(message.outcome, message.path, message.connect_ms)
-        return Reply(protocol.error_frame(code, reason, op))
+            return (CountCall(message.outcome, message.path, message.connect_ms),)
+        return (protocol.error_frame(code, reason, "call_outcome"),)
 
-    def asked(self, prefs: Preferences) -> None:
-        """The backend took a ``join_queue`` with ``prefs``: ``next`` reuses them."""
-        self.prefs = prefs
+    def _way_in(self, join: Join) -> Effects:
+        """A way into the queue: it spends a skip, but for the first after the partner
+        ended the match."""
+        if self._rejoin_free:
+            self._rejoin_free = False
+            return self._enter(join)
+        return (CountSkip(join),)
 
-    def report_check(self) -> str | None:
-        """Before a report: the ``error`` frame when there is nobody to report."""
-        if self.match is None:
-            return protocol.error_frame(
-                ErrorCode.NOT_MATCHED, "you have no partner to report", "report"
-            )
-        return None
+    def _enter(self, join: Join) -> Effects:
+        if self._draining:
+            return (self._draining_frame(),)
+        return (join,)
 
-    def transcript_lines(self) -> tuple[str, ...]:
-        """The current match's chat, as a report keeps it."""
-        return tuple(
-            f"{'reporter' if sender == self.id else 'reported'}: {text}"
-            for sender, text in self.transcript
-        )
+    def _refuse(self, op: str, now: float, retry_after_s: float | None = None) -> Effects:
+        """Refuse ``op`` as over the allowance (the bucket, or the backend's skips).
 
-    # -- from the backend, the partner and timers ------------------------
+        ``retry_after_s``: when a refused skip would be accepted, told to the
+        client in whole seconds (rounded up, at least 1).
+        """
+        after = None if retry_after_s is None else max(1, math.ceil(retry_after_s))
+        reply = protocol.error_frame(ErrorCode.RATE_LIMITED, "slow down", op, retry_after=after)
+        counted = CountError(ErrorCode.RATE_LIMITED)
+        if self._violations.hit(now):
+            return (counted, reply, *self._close(CloseCode.RATE_LIMITED, "rate limit exceeded"))
+        return (counted, reply)
 
-    def queued(self, prefs: Preferences, widen: Widen | None, *, announce: bool) -> str | None:
-        """The backend put the session in the queue; the ``queued`` frame when announced."""
-        self.prefs = prefs
-        self.widen = widen
-        if self.state != "closing":
-            self.state = "waiting"
-        if not announce:
-            return None
-        return protocol.encode("queued", {"mode": prefs.mode, "interests": list(prefs.interests)})
+    # -- operations, once the hub holds the session's lock -------------------
 
-    def idle(self) -> None:
-        """The session left the queue (its match, if any, ends through ``ended``)."""
+    def _start(self, started: Started) -> Effects:
+        operation = started.operation
+        if isinstance(operation, Join):
+            return self._make_idle(PartnerReason.NEXT, operation.op, operation)
+        if isinstance(operation, Leave):
+            return self._make_idle(PartnerReason.LEFT, "leave_queue", None)
+        match = self.match
+        if match is None:
+            text = "you have no partner to report"
+            return (protocol.error_frame(ErrorCode.NOT_MATCHED, text, "report"),)
+        return (BlockPartner(match.partner_of(self.id), operation.reason),)
+
+    def _make_idle(
+        self, reason: PartnerReason, op: str | None, then: Join | Enqueue | FileReport | None
+    ) -> Effects:
+        """Stop waiting here, then have the backend make the session idle."""
         self.widen = None
         if self.state == "waiting":
             self.state = "idle"
+        return (_DISARM, MakeIdle(reason, op, then))
 
-    def matched(self, match: Match, pair: str | None = None) -> str | None:
-        """The backend formed ``match``: the ``match_found`` frame, or None when stale.
+    def _made_idle(self, call: MakeIdle, ended: Match | None) -> Effects:
+        if call.quiet:
+            return NOTHING
+        effects: list[Effect] = []
+        if ended is not None:
+            self._forget(ended.match_id)
+            effects.append(AnnounceEnd(ended, call.reason, call.op))
+        then = call.then
+        if isinstance(then, Join):
+            self.prefs = then.prefs  # next reuses the wish the client last asked for
+            effects.append(Enqueue(then.prefs, then.op, True, self.matches_applied))
+        elif then is not None:
+            effects.append(then)
+        return tuple(effects)
 
-        ``pair``: the tag of the two clients' address groups
-        (``TokenSigner.pair_tag``), sent as ``pair`` when known.
+    def _enqueued(self, call: Enqueue, result: Match | Waiting, pair: str | None) -> Effects:
+        if isinstance(result, Match):
+            return self._form(result, pair)
+        if self.matches_applied != call.seen:
+            # A match reached the session (another server matched it and
+            # said so) before this answer came back: it no longer waits,
+            # and must not hear "queued".
+            return NOTHING
+        widen = None
+        if result.widen_after_s is not None:
+            widen = Widen(result.ticket, result.widen_after_s)
+        self.prefs = call.prefs
+        self.widen = widen
+        if self.state != "closing":
+            self.state = "waiting"
+        arm = Arm(widen)
+        if not call.announce:
+            return (arm,)
+        prefs = call.prefs
+        return (protocol.server_frame(protocol.Queued(prefs.mode, prefs.interests)), arm)
+
+    def _blocked(self, blocked: Blocked) -> Effects:
+        """The pair is blocked: end the match, then keep the report with its transcript."""
+        report = FileReport(
+            blocked.call.partner, blocked.partner_ip, blocked.call.reason, self.transcript_lines()
+        )
+        return self._make_idle(PartnerReason.REPORTED, "report", report)
+
+    # -- matches -------------------------------------------------------------
+
+    def _form(self, match: Match, pair: str | None = None) -> Effects:
+        """This session's operation formed ``match``: count it, tell the partner, then this
+        client (a partner on another server must know the match before the caller's first
+        frame reaches it). ``pair``: the match's pair tag, for both."""
+        return (_COUNT_MATCH, AnnounceMatch(match, pair), *self._matched(match, pair))
+
+    def _matched(self, match: Match, pair: str | None = None) -> Effects:
+        """``match`` formed: ``match_found`` for the client, unless it is stale or known.
+
+        ``pair``: the tag of the two clients' address groups, told when known.
         """
         if match.match_id in self.ended_ids:
-            return None
+            return NOTHING
         current = self.match
         if current is not None and current.match_id == match.match_id:
-            return None  # told already (a resync and the bus can both bring it)
+            return NOTHING  # told already (a resync and the bus can both bring it)
         self.widen = None
         if self.state != "closing":
             self.state = "matched"
@@ -431,29 +580,25 @@ class SessionCore:
         self.match = match
         self._remember(match)
         self.transcript.clear()
-        data: dict[str, object] = {
-            "partner": match.partner_of(self.id),
-            "match_id": match.match_id,
-            "should_call": match.should_call(self.id),
-            "mode": match.mode,
-            "common_interests": list(match.common_interests),
-        }
-        if pair is not None:
-            data["pair"] = pair
-        return protocol.encode("match_found", data)
+        found = protocol.MatchFound(
+            match.partner_of(self.id),
+            match.match_id,
+            match.should_call(self.id),
+            match.mode,
+            match.common_interests,
+            pair,
+        )
+        return (_DISARM, protocol.server_frame(found))
 
-    def ended(self, match_id: str, reason: str) -> str | None:
-        """``match_id`` ended: the ``partner_disconnected`` frame when it was the current match.
-
-        Ended by the partner (or for it): the client's next entry into the
-        queue spends no skip.
-        """
-        if self.forget(match_id):
+    def _ended(self, match_id: str, reason: PartnerReason) -> Effects:
+        """``match_id`` ended on the partner's side: ``partner_disconnected`` when it was the
+        current match. The client's next way into the queue then spends no skip."""
+        if self._forget(match_id):
             self._rejoin_free = True
-            return protocol.encode("partner_disconnected", {"reason": reason})
-        return None
+            return (protocol.server_frame(protocol.PartnerDisconnected(reason)),)
+        return NOTHING
 
-    def forget(self, match_id: str) -> bool:
+    def _forget(self, match_id: str) -> bool:
         """Remember ``match_id`` as ended; True when it was the current match."""
         self.ended_ids.append(match_id)
         current = self.match
@@ -465,42 +610,119 @@ class SessionCore:
             self.state = "idle"
         return True
 
-    def relayed(self, match_id: str, chat: str | None) -> bool:
-        """The partner sent a message for ``match_id``: True when it reaches this client."""
+    def _said(self, match_id: str, frame: str | bytes, chat: str | None) -> Effects:
         current = self.match
         if current is None or current.match_id != match_id:
-            return False  # a late message from a match that ended: it reaches nobody
+            return NOTHING  # a late message from a match that ended: it reaches nobody
         if chat is not None:
             self.transcript.append((current.partner_of(self.id), chat))
-        return True
+        return (frame,)
 
-    def cancel_widen(self) -> None:
-        """The session is going away: no widen timer any more."""
-        self.widen = None
+    def _delivered(self, delivered: Delivered) -> Effects:
+        relay = delivered.relay
+        if delivered.delivery == "unheard":
+            # The partner is still held, but its server is not listening right
+            # now (resubscribing): this frame is lost, the match is not.
+            return (self._unavailable_frame(relay.op), _SYNC_NOW)
+        if delivered.delivery == "gone":
+            # The match is over in the shared state (its end is on its way, or
+            # was lost): over for the sender too, and said once.
+            return (*self._ended(relay.match.match_id, PartnerReason.LEFT), _SYNC_NOW)
+        return NOTHING
 
-    def widen_due(self, widen: Widen) -> bool:
-        """The shell's timer for ``widen`` fired: True when it is still the one asked for."""
-        if self.widen is not widen:
-            return False
-        self.widen = None
-        return self.state == "waiting"
+    # -- failures and the end --------------------------------------------------
 
-    def close(self, code: int, reason: str = "", *, partner_reason: str = "left") -> bool:
-        """Enter ``closing`` with ``code`` (the first close wins); True on the first."""
+    def _unavailable(self, failed: Unavailable) -> Effects:
+        effect = failed.effect
+        if self._detached:
+            return (ReleaseLater(),)
+        if isinstance(effect, CountSkip):
+            return self._enter(effect.then)  # a backend that does not answer limits nothing
+        op = _op_of(effect)
+        if op is None:  # a widen timer's call, or the server's own
+            return (_SYNC_NOW,)
+        if failed.elsewhere:
+            # The session opened a socket on another server since (e.g. while
+            # this one was frozen): this socket may no longer act for it.
+            return self._close(CloseCode.GOING_AWAY, _ELSEWHERE)
+        return (self._unavailable_frame(op), _SYNC_NOW)
+
+    def _close(
+        self, code: CloseCode, reason: str, partner_reason: PartnerReason = PartnerReason.LEFT
+    ) -> Effects:
+        """Enter ``closing`` with ``code``: the first close wins, later ones do nothing."""
         self.widen = None
         if self.close_code is not None:
-            return False
+            return NOTHING
         self.state = "closing"
         self.close_code = code
         self.close_reason = reason
         self.partner_reason = partner_reason
-        return True
+        graceful = code != CloseCode.SLOW_CONSUMER and partner_reason is not PartnerReason.TIMEOUT
+        return (Close(code, reason, graceful),)
 
-    def _close(
-        self, code: int, reason: str, frame: str | None = None, error: str | None = None
-    ) -> Close:
-        self.close(code, reason)
-        return Close(code, reason, frame, error)
+    # -- reconciliation ----------------------------------------------------------
+
+    def _synced(self, local: LocalView, shared: SharedView) -> Effects:
+        current = self.match
+        waiting = self.state == "waiting"
+        theirs = shared.match
+        if current is not None and theirs is not None and current.match_id == theirs.match_id:
+            mine = Local.SAME
+        elif current is not None:
+            mine = Local.OTHER
+        else:
+            mine = Local.WAITING if waiting else Local.IDLE
+        state = shared.state
+        if state == "matched" and theirs is not None and theirs.match_id in self.ended_ids:
+            kind = Shared.MATCHED_ENDED_HERE  # ended here, and the backend was never told
+        else:
+            kind = Shared(state)
+        seen = (state, theirs.match_id if theirs is not None else "")
+        view = View(
+            kind,
+            mine,
+            moved=current is not local.match or waiting != (local.waiting is not None),
+            seen_before=self._suspect == seen,
+        )
+        effects: list[Effect] = []
+        for step in reconcile(view):
+            if step is Step.FORGET_DIFFERENCE:
+                self._suspect = None
+            elif step is Step.LOOK_AGAIN:
+                self._suspect = seen
+                effects.append(_SYNC_SOON)
+            elif step is Step.END_LOCAL:
+                assert current is not None
+                effects += self._ended(current.match_id, PartnerReason.LEFT)
+            elif step is Step.ADOPT:
+                assert theirs is not None
+                effects += self._matched(theirs)
+            elif step is Step.LEAVE_AND_END:
+                effects.append(MakeIdle(PartnerReason.LEFT, None))
+            elif step is Step.LEAVE_QUIETLY:
+                effects.append(MakeIdle(PartnerReason.LEFT, None, quiet=True))
+            elif step is Step.REQUEUE:
+                assert self.prefs is not None  # a waiting session has its wish
+                self.widen = None
+                effects += (_DISARM, Enqueue(self.prefs, None, False, self.matches_applied))
+            elif step is Step.CLOSE_ELSEWHERE:
+                effects += self._close(CloseCode.GOING_AWAY, _ELSEWHERE)
+            else:
+                assert step is Step.FORM
+                assert theirs is not None
+                self.widen = None
+                effects += (_DISARM, *self._form(theirs))
+        return tuple(effects)
+
+    # -- helpers -------------------------------------------------------------
+
+    def _draining_frame(self) -> str:
+        return protocol.server_frame(protocol.ServerDraining(self._rules.reconnect_after_ms))
+
+    @staticmethod
+    def _unavailable_frame(op: str) -> str:
+        return protocol.error_frame(ErrorCode.UNAVAILABLE, _UNAVAILABLE_TEXT, op)
 
     def _remember(self, match: Match) -> None:
         self.recent_matches[match.match_id] = match
@@ -508,3 +730,28 @@ class SessionCore:
             oldest = next(iter(self.recent_matches))
             del self.recent_matches[oldest]
             self.outcomes_reported.discard(oldest)
+
+
+def _op_of(effect: Effect) -> str | None:
+    """The client's op a failed call or delivery was made for (None: none of the client's)."""
+    if isinstance(effect, Relay):
+        return effect.op
+    if isinstance(effect, MakeIdle | Enqueue | AnnounceEnd):
+        return effect.op
+    if isinstance(effect, BlockPartner | FileReport):
+        return "report"
+    return None
+
+
+# The rule for each op that is not relayed (a relayed op needs none: the
+# partner receives it). Every op of protocol.OPS has one or the other.
+_RULES: Final[dict[type, Callable[[SessionCore, Any, float], Effects]]] = {
+    protocol.JoinQueue: SessionCore._join_queue,
+    protocol.Next: SessionCore._next,
+    protocol.LeaveQueue: SessionCore._leave_queue,
+    protocol.Report: SessionCore._report,
+    protocol.Disconnect: SessionCore._disconnect,
+    protocol.CallOutcome: SessionCore._call_outcome,
+}
+assert set(_RULES) | set(_RELAYED) == set(protocol.OP_OF), "an op without a rule"
+assert not set(_RULES) & set(_RELAYED), "a relayed op with a rule of its own"

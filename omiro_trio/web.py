@@ -1,8 +1,10 @@
-"""HTTP routes (quart-trio): the page, sessions, health, stats, metrics.
+"""The ASGI app's routes (quart-trio): the page, health, stats, metrics, admin.
 
-The WebSocket endpoint is not here: ``front.py`` hands ``/ws`` upgrades to
-``connection.py`` before they reach this app. Every error answer is JSON
-``{"error": CODE, "message": TEXT}`` (PROTOCOL.md).
+What the HTTP layer serves itself is not here (``http/routes.py``): ``/ws``
+upgrades go to ``connection.py`` and ``/session/new`` is answered by
+``sessions.py`` before a request reaches this app. Every error answer is
+JSON ``{"error": CODE, "message": TEXT}`` (PROTOCOL.md), built like the
+HTTP layer's own (``responses.py``).
 """
 
 from __future__ import annotations
@@ -15,25 +17,19 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from omiro_trio.addresses import address_group, client_ip
+from omiro_trio.addresses import Clients
 from omiro_trio.admin import register_admin
 from omiro_trio.backends.base import Stats
 from omiro_trio.budgets import MAX_BODY_BYTES, Budget
 from omiro_trio.context import ServerContext
 from omiro_trio.errors import BackendUnavailable
-from omiro_trio.fastpath import session_answer
+from omiro_trio.http.answers import SECURITY_HEADERS, HttpError, foreign_error
 from omiro_trio.metrics import CONTENT_TYPE, Metrics
-from omiro_trio.responses import json_error, not_found
+from omiro_trio.responses import json_error, json_response, not_found
 from omiro_trio.static import Frontend, frontend_dir, load_assets
 
 log = logging.getLogger(__name__)
 
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-    "Permissions-Policy": "camera=(self), microphone=(self), geolocation=()",
-}
 PAGE_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data: blob:; media-src 'self' blob: mediastream:; "
@@ -41,34 +37,30 @@ PAGE_CSP = (
 )
 
 
-def create_app(ctx: ServerContext) -> QuartTrio:
-    """The quart-trio app of one server."""
+def create_app(ctx: ServerContext, clients: Clients) -> QuartTrio:
+    """The quart-trio app of one server; ``clients`` finds a request's client."""
     app = QuartTrio("omiro_trio", static_folder=None)
     # Nothing here takes a body larger than a ban request (budgets.py).
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     frontend = load_assets(frontend_dir(), ctx.config.page, relayed=ctx.config.ice.relayed)
-    remote_ip = _remote_ip_of(ctx)
     _add_headers_and_errors(app, ctx.metrics)
-    register_admin(app, ctx, remote_ip)
+    register_admin(app, ctx, _remote_ip_of(clients))
     _add_page(app, frontend)
-    _add_sessions(app, ctx, remote_ip)
     _add_health_and_stats(app, ctx)
     return app
 
 
-def _remote_ip_of(ctx: ServerContext) -> Callable[[], str]:
+def _remote_ip_of(clients: Clients) -> Callable[[], str]:
     """A function giving the client (address group) of the current request."""
-    header = ctx.config.server.client_ip_header
+    header = clients.ip_header
 
     def remote_ip() -> str:
         """The client (address group) of this request: see ``addresses.client_ip``."""
-        ip = client_ip(
+        return clients.client(
             request.remote_addr or "unknown",
             request.headers.getlist("X-Forwarded-For"),
-            ctx.trusted_proxies,
             request.headers.get(header) if header else None,
         )
-        return address_group(ip, ctx.config.server.ipv6_prefix)
 
     return remote_ip
 
@@ -89,11 +81,15 @@ def _add_headers_and_errors(app: QuartTrio, metrics: Metrics) -> None:
         if exc.code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
             metrics.exceeded(Budget.BODY)
         code = (exc.name or "error").lower().replace(" ", "_")
-        return json_error(exc.code or 500, code, exc.description or code)
+        return json_response(foreign_error(exc.code or 500, code, exc.description or code))
 
     @app.errorhandler(BackendUnavailable)
     async def backend_down(exc: BackendUnavailable) -> Response:
-        return json_error(503, "unavailable", "the backend is not answering; try again shortly")
+        return json_error(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            HttpError.UNAVAILABLE,
+            "the backend is not answering; try again shortly",
+        )
 
 
 def _add_page(app: QuartTrio, frontend: Frontend) -> None:
@@ -117,19 +113,6 @@ def _add_page(app: QuartTrio, frontend: Frontend) -> None:
         )
 
 
-def _add_sessions(app: QuartTrio, ctx: ServerContext, remote_ip: Callable[[], str]) -> None:
-    @app.get("/session/new")
-    async def new_session() -> Response:
-        # Usually answered by the front door (fastpath.py); this serves a
-        # /session/new that comes later on a kept-alive connection.
-        status, body, headers = await session_answer(ctx, remote_ip())
-        response = jsonify(body)
-        response.status_code = status
-        for name, value in headers.items():
-            response.headers[name] = value
-        return response
-
-
 def _add_health_and_stats(app: QuartTrio, ctx: ServerContext) -> None:
     """``/healthz``, ``/readyz``, ``/stats`` and ``/metrics``."""
 
@@ -140,11 +123,17 @@ def _add_health_and_stats(app: QuartTrio, ctx: ServerContext) -> None:
     @app.get("/readyz")
     async def readyz() -> Response:
         if ctx.hub.draining:
-            return json_error(503, "draining", "the server is shutting down")
+            return json_error(
+                HTTPStatus.SERVICE_UNAVAILABLE, HttpError.DRAINING, "the server is shutting down"
+            )
         try:
             await ctx.backend.ping()
         except BackendUnavailable:
-            return json_error(503, "unavailable", "the backend is not answering")
+            return json_error(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                HttpError.UNAVAILABLE,
+                "the backend is not answering",
+            )
         return jsonify({"status": "ready"})
 
     async def current_stats() -> Stats:

@@ -18,10 +18,12 @@ Design (numbers in ``docs/decisions/0001-websocket-engine.md``):
   one syscall. What the socket did not take stays in ``pending`` (a view of
   that one buffer, sent before anything queued after it, never copied
   again). Only a socket whose kernel buffer is full gets a task of its own
-  (``_drain``) until it is writable again; if it stays full for
-  ``WRITE_TIMEOUT_S`` the client is a slow consumer, and so it is when
-  what waits for it (``out`` and ``pending`` together) passes
-  ``send_queue`` frames or ``send_queue_bytes`` bytes.
+  (``_drain``) until it is writable again, started by the connection in
+  the nursery its owner lends it (``WsConnection.writing_in``), never by
+  the engine; if the buffer stays full for ``WRITE_TIMEOUT_S`` the client
+  is a slow consumer, and so it is when what waits for it (``out`` and
+  ``pending`` together) passes ``send_queue`` frames or
+  ``send_queue_bytes`` bytes.
 * **Liveness**: one sweeper task for all sockets, a timer wheel: each socket
   is visited every ``idle_timeout_s / 8``, one slot of sockets per step, so
   that sockets opened together are not all pinged in one scheduling round.
@@ -36,6 +38,18 @@ Design (numbers in ``docs/decisions/0001-websocket-engine.md``):
   come, at most ``MAX_MESSAGE_FRAGMENTS`` of them (an empty one counts)
   within the protocol's size limit; over either, close 1009.
 * **Text** is decoded (strict UTF-8, 1007 otherwise) here.
+* **Failures** are the engine's own words (``Failure``): the peer broke
+  the protocol, sent text that is not UTF-8 or a message too big, stopped
+  reading or answering pings, or a write failed in a way that is our bug.
+  The engine sends the RFC 6455 close codes of the protocol's own failures
+  (1002, 1007, 1009, 1011); what a failure means for the application
+  (its close code, what the partner is told) is the connection's to say
+  (``connection.py``). Nothing here knows of sessions or chat.
+
+``websockets``' private state this module relies on (``parser``,
+``events``, ``writes``, ``parser_exc``, ``handshake_exc``, ``reader``,
+``send_frame``, ``Protocol.parse``) is pinned with the major version in
+``pyproject.toml`` and checked by ``tests/unit/test_websockets_internals.py``.
 
 Invariants:
 
@@ -53,17 +67,18 @@ from __future__ import annotations
 import logging
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import Enum
 from typing import Final
 
 import trio
-from websockets.frames import Frame, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
 
 from omiro_trio.budgets import MAX_MESSAGE_FRAGMENTS, PARSE_SLICE_BYTES, Budget
-from omiro_trio.codes import CloseCode
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +169,31 @@ def new_protocol(max_frame_bytes: int) -> EngineProtocol:
     return EngineProtocol(max_size=max_frame_bytes, logger=_PROTOCOL_LOG)
 
 
+class Failure(Enum):
+    """Why the engine gave up on a connection."""
+
+    PROTOCOL_ERROR = "protocol_error"  # the peer broke RFC 6455: 1002 sent
+    INVALID_DATA = "invalid_data"  # text (or a close reason) not UTF-8: 1007 sent
+    TOO_BIG = "too_big"  # a message over the size limit or in too many fragments: 1009 sent
+    SLOW_CONSUMER = "slow_consumer"  # the socket took nothing for WRITE_TIMEOUT_S
+    NO_PONG = "no_pong"  # silent for the idle timeout, a ping included
+    BUG = "bug"  # writing (or the protocol's parser) failed: our bug, 1011 sent by the parser
+
+
+_FAILURE_OF_CLOSE: Final[dict[int, Failure]] = {
+    CloseCode.PROTOCOL_ERROR: Failure.PROTOCOL_ERROR,
+    CloseCode.INVALID_DATA: Failure.INVALID_DATA,
+    CloseCode.MESSAGE_TOO_BIG: Failure.TOO_BIG,
+    CloseCode.INTERNAL_ERROR: Failure.BUG,
+}
+
+
 class WsConnection:
     """One upgraded socket: its protocol state, its outbox, its liveness.
 
     Args:
-        engine: the engine that flushes and sweeps it.
+        engine: the engine that flushes and sweeps it; the connection joins
+            its sweep at once and leaves it on ``release``.
         sock: the connected socket; it stays owned by the caller, who closes
             it after ``release``.
         proto: the protocol, already past the handshake or about to send its
@@ -166,43 +201,45 @@ class WsConnection:
         send_queue: most frames queued while the socket cannot take them.
         send_queue_bytes: most bytes waiting for the socket, queued frames
             and the unsent rest of a write together.
-        on_fail: called once, with a close code and reason, when the engine
-            gives up on the connection for writing (slow consumer) or
-            liveness (no pong).
+        on_fail: called once, with the ``Failure``, when the engine gives up
+            on the connection for writing (slow consumer, a bug) or liveness
+            (no pong): outside the reader, which may be waiting.
         unparsed: bytes the client sent behind its upgrade request, read
             already: parsed first, like any read.
 
-    ``exceeded`` names the budget the connection went over, if it did.
+    The reader (``receive``) finds the protocol's failures itself: then
+    ``failure`` says which. ``exceeded`` names the budget the connection
+    went over, if it did.
     """
 
     __slots__ = (
         "__weakref__",
+        "_closing",
+        "_control_frames",
+        "_draining",
+        "_engine",
         "_eof_wanted",
         "_fragment_count",
         "_fragments",
         "_fragments_text",
+        "_heard",
+        "_nursery",
+        "_on_fail",
+        "_queued",
         "_reads",
+        "_silent_ticks",
+        "_slot",
         "_unparsed",
         "_unparsed_at",
-        "closing",
-        "control_frames",
-        "draining",
-        "engine",
+        "_write_broken",
         "exceeded",
-        "heard",
-        "nursery",
-        "on_fail",
         "out",
         "pending",
         "proto",
-        "queued",
         "queued_bytes",
         "send_queue",
         "send_queue_bytes",
-        "silent_ticks",
-        "slot",
         "sock",
-        "write_broken",
     )
 
     def __init__(
@@ -213,29 +250,28 @@ class WsConnection:
         *,
         send_queue: int,
         send_queue_bytes: int,
-        on_fail: Callable[[int, str, str], None],
+        on_fail: Callable[[Failure], None],
         unparsed: bytes = b"",
     ) -> None:
-        self.engine: Engine | None = engine
+        self._engine: Engine | None = engine
         self.sock: socket.socket | None = sock
         self.proto: EngineProtocol | None = proto
         self.send_queue = send_queue
         self.send_queue_bytes = send_queue_bytes
-        self.on_fail: Callable[[int, str, str], None] | None = on_fail
+        self._on_fail: Callable[[Failure], None] | None = on_fail
         self.exceeded: Budget | None = None
         # A list, not a deque: an empty list holds no block of its own.
         self.out: list[bytes] = []
         self.queued_bytes = 0  # waiting for the socket: the frames in out and pending
         self.pending: memoryview | None = None  # the unsent rest of the last send
-        self.queued = False  # in the engine's dirty list
-        self.draining = False  # a _drain task owns writing
-        self.closing = False  # no more tasks may start for it
-        self.write_broken = False
-        self.nursery: trio.Nursery | None = None  # where a _drain task may run
-        self.heard = True
-        self.silent_ticks = 0
-        self.slot = -1  # the engine's timer-wheel slot, once added
-        self.control_frames = 0  # pings and pongs received, for the rate limit
+        self._queued = False  # in the engine's dirty list
+        self._draining = False  # a _drain task owns writing
+        self._closing = False  # no more tasks may start for it
+        self._write_broken = False
+        self._nursery: trio.Nursery | None = None  # where a _drain task may run
+        self._heard = True
+        self._silent_ticks = 0
+        self._control_frames = 0  # pings and pongs received, for the rate limit
         self._reads = 0
         self._eof_wanted = False
         self._fragments: bytearray | None = None  # the message being assembled
@@ -244,7 +280,24 @@ class WsConnection:
         self._unparsed = unparsed  # the last read, parsed a slice at a time
         self._unparsed_at = 0
         _forget_handshake(proto)
+        self._slot = engine.add(self)
         self.take_protocol_writes()
+
+    @contextmanager
+    def writing_in(self, nursery: trio.Nursery) -> Iterator[None]:
+        """Within this block, a socket whose buffer fills gets its writer in ``nursery``.
+
+        ``nursery`` is the owner's (the connection handler's), open for the
+        whole block; the writer is this connection's own task in it, started
+        by the connection, never by the engine. On leaving the block no
+        writer may start any more: what is left is written by ``close``.
+        """
+        self._nursery = nursery
+        try:
+            yield
+        finally:
+            self._nursery = None
+            self._closing = True
 
     # -- writing ----------------------------------------------------------
 
@@ -255,19 +308,19 @@ class WsConnection:
         (queued frames and the unsent rest of a write), after writing what
         the socket takes at once.
         """
-        if self.write_broken or self.sock is None:
+        if self._write_broken or self.sock is None:
             return True  # the frame has nowhere to go; the reader sees the end
         out = self.out
         frame = text_frame(payload)
         out.append(frame)
         self.queued_bytes += len(frame)
-        if not self.queued:
-            self.queued = True
-            engine = self.engine
+        if not self._queued:
+            self._queued = True
+            engine = self._engine
             if engine is not None:
                 engine.mark_dirty(self)
         if len(out) > self.send_queue or self.queued_bytes > self.send_queue_bytes:
-            if not self.draining:
+            if not self._draining:
                 self.write_now()
             if len(self.out) > self.send_queue or self.queued_bytes > self.send_queue_bytes:
                 self.exceeded = Budget.SEND_QUEUE
@@ -292,9 +345,9 @@ class WsConnection:
                 self.queued_bytes += len(chunk)
             else:
                 self._eof_wanted = True
-        if self.out and not self.queued and self.engine is not None:
-            self.queued = True
-            self.engine.mark_dirty(self)
+        if self.out and not self._queued and self._engine is not None:
+            self._queued = True
+            self._engine.mark_dirty(self)
 
     def write_now(self) -> None:
         """Send what the socket takes without blocking; keep the rest in ``pending``.
@@ -304,7 +357,7 @@ class WsConnection:
         Frames queued behind it are joined only once it is all gone.
         """
         sock = self.sock
-        if sock is None or self.write_broken:
+        if sock is None or self._write_broken:
             self._drop_queued()
             return
         pending = self.pending
@@ -314,7 +367,7 @@ class WsConnection:
             except BlockingIOError:
                 return
             except _CLOSED_SOCKET_ERRORS:
-                self.write_broken = True
+                self._write_broken = True
                 self._drop_queued()
                 return
             self.queued_bytes -= sent
@@ -332,38 +385,63 @@ class WsConnection:
         except BlockingIOError:
             sent = 0
         except _CLOSED_SOCKET_ERRORS:
-            self.write_broken = True
+            self._write_broken = True
             self._drop_queued()
             return
         self.queued_bytes -= sent
         if sent < len(data):
             self.pending = memoryview(data)[sent:]
 
-    def wants_drain(self) -> bool:
-        return self.pending is not None and not self.draining and not self.write_broken
+    def write_queued(self) -> None:
+        """Write what is queued (the engine's flusher calls it once per round).
 
-    async def drain(self) -> None:
+        When the socket does not take it all, the connection starts its
+        writer (``_drain``) in the nursery ``writing_in`` lent it. A write
+        that raises is a bug: the connection fails (``Failure.BUG``), the
+        flusher goes on.
+        """
+        self._queued = False
+        if self._draining:
+            return
+        try:
+            self.write_now()
+        except Exception:
+            log.exception("writing to a socket failed")
+            self._write_broken = True
+            self._fail(Failure.BUG)
+            return
+        nursery = self._nursery
+        if (
+            self.pending is not None
+            and nursery is not None
+            and not self._closing
+            and not self._write_broken
+        ):
+            self._draining = True
+            nursery.start_soon(self._drain)
+
+    async def _drain(self) -> None:
         """Write until nothing is left, waiting for the socket as needed.
 
-        Gives up (``on_fail`` with 4008) when the socket takes nothing for
-        ``WRITE_TIMEOUT_S``.
+        Gives up (``Failure.SLOW_CONSUMER``) when the socket takes nothing
+        for ``WRITE_TIMEOUT_S``.
         """
-        self.draining = True
+        self._draining = True
         try:
-            while (self.pending is not None or self.out) and not self.write_broken:
+            while (self.pending is not None or self.out) and not self._write_broken:
                 sock = self.sock
                 if sock is None:
                     return
                 with trio.move_on_after(WRITE_TIMEOUT_S) as waited:
                     await trio.lowlevel.wait_writable(sock)
                 if waited.cancelled_caught:
-                    self.fail(4008, "slow consumer", "left")
+                    self._fail(Failure.SLOW_CONSUMER)
                     return
                 self.write_now()
         except (trio.ClosedResourceError, OSError):
-            self.write_broken = True
+            self._write_broken = True
         finally:
-            self.draining = False
+            self._draining = False
 
     async def flush(self) -> bool:
         """Write everything queued, waiting as needed; True when all of it left.
@@ -372,33 +450,66 @@ class WsConnection:
         """
         self.take_protocol_writes()
         self.write_now()
-        while (self.pending is not None or self.out) and not self.write_broken:
+        while (self.pending is not None or self.out) and not self._write_broken:
             sock = self.sock
             if sock is None:
                 return False
             try:
                 await trio.lowlevel.wait_writable(sock)
             except (trio.ClosedResourceError, OSError):
-                self.write_broken = True
+                self._write_broken = True
                 return False
             self.write_now()
-        return not self.write_broken
+        return not self._write_broken
 
-    def fail(self, code: int, reason: str, partner_reason: str) -> None:
-        on_fail = self.on_fail
+    def _fail(self, failure: Failure) -> None:
+        on_fail = self._on_fail
         if on_fail is not None:
-            self.on_fail = None
-            on_fail(code, reason, partner_reason)
+            self._on_fail = None
+            on_fail(failure)
+
+    # -- liveness ---------------------------------------------------------
+
+    def tick(self) -> None:
+        """One visit of the engine's sweeper, every ``idle_timeout_s / SWEEP_TICKS``.
+
+        Silent for ``PING_AFTER_TICKS`` visits: a ping. Silent for
+        ``DEAD_AFTER_TICKS``: ``Failure.NO_PONG``.
+        """
+        if self._closing:
+            return
+        if self._heard:
+            self._heard = False
+            self._silent_ticks = 0
+            return
+        self._silent_ticks += 1
+        if self._silent_ticks >= DEAD_AFTER_TICKS:
+            self._fail(Failure.NO_PONG)
+        elif self._silent_ticks == PING_AFTER_TICKS:
+            proto = self.proto
+            if proto is not None and proto.state is _OPEN:
+                proto.send_ping(b"")
+                self.take_protocol_writes()
 
     # -- reading ------------------------------------------------------------
+
+    @property
+    def control_frames(self) -> int:
+        """Pings and pongs received since ``take_control_frames`` last counted them."""
+        return self._control_frames
+
+    def take_control_frames(self) -> int:
+        """The pings and pongs received since the last call (for the rate limit)."""
+        count, self._control_frames = self._control_frames, 0
+        return count
 
     async def receive(self) -> list[str | bytes]:
         """The next complete messages, once there are some or a control frame came.
 
         Returns an empty list with ``control_frames`` > 0 after pings or
         pongs only; an empty list with no control frames once the peer is
-        done: then ``close_code`` says why (None: the peer closed or vanished
-        without a protocol error of ours to report). Parses at most
+        done: then ``failure`` says why (None: the peer closed or vanished
+        with no failure of the engine's to report). Parses at most
         ``PARSE_SLICE_BYTES`` of what was read per step, and returns after
         any step that gave messages or control frames, so the caller's
         rules run before more is parsed.
@@ -423,7 +534,7 @@ class WsConnection:
                 proto.receive_data(unparsed[at:end])
                 messages = self._messages(proto)
                 self.take_protocol_writes()
-                if messages or self.control_frames or proto.state is not _OPEN:
+                if messages or self._control_frames or proto.state is not _OPEN:
                     return messages
                 continue
             if self._reads >= CHECKPOINT_EVERY:
@@ -444,7 +555,7 @@ class WsConnection:
                 await trio.lowlevel.wait_readable(sock)
                 continue
             self._reads += 1
-            self.heard = True
+            self._heard = True
             if len(data) > PARSE_SLICE_BYTES:
                 self._unparsed = data
                 self._unparsed_at = PARSE_SLICE_BYTES
@@ -455,7 +566,7 @@ class WsConnection:
                 proto.receive_eof()
             messages = self._messages(proto)
             self.take_protocol_writes()
-            if messages or self.control_frames or proto.state is not _OPEN:
+            if messages or self._control_frames or proto.state is not _OPEN:
                 return messages
 
     def _messages(self, proto: EngineProtocol) -> list[str | bytes]:
@@ -484,7 +595,7 @@ class WsConnection:
                     self._fragments = None
                     self.exceeded = Budget.FRAGMENTS
                     if proto.state is _OPEN:
-                        proto.fail(CloseCode.TOO_BIG, "too many fragments")
+                        proto.fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
                     return messages
                 fragments += frame.data
                 if frame.fin:
@@ -494,7 +605,7 @@ class WsConnection:
                         return messages
                     messages.append(message)
             elif opcode is _PING or opcode is _PONG:
-                self.control_frames += 1
+                self._control_frames += 1
         return messages
 
     def _complete(self, text: bool, data: bytes | bytearray | memoryview) -> str | bytes | None:
@@ -505,8 +616,20 @@ class WsConnection:
         except UnicodeDecodeError:
             proto = self.proto
             if proto is not None and proto.state is _OPEN:
-                proto.fail(1007, "invalid UTF-8 in a text frame")
+                proto.fail(CloseCode.INVALID_DATA, "invalid UTF-8 in a text frame")
             return None
+
+    @property
+    def failure(self) -> Failure | None:
+        """The failure the reader found (the close frame it sent), if any.
+
+        None when the connection is open, when the peer closed it first, or
+        when it vanished (end of stream, a reset) with nothing to report.
+        """
+        proto = self.proto
+        if proto is None or proto.close_sent is None or proto.close_rcvd is not None:
+            return None
+        return _FAILURE_OF_CLOSE.get(proto.close_sent.code, Failure.PROTOCOL_ERROR)
 
     @property
     def close_code(self) -> int | None:
@@ -518,6 +641,7 @@ class WsConnection:
 
     @property
     def close_reason(self) -> str:
+        """The reason of the close frame we sent ("" if none)."""
         proto = self.proto
         if proto is None or proto.close_sent is None:
             return ""
@@ -537,7 +661,7 @@ class WsConnection:
         slow consumer) drops what is queued and sends only what the socket
         takes at once. The socket itself is closed by the caller.
         """
-        self.closing = True
+        self._closing = True
         proto = self.proto
         if proto is None or self.sock is None:
             return
@@ -554,7 +678,7 @@ class WsConnection:
         # Wait for the peer's close frame (unless the protocol already gave
         # up on it), then end our side.
         while not self._eof_wanted and proto.close_rcvd is None:
-            if not await self.receive_closing():
+            if not await self._receive_closing():
                 break
             self.take_protocol_writes()
         await self.flush()
@@ -570,12 +694,12 @@ class WsConnection:
             # server ends the TCP connection first (RFC 6455, 7.1.1), at
             # once. What already arrived is read first, so that closing does
             # not turn into a reset that could lose our close frame.
-            self.read_what_arrived()
+            self._read_what_arrived()
             return
-        while await self.receive_closing():
+        while await self._receive_closing():
             pass
 
-    def read_what_arrived(self) -> None:
+    def _read_what_arrived(self) -> None:
         """Read, without waiting, what the socket holds (at most ``CHECKPOINT_EVERY`` reads)."""
         sock = self.sock
         if sock is None:
@@ -590,7 +714,7 @@ class WsConnection:
             except _CLOSED_SOCKET_ERRORS:
                 return
 
-    async def receive_closing(self) -> bool:
+    async def _receive_closing(self) -> bool:
         """Read during the closing handshake; False at end of stream."""
         sock, proto = self.sock, self.proto
         if sock is None or proto is None:
@@ -619,10 +743,10 @@ class WsConnection:
 
     def release(self) -> None:
         """Forget the socket, protocol and callbacks (breaks every reference cycle)."""
-        self.closing = True
-        engine = self.engine
+        self._closing = True
+        engine = self._engine
         if engine is not None:
-            engine.forget(self)
+            engine.forget(self, self._slot)
         proto = self.proto
         if proto is not None:
             # The parser is a generator whose frame refers back to the protocol.
@@ -634,9 +758,9 @@ class WsConnection:
             proto.writes = []
         self.proto = None
         self.sock = None
-        self.engine = None
-        self.on_fail = None
-        self.nursery = None
+        self._engine = None
+        self._on_fail = None
+        self._nursery = None
         self._drop_queued()
         self._fragments = None
         self._unparsed = b""
@@ -644,6 +768,10 @@ class WsConnection:
 
 class Engine:
     """What all connections of one server share: the flusher and the sweeper.
+
+    It starts no task for any connection: the flusher calls each dirty
+    connection's ``write_queued`` and the sweeper each connection's
+    ``tick``; a connection that needs a writer of its own starts it itself.
 
     Args:
         idle_timeout_s: a socket silent this long is dead (pinged at half).
@@ -658,23 +786,24 @@ class Engine:
         self._next_slot = 0
         self._dirty: list[WsConnection] = []
         self._wakeup = trio.lowlevel.ParkingLot()
-        self._nursery: trio.Nursery | None = None
 
     def __len__(self) -> int:
         """Open connections."""
         return sum(len(slot) for slot in self._slots)
 
-    def add(self, conn: WsConnection) -> None:
+    def add(self, conn: WsConnection) -> int:
+        """Sweep ``conn`` from now on; returns its slot of the wheel (for ``forget``)."""
         slot = self._next_slot
         self._next_slot = (slot + 1) % len(self._slots)
-        conn.slot = slot
         self._slots[slot].add(conn)
+        return slot
 
-    def forget(self, conn: WsConnection) -> None:
-        if conn.slot >= 0:
-            self._slots[conn.slot].discard(conn)
+    def forget(self, conn: WsConnection, slot: int) -> None:
+        """Sweep ``conn`` no more."""
+        self._slots[slot].discard(conn)
 
     def mark_dirty(self, conn: WsConnection) -> None:
+        """Have the flusher write ``conn``'s queue in its next round."""
         self._dirty.append(conn)
         if len(self._dirty) == 1:
             self._wakeup.unpark()
@@ -682,7 +811,6 @@ class Engine:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The flusher and the sweeper; runs until cancelled."""
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
             nursery.start_soon(self._flusher)
             nursery.start_soon(self._sweeper)
             task_status.started()
@@ -700,19 +828,7 @@ class Engine:
         # connection alive while the flusher waits.
         dirty, self._dirty = self._dirty, []
         for conn in dirty:
-            conn.queued = False
-            if conn.draining:
-                continue
-            try:
-                conn.write_now()
-            except Exception:  # a bug: end that connection, keep the flusher
-                log.exception("writing to a socket failed")
-                conn.write_broken = True
-                conn.fail(1011, "internal error", "left")
-                continue
-            if conn.wants_drain() and not conn.closing and conn.nursery is not None:
-                conn.draining = True
-                conn.nursery.start_soon(conn.drain)
+            conn.write_queued()
 
     async def _sweeper(self) -> None:
         slots = self._slots
@@ -726,26 +842,10 @@ class Engine:
                 deadline = max(deadline + step, trio.current_time() - step)
                 await trio.sleep_until(deadline)
                 try:
-                    self._sweep_some(list(slot))
+                    for conn in list(slot):
+                        conn.tick()
                 except Exception:  # pragma: no cover - a bug: log it, keep sweeping
                     log.exception("keepalive sweep failed")
-
-    def _sweep_some(self, connections: list[WsConnection]) -> None:
-        for conn in connections:
-            if conn.closing:
-                continue
-            if conn.heard:
-                conn.heard = False
-                conn.silent_ticks = 0
-                continue
-            conn.silent_ticks += 1
-            if conn.silent_ticks >= DEAD_AFTER_TICKS:
-                conn.fail(1001, "no pong", "timeout")
-            elif conn.silent_ticks == PING_AFTER_TICKS:
-                proto = conn.proto
-                if proto is not None and proto.state is _OPEN:
-                    proto.send_ping(b"")
-                    conn.take_protocol_writes()
 
 
 def handshake_request(proto: EngineProtocol) -> Request | None:

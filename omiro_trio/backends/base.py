@@ -30,11 +30,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
-
-import trio
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from omiro_trio.matchmaking import Match, Preferences, Waiting
+
+if TYPE_CHECKING:  # the records here are plain data, importable by the pure cores
+    import trio
 
 BusHandler = Callable[[bytes], Awaitable[None]]
 """Receives each bus message addressed to a session on this server."""
@@ -284,7 +285,7 @@ class Backend(Protocol):
         *,
         on_gap: Callable[[], None] | None = None,
         views: Callable[[], Sequence[LocalView]] | None = None,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[None] = ...,
     ) -> None:
         """Feed bus messages for this server (and broadcasts) to ``handler``, until cancelled.
 

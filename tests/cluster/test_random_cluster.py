@@ -69,6 +69,7 @@ class Tracked:
 
 
 @pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.rule("protocol/matching-rules")
 async def test_random_clients_over_two_servers_keep_the_matching_rules(
     redis_server: RedisServer, nursery: trio.Nursery, seed: int
 ) -> None:

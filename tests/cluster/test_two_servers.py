@@ -72,6 +72,7 @@ RELAYED = [
 ]
 
 
+@pytest.mark.rule("protocol/stats")
 async def test_clients_on_two_servers_match_and_relay_every_op_both_ways(
     two_servers: Servers, nursery: trio.Nursery
 ) -> None:
@@ -246,6 +247,7 @@ async def test_nexts_per_minute_follow_the_session_to_another_server(
     assert (await again.expect("error"))["code"] == "rate_limited"
 
 
+@pytest.mark.rule("protocol/unavailable")
 async def test_a_relay_that_reaches_no_listener_keeps_the_match(
     nursery: trio.Nursery, redis_server: RedisServer
 ) -> None:

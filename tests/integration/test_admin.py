@@ -24,6 +24,7 @@ async def admin_server(start_server: StartServer) -> Harness:
     return await start_server(admin__token=TOKEN)
 
 
+@pytest.mark.rule("protocol/admin")
 async def test_admin_is_404_without_a_configured_token(server: Harness) -> None:
     async with httpx.AsyncClient(base_url=server.url) as http:
         for method, path in [
@@ -40,6 +41,7 @@ async def test_admin_is_404_without_a_configured_token(server: Harness) -> None:
     "headers",
     [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"Authorization": "Basic x"}],
 )
+@pytest.mark.rule("protocol/admin", "protocol/admin-bans")
 async def test_admin_needs_the_bearer_token(admin_server: Harness, headers: dict[str, str]) -> None:
     async with httpx.AsyncClient(base_url=admin_server.url) as http:
         response = await http.get("/admin/bans", headers=headers)
@@ -48,6 +50,7 @@ async def test_admin_needs_the_bearer_token(admin_server: Harness, headers: dict
     assert response.headers["www-authenticate"].startswith("Bearer")
 
 
+@pytest.mark.rule("protocol/admin-api", "protocol/admin-bans")
 async def test_ban_add_list_remove(admin_server: Harness) -> None:
     async with httpx.AsyncClient(base_url=admin_server.url, headers=AUTH) as http:
         created = await http.post(
@@ -80,6 +83,7 @@ async def test_ban_add_list_remove(admin_server: Harness) -> None:
         {"reason": "no target"},
     ],
 )
+@pytest.mark.rule("protocol/admin-api", "protocol/http-errors")
 async def test_bad_ban_is_400(admin_server: Harness, body: dict[str, object]) -> None:
     async with httpx.AsyncClient(base_url=admin_server.url, headers=AUTH) as http:
         response = await http.post("/admin/bans", json=body)
@@ -88,6 +92,7 @@ async def test_bad_ban_is_400(admin_server: Harness, body: dict[str, object]) ->
         assert (await http.get("/admin/bans")).json()["bans"] == []
 
 
+@pytest.mark.rule("protocol/admin-bans", "protocol/close-codes")
 async def test_ban_closes_open_sockets_1008_and_refuses_new_ones(admin_server: Harness) -> None:
     a, b = await admin_server.pair()
     async with httpx.AsyncClient(base_url=admin_server.url, headers=AUTH) as http:
@@ -104,6 +109,7 @@ async def test_ban_closes_open_sockets_1008_and_refuses_new_ones(admin_server: H
         assert (await http.get("/session/new")).status_code == 200
 
 
+@pytest.mark.rule("protocol/admin-api")
 async def test_reports_are_listed_newest_first(admin_server: Harness) -> None:
     a, b = await admin_server.pair()
     await b.send("chat", {"message": "buy my stuff"})
@@ -122,6 +128,7 @@ async def test_reports_are_listed_newest_first(admin_server: Harness) -> None:
     assert abs(report["at"] - admin_server.ctx.wall()) < 5
 
 
+@pytest.mark.rule("protocol/admin-reports")
 async def test_reports_are_paginated(admin_server: Harness) -> None:
     backend = admin_server.ctx.backend
     for n in range(5):
@@ -176,6 +183,7 @@ async def test_ban_cli_drives_the_api(admin_server: Harness) -> None:
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.rule("protocol/front-door")
 async def test_a_body_over_the_budget_is_413(admin_server: Harness, chunked: bool) -> None:
     """No route takes a body larger than a ban request: past MAX_BODY_BYTES it is refused
     (a body whose length is announced, or one that just keeps coming)."""
@@ -192,3 +200,29 @@ async def test_a_body_over_the_budget_is_413(admin_server: Harness, chunked: boo
     assert response.status_code == 413
     assert await admin_server.ctx.backend.ban_for("192.0.2.80") is None
     assert admin_server.metric("omiro_budget_exceeded_total", budget="body") == 1
+
+
+# -- a client guessing the token (issue "No client can take Omiro down", item 13) --
+
+ADMIN_TOKEN = "an-admin-token-that-is-long-enough!"
+
+
+@pytest.mark.rule("protocol/admin-auth-failures")
+async def test_failed_admin_authentications_are_limited_per_address(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(admin__token=ADMIN_TOKEN)
+    good = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        codes = [
+            (
+                await http.get("/admin/bans", headers={"Authorization": f"Bearer guess{n}"})
+            ).status_code
+            for n in range(10)
+        ]
+        assert codes == [401] * 10
+        limited = await http.get("/admin/bans", headers={"Authorization": "Bearer guess"})
+        assert limited.status_code == 429
+        assert 1 <= int(limited.headers["retry-after"]) <= 60
+        # Even the right token waits: a guess must not be confirmable.
+        assert (await http.get("/admin/bans", headers=good)).status_code == 429

@@ -43,7 +43,7 @@ from trio_websocket import WebSocketConnection, connect_websocket_url
 
 from omiro_trio.budgets import MAX_HEAD_BYTES, MAX_MESSAGE_FRAGMENTS
 from omiro_trio.config import LimitsConfig, ServerConfig
-from omiro_trio.front import HEAD_TIMEOUT_S
+from omiro_trio.http.deadlines import DEFAULT_DEADLINES
 from omiro_trio.static import frontend_dir
 from omiro_trio.tokens import TokenSigner
 
@@ -415,6 +415,7 @@ async def _fragment_attack(omiro: Server, fragment: bytes) -> int | None:
     [frame(CONT, b"", fin=False), frame(CONT, b"x", fin=False)],
     ids=["empty", "one byte"],
 )
+@pytest.mark.rule("protocol/fragments-and-pings")
 async def test_message_fragments_budget(omiro: Server, fragment: bytes) -> None:
     """Continuation frames that never end a message: closed 1009 at MAX_MESSAGE_FRAGMENTS."""
     before = await exceeded(omiro, "fragments")
@@ -493,6 +494,7 @@ async def test_frame_rate_budget(
 # -- a slow reader ------------------------------------------------------------------------
 
 
+@pytest.mark.rule("protocol/slow-consumers")
 async def test_slow_reader_budget(omiro: Server) -> None:
     """A reader that takes 256 KB every half second while its partner relays legal 60 KB
     offers faster than that: its socket is never full for long, so only the bytes waiting
@@ -625,12 +627,12 @@ async def test_pending_handshakes_budget(omiro: Server) -> None:
                 pass
             closed += 1
 
-        with trio.fail_after(HEAD_TIMEOUT_S + 5):
+        with trio.fail_after(DEFAULT_DEADLINES.head_s + 5):
             async with trio.open_nursery() as nursery:
                 for stream in held:
                     nursery.start_soon(trickle, stream)
         assert closed == len(held)
-        assert trio.current_time() - start <= HEAD_TIMEOUT_S + 3
+        assert trio.current_time() - start <= DEFAULT_DEADLINES.head_s + 3
         for stream in held:
             await stream.aclose()
     watch.check()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 from support import Client, Harness, StartServer
 
 CALLS = "omiro_calls_total"
@@ -26,6 +27,7 @@ async def matched(server: Harness, **join: Any) -> tuple[Client, Client, str]:
     return a, b, match_id
 
 
+@pytest.mark.rule("protocol/call-outcomes", "protocol/op-call-outcome")
 async def test_call_outcome_counts_each_side_once(server: Harness) -> None:
     a, b, match_id = await matched(server)
     await a.send("call_outcome", connected(match_id, 1200, "direct"))
@@ -55,6 +57,7 @@ async def test_call_outcome_counts_each_side_once(server: Harness) -> None:
     assert server.metric(CALLS, outcome="connected", path="direct") == 1
 
 
+@pytest.mark.rule("protocol/call-outcomes")
 async def test_call_outcome_after_the_match_ended(server: Harness) -> None:
     a, b, match_id = await matched(server)
     await a.send("next")
@@ -69,6 +72,7 @@ async def test_call_outcome_after_the_match_ended(server: Harness) -> None:
     assert server.metric(CALLS, outcome="failed", path="none") == 2
 
 
+@pytest.mark.rule("protocol/call-outcomes")
 async def test_call_outcome_for_someone_elses_match_is_refused(server: Harness) -> None:
     a, _b, match_id = await matched(server)
     c = await server.connect()
@@ -82,6 +86,7 @@ async def test_call_outcome_for_someone_elses_match_is_refused(server: Harness) 
     assert server.metric(CALLS, outcome="connected", path="direct") == 0
 
 
+@pytest.mark.rule("protocol/call-outcomes")
 async def test_call_outcome_of_a_text_match_is_refused(server: Harness) -> None:
     a, _b, match_id = await matched(server, mode="text")
     await a.send("call_outcome", connected(match_id))
@@ -94,6 +99,7 @@ async def test_call_outcome_of_a_text_match_is_refused(server: Harness) -> None:
     assert server.metric(CALLS, outcome="connected", path="direct") == 0
 
 
+@pytest.mark.rule("protocol/call-outcomes")
 async def test_call_outcome_invalid_frame_gets_a_clear_error(server: Harness) -> None:
     a, b, match_id = await matched(server)
     await a.send("call_outcome", {"match_id": match_id, "outcome": "connected", "path": "direct"})
@@ -108,6 +114,7 @@ async def test_call_outcome_invalid_frame_gets_a_clear_error(server: Harness) ->
     assert server.metric("omiro_protocol_errors_total", code="bad_request") == 1
 
 
+@pytest.mark.rule("protocol/call-outcomes")
 async def test_call_outcome_only_the_last_matches_can_be_reported(server: Harness) -> None:
     a = await server.connect()
     b = await server.connect()
@@ -132,6 +139,7 @@ async def test_call_outcome_only_the_last_matches_can_be_reported(server: Harnes
     assert server.metric(CALLS, outcome="failed", path="none") == 8
 
 
+@pytest.mark.rule("protocol/call-outcomes")
 async def test_call_outcome_is_rate_limited_like_every_op(start_server: StartServer) -> None:
     server = await start_server(limits__messages_per_second=1, limits__message_burst=2)
     a, _b, match_id = await matched(server)
@@ -145,6 +153,7 @@ async def test_call_outcome_is_rate_limited_like_every_op(start_server: StartSer
     assert server.metric(CALLS, outcome="failed", path="none") == 0
 
 
+@pytest.mark.rule("protocol/metrics")
 async def test_metrics_endpoint_shows_call_series_from_the_start(server: Harness) -> None:
     async with httpx.AsyncClient(base_url=server.url) as http:
         text = (await http.get("/metrics")).text

@@ -2,12 +2,13 @@
 
 A connection's first ``GET /ws`` is parsed only by the WebSocket handshake;
 a plain ``GET`` head is read without h11 when it is simple enough
-(``httpstream.simple_get``); anything else is h11's to accept or refuse.
+(``http.heads.simple_get``); anything else is h11's to accept or refuse.
 """
 
 from __future__ import annotations
 
 import msgspec
+import pytest
 import trio
 from support import WAIT_S, Harness
 
@@ -29,6 +30,7 @@ async def _exchange(server: Harness, request: bytes) -> bytes:
     return received
 
 
+@pytest.mark.rule("protocol/front-door")
 async def test_a_first_get_ws_that_is_no_upgrade_is_refused_by_the_handshake(
     server: Harness,
 ) -> None:
@@ -37,6 +39,7 @@ async def test_a_first_get_ws_that_is_no_upgrade_is_refused_by_the_handshake(
     assert server.ctx.hub.sessions == {}
 
 
+@pytest.mark.rule("protocol/front-door")
 async def test_a_first_get_ws_the_handshake_cannot_read_is_refused_400(server: Harness) -> None:
     head = (
         f"GET /ws?token={server.token()} HTTP/1.1\r\nHost: 127.0.0.1\r\nBad header: x\r\n"

@@ -30,7 +30,7 @@ import trio
 from support import ServeProcess
 from trio_websocket import ConnectionClosed, connect_websocket_url
 
-from omiro_trio.front import STALL_TIMEOUT_S
+from omiro_trio.http.deadlines import DEFAULT_DEADLINES
 from omiro_trio.tokens import TokenSigner
 
 FUZZ_S = float(os.environ.get("OMIRO_FUZZ_S", "20"))
@@ -41,7 +41,7 @@ START_S = 20.0
 # For fds and /stats to return to the baseline after the run: a connection the
 # fuzzer left mid-request ends at the latest at the front door's stall deadline
 # (usually within a second, when the server reads the fuzzer's reset).
-SETTLE_S = float(os.environ.get("OMIRO_FUZZ_SETTLE_S", str(STALL_TIMEOUT_S + 15)))
+SETTLE_S = float(os.environ.get("OMIRO_FUZZ_SETTLE_S", str(DEFAULT_DEADLINES.stall_s + 15)))
 OPS = [
     "join_queue",
     "leave_queue",

@@ -8,6 +8,7 @@ import trio
 from support import Harness, StartServer
 
 
+@pytest.mark.rule("protocol/session-new")
 async def test_session_new_issues_a_valid_token(server: Harness) -> None:
     async with httpx.AsyncClient(base_url=server.url) as http:
         response = await http.get("/session/new")
@@ -21,6 +22,7 @@ async def test_session_new_issues_a_valid_token(server: Harness) -> None:
     assert client.session_id == body["session_id"]
 
 
+@pytest.mark.rule("protocol/session-new")
 async def test_session_new_rate_limited_429(start_server: StartServer) -> None:
     server = await start_server(limits__sessions_per_ip_per_minute=3)
     async with httpx.AsyncClient(base_url=server.url) as http:
@@ -34,6 +36,7 @@ async def test_session_new_rate_limited_429(start_server: StartServer) -> None:
     assert response.headers["retry-after"] == str(body["retry_after"])
 
 
+@pytest.mark.rule("protocol/session-new")
 async def test_session_new_banned_403(server: Harness) -> None:
     from omiro_trio.backends.base import Ban
 
@@ -69,6 +72,9 @@ async def test_forwarded_for_believed_from_trusted_proxy(start_server: StartServ
     assert spoofed.status_code == 429
 
 
+@pytest.mark.rule(
+    "protocol/healthz", "protocol/readyz", "protocol/readyz-answers", "protocol/stats"
+)
 async def test_health_ready_and_stats(server: Harness) -> None:
     async with httpx.AsyncClient(base_url=server.url) as http:
         assert (await http.get("/healthz")).json() == {"status": "ok"}
@@ -88,6 +94,7 @@ async def test_health_ready_and_stats(server: Harness) -> None:
         assert 'omiro_relayed_messages_total{op="chat"} 1.0' in metrics
 
 
+@pytest.mark.rule("protocol/readyz", "protocol/readyz-answers")
 async def test_readyz_503_while_draining(start_server: StartServer) -> None:
     server = await start_server(server__drain_grace_s=5)
     client = await server.connect()
@@ -102,6 +109,7 @@ async def test_readyz_503_while_draining(start_server: StartServer) -> None:
         await server.stopped.wait()
 
 
+@pytest.mark.rule("protocol/page")
 async def test_page_served_from_package_with_security_headers(server: Harness) -> None:
     async with httpx.AsyncClient(base_url=server.url) as http:
         page = await http.get("/")
@@ -115,6 +123,7 @@ async def test_page_served_from_package_with_security_headers(server: Harness) -
         assert "javascript" in script.headers["content-type"]
 
 
+@pytest.mark.rule("protocol/page")
 async def test_assets_revalidate_with_etags(server: Harness) -> None:
     async with httpx.AsyncClient(base_url=server.url) as http:
         for path, kind in [
@@ -138,6 +147,7 @@ async def test_assets_revalidate_with_etags(server: Harness) -> None:
         assert (await http.get("/")).content == (await http.get("/index.html")).content
 
 
+@pytest.mark.rule("protocol/http-errors")
 async def test_unknown_path_and_traversal_are_json_404(server: Harness) -> None:
     async with httpx.AsyncClient(base_url=server.url) as http:
         for path in ("/nope", "/../pyproject.toml", "/%2e%2e/omiro_trio/config.py", "/ws"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 from support import (
     Client,
@@ -12,6 +13,7 @@ from support import (
 )
 
 
+@pytest.mark.rule("protocol/close-codes", "protocol/liveness", "protocol/partner-reasons")
 async def test_dead_peer_dropped_within_idle_timeout(start_server: StartServer) -> None:
     server = await start_server(server__idle_timeout_s=0.6)
     dead = await RawClient.connect(server)
@@ -26,6 +28,7 @@ async def test_dead_peer_dropped_within_idle_timeout(start_server: StartServer) 
     await wait_until(lambda: len(server.ctx.hub.sessions) == 1)
 
 
+@pytest.mark.rule("protocol/liveness")
 async def test_live_idle_client_is_kept(start_server: StartServer) -> None:
     server = await start_server(server__idle_timeout_s=0.4)
     a, b = await server.pair()
@@ -36,6 +39,7 @@ async def test_live_idle_client_is_kept(start_server: StartServer) -> None:
     assert (await b.expect("chat"))["message"] == "still here"
 
 
+@pytest.mark.rule("protocol/close-codes", "protocol/slow-consumers")
 async def test_slow_consumer_closed_4008_and_others_unaffected(start_server: StartServer) -> None:
     server = await start_server(
         server__send_queue=8,
@@ -57,6 +61,9 @@ async def test_slow_consumer_closed_4008_and_others_unaffected(start_server: Sta
     await wait_until(lambda: len(server.ctx.hub.sessions) == 3)
 
 
+@pytest.mark.rule(
+    "protocol/close-codes", "protocol/flush-before-close", "protocol/msg-server-draining"
+)
 async def test_drain_tells_clients_then_closes_1012(start_server: StartServer) -> None:
     server = await start_server(server__drain_grace_s=0.5)
     a, b = await server.pair()

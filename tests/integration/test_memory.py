@@ -48,7 +48,7 @@ def _refs(server: Harness, client: Client | str) -> dict[str, weakref.ref[object
         "connection": conn,
         "protocol": conn.proto,  # type: ignore[attr-defined]
         "cancel scope": session.cancel_scope,
-        "nursery": session.nursery,
+        "nursery": conn._nursery,  # type: ignore[attr-defined]  # the connection's, lent
     }
     return {name: weakref.ref(obj) for name, obj in objects.items()}
 

@@ -70,6 +70,7 @@ def check_server_invariants(server: Harness) -> None:
 
 
 @pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.rule("protocol/matching-rules")
 async def test_random_clients_keep_matching_invariants(
     start_server: StartServer, nursery: trio.Nursery, seed: int
 ) -> None:

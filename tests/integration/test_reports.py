@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from support import Client, Harness, StartServer
 
 BAD = "203.0.113.66"
@@ -27,6 +28,7 @@ async def _proxied(start_server: StartServer, **overrides: object) -> Harness:
     )
 
 
+@pytest.mark.rule("protocol/reports")
 async def test_distinct_reporters_ban_the_reported_address(start_server: StartServer) -> None:
     server = await _proxied(start_server)
     bad = await _from(server, BAD)
@@ -50,6 +52,7 @@ async def test_distinct_reporters_ban_the_reported_address(start_server: StartSe
     assert server.metric("omiro_autobans_total") == 1
 
 
+@pytest.mark.rule("protocol/clients")
 async def test_a_report_blocks_the_pair_of_addresses_not_only_the_sessions(
     start_server: StartServer,
 ) -> None:
@@ -74,6 +77,7 @@ async def test_a_report_blocks_the_pair_of_addresses_not_only_the_sessions(
     assert len(await server.ctx.backend.reports(100)) == 1
 
 
+@pytest.mark.rule("protocol/reports")
 async def test_an_address_cannot_report_itself_banned(start_server: StartServer) -> None:
     server = await start_server(reports__autoban_reporters=1)  # everyone is 127.0.0.1
     a, b = await server.pair()
@@ -82,6 +86,7 @@ async def test_an_address_cannot_report_itself_banned(start_server: StartServer)
     assert await server.ctx.backend.ban_for("127.0.0.1") is None
 
 
+@pytest.mark.rule("protocol/report-records")
 async def test_reports_per_hour_limit_still_ends_the_match(start_server: StartServer) -> None:
     server = await start_server(limits__reports_per_hour=1)
     a, b = await server.pair()

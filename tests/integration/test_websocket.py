@@ -14,6 +14,14 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_
 from omiro_trio.backends.base import Ban
 
 
+@pytest.mark.rule(
+    "protocol/hello-data",
+    "protocol/msg-hello",
+    "protocol/msg-match-found",
+    "protocol/msg-queued",
+    "protocol/op-join-queue",
+    "protocol/ws-upgrade",
+)
 async def test_pair_hello_queued_match_found(server: Harness) -> None:
     a = await server.connect()
     b = await server.connect()
@@ -57,6 +65,18 @@ async def test_pair_hello_queued_match_found(server: Harness) -> None:
         ("camera_kind", {"kind": "none"}),
     ],
 )
+@pytest.mark.rule(
+    "protocol/msg-camera-kind",
+    "protocol/msg-chat",
+    "protocol/msg-ice-candidate",
+    "protocol/msg-typing",
+    "protocol/msg-webrtc",
+    "protocol/op-chat",
+    "protocol/op-ice-candidate",
+    "protocol/op-typing",
+    "protocol/op-webrtc-answer",
+    "protocol/op-webrtc-offer",
+)
 async def test_relay_reaches_partner_with_from(
     server: Harness, op: str, data: dict[str, object]
 ) -> None:
@@ -67,6 +87,7 @@ async def test_relay_reaches_partner_with_from(
     assert await a.expect(op) == {**data, "from": b.session_id}
 
 
+@pytest.mark.rule("protocol/op-chat")
 async def test_chat_is_trimmed_and_never_echoed(server: Harness) -> None:
     a, b = await server.pair()
     await a.send("chat", {"message": "  hi  "})
@@ -74,6 +95,7 @@ async def test_chat_is_trimmed_and_never_echoed(server: Harness) -> None:
     await a.expect_nothing()
 
 
+@pytest.mark.rule("protocol/msg-partner-disconnected", "protocol/op-next")
 async def test_next_ends_match_for_both_and_requeues_sender(server: Harness) -> None:
     a, b = await server.pair()
     await b.send("next")
@@ -88,6 +110,7 @@ async def test_next_ends_match_for_both_and_requeues_sender(server: Harness) -> 
     await a.expect_nothing()
 
 
+@pytest.mark.rule("protocol/join-while-matched", "protocol/op-next")
 async def test_next_keeps_preferences(server: Harness) -> None:
     a, b = await server.pair(mode="text", interests=["Music"])
     await b.send("next")
@@ -95,6 +118,7 @@ async def test_next_keeps_preferences(server: Harness) -> None:
     assert await b.expect("queued") == {"mode": "text", "interests": ["music"]}
 
 
+@pytest.mark.rule("protocol/join-while-matched", "protocol/op-join-queue")
 async def test_join_while_matched_ends_match_first(server: Harness) -> None:
     a, b = await server.pair()
     await a.send("join_queue", {"mode": "text"})
@@ -102,6 +126,7 @@ async def test_join_while_matched_ends_match_first(server: Harness) -> None:
     assert (await a.expect("queued"))["mode"] == "text"
 
 
+@pytest.mark.rule("protocol/leave-queue", "protocol/op-leave-queue")
 async def test_leave_queue_ends_match_and_stops_searching(server: Harness) -> None:
     a, b = await server.pair()
     await a.send("leave_queue")
@@ -115,6 +140,7 @@ async def test_leave_queue_ends_match_and_stops_searching(server: Harness) -> No
     assert (await server.ctx.backend.stats()).waiting == 1
 
 
+@pytest.mark.rule("protocol/close-codes", "protocol/op-disconnect")
 async def test_disconnect_closes_1000_and_tells_partner(server: Harness) -> None:
     a, b = await server.pair()
     await a.send("disconnect")
@@ -122,6 +148,7 @@ async def test_disconnect_closes_1000_and_tells_partner(server: Harness) -> None
     assert await b.expect("partner_disconnected") == {"reason": "left"}
 
 
+@pytest.mark.rule("protocol/msg-partner-disconnected", "protocol/partner-reasons")
 async def test_socket_death_tells_partner(server: Harness) -> None:
     a, b = await server.pair()
     await a.ws._stream.aclose()  # the TCP connection drops without a close frame
@@ -129,6 +156,7 @@ async def test_socket_death_tells_partner(server: Harness) -> None:
     await wait_until(lambda: len(server.ctx.hub.sessions) == 1)
 
 
+@pytest.mark.rule("protocol/relay-current-partner")
 async def test_relay_after_match_ended_reaches_nobody(server: Harness) -> None:
     a, b = await server.pair()
     c = await server.connect()
@@ -142,6 +170,7 @@ async def test_relay_after_match_ended_reaches_nobody(server: Harness) -> None:
     await c.expect_nothing()
 
 
+@pytest.mark.rule("protocol/msg-error", "protocol/relay-current-partner")
 async def test_relay_without_match_is_not_matched(server: Harness) -> None:
     a = await server.connect()
     for op, data in [("chat", {"message": "x"}), ("webrtc_offer", {"sdp": "v=0"})]:
@@ -149,6 +178,7 @@ async def test_relay_without_match_is_not_matched(server: Harness) -> None:
         assert (await a.expect("error"))["code"] == "not_matched"
 
 
+@pytest.mark.rule("protocol/op-report", "protocol/report-records", "protocol/reports")
 async def test_report_ends_match_and_blocks_the_pair(server: Harness) -> None:
     a, b = await server.pair()
     await a.send("chat", {"message": "hi"})
@@ -179,6 +209,7 @@ async def test_report_without_match_is_not_matched(server: Harness) -> None:
     assert (await a.expect("error"))["code"] == "not_matched"
 
 
+@pytest.mark.rule("protocol/matching-rules")
 async def test_modes_never_mix(server: Harness) -> None:
     video = await server.connect()
     text = await server.connect()
@@ -194,6 +225,7 @@ async def test_modes_never_mix(server: Harness) -> None:
     assert found["mode"] == "text"
 
 
+@pytest.mark.rule("protocol/anyone-line", "protocol/interests", "protocol/matching-rules")
 async def test_interests_match_then_fall_back_to_anyone(start_server: StartServer) -> None:
     server = await start_server(matchmaking__interest_timeout_s=0.3)
     a = await server.connect()
@@ -218,6 +250,7 @@ async def test_interests_match_then_fall_back_to_anyone(start_server: StartServe
     assert found_c["should_call"]  # c waited longest
 
 
+@pytest.mark.rule("protocol/matching-rules")
 async def test_rematch_cooldown_prefers_someone_new(server: Harness) -> None:
     a, b = await server.pair()
     c = await server.connect()
@@ -234,6 +267,7 @@ async def test_rematch_cooldown_prefers_someone_new(server: Harness) -> None:
     assert (await a.expect("match_found"))["partner"] == c.session_id
 
 
+@pytest.mark.rule("protocol/nobody-else-waiting")
 async def test_former_partners_rematch_when_alone(server: Harness) -> None:
     a, b = await server.pair()
     await b.send("next")
@@ -254,6 +288,12 @@ async def _rejected(server: Harness, token: str | None, **kw: object) -> Connect
     return info.value
 
 
+@pytest.mark.rule(
+    "protocol/handshake-errors",
+    "protocol/handshake-rejections",
+    "protocol/session-token",
+    "protocol/token-reuse",
+)
 async def test_handshake_second_socket_same_session_409(server: Harness) -> None:
     token = server.token()
     first = await server.connect(token)
@@ -278,6 +318,7 @@ async def test_handshake_second_socket_same_session_409(server: Harness) -> None
         "00000000-0000-4000-8000-000000000000:9999999999:" + "0" * 64,
     ],
 )
+@pytest.mark.rule("protocol/handshake-errors", "protocol/handshake-rejections")
 async def test_handshake_bad_token_401(
     server: Harness, token: str | None, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -288,6 +329,7 @@ async def test_handshake_bad_token_401(
     assert [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR] == []
 
 
+@pytest.mark.rule("protocol/session-token")
 async def test_handshake_expired_and_tampered_tokens_401(server: Harness) -> None:
     issued = server.ctx.signer.issue(server.ctx.wall() - 3600)
     assert (await _rejected(server, issued.token)).status_code == 401
@@ -296,12 +338,14 @@ async def test_handshake_expired_and_tampered_tokens_401(server: Harness) -> Non
     assert (await _rejected(server, tampered)).status_code == 401
 
 
+@pytest.mark.rule("protocol/ws-upgrade")
 async def test_handshake_token_in_header(server: Harness) -> None:
     ws = await server.raw_connect(None, headers=[("X-Session-Token", server.token())])
     client = Client(ws)
     assert (await client.expect("hello"))["session_id"]
 
 
+@pytest.mark.rule("protocol/handshake-rejections")
 async def test_handshake_foreign_origin_403(server: Harness) -> None:
     rejected = await _rejected(
         server, server.token(), extra_headers=[("Origin", "https://evil.example")]
@@ -312,6 +356,7 @@ async def test_handshake_foreign_origin_403(server: Harness) -> None:
     assert (await Client(ws).expect("hello"))["session_id"]
 
 
+@pytest.mark.rule("protocol/handshake-errors", "protocol/handshake-rejections")
 async def test_handshake_banned_ip_403(server: Harness) -> None:
     await server.ctx.backend.add_ban(  # type: ignore[attr-defined]
         Ban("127.0.0.0/8", "test", None, 0.0)
@@ -321,6 +366,7 @@ async def test_handshake_banned_ip_403(server: Harness) -> None:
     assert b'"banned"' in (rejected.body or b"")
 
 
+@pytest.mark.rule("protocol/handshake-errors", "protocol/handshake-rejections")
 async def test_handshake_sockets_per_ip_429(start_server: StartServer) -> None:
     server = await start_server(limits__sockets_per_ip=2)
     await server.connect()
@@ -333,6 +379,7 @@ async def test_handshake_sockets_per_ip_429(start_server: StartServer) -> None:
 # -- abuse of the socket ----------------------------------------------------
 
 
+@pytest.mark.rule("protocol/binary-and-bad-json", "protocol/envelope", "protocol/msg-error")
 async def test_bad_frames_get_errors_and_the_socket_survives(server: Harness) -> None:
     a, b = await server.pair()
     await a.ws.send_message("{not json")
@@ -352,6 +399,7 @@ async def test_bad_frames_get_errors_and_the_socket_survives(server: Harness) ->
     await b.expect_nothing()  # none of the bad frames reached the partner
 
 
+@pytest.mark.rule("protocol/camera-kind", "protocol/op-camera-kind")
 async def test_camera_kind_checked_and_only_the_kind_relayed(server: Harness) -> None:
     a, b = await server.pair()
     for bad in ({"kind": "OBS Virtual Camera"}, {"kind": 1}, {}, {"label": "x"}):
@@ -372,6 +420,7 @@ async def _send_until_closed(client: Client, frames: list[str]) -> None:
             return
 
 
+@pytest.mark.rule("protocol/close-codes", "protocol/rate-limits")
 async def test_too_many_protocol_errors_close_4000(server: Harness) -> None:
     a, b = await server.pair()
     await _send_until_closed(a, ["nope"] * 25)
@@ -394,6 +443,7 @@ async def test_oversized_multibyte_frame_closes_1009(server: Harness) -> None:
     assert await b.expect("partner_disconnected") == {"reason": "left"}
 
 
+@pytest.mark.rule("protocol/close-codes", "protocol/rate-limits")
 async def test_message_rate_limit_then_4029(start_server: StartServer) -> None:
     server = await start_server(limits__messages_per_second=1, limits__message_burst=4)
     a, b = await server.pair()  # join_queue takes one of a's four
@@ -412,6 +462,7 @@ async def test_message_rate_limit_then_4029(start_server: StartServer) -> None:
     assert await a.expect_closed() == 4029
 
 
+@pytest.mark.rule("protocol/rate-limits")
 async def test_nexts_per_minute_limit(start_server: StartServer) -> None:
     server = await start_server(limits__nexts_per_minute=2)
     a = await server.connect()
@@ -422,6 +473,7 @@ async def test_nexts_per_minute_limit(start_server: StartServer) -> None:
     assert (await a.expect("error"))["code"] == "rate_limited"
 
 
+@pytest.mark.rule("protocol/rate-limits")
 async def test_nexts_per_minute_is_per_session_not_per_socket(start_server: StartServer) -> None:
     server = await start_server(limits__nexts_per_minute=2)
     token = server.token()
@@ -469,6 +521,7 @@ def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
     }
 
 
+@pytest.mark.rule("protocol/rate-limits")
 async def test_join_queue_while_matched_spends_a_skip(
     start_server: StartServer, backend: dict[str, Any]
 ) -> None:
@@ -491,6 +544,7 @@ async def test_join_queue_while_matched_spends_a_skip(
 
 
 @pytest.mark.parametrize("leave_by", ["leave_queue", "report"])
+@pytest.mark.rule("protocol/rate-limits")
 async def test_leaving_then_joining_spends_a_skip(
     start_server: StartServer, backend: dict[str, Any], leave_by: str
 ) -> None:
@@ -517,6 +571,7 @@ async def test_leaving_then_joining_spends_a_skip(
     }
 
 
+@pytest.mark.rule("protocol/rate-limits")
 async def test_a_new_socket_of_the_session_spends_a_skip_to_join(
     start_server: StartServer, backend: dict[str, Any]
 ) -> None:
@@ -541,6 +596,7 @@ async def test_a_new_socket_of_the_session_spends_a_skip_to_join(
     assert (await again.expect("error"))["code"] == "rate_limited"
 
 
+@pytest.mark.rule("protocol/rate-limits")
 async def test_rejoining_after_the_partner_left_spends_nothing(
     start_server: StartServer, backend: dict[str, Any]
 ) -> None:
@@ -558,6 +614,7 @@ async def test_rejoining_after_the_partner_left_spends_nothing(
     assert (await b.expect("error"))["code"] == "rate_limited"
 
 
+@pytest.mark.rule("protocol/pair-tag", "protocol/msg-match-found")
 async def test_match_found_pair_tag_is_the_same_for_the_same_two_networks(
     start_server: StartServer,
 ) -> None:

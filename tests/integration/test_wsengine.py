@@ -125,6 +125,7 @@ async def _still_fine(server: Harness, caplog: pytest.LogCaptureFixture) -> None
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
 
 
+@pytest.mark.rule("protocol/close-codes")
 async def test_invalid_utf8_closes_1007_and_partner_hears(
     server: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -154,6 +155,7 @@ async def test_invalid_utf8_closes_1007_and_partner_hears(
         pytest.param(client_frame(Opcode.PING.value, b"x" * 126), id="long-control-frame"),
     ],
 )
+@pytest.mark.rule("protocol/close-codes")
 async def test_protocol_violation_closes_1002(
     server: Harness, caplog: pytest.LogCaptureFixture, frame: bytes
 ) -> None:
@@ -166,6 +168,7 @@ async def test_protocol_violation_closes_1002(
     await _still_fine(server, caplog)
 
 
+@pytest.mark.rule("protocol/close-codes")
 async def test_too_big_announced_length_closes_1009_before_the_payload(
     start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -178,6 +181,7 @@ async def test_too_big_announced_length_closes_1009_before_the_payload(
     await _still_fine(server, caplog)
 
 
+@pytest.mark.rule("protocol/fragments-and-pings")
 async def test_fragmented_message_is_joined(server: Harness) -> None:
     a = await RawWs.connect(server)
     await a.send(client_frame(Opcode.TEXT.value, text("join_queue")))
@@ -201,6 +205,7 @@ async def test_fragmented_message_is_joined(server: Harness) -> None:
     assert (await b.expect("chat"))["message"] == "héllo in pieces"
 
 
+@pytest.mark.rule("protocol/fragments-and-pings")
 async def test_frame_pipelined_behind_the_upgrade_is_read(server: Harness) -> None:
     client = await RawWs.connect(server, then=client_frame(Opcode.TEXT.value, text("join_queue")))
     assert (await client.expect("queued"))["mode"] == "video"
@@ -228,6 +233,7 @@ async def test_bad_frame_pipelined_behind_the_upgrade_ends_only_that_connection(
     await _still_fine(server, caplog)
 
 
+@pytest.mark.rule("protocol/fragments-and-pings")
 async def test_ping_crossing_the_close_gets_a_clean_close_handshake(
     server: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -245,6 +251,7 @@ async def test_ping_crossing_the_close_gets_a_clean_close_handshake(
     await _still_fine(server, caplog)
 
 
+@pytest.mark.rule("protocol/rate-limits")
 async def test_ping_flood_is_rate_limited_4029(
     start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -257,6 +264,7 @@ async def test_ping_flood_is_rate_limited_4029(
     await _still_fine(server, caplog)
 
 
+@pytest.mark.rule("protocol/fragments-and-pings")
 async def test_client_close_is_echoed(server: Harness) -> None:
     client = await RawWs.connect(server)
     await client.send(client_frame(Opcode.CLOSE.value, struct.pack("!H", 1000) + b"bye"))
@@ -265,6 +273,7 @@ async def test_client_close_is_echoed(server: Harness) -> None:
     await wait_until(lambda: not server.ctx.hub.sessions)
 
 
+@pytest.mark.rule("protocol/binary-and-bad-json")
 async def test_binary_frame_is_answered_not_fatal(server: Harness) -> None:
     client = await RawWs.connect(server)
     await client.send(client_frame(Opcode.BINARY.value, b"\x00\x01"))

@@ -48,6 +48,8 @@ DESIGN_DEFAULTS: dict[str, dict[str, Any]] = {
         "send_queue_bytes": 1048576,
         "idle_timeout_s": 60,
         "drain_grace_s": 10,
+        # Added after DESIGN.md: what server_draining tells clients.
+        "reconnect_after_ms": 1000,
     },
     "session": {"secret": "", "token_ttl_s": 600},
     "backend": {"kind": "memory"},

@@ -15,9 +15,9 @@ from typing import Any
 
 from omiro_trio.backends.memory import MemoryBackend
 from omiro_trio.hub import Hub, Session
-from omiro_trio.matchmaking import Match, Preferences
+from omiro_trio.matchmaking import Match, Preferences, Waiting
 from omiro_trio.metrics import Metrics
-from omiro_trio.session_core import Widen
+from omiro_trio.session_events import Enqueue, Enqueued, Widen
 
 
 class Outlet:
@@ -54,8 +54,10 @@ async def test_a_match_formed_by_widening_reaches_the_partners_server_first() ->
     hub = Hub(backend, Metrics())
     x = Session("x", "192.0.2.1", outlet=outlet)
     hub.attach(x)
-    widen = Widen(1, 5.0)
-    x.core.queued(Preferences("video", ("chess",)), widen, announce=False)
+    waiting = Enqueue(Preferences("video", ("chess",)), None, announce=False, seen=0)
+    x.core.handle(Enqueued(waiting, Waiting(1, 5.0)), 0.0)
+    widen = x.core.widen
+    assert widen == Widen(1, 5.0)
     await hub.widen(x, widen)
     assert outlet.ops() == ["match_found"]
     assert backend.told == [("y", [])], "match_found went out before the partner's server knew"

@@ -196,6 +196,7 @@ def test_join_takes_the_oldest_partner_in_an_interest_queue() -> None:
     assert matched(mm.join("c", prefs("music"), 3.0)).caller == "a"
 
 
+@pytest.mark.rule("protocol/anyone-line")
 def test_general_queue_is_first_come_by_entry_after_a_widen() -> None:
     """The "anyone" line is ordered by when each session entered it (docs/protocol.md)."""
     mm = matchmaker()
@@ -402,6 +403,7 @@ def test_join_finds_a_widened_waiter_with_interests_by_a_shared_one() -> None:
 # -- blocks ----------------------------------------------------------------
 
 
+@pytest.mark.rule("protocol/matching-rules")
 def test_block_prevents_a_match_even_when_nobody_else_waits() -> None:
     mm = matchmaker()
     mm.block("a", "b", 0.0)
@@ -500,6 +502,7 @@ def test_cooldown_former_partner_matched_when_nobody_else_is_available(first: st
     assert (match.caller, match.callee) == (first, second)
 
 
+@pytest.mark.rule("protocol/nobody-else-waiting")
 def test_cooldown_former_partner_matched_when_the_others_are_unavailable() -> None:
     mm = matchmaker()
     former_partners(mm, "a", "b", 0.0)
@@ -921,6 +924,7 @@ class MatchmakerMachine(RuleBasedStateMachine):
                 assert _pair(a, b) in self.excused, f"{a} and {b} both wait, unmatched"
 
 
+@pytest.mark.rule("protocol/matching-rules")
 def test_matchmaker_state_machine_keeps_invariants() -> None:
     run_state_machine_as_test(
         MatchmakerMachine,

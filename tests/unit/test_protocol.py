@@ -430,6 +430,7 @@ def test_parse_client_frame_empty_interests() -> None:
     assert parse(frame("join_queue", {"interests": ["", " "]})) == JoinQueue()
 
 
+@pytest.mark.rule("protocol/interests")
 def test_parse_client_frame_interest_count_limit_applies_after_normalising() -> None:
     ten = [f"topic{i}" for i in range(MAX_INTERESTS)]
     assert parse(frame("join_queue", {"interests": ten})) == JoinQueue(interests=tuple(ten))
@@ -525,11 +526,13 @@ def test_parse_client_frame_rejects_out_of_range_number_in_ice_candidate() -> No
 # -- report ----------------------------------------------------------------------------
 
 
+@pytest.mark.rule("protocol/report-reasons")
 def test_parse_client_frame_trims_report_reason() -> None:
     assert parse(frame("report", {"reason": "  spam\n"})) == Report("spam")
     assert parse(frame("report", {"reason": "   "})) == Report("")
 
 
+@pytest.mark.rule("protocol/report-reasons")
 def test_parse_client_frame_report_reason_length_limit() -> None:
     longest = "r" * MAX_REPORT_REASON_LENGTH
     assert parse(frame("report", {"reason": f" {longest} "})) == Report(longest)
@@ -772,3 +775,24 @@ def test_parse_call_outcome_rejects(data: Any, message: str) -> None:
     assert error.code == "bad_request"
     assert error.op == "call_outcome"
     assert message in error.message
+
+
+def test_relay_frame_is_the_envelope_of_relay_data() -> None:
+    """The hot path's Structs write exactly what ``relay_data`` says, in the same order."""
+    from omiro_trio.protocol import OP_OF, encode_bytes, relay_frame
+
+    for text in [
+        frame("chat", {"message": 'h\u00e9 \U0001f600 "q"'}),
+        frame("typing", {"typing": False}),
+        frame("webrtc_offer", {"sdp": "v=0"}),
+        frame("webrtc_answer", {"sdp": "v=0"}),
+        frame("ice_candidate", {"candidate": ICE}),
+        frame("ice_candidate", {"candidate": None}),
+        frame("camera_kind", {"kind": "none"}),
+    ]:
+        message = parse(text)
+        op = OP_OF[type(message)]
+        assert op.relay is not None
+        assert relay_frame(op.name, op.relay(message, "S")) == encode_bytes(
+            op.name, relay_data(message, "S")
+        )

@@ -1,21 +1,26 @@
 """Unit tests for omiro_trio.session_core: each session's rules without sockets.
 
-h11-style: ``World`` wires session cores to each other through the real
-(pure) ``Matchmaker``, performing each action the way the hub does, with
-time passed in as ``now``. Plain synchronous pytest covers every op in
-every state, the stale-event rules and the rate and error thresholds; a
-hypothesis state machine then drives random op sequences through several
-cores and checks the invariants after every step.
+h11-style: ``World`` holds real session cores and the real hub (the one
+interpreter of their effects) on the memory backend, with time passed in as
+``now``. It holds no rule of its own, like h11's ``ConnectionPair``: it
+hands a client's frame to its core and the effects to the hub, keeps what
+each client was sent, fires the widen timers the hub armed when their time
+comes, and detaches a session whose socket the hub closed. The backend
+only records what it formed and ended. Plain synchronous pytest covers
+every op in every state, the stale-event rules and the rate and error
+thresholds; a hypothesis state machine then drives random op sequences
+through several cores and checks the invariants after every step.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, get_args
 
 import pytest
+import trio
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -27,8 +32,12 @@ from hypothesis.stateful import (
 )
 
 from omiro_trio import protocol
-from omiro_trio.codes import CloseCode, ErrorCode
-from omiro_trio.matchmaking import Match, Matchmaker, Preferences, Waiting
+from omiro_trio.backends.memory import MemoryBackend
+from omiro_trio.budgets import Budget
+from omiro_trio.codes import CloseCode, ErrorCode, PartnerReason
+from omiro_trio.hub import Hub, Session
+from omiro_trio.matchmaking import Match, Preferences, Waiting
+from omiro_trio.metrics import Metrics
 from omiro_trio.session_core import (
     CALLS_REMEMBERED,
     ENDED_REMEMBERED,
@@ -36,30 +45,52 @@ from omiro_trio.session_core import (
     PROTOCOL_ERRORS_ALLOWED,
     RATE_VIOLATIONS_ALLOWED,
     TRANSCRIPT_LINES,
-    Action,
+    Rates,
+    SessionCore,
+    SessionRules,
+    State,
+)
+from omiro_trio.session_events import (
+    AnnounceMatch,
+    Arm,
+    BlockPartner,
     Close,
+    CloseAsked,
+    Controls,
     CountCall,
+    CountError,
+    CountExceeded,
+    CountSkip,
+    Draining,
+    Effects,
+    Enqueue,
+    Enqueued,
     Join,
     Leave,
-    NextPartner,
-    Rates,
+    MatchEnded,
+    MatchFormed,
+    Opened,
     Relay,
-    Reply,
     ReportPartner,
-    SessionCore,
-    State,
+    Said,
+    SkipCounted,
+    Started,
+    TimerFired,
     Widen,
+    WidenWait,
 )
 
 INTEREST_TIMEOUT_S = 10.0
 RATES = Rates(messages_per_second=10.0, message_burst=20)
+RULES = SessionRules(rates=RATES)
 
 
 def frame(op: str, data: dict[str, Any] | None = None) -> str:
     return json.dumps({"op": op, "data": data or {}})
 
 
-def decoded(raw: str | bytes) -> dict[str, Any]:
+def decoded(raw: str | bytes | object) -> dict[str, Any]:
+    assert isinstance(raw, str | bytes), f"not a frame: {raw!r}"
     value: dict[str, Any] = json.loads(raw)
     return value
 
@@ -82,148 +113,168 @@ OPS: dict[str, str] = {
 RELAYED_OPS = ("chat", "typing", "webrtc_offer", "webrtc_answer", "ice_candidate", "camera_kind")
 
 
-@dataclass
-class World:
-    """Session cores and a matchmaker, wired as the hub wires them (synchronously)."""
+class RecordingBackend(MemoryBackend):
+    """The memory backend, noting every match it formed and every match it ended."""
 
-    now: float = 0.0
-    mm: Matchmaker = field(init=False)
-    cores: dict[str, SessionCore] = field(default_factory=dict)
-    sent: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    timers: dict[str, tuple[float, Widen]] = field(default_factory=dict)
-    counted: list[CountCall] = field(default_factory=list)
-    gone: set[str] = field(default_factory=set)  # detached: closed and told the partner
-    ended_matches: set[str] = field(default_factory=set)  # every match that ended
-    delivered: list[tuple[str, str]] = field(default_factory=list)  # (receiver, match_id)
-    formed: dict[str, Match] = field(default_factory=dict)  # every match formed, by id
-
-    def __post_init__(self) -> None:
+    def __init__(self, clock: Callable[[], float]) -> None:
         ids = itertools.count(1)
-        self.mm = Matchmaker(
+        super().__init__(
             interest_timeout_s=INTEREST_TIMEOUT_S,
             rematch_cooldown_s=0.0,
             block_ttl_s=3600.0,
+            monotonic=clock,
             new_match_id=lambda: f"m{next(ids)}",
         )
+        self.formed: dict[str, Match] = {}
+        self.ended: set[str] = set()
+
+    async def join(self, session_id: str, prefs: Preferences) -> Match | Waiting:
+        result = await super().join(session_id, prefs)
+        if isinstance(result, Match):
+            self.formed[result.match_id] = result
+        return result
+
+    async def widen(self, session_id: str, ticket: int) -> Match | None:
+        match = await super().widen(session_id, ticket)
+        if match is not None:
+            self.formed[match.match_id] = match
+        return match
+
+    async def leave(self, session_id: str) -> Match | None:
+        return self._ended(await super().leave(session_id))
+
+    async def release_session(self, session_id: str) -> Match | None:
+        return self._ended(await super().release_session(session_id))
+
+    def _ended(self, match: Match | None) -> Match | None:
+        if match is not None:
+            self.ended.add(match.match_id)
+        return match
+
+
+class Client:
+    """The client's end of a socket: what it was sent, decoded (the hub's ``Outlet``)."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+
+    def push(self, payload: bytes) -> bool:
+        self.frames.append(json.loads(payload))
+        return True
+
+
+class Timers:
+    """The connection's side of the widen timer: the world fires it when it is due."""
+
+    def __init__(self, world: World, session_id: str) -> None:
+        self._world = world
+        self._id = session_id
+
+    def want(self, widen: Widen | None) -> None:
+        if widen is None:
+            self._world.timers.pop(self._id, None)
+        else:
+            self._world.timers[self._id] = (self._world.now + widen.delay_s, widen)
+
+
+class World:
+    """Session cores, the hub and the memory backend, pumped the way connections pump them."""
+
+    def __init__(self, pair_tag: Callable[[str, str], str] | None = None) -> None:
+        self.now = 0.0
+        self.backend = RecordingBackend(lambda: self.now)
+        self.mm = self.backend.matchmaker
+        self.hub = Hub(self.backend, Metrics(), pair_tag=pair_tag)
+        self.sessions: dict[str, Session] = {}
+        self.clients: dict[str, Client] = {}
+        self.timers: dict[str, tuple[float, Widen]] = {}
+        self.gone: set[str] = set()  # detached: closed and told the partner
+        self.delivered: list[tuple[str, str]] = []  # (receiver, match_id)
+
+    @property
+    def cores(self) -> dict[str, SessionCore]:
+        return {session_id: session.core for session_id, session in self.sessions.items()}
+
+    @property
+    def ended_matches(self) -> set[str]:
+        return self.backend.ended
+
+    @property
+    def formed(self) -> dict[str, Match]:
+        return self.backend.formed
 
     def connect(self, session_id: str) -> SessionCore:
-        core = SessionCore(session_id, self.now, rates=RATES)
-        self.cores[session_id] = core
-        self.sent[session_id] = []
-        return core
+        client = Client()
+        session = Session(
+            session_id, "192.0.2.1", outlet=client, core=SessionCore(session_id, self.now, RULES)
+        )
+        session.timers = Timers(self, session_id)
+        self.sessions[session_id] = session
+        self.clients[session_id] = client
+        self.hub.attach(session)
+        return session.core
+
+    def sent(self, session_id: str) -> list[dict[str, Any]]:
+        return self.clients[session_id].frames
 
     def ops(self, session_id: str) -> list[str]:
-        return [item["op"] for item in self.sent[session_id]]
+        return [item["op"] for item in self.sent(session_id)]
 
     def last(self, session_id: str) -> dict[str, Any]:
-        return self.sent[session_id][-1]
+        return self.sent(session_id)[-1]
 
-    def send(self, session_id: str, raw: str | bytes) -> None:
-        self.sent[session_id].append(decoded(raw))
+    def metric(self, name: str, labels: dict[str, str]) -> float:
+        return self.hub.metrics.registry.get_sample_value(name, labels) or 0.0
 
-    # -- the client side -------------------------------------------------
+    # -- the pump ---------------------------------------------------------
 
-    def client(self, session_id: str, raw: str) -> Action | None:
-        """The client sends ``raw``; perform what its core answers; return the action."""
-        action = self.cores[session_id].receive(raw, self.now)
-        self.perform(session_id, action)
-        return action
+    def client(self, session_id: str, raw: str) -> Effects:
+        """The client sends ``raw``: its core answers, the hub performs; the answer."""
+        session = self.sessions[session_id]
+        effects = session.core.receive(raw, self.now)
+        for effect in effects:
+            if isinstance(effect, Relay):
+                partner = effect.match.partner_of(session_id)
+                before = len(self.sent(partner))
+                trio.run(self.hub.perform, session, effects, self.now)
+                if len(self.sent(partner)) > before:
+                    assert effect.match.match_id not in self.ended_matches
+                    self.delivered.append((partner, effect.match.match_id))
+                break
+        else:
+            if effects:
+                trio.run(self.hub.perform, session, effects, self.now)
+        self.reap()
+        return effects
 
-    def op(self, session_id: str, op: str, data: dict[str, Any] | None = None) -> Action | None:
+    def op(self, session_id: str, op: str, data: dict[str, Any] | None = None) -> Effects:
         return self.client(session_id, frame(op, data) if data is not None else OPS[op])
 
-    # -- the shell: what hub.py and connection.py do ---------------------
+    def close(self, session_id: str, code: CloseCode, reason: str) -> None:
+        """The server closes the socket (a slow consumer, say)."""
 
-    def perform(self, session_id: str, action: Action | None) -> None:
-        core = self.cores[session_id]
-        if isinstance(action, Reply):
-            self.send(session_id, action.frame)
-        elif isinstance(action, Close):
-            if action.frame is not None:
-                self.send(session_id, action.frame)
-            self.detach(session_id)
-        elif isinstance(action, Relay):
-            partner_id = action.match.partner_of(session_id)
-            partner = self.cores[partner_id]
-            if partner.relayed(action.match.match_id, action.chat):
-                assert action.match.match_id not in self.ended_matches
-                self.delivered.append((partner_id, action.match.match_id))
-                self.send(partner_id, action.frame)
-        elif isinstance(action, Join):
-            self.make_idle(session_id, "next")
-            core.asked(action.prefs)
-            self.enter_queue(session_id, action.prefs)
-        elif isinstance(action, NextPartner):
-            self.make_idle(session_id, "next")
-            self.enter_queue(session_id, core.prefs or Preferences())
-        elif isinstance(action, Leave):
-            self.make_idle(session_id, "left")
-        elif isinstance(action, ReportPartner):
-            refusal = core.report_check()
-            if refusal is not None:
-                self.send(session_id, refusal)
-                return
-            assert core.match is not None
-            self.mm.block(session_id, core.match.partner_of(session_id), self.now)
-            self.make_idle(session_id, "reported")
-        elif isinstance(action, CountCall):
-            self.counted.append(action)
+        async def close() -> None:
+            self.hub.close(self.sessions[session_id], code, reason)
 
-    def make_idle(self, session_id: str, reason: str) -> None:
-        self.cores[session_id].idle()
-        self.timers.pop(session_id, None)
-        ended = self.mm.leave(session_id, self.now)
-        if ended is not None:
-            self.end(session_id, ended, reason)
+        trio.run(close)
+        self.reap()
 
-    def end(self, session_id: str, match: Match, reason: str) -> None:
-        self.ended_matches.add(match.match_id)
-        self.cores[session_id].forget(match.match_id)
-        partner_id = match.partner_of(session_id)
-        told = self.cores[partner_id].ended(match.match_id, reason)
-        if told is not None:
-            self.send(partner_id, told)
-
-    def enter_queue(self, session_id: str, prefs: Preferences) -> None:
-        result = self.mm.join(session_id, prefs, self.now)
-        if isinstance(result, Waiting):
-            widen = None
-            if result.widen_after_s is not None:
-                widen = Widen(result.ticket, result.widen_after_s)
-                self.timers[session_id] = (self.now + widen.delay_s, widen)
-            queued = self.cores[session_id].queued(prefs, widen, announce=True)
-            assert queued is not None
-            self.send(session_id, queued)
-        else:
-            self.form(result)
-
-    def form(self, match: Match) -> None:
-        self.formed[match.match_id] = match
-        for side in (match.caller, match.callee):
-            self.timers.pop(side, None)
-            told = self.cores[side].matched(match)
-            if told is not None:
-                self.send(side, told)
-
-    def detach(self, session_id: str) -> None:
-        core = self.cores[session_id]
-        assert core.state == "closing"
-        self.gone.add(session_id)
-        self.timers.pop(session_id, None)
-        ended = self.mm.leave(session_id, self.now)
-        if ended is not None:
-            self.end(session_id, ended, core.partner_reason)
+    def reap(self) -> None:
+        """Detach every session whose socket the hub closed, as its connection would."""
+        for session_id, session in self.sessions.items():
+            if session.closed is not None and session_id not in self.gone:
+                assert session.core.state == "closing"
+                self.gone.add(session_id)
+                trio.run(self.hub.detach, session)
 
     def advance(self, seconds: float) -> None:
         """Let time pass; fire the widen timers that are due."""
         self.now += seconds
         for session_id, (due, widen) in sorted(self.timers.items()):
-            if due <= self.now:
+            if due <= self.now and self.timers.get(session_id) == (due, widen):
                 del self.timers[session_id]
-                if self.cores[session_id].widen_due(widen):
-                    match = self.mm.widen(session_id, widen.ticket, self.now)
-                    if match is not None:
-                        self.form(match)
+                trio.run(self.hub.widen, self.sessions[session_id], widen)
+        self.reap()
 
 
 def pair(world: World) -> Match:
@@ -253,6 +304,14 @@ def in_state(state: State) -> tuple[World, SessionCore]:
     return world, core
 
 
+DEFAULTS = Preferences()
+
+
+def skip(prefs: Preferences = DEFAULTS, op: str = "join_queue") -> Effects:
+    """What a counted way into the queue answers first."""
+    return (CountSkip(Join(prefs, op)),)
+
+
 # -- the happy path ------------------------------------------------------------
 
 
@@ -273,16 +332,16 @@ def test_two_cores_meet_relay_and_part() -> None:
         "common_interests": [],
     }
 
-    action = world.op("a", "chat")
-    assert isinstance(action, Relay)
-    assert action.op == "chat"
-    assert action.chat == "hello"
+    (relay,) = world.op("a", "chat")
+    assert isinstance(relay, Relay)
+    assert relay.op == "chat"
+    assert relay.chat == "hello"
     assert world.last("b") == {"op": "chat", "data": {"message": "hello", "from": "a"}}
     assert list(a.transcript) == list(b.transcript) == [("a", "hello")]
     assert a.transcript_lines() == ("reporter: hello",)
     assert b.transcript_lines() == ("reported: hello",)
 
-    assert isinstance(world.op("b", "leave_queue"), Leave)
+    assert world.op("b", "leave_queue") == (Leave(),)
     assert (a.state, b.state) == ("idle", "idle")
     assert a.match is None
     assert not a.transcript
@@ -294,7 +353,7 @@ def test_two_cores_meet_relay_and_part() -> None:
 def test_next_ends_the_match_for_the_partner_and_queues_again() -> None:
     world = World()
     match = pair(world)
-    assert isinstance(world.op("a", "next"), NextPartner)
+    assert world.op("a", "next") == skip(Preferences("video", ()), "next")
     assert world.last("b") == {"op": "partner_disconnected", "data": {"reason": "next"}}
     assert world.cores["a"].state == "waiting"
     assert world.cores["b"].state == "idle"
@@ -308,7 +367,7 @@ def test_next_ends_the_match_for_the_partner_and_queues_again() -> None:
 def test_report_blocks_the_pair_and_tells_the_partner() -> None:
     world = World()
     pair(world)
-    assert world.op("a", "report") == ReportPartner("spam")
+    assert world.op("a", "report") == (ReportPartner("spam"),)
     assert world.last("b")["data"] == {"reason": "reported"}
     assert world.mm.is_blocked("a", "b", world.now)
 
@@ -339,11 +398,12 @@ def test_a_widen_timer_that_fires_late_does_nothing() -> None:
     assert widen is not None
     world.op("a", "leave_queue")
     assert core.widen is None
-    assert not core.widen_due(widen)
+    assert core.handle(TimerFired(widen), world.now) == ()
     world.op("a", "join_queue", {"mode": "video", "interests": ["chess"]})
-    assert core.widen is not None
-    assert not core.widen_due(widen)
-    assert core.widen_due(core.widen)
+    again = core.widen
+    assert again is not None
+    assert core.handle(TimerFired(widen), world.now) == ()
+    assert core.handle(TimerFired(again), world.now) == (WidenWait(again.ticket),)
 
 
 def test_join_while_matched_ends_the_match_first() -> None:
@@ -353,6 +413,75 @@ def test_join_while_matched_ends_the_match_first() -> None:
     assert world.last("a")["data"] == {"reason": "next"}
     assert world.cores["b"].state == "waiting"
     assert world.cores["b"].prefs == Preferences("text", ())
+
+
+# -- the rules that lived in the shells ------------------------------------------
+
+
+def test_a_way_into_the_queue_while_draining_hears_server_draining() -> None:
+    world = World()
+    match = pair(world)
+    trio.run(_drain, world.hub)
+    assert world.ops("a")[-1] == world.ops("b")[-1] == "server_draining"
+    assert world.last("a")["data"] == {"reconnect_after_ms": 1000}
+    world.op("a", "next")
+    assert world.ops("a")[-1] == "server_draining"
+    assert world.cores["a"].match is match  # nothing ended: the client reconnects elsewhere
+    assert world.mm.match_of("a") is match
+
+
+async def _drain(hub: Hub) -> None:
+    hub.start_drain()
+
+
+def test_over_the_skips_a_way_in_is_refused_and_the_match_goes_on() -> None:
+    world = World()
+    match = pair(world)
+    core = world.cores["a"]
+    for _ in range(30):  # nexts_per_minute, spent by the backend's window
+        trio.run(world.backend.hit_rate_limit, "next:a", 30, 60.0)
+    assert world.op("a", "next") == skip(Preferences("video", ()), "next")
+    # The window began at 0 and the clock has not moved: a whole minute to wait.
+    assert world.last("a")["data"] == {
+        "code": "rate_limited",
+        "message": "slow down",
+        "op": "next",
+        "retry_after": 60,
+    }
+    assert core.match is match
+    assert world.mm.match_of("a") is match
+    assert world.metric("omiro_budget_exceeded_total", {"budget": Budget.SKIPS.value}) == 1
+
+
+def test_the_first_way_in_after_the_partner_left_spends_no_skip() -> None:
+    world = World()
+    pair(world)
+    world.op("b", "leave_queue")
+    assert world.op("a", "next") == (Join(Preferences("video", ()), "next"),)
+    assert world.cores["a"].state == "waiting"
+    assert world.op("a", "next") == skip(Preferences("video", ()), "next")
+
+
+def test_next_without_an_earlier_join_searches_with_the_defaults() -> None:
+    world = World()
+    world.connect("a")
+    assert world.op("a", "next") == skip(Preferences(), "next")
+    assert world.ops("a") == ["queued"]
+    assert world.last("a")["data"] == {"mode": "video", "interests": []}
+
+
+def test_a_join_overtaken_by_a_match_is_not_announced() -> None:
+    core = SessionCore("a", 0.0, RULES)
+    asked = Enqueue(Preferences(), "join_queue", True, core.matches_applied)
+    # Before the backend's "waiting" came back, another server matched it.
+    assert core.handle(MatchFormed(Match("m1", "z", "a", "video", ())), 0.0)
+    assert core.handle(Enqueued(asked, Waiting(1, None)), 0.0) == ()
+    assert core.state == "matched"
+    # A join not overtaken waits and says so.
+    asked = Enqueue(Preferences(), "join_queue", True, core.matches_applied)
+    (queued, arm) = core.handle(Enqueued(asked, Waiting(2, None)), 0.0)
+    assert decoded(queued)["op"] == "queued"
+    assert arm == Arm(None)
 
 
 # -- every op in every state ---------------------------------------------------
@@ -369,36 +498,36 @@ def test_states_are_the_four_of_the_design() -> None:
 def test_every_op_in_every_state(state: State, op: str) -> None:
     world, core = in_state(state)
     before = core.close_code
-    action = core.receive(OPS[op], world.now)
+    effects = core.receive(OPS[op], world.now)
     if op in RELAYED_OPS:
         if state == "matched":
-            assert isinstance(action, Relay)
-            assert action.match is core.match
-            assert action.op == op
+            (relay,) = effects
+            assert isinstance(relay, Relay)
+            assert relay.match is core.match
+            assert relay.op == op
         else:
-            assert isinstance(action, Reply)
-            assert action.error is None
-            assert decoded(action.frame)["data"]["code"] == ErrorCode.NOT_MATCHED
+            (reply,) = effects  # no CountError: not a protocol error
+            assert decoded(reply)["data"]["code"] == ErrorCode.NOT_MATCHED
     elif op == "join_queue":
-        assert action == Join(Preferences("video", ()))
+        assert effects == skip(Preferences("video", ()))
     elif op == "next":
-        assert isinstance(action, NextPartner)
+        assert effects == skip(core.prefs or Preferences(), "next")
     elif op == "leave_queue":
-        assert isinstance(action, Leave)
+        assert effects == (Leave(),)
     elif op == "report":
-        assert action == ReportPartner("spam")
-        refusal = core.report_check()
-        assert (refusal is None) == (state == "matched")
+        assert effects == (ReportPartner("spam"),)
+        started = core.handle(Started(ReportPartner("spam")), world.now)
+        assert (started == (BlockPartner("b", "spam"),)) == (state == "matched")
     elif op == "call_outcome":  # "m1" is a's match only when it was matched
         if state == "matched":
-            assert action == CountCall("failed", None, None)
+            assert effects == (CountCall("failed", None, None),)
         else:
-            assert isinstance(action, Reply)
-            assert decoded(action.frame)["data"]["code"] == ErrorCode.NOT_MATCHED
+            (reply,) = effects
+            assert decoded(reply)["data"]["code"] == ErrorCode.NOT_MATCHED
     else:
         assert op == "disconnect"
-        assert isinstance(action, Close)
-        assert action.code == CloseCode.NORMAL
+        # The first close wins: a closing session closes no second time.
+        assert effects == ((Close(CloseCode.NORMAL, ""),) if state != "closing" else ())
         assert core.state == "closing"
     if state == "closing":
         assert core.state == "closing"
@@ -413,19 +542,19 @@ def test_every_event_in_every_state(state: State) -> None:
     current = core.match
     other = Match("m99", "a", "z", "video", ())
     # A relay for a match that is not the current one never reaches the client.
-    assert not core.relayed("m99", "hi")
+    assert core.handle(Said("m99", "said", "hi"), 0.0) == ()
     # An end for another match is remembered but changes nothing else.
-    assert core.ended("m98", "left") is None
+    assert core.handle(MatchEnded("m98", PartnerReason.LEFT), 0.0) == ()
     assert "m98" in core.ended_ids
     assert core.match is current
     assert core.state == state
     # A new match replaces whatever there was; closing stays closing.
-    assert core.matched(other) is not None
+    assert core.handle(MatchFormed(other), 0.0)
     assert core.match is other
     assert core.state == ("closing" if state == "closing" else "matched")
-    assert core.relayed("m99", "hi")
+    assert core.handle(Said("m99", "said", "hi"), 0.0) == ("said",)
     assert core.transcript[-1] == ("z", "hi")
-    assert core.ended("m99", "next") is not None
+    assert core.handle(MatchEnded("m99", PartnerReason.NEXT), 0.0)
     assert core.match is None
     assert core.state == ("closing" if state == "closing" else "idle")
 
@@ -437,27 +566,29 @@ def test_stale_match_relay_and_duplicate_are_dropped() -> None:
     world = World()
     match = pair(world)
     a = world.cores["a"]
-    assert a.matched(match) is None  # told twice (a resync and the bus)
+    assert a.handle(MatchFormed(match), 0.0) == ()  # told twice (a resync and the bus)
     assert a.matches_applied == 1
     world.op("a", "leave_queue")
-    assert a.matched(match) is None  # a late "matched" for a match that ended
+    assert a.handle(MatchFormed(match), 0.0) == ()  # a late "matched" for a match that ended
     assert a.match is None
     assert a.state == "idle"
-    assert not a.relayed(match.match_id, "late")  # a late relay from the old partner
+    late = Said(match.match_id, "late", "late")
+    assert a.handle(late, 0.0) == ()  # a late relay from the old partner
     assert not a.transcript
 
 
 def test_only_the_last_ended_matches_are_remembered() -> None:
     core = SessionCore("a", 0.0)
     for n in range(ENDED_REMEMBERED + 1):
-        core.forget(f"m{n}")
+        core.handle(MatchEnded(f"m{n}", PartnerReason.LEFT), 0.0)
     assert list(core.ended_ids) == [f"m{n}" for n in range(1, ENDED_REMEMBERED + 1)]
-    assert core.matched(Match("m0", "a", "b", "video", ())) is not None  # forgotten
+    assert core.handle(MatchFormed(Match("m0", "a", "b", "video", ())), 0.0)  # forgotten
 
 
 def test_queued_after_a_match_overtook_the_join_is_not_announced_twice() -> None:
     core = SessionCore("a", 0.0)
-    assert core.queued(Preferences(), None, announce=False) is None
+    requeued = Enqueue(Preferences(), None, announce=False, seen=core.matches_applied)
+    assert core.handle(Enqueued(requeued, Waiting(1, None)), 0.0) == (Arm(None),)
     assert core.state == "waiting"
     assert core.prefs == Preferences()
 
@@ -474,84 +605,87 @@ def test_call_outcome_once_per_recent_video_match() -> None:
         "path": "direct",
         "connect_ms": 120,
     }
-    assert world.op("a", "call_outcome", outcome) == CountCall("connected", "direct", 120)
+    assert world.op("a", "call_outcome", outcome) == (CountCall("connected", "direct", 120),)
     world.op("a", "call_outcome", outcome)
     assert world.last("a")["data"]["code"] == ErrorCode.BAD_REQUEST
-    assert world.counted == [CountCall("connected", "direct", 120)]
+    calls = {"outcome": "connected", "path": "direct"}
+    assert world.metric("omiro_calls_total", calls) == 1
     world.op("a", "leave_queue")  # the match has ended: the outcome may still come
-    assert isinstance(world.op("b", "call_outcome", outcome), CountCall)
+    (counted,) = world.op("b", "call_outcome", outcome)
+    assert isinstance(counted, CountCall)
 
 
 def test_call_outcome_for_a_text_match_or_a_forgotten_one_is_refused() -> None:
-    core = SessionCore("a", 0.0, rates=Rates(1000.0, 1000))
-    core.matched(Match("t1", "a", "b", "text", ()))
-    action = core.receive(frame("call_outcome", {"match_id": "t1", "outcome": "failed"}), 0.0)
-    assert isinstance(action, Reply)
-    assert decoded(action.frame)["data"]["code"] == ErrorCode.BAD_REQUEST
+    core = SessionCore("a", 0.0, SessionRules(rates=Rates(1000.0, 1000)))
+    core.handle(MatchFormed(Match("t1", "a", "b", "text", ())), 0.0)
+    (reply,) = core.receive(frame("call_outcome", {"match_id": "t1", "outcome": "failed"}), 0.0)
+    assert decoded(reply)["data"]["code"] == ErrorCode.BAD_REQUEST
     for n in range(CALLS_REMEMBERED):
-        core.matched(Match(f"v{n}", "a", "b", "video", ()))
+        core.handle(MatchFormed(Match(f"v{n}", "a", "b", "video", ())), 0.0)
     assert "t1" not in core.recent_matches
     assert len(core.recent_matches) == CALLS_REMEMBERED
-    action = core.receive(frame("call_outcome", {"match_id": "t1", "outcome": "failed"}), 0.0)
-    assert isinstance(action, Reply)
-    assert decoded(action.frame)["data"]["code"] == ErrorCode.NOT_MATCHED
+    (reply,) = core.receive(frame("call_outcome", {"match_id": "t1", "outcome": "failed"}), 0.0)
+    assert decoded(reply)["data"]["code"] == ErrorCode.NOT_MATCHED
 
 
 # -- rate and error thresholds -------------------------------------------------
 
 
 def test_the_burst_passes_then_refusals_then_4029() -> None:
-    core = SessionCore("a", 0.0, rates=RATES)
+    core = SessionCore("a", 0.0, RULES)
     for _ in range(RATES.message_burst):
-        assert isinstance(core.receive(OPS["typing"], 0.0), Reply)  # not matched, not refused
+        (reply,) = core.receive(OPS["typing"], 0.0)  # not matched, not refused
+        assert decoded(reply)["data"]["code"] == ErrorCode.NOT_MATCHED
     for _ in range(RATE_VIOLATIONS_ALLOWED):
-        action = core.receive(OPS["typing"], 0.0)
-        assert isinstance(action, Reply)
-        assert action.error == ErrorCode.RATE_LIMITED
-        assert decoded(action.frame)["data"] == {
+        counted, reply = core.receive(OPS["typing"], 0.0)
+        assert counted == CountError(ErrorCode.RATE_LIMITED)
+        assert decoded(reply)["data"] == {
             "code": "rate_limited",
             "message": "slow down",
             "op": "typing",
         }
-    action = core.receive(OPS["typing"], 0.0)
-    assert isinstance(action, Close)
-    assert action.code == CloseCode.RATE_LIMITED
-    assert action.error == ErrorCode.RATE_LIMITED
-    assert action.frame is not None
+    counted, reply, close = core.receive(OPS["typing"], 0.0)
+    assert isinstance(close, Close)
+    assert close.code == CloseCode.RATE_LIMITED
+    assert counted == CountError(ErrorCode.RATE_LIMITED)
+    assert decoded(reply)["data"]["code"] == "rate_limited"
     assert core.state == "closing"
     assert core.close_code == CloseCode.RATE_LIMITED
 
 
 def test_tokens_come_back_with_time_and_violations_reset_with_the_window() -> None:
-    core = SessionCore("a", 0.0, rates=RATES)
+    core = SessionCore("a", 0.0, RULES)
     for _ in range(RATES.message_burst + RATE_VIOLATIONS_ALLOWED):
         core.receive(OPS["typing"], 0.0)
     # One token comes back every tenth of a second.
-    assert core.receive(OPS["typing"], 0.1) == Reply(
-        protocol.error_frame(ErrorCode.NOT_MATCHED, "you have no partner right now", "typing")
+    assert core.receive(OPS["typing"], 0.1) == (
+        protocol.error_frame(ErrorCode.NOT_MATCHED, "you have no partner right now", "typing"),
     )
     # A new window: the bucket is full again, and RATE_VIOLATIONS_ALLOWED more are forgiven.
     now = ERROR_WINDOW_S
     for _ in range(RATES.message_burst + RATE_VIOLATIONS_ALLOWED):
-        assert isinstance(core.receive(OPS["typing"], now), Reply)
+        assert not any(isinstance(e, Close) for e in core.receive(OPS["typing"], now))
     assert core.state == "idle"
-    assert isinstance(core.receive(OPS["typing"], now), Close)
+    assert isinstance(core.receive(OPS["typing"], now)[-1], Close)
 
 
 def test_the_backends_next_limit_counts_as_a_violation() -> None:
-    core = SessionCore("a", 0.0, rates=RATES)
+    core = SessionCore("a", 0.0, RULES)
+    over = SkipCounted(CountSkip(Join(Preferences(), "next")), retry_after_s=30.0)
     for _ in range(RATE_VIOLATIONS_ALLOWED):
-        assert isinstance(core.refuse("next", 0.0), Reply)
-    refused = core.refuse("next", 0.0)
+        exceeded, counted, _reply = core.handle(over, 0.0)
+        assert exceeded == CountExceeded(Budget.SKIPS)
+        assert counted == CountError(ErrorCode.RATE_LIMITED)
+    refused = core.handle(over, 0.0)[-1]
     assert isinstance(refused, Close)
     assert refused.code == CloseCode.RATE_LIMITED
 
 
 def test_pings_cost_a_message_each() -> None:
-    core = SessionCore("a", 0.0, rates=RATES)
-    assert core.controls(RATES.message_burst + RATE_VIOLATIONS_ALLOWED, 0.0) is None
-    close = core.controls(1, 0.0)
-    assert close is not None
+    core = SessionCore("a", 0.0, RULES)
+    assert core.handle(Controls(RATES.message_burst + RATE_VIOLATIONS_ALLOWED), 0.0) == ()
+    (close,) = core.handle(Controls(1), 0.0)
+    assert isinstance(close, Close)
     assert close.code == CloseCode.RATE_LIMITED
     assert core.state == "closing"
 
@@ -566,37 +700,54 @@ def test_pings_cost_a_message_each() -> None:
     ],
 )
 def test_protocol_errors_are_answered_then_4000(raw: str, code: ErrorCode) -> None:
-    core = SessionCore("a", 0.0, rates=RATES)
+    core = SessionCore("a", 0.0, RULES)
     for _ in range(PROTOCOL_ERRORS_ALLOWED):
-        action = core.receive(raw, 0.0)
-        assert isinstance(action, Reply)
-        assert action.error == code
-        assert decoded(action.frame)["data"]["code"] == code
-    action = core.receive(raw, 0.0)
-    assert isinstance(action, Close)
-    assert action.code == CloseCode.PROTOCOL_ERRORS
-    assert action.error == code
-    assert action.frame is not None
+        counted, reply = core.receive(raw, 0.0)
+        assert counted == CountError(code)
+        assert decoded(reply)["data"]["code"] == code
+    counted, reply, close = core.receive(raw, 0.0)
+    assert isinstance(close, Close)
+    assert close.code == CloseCode.PROTOCOL_ERRORS
+    assert counted == CountError(code)
+    assert decoded(reply)["data"]["code"] == code
     assert core.close_reason == "too many protocol errors"
 
 
 def test_protocol_errors_do_not_spend_tokens_and_reset_with_the_window() -> None:
-    core = SessionCore("a", 0.0, rates=RATES)
+    core = SessionCore("a", 0.0, RULES)
     for _ in range(PROTOCOL_ERRORS_ALLOWED):
         core.receive("not json", 0.0)
-    assert isinstance(core.receive(OPS["leave_queue"], 0.0), Leave)
-    assert isinstance(core.receive("not json", ERROR_WINDOW_S), Reply)
+    assert core.receive(OPS["leave_queue"], 0.0) == (Leave(),)
+    assert len(core.receive("not json", ERROR_WINDOW_S)) == 2  # answered, not closed
     assert core.state == "idle"
 
 
 def test_the_first_close_wins() -> None:
     core = SessionCore("a", 0.0)
-    assert core.close(CloseCode.SLOW_CONSUMER, "slow consumer", partner_reason="timeout")
-    assert not core.close(CloseCode.NORMAL)
+    slow = CloseAsked(CloseCode.SLOW_CONSUMER, "slow consumer", PartnerReason.TIMEOUT)
+    assert core.handle(slow, 0.0) == (Close(CloseCode.SLOW_CONSUMER, "slow consumer", False),)
+    assert core.handle(CloseAsked(CloseCode.NORMAL, ""), 0.0) == ()
     assert (core.close_code, core.close_reason) == (CloseCode.SLOW_CONSUMER, "slow consumer")
     assert core.partner_reason == "timeout"
-    assert core.receive(OPS["disconnect"], 0.0) == Close(CloseCode.NORMAL)
+    assert core.receive(OPS["disconnect"], 0.0) == ()
     assert core.close_code == CloseCode.SLOW_CONSUMER
+
+
+@pytest.mark.parametrize(
+    ("code", "partner_reason", "graceful"),
+    [
+        (CloseCode.NORMAL, PartnerReason.LEFT, True),
+        (CloseCode.GOING_AWAY, PartnerReason.TIMEOUT, False),  # no pong: nobody to shake hands
+        (CloseCode.SLOW_CONSUMER, PartnerReason.LEFT, False),  # a client that does not read
+        (CloseCode.RATE_LIMITED, PartnerReason.LEFT, True),
+    ],
+)
+def test_the_close_handshake_is_skipped_for_clients_that_cannot_take_it(
+    code: CloseCode, partner_reason: PartnerReason, graceful: bool
+) -> None:
+    core = SessionCore("a", 0.0)
+    (close,) = core.handle(CloseAsked(code, "r", partner_reason), 0.0)
+    assert close == Close(code, "r", graceful)
 
 
 def test_transcript_keeps_the_last_lines() -> None:
@@ -608,6 +759,17 @@ def test_transcript_keeps_the_last_lines() -> None:
     lines = world.cores["b"].transcript_lines()
     assert len(lines) == TRANSCRIPT_LINES
     assert lines[-1] == f"reported: line {TRANSCRIPT_LINES + 4}"
+
+
+def test_draining_tells_a_socket_opened_afterwards_too() -> None:
+    core = SessionCore("a", 0.0, SessionRules(reconnect_after_ms=2500))
+    assert decoded(core.handle(Draining(), 0.0)[0])["data"] == {"reconnect_after_ms": 2500}
+    late = SessionCore("b", 0.0)
+    hello = protocol.Hello("b", [], "all", protocol.HelloLimits(1000, 65536))
+    assert [decoded(f)["op"] for f in late.handle(Opened(hello, True), 0.0)] == [
+        "hello",
+        "server_draining",
+    ]
 
 
 # -- random op sequences -------------------------------------------------------
@@ -624,7 +786,7 @@ CLIENT_FRAMES = st.sampled_from(
 
 
 class SessionCores(RuleBasedStateMachine):
-    """Random clients, time and late events against cores wired by ``World``."""
+    """Random clients, time and late events against cores pumped by ``World``."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -644,8 +806,7 @@ class SessionCores(RuleBasedStateMachine):
     @rule(session_id=st.sampled_from(SESSION_IDS))
     def client_is_closed_by_the_server(self, session_id: str) -> None:
         if self._live(session_id):
-            self.world.cores[session_id].close(CloseCode.SLOW_CONSUMER, "slow consumer")
-            self.world.detach(session_id)
+            self.world.close(session_id, CloseCode.SLOW_CONSUMER, "slow consumer")
 
     @rule(seconds=st.sampled_from([0.0, 0.05, 1.0, INTEREST_TIMEOUT_S, ERROR_WINDOW_S]))
     def time_passes(self, seconds: float) -> None:
@@ -660,8 +821,8 @@ class SessionCores(RuleBasedStateMachine):
         for side in (match.caller, match.callee):
             core = self.world.cores[side]
             if match.match_id in core.ended_ids:
-                assert core.matched(match) is None
-            assert not core.relayed(match.match_id, "late")
+                assert core.handle(MatchFormed(match), self.world.now) == ()
+            assert core.handle(Said(match.match_id, "late", "late"), self.world.now) == ()
 
     @invariant()
     def each_core_agrees_with_the_matchmaker(self) -> None:
@@ -692,7 +853,7 @@ class SessionCores(RuleBasedStateMachine):
 
     @invariant()
     def no_relay_after_its_match_ended(self) -> None:
-        # World.perform asserts it at delivery; here, that every delivery was current then.
+        # World.client asserts it at delivery; here, that every delivery was current then.
         for receiver, match_id in self.world.delivered:
             match = self.world.formed[match_id]
             assert receiver in (match.caller, match.callee)
@@ -716,21 +877,46 @@ def test_random_op_sequences_keep_the_invariants() -> None:
 
 
 def test_match_found_carries_the_pair_tag_only_when_known() -> None:
-    match = Match("m1", "a", "b", "video", ())
-    told = json.loads(SessionCore("a", 0.0).matched(match, "0123456789abcdef") or "")
-    assert told["data"]["pair"] == "0123456789abcdef"
-    untagged = json.loads(SessionCore("a", 0.0).matched(match) or "")
-    assert "pair" not in untagged["data"]
+    match = Match("m1", "z", "a", "video", ())
+    (_, tagged) = SessionCore("a", 0.0, RULES).handle(MatchFormed(match, "0123456789abcdef"), 0.0)
+    assert decoded(tagged)["data"]["pair"] == "0123456789abcdef"
+    (_, untagged) = SessionCore("a", 0.0, RULES).handle(MatchFormed(match), 0.0)
+    assert "pair" not in decoded(untagged)["data"]
+
+
+def test_a_match_this_session_formed_tells_both_sides_its_pair_tag() -> None:
+    core = SessionCore("a", 0.0, RULES)
+    asked = Enqueue(Preferences(), "join_queue", True, core.matches_applied)
+    match = Match("m1", "z", "a", "video", ())
+    effects = core.handle(Enqueued(asked, match, "00ff00ff00ff00ff"), 0.0)
+    assert AnnounceMatch(match, "00ff00ff00ff00ff") in effects  # the partner's
+    assert decoded(effects[-1])["data"]["pair"] == "00ff00ff00ff00ff"  # this client's
+
+
+def test_the_hub_tags_a_match_with_its_pair_of_clients() -> None:
+    world = World(pair_tag=lambda x, y: "-".join(sorted((x, y))))
+    world.connect("a")
+    world.connect("b")
+    world.op("a", "join_queue")
+    world.op("b", "join_queue")
+    assert world.last("a")["op"] == world.last("b")["op"] == "match_found"
+    assert world.last("a")["data"]["pair"] == world.last("b")["data"]["pair"]
+    assert world.last("a")["data"]["pair"] == "192.0.2.1-192.0.2.1"
 
 
 @pytest.mark.parametrize(("wait_s", "told"), [(0.2, 1), (1.0, 1), (41.3, 42), (60.0, 60)])
 def test_a_refused_skip_says_when_to_try_again(wait_s: float, told: int) -> None:
-    refused = SessionCore("a", 0.0, rates=RATES).refuse("next", 0.0, wait_s)
-    assert isinstance(refused, Reply)
-    data = json.loads(refused.frame)["data"]
-    assert data == {
+    over = SkipCounted(CountSkip(Join(Preferences(), "next")), retry_after_s=wait_s)
+    exceeded, _counted, reply = SessionCore("a", 0.0, RULES).handle(over, 0.0)
+    assert exceeded == CountExceeded(Budget.SKIPS)
+    assert decoded(reply)["data"] == {
         "code": "rate_limited",
         "message": "slow down",
         "op": "next",
         "retry_after": told,
     }
+
+
+def test_a_skip_within_the_allowance_is_taken() -> None:
+    join = Join(Preferences(), "next")
+    assert SessionCore("a", 0.0, RULES).handle(SkipCounted(CountSkip(join), None), 0.0) == (join,)

@@ -45,6 +45,7 @@ def test_token_signer_round_trip() -> None:
     assert signer().verify(issued.token, NOW) == issued.session_id
 
 
+@pytest.mark.rule("protocol/session-token")
 def test_token_signer_token_format() -> None:
     issued = signer().issue(NOW)
     session_id, expiry, signature = issued.token.split(":")
@@ -64,6 +65,7 @@ def test_token_signer_accepts_hand_made_token() -> None:
     assert signer().verify(f"{payload}:{sign(payload)}", NOW) == session_id
 
 
+@pytest.mark.rule("protocol/session-token")
 def test_token_signer_rejects_expired_token() -> None:
     issued = signer().issue(NOW)
     assert signer().verify(issued.token, issued.expires_at - 0.001) == issued.session_id
@@ -77,6 +79,7 @@ def _flip(char: str) -> str:
 
 
 @pytest.mark.parametrize("part", [0, 1, 2])
+@pytest.mark.rule("protocol/session-token")
 def test_token_signer_rejects_tampered_part(part: int) -> None:
     token = signer().issue(NOW).token
     parts = token.split(":")
@@ -104,6 +107,7 @@ def test_token_signer_rejects_forged_token_before_checking_expiry() -> None:
 
 
 @pytest.mark.parametrize("count", [1, 2, 4, 5])
+@pytest.mark.rule("protocol/session-token")
 def test_token_signer_rejects_wrong_part_count(count: int) -> None:
     session_id, expiry, signature = signer().issue(NOW).token.split(":")
     parts = {

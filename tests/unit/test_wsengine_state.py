@@ -174,6 +174,7 @@ def test_a_partial_write_counts_toward_the_bytes_queued(sock: socket.socket) -> 
     conn.release()
 
 
+@pytest.mark.rule("protocol/fragments-and-pings")
 def test_a_slice_of_pings_gets_one_pong(sock: socket.socket) -> None:
     conn, _ = _open(sock)
     conn.write_now()

@@ -100,6 +100,7 @@ def test_turn_wrong_secret_fails_visibly_and_is_counted(make_server, people, cot
 ADDRESS_TEXT = "() => document.querySelector('[data-testid=address-privacy]').textContent"
 
 
+@pytest.mark.rule("protocol/hello-data")
 def test_turn_relay_only_is_the_default_once_turn_is_configured(make_server, people, coturn):
     """``ice.relay_only`` left at "auto": with TURN, both ends of the selected pair are relays."""
     server = make_server(**coturn.omiro_env(relay_only=None))

@@ -1,5 +1,6 @@
-"""The front door's heads: ``simple_get`` (its h11-free read of a plain GET) agrees with
-h11, every head parser costs time linear in the head's size, and the head's budget."""
+"""Request heads (``http/heads.py``): ``simple_get`` (the h11-free read of a plain GET)
+agrees with h11, every head parser costs time linear in the head's size, and the head's
+budget."""
 
 from __future__ import annotations
 
@@ -14,13 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from omiro_trio.budgets import MAX_HEAD_BYTES
-from omiro_trio.httpstream import (
-    head_end,
-    head_too_large,
-    parse_head,
-    refusal_for,
-    simple_get,
-)
+from omiro_trio.http.heads import head_end, head_too_large, parse_head, simple_get
 
 
 def test_reads_a_plain_get_as_h11_does() -> None:
@@ -123,18 +118,6 @@ def test_head_over_the_budget_is_too_large_complete_or_not() -> None:
         simple_get(b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * MAX_HEAD_BYTES + b"\r\n\r\n")
         is None
     )
-
-
-@pytest.mark.parametrize(
-    ("version", "status"),
-    [("1.1", None), ("1.0", None), ("1.2", None), ("2.0", 505), ("0.9", 505), ("9.9", 505)],
-)
-def test_only_http_1_passes_the_door(version: str, status: int | None) -> None:
-    head = parse_head(f"GET / HTTP/{version}\r\nHost: a\r\n\r\n".encode())
-    assert head is not None
-    assert head.version == version
-    refusal = refusal_for(head)
-    assert (None if refusal is None else int(refusal.split(b" ", 2)[1])) == status
 
 
 # Inputs that made regular expressions backtrack, or that a scan could trip on,

@@ -1,0 +1,161 @@
+"""Request heads: their end, their budget, and the two readers of them.
+
+``parse_head`` and ``HttpStream`` (``streams.py``) read heads with h11;
+``simple_get`` reads, without h11, only a plain ``GET`` head that h11 would
+read the same way (a property test holds it), so that the usual first
+request needs no h11. Every head is held to ``budgets.MAX_HEAD_BYTES``
+before anything parses it (``head_too_large``), and every reader here costs
+time linear in the head's size: ``simple_get`` and ``head_end`` scan with
+``bytes`` methods only (no regular expression on client bytes), and h11's
+own reader is linear (a property test holds all three).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import h11
+
+from omiro_trio.budgets import MAX_HEAD_BYTES
+
+__all__ = [
+    "RequestHead",
+    "ends_connection",
+    "head_end",
+    "head_from_h11",
+    "head_too_large",
+    "parse_head",
+    "simple_get",
+]
+
+
+@dataclass(slots=True)  # (not frozen: a frozen dataclass costs more to build, per request)
+class RequestHead:
+    """A request line and its headers; nothing changes them once read."""
+
+    target: str
+    headers: dict[str, list[str]]  # lower-case name -> values in order
+    method: str = "GET"
+    version: str = "1.1"  # the request line's HTTP version
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (lower-case), if it was sent."""
+        values = self.headers.get(name)
+        return values[0] if values else None
+
+    @property
+    def path(self) -> str:
+        """The target without its query."""
+        return self.target.split("?", 1)[0]
+
+
+def head_end(data: bytes | bytearray, start: int = 0) -> int:
+    """Where the head at the start of ``data`` ends (just past its blank line), or -1.
+
+    The blank line is found as h11 finds it (``\\n\\n`` or ``\\n\\r\\n``),
+    searching from ``start`` (a search resumed after more bytes came should
+    start two bytes before the old end, where a blank line may straddle them).
+    Two scans of the bytes, whatever they hold.
+    """
+    bare = data.find(b"\n\n", start)
+    crlf = data.find(b"\n\r\n", start, bare + 1 if bare >= 0 else len(data))
+    if crlf >= 0:
+        return crlf + 3
+    return bare + 2 if bare >= 0 else -1
+
+
+def head_too_large(data: bytes | bytearray, end: int) -> bool:
+    """Whether the head starting ``data`` and ending at ``end`` (-1: not yet) is over budget."""
+    return end > MAX_HEAD_BYTES or (end < 0 and len(data) > MAX_HEAD_BYTES)
+
+
+def head_complete(data: bytes | bytearray) -> bool:
+    """Whether ``data`` holds a whole head (or more than any head may be)."""
+    return len(data) > MAX_HEAD_BYTES or head_end(data) >= 0
+
+
+def head_from_h11(event: h11.Request) -> RequestHead:
+    """The head of a request h11 read."""
+    headers: dict[str, list[str]] = {}
+    for name, value in event.headers:
+        headers.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
+    return RequestHead(
+        event.target.decode("latin-1"),
+        headers,
+        method=event.method.decode(),
+        version=event.http_version.decode(),
+    )
+
+
+def parse_head(data: bytes) -> RequestHead | None:
+    """The request line and headers, or None when h11 cannot read them."""
+    connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+    try:
+        connection.receive_data(data)
+        event = connection.next_event()
+    except h11.RemoteProtocolError:
+        return None
+    if not isinstance(event, h11.Request):
+        return None
+    return head_from_h11(event)
+
+
+_TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_TARGET_CHARS = bytes(range(0x21, 0x7F))  # visible ASCII, as h11's request target
+_VALUE_CHARS = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
+_SIMPLE_START = b"GET /"
+_SIMPLE_VERSION = b" HTTP/1.1"
+_NOT_SIMPLE = frozenset({"content-length", "transfer-encoding", "upgrade"})
+
+
+def simple_get(data: bytes) -> RequestHead | None:
+    """A plain ``GET`` head at the start of ``data``, read without h11; else None.
+
+    Reads only a strict subset of what h11 reads the same way: HTTP/1.1,
+    CRLF line ends, token header names, values of visible characters, exactly
+    one ``Host``, and nothing that announces a body or a protocol switch.
+    Anything else (None) is for h11, which accepts or refuses it as ever.
+
+    Linear in the head's size: ``bytes`` scans (``find``, ``count``,
+    ``split``, ``partition``, ``translate``, ``strip``) and one pass over
+    its lines; nothing backtracks. A head over ``MAX_HEAD_BYTES`` is None.
+    """
+    if not data.startswith(_SIMPLE_START):
+        return None
+    end = data.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES)
+    if end < 0:
+        return None
+    head = data[:end]
+    crlf = head.count(b"\r\n")
+    if head.count(b"\n") != crlf or head.count(b"\r") != crlf:
+        return None  # a bare CR or LF: h11's to read (or refuse)
+    request_line, *lines = head.split(b"\r\n")
+    if not request_line.endswith(_SIMPLE_VERSION):
+        return None
+    target = request_line[4 : -len(_SIMPLE_VERSION)]
+    if target.translate(None, _TARGET_CHARS):
+        return None
+    headers: dict[str, list[str]] = {}
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if (
+            not colon
+            or not name
+            or name.translate(None, _TOKEN_CHARS)
+            or value.translate(None, _VALUE_CHARS)
+        ):
+            return None
+        values = headers.setdefault(name.decode("ascii").lower(), [])
+        values.append(value.strip(b" \t").decode("latin-1"))
+    if len(headers.get("host", ())) != 1 or not _NOT_SIMPLE.isdisjoint(headers):
+        return None
+    return RequestHead(target.decode("ascii"), headers, method="GET")
+
+
+def ends_connection(head: RequestHead) -> bool:
+    """Whether the answer to ``head`` ends the connection (h11's rule: HTTP/1.0, or
+    ``close`` among the ``Connection`` tokens)."""
+    if head.version == "1.0":
+        return True
+    tokens = ",".join(head.headers.get("connection", ())).lower().split(",")
+    return any(token.strip() == "close" for token in tokens)

@@ -1,0 +1,475 @@
+"""What a session's core is told, and what it asks for: its events and effects.
+
+``SessionCore`` (``session_core.py``) has two verbs, and both answer a tuple
+of effects (``Effects``) for the shell to perform in order:
+
+* ``receive(frame, now)``: a text frame from the client;
+* ``handle(event, now)``: everything else that happened (an ``Event``):
+  the socket opened or is being closed, the server started draining, pings
+  arrived, a timer fired, the partner said something or a match formed or
+  ended elsewhere, and every answer from the world to an effect that asked
+  a question (a backend call, a delivery) fed back in.
+
+Effects come in two kinds (the hub, ``hub.py``, performs both and ends in
+``assert_never``):
+
+* ``Immediate``: done at once, without waiting: a frame for this client
+  (a ``str`` or ``bytes`` *is* the effect "send this frame"), the widen timer
+  to run, a close, a count for the metrics, a resync request.
+* ``Awaited``: they wait on the world, and the ones whose answer matters are
+  answered by an event naming the effect (``Answer``): an *operation*
+  (``Join``, ``Leave``, ``ReportPartner``: the hub takes the session's lock,
+  one operation at a time, and says ``Started``), a backend *call*
+  (``CountSkip``, ``MakeIdle``, ``Enqueue``, ``WidenWait``, ``Release``,
+  ``BlockPartner``, ``FileReport``) or a *delivery* to the partner
+  (``Relay``, ``AnnounceMatch``, ``AnnounceEnd``). A call or delivery that
+  fails is answered ``Unavailable``, and nothing more of that operation is
+  performed.
+
+An effect that asks a question carries everything the core needs to go on
+when the answer comes (what to do next, the count of matches the core had
+seen when it asked): the core keeps no table of questions in flight.
+
+Everything here is plain data: no I/O, no trio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from omiro_trio import protocol
+from omiro_trio.backends.base import Delivery, LocalView, SharedView
+from omiro_trio.budgets import Budget
+from omiro_trio.codes import CloseCode, ErrorCode, PartnerReason
+from omiro_trio.matchmaking import Match, Preferences, Waiting
+
+Frame = str | bytes
+"""A frame for this session's client (text, or its UTF-8 bytes): the effect "send it"."""
+
+
+@dataclass(frozen=True, slots=True)
+class Widen:
+    """A widen timer: after ``delay_s``, widen the queue entry ``ticket``."""
+
+    ticket: int
+    delay_s: float
+
+
+# -- immediate effects -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    """Run the widen timer ``widen`` (replacing any other); None: run none."""
+
+    widen: Widen | None
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """End the session's socket with ``code``.
+
+    ``graceful``: run the close handshake (not for a client that stopped
+    reading or answering, which would only hold it up).
+    """
+
+    code: CloseCode
+    reason: str
+    graceful: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CountError:
+    """Count one client frame answered with the error ``code``."""
+
+    code: ErrorCode
+
+
+@dataclass(frozen=True, slots=True)
+class CountCall:
+    """Count one call outcome (the core checked it is new and for a recent video match)."""
+
+    outcome: str
+    path: str | None
+    connect_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CountExceeded:
+    """Count one refusal at ``budget``."""
+
+    budget: Budget
+
+
+@dataclass(frozen=True, slots=True)
+class CountMatch:
+    """Count one match this server formed."""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncNow:
+    """Compare every session with the shared state now: news may have been lost."""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSoon:
+    """Compare again shortly: a difference was seen that may be news on its way."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseLater:
+    """The detached session could not be released: the resync releases it later."""
+
+
+Immediate = (
+    str
+    | bytes
+    | Arm
+    | Close
+    | CountError
+    | CountCall
+    | CountExceeded
+    | CountMatch
+    | SyncNow
+    | SyncSoon
+    | ReleaseLater
+)
+
+# -- operations: one at a time per session, under its lock --------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """Enter the queue with ``prefs`` (ending the match first); ``op``: the client's op."""
+
+    prefs: Preferences
+    op: str = "join_queue"
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    """Become idle: stop searching, or end the match."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReportPartner:
+    """End the match, block the pair and keep a report."""
+
+    reason: str
+
+
+Operation = Join | Leave | ReportPartner
+
+# -- backend calls ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CountSkip:
+    """Spend one of the session's skips (``nexts_per_minute``, counted by the backend)."""
+
+    then: Join
+
+
+@dataclass(frozen=True, slots=True)
+class FileReport:
+    """Keep a report of ``reported`` (whose client is ``reported_ip``, "" if unknown)."""
+
+    reported: str
+    reported_ip: str
+    reason: str
+    transcript: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueue:
+    """Ask the backend to queue the session (it must be idle there).
+
+    ``op``: the client's op (None when the server re-queues it); ``announce``:
+    the client hears ``queued``; ``seen``: how many matches the core had
+    applied when it asked (a match that arrives before the answer overtook
+    the join); ``retried``: asked again after the backend said "not idle".
+    """
+
+    prefs: Preferences
+    op: str | None
+    announce: bool
+    seen: int
+    retried: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MakeIdle:
+    """Ask the backend to make the session idle; its match, if any, ends.
+
+    The partner hears ``reason``; ``then`` is what follows once the backend
+    answered (a ``Join`` is the client's wish to enter the queue again).
+    ``quiet``: the answer is not acted on (the resync takes a session out of
+    a queue it should not be in).
+    """
+
+    reason: PartnerReason
+    op: str | None
+    then: Join | Enqueue | FileReport | None = None
+    quiet: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WidenWait:
+    """The interest timeout of wait ``ticket`` passed: match anyone in the mode, or wait."""
+
+    ticket: int
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """The socket is gone: forget it in the shared state (ending its match)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlockPartner:
+    """Never match the session and ``partner`` again; answer the partner's client.
+
+    The first step of a report with ``reason``.
+    """
+
+    partner: str
+    reason: str
+
+
+Call = CountSkip | MakeIdle | Enqueue | WidenWait | Release | BlockPartner | FileReport
+
+# -- deliveries ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Relay:
+    """Deliver ``frame`` (already encoded for the partner) to the partner in ``match``.
+
+    Also the event the partner's core is handed on this server: the partner
+    said ``frame``. Not frozen: one is made per relayed frame, and a frozen
+    dataclass's ``__init__`` costs several times a plain one.
+    """
+
+    op: str
+    frame: bytes
+    chat: str | None
+    match: Match
+
+
+@dataclass(frozen=True, slots=True)
+class AnnounceMatch:
+    """Tell the partner of ``match`` that it formed (with the match's ``pair`` tag)."""
+
+    match: Match
+    pair: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AnnounceEnd:
+    """Tell the partner that ``match`` ended, with ``reason``; ``op`` as the call's."""
+
+    match: Match
+    reason: PartnerReason
+    op: str | None
+
+
+Awaited = Operation | Call | Relay | AnnounceMatch | AnnounceEnd
+
+Effect = Immediate | Awaited
+Effects = tuple[Effect, ...]
+NOTHING: Final[Effects] = ()
+
+# -- events -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """The socket is open: greet the client (and tell it the server drains, if so)."""
+
+    hello: protocol.Hello
+    draining: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Draining:
+    """The server is shutting down: clients should reconnect elsewhere."""
+
+
+@dataclass(frozen=True, slots=True)
+class Controls:
+    """``count`` control frames (pings, pongs) arrived; each costs a message."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Said:
+    """The partner (on another server) said ``frame`` in match ``match_id``.
+
+    On this server the partner's ``Relay`` itself is the event.
+    """
+
+    match_id: str
+    frame: str | bytes
+    chat: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MatchFormed:
+    """Another session's operation, another server or the resync formed ``match``.
+
+    ``pair``: the tag of the two clients' address groups (PROTOCOL.md "Pair
+    tag"), None when unknown (the resync does not look it up).
+    """
+
+    match: Match
+    pair: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MatchEnded:
+    """The partner's side ended ``match_id``, with ``reason``."""
+
+    match_id: str
+    reason: PartnerReason
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    """The widen timer ``widen`` fired (the hub holds the session's lock)."""
+
+    widen: Widen
+
+
+@dataclass(frozen=True, slots=True)
+class CloseAsked:
+    """Something outside the core ends the session (a ban, the engine, a drain, a bug)."""
+
+    code: CloseCode
+    reason: str
+    partner_reason: PartnerReason = PartnerReason.LEFT
+
+
+@dataclass(frozen=True, slots=True)
+class Banned:
+    """The client's address is banned now: tell it, and close (1008)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The hub holds the session's lock for ``operation``: go ahead."""
+
+    operation: Operation
+
+
+@dataclass(frozen=True, slots=True)
+class Detached:
+    """The socket is gone and the hub forgot the session (it holds its lock)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Synced:
+    """The resync compared ``local`` (taken before the backend's answer) with ``shared``."""
+
+    local: LocalView
+    shared: SharedView
+
+
+@dataclass(frozen=True, slots=True)
+class SkipCounted:
+    call: CountSkip
+    # The session has spent its skips: seconds until the window lets one
+    # through. None: not over.
+    retry_after_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class MadeIdle:
+    call: MakeIdle
+    ended: Match | None
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    call: Enqueue
+    result: Match | Waiting
+    pair: str | None = None  # a match's pair tag, when its clients are known
+
+
+@dataclass(frozen=True, slots=True)
+class NotIdle:
+    """The backend holds the session in a queue or match this server does not know of."""
+
+    call: Enqueue
+
+
+@dataclass(frozen=True, slots=True)
+class Widened:
+    call: WidenWait
+    match: Match | None
+    pair: str | None = None  # the match's pair tag, when its clients are known
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    call: Release
+    ended: Match | None
+
+
+@dataclass(frozen=True, slots=True)
+class Blocked:
+    call: BlockPartner
+    partner_ip: str  # "" when unknown
+
+
+@dataclass(frozen=True, slots=True)
+class Filed:
+    call: FileReport
+    recorded: bool  # False: over the reporter's allowance, not kept
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    relay: Relay
+    delivery: Delivery
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    """``effect`` failed: the backend did not answer (``elsewhere``: the session's
+    claim is held by another socket now)."""
+
+    effect: Call | Relay | AnnounceEnd
+    elsewhere: bool
+
+
+Answer = (
+    SkipCounted
+    | MadeIdle
+    | Enqueued
+    | NotIdle
+    | Widened
+    | Released
+    | Blocked
+    | Filed
+    | Delivered
+    | Unavailable
+)
+
+Event = (
+    Opened
+    | Draining
+    | Controls
+    | Relay
+    | Said
+    | MatchFormed
+    | MatchEnded
+    | TimerFired
+    | CloseAsked
+    | Banned
+    | Started
+    | Detached
+    | Synced
+    | Answer
+)

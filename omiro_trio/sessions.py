@@ -1,0 +1,98 @@
+"""``GET /session/new``: a token for a new session (docs/protocol.md, "Session token").
+
+Every new session starts with a token request; through hypercorn and quart
+it costs more server CPU than the WebSocket upgrade and the match together
+(BENCHMARKS.md), so it is one of the HTTP layer's own endpoints
+(``http/routes.py``): answered with a response built directly as bytes,
+on a connection's first request without h11 at all. This is the one place
+that decides the answer: ban 403, rate limit 429, a backend that does not
+answer 503, else a token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Final
+
+from omiro_trio.backends.base import Backend
+from omiro_trio.errors import BackendUnavailable
+from omiro_trio.http.answers import HttpError, JsonAnswer, error
+from omiro_trio.http.heads import RequestHead
+from omiro_trio.metrics import Metrics
+from omiro_trio.tokens import TokenSigner
+
+SESSION_PATH: Final = "/session/new"
+RATE_WINDOW_S: Final = 60.0
+
+__all__ = ["SESSION_PATH", "NewSession"]
+
+
+class NewSession:
+    """The ``GET /session/new`` endpoint.
+
+    Args:
+        backend: bans and the per-client rate limit.
+        signer: issues the token.
+        metrics: counts the tokens issued.
+        per_minute: ``limits.sessions_per_ip_per_minute``.
+        wall: the wall clock (tokens expire in wall time).
+    """
+
+    __slots__ = ("_backend", "_metrics", "_per_minute", "_signer", "_wall")
+
+    def __init__(
+        self,
+        backend: Backend,
+        signer: TokenSigner,
+        metrics: Metrics,
+        *,
+        per_minute: int,
+        wall: Callable[[], float],
+    ) -> None:
+        self._backend = backend
+        self._signer = signer
+        self._metrics = metrics
+        self._per_minute = per_minute
+        self._wall = wall
+
+    async def __call__(self, head: RequestHead, client: str) -> JsonAnswer:
+        """The answer to ``GET /session/new`` from ``client``."""
+        try:
+            return await self._answer(client)
+        except BackendUnavailable:
+            return error(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                HttpError.UNAVAILABLE,
+                "the backend is not answering; try again shortly",
+            )
+
+    async def _answer(self, client: str) -> JsonAnswer:
+        ban = await self._backend.ban_for(client)
+        if ban is not None:
+            return error(
+                HTTPStatus.FORBIDDEN,
+                HttpError.BANNED,
+                "this address is banned",
+                until=ban.until,
+            )
+        retry = await self._backend.hit_rate_limit(
+            f"sessions:{client}", self._per_minute, RATE_WINDOW_S
+        )
+        if retry is not None:
+            seconds = max(1, int(retry + 0.999))
+            return error(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                HttpError.RATE_LIMITED,
+                "too many new sessions; try again later",
+                headers=(("Retry-After", str(seconds)),),
+                retry_after=seconds,
+            )
+        issued = self._signer.issue(self._wall())
+        self._metrics.sessions_issued.inc()
+        body = {
+            "token": issued.token,
+            "session_id": issued.session_id,
+            "expires_at": issued.expires_at,
+        }
+        return JsonAnswer(HTTPStatus.OK, body, (("Cache-Control", "no-store"),))
