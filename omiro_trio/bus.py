@@ -41,6 +41,7 @@ class BusMessage(msgspec.Struct, frozen=True, omit_defaults=True):
     servers: tuple[str, str] = ("", "")  # "matched": the servers holding caller and callee
     reason: str = ""  # "ended": a PartnerReason
     pair: str = ""  # "matched": the match's pair tag (match_found's "pair"), if known
+    languages: tuple[str, ...] = ()  # "matched": the languages the two share
     frame: str = ""
     chat: str | None = None
     target: str = ""  # "ban": the banned address or network
@@ -67,6 +68,7 @@ def matched(to: str, match: Match, pair: str | None = None) -> bytes:
         match=(match.caller, match.callee, match.mode, common),
         servers=match.servers,
         pair=pair or "",
+        languages=match.common_languages,
     )
     return _encoder.encode(message)
 
@@ -116,7 +118,9 @@ def dispatch(receiver: Receiver, raw: bytes) -> None:
             return
     elif message.match is not None:
         caller, callee, mode, common = message.match
-        match = Match(message.match_id, caller, callee, mode, common, message.servers)
+        match = Match(
+            message.match_id, caller, callee, mode, common, message.servers, message.languages
+        )
         event = MatchFormed(match, message.pair or None)
     else:
         return

@@ -427,7 +427,8 @@ class SessionCore:
     # -- client ops ----------------------------------------------------------
 
     def _join_queue(self, message: protocol.JoinQueue, now: float) -> Effects:
-        return self._way_in(Join(Preferences(message.mode, message.interests), "join_queue"))
+        prefs = Preferences(message.mode, message.interests, message.languages)
+        return self._way_in(Join(prefs, "join_queue"))
 
     def _next(self, message: protocol.Next, now: float) -> Effects:
         # Without an earlier join_queue, next searches with the defaults.
@@ -443,7 +444,7 @@ class SessionCore:
         return self._close(CloseCode.NORMAL, "")
 
     def _call_outcome(self, message: protocol.CallOutcome, now: float) -> Effects:
-        """Count how this side's call of a recent video match went, once per match.
+        """Count how this side's call of a recent video or voice match went, once per match.
 
         The match may already have ended (a failed call is often skipped
         before the page gives up on it), but it must be one of the client's
@@ -452,7 +453,7 @@ class SessionCore:
         match = self.recent_matches.get(message.match_id)
         if match is None:
             reason, code = "no recent match has this match_id", ErrorCode.NOT_MATCHED
-        elif match.mode != "video":
+        elif match.mode == "text":
             reason, code = "a text match has no call", ErrorCode.BAD_REQUEST
         elif message.match_id in self.outcomes_reported:
             reason = "this match's call outcome was already reported"
@@ -545,7 +546,8 @@ class SessionCore:
         if not call.announce:
             return (arm,)
         prefs = call.prefs
-        return (protocol.server_frame(protocol.Queued(prefs.mode, prefs.interests)), arm)
+        queued = protocol.Queued(prefs.mode, prefs.interests, prefs.languages)
+        return (protocol.server_frame(queued), arm)
 
     def _blocked(self, blocked: Blocked) -> Effects:
         """The pair is blocked: end the match, then keep the report with its transcript."""
@@ -587,6 +589,7 @@ class SessionCore:
             match.mode,
             match.common_interests,
             pair,
+            match.common_languages,
         )
         return (_DISARM, protocol.server_frame(found))
 

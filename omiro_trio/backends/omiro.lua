@@ -39,8 +39,10 @@
 --   P.."beat"          string the heartbeat counter
 --   P.."boot"          string this Redis's incarnation (gone after an empty restart, or
 --                             when no server has beaten for the life of live records)
---   P.."w:"..sid       hash   a waiting entry: mode, ints, since, ticket, widened, req
---   P.."q:"..mode..":"..interest  zset  sid -> entry order ("" interest: the general queue)
+--   P.."w:"..sid       hash   a waiting entry: mode, ints (its queue names: interests, and
+--                             languages as " "..code), since, ticket, widened, req
+--   P.."q:"..mode..":"..interest  zset  sid -> entry order ("" interest: the general queue;
+--                             " "..code: a language's)
 --   P.."waiting"       set    waiting sessions (for stats)
 --   P.."m:"..sid       hash   the match a session is in: id, caller, callee, mode, common,
 --                             cs, es (the servers holding caller and callee), and
