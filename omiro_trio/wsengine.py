@@ -67,7 +67,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import Enum
 from typing import Final
@@ -77,6 +77,7 @@ from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
 from omiro_trio.budgets import MAX_MESSAGE_FRAGMENTS, PARSE_SLICE_BYTES, Budget
 
@@ -164,9 +165,25 @@ def _forget_handshake(proto: EngineProtocol) -> None:
         next(proto.parser)
 
 
-def new_protocol(max_frame_bytes: int) -> EngineProtocol:
-    """A server protocol in the handshake state: no extensions (no deflate), no subprotocols."""
-    return EngineProtocol(max_size=max_frame_bytes, logger=_PROTOCOL_LOG)
+def new_protocol(max_frame_bytes: int, subprotocols: Sequence[str] = ()) -> EngineProtocol:
+    """A server protocol in the handshake state: no extensions (no deflate).
+
+    ``subprotocols``: the ones the server speaks. The first of them the
+    client offers is chosen and echoed in ``Sec-WebSocket-Protocol`` (RFC
+    6455, 4.2.2); when it offers none of them (or nothing), none is, and the
+    upgrade goes on: whether that is acceptable is the caller's to say.
+    """
+    return EngineProtocol(
+        max_size=max_frame_bytes,
+        logger=_PROTOCOL_LOG,
+        subprotocols=[Subprotocol(name) for name in subprotocols] or None,
+        select_subprotocol=_first_offered,
+    )
+
+
+def _first_offered(proto: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """The first of the server's subprotocols the client offers; None rather than a refusal."""
+    return next((name for name in proto.available_subprotocols or () if name in offered), None)
 
 
 class Failure(Enum):
