@@ -32,6 +32,8 @@ import { Call, peerConnectionCounts } from "./call.js";
 import { ChatView, TitleFlasher, TypingReporter } from "./chat.js";
 import { LocalMedia, describeMediaError } from "./media.js";
 import { InterestsField } from "./interests.js";
+import { SpokenLanguages } from "./speaks.js";
+import { VoiceMeter } from "./voice-meter.js";
 import { SafetyNotice } from "./notice.js";
 import { TEXT as SAFETY_TEXT, SafetySettings, Veil, cameraKind } from "./safety.js";
 import { BlankVideoWatch } from "./blank-video.js";
@@ -66,6 +68,7 @@ const ui = {
   report: $("report"),
   reportDialog: $("report-dialog"),
   textMode: $("text-mode"),
+  voiceMode: $("voice-mode"),
   status: $("status"),
   notice: $("notice"),
   noticeText: $("notice-text"),
@@ -110,6 +113,8 @@ const signaling = new Signaling();
 const media = new LocalMedia();
 const flasher = new TitleFlasher();
 const interests = new InterestsField({ input: $("interests"), chips: $("interest-chips") });
+const speaks = new SpokenLanguages({ chips: $("speaks-chips"), add: $("speaks-add") });
+const voiceMeter = new VoiceMeter({ root: $("voice-stage"), bars: $("voice-bars"), label: $("voice-state") });
 const chat = new ChatView({
   log: $("chat-log"),
   input: ui.chatInput,
@@ -194,6 +199,7 @@ function setState(next, words) {
   ui.next.setAttribute("aria-disabled", String(next !== "connected"));
   ui.report.hidden = next !== "connected";
   ui.textMode.disabled = active;
+  ui.voiceMode.disabled = active;
   ui.body.dataset.active = String(active);
   writePlaceholder();
   if (next !== "connected") chat.showTyping(false);
@@ -234,7 +240,7 @@ function rescueFocus() {
 }
 
 function currentMode() {
-  return ui.textMode.checked ? "text" : "video";
+  return ui.textMode.checked ? "text" : ui.voiceMode.checked ? "voice" : "video";
 }
 
 function waitingWords() {
@@ -322,7 +328,11 @@ function start() {
   searching = true;
   partnerLeft = false;
   const mode = currentMode();
-  if (mode === "text") media.close();
+  // Text touches no device; voice never keeps a camera open.
+  if (mode === "text" || (mode === "voice" && media.hasVideo)) {
+    media.close();
+    hideLocalPreview();
+  }
   ui.body.dataset.mode = mode;
   writeHeading();
   // The server first: nobody is asked for a camera that a server which
@@ -336,12 +346,13 @@ function start() {
 /** The socket is ready (again): open the camera if needed, then queue. */
 async function ready() {
   if (!searching) return;
-  if (currentMode() === "video" && !media.stream) {
+  const mode = currentMode();
+  if (mode !== "text" && !media.stream) {
     if (openingMedia) return;
     openingMedia = true;
-    setState("starting", () => t("status.allowDevices"));
+    setState("starting", () => t(mode === "voice" ? "status.allowMicrophone" : "status.allowDevices"));
     try {
-      await media.open();
+      await media.open({ video: mode === "video" });
     } catch (err) {
       searching = false;
       signaling.close(); // nothing to do on the server without a camera
@@ -361,9 +372,11 @@ async function ready() {
       media.close(); // Stop was pressed while the permission prompt was open
       return;
     }
-    showLocalPreview();
-    checkOwnCamera();
-    loadFilter();
+    if (mode === "video") {
+      showLocalPreview();
+      checkOwnCamera();
+      loadFilter();
+    }
     refreshDevices();
   }
   if (signaling.ready && !match && !coolingDown()) joinQueue();
@@ -371,28 +384,40 @@ async function ready() {
 
 function startTextInstead() {
   ui.textMode.checked = true;
+  ui.voiceMode.checked = false;
   ui.body.dataset.mode = "text";
   start();
 }
 
 function joinQueue() {
   if (coolingDown()) return;
-  const wanted = { mode: currentMode(), interests: interests.tags };
+  const wanted = wish();
   if (signaling.send("join_queue", wanted)) {
     prefs = wanted;
     if (!match) setState("waiting", waitingWords());
   }
 }
 
+/** What join_queue asks for: the mode, the interests and the languages spoken. */
+function wish() {
+  return { mode: currentMode(), interests: interests.tags, languages: speaks.codes };
+}
+
 function samePrefs(a, b) {
-  return a && b && a.mode === b.mode && a.interests.join("\n") === b.interests.join("\n");
+  return (
+    a &&
+    b &&
+    a.mode === b.mode &&
+    a.interests.join("\n") === b.interests.join("\n") &&
+    a.languages.join("\n") === b.languages.join("\n")
+  );
 }
 
 function next() {
   if (!searching || (state !== "connected" && state !== "waiting")) return;
   disarmEsc();
   if (match) lastPartner = match.partner;
-  const wanted = { mode: currentMode(), interests: interests.tags };
+  const wanted = wish();
   const changed = !samePrefs(prefs, wanted);
   if (state === "waiting" && !changed) return; // already looking
   returningPair = null;
@@ -502,7 +527,9 @@ function updateShortcutHints() {
 }
 
 function writeHeading() {
-  const key = currentMode() === "text" ? "call.headingText" : "call.headingVideo";
+  const mode = currentMode();
+  const key =
+    mode === "text" ? "call.headingText" : mode === "voice" ? "call.headingVoice" : "call.headingVideo";
   ui.callHeading.dataset.i18n = key;
   ui.callHeading.textContent = t(key);
 }
@@ -622,8 +649,10 @@ function tellCameraKind() {
   }
 }
 
-function beginCall(shouldCall) {
+function beginCall(shouldCall, mode = "video") {
+  const voice = mode === "voice";
   call = new Call({
+    kinds: voice ? ["audio"] : ["audio", "video"],
     iceServers: signaling.hello?.ice_servers ?? [],
     iceTransportPolicy: signaling.hello?.ice_transport_policy === "relay" ? "relay" : "all",
     polite: !shouldCall,
@@ -638,6 +667,7 @@ function beginCall(shouldCall) {
       ui.remoteVideo.srcObject = thisCall.remoteStream;
       playRemote();
     }
+    if (voice) voiceMeter.watch(thisCall.remoteStream);
   });
   call.addEventListener("state", ({ detail }) => {
     if (call !== thisCall) return;
@@ -661,15 +691,28 @@ function beginCall(shouldCall) {
     chat.addSystem(t(key), "warn", { announce: true });
   });
   call.addEventListener("state", ({ detail }) => {
-    if (call === thisCall && detail.state === "connected") blankWatch.start();
+    // A voice call has no picture: nothing to find blank.
+    if (call === thisCall && detail.state === "connected" && !voice) blankWatch.start();
   });
   ui.body.dataset.call = "new";
   ui.body.dataset.media = "pending";
   ui.overlayCaption.dataset.i18n = "overlay.connecting";
   ui.overlayCaption.textContent = t("overlay.connecting");
   qualityTimer = setInterval(updateQuality, QUALITY_POLL_MS);
+  if (voice) return; // no picture: no veil, no filter
   veil.reset(settings.blur);
   if (filter && settings.filter) filter.watch(ui.remoteVideo);
+}
+
+/** Languages' names in the page's language ("pt" is "português" on a Portuguese page). */
+function languageNames(codes) {
+  let names = null;
+  try {
+    names = new Intl.DisplayNames([currentLanguage()], { type: "language" });
+  } catch {
+    /* an old browser: the codes */
+  }
+  return codes.map((code) => names?.of(code) ?? code);
 }
 
 /** The inbound video's framesDecoded (for the blank-video watch), or null. */
@@ -862,6 +905,7 @@ function endCall() {
   ui.unmuteRemote.hidden = true;
   ui.remoteCameraKind.hidden = true;
   blankWatch.stop();
+  voiceMeter.stop();
   filter?.unwatch();
   if (callNotice) hideNotice();
   if (call) {
@@ -925,10 +969,11 @@ const handlers = {
       partner: data.partner ?? null,
       pair: typeof data.pair === "string" ? data.pair : null,
       commonInterests: Array.isArray(data.common_interests) ? data.common_interests.map(String) : [],
+      commonLanguages: Array.isArray(data.common_languages) ? data.common_languages.map(String) : [],
       shouldCall: data.should_call === true,
     };
     const common = match.commonInterests;
-    const mode = data.mode === "text" ? "text" : "video";
+    const mode = data.mode === "text" || data.mode === "voice" ? data.mode : "video";
     // The same person as last time: the same session (nobody else was
     // free), or the same pair of networks after a reload (the server's tag).
     const same =
@@ -941,9 +986,14 @@ const handlers = {
       chat.addSystem(t("system.same"), "warn");
     } else {
       chat.clear();
-      chat.addSystem(t(mode === "text" ? "system.matchedText" : "system.matchedVideo"), "good");
+      const key =
+        mode === "text" ? "system.matchedText" : mode === "voice" ? "system.matchedVoice" : "system.matchedVideo";
+      chat.addSystem(t(key), "good");
     }
     if (common.length) chat.addSystem(t("system.common", { list: formatList(common) }), "good");
+    // Said when it is news: a language shared that is not the page's own.
+    const spoken = match.commonLanguages;
+    if (spoken.length && spoken.join() !== currentLanguage()) chat.addSystem(t("system.commonLanguages", { list: formatList(languageNames(spoken)) }), "good");
     setState(
       "connected",
       same
@@ -952,9 +1002,9 @@ const handlers = {
           ? () => t("status.connectedCommon", { list: formatList(common) })
           : () => t("status.connected"),
     );
-    if (mode === "video" && media.stream) {
-      tellCameraKind();
-      beginCall(match.shouldCall);
+    if (mode !== "text" && media.stream) {
+      if (mode === "video") tellCameraKind();
+      beginCall(match.shouldCall, mode);
     }
     flasher.notify(t("title.found"));
     chat.focus();
@@ -1204,6 +1254,8 @@ function retranslate() {
   writeHeading();
   writeFullscreen();
   interests.render();
+  speaks.pageLanguageChanged();
+  voiceMeter.render();
   veil.refresh();
   renderAddressPrivacy(ui.addressPrivacy.dataset.relayed === "true");
   writeQuality();
@@ -1288,14 +1340,23 @@ ui.brand.addEventListener("click", (event) => {
   // The logo reloads the page; during a chat that would end it without a word.
   if (searching) event.preventDefault();
 });
-ui.textMode.addEventListener("change", () => {
-  ui.body.dataset.mode = currentMode();
-  writeHeading();
-});
-interests.addEventListener("change", () => {
-  // While only waiting, new interests take effect at once.
-  if (searching && state === "waiting" && !match) joinQueue();
-});
+// Video, voice or text: at most one of the two switches is on.
+for (const [toggle, other] of [
+  [ui.textMode, ui.voiceMode],
+  [ui.voiceMode, ui.textMode],
+]) {
+  toggle.addEventListener("change", () => {
+    if (toggle.checked) other.checked = false;
+    ui.body.dataset.mode = currentMode();
+    writeHeading();
+  });
+}
+for (const field of [interests, speaks]) {
+  field.addEventListener("change", () => {
+    // While only waiting, new interests or languages take effect at once.
+    if (searching && state === "waiting" && !match) joinQueue();
+  });
+}
 
 ui.composer.addEventListener("submit", (event) => {
   event.preventDefault();
@@ -1427,9 +1488,21 @@ window.omiro = Object.freeze({
   get noticeAccepted() {
     return safety.accepted;
   },
-  /** The page's language (its code): what a later "languages I speak" preference starts from. */
+  /** The page's language (its code): what the languages spoken start from. */
   get language() {
     return currentLanguage();
+  },
+  /** The languages stated in join_queue (codes). */
+  get speaks() {
+    return speaks.codes;
+  },
+  /** The current match's common languages (codes). */
+  get commonLanguages() {
+    return match?.commonLanguages ?? [];
+  },
+  /** The stranger's voice in a voice call: {level, speaking, everSpoke}. */
+  get voice() {
+    return { level: voiceMeter.level, speaking: voiceMeter.speaking, everSpoke: voiceMeter.everSpoke };
   },
   languages: Object.freeze(LANGUAGES.map((l) => l.code)),
   /** Seconds until the server lets us queue again after too many skips (0: not cooling down). */

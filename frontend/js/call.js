@@ -52,6 +52,7 @@ export class Call extends EventTarget {
   #polite;
   #send;
   #localStream;
+  #kinds;
   #relayOnly = false;
   #makingOffer = false;
   #ignoreOffer = false;
@@ -95,9 +96,11 @@ export class Call extends EventTarget {
     send,
     matchId = null,
     startedAt = performance.now(),
+    kinds = ["audio", "video"],
   }) {
     super();
     this.#polite = polite;
+    this.#kinds = kinds;
     this.#send = send;
     this.#localStream = localStream;
     this.#matchId = matchId;
@@ -236,10 +239,11 @@ export class Call extends EventTarget {
       this.#pc.addTrack(track, stream);
       kinds.add(track.kind);
     }
-    // The offer must carry both kinds even when we lack one (no camera, say),
-    // or the stranger could not send it to us.
+    // The offer must carry every kind of the call even when we lack one (no
+    // camera, say), or the stranger could not send it to us. A voice call
+    // has audio alone.
     if (!this.#polite) {
-      for (const kind of ["audio", "video"]) {
+      for (const kind of this.#kinds) {
         if (!kinds.has(kind)) this.#pc.addTransceiver(kind, { direction: "recvonly" });
       }
     }

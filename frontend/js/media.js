@@ -2,7 +2,8 @@
 //
 // Invariants:
 // * getUserMedia is called only from open() and useDevice(); open() only in
-//   video mode (text mode never touches the devices). close() stops every
+//   video mode and voice mode (the microphone alone: never a camera); text
+//   mode never touches the devices. close() stops every
 //   track so the camera light goes off.
 // * `stream` is one MediaStream for the whole visit: changing the camera or
 //   the microphone swaps the track inside it (the new one is opened first;
@@ -39,19 +40,25 @@ export class LocalMedia extends EventTarget {
   getUserMediaCalls = 0;
   #switching = false;
 
-  /** Open camera and microphone (or whichever exists); throws a DOMException-like error. */
-  async open() {
+  /**
+   * Open camera and microphone (or whichever exists); with `video: false`
+   * (voice-only), the microphone alone: no camera is ever asked for. Throws a
+   * DOMException-like error.
+   */
+  async open({ video = true } = {}) {
     if (this.stream) return this.stream;
     if (!navigator.mediaDevices?.getUserMedia) {
       const err = new Error("getUserMedia needs a secure context");
       err.name = "InsecureContext";
       throw err;
     }
-    const attempts = [
-      { video: VIDEO, audio: AUDIO },
-      { video: false, audio: AUDIO },
-      { video: VIDEO, audio: false },
-    ];
+    const attempts = video
+      ? [
+          { video: VIDEO, audio: AUDIO },
+          { video: false, audio: AUDIO },
+          { video: VIDEO, audio: false },
+        ]
+      : [{ video: false, audio: AUDIO }];
     let lastError;
     for (const constraints of attempts) {
       try {

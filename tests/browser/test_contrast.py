@@ -243,7 +243,7 @@ def test_text_contrast_at_every_phase(make_server, people, viewport):
     newcomer.wait("() => !document.getElementById('welcome').open")
     newcomer.testid("interests").fill("chess, jazz")
     newcomer.page.keyboard.press("Enter")
-    newcomer.wait("() => document.querySelectorAll('.chip').length === 2")
+    newcomer.wait("() => document.querySelectorAll('#interest-chips .chip').length === 2")
     results += measure(newcomer, decoder, "idle")
 
     alice = open_person("alice")

@@ -214,3 +214,78 @@ def test_arabic_mirrors_the_layout(server, people):
     assert ar["chat"][1] < ar["stage"][0]
     assert en["next"][0] < en["stop"][0]
     assert ar["next"][0] > ar["stop"][0]
+
+
+@pytest.mark.rule("protocol/languages")
+def test_two_pages_with_a_shared_language_are_matched_before_others(server, people):
+    """A German page waits longest; a Brazilian page and a Spanish one whose user also
+    speaks Portuguese come after it: they meet each other, and are told what they
+    share. The German is not left out: after the
+    short wait (matchmaking.interest_timeout_s) it meets anyone."""
+    german = people(server, "german", locale="de-DE")
+    first = people(server, "first", locale="pt-BR")
+    # A page in Spanish whose user also speaks Portuguese.
+    second = people(server, "second", locale="es-419")
+    second.testid("speaks-add").select_option("pt")
+    assert german.js("() => window.omiro.speaks") == ["de"]
+    assert first.js("() => window.omiro.speaks") == ["pt"]
+    assert second.js("() => window.omiro.speaks") == ["es", "pt"]
+    german.start()
+    german.wait_state("waiting")
+    first.start()
+    first.wait_state("waiting")
+    second.start()
+    for person in (first, second):
+        person.wait_state("connected")
+    assert second.partner_id == first.session_id
+    assert german.state == "waiting"
+    assert first.js("() => window.omiro.commonLanguages") == ["pt"]
+    # The Spanish page is told, in Spanish; the Portuguese one hears no news.
+    said = catalog("es")["system.commonLanguages"].replace("{list}", "portugués")
+    second.wait(
+        "s => [...document.querySelectorAll('.msg-system')].some(m => m.textContent === s)", said
+    )
+    assert "falam" not in first.testid("chat-log").inner_text()
+    # Never a filter: an English page that comes later meets the German one
+    # once their short wait is over (5 s by default; waited for, not slept).
+    english = people(server, "english", locale="en-US")
+    english.start()
+    for person in (german, english):
+        person.wait_state("connected", timeout_ms=20_000)
+    assert english.partner_id == german.session_id
+    assert german.js("() => window.omiro.commonLanguages") == []
+
+
+def test_the_languages_spoken_start_from_the_page_and_can_be_changed(server, people):
+    alice = people(server, "alice", locale="en-US")
+    assert alice.js("() => window.omiro.speaks") == ["en"]
+    # Not chosen yet: they follow the page's language.
+    alice.testid("language").select_option("pt")
+    alice.wait("() => window.omiro.speaks.join() === 'pt'")
+    chips = alice.testid("speaks")
+    assert chips.inner_text().strip().startswith("português")
+    # One more from the picker (names in the page's language), then sent.
+    alice.testid("speaks-add").select_option("en")
+    assert alice.js("() => window.omiro.speaks") == ["pt", "en"]
+    alice.start()
+    alice.wait_state("waiting")
+    assert alice.js("() => window.omiro.prefs.languages") == ["pt", "en"]
+    # Remembered, and no longer following the page.
+    alice.testid("stop").click()
+    alice.page.reload()
+    alice.page.wait_for_function("() => window.omiro !== undefined")
+    assert alice.js("() => window.omiro.speaks") == ["pt", "en"]
+    alice.testid("language").select_option("de")
+    alice.wait("() => document.documentElement.lang === 'de'")
+    assert alice.js("() => window.omiro.speaks") == ["pt", "en"]
+    remove = alice.page.get_by_role(
+        "button", name=catalog("de")["speaks.remove"].replace("{language}", "Englisch")
+    )
+    remove.click()
+    assert alice.js("() => window.omiro.speaks") == ["pt"]
+    # At most five, as the server accepts.
+    for code in ("es", "fr", "ar", "it", "ja"):
+        if not alice.testid("speaks-add").is_disabled():
+            alice.testid("speaks-add").select_option(code)
+    assert len(alice.js("() => window.omiro.speaks")) == 5
+    assert alice.testid("speaks-add").is_disabled()

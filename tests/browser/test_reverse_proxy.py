@@ -1,9 +1,11 @@
 """Behind a real nginx (Debian's nginx-light) on a port that is not 80 or 443.
 
 The README's configuration, as written there, in front of ``omiro serve``:
-sessions, the WebSocket upgrade and a call between two Chromium pages all
-go through it. ``proxy_set_header Host $host`` (the README's old line)
-drops the port, so the server's same-origin check refused every upgrade
+sessions, the WebSocket upgrade (the token in the URL, and in
+``Sec-WebSocket-Protocol`` as the page sends it, which stays out of nginx's
+access log) and a call between two Chromium pages all go through it.
+``proxy_set_header Host $host`` (the README's old line) drops the port, so
+the server's same-origin check refused every upgrade
 (``origin_not_allowed``); ``$http_host`` keeps it. Both are shown.
 
 nginx runs as this test's own process (``nginx -p DIR -c DIR/nginx.conf -g
@@ -136,8 +138,10 @@ def nginx(tmp_path: Path) -> Iterator[Any]:
         proxy.stop()
 
 
-def upgrade_status(url: str) -> int:
-    """The status of a WebSocket upgrade for a fresh session, through ``url``."""
+def upgrade(url: str, *, in_header: bool = False) -> tuple[int, str, str]:
+    """A WebSocket upgrade for a fresh session through ``url``: its status, its
+    response head and the token. ``in_header``: the token goes as a subprotocol
+    (what the page does), else in the URL."""
     import json
     import urllib.request
 
@@ -145,24 +149,38 @@ def upgrade_status(url: str) -> int:
         token = json.loads(response.read())["token"]
     host = url.removeprefix("http://")
     key = base64.b64encode(os.urandom(16)).decode()
+    if in_header:
+        target = "/ws"
+        extra = f"Sec-WebSocket-Protocol: omiro, omiro.token.{token.replace(':', '.')}\r\n"
+    else:
+        target, extra = f"/ws?token={token}", ""
     request = (
-        f"GET /ws?token={token} HTTP/1.1\r\nHost: {host}\r\nOrigin: {url}\r\n"
+        f"GET {target} HTTP/1.1\r\nHost: {host}\r\nOrigin: {url}\r\n"
         f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n"
+        f"Sec-WebSocket-Version: 13\r\n{extra}\r\n"
     )
     port = int(host.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(request.encode())
         head = sock.recv(4096).decode(errors="replace")
-    return int(head.split(" ", 2)[1])
+    return int(head.split(" ", 2)[1]), head, token
+
+
+def upgrade_status(url: str) -> int:
+    return upgrade(url)[0]
 
 
 def test_a_call_through_nginx_on_a_non_default_port(make_server, people, nginx):
     server = make_server(OMIRO_SERVER_TRUSTED_PROXIES='["127.0.0.1/32"]')
     proxy = nginx(readme_location(server.port))
     assert proxy.port not in (80, 443)
-    # Sessions and the upgrade, through nginx.
+    # Sessions and the upgrade, through nginx: the URL form, and the token in
+    # Sec-WebSocket-Protocol, which nginx passes on, and "omiro" echoed back.
     assert upgrade_status(proxy.url) == 101
+    status, head, token = upgrade(proxy.url, in_header=True)
+    assert status == 101
+    assert "\r\nSec-WebSocket-Protocol: omiro\r\n" in head
+    secret = token.rsplit(":", 1)[1]  # the token's signature
     alice = people(server, "alice", url=proxy.url + "/")
     bob = people(server, "bob", url=proxy.url + "/")
     for person in (alice, bob):
@@ -180,10 +198,14 @@ def test_a_call_through_nginx_on_a_non_default_port(make_server, people, nginx):
     for person in (alice, bob):
         person.page.context.close()
     deadline = time.monotonic() + START_S
-    while (log := (proxy.dir / "access.log").read_text()).count('" 101 ') < 3:
+    while (log := (proxy.dir / "access.log").read_text()).count('" 101 ') < 4:
         assert time.monotonic() < deadline, log
         time.sleep(0.05)  # bounded poll of an external process's file, with a deadline
-    assert log.count("GET /ws?token=") >= 3
+    # Only the URL form left its token in the log: the pages (and the header
+    # form above) sent theirs where nginx does not log.
+    assert log.count("GET /ws?token=") == 1
+    assert log.count('"GET /ws HTTP/1.1" 101 ') >= 3
+    assert secret not in log
 
 
 def test_host_without_the_port_is_refused_as_the_readme_warns(make_server, nginx):
