@@ -577,6 +577,22 @@ def test_stale_match_relay_and_duplicate_are_dropped() -> None:
     assert not a.transcript
 
 
+def test_a_relay_from_the_ended_match_reaches_nobody_in_the_next_one() -> None:
+    """The old partner's frame, handed over on this server after the next match formed."""
+    world = World()
+    old = pair(world)
+    world.op("a", "leave_queue")
+    world.connect("c")
+    world.op("a", "join_queue")
+    world.op("c", "join_queue")
+    a = world.cores["a"]
+    assert a.match is not None
+    assert a.match.match_id != old.match_id
+    late = Relay("chat", b'{"op":"chat","data":{"text":"late"}}', "late", old)
+    assert a.handle(late, 0.0) == ()
+    assert not a.transcript
+
+
 def test_only_the_last_ended_matches_are_remembered() -> None:
     core = SessionCore("a", 0.0)
     for n in range(ENDED_REMEMBERED + 1):
