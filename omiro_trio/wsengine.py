@@ -136,6 +136,17 @@ class EngineProtocol(ServerProtocol):
 
     pong: Frame | None = None
 
+    def select_subprotocol(self, subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
+        """The first of the server's subprotocols the client offers; None rather than a
+        refusal (websockets' own refuses a client that offers none of them).
+
+        A method of the class, not websockets' ``select_subprotocol`` argument:
+        that one is bound to each protocol, a reference cycle that would keep
+        every closed connection until the cyclic collector runs.
+        """
+        offered = set(subprotocols)
+        return next((name for name in self.available_subprotocols or () if name in offered), None)
+
     def send_frame(self, frame: Frame) -> None:
         if frame.opcode is _PONG:
             if self.close_sent is None:
@@ -177,13 +188,7 @@ def new_protocol(max_frame_bytes: int, subprotocols: Sequence[str] = ()) -> Engi
         max_size=max_frame_bytes,
         logger=_PROTOCOL_LOG,
         subprotocols=[Subprotocol(name) for name in subprotocols] or None,
-        select_subprotocol=_first_offered,
     )
-
-
-def _first_offered(proto: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
-    """The first of the server's subprotocols the client offers; None rather than a refusal."""
-    return next((name for name in proto.available_subprotocols or () if name in offered), None)
 
 
 class Failure(Enum):

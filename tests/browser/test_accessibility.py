@@ -134,6 +134,16 @@ def test_axe_finds_nothing_in_any_state(make_server, people, language):
     dave.wait("() => document.querySelectorAll('.msg-stranger').length === 1")
     assert_no_violations(dave, "text call", language)
 
+    erin = people(server, "erin", locale=language)
+    frank = people(server, "frank", locale=language)
+    for person in (erin, frank):
+        person.testid("voice-mode").check(force=True)
+        person.testid("start").click()
+    for person in (erin, frank):
+        person.wait_state("connected")
+    erin.wait_call_connected()
+    assert_no_violations(erin, "voice call", language)
+
     denied = people(server, "denied", init_script=DENY_CAMERA_JS, locale=language)
     denied.start()
     denied.wait_state("blocked")
