@@ -521,13 +521,13 @@ class Hub:
                     log.info("join: %s was not idle in the backend; leaving first", session.id)
                     return NotIdle(call)
                 if isinstance(result, Match):
-                    return Enqueued(call, result, await self._pair(session, result))
+                    return Enqueued(call, result, self._pair(session, result))
                 return Enqueued(call, result)
             case WidenWait():
                 match = await backend.widen(session.id, call.ticket)
                 if match is None:
                     return Widened(call, None)
-                return Widened(call, match, await self._pair(session, match))
+                return Widened(call, match, self._pair(session, match))
             case Release():
                 return Released(call, await backend.release_session(session.id))
             case BlockPartner():
@@ -635,24 +635,22 @@ class Hub:
 
     # -- delivery --------------------------------------------------------
 
-    async def _pair(self, session: Session, match: Match) -> str | None:
+    def _pair(self, session: Session, match: Match) -> str | None:
         """The pair tag of ``session`` and its partner in ``match``; None when a client
         is unknown.
 
-        A partner on another server costs one lookup of its client; when the
-        backend does not answer, the match goes on untagged.
+        No backend call: nothing may wait between a match formed and told. A
+        partner on another server is known by the client the backend gave
+        with the match it formed.
         """
         if self._pair_tag is None or not session.ip:
             return None
         partner_id = match.partner_of(session.id)
         partner = self.sessions.get(partner_id)
         if partner is not None:
-            theirs: str | None = partner.ip
+            theirs = partner.ip
         else:
-            try:
-                theirs = await self.backend.client_of(partner_id)
-            except BackendUnavailable:
-                theirs = None
+            theirs = match.clients[0] if partner_id == match.caller else match.clients[1]
         return self._pair_tag(session.ip, theirs) if theirs else None
 
     async def _announce_match(self, session_id: str, match: Match, pair: str | None) -> None:

@@ -48,7 +48,7 @@ from array import array
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 GENERAL = ""
 """The interest name of each mode's general queue."""
@@ -110,6 +110,10 @@ class Match:
     # server holds everything): where a relay to the partner goes.
     servers: tuple[str, str] = ("", "")
     common_languages: tuple[str, ...] = ()
+    # The clients (address groups) of caller and callee as the backend that
+    # formed it knew them ("" unknown; a match read back has none): what the
+    # pair tag is made of. Not part of what a match is.
+    clients: tuple[str, str] = field(default=("", ""), compare=False)
 
     @property
     def common_names(self) -> tuple[str, ...]:
@@ -484,6 +488,7 @@ class Matchmaker:
             joiner_prefs.mode,
             common,
             common_languages=languages,
+            clients=(self._clients.get(caller, ""), self._clients.get(callee, "")),
         )
         self._matches[caller] = match
         self._matches[callee] = match

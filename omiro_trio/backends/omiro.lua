@@ -271,8 +271,10 @@ local function form(waiter, joiner, joiner_ints, joiner_since, id)
     caller, callee = joiner, waiter
   end
   local encoded = #common > 0 and cjson.encode(common) or '[]'
+  -- The two clients come along in the reply (not stored): the server that
+  -- formed the match tags the pair (match_found's "pair") without asking again.
   local m = {'match', id, caller, callee, w.mode, encoded, holder_of(caller) or '',
-    holder_of(callee) or ''}
+    holder_of(callee) or '', client_of(caller) or '', client_of(callee) or ''}
   store_match(caller, m)
   store_match(callee, m)
   return m

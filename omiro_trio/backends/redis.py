@@ -317,13 +317,15 @@ def _text(value: Any) -> str:
 
 
 def _match(raw: Sequence[Any]) -> Match:
-    """``[kind, id, caller, callee, mode, common-json, caller's server, callee's server]``."""
+    """``[kind, id, caller, callee, mode, common-json, caller's server, callee's server]``,
+    and for a match just formed the two clients."""
     fields = [_text(v) for v in raw]
     _, match_id, caller, callee, mode, common = fields[:6]
     servers = (fields[6], fields[7]) if len(fields) >= 8 else ("", "")
+    clients = (fields[8], fields[9]) if len(fields) >= 10 else ("", "")
     # The common queue names (interests, and languages marked as such: matchmaking.py).
     interests, languages = split_common(msgspec.json.decode(common) or ())
-    return Match(match_id, caller, callee, mode, interests, servers, languages)
+    return Match(match_id, caller, callee, mode, interests, servers, languages, clients)
 
 
 def _match_fields(match: Match) -> str:

@@ -382,6 +382,25 @@ async def test_join_prefers_a_shared_language_and_tells_it(
     assert (await backend.stats()).waiting == 1
 
 
+async def test_a_match_formed_carries_its_clients_for_the_pair_tag(
+    backend: Backend, clock: Clock | None, elapse: Elapse
+) -> None:
+    assert await backend.claim_session("a", "198.51.100.7")
+    assert await backend.claim_session("b", "2001:db8:5:6::/64")
+    await waits(backend, "a")
+    match = await matches(backend, "b")
+    assert match.clients == ("198.51.100.7", "2001:db8:5:6::/64")  # caller's, callee's
+    # Widened too; a session whose client is unknown gives "".
+    assert await backend.claim_session("c", "192.0.2.1")
+    first = await waits(backend, "c", prefs("chess"))
+    await elapse(1)
+    await waits(backend, "d")
+    await elapse(INTEREST_TIMEOUT_S)
+    widened = await backend.widen("c", first.ticket)
+    assert isinstance(widened, Match)
+    assert (widened.caller, widened.clients) == ("c", ("192.0.2.1", ""))
+
+
 async def test_a_language_and_an_interest_of_the_same_name_never_meet(backend: Backend) -> None:
     await waits(backend, "a", prefs("pt"))
     await waits(backend, "b", speaks("pt"))
