@@ -372,8 +372,8 @@ async function ready() {
       media.close(); // Stop was pressed while the permission prompt was open
       return;
     }
+    showLocalPreview();
     if (mode === "video") {
-      showLocalPreview();
       checkOwnCamera();
       loadFilter();
     }
@@ -624,8 +624,10 @@ function showLocalPreview() {
   ui.localVideo.play().catch(() => {});
   media.setMicEnabled(micOn);
   media.setCameraEnabled(cameraOn);
-  ui.body.dataset.preview = media.hasVideo ? "on" : "off";
-  ui.mediaControls.inert = !media.hasVideo;
+  // A voice call has no picture of ourselves, but its microphone controls.
+  const controls = media.hasVideo || currentMode() === "voice";
+  ui.body.dataset.preview = controls ? "on" : "off";
+  ui.mediaControls.inert = !controls;
 }
 
 function hideLocalPreview() {

@@ -82,8 +82,11 @@ def test_two_voice_only_pages_call_with_audio_and_no_camera(server, people):
         assert "video" not in person.js(MEDIA_JS)["bytes"]
         # What is on screen: the voice, no picture, no self-view, no camera button.
         assert person.testid("voice-stage").is_visible()
-        for hidden in ("remote-video", "local-video", "camera"):
+        for hidden in ("remote-video", "local-video", "camera", "switch-camera"):
             assert person.testid(hidden).is_hidden(), hidden
+        # The microphone's own controls stay: mute, and the choice of microphone.
+        assert person.testid("mute").is_visible()
+        assert person.testid("devices").is_visible()
         assert person.js("() => window.omiro.blankVideo.running") is False
 
     # The stranger's voice (Chromium's fake microphone beeps) lights the
@@ -98,6 +101,8 @@ def test_two_voice_only_pages_call_with_audio_and_no_camera(server, people):
     )
     solid = alice.js("() => getComputedStyle(document.querySelector('.voice-orb')).borderTopStyle")
     assert solid == "solid"
+    # The stranger mutes: their silence shows.
+    bob.testid("mute").click()
     alice.wait(
         "s => document.querySelector('[data-testid=voice-state]').textContent === s",
         english["voice.silent"],
