@@ -48,7 +48,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable
-from typing import Final, Protocol, assert_never
+from typing import Final, Protocol, assert_never, cast
 
 import trio
 
@@ -265,7 +265,8 @@ class Hub:
             session.close_outbox()
             self.metrics.connections.dec()
             try:
-                await self._run(session, _DETACHED, trio.current_time())
+                now = trio.current_time()
+                await self._run_effects(session, session.core.handle(_DETACHED, now), now)
             finally:
                 if not self.sessions:
                     self._no_sessions.set()
@@ -372,8 +373,7 @@ class Hub:
             return
         relay = effects[0]
         if type(relay) is not Relay:
-            with contextlib.suppress(_Abandoned):
-                await self._chain(session, effects, now)
+            await self._run_effects(session, effects, now)
             return
         match = relay.match
         partner_id = match.partner_of(session.id)
@@ -434,13 +434,11 @@ class Hub:
 
     async def _operate(self, session: Session, operation: Operation) -> None:
         async with session.lock:
-            await self._run(session, Started(operation), trio.current_time())
-
-    async def _run(self, session: Session, event: Event, now: float) -> None:
-        await self._run_effects(session, session.core.handle(event, now), now)
+            now = trio.current_time()
+            await self._run_effects(session, session.core.handle(Started(operation), now), now)
 
     async def _run_effects(self, session: Session, effects: Effects, now: float) -> None:
-        with contextlib.suppress(_Abandoned):
+        with contextlib.suppress(_Abandoned):  # a failure the core was told of ended it
             await self._chain(session, effects, now)
 
     # -- the interpreter -------------------------------------------------
@@ -454,6 +452,9 @@ class Hub:
         told to the core.
         """
         for effect in effects:
+            if type(effect) not in _AWAITED_TYPES:  # most effects: skip the cases below
+                self._do(session, cast("Immediate", effect), now)
+                continue
             match effect:
                 case Relay():
                     await self.perform(session, (effect,), now)
@@ -702,6 +703,7 @@ _AWAITED: Final = (
     BlockPartner,
     FileReport,
 )
+_AWAITED_TYPES: Final = frozenset(_AWAITED)
 
 
 def _what(effect: Effect) -> str:
