@@ -23,11 +23,11 @@ from omiro_trio.backends.base import Backend, Ban
 from omiro_trio.codes import PartnerReason
 from omiro_trio.errors import BackendUnavailable
 from omiro_trio.matchmaking import Match
-from omiro_trio.session_events import Event, MatchEnded, MatchFormed, Said
+from omiro_trio.session_events import Event, MatchEnded, MatchFormed, PartnerAway, Said
 
 log = logging.getLogger(__name__)
 
-BusKind = Literal["matched", "ended", "relay", "ban"]
+BusKind = Literal["matched", "ended", "away", "relay", "ban"]
 """What a bus message says: ``ban`` goes to every server, the others to one session."""
 
 
@@ -73,6 +73,11 @@ def matched(to: str, match: Match, pair: str | None = None) -> bytes:
     return _encoder.encode(message)
 
 
+def away(to: str, match_id: str) -> bytes:
+    """``to``'s partner in ``match_id`` lost its socket and may come back with its ticket."""
+    return _encoder.encode(BusMessage(to=to, kind="away", match_id=match_id))
+
+
 def ended(to: str, match_id: str, reason: PartnerReason) -> bytes:
     """``to``'s match ``match_id`` ended on its partner's side."""
     return _encoder.encode(BusMessage(to=to, kind="ended", match_id=match_id, reason=reason))
@@ -110,6 +115,8 @@ def dispatch(receiver: Receiver, raw: bytes) -> None:
     event: Event
     if message.kind == "relay":
         event = Said(message.match_id, message.frame, message.chat)
+    elif message.kind == "away":
+        event = PartnerAway(message.match_id)
     elif message.kind == "ended":
         try:
             event = MatchEnded(message.match_id, PartnerReason(message.reason))

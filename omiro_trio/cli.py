@@ -1,4 +1,6 @@
-"""The ``omiro`` command: ``serve``, ``check-config`` and ``ban``.
+"""The ``omiro`` command: ``serve``, ``check-config``, and the admin API's
+``ban``, ``report``, ``moderator`` and ``audit`` (what the moderator console
+does, for scripts and cron jobs).
 
 Installed packages add commands through the ``omiro.commands`` entry-point
 group, loaded only when named (``omiro bench``, from ``omiro_bench``): the
@@ -258,13 +260,13 @@ def _admin_call(
     )
     try:
         with urllib.request.urlopen(req, timeout=ADMIN_TIMEOUT_S) as response:
-            status, raw = response.status, response.read()
+            status, body_bytes = response.status, response.read()
     except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
+        status, body_bytes = exc.code, exc.read()
     except (urllib.error.URLError, OSError) as exc:
         click.echo(f"omiro: cannot reach {url}: {exc}", err=True)
         sys.exit(1)
-    payload = msgspec.json.decode(raw) if raw else None
+    payload = msgspec.json.decode(body_bytes) if body_bytes else None
     return status, payload
 
 
@@ -278,7 +280,8 @@ def _describe_ban(entry: dict[str, Any]) -> str:
     until = entry.get("until")
     ends = "permanent" if until is None else f"until {_unix(until)}"
     reason = f"  {entry['reason']}" if entry.get("reason") else ""
-    return f"{entry['target']}\t{ends}{reason}"
+    by = f"  (by {entry['by']})" if entry.get("by") else ""
+    return f"{entry['target']}\t{ends}{reason}{by}"
 
 
 def _unix(seconds: float) -> str:
@@ -314,9 +317,11 @@ def ban_add(
 
 @ban.command("list")
 @_admin_options
-def ban_list(config_path: Path | None, url: str | None, token: str | None) -> None:
+@click.option("--search", default="", help="Only bans whose target, reason or setter has this.")
+def ban_list(config_path: Path | None, url: str | None, token: str | None, search: str) -> None:
     """List the bans in force, newest first."""
-    status, payload = _admin_call(config_path, url, token, "GET", "/admin/bans")
+    path = "/admin/bans" + (f"?{urllib.parse.urlencode({'q': search})}" if search else "")
+    status, payload = _admin_call(config_path, url, token, "GET", path)
     if status != 200:
         _fail(status, payload)
     for entry in payload["bans"]:
@@ -333,3 +338,215 @@ def ban_remove(config_path: Path | None, url: str | None, token: str | None, tar
     if status != 204:
         _fail(status, payload)
     click.echo(f"lifted the ban of {target}")
+
+
+# -- moderation: accounts, reports, the audit log ---------------------------------
+
+
+@main.group()
+def moderator() -> None:
+    """Manage moderator accounts through a running server's /admin API."""
+
+
+@moderator.command("add")
+@_admin_options
+@click.argument("name")
+@click.option(
+    "--role",
+    type=click.Choice(["moderator", "admin"]),
+    default="moderator",
+    help="moderator: reports and bans up to moderation.moderator_max_ban_s; admin: everything.",
+)
+def moderator_add(
+    config_path: Path | None, url: str | None, token: str | None, name: str, role: str
+) -> None:
+    """Make the account NAME and print its password (shown this once, kept only as a hash)."""
+    body = {"name": name, "role": role}
+    status, payload = _admin_call(config_path, url, token, "POST", "/admin/moderators", body)
+    if status != 201:
+        _fail(status, payload)
+    click.echo(f"made the {role} account {name}")
+    click.echo(f"password: {payload['password']}")
+    click.echo("sign in at /console on the server; the password is not shown again")
+
+
+@moderator.command("list")
+@_admin_options
+def moderator_list(config_path: Path | None, url: str | None, token: str | None) -> None:
+    """List the accounts."""
+    status, payload = _admin_call(config_path, url, token, "GET", "/admin/moderators")
+    if status != 200:
+        _fail(status, payload)
+    for entry in payload["moderators"]:
+        click.echo(f"{entry['name']}\t{entry['role']}\tsince {_unix(entry['created_at'])}")
+
+
+@moderator.command("remove")
+@_admin_options
+@click.argument("name")
+def moderator_remove(
+    config_path: Path | None, url: str | None, token: str | None, name: str
+) -> None:
+    """Remove the account NAME; its console sessions end with it."""
+    path = "/admin/moderators/" + urllib.parse.quote(name, safe="")
+    status, payload = _admin_call(config_path, url, token, "DELETE", path)
+    if status != 204:
+        _fail(status, payload)
+    click.echo(f"removed the account {name}")
+
+
+@main.group()
+def report() -> None:
+    """Work the report queue through a running server's /admin API."""
+
+
+def _describe_report(entry: dict[str, Any]) -> str:
+    state = entry["status"]["state"]
+    extra = f" by {entry['status']['by']}" if entry["status"].get("by") else ""
+    auto = "  auto-banned" if entry["status"].get("autoban") else ""
+    reporters = f"  {entry['reporters']} reporters" if "reporters" in entry else ""
+    return (
+        f"#{entry['id']}\t{entry.get('category', '')}\t{entry['reported_ip']}\t"
+        f"{_unix(entry['at'])}\t{state}{extra}{reporters}{auto}"
+    )
+
+
+@report.command("queue")
+@_admin_options
+def report_queue(config_path: Path | None, url: str | None, token: str | None) -> None:
+    """List the open reports, most urgent first."""
+    status, payload = _admin_call(config_path, url, token, "GET", "/admin/queue")
+    if status != 200:
+        _fail(status, payload)
+    for entry in payload["reports"]:
+        click.echo(_describe_report(entry))
+
+
+@report.command("show")
+@_admin_options
+@click.argument("report_id", type=int)
+def report_show(
+    config_path: Path | None, url: str | None, token: str | None, report_id: int
+) -> None:
+    """Show one report with its transcript and its client's history."""
+    status, payload = _admin_call(config_path, url, token, "GET", f"/admin/reports/{report_id}")
+    if status != 200:
+        _fail(status, payload)
+    click.echo(_describe_report(payload))
+    click.echo(f"reason: {payload['reason']}")
+    if payload.get("match_s") is not None:
+        click.echo(f"the match had lasted {payload['match_s']} s")
+    click.echo(f"reported by {payload['reporter_ip']}")
+    for line in payload["transcript"]:
+        click.echo(f"  {line}")
+    click.echo(f"earlier reports of this client: {len(payload['earlier_reports'])}")
+    for ban_entry in payload["bans"]:
+        click.echo(f"  banned {_describe_ban(ban_entry)}")
+
+
+def _report_action(
+    config_path: Path | None,
+    url: str | None,
+    token: str | None,
+    report_id: int,
+    action: str,
+    body: dict[str, Any],
+) -> None:
+    path = f"/admin/reports/{report_id}/{action}"
+    status, payload = _admin_call(config_path, url, token, "POST", path, body)
+    if status != 200:
+        _fail(status, payload)
+    state = payload["status"]
+    click.echo(
+        f"report #{report_id}: {state['state']}"
+        + (f" ({state['action']})" if state["action"] else "")
+    )
+
+
+@report.command("claim")
+@_admin_options
+@click.argument("report_id", type=int)
+def report_claim(
+    config_path: Path | None, url: str | None, token: str | None, report_id: int
+) -> None:
+    """Claim a report, so no other moderator acts on it at once."""
+    _report_action(config_path, url, token, report_id, "claim", {})
+
+
+@report.command("ban")
+@_admin_options
+@click.argument("report_id", type=int)
+@click.option(
+    "--duration",
+    "duration_s",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Seconds the ban lasts (default: permanent; admins only).",
+)
+@click.option("--note", default="", help="Why (kept with the ban and in the audit log).")
+def report_ban(
+    config_path: Path | None,
+    url: str | None,
+    token: str | None,
+    report_id: int,
+    duration_s: int | None,
+    note: str,
+) -> None:
+    """Ban the reported client; its open sockets are closed on every server."""
+    body = {"duration_s": duration_s, "note": note}
+    _report_action(config_path, url, token, report_id, "ban", body)
+
+
+@report.command("dismiss")
+@_admin_options
+@click.argument("report_id", type=int)
+@click.option("--note", default="", help="Why (kept in the audit log).")
+def report_dismiss(
+    config_path: Path | None, url: str | None, token: str | None, report_id: int, note: str
+) -> None:
+    """Dismiss a report: nothing to act on."""
+    _report_action(config_path, url, token, report_id, "dismiss", {"note": note})
+
+
+@report.command("lift")
+@_admin_options
+@click.argument("report_id", type=int)
+@click.option("--note", default="", help="Why (kept in the audit log).")
+def report_lift(
+    config_path: Path | None, url: str | None, token: str | None, report_id: int, note: str
+) -> None:
+    """Lift the ban in force on the reported client (an automatic one) and dismiss the report."""
+    _report_action(config_path, url, token, report_id, "lift", {"note": note})
+
+
+@main.group()
+def audit() -> None:
+    """The audit log of moderator actions (admins)."""
+
+
+@audit.command("export")
+@_admin_options
+@click.option("--format", "kind", type=click.Choice(["jsonl", "csv"]), default="jsonl")
+@click.option(
+    "--output", type=click.File("wb"), default="-", help="File to write (default: stdout)."
+)
+def audit_export(
+    config_path: Path | None, url: str | None, token: str | None, kind: str, output: Any
+) -> None:
+    """Write the whole audit log kept, newest first, as JSON Lines or CSV."""
+    from omiro_trio.backends.base import AuditEntry
+    from omiro_trio.moderation import audit_csv, audit_jsonl
+
+    entries: list[AuditEntry] = []
+    before: int | None = None
+    while True:
+        query = {"limit": "1000"} | ({"before": str(before)} if before else {})
+        path = "/admin/audit?" + urllib.parse.urlencode(query)
+        status, payload = _admin_call(config_path, url, token, "GET", path)
+        if status != 200:
+            _fail(status, payload)
+        entries += msgspec.convert(payload["entries"], list[AuditEntry])
+        before = payload["next_before"]
+        if before is None:
+            break
+    output.write(audit_csv(entries) if kind == "csv" else audit_jsonl(entries))

@@ -39,6 +39,10 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     BANNED = "banned"
     UNAVAILABLE = "unavailable"  # the shared backend (Redis) is not answering: try again
+    BAD_TICKET = "bad_ticket"  # a match ticket that is malformed or not signed by the service
+    TICKET_EXPIRED = "ticket_expired"  # a match ticket past its expiry
+    TICKET_USED = "ticket_used"  # the ticket's seat was resumed already
+    MATCH_OVER = "match_over"  # the match ended: the partner moved on or never came back
 
 
 class PartnerReason(StrEnum):
@@ -48,3 +52,4 @@ class PartnerReason(StrEnum):
     LEFT = "left"  # the other side left, closed or broke its socket, or is gone
     REPORTED = "reported"  # the other side reported this one
     TIMEOUT = "timeout"  # the other side's socket stopped answering pings
+    LOST = "lost"  # the connection between the two went silent (either side, liveness)

@@ -19,7 +19,8 @@ Rules (``docs/configuration.md`` is the user-facing version):
   file's path, read by the CLI), ``OMIRO_DEBUG_STALLS_MS`` and
   ``OMIRO_DEBUG_TRACEMALLOC`` (diagnostic switches, read by
   ``diagnostics.py``).
-* Secrets (``session.secret``, ``admin.token``, ``ice.turn_secret``) can also
+* Secrets (``session.secret``, ``admin.token``, ``ice.turn_secret``,
+  ``alerts.secret``) can also
   come from a file named by ``OMIRO_<TABLE>_<KEY>_FILE`` (one trailing newline
   stripped, must not be empty). Setting both the variable and ``_FILE`` is an
   error. Secrets never appear in error messages, and :func:`config_as_dict`
@@ -53,6 +54,7 @@ from omiro_trio.errors import ConfigError
 __all__ = [
     "SECRET_KEYS",
     "AdminConfig",
+    "AlertsConfig",
     "BackendConfig",
     "Config",
     "ConfigError",
@@ -60,6 +62,7 @@ __all__ = [
     "LimitsConfig",
     "LogConfig",
     "MatchmakingConfig",
+    "ModerationConfig",
     "PageConfig",
     "RedisConfig",
     "ReportsConfig",
@@ -104,11 +107,16 @@ class ServerConfig(_Table, frozen=True):
     drain_grace_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
     # What server_draining tells clients to wait before they reconnect.
     reconnect_after_ms: Annotated[int, msgspec.Meta(ge=0, le=600_000)] = 1000
+    # A matched client that beats (``alive``) and is silent this long has lost its partner.
+    lost_after_s: Annotated[float, msgspec.Meta(ge=3, le=300)] = 15.0
+    # How long a seat taken back with a match ticket waits for the partner's.
+    resume_grace_s: Annotated[float, msgspec.Meta(ge=1, le=600)] = 30.0
 
 
 class SessionConfig(_Table, frozen=True):
     secret: str = ""  # empty: random per process; else at least 32 bytes
     token_ttl_s: Annotated[int, msgspec.Meta(ge=10, le=30 * DAY_S)] = 600
+    ticket_ttl_s: Annotated[int, msgspec.Meta(ge=60, le=DAY_S)] = 7200  # a match ticket's life
 
 
 class BackendConfig(_Table, frozen=True):
@@ -143,6 +151,17 @@ class ReportsConfig(_Table, frozen=True):
     autoban_reporters: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
     autoban_window_s: PositiveDuration = 3600
     autoban_s: PositiveDuration = 86400
+    # Reports with their transcripts, and each client's report and ban history.
+    retention_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 30
+
+
+class ModerationConfig(_Table, frozen=True):
+    """The moderator console and accounts (docs/moderation.md)."""
+
+    audit_retention_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 365
+    session_idle_s: Annotated[int, msgspec.Meta(ge=60, le=7 * DAY_S)] = 1800
+    moderator_max_ban_s: PositiveDuration = 7 * DAY_S  # the longest ban a moderator may set
+    claim_s: Annotated[int, msgspec.Meta(ge=10, le=DAY_S)] = 900  # a claim lapses after this
 
 
 class IceConfig(_Table, frozen=True):
@@ -164,6 +183,16 @@ class IceConfig(_Table, frozen=True):
 
 class AdminConfig(_Table, frozen=True):
     token: str = ""  # empty: /admin answers 404; else at least 32 bytes
+
+
+class AlertsConfig(_Table, frozen=True):
+    """A webhook told of what needs a person at once (docs/moderation.md, "Alerts")."""
+
+    webhook_url: str = ""  # empty: no alerts; else http(s)://...
+    secret: str = ""  # signs each alert (HMAC-SHA256); at least 32 bytes, needed with a URL
+    reports_per_hour: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 20  # a spike past this
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0  # one attempt's deadline
+    retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 3  # attempts after the first
 
 
 class LogConfig(_Table, frozen=True):
@@ -189,14 +218,16 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     matchmaking: MatchmakingConfig = msgspec.field(default_factory=MatchmakingConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     reports: ReportsConfig = msgspec.field(default_factory=ReportsConfig)
+    moderation: ModerationConfig = msgspec.field(default_factory=ModerationConfig)
     ice: IceConfig = msgspec.field(default_factory=IceConfig)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
+    alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     page: PageConfig = msgspec.field(default_factory=PageConfig)
 
 
 SECRET_KEYS: frozenset[tuple[str, str]] = frozenset(
-    {("session", "secret"), ("admin", "token"), ("ice", "turn_secret")}
+    {("session", "secret"), ("admin", "token"), ("ice", "turn_secret"), ("alerts", "secret")}
 )
 ENV_PREFIX = "OMIRO_"
 RESERVED_ENV: frozenset[str] = frozenset(
@@ -429,6 +460,7 @@ def _check_values(config: Config, sources: _Sources) -> None:
     for table, key, secret in (
         ("session", "secret", config.session.secret),
         ("admin", "token", config.admin.token),
+        ("alerts", "secret", config.alerts.secret),
     ):
         # Not echoed: only the length is named.
         if secret and len(secret.encode()) < MIN_SECRET_BYTES:
@@ -455,6 +487,14 @@ def _check_values(config: Config, sources: _Sources) -> None:
             if not url.startswith(schemes) or url.endswith(":") or any(c.isspace() for c in url):
                 problem = f"expected a URL starting with {' or '.join(schemes)}, got {url!r}"
                 raise _error(sources, "ice", key, problem, f"[{i}]")
+    alerts = config.alerts
+    if alerts.webhook_url:
+        if not re.fullmatch(r"https?://[^\s/?#]+(/\S*)?", alerts.webhook_url):
+            problem = f"expected an http:// or https:// URL, got {alerts.webhook_url!r}"
+            raise _error(sources, "alerts", "webhook_url", problem)
+        if not alerts.secret:
+            problem = "needs alerts.secret to sign the alerts"
+            raise _error(sources, "alerts", "webhook_url", problem)
     if ice.relay_only is True and not ice.turn_urls:
         problem = 'needs at least one ice.turn_urls entry (or "auto": relay-only when there is one)'
         raise _error(sources, "ice", "relay_only", problem)

@@ -290,13 +290,13 @@ async def _write_refusal(raw: socket.socket, data: bytes) -> None:
 
 
 class _Timers:
-    """A connection's timers: runs the widen timer its session's core asks for.
+    """A connection's timers: runs the widen and liveness timers its session's core asks for.
 
-    The timer is a task in the connection's own nursery; the hub only says
-    which timer the core wants (``Session.sync_timer``), never starts one.
+    Each timer is a task in the connection's own nursery; the hub only says
+    which timer the core wants (``Arm``, ``Watch``), never starts one.
     """
 
-    __slots__ = ("_hub", "_nursery", "_running", "_scope", "_session")
+    __slots__ = ("_hub", "_nursery", "_running", "_scope", "_session", "_watch_scope")
 
     def __init__(self, hub: Hub, session: Session, nursery: trio.Nursery) -> None:
         self._hub = hub
@@ -304,6 +304,26 @@ class _Timers:
         self._nursery = nursery
         self._running: Widen | None = None
         self._scope: trio.CancelScope | None = None
+        self._watch_scope: trio.CancelScope | None = None
+
+    def watch(self, after_s: float | None) -> None:
+        if self._watch_scope is not None:
+            self._watch_scope.cancel()
+        self._watch_scope = None
+        if after_s is None:
+            return
+        scope = trio.CancelScope()
+        try:
+            self._nursery.start_soon(self._watch_later, after_s, scope)
+        except RuntimeError:
+            return  # the connection is ending: nothing is left to watch
+        self._watch_scope = scope
+
+    async def _watch_later(self, after_s: float, scope: trio.CancelScope) -> None:
+        with scope:
+            await trio.sleep(after_s)
+        if not scope.cancelled_caught:
+            await self._hub.watch_fired(self._session)
 
     def want(self, widen: Widen | None) -> None:
         if widen is self._running:

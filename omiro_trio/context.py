@@ -13,6 +13,7 @@ from omiro_trio.backends.base import Backend
 from omiro_trio.config import Config
 from omiro_trio.hub import Hub
 from omiro_trio.metrics import Metrics
+from omiro_trio.moderation import ModerationDesk
 from omiro_trio.session_core import SessionRules
 from omiro_trio.tokens import TokenSigner, turn_credentials
 
@@ -27,6 +28,7 @@ class ServerContext:
     signer: TokenSigner
     metrics: Metrics
     rules: SessionRules  # what every session's core is held to (server.parts)
+    moderation: ModerationDesk
     wall: Callable[[], float] = time.time
     trusted_proxies: tuple[Network, ...] = field(init=False)
 
@@ -61,4 +63,5 @@ class ServerContext:
             self.ice_servers(session_id),
             "relay" if self.config.ice.relayed else "all",
             protocol.HelloLimits(limits.max_chat_length, limits.max_frame_bytes),
+            self.rules.liveness(),
         )

@@ -51,3 +51,12 @@ class SessionElsewhere(BackendUnavailable):
 
 class InvalidToken(OmiroError):
     """A session token is missing, malformed, forged or expired."""
+
+
+class InvalidTicket(OmiroError):
+    """A match ticket is malformed, forged or expired; ``code`` says which for the client."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

@@ -47,6 +47,7 @@ import contextlib
 import ipaddress
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Final, Protocol, assert_never, cast
 
@@ -55,23 +56,26 @@ import trio
 from omiro_trio import bus
 from omiro_trio.addresses import group_in_networks
 from omiro_trio.backends.base import Backend, Ban, Ended, LocalView, ReportRecord
-from omiro_trio.codes import CloseCode, PartnerReason
+from omiro_trio.codes import CloseCode, ErrorCode, PartnerReason
 from omiro_trio.errors import BackendUnavailable, SessionElsewhere
 from omiro_trio.matchmaking import Match, Preferences
 from omiro_trio.metrics import Metrics
 from omiro_trio.protocol import OP_NAMES, Hello
-from omiro_trio.reports import ReportDesk, ReportPolicy
+from omiro_trio.reports import ReportDesk, ReportPolicy, ReportWatcher
 from omiro_trio.resync import SYNC_INTERVAL_S as SYNC_INTERVAL_S  # the cluster tests plan by it
 from omiro_trio.resync import SYNC_RETRY_S as SYNC_RETRY_S
 from omiro_trio.resync import SyncRequests
+from omiro_trio.seats import Hold, Pair, Seats
 from omiro_trio.session_core import SessionCore
 from omiro_trio.session_events import (
+    AnnounceAway,
     AnnounceEnd,
     AnnounceMatch,
     Arm,
     Banned,
     Blocked,
     BlockPartner,
+    ClaimSeat,
     Close,
     CloseAsked,
     CountCall,
@@ -84,11 +88,13 @@ from omiro_trio.session_events import (
     Draining,
     Effect,
     Effects,
+    EndSeats,
     Enqueue,
     Enqueued,
     Event,
     Filed,
     FileReport,
+    GiveUpSeat,
     Immediate,
     Join,
     Leave,
@@ -99,17 +105,24 @@ from omiro_trio.session_events import (
     NotIdle,
     Opened,
     Operation,
+    PartnerAway,
     Relay,
     Release,
     Released,
     ReleaseLater,
     ReportPartner,
+    Resumed,
+    SeatHeld,
+    SeatRefused,
     SkipCounted,
     Started,
     SyncNow,
     SyncSoon,
+    TakeSeat,
     TimerFired,
     Unavailable,
+    Watch,
+    WatchFired,
     Widen,
     Widened,
     WidenWait,
@@ -135,6 +148,11 @@ class Timers(Protocol):
 
     def want(self, widen: Widen | None) -> None:
         """Run the widen timer ``widen`` (cancelling any other); None cancels it."""
+        ...
+
+    def watch(self, after_s: float | None) -> None:
+        """Run the liveness timer, to fire after ``after_s`` (cancelling any other); None
+        cancels it."""
         ...
 
 
@@ -193,6 +211,7 @@ class _Abandoned(Exception):
 
 _LEAVE: Final = Leave()
 _DETACHED: Final = Detached()
+_WATCH_FIRED: Final = WatchFired()
 _DRAINING: Final = Draining()
 _BANNED: Final = Banned()
 _SLOW_CONSUMER: Final = CloseAsked(CloseCode.SLOW_CONSUMER, "slow consumer")
@@ -205,10 +224,12 @@ class Hub:
         backend: the shared state.
         metrics: counters to update.
         reports: how reports are limited and when they ban.
+        watcher: told of each report kept and each automatic ban (the alerts).
         nexts_per_minute: the skips a session may spend a minute.
         pair_tag: the tag of two clients' address groups (``TokenSigner.pair_tag``),
             told in ``match_found``; None: matches are not tagged.
         wall: unix time, for reports and bans.
+        seats: the seats of matches being resumed (``seats.py``).
     """
 
     def __init__(
@@ -217,9 +238,11 @@ class Hub:
         metrics: Metrics,
         *,
         reports: ReportPolicy | None = None,
+        watcher: ReportWatcher | None = None,
         nexts_per_minute: int = 30,
         pair_tag: Callable[[str, str], str] | None = None,
         wall: Callable[[], float] = time.time,
+        seats: Seats | None = None,
     ):
         self.backend = backend
         self.metrics = metrics
@@ -227,10 +250,15 @@ class Hub:
         self.draining = False
         self.sync = SyncRequests()
         self.reports = ReportDesk(
-            backend, metrics, reports or ReportPolicy(), close_banned=self.close_banned
+            backend,
+            metrics,
+            reports or ReportPolicy(),
+            close_banned=self.close_banned,
+            watcher=watcher,
         )
         self._nexts_per_minute = nexts_per_minute
         self._pair_tag = pair_tag
+        self.seats = seats or Seats(grace_s=30.0, keep_s=7200.0)
         self._wall = wall
         # Metric children looked up once, not per relayed frame.
         self._relayed = {op: metrics.relayed.labels(op) for op in OP_NAMES.values()}
@@ -424,6 +452,17 @@ class Hub:
             with trio.CancelScope(shield=True):
                 await self._run_effects(session, effects, now)
 
+    async def watch_fired(self, session: Session) -> None:
+        """The connection's liveness timer fired: a silent client's match may end as lost.
+
+        Shielded once started, like a widen: the end is told to both sides.
+        """
+        async with session.lock:
+            now = trio.current_time()
+            effects = session.core.handle(_WATCH_FIRED, now)
+            with trio.CancelScope(shield=True):
+                await self._run_effects(session, effects, now)
+
     async def repair(self, session: Session, effects: Effects, now: float) -> None:
         """Perform what the core made of a resync's answer (the resync holds the lock).
 
@@ -461,11 +500,18 @@ class Hub:
                 case Join():
                     await self.join(session, effect.prefs, op=effect.op)
                 case Leave():
-                    await self.leave(session)
+                    await self._operate(session, effect)
                 case ReportPartner():
                     await self.report(session, effect.reason)
+                case TakeSeat():
+                    await self._operate(session, effect)
+                case ClaimSeat():
+                    answer = await self._claim_seat(session, effect, now)
+                    await self._chain(session, session.core.handle(answer, now), now)
                 case AnnounceMatch():
                     await self._announce_match(session.id, effect.match, effect.pair)
+                case AnnounceAway():
+                    await self._announce_away(session.id, effect.match)
                 case AnnounceEnd():
                     try:
                         await self._announce_end(session.id, effect.match, effect.reason)
@@ -485,6 +531,7 @@ class Hub:
                     str()
                     | bytes()
                     | Arm()
+                    | Watch()
                     | Close()
                     | CountError()
                     | CountCall()
@@ -493,6 +540,8 @@ class Hub:
                     | SyncNow()
                     | SyncSoon()
                     | ReleaseLater()
+                    | GiveUpSeat()
+                    | EndSeats()
                 ):
                     self._do(session, effect, now)
                 case _:
@@ -522,13 +571,13 @@ class Hub:
                     log.info("join: %s was not idle in the backend; leaving first", session.id)
                     return NotIdle(call)
                 if isinstance(result, Match):
-                    return Enqueued(call, result, self._pair(session, result))
+                    return Enqueued(call, result, self._pair_tag_of(session, result))
                 return Enqueued(call, result)
             case WidenWait():
                 match = await backend.widen(session.id, call.ticket)
                 if match is None:
                     return Widened(call, None)
-                return Widened(call, match, self._pair(session, match))
+                return Widened(call, match, self._pair_tag_of(session, match))
             case Release():
                 return Released(call, await backend.release_session(session.id))
             case BlockPartner():
@@ -549,6 +598,7 @@ class Hub:
                     reason=call.reason,
                     at=at,
                     transcript=call.transcript,
+                    match_s=call.match_s,
                 )
                 return Filed(call, await self.reports.file(record, now=at))
             case _:
@@ -596,6 +646,10 @@ class Hub:
                 timers = session.timers
                 if timers is not None:
                     timers.want(effect.widen)
+            case Watch():
+                timers = session.timers
+                if timers is not None:
+                    timers.watch(effect.after_s)
             case Close():
                 session.closed = effect
                 session.cancel_scope.cancel()
@@ -613,6 +667,10 @@ class Hub:
                 self.sync.look_again_soon()
             case ReleaseLater():
                 self.sync.release_later(session.id)
+            case GiveUpSeat():
+                self.seats.give_up(effect.match_id, session.id, now)
+            case EndSeats():
+                self.seats.ended(effect.match_id, now)
             case _:
                 assert_never(effect)
 
@@ -634,9 +692,71 @@ class Hub:
             else:
                 self._do(session, effect, now)
 
+    # -- resuming ----------------------------------------------------------
+
+    async def _claim_seat(self, session: Session, call: ClaimSeat, now: float) -> Event:
+        """Claim the seat ``call.ticket`` names for ``session`` (whose lock is held).
+
+        The partner's seat held here by another session: the two are paired
+        in a new match with the same roles, put in the shared state
+        (``Backend.sync`` puts back a match both sides hold), and the partner
+        is told at once. Else the seat is held for the grace, or refused.
+        """
+        ticket = call.ticket
+        for old in (ticket.caller, ticket.callee):
+            held = self.sessions.get(old)
+            if held is None or held.match is None or held.match.match_id != ticket.match_id:
+                continue
+            if old != ticket.holder and held.core.awaits_partner(ticket.match_id):
+                # The partner kept the match for this seat: pair with it.
+                kept = self.seats.claim_kept(ticket, session.id, held.id, now)
+                if isinstance(kept, Pair):
+                    async with held.lock:
+                        return await self._pair(session, held, call)
+                assert not isinstance(kept, Hold)
+                return SeatRefused(call, kept.code, kept.text)
+            return SeatRefused(call, ErrorCode.TICKET_USED, "that match is still going on")
+        verdict = self.seats.claim(ticket, session.id, now)
+        if isinstance(verdict, Hold):
+            return SeatHeld(call, verdict.grace_s)
+        if not isinstance(verdict, Pair):
+            return SeatRefused(call, verdict.code, verdict.text)
+        partner = self.sessions.get(verdict.partner)
+        if partner is None:  # (its socket's end gave the seat up; never here)
+            self.seats.unpair(ticket.match_id, session.id)
+            return SeatRefused(call, ErrorCode.MATCH_OVER, "your partner is gone")
+        async with partner.lock:
+            return await self._pair(session, partner, call)
+
+    async def _pair(self, session: Session, partner: Session, call: ClaimSeat) -> Event:
+        """Pair ``session`` (claiming ``call``'s seat) with ``partner`` (holding the other
+        seat, or keeping the match for it) in a new match; tell the partner.
+
+        The caller holds both sessions' locks, or ``partner`` needs none.
+        """
+        ticket = call.ticket
+        caller, callee = (session, partner) if ticket.seat == "caller" else (partner, session)
+        server = self.backend.server_id
+        match = Match(uuid.uuid4().hex, caller.id, callee.id, ticket.mode, (), (server, server))
+        views = [LocalView(s.id, s.ip, match) for s in (caller, callee)]
+        try:
+            shared = await self.backend.sync(views)
+        except BackendUnavailable:
+            self.seats.unpair(ticket.match_id, session.id)
+            text = "the service is briefly unavailable; try again"
+            return SeatRefused(call, ErrorCode.UNAVAILABLE, text)
+        if (
+            any(view.match != match for view in shared)
+            or self.sessions.get(partner.id) is not partner
+        ):
+            self.seats.unpair(ticket.match_id, session.id)
+            return SeatRefused(call, ErrorCode.MATCH_OVER, "your partner moved on")
+        self.tell(partner, Resumed(match, ticket.match_id))
+        return Resumed(match, ticket.match_id)
+
     # -- delivery --------------------------------------------------------
 
-    def _pair(self, session: Session, match: Match) -> str | None:
+    def _pair_tag_of(self, session: Session, match: Match) -> str | None:
         """The pair tag of ``session`` and its partner in ``match``; None when a client
         is unknown.
 
@@ -674,12 +794,28 @@ class Hub:
         except BackendUnavailable as exc:
             log.warning("could not tell %s of match %s: %s", partner_id, match.match_id, exc)
 
+    async def _announce_away(self, session_id: str, match: Match) -> None:
+        """Tell the partner of ``session_id`` that its socket is gone (not its wish).
+
+        Not told (its server is away): the partner's next relay finds the match
+        over, as before tickets.
+        """
+        partner_id = match.partner_of(session_id)
+        if self.tell_partner(partner_id, PartnerAway(match.match_id)):
+            return
+        try:
+            message = bus.away(partner_id, match.match_id)
+            await self.backend.publish(partner_id, message, server=match.server_of(partner_id))
+        except BackendUnavailable as exc:
+            log.warning("could not tell %s its partner is away: %s", partner_id, exc)
+
     async def _announce_end(self, session_id: str, match: Match, reason: PartnerReason) -> None:
         """Tell the partner of ``session_id`` that ``match`` ended.
 
         Raises:
             BackendUnavailable: the partner's server could not be told.
         """
+        self.seats.ended(match.match_id, trio.current_time())
         partner_id = match.partner_of(session_id)
         if self.tell_partner(partner_id, MatchEnded(match.match_id, reason)):
             return
@@ -690,6 +826,9 @@ class Hub:
 _FRAME: Final = (str, bytes)
 _AWAITED: Final = (
     Relay,
+    AnnounceAway,
+    TakeSeat,
+    ClaimSeat,
     Join,
     Leave,
     ReportPartner,

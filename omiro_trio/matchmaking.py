@@ -411,6 +411,16 @@ class Matchmaker:
         self._recent.add(pair_key(match.caller, match.callee), now)
         return match
 
+    def restore(self, match: Match) -> bool:
+        """Put back ``match`` (one that ended, or that another process formed) if both its
+        sessions are idle here; False (and nothing changes) otherwise."""
+        sides = (match.caller, match.callee)
+        if match.caller == match.callee or any(self.state_of(side) != "idle" for side in sides):
+            return False
+        for side in sides:
+            self._matches[side] = match
+        return True
+
     def block(self, a: str, b: str, now: float) -> None:
         """Never match ``a`` and ``b`` again, nor their clients (for ``block_ttl_s``).
 

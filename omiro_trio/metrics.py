@@ -78,6 +78,17 @@ class Metrics:
         )
         self.reports = Counter("omiro_reports", "Reports received", registry=r)
         self.autobans = Counter("omiro_autobans", "Addresses banned for being reported", registry=r)
+        self.alerts = Counter(
+            "omiro_alerts",
+            "Alerts to the webhook by kind and outcome (sent, failed after retries, dropped)",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.alert_attempts_failed = Counter(
+            "omiro_alert_attempts_failed",
+            "Webhook deliveries that failed (each attempt)",
+            registry=r,
+        )
         self.waiting = Gauge(
             "omiro_waiting", "Sessions waiting for a partner (service-wide)", registry=r
         )

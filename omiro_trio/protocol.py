@@ -8,7 +8,7 @@ behalf is a ``ServerMessage`` Struct rendered by ``server_frame``.
 
 Invariants:
 
-* ``parse_client_frame`` returns exactly one of the twelve ``ClientMessage``
+* ``parse_client_frame`` returns exactly one of the fifteen ``ClientMessage``
   classes or raises ``ProtocolViolation``; no other exception escapes it, for
   any ``str`` or ``bytes`` input (a property test holds it to that).
 * A returned message is already valid and normalised: ``Chat.message`` is
@@ -65,6 +65,8 @@ __all__ = [
     "OP_NAMES",
     "OP_OF",
     "RELAYED",
+    "Alive",
+    "AliveAnswer",
     "CallOutcome",
     "CameraKind",
     "Chat",
@@ -73,6 +75,7 @@ __all__ = [
     "Error",
     "Hello",
     "HelloLimits",
+    "HelloLiveness",
     "IceCandidate",
     "JoinQueue",
     "LeaveQueue",
@@ -80,9 +83,14 @@ __all__ = [
     "MatchFound",
     "Next",
     "Op",
+    "PartnerAwayMessage",
     "PartnerDisconnected",
+    "PeerLost",
     "Queued",
     "Report",
+    "Resume",
+    "Resumed",
+    "Resuming",
     "ServerDraining",
     "ServerMessage",
     "Typing",
@@ -195,6 +203,23 @@ class Report(msgspec.Struct, frozen=True, gc=False):
     reason: str = ""
 
 
+class Alive(msgspec.Struct, frozen=True, gc=False):
+    """A liveness beat: the server answers ``alive`` and, from now on, notices this
+    socket going silent while matched (``hello.liveness``)."""
+
+
+class PeerLost(msgspec.Struct, frozen=True, gc=False):
+    """Nothing came from the partner for the liveness bound: end match ``match_id``."""
+
+    match_id: str
+
+
+class Resume(msgspec.Struct, frozen=True, gc=False):
+    """Take back this client's seat in the match its ``ticket`` names (after a reconnect)."""
+
+    ticket: str
+
+
 class CallOutcome(msgspec.Struct, frozen=True, gc=False):
     """How this side's call of one match went, for the call-success metric.
 
@@ -221,6 +246,9 @@ ClientMessage = (
     | CameraKind
     | Report
     | CallOutcome
+    | Alive
+    | PeerLost
+    | Resume
 )
 
 # -- parsing ---------------------------------------------------------------------------
@@ -434,6 +462,35 @@ def _parse_call_outcome(raw: msgspec.Raw, limits: Limits) -> CallOutcome:
     return message
 
 
+_ALIVE_DECODER: Final = _decoder_or_none(Alive)
+_ALIVE: Final = Alive()
+_PEER_LOST_DECODER: Final = _decoder_or_none(PeerLost)
+
+
+def _parse_alive(raw: msgspec.Raw, limits: Limits) -> Alive:
+    _ALIVE_DECODER.decode(raw)
+    return _ALIVE
+
+
+def _parse_peer_lost(raw: msgspec.Raw, limits: Limits) -> PeerLost:
+    op = "peer_lost"
+    message = _require(_PEER_LOST_DECODER.decode(raw), "match_id", op)
+    if not 1 <= len(message.match_id) <= MAX_MATCH_ID_LENGTH:
+        raise _bad(op, f"data.match_id must be 1 to {MAX_MATCH_ID_LENGTH} characters long")
+    return message
+
+
+MAX_TICKET_LENGTH: Final = 512
+_RESUME_DECODER: Final = _decoder_or_none(Resume)
+
+
+def _parse_resume(raw: msgspec.Raw, limits: Limits) -> Resume:
+    message = _require(_RESUME_DECODER.decode(raw), "ticket", "resume")
+    if not 1 <= len(message.ticket) <= MAX_TICKET_LENGTH:
+        raise _bad("resume", f"data.ticket must be 1 to {MAX_TICKET_LENGTH} characters long")
+    return message
+
+
 # -- the ops --------------------------------------------------------------------------
 
 _M = TypeVar("_M", bound=ClientMessage)
@@ -524,6 +581,9 @@ OPS: Final[tuple[Op[Any], ...]] = (
     Op("camera_kind", CameraKind, _parse_camera_kind, _camera_kind_data),
     Op("report", Report, _parse_report),
     Op("call_outcome", CallOutcome, _parse_call_outcome),
+    Op("alive", Alive, _parse_alive),
+    Op("peer_lost", PeerLost, _parse_peer_lost),
+    Op("resume", Resume, _parse_resume),
 )
 """Every client op, once: adding an op is a row here (and, unless it is
 relayed, a rule in ``session_core``)."""
@@ -698,6 +758,15 @@ class HelloLimits(msgspec.Struct, frozen=True, gc=False):
     max_frame_bytes: int
 
 
+class HelloLiveness(msgspec.Struct, frozen=True, gc=False):
+    """How often a client beats (``alive_ms``), when a silent link is unstable
+    (``unstable_ms``) and when it is lost (``lost_ms``)."""
+
+    alive_ms: int
+    unstable_ms: int
+    lost_ms: int
+
+
 class Hello(ServerMessage, frozen=True):
     """The first message on every socket: who the client is and what it may send."""
 
@@ -706,6 +775,13 @@ class Hello(ServerMessage, frozen=True):
     ice_servers: list[dict[str, Any]]
     ice_transport_policy: str
     limits: HelloLimits
+    liveness: HelloLiveness = HelloLiveness(2500, 3750, 15000)
+
+
+class AliveAnswer(ServerMessage, frozen=True):
+    """The answer to a client's ``alive``: the socket works both ways."""
+
+    op: ClassVar[str] = "alive"
 
 
 class Queued(ServerMessage, frozen=True, omit_defaults=True):
@@ -719,7 +795,8 @@ class Queued(ServerMessage, frozen=True, omit_defaults=True):
 
 class MatchFound(ServerMessage, frozen=True, omit_defaults=True):
     """A match formed; ``pair`` (PROTOCOL.md "Pair tag") is left out when unknown,
-    ``common_languages`` when the two share none."""
+    ``common_languages`` when the two share none, ``ticket`` when the server
+    signs none."""
 
     op: ClassVar[str] = "match_found"
     partner: str
@@ -729,6 +806,33 @@ class MatchFound(ServerMessage, frozen=True, omit_defaults=True):
     common_interests: tuple[str, ...]
     pair: str | None = None
     common_languages: tuple[str, ...] = ()
+    ticket: str | None = None  # this side's match ticket
+
+
+class Resumed(ServerMessage, frozen=True, omit_defaults=True):
+    """Both seats of a ticket's match came back: the match goes on (under a new id)."""
+
+    op: ClassVar[str] = "resumed"
+    partner: str
+    match_id: str
+    should_call: bool
+    mode: str
+    resumed_from: str  # the match id the tickets named
+    ticket: str | None = None
+
+
+class PartnerAwayMessage(ServerMessage, frozen=True):
+    """The partner's socket is gone; it may take its seat back within ``grace_ms``."""
+
+    op: ClassVar[str] = "partner_away"
+    grace_ms: int
+
+
+class Resuming(ServerMessage, frozen=True):
+    """The seat is held: waiting up to ``grace_ms`` for the partner to come back."""
+
+    op: ClassVar[str] = "resuming"
+    grace_ms: int
 
 
 class PartnerDisconnected(ServerMessage, frozen=True):

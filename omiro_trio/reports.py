@@ -11,17 +11,20 @@ cannot report itself away. Time is passed in.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from omiro_trio import bus
-from omiro_trio.backends.base import Backend, Ban, ReportRecord
+from omiro_trio.backends.base import AuditEntry, Backend, Ban, ReportRecord, ReportStatus
 from omiro_trio.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 REPORT_WINDOW_S = 3600.0  # per_reporter_per_hour
+AUTO = "auto"  # who set an automatic ban, in the ban and the audit log
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,22 @@ class ReportPolicy:
     autoban_s: float = 86400.0
 
 
+class ReportWatcher(Protocol):
+    """Told of each report kept and each automatic ban, without waiting (``alerts.Alerts``)."""
+
+    def report_filed(self, report: ReportRecord) -> None: ...
+
+    def autobanned(self, ban: Ban, reporters: int, report_id: int) -> None: ...
+
+
+class _Unwatched:
+    def report_filed(self, report: ReportRecord) -> None:
+        pass
+
+    def autobanned(self, ban: Ban, reporters: int, report_id: int) -> None:
+        pass
+
+
 class ReportDesk:
     """Keeps reports and bans the clients they add up against.
 
@@ -43,6 +62,7 @@ class ReportDesk:
         policy: the limits.
         close_banned: closes this server's sockets a ban target covers
             (returns how many); other servers hear of the ban on the bus.
+        watcher: told of each report kept and each automatic ban.
     """
 
     def __init__(
@@ -52,11 +72,13 @@ class ReportDesk:
         policy: ReportPolicy,
         *,
         close_banned: Callable[[str], int],
+        watcher: ReportWatcher | None = None,
     ) -> None:
         self.policy = policy
         self._backend = backend
         self._metrics = metrics
         self._close_banned = close_banned
+        self._watcher: ReportWatcher = watcher or _Unwatched()
 
     async def file(self, report: ReportRecord, *, now: float) -> bool:
         """Keep ``report`` unless its reporter is over its allowance (then False).
@@ -73,25 +95,35 @@ class ReportDesk:
         )
         if over is not None:
             return False
-        await backend.record_report(report)
+        report_id = await backend.record_report(report)
         self._metrics.reports.inc()
+        self._watcher.report_filed(dataclasses.replace(report, id=report_id))
         reported = report.reported_ip
         if reported and reported != report.reporter_ip:  # one address cannot report itself away
             reporters = await backend.count_reporter(
                 reported, report.reporter_ip, policy.autoban_window_s
             )
-            if reporters >= policy.autoban_reporters:
-                await self._autoban(reported, reporters, now)
+            if reporters >= policy.autoban_reporters and await self._autoban(
+                reported, reporters, report_id, now
+            ):
+                # The moderators see on the report that the ban fired (nobody
+                # has acted on a report just filed, so it is still open).
+                opened = ReportStatus()
+                await backend.swap_report_status(report_id, opened, ReportStatus(autoban=True))
         return True
 
-    async def _autoban(self, ip: str, reporters: int, now: float) -> None:
+    async def _autoban(self, ip: str, reporters: int, report_id: int, now: float) -> bool:
+        """Ban ``ip`` unless a ban is in force; whether this one was set."""
         backend = self._backend
         if await backend.ban_for(ip) is not None:
-            return  # never shorten a ban an operator set
+            return False  # never shorten a ban an operator set
         autoban_s = self.policy.autoban_s
-        ban = Ban(ip, f"reported by {reporters} people", now + autoban_s, now)
+        reason = f"reported by {reporters} people"
+        ban = Ban(ip, reason, now + autoban_s, now, by=AUTO)
         closed = await bus.put_ban_in_force(backend, ban, self._close_banned)
+        await backend.append_audit(AuditEntry(now, AUTO, "ban", ip, report_id, reason))
         self._metrics.autobans.inc()
+        self._watcher.autobanned(ban, reporters, report_id)
         log.info(
             "banned %s for %.0f s after %d reports (%d sockets closed)",
             ip,
@@ -99,3 +131,4 @@ class ReportDesk:
             reporters,
             closed,
         )
+        return True

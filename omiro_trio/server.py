@@ -25,8 +25,10 @@ connections, lifespan and bus stop, and the backend closes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ from hypercorn.trio.lifespan import Lifespan
 
 from omiro_trio.addresses import Clients, base_url
 from omiro_trio.admission import Admission
+from omiro_trio.alerts import AlertPolicy, Alerts
 from omiro_trio.backends.base import Backend
 from omiro_trio.backends.memory import open_memory_backend
 from omiro_trio.codes import CloseCode
@@ -55,12 +58,14 @@ from omiro_trio.http.routes import Router
 from omiro_trio.http.serve import HttpServer
 from omiro_trio.hub import Hub
 from omiro_trio.metrics import Metrics
+from omiro_trio.moderation import ModerationDesk, ModerationPolicy, run_activity
 from omiro_trio.protocol import Limits
 from omiro_trio.reports import ReportPolicy
 from omiro_trio.resync import run_resync
+from omiro_trio.seats import Seats
 from omiro_trio.session_core import Rates, SessionRules
 from omiro_trio.sessions import SESSION_PATH, NewSession
-from omiro_trio.tokens import TokenSigner, new_secret
+from omiro_trio.tokens import TicketSigner, TokenSigner, new_secret
 from omiro_trio.web import create_app
 from omiro_trio.wsengine import Engine
 
@@ -72,6 +77,7 @@ BUS_RETRY_MAX_S = 2.0
 CLOSE_WAIT_S = 5.0
 HTTP_GRACE_S = 2.0
 LISTEN_BACKLOG = 1024
+DAY_S = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +95,11 @@ class Parts:
 
     session: SessionRules  # every session's core (connection.py)
     reports: ReportPolicy  # the hub's report desk
+    moderation: ModerationPolicy  # the moderators' desk
+    alerts: AlertPolicy | None  # the webhook, if one is configured
     nexts_per_minute: int  # the hub: skips a session may spend a minute
     block_ttl_s: float  # the backend: how long a report keeps a pair apart
+    ticket_ttl_s: float  # the hub's seats: how long a claim is remembered
 
 
 def parts(config: Config) -> Parts:
@@ -104,6 +113,8 @@ def parts(config: Config) -> Parts:
             ),
             rates=Rates(limits.messages_per_second, limits.message_burst),
             reconnect_after_ms=config.server.reconnect_after_ms,
+            lost_after_s=config.server.lost_after_s,
+            resume_grace_s=config.server.resume_grace_s,
         ),
         reports=ReportPolicy(
             per_reporter_per_hour=limits.reports_per_hour,
@@ -111,10 +122,24 @@ def parts(config: Config) -> Parts:
             autoban_window_s=config.reports.autoban_window_s,
             autoban_s=config.reports.autoban_s,
         ),
+        moderation=ModerationPolicy(
+            moderator_max_ban_s=config.moderation.moderator_max_ban_s,
+            claim_s=config.moderation.claim_s,
+        ),
+        alerts=None
+        if not config.alerts.webhook_url
+        else AlertPolicy(
+            webhook_url=config.alerts.webhook_url,
+            secret=config.alerts.secret,
+            reports_per_hour=config.alerts.reports_per_hour,
+            timeout_s=config.alerts.timeout_s,
+            retries=config.alerts.retries,
+        ),
         nexts_per_minute=limits.nexts_per_minute,
         # A block outlives both sessions: a session lives at most its token's
         # life plus one connection.
         block_ttl_s=max(config.session.token_ttl_s * 2, 86400),
+        ticket_ttl_s=config.session.ticket_ttl_s,
     )
 
 
@@ -129,12 +154,16 @@ async def open_backend(
     this one replaces): it is swept at once.
     """
     block_ttl_s = parts(config).block_ttl_s
+    report_retention_s = config.reports.retention_days * DAY_S
+    audit_retention_s = config.moderation.audit_retention_days * DAY_S
     if config.backend.kind == "memory":
         async with open_memory_backend(
             interest_timeout_s=config.matchmaking.interest_timeout_s,
             rematch_cooldown_s=config.matchmaking.rematch_cooldown_s,
             block_ttl_s=block_ttl_s,
             ipv6_prefix=config.server.ipv6_prefix,
+            report_retention_s=report_retention_s,
+            audit_retention_s=audit_retention_s,
         ) as backend:
             yield backend
     else:
@@ -154,6 +183,8 @@ async def open_backend(
                 rematch_cooldown_s=config.matchmaking.rematch_cooldown_s,
                 block_ttl_s=block_ttl_s,
                 ipv6_prefix=config.server.ipv6_prefix,
+                report_retention_s=report_retention_s,
+                audit_retention_s=audit_retention_s,
                 server_id=server_id,
                 replaces=replaces,
             ) as backend:
@@ -262,8 +293,9 @@ async def _run_bus(
         backoff = min(backoff * 2, BUS_RETRY_MAX_S)
 
 
-def _signer(config: Config) -> TokenSigner:
-    """The token signer: the configured secret, or a random one for this process."""
+def _signers(config: Config) -> tuple[TokenSigner, TicketSigner]:
+    """The token and ticket signers: the configured secret, or a random one for this
+    process."""
     if config.session.secret:
         secret = config.session.secret.encode()
     else:
@@ -272,18 +304,28 @@ def _signer(config: Config) -> TokenSigner:
             "no session.secret configured: using a random one for this process "
             "(tokens die with it; a cluster must share one secret)"
         )
-    return TokenSigner(secret, config.session.token_ttl_s)
+    session = config.session
+    return TokenSigner(secret, session.token_ttl_s), TicketSigner(secret, session.ticket_ttl_s)
 
 
-def _new_hub(wired: Parts, backend: Backend, metrics: Metrics, signer: TokenSigner) -> Hub:
-    """The hub, with the report, autoban and skip rules from the config, and the pair
-    tags of ``match_found`` keyed with the session secret."""
+def _new_hub(
+    wired: Parts,
+    backend: Backend,
+    metrics: Metrics,
+    signer: TokenSigner,
+    alerts: Alerts | None = None,
+) -> Hub:
+    """The hub, with the report, autoban, skip and resume rules from the config, and the
+    pair tags of ``match_found`` keyed with the session secret."""
+    seats = Seats(grace_s=wired.session.resume_grace_s, keep_s=wired.ticket_ttl_s)
     return Hub(
         backend,
         metrics,
         reports=wired.reports,
+        watcher=alerts,
         nexts_per_minute=wired.nexts_per_minute,
         pair_tag=signer.pair_tag,
+        seats=seats,
     )
 
 
@@ -301,6 +343,7 @@ async def _start_services(services: trio.Nursery, ctx: ServerContext) -> Engine:
     janitor_s = min(JANITOR_INTERVAL_S, config.redis.heartbeat_s)
     services.start_soon(_janitor, backend, metrics, hub, janitor_s)
     services.start_soon(run_resync, hub)
+    services.start_soon(run_activity, backend, metrics, time.time)
     engine = Engine(config.server.idle_timeout_s)
     services.start_soon(partial(run_gc_tuning, population=engine.__len__))
     services.start_soon(serve_memory_snapshots)  # only with OMIRO_DEBUG_TRACEMALLOC
@@ -355,11 +398,13 @@ async def serve(
     ``server_id`` and ``replaces``: see ``open_backend``.
     """
     install_stall_monitor()  # only with OMIRO_DEBUG_STALLS_MS (diagnostics.py)
-    signer = _signer(config)
+    signer, tickets = _signers(config)
     metrics = Metrics()
     wired = parts(config)
+    wired = dataclasses.replace(wired, session=dataclasses.replace(wired.session, tickets=tickets))
     async with open_backend(config, server_id=server_id, replaces=replaces) as backend:
-        hub = _new_hub(wired, backend, metrics, signer)
+        alerts = None if wired.alerts is None else Alerts(wired.alerts, backend, metrics)
+        hub = _new_hub(wired, backend, metrics, signer, alerts)
         ctx = ServerContext(
             config=config,
             backend=backend,
@@ -367,6 +412,7 @@ async def serve(
             signer=signer,
             metrics=metrics,
             rules=wired.session,
+            moderation=ModerationDesk(backend, wired.moderation, put_ban=hub.ban, wall=time.time),
         )
         clients = Clients(
             ctx.trusted_proxies, config.server.client_ip_header, config.server.ipv6_prefix
@@ -377,6 +423,8 @@ async def serve(
         lifespan = Lifespan(app, hyper, lifespan_state)
         async with trio.open_nursery() as services:
             engine = await _start_services(services, ctx)
+            if alerts is not None:
+                await services.start(alerts.run)
             await services.start(lifespan.handle_lifespan)
             await lifespan.wait_for_startup()
             listeners = await open_listeners(

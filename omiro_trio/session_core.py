@@ -20,6 +20,17 @@ State (``state``) and its transitions, all in this module:
   the end arrives, and relays for it still reach the client.
 * ``matched``: ``match`` is the current match. Its end makes it ``idle``;
   another match replaces it.
+* ``resuming``: the client took back its seat in a match with its ticket
+  (``resume``) and the partner's seat is still empty: it waits up to
+  ``resume_grace_s``. The partner's return makes it ``matched`` (the same
+  roles, a new match id); the grace passing, a way into the queue, a leave
+  or the socket's end make it ``idle`` (the seat is freed, and the client
+  hears ``partner_disconnected`` ``left`` when the grace passed).
+* ``matched`` with the partner *away*: the partner's socket ended without
+  its wish (it broke, or its server drained) and tickets are on, so it may
+  come back (``resume``) within ``resume_grace_s``: the match is kept here
+  (and not in the shared state, which ended it), relays are answered
+  ``unavailable``, and the grace passing ends it (``left``).
 * ``closing``: terminal. Entered by the first close (the client's
   ``disconnect``, a limit, or ``CloseAsked``); the first close code wins. A
   closing session's match is still kept up to date, because the shell tells
@@ -68,6 +79,7 @@ this session holds and follows ``reconcile.TABLE``.
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -77,17 +89,19 @@ from omiro_trio import protocol
 from omiro_trio.backends.base import LocalView, SharedView
 from omiro_trio.budgets import Budget
 from omiro_trio.codes import CloseCode, ErrorCode, PartnerReason
-from omiro_trio.errors import ProtocolViolation
+from omiro_trio.errors import InvalidTicket, ProtocolViolation
 from omiro_trio.matchmaking import Match, Preferences, Waiting
 from omiro_trio.reconcile import Local, Shared, Step, View, reconcile
 from omiro_trio.session_events import (
     NOTHING,
+    AnnounceAway,
     AnnounceEnd,
     AnnounceMatch,
     Arm,
     Banned,
     Blocked,
     BlockPartner,
+    ClaimSeat,
     Close,
     CloseAsked,
     Controls,
@@ -101,11 +115,13 @@ from omiro_trio.session_events import (
     Draining,
     Effect,
     Effects,
+    EndSeats,
     Enqueue,
     Enqueued,
     Event,
     Filed,
     FileReport,
+    GiveUpSeat,
     Join,
     Leave,
     MadeIdle,
@@ -114,25 +130,33 @@ from omiro_trio.session_events import (
     MatchFormed,
     NotIdle,
     Opened,
+    PartnerAway,
     Relay,
     Release,
     Released,
     ReleaseLater,
     ReportPartner,
+    Resumed,
     Said,
+    SeatHeld,
+    SeatRefused,
     SkipCounted,
     Started,
     Synced,
     SyncNow,
     SyncSoon,
+    TakeSeat,
     TimerFired,
     Unavailable,
+    Watch,
+    WatchFired,
     Widen,
     Widened,
     WidenWait,
 )
+from omiro_trio.tokens import TicketSigner
 
-State = Literal["idle", "waiting", "matched", "closing"]
+State = Literal["idle", "waiting", "matched", "resuming", "closing"]
 """Where a session is (see the module's docstring for the transitions)."""
 
 TRANSCRIPT_LINES: Final = 20
@@ -202,11 +226,22 @@ class SessionRules:
         limits: what a client frame may be (announced in ``hello``).
         rates: the client's message allowance.
         reconnect_after_ms: what ``server_draining`` tells clients.
+        lost_after_s: how long a matched socket that beats (``alive``) may stay
+            silent before its match ends as ``lost``.
     """
 
     limits: protocol.Limits = field(default_factory=protocol.Limits)
     rates: Rates = field(default_factory=Rates)
     reconnect_after_ms: int = 1000
+    lost_after_s: float = 15.0
+    tickets: TicketSigner | None = None  # None: no tickets are given, none resumed
+    wall: Callable[[], float] = time.time  # unix time, for tickets' expiry (injected)
+    resume_grace_s: float = 30.0
+
+    def liveness(self) -> protocol.HelloLiveness:
+        """What ``hello`` tells clients of the liveness bounds."""
+        lost_ms = round(self.lost_after_s * 1000)
+        return protocol.HelloLiveness(lost_ms // 6, lost_ms // 4, lost_ms)
 
 
 _DEFAULT_RULES: Final = SessionRules()
@@ -216,6 +251,11 @@ _SYNC_NOW: Final = SyncNow()
 _SYNC_SOON: Final = SyncSoon()
 _COUNT_MATCH: Final = CountMatch()
 _DISARM: Final = Arm(None)
+_ALIVE_FRAME: Final = protocol.server_frame(protocol.AliveAnswer())
+_AWAY_TEXT: Final = "your partner is reconnecting: not delivered"
+# How a socket may end without its client choosing to leave the match: it broke
+# or the client closed it without a word (None), or its server drained (1012).
+_NOT_CHOSEN: Final = (None, CloseCode.RESTARTING)
 _UNAVAILABLE_TEXT: Final = "the service is briefly unavailable; try again"
 _ELSEWHERE: Final = "connected elsewhere"
 
@@ -241,19 +281,26 @@ class SessionCore:
     """
 
     __slots__ = (
+        "_away",
+        "_beats",
         "_bucket",
         "_detached",
         "_draining",
         "_errors",
+        "_heard",
+        "_now",
         "_rejoin_free",
         "_rules",
+        "_seat",
         "_suspect",
         "_violations",
+        "_watching",
         "close_code",
         "close_reason",
         "ended_ids",
         "id",
         "match",
+        "matched_at",
         "matches_applied",
         "outcomes_reported",
         "partner_reason",
@@ -268,6 +315,8 @@ class SessionCore:
         self.id = session_id
         self.state: State = "idle"
         self.match: Match | None = None
+        self.matched_at = now  # when ``match`` reached this session (for a report's evidence)
+        self._now = now  # the time of the frame or event being handled
         self.prefs: Preferences | None = None  # the last wish the backend took: next reuses it
         self.widen: Widen | None = None  # the timer the shell should be running
         self.matches_applied = 0  # matches this client heard of, to spot one that overtook a join
@@ -289,11 +338,18 @@ class SessionCore:
         self._draining = False
         self._detached = False
         self._suspect: tuple[str, str] | None = None  # a difference the last resync saw
+        self._heard = now  # when the client last sent anything (a frame, a ping, a pong)
+        self._beats = False  # the client sent ``alive``: its silence while matched is noticed
+        self._watching = False  # the liveness timer runs
+        self._seat: str | None = None  # the match whose seat this session holds, resuming
+        self._away: str | None = None  # the current match, whose partner is away
 
     # -- the two verbs -------------------------------------------------------
 
     def receive(self, frame: str | bytes, now: float) -> Effects:
         """One text frame from the client: what to do about it."""
+        self._now = now
+        self._heard = now
         try:
             message = protocol.parse_client_frame(frame, self._rules.limits)
         except ProtocolViolation as exc:
@@ -318,6 +374,8 @@ class SessionCore:
                         ErrorCode.NOT_MATCHED, "you have no partner right now", op
                     ),
                 )
+            if self._away is not None:
+                return (protocol.error_frame(ErrorCode.UNAVAILABLE, _AWAY_TEXT, op),)
             chat = message.message if kind is _CHAT else None  # type: ignore[union-attr]
             if chat is not None:
                 self.transcript.append((self.id, chat))
@@ -326,6 +384,7 @@ class SessionCore:
 
     def handle(self, event: Event, now: float) -> Effects:
         """Anything but a client frame: what to do about it."""
+        self._now = now
         match event:
             case Relay():  # the partner, on this server, said something (the hot path)
                 current = self.match
@@ -341,6 +400,8 @@ class SessionCore:
                 return self._matched(event.match, event.pair)
             case MatchEnded():
                 return self._ended(event.match_id, event.reason)
+            case PartnerAway():
+                return self._partner_away(event.match_id)
             case Started():
                 return self._start(event)
             case SkipCounted():
@@ -376,7 +437,26 @@ class SessionCore:
                 return self._delivered(event)
             case Unavailable():
                 return self._unavailable(event)
+            case WatchFired():
+                return self._watch_fired(now)
+            case SeatHeld():
+                if self.state != "idle" or self.match is not None:
+                    return (GiveUpSeat(event.call.ticket.match_id),)  # moved on meanwhile
+                self.state = "resuming"
+                self._seat = event.call.ticket.match_id
+                self._watching = True
+                held = protocol.Resuming(round(event.grace_s * 1000))
+                return (protocol.server_frame(held), Watch(event.grace_s))
+            case SeatRefused():
+                return (
+                    CountError(event.code),
+                    protocol.error_frame(event.code, event.text, "resume"),
+                )
+            case Resumed():
+                self._seat = None
+                return self._matched(event.match, resumed_from=event.resumed_from)
             case Controls():
+                self._heard = now
                 for _ in range(event.count):
                     if not self._bucket.take(now) and self._violations.hit(now):
                         return self._close(CloseCode.RATE_LIMITED, "rate limit exceeded")
@@ -396,11 +476,18 @@ class SessionCore:
             case Detached():
                 self._detached = True
                 self.widen = None
+                if self._seat is not None:
+                    seat, self._seat = self._seat, None
+                    return (_DISARM, GiveUpSeat(seat), _RELEASE)
                 return (_DISARM, _RELEASE)
             case Released():
                 if event.ended is None:
                     return NOTHING
                 self._forget(event.ended.match_id)
+                if self._rules.tickets is not None and self.close_code in _NOT_CHOSEN:
+                    # The socket broke, or its server drained: not the client's wish.
+                    # The partner keeps the match for a while; this side may resume it.
+                    return (AnnounceAway(event.ended),)
                 return (AnnounceEnd(event.ended, self.partner_reason, None),)
             case Synced():
                 return self._synced(event.local, event.shared)
@@ -412,6 +499,8 @@ class SessionCore:
         """What this server holds for the session, for ``Backend.sync`` (None: closing)."""
         if self.close_code is not None:
             return None
+        if self._away is not None:  # the shared state ended it; only this side keeps it
+            return LocalView(self.id, ip, None)
         if self.state != "waiting" or self.prefs is None:
             return LocalView(self.id, ip, self.match)
         ticket = self.widen.ticket if self.widen is not None else None
@@ -442,6 +531,89 @@ class SessionCore:
 
     def _disconnect(self, message: protocol.Disconnect, now: float) -> Effects:
         return self._close(CloseCode.NORMAL, "")
+
+    def _alive(self, message: protocol.Alive, now: float) -> Effects:
+        """A beat: answer it, and from now on notice this socket going silent while matched."""
+        self._beats = True
+        if self.match is not None and not self._watching:
+            self._watching = True
+            return (_ALIVE_FRAME, Watch(self._rules.lost_after_s))
+        return (_ALIVE_FRAME,)
+
+    def _peer_lost(self, message: protocol.PeerLost, now: float) -> Effects:
+        """The client heard nothing of its partner for the bound: end the match as lost."""
+        match = self.match
+        if match is None or match.match_id != message.match_id:
+            text = "that is not your current match"
+            return (protocol.error_frame(ErrorCode.NOT_MATCHED, text, "peer_lost"),)
+        return (Leave(PartnerReason.LOST, "peer_lost", match.match_id),)
+
+    def _resume(self, message: protocol.Resume, now: float) -> Effects:
+        """Take back a seat with a match ticket: only a fresh session, before anything else."""
+        tickets = self._rules.tickets
+        if self.state != "idle" or self.match is not None or tickets is None:
+            text = (
+                "this server resumes no matches"
+                if tickets is None
+                else "resume only a session that is idle (before join_queue)"
+            )
+            return (protocol.error_frame(ErrorCode.BAD_REQUEST, text, "resume"),)
+        try:
+            ticket = tickets.verify(message.ticket, self._rules.wall())
+        except InvalidTicket as exc:
+            # A ticket the service never signed (or long expired) is a bad frame: it
+            # counts toward the protocol errors that close the socket with 4000.
+            reply = protocol.error_frame(exc.code, exc.message, "resume")
+            if self._errors.hit(now):
+                return (
+                    CountError(exc.code),
+                    reply,
+                    *self._close(CloseCode.PROTOCOL_ERRORS, "too many protocol errors"),
+                )
+            return (CountError(exc.code), reply)
+        return (TakeSeat(ticket),)
+
+    def _partner_away(self, match_id: str) -> Effects:
+        """The partner's socket ended without its wish: wait the grace for its ticket."""
+        current = self.match
+        if current is None or current.match_id != match_id:
+            self.ended_ids.append(match_id)
+            return NOTHING
+        if self.close_code is not None:  # this side is going too: nobody will come back to it
+            return self._ended(match_id, PartnerReason.LEFT)
+        self._away = match_id
+        self._watching = True
+        grace = self._rules.resume_grace_s
+        away = protocol.PartnerAwayMessage(round(grace * 1000))
+        return (protocol.server_frame(away), Watch(grace))
+
+    def awaits_partner(self, match_id: str) -> bool:
+        """Whether this session keeps ``match_id`` for its partner to come back to."""
+        return self._away == match_id and self.close_code is None
+
+    def _watch_fired(self, now: float) -> Effects:
+        """The liveness timer: a matched client that beats and went silent for the bound has
+        lost its partner (and the partner it): the match ends as ``lost`` for both."""
+        self._watching = False
+        away = self._away
+        if away is not None:
+            # The grace passed and the partner did not come back: it left.
+            return (EndSeats(away), *self._ended(away, PartnerReason.LEFT))
+        if self.state == "resuming" and self._seat is not None:
+            # The grace passed and the partner's seat stayed empty: the partner left.
+            seat, self._seat = self._seat, None
+            self.state = "idle"
+            self._rejoin_free = True
+            left = protocol.PartnerDisconnected(PartnerReason.LEFT)
+            return (GiveUpSeat(seat), protocol.server_frame(left))
+        if self.match is None or self.close_code is not None or not self._beats:
+            return NOTHING
+        silent = now - self._heard
+        bound = self._rules.lost_after_s
+        if silent < bound:
+            self._watching = True
+            return (Watch(bound - silent),)
+        return (MakeIdle(PartnerReason.LOST, None),)
 
     def _call_outcome(self, message: protocol.CallOutcome, now: float) -> Effects:
         """Count how this side's call of a recent video or voice match went, once per match.
@@ -493,10 +665,23 @@ class SessionCore:
 
     def _start(self, started: Started) -> Effects:
         operation = started.operation
+        away = self._away
+        if away is not None:
+            # The client moves on from a partner that is away: over here, and for its ticket.
+            self._forget(away)
+            return (EndSeats(away), *self._start(started))
+        if isinstance(operation, TakeSeat):
+            if self.state != "idle" or self.match is not None:
+                text = "resume only a session that is idle (before join_queue)"
+                return (protocol.error_frame(ErrorCode.BAD_REQUEST, text, "resume"),)
+            return (ClaimSeat(operation.ticket),)
         if isinstance(operation, Join):
             return self._make_idle(PartnerReason.NEXT, operation.op, operation)
         if isinstance(operation, Leave):
-            return self._make_idle(PartnerReason.LEFT, "leave_queue", None)
+            wanted = operation.match_id
+            if wanted is not None and (self.match is None or self.match.match_id != wanted):
+                return NOTHING  # that match ended while the op waited for its turn
+            return self._make_idle(operation.reason, operation.op, None)
         match = self.match
         if match is None:
             text = "you have no partner to report"
@@ -510,6 +695,10 @@ class SessionCore:
         self.widen = None
         if self.state == "waiting":
             self.state = "idle"
+        if self._seat is not None:  # it no longer waits for its partner to come back
+            seat, self._seat = self._seat, None
+            self.state = "idle"
+            return (_DISARM, GiveUpSeat(seat), MakeIdle(reason, op, then))
         return (_DISARM, MakeIdle(reason, op, then))
 
     def _made_idle(self, call: MakeIdle, ended: Match | None) -> Effects:
@@ -519,6 +708,13 @@ class SessionCore:
         if ended is not None:
             self._forget(ended.match_id)
             effects.append(AnnounceEnd(ended, call.reason, call.op))
+            if call.reason is PartnerReason.LOST:
+                # Nobody chose this end: the next way into the queue is free,
+                # and a client that went silent hears why when it comes back.
+                self._rejoin_free = True
+                if call.op is None:
+                    lost = protocol.PartnerDisconnected(PartnerReason.LOST)
+                    effects.append(protocol.server_frame(lost))
         then = call.then
         if isinstance(then, Join):
             self.prefs = then.prefs  # next reuses the wish the client last asked for
@@ -552,7 +748,11 @@ class SessionCore:
     def _blocked(self, blocked: Blocked) -> Effects:
         """The pair is blocked: end the match, then keep the report with its transcript."""
         report = FileReport(
-            blocked.call.partner, blocked.partner_ip, blocked.call.reason, self.transcript_lines()
+            blocked.call.partner,
+            blocked.partner_ip,
+            blocked.call.reason,
+            self.transcript_lines(),
+            max(0.0, self._now - self.matched_at),
         )
         return self._make_idle(PartnerReason.REPORTED, "report", report)
 
@@ -564,8 +764,11 @@ class SessionCore:
         frame reaches it). ``pair``: the match's pair tag, for both."""
         return (_COUNT_MATCH, AnnounceMatch(match, pair), *self._matched(match, pair))
 
-    def _matched(self, match: Match, pair: str | None = None) -> Effects:
-        """``match`` formed: ``match_found`` for the client, unless it is stale or known.
+    def _matched(
+        self, match: Match, pair: str | None = None, resumed_from: str | None = None
+    ) -> Effects:
+        """``match`` formed: ``match_found`` for the client, unless it is stale or known
+        (``resumed`` when it is a match resumed from ``resumed_from``).
 
         ``pair``: the tag of the two clients' address groups, told when known.
         """
@@ -580,17 +783,41 @@ class SessionCore:
         self._rejoin_free = False
         self.matches_applied += 1
         self.match = match
+        self.matched_at = self._now
+        self._away = None
         self._remember(match)
         self.transcript.clear()
-        found = protocol.MatchFound(
-            match.partner_of(self.id),
-            match.match_id,
-            match.should_call(self.id),
-            match.mode,
-            match.common_interests,
-            pair,
-            match.common_languages,
-        )
+        tickets = self._rules.tickets
+        ticket = None
+        if tickets is not None:
+            caller, callee = match.caller, match.callee
+            mid, wall = match.match_id, self._rules.wall()
+            try:
+                ticket = tickets.issue(mid, caller, callee, self.id, match.mode, wall)
+            except ValueError:  # an id no ticket can carry: this match cannot be resumed
+                ticket = None
+        partner = match.partner_of(self.id)
+        found: protocol.ServerMessage
+        if resumed_from is None:
+            found = protocol.MatchFound(
+                partner,
+                match.match_id,
+                match.should_call(self.id),
+                match.mode,
+                match.common_interests,
+                pair,
+                match.common_languages,
+                ticket,
+            )
+        else:
+            should_call = match.should_call(self.id)
+            found = protocol.Resumed(
+                partner, match.match_id, should_call, match.mode, resumed_from, ticket
+            )
+        if self._beats and not self._watching:
+            self._watching = True
+            watch = Watch(self._rules.lost_after_s)
+            return (_DISARM, watch, protocol.server_frame(found))
         return (_DISARM, protocol.server_frame(found))
 
     def _ended(self, match_id: str, reason: PartnerReason) -> Effects:
@@ -608,6 +835,7 @@ class SessionCore:
         if current is None or current.match_id != match_id:
             return False
         self.match = None
+        self._away = None
         self.transcript.clear()
         if self.state == "matched":
             self.state = "idle"
@@ -662,6 +890,10 @@ class SessionCore:
         self.close_reason = reason
         self.partner_reason = partner_reason
         graceful = code != CloseCode.SLOW_CONSUMER and partner_reason is not PartnerReason.TIMEOUT
+        away = self._away
+        if away is not None:  # nobody is left to come back to: the match is over
+            self._forget(away)
+            return (EndSeats(away), Close(code, reason, graceful))
         return (Close(code, reason, graceful),)
 
     # -- reconciliation ----------------------------------------------------------
@@ -755,6 +987,9 @@ _RULES: Final[dict[type, Callable[[SessionCore, Any, float], Effects]]] = {
     protocol.Report: SessionCore._report,
     protocol.Disconnect: SessionCore._disconnect,
     protocol.CallOutcome: SessionCore._call_outcome,
+    protocol.Alive: SessionCore._alive,
+    protocol.PeerLost: SessionCore._peer_lost,
+    protocol.Resume: SessionCore._resume,
 }
 assert set(_RULES) | set(_RELAYED) == set(protocol.OP_OF), "an op without a rule"
 assert not set(_RULES) & set(_RELAYED), "a relayed op with a rule of its own"

@@ -43,6 +43,7 @@ from omiro_trio.backends.base import Delivery, LocalView, SharedView
 from omiro_trio.budgets import Budget
 from omiro_trio.codes import CloseCode, ErrorCode, PartnerReason
 from omiro_trio.matchmaking import Match, Preferences, Waiting
+from omiro_trio.tokens import Ticket
 
 Frame = str | bytes
 """A frame for this session's client (text, or its UTF-8 bytes): the effect "send it"."""
@@ -64,6 +65,14 @@ class Arm:
     """Run the widen timer ``widen`` (replacing any other); None: run none."""
 
     widen: Widen | None
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """Run the liveness timer: fire ``WatchFired`` after ``after_s`` (replacing any
+    other); None: run none."""
+
+    after_s: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,10 +131,25 @@ class ReleaseLater:
     """The detached session could not be released: the resync releases it later."""
 
 
+@dataclass(frozen=True, slots=True)
+class EndSeats:
+    """``match_id`` is over: its tickets resume nothing (``seats.Seats.ended``)."""
+
+    match_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUpSeat:
+    """The session no longer waits to resume ``match_id``: free its seat."""
+
+    match_id: str
+
+
 Immediate = (
     str
     | bytes
     | Arm
+    | Watch
     | Close
     | CountError
     | CountCall
@@ -134,6 +158,8 @@ Immediate = (
     | SyncNow
     | SyncSoon
     | ReleaseLater
+    | GiveUpSeat
+    | EndSeats
 )
 
 # -- operations: one at a time per session, under its lock --------------------
@@ -149,7 +175,14 @@ class Join:
 
 @dataclass(frozen=True, slots=True)
 class Leave:
-    """Become idle: stop searching, or end the match."""
+    """Become idle: stop searching, or end the match (the partner hears ``reason``).
+
+    ``match_id``: only if this is still the current match (``peer_lost``).
+    """
+
+    reason: PartnerReason = PartnerReason.LEFT
+    op: str = "leave_queue"
+    match_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +192,21 @@ class ReportPartner:
     reason: str
 
 
-Operation = Join | Leave | ReportPartner
+@dataclass(frozen=True, slots=True)
+class TakeSeat:
+    """Take the seat ``ticket`` names: pair with the partner's seat, or hold it."""
+
+    ticket: Ticket
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimSeat:
+    """Ask the server's seats (``seats.py``) for the seat ``ticket`` names."""
+
+    ticket: Ticket
+
+
+Operation = Join | Leave | ReportPartner | TakeSeat
 
 # -- backend calls ------------------------------------------------------------
 
@@ -179,6 +226,7 @@ class FileReport:
     reported_ip: str
     reason: str
     transcript: tuple[str, ...]
+    match_s: float | None = None  # how long the match had lasted
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +314,14 @@ class AnnounceMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class AnnounceAway:
+    """Tell the partner of ``match`` that this side's socket is gone, not its wish:
+    it may come back with its ticket."""
+
+    match: Match
+
+
+@dataclass(frozen=True, slots=True)
 class AnnounceEnd:
     """Tell the partner that ``match`` ended, with ``reason``; ``op`` as the call's."""
 
@@ -274,7 +330,7 @@ class AnnounceEnd:
     op: str | None
 
 
-Awaited = Operation | Call | Relay | AnnounceMatch | AnnounceEnd
+Awaited = Operation | Call | Relay | AnnounceMatch | AnnounceEnd | AnnounceAway | ClaimSeat
 
 Effect = Immediate | Awaited
 Effects = tuple[Effect, ...]
@@ -336,10 +392,47 @@ class MatchEnded:
 
 
 @dataclass(frozen=True, slots=True)
+class PartnerAway:
+    """The partner in ``match_id`` lost its socket; it may resume within the grace."""
+
+    match_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class TimerFired:
     """The widen timer ``widen`` fired (the hub holds the session's lock)."""
 
     widen: Widen
+
+
+@dataclass(frozen=True, slots=True)
+class WatchFired:
+    """The liveness timer fired (the hub holds the session's lock)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SeatHeld:
+    """The seat is taken; the partner's is empty: wait ``grace_s`` for it."""
+
+    call: ClaimSeat
+    grace_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SeatRefused:
+    """The seat cannot be taken: ``code`` and ``text`` for the client."""
+
+    call: ClaimSeat
+    code: ErrorCode
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """Both seats came back: ``match`` (the same roles, a new id) goes on."""
+
+    match: Match
+    resumed_from: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,7 +558,12 @@ Event = (
     | Said
     | MatchFormed
     | MatchEnded
+    | PartnerAway
     | TimerFired
+    | WatchFired
+    | SeatHeld
+    | SeatRefused
+    | Resumed
     | CloseAsked
     | Banned
     | Started

@@ -437,6 +437,8 @@ def load_assets(
             body = render_page(body.decode("utf-8"), page, relayed=relayed).encode("utf-8")
         assets[url] = _asset(body, content_type, compressible, codecs)
     assets["/"] = assets["/index.html"]
+    if "/console.html" in assets:  # the moderator console (docs/moderation.md)
+        assets["/console"] = assets["/console.html"]
     return Frontend(assets, vendored)
 
 

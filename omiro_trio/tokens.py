@@ -32,9 +32,18 @@ import uuid
 from dataclasses import dataclass
 from typing import Final
 
-from omiro_trio.errors import InvalidToken
+from omiro_trio.codes import ErrorCode
+from omiro_trio.errors import InvalidTicket, InvalidToken
 
-__all__ = ["PAIR_TAG_CHARS", "IssuedToken", "TokenSigner", "new_secret", "turn_credentials"]
+__all__ = [
+    "PAIR_TAG_CHARS",
+    "IssuedToken",
+    "Ticket",
+    "TicketSigner",
+    "TokenSigner",
+    "new_secret",
+    "turn_credentials",
+]
 
 # 64 bits in hex: two pairs of networks share a tag by chance once in 2**32
 # pairs (the birthday bound), far beyond the matches one page ever compares.
@@ -130,6 +139,106 @@ class TokenSigner:
         if now >= int(expiry):
             raise InvalidToken("token expired")
         return session_id
+
+
+# -- match tickets ---------------------------------------------------------------------
+#
+#   ticket = "<match id>.<caller>.<callee>.<holder: c|e>.<mode>.<expiry>.<hex HMAC-SHA256(
+#             secret, "ticket:" + everything before the last ".")>"
+#
+# Signed with the session secret (the same keyed HMAC as tokens; the "ticket:"
+# prefix keeps a ticket's signature from ever being a token's), so any server
+# of the service, even one started a moment ago, can check it. The same
+# invariants as tokens: the shape is checked before any HMAC (linear, with no
+# backtracking: every part is one character class of bounded length between
+# fixed separators), the signature compared in constant time, the expiry only
+# after the signature, and ``verify`` raises ``InvalidTicket`` and nothing else.
+
+MAX_TICKET_ID_LENGTH: Final = 64  # a match id or a session id inside a ticket
+_MAX_TICKET_LENGTH: Final = 3 * MAX_TICKET_ID_LENGTH + 1 + 5 + MAX_EXPIRY_DIGITS + 64 + 6
+_ID: Final = rf"[0-9A-Za-z_-]{{1,{MAX_TICKET_ID_LENGTH}}}"
+_TICKET_RE: Final = re.compile(
+    rf"(?P<match>{_ID})\.(?P<caller>{_ID})\.(?P<callee>{_ID})\.(?P<holder>[ce])"
+    rf"\.(?P<mode>video|voice|text)\.(?P<expiry>[0-9]{{1,{MAX_EXPIRY_DIGITS}}})"
+    r"\.(?P<signature>[0-9a-f]{64})"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """What a verified match ticket says: one seat (``holder``) of match ``match_id``."""
+
+    match_id: str
+    caller: str
+    callee: str
+    holder: str  # the session this ticket was given to: caller or callee
+    mode: str
+    expires_at: int
+
+    @property
+    def seat(self) -> str:
+        """``"caller"`` or ``"callee"``: the role the holder had (and keeps)."""
+        return "caller" if self.holder == self.caller else "callee"
+
+
+class TicketSigner:
+    """Issues and verifies match tickets with the session secret.
+
+    Args:
+        secret: the HMAC-SHA256 key, the session tokens' (every server shares it).
+        ttl_s: how long a ticket may be used after its match formed; positive.
+    """
+
+    def __init__(self, secret: bytes, ttl_s: int) -> None:
+        if not secret:
+            raise ValueError("the ticket secret must not be empty")
+        if ttl_s <= 0:
+            raise ValueError("ttl_s must be positive")
+        self._keyed = hmac.new(bytes(secret), digestmod=hashlib.sha256)
+        self._ttl_s = ttl_s
+
+    def _sign(self, payload: str) -> str:
+        mac = self._keyed.copy()
+        mac.update(b"ticket:" + payload.encode("ascii"))
+        return mac.hexdigest()
+
+    def issue(
+        self, match_id: str, caller: str, callee: str, holder: str, mode: str, now: float
+    ) -> str:
+        """Sign the ticket of ``holder``'s seat (``caller`` or ``callee``) in a match.
+
+        Raises:
+            ValueError: an id that a ticket cannot carry, or a holder not in the match.
+        """
+        if holder not in (caller, callee):
+            raise ValueError(f"{holder} is not in match {match_id}")
+        side = "c" if holder == caller else "e"
+        payload = f"{match_id}.{caller}.{callee}.{side}.{mode}.{int(now) + self._ttl_s}"
+        if _TICKET_RE.fullmatch(f"{payload}.{'0' * 64}") is None:
+            raise ValueError(f"match {match_id} cannot be put in a ticket")
+        return f"{payload}.{self._sign(payload)}"
+
+    def verify(self, ticket: str, now: float) -> Ticket:
+        """Check a ticket and say what it holds.
+
+        Raises:
+            InvalidTicket: ``bad_ticket`` (malformed, or not signed with this
+                secret) or ``ticket_expired`` (signed, but past its expiry).
+        """
+        if not isinstance(ticket, str) or len(ticket) > _MAX_TICKET_LENGTH:
+            raise InvalidTicket(ErrorCode.BAD_TICKET, "malformed ticket")
+        found = _TICKET_RE.fullmatch(ticket)
+        if found is None:
+            raise InvalidTicket(ErrorCode.BAD_TICKET, "malformed ticket")
+        payload, signature = ticket.rsplit(".", 1)
+        if not hmac.compare_digest(signature, self._sign(payload)):
+            raise InvalidTicket(ErrorCode.BAD_TICKET, "bad ticket signature")
+        expiry = int(found.group("expiry"))
+        if now >= expiry:
+            raise InvalidTicket(ErrorCode.TICKET_EXPIRED, "ticket expired")
+        caller, callee = found.group("caller", "callee")
+        holder = caller if found.group("holder") == "c" else callee
+        return Ticket(found.group("match"), caller, callee, holder, found.group("mode"), expiry)
 
 
 def new_secret() -> bytes:

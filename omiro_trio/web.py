@@ -18,9 +18,10 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from omiro_trio.addresses import Clients
-from omiro_trio.admin import register_admin
+from omiro_trio.admin import Gate, register_admin
 from omiro_trio.backends.base import Stats
 from omiro_trio.budgets import MAX_BODY_BYTES, Budget
+from omiro_trio.console_api import register_console_api
 from omiro_trio.context import ServerContext
 from omiro_trio.errors import BackendUnavailable
 from omiro_trio.http.answers import SECURITY_HEADERS, HttpError, foreign_error
@@ -44,7 +45,9 @@ def create_app(ctx: ServerContext, clients: Clients) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     frontend = load_assets(frontend_dir(), ctx.config.page, relayed=ctx.config.ice.relayed)
     _add_headers_and_errors(app, ctx.metrics)
-    register_admin(app, ctx, _remote_ip_of(clients))
+    gate = Gate(ctx, _remote_ip_of(clients))
+    register_admin(app, ctx, gate)
+    register_console_api(app, ctx, gate)
     _add_page(app, frontend)
     _add_health_and_stats(app, ctx)
     return app

@@ -43,6 +43,16 @@ LAUNCH_ARGS = [
     "--disable-quic",
 ]
 
+# axe-core's rule sets for the pages: WCAG 2.x A/AA and its best practices
+# (tests/browser/test_accessibility.py says what its contrast rule can judge).
+AXE_OPTIONS = {
+    "runOnly": {
+        "type": "tag",
+        "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa", "best-practice"],
+    },
+    "resultTypes": ["violations"],
+}
+
 BASE_ENV = {
     "OMIRO_SERVER_HOST": "127.0.0.1",
     "OMIRO_SERVER_PORT": "0",

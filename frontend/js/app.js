@@ -47,6 +47,7 @@ import {
   setLanguage,
   t,
 } from "./i18n.js";
+import { TEXT as LINK_TEXT, MediaWatch } from "./liveness.js";
 
 const STATS_POLL_MS = 15_000;
 const QUALITY_POLL_MS = 2_000;
@@ -123,7 +124,9 @@ const chat = new ChatView({
   counter: $("char-count"),
   announce: $("chat-announce"),
 });
-const typing = new TypingReporter((on) => signaling.send("typing", { typing: on }));
+const typing = new TypingReporter((on) => {
+  if (!resuming && !partnerAway) signaling.send("typing", { typing: on });
+});
 const safety = new SafetyNotice({ dialog: $("welcome"), shortcuts: $("shortcuts") });
 const settings = new SafetySettings({
   body: document.body,
@@ -174,6 +177,15 @@ let cooldownUntil = 0; // performance.now() when the server lets us queue again
 let cooldownTimer = null;
 let onlineCount = null; // the last /stats answer's `online`, or null
 let openingMedia = false;
+let mediaWatch = null; // the MediaWatch of the current call
+const unstableLinks = new Set(); // what is silent right now: "media", "server"
+let connectedWords = () => ""; // the status line of the current match, for when the link steadies
+let resuming = null; // {ticket} while the call waits to take its match back after a reconnect
+let resumeTimer = null;
+let partnerAway = false; // the stranger's socket dropped; the server keeps the match for them
+let outbox = []; // [{text, item}]: our lines typed while resuming, sent once it is back
+let inFlight = []; // [{item, settled}]: our lines sent, not yet confirmed, oldest first
+const RESUME_DEADLINE_MS = 60_000; // how long the page waits for its server to come back
 const stateLog = [];
 const reconnects = []; // {reason, delayMs} of every scheduled reconnection
 
@@ -451,11 +463,48 @@ function stop() {
 function sendChat() {
   const text = chat.draft;
   if (!text || !match) return;
-  if (signaling.send("chat", { message: text })) {
-    chat.addMessage("you", text);
+  if (resuming || partnerAway) {
+    // Kept here, marked "Sending…", and sent in order once the match is back.
+    outbox.push({ text, item: chat.addMessage("you", text, "sending") });
+    chat.clearDraft();
+    typing.reset();
+    return;
+  }
+  if (sendLine(text)) {
     chat.clearDraft();
     typing.stop();
   }
+}
+
+/**
+ * Send one chat line; it says "Sending…" until the server confirms it took it.
+ * The server answers in order: an `error` for a chat comes before the answer to
+ * the beat sent behind it, so it settles the oldest line still in flight.
+ */
+function sendLine(text, item = null) {
+  const confirmed = signaling.sendConfirmed("chat", { message: text });
+  if (!confirmed) return false;
+  const line = { item: item ?? chat.addMessage("you", text, "sending"), settled: false };
+  inFlight.push(line);
+  const settle = (delivery) => {
+    if (line.settled) return;
+    line.settled = true;
+    inFlight = inFlight.filter((other) => other !== line);
+    chat.setDelivery(line.item, delivery);
+  };
+  confirmed.then(
+    () => settle("sent"),
+    () => settle("unknown"), // the socket dropped before the server said
+  );
+  return true;
+}
+
+/** The server refused a chat line (not delivered): the oldest in flight. */
+function chatRefused() {
+  const line = inFlight.shift();
+  if (!line || line.settled) return;
+  line.settled = true;
+  chat.setDelivery(line.item, "failed");
 }
 
 /** Ask for a reason and report; `reason` preselects one (the nudity filter's). */
@@ -696,6 +745,19 @@ function beginCall(shouldCall, mode = "video") {
     // A voice call has no picture: nothing to find blank.
     if (call === thisCall && detail.state === "connected" && !voice) blankWatch.start();
   });
+  mediaWatch = new MediaWatch(call.pc, signaling.liveness);
+  const thisWatch = mediaWatch;
+  mediaWatch.addEventListener("unstable", () => {
+    if (mediaWatch !== thisWatch) return;
+    thisCall.restartIce(); // whichever side notices first; perfect negotiation settles glare
+    linkUnstable("media");
+  });
+  mediaWatch.addEventListener("steady", () => {
+    if (mediaWatch === thisWatch) linkSteady("media");
+  });
+  mediaWatch.addEventListener("lost", () => {
+    if (mediaWatch === thisWatch) callLost();
+  });
   ui.body.dataset.call = "new";
   ui.body.dataset.media = "pending";
   ui.overlayCaption.dataset.i18n = "overlay.connecting";
@@ -896,8 +958,80 @@ function playRemote() {
   });
 }
 
+// ------------------------------------------------------------ liveness
+
+/** Something of the link went silent: say so (once), keep the call. */
+function linkUnstable(what) {
+  const before = unstableLinks.size;
+  unstableLinks.add(what);
+  if (before > 0 || state !== "connected") return;
+  ui.body.dataset.link = "unstable";
+  setState("connected", () => LINK_TEXT.unstable);
+  if (call) ui.overlayCaption.textContent = LINK_TEXT.unstableCaption;
+}
+
+function linkSteady(what) {
+  if (!unstableLinks.delete(what) || unstableLinks.size > 0) return;
+  delete ui.body.dataset.link;
+  if (state === "connected") setState("connected", connectedWords);
+}
+
+function forgetLink() {
+  unstableLinks.clear();
+  delete ui.body.dataset.link;
+}
+
+/** Nothing came from the stranger for the whole bound: end the call and say why. */
+function callLost() {
+  if (!match) return;
+  const own = signaling.unstable; // our side went silent, not theirs
+  // Announced: the status line then says only that we are looking again.
+  chat.addSystem(own ? LINK_TEXT.ownLost : LINK_TEXT.callLost, "warn", { announce: true });
+  signaling.send("peer_lost", { match_id: match.id });
+  lastPartner = match.partner;
+  returningPair = own ? null : match.pair; // their network dropped: they may reload
+  endCall();
+  flasher.notify("Connection lost");
+  if (!searching) return;
+  partnerLeft = false;
+  setState("waiting", waitingWords());
+  joinQueue(); // the server spends no skip on it: nobody chose this end
+}
+
+// ------------------------------------------------------------ resuming
+
+/** The signaling socket dropped in a call that has a ticket: keep the call, come back. */
+function startResuming() {
+  if (resuming) return;
+  resuming = { ticket: match.ticket };
+  clearTimeout(resumeTimer);
+  resumeTimer = setTimeout(() => resumeFailed(LINK_TEXT.resumeFailed), RESUME_DEADLINE_MS);
+  unstableLinks.add("server");
+  ui.body.dataset.link = "resuming";
+  setState("connected", () => LINK_TEXT.resumingServer);
+}
+
+function resumeFailed(text) {
+  if (!resuming || !match) return;
+  chat.addSystem(text, "warn", { announce: true });
+  lastPartner = match.partner;
+  endCall();
+  if (!searching) return;
+  setState("waiting", waitingWords());
+  joinQueue();
+}
+
 function endCall() {
   match = null;
+  resuming = null;
+  partnerAway = false;
+  clearTimeout(resumeTimer);
+  resumeTimer = null;
+  for (const { item } of outbox) chat.setDelivery(item, "failed");
+  outbox = [];
+  mediaWatch?.stop();
+  mediaWatch = null;
+  forgetLink();
   typing.reset();
   chat.showTyping(false);
   clearInterval(qualityTimer);
@@ -968,6 +1102,7 @@ const handlers = {
     partnerLeft = false;
     match = {
       id: data.match_id ?? null,
+      ticket: typeof data.ticket === "string" ? data.ticket : null,
       partner: data.partner ?? null,
       pair: typeof data.pair === "string" ? data.pair : null,
       commonInterests: Array.isArray(data.common_interests) ? data.common_interests.map(String) : [],
@@ -996,14 +1131,12 @@ const handlers = {
     // Said when it is news: a language shared that is not the page's own.
     const spoken = match.commonLanguages;
     if (spoken.length && spoken.join() !== currentLanguage()) chat.addSystem(t("system.commonLanguages", { list: formatList(languageNames(spoken)) }), "good");
-    setState(
-      "connected",
-      same
-        ? () => t("status.same")
-        : common.length
-          ? () => t("status.connectedCommon", { list: formatList(common) })
-          : () => t("status.connected"),
-    );
+    connectedWords = same
+      ? () => t("status.same")
+      : common.length
+        ? () => t("status.connectedCommon", { list: formatList(common) })
+        : () => t("status.connected");
+    setState("connected", connectedWords);
     if (mode !== "text" && media.stream) {
       if (mode === "video") tellCameraKind();
       beginCall(match.shouldCall, mode);
@@ -1013,25 +1146,60 @@ const handlers = {
     refreshOnline();
   },
 
+  resuming() {
+    if (resuming && match) setState("connected", () => LINK_TEXT.resumingPartner);
+  },
+
+  partner_away() {
+    if (!match || resuming) return;
+    partnerAway = true;
+    ui.body.dataset.link = "partner-away";
+    setState("connected", () => LINK_TEXT.partnerAway);
+  },
+
+  resumed(data) {
+    if (!match || (!resuming && !partnerAway)) return; // we had moved on; the server ends it
+    partnerAway = false;
+    match.id = data.match_id ?? match.id;
+    match.partner = data.partner ?? match.partner;
+    match.ticket = typeof data.ticket === "string" ? data.ticket : null;
+    resuming = null;
+    clearTimeout(resumeTimer);
+    resumeTimer = null;
+    delete ui.body.dataset.link;
+    unstableLinks.delete("server");
+    if (unstableLinks.size === 0) setState("connected", connectedWords);
+    chat.addSystem(LINK_TEXT.resumed, "good");
+    const lines = outbox;
+    outbox = [];
+    for (const { text, item } of lines) {
+      if (!sendLine(text, item)) chat.setDelivery(item, "failed");
+    }
+  },
+
   partner_disconnected(data) {
     if (!match) return; // we had already moved on (next/stop/report)
     const reason = data.reason;
     // Not announced: the status line says the stranger left.
     chat.addSystem(
-      t(
-        reason === "next"
-          ? "system.partnerNext"
-          : reason === "timeout"
-            ? "system.partnerTimeout"
-            : reason === "reported"
-              ? "system.partnerReported"
-              : "system.partnerLeft",
-      ),
+      reason === "lost"
+        ? signaling.unstable
+          ? LINK_TEXT.ownLost
+          : LINK_TEXT.partnerLost
+        : t(
+            reason === "next"
+              ? "system.partnerNext"
+              : reason === "timeout"
+                ? "system.partnerTimeout"
+                : reason === "reported"
+                  ? "system.partnerReported"
+                  : "system.partnerLeft",
+          ),
       "warn",
     );
     lastPartner = match.partner;
     // Gone from the page (closed, reloaded, lost): they may come back.
-    returningPair = reason === "left" || reason === "timeout" ? match.pair : null;
+    returningPair = reason === "left" || reason === "timeout" || reason === "lost" ? match.pair : null;
     endCall();
     flasher.notify(t("title.left"));
     if (!searching) return;
@@ -1074,11 +1242,21 @@ const handlers = {
   },
 
   error(data) {
+    if (data.op === "chat") chatRefused(); // whatever the reason, that line was not delivered
     switch (data.code) {
       case ErrorCode.NOT_MATCHED:
         // Our `next` crossed the partner's: we are out of the match but not
         // queued, so queue now.
         if (data.op === "next" && searching && !match) joinQueue();
+        // (A peer_lost that crossed the match's end elsewhere needs nothing.)
+        break;
+      case ErrorCode.UNAVAILABLE:
+        // A relayed op that did not reach the stranger (they are reconnecting,
+        // or the service is briefly away): chat lines are marked above.
+        if (data.op === "join_queue") {
+          const reason = data.message || data.code;
+          showNotice(() => [t("notice.refused", { reason })]);
+        }
         break;
       case ErrorCode.MESSAGE_TOO_LONG:
         chat.addSystem(t("system.tooLong", { n: chat.maxLength }), "warn", { announce: true });
@@ -1094,6 +1272,14 @@ const handlers = {
         break;
       case ErrorCode.BANNED:
         break; // signaling emits "banned"
+      case ErrorCode.MATCH_OVER:
+      case ErrorCode.TICKET_USED:
+      case ErrorCode.TICKET_EXPIRED:
+      case ErrorCode.BAD_TICKET:
+        if (data.op === "resume") {
+          resumeFailed(data.code === ErrorCode.MATCH_OVER ? LINK_TEXT.resumeOver : LINK_TEXT.resumeFailed);
+        }
+        break;
       default:
         if (data.op === "join_queue") {
           const reason = data.message || data.code;
@@ -1125,13 +1311,23 @@ signaling.addEventListener("ready", ({ detail: { hello } }) => {
   if (Number.isInteger(max)) chat.maxLength = max;
   renderAddressPrivacy(hello?.ice_transport_policy === "relay");
   hideNotice();
-  if (searching) ready();
+  if (resuming && match) signaling.send("resume", { ticket: resuming.ticket });
+  else if (searching) ready();
   refreshOnline();
 });
 
 signaling.addEventListener("reconnecting", ({ detail: { reason, delayMs } }) => {
   reconnects.push({ reason, delayMs });
-  if (match) chat.addSystem(t("system.lostChat"), "warn");
+  // (Silent for the whole liveness bound: the server has ended the match already.)
+  if (match && match.ticket && searching && reason !== "silent" && mediaWatch?.state !== "lost") {
+    // The call does not need the server: keep it, and take the match back.
+    startResuming();
+    return;
+  }
+  if (match) {
+    chat.addSystem(reason === "silent" ? LINK_TEXT.ownLost : t("system.lostChat"), "warn");
+    lastPartner = match.partner;
+  }
   endCall();
   endCooldown();
   partnerLeft = false;
@@ -1160,6 +1356,9 @@ signaling.addEventListener("reconnecting", ({ detail: { reason, delayMs } }) => 
     ui.noticeCountdown.textContent = left > 0 ? t("countdown.retry", { n: left }) : t("countdown.now");
   });
 });
+
+signaling.addEventListener("unstable", () => linkUnstable("server"));
+signaling.addEventListener("steady", () => linkSteady("server"));
 
 signaling.addEventListener("banned", ({ detail: { message, until } }) => {
   searching = false;
@@ -1483,6 +1682,15 @@ window.omiro = Object.freeze({
   },
   get quality() {
     return lastQuality;
+  },
+  /** The liveness watches: what is silent now ("media", "server"), the media watch's state. */
+  get link() {
+    return {
+      unstable: [...unstableLinks],
+      media: mediaWatch?.state ?? null,
+      resuming: resuming !== null,
+      partnerAway,
+    };
   },
   get prefs() {
     return prefs;

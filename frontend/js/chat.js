@@ -1,8 +1,10 @@
 // The text chat beside the call: the message list, the composer, the
 // "Stranger is typing…" line, and the tab-title flash for unread messages.
 //
-// Invariant: text from the network is only ever put into the page with
-// textContent, never parsed as HTML.
+// Invariants: text from the network is only ever put into the page with
+// textContent, never parsed as HTML. A line of ours says "Sending…" until
+// the server confirmed it took it, and "Not sent" if it never did: nothing
+// is shown as sent that was not (DELIVERY_TEXT, one place for translation).
 //
 // Screen readers: the log itself is not a live region. What is news to the
 // user (a stranger's message, a line that the status line does not already
@@ -14,6 +16,13 @@ import { formatNumber, t } from "./i18n.js";
 const TYPING_IDLE_MS = 3_000; // we stop "typing" after this long without a keystroke
 const TYPING_STALE_MS = 8_000; // a partner's "typing" that was never cleared expires
 const FLASH_INTERVAL_MS = 1_000;
+
+export const DELIVERY_TEXT = Object.freeze({
+  sending: "Sending…",
+  sent: "",
+  failed: "Not sent",
+  unknown: "May not have been sent",
+});
 
 export class ChatView {
   #log;
@@ -77,8 +86,8 @@ export class ChatView {
     this.showTyping(false);
   }
 
-  /** who: "you" or "stranger". */
-  addMessage(who, text) {
+  /** who: "you" or "stranger"; returns the line (for setDelivery). */
+  addMessage(who, text, delivery = null) {
     const item = document.createElement("li");
     item.className = `msg msg-${who}`;
     const author = document.createElement("span");
@@ -89,8 +98,23 @@ export class ChatView {
     body.dir = "auto"; // a message keeps its own direction in a page of the other
     body.textContent = text;
     item.append(author, body);
+    if (delivery) this.setDelivery(item, delivery);
     this.#append(item);
     if (who === "stranger") this.say(t("chat.strangerSaid", { message: text }));
+    return item;
+  }
+
+  /** Mark one of our lines "sending", "sent" or "failed" (never sent). */
+  setDelivery(item, delivery) {
+    item.dataset.delivery = delivery;
+    let status = item.querySelector(".msg-status");
+    if (!status) {
+      status = document.createElement("span");
+      status.className = "msg-status";
+      item.append(status);
+    }
+    status.textContent = DELIVERY_TEXT[delivery];
+    status.hidden = delivery === "sent";
   }
 
   /**

@@ -27,4 +27,8 @@ export const ErrorCode = Object.freeze({
   RATE_LIMITED: "rate_limited",
   BANNED: "banned",
   UNAVAILABLE: "unavailable",
+  BAD_TICKET: "bad_ticket",
+  TICKET_EXPIRED: "ticket_expired",
+  TICKET_USED: "ticket_used",
+  MATCH_OVER: "match_over",
 });

@@ -10,6 +10,12 @@
 //   restarting server is not hit by every client in the same millisecond.
 // * Being banned (403 from `session/new`, close code 1008, or an `error`
 //   with code `banned`) ends the wish to be connected: nothing retries.
+// * Liveness (docs/protocol.md, "Liveness of a call"): after `hello` the
+//   socket beats `alive` every `hello.liveness.alive_ms`; nothing heard from
+//   the server for `unstable_ms` is "unstable", and for `lost_ms` the socket
+//   is given up (it may never close by itself) and reconnected ("silent").
+//   Every wait has a deadline: `session/new` SESSION_DEADLINE_MS, the
+//   upgrade until `hello` HELLO_DEADLINE_MS.
 // * URLs are relative to the page (document.baseURI), so Omiro works behind a
 //   reverse proxy under a path prefix; the WebSocket URL is absolute because
 //   the WebSocket constructor needs ws:// or wss://.
@@ -20,15 +26,21 @@
 //   ready         {hello}                   hello received; send() works now
 //   message       {op, data}                any other server message
 //   reconnecting  {reason, delayMs, attempt} a new attempt is scheduled; reason is
-//                 draining, lost, unreachable, rate_limited or server_error
+//                 draining, lost, silent, unreachable, rate_limited or server_error
+//   unstable      {silentMs}                nothing heard from the server for unstable_ms
+//   steady        {}                        heard again after "unstable"
 //   banned        {message, until}          until: unix seconds or null
 //   closed        {code}                    socket closed and no retry follows
 
 import { CloseCode, ErrorCode } from "./constants.js";
+import { livenessOf } from "./liveness.js";
 
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_CAP_MS = 15_000;
 const DRAIN_JITTER_MIN_MS = 1_000;
+const SESSION_DEADLINE_MS = 10_000;
+const HELLO_DEADLINE_MS = 10_000;
+const WATCH_MS = 500;
 
 /** Full-range jitter on an exponential step, never less than half the step. */
 export function backoffDelayMs(attempt, random = Math.random) {
@@ -71,6 +83,15 @@ export class Signaling extends EventTarget {
   #drainDelay = null;
   #wanted = false;
   #base;
+  #bounds = livenessOf(null);
+  #beatTimer = null; // the interval that beats and watches the current socket
+  #lastBeatAt = 0;
+  #lastHeardAt = 0;
+  #unstable = false;
+  #helloDeadline = null;
+  #beatsSent = 0; // on the current socket
+  #beatsAnswered = 0;
+  #waiters = []; // {beat, resolve, reject}: frames waiting for the server to confirm
 
   constructor({ base = document.baseURI } = {}) {
     super();
@@ -105,15 +126,43 @@ export class Signaling extends EventTarget {
     this.#connect();
   }
 
+  /** The liveness bounds the server announced (or the defaults). */
+  get liveness() {
+    return this.#bounds;
+  }
+
+  /** Milliseconds since anything came from the server on the current socket (0 if none is open). */
+  get silentMs() {
+    return this.ready ? Math.round(performance.now() - this.#lastHeardAt) : 0;
+  }
+
+  /** True while nothing has been heard from the server for `unstable_ms`. */
+  get unstable() {
+    return this.#unstable;
+  }
+
   /** Leave for good: tell the server, close, and stop any retry. */
   close() {
     this.#wanted = false;
     clearTimeout(this.#timer);
     this.#timer = null;
+    this.#stopWatch();
     const ws = this.#ws;
     if (!ws) return;
     if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ op: "disconnect", data: {} }));
     ws.close(CloseCode.NORMAL, "bye");
+  }
+
+  /**
+   * Send one envelope and learn whether the server took it: resolves once the
+   * server answered a beat sent right behind it (so it read and handled the
+   * frame), rejects if the socket is lost first. Returns null when not ready.
+   */
+  sendConfirmed(op, data = {}) {
+    if (!this.send(op, data)) return null;
+    this.#beat();
+    const beat = this.#beatsSent;
+    return new Promise((resolve, reject) => this.#waiters.push({ beat, resolve, reject }));
   }
 
   /** Send one envelope; returns false (and sends nothing) when not ready. */
@@ -165,12 +214,13 @@ export class Signaling extends EventTarget {
         cache: "no-store",
         credentials: "same-origin",
         headers: { Accept: "application/json" },
+        signal: AbortSignal.timeout(SESSION_DEADLINE_MS),
       });
     } catch {
       this.#backoff("unreachable");
       return null;
     }
-    const body = await response.json().catch(() => ({}));
+    const body = await response.json().catch(() => ({})); // (the deadline covers the body)
     if (response.status === 403 && body.error === ErrorCode.BANNED) {
       this.#wanted = false;
       this.#emit("banned", { message: body.message ?? "", until: body.until ?? null });
@@ -204,10 +254,84 @@ export class Signaling extends EventTarget {
     this.#drainDelay = null;
     ws.addEventListener("message", (event) => this.#onFrame(ws, event));
     ws.addEventListener("close", (event) => this.#onClose(ws, event));
+    clearTimeout(this.#helloDeadline);
+    this.#helloDeadline = setTimeout(() => {
+      if (ws === this.#ws && this.#hello === null) this.#abandon(ws, "lost");
+    }, HELLO_DEADLINE_MS);
+  }
+
+  #startWatch() {
+    this.#stopWatch();
+    const now = performance.now();
+    this.#lastHeardAt = now;
+    this.#lastBeatAt = now;
+    this.#unstable = false;
+    this.#beatsSent = 0;
+    this.#beatsAnswered = 0;
+    this.#beat();
+    this.#beatTimer = setInterval(() => this.#watch(), WATCH_MS);
+  }
+
+  #beat() {
+    if (!this.send("alive")) return;
+    this.#beatsSent += 1;
+    this.#lastBeatAt = performance.now();
+  }
+
+  #answered() {
+    this.#beatsAnswered += 1;
+    const done = this.#waiters.filter((w) => w.beat <= this.#beatsAnswered);
+    this.#waiters = this.#waiters.filter((w) => w.beat > this.#beatsAnswered);
+    for (const waiter of done) waiter.resolve();
+  }
+
+  #stopWatch() {
+    clearInterval(this.#beatTimer);
+    this.#beatTimer = null;
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const waiter of waiters) waiter.reject(new Error("the socket was lost"));
+    clearTimeout(this.#helloDeadline);
+    this.#helloDeadline = null;
+    this.#unstable = false; // what follows (a reconnection) says more than "steady"
+  }
+
+  #watch() {
+    const ws = this.#ws;
+    if (!ws || !this.ready) return;
+    const now = performance.now();
+    if (now - this.#lastBeatAt >= this.#bounds.alive_ms) this.#beat();
+    const silent = now - this.#lastHeardAt;
+    if (silent >= this.#bounds.lost_ms) {
+      this.#abandon(ws, "silent");
+    } else if (silent >= this.#bounds.unstable_ms && !this.#unstable) {
+      this.#unstable = true;
+      this.#emit("unstable", { silentMs: Math.round(silent) });
+    }
+  }
+
+  /** Give up on a socket that may never close by itself; reconnect as after a drop. */
+  #abandon(ws, reason) {
+    if (ws !== this.#ws) return;
+    this.#ws = null;
+    this.#hello = null;
+    this.#stopWatch();
+    try {
+      ws.close(CloseCode.NORMAL, reason);
+    } catch {
+      /* already closing */
+    }
+    this.#attempt = 0;
+    this.#backoff(reason);
   }
 
   #onFrame(ws, event) {
     if (ws !== this.#ws) return;
+    this.#lastHeardAt = performance.now();
+    if (this.#unstable) {
+      this.#unstable = false;
+      this.#emit("steady", {});
+    }
     let frame;
     try {
       frame = JSON.parse(event.data);
@@ -220,7 +344,12 @@ export class Signaling extends EventTarget {
       case "hello":
         this.#hello = data;
         this.#attempt = 0;
+        this.#bounds = livenessOf(data);
+        this.#startWatch();
         this.#emit("ready", { hello: data });
+        break;
+      case "alive":
+        this.#answered(); // the answer to a beat: everything sent before it was read
         break;
       case "server_draining":
         // Leave now so our partner hears about it from the server promptly,
@@ -245,6 +374,7 @@ export class Signaling extends EventTarget {
     const hadHello = this.#hello !== null;
     this.#ws = null;
     this.#hello = null;
+    this.#stopWatch();
     if (event.code === CloseCode.POLICY) {
       if (this.#wanted) this.#emit("banned", { message: event.reason || "", until: null });
       this.#wanted = false;

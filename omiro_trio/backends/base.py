@@ -28,7 +28,7 @@ Rules every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -59,6 +59,7 @@ class Ban:
     reason: str
     until: float | None  # unix time; None: permanent
     created_at: float
+    by: str = ""  # who set it: a moderator's name, "admin" (the token) or "auto" (reports)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,7 @@ class ReportRecord:
     at: float  # unix time
     transcript: tuple[str, ...]
     id: int = 0  # given by the backend when recorded: increasing, unique, > 0
+    match_s: float | None = None  # how long the match had lasted; None if unknown
 
     def size_bytes(self) -> int:
         """What the record costs the store (its text, UTF-8), for the byte bound."""
@@ -82,6 +84,64 @@ class ReportRecord:
 
 REPORT_OVERHEAD_BYTES = 64
 """What one report costs the store beyond its text (for the byte bound)."""
+
+ACTIVITY_KEPT_MINUTES = 120
+"""How long the per-minute activity counts (the console's live view) are kept."""
+
+ReportState = Literal["open", "claimed", "actioned", "dismissed"]
+"""Where a report is in the moderators' queue (``triage.py`` has the rules)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReportStatus:
+    """A report's place in the queue, kept beside the record (which never changes).
+
+    ``by`` and ``at`` (unix time): who claimed or decided it, and when;
+    ``action``: what was done (``actioned``); ``autoban``: an automatic ban
+    fired on this report.
+    """
+
+    state: ReportState = "open"
+    by: str = ""
+    at: float = 0.0
+    action: str = ""
+    note: str = ""
+    autoban: bool = False
+
+
+Role = Literal["moderator", "admin"]
+
+
+@dataclass(frozen=True, slots=True)
+class Moderator:
+    """A named console account; ``password_hash`` is an argon2id PHC string."""
+
+    name: str
+    role: Role
+    password_hash: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleSession:
+    """A signed-in console: whose, and the CSRF token its state-changing requests carry."""
+
+    name: str
+    csrf: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One moderator action. ``actor``: a moderator's name, or ``admin`` (the bearer token)."""
+
+    at: float
+    actor: str
+    action: str  # e.g. "ban", "lift_ban", "dismiss", "claim", "add_moderator"
+    target: str = ""  # an address group or network, an account name
+    report_id: int = 0  # the report it was taken on, else 0
+    note: str = ""
+    id: int = 0  # given by the backend: increasing, unique, > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +308,88 @@ class Backend(Protocol):
         """Note that client ``reporter_ip`` reported client ``reported_ip``; return how
         many distinct reporter clients did so within the last ``window_s`` seconds
         (this one included). Both are clients (address groups)."""
+        ...
+
+    # -- moderation (the records of ``moderation.py``; time is unix time) ----
+    #
+    # Reports, their statuses, the per-client report and ban history are kept
+    # for the report retention; the audit log for the audit retention (both
+    # given when the backend opens); a console session for its idle expiry,
+    # renewed on use. Accounts are kept until removed.
+
+    async def report(self, report_id: int) -> ReportRecord | None:
+        """The report of that id, if it is still kept."""
+        ...
+
+    async def report_statuses(self, ids: Sequence[int]) -> list[ReportStatus | None]:
+        """Each report's status (None for one no longer kept), in the order asked."""
+        ...
+
+    async def swap_report_status(
+        self, report_id: int, expected: ReportStatus, new: ReportStatus
+    ) -> bool:
+        """Set the status to ``new`` if it is ``expected`` now (False otherwise, or if gone).
+
+        A report that becomes ``actioned`` or ``dismissed`` leaves ``open_reports``.
+        """
+        ...
+
+    async def open_reports(self, limit: int) -> list[ReportRecord]:
+        """Up to ``limit`` reports still open or claimed, oldest first."""
+        ...
+
+    async def reports_of(self, client: str, limit: int) -> list[ReportRecord]:
+        """Up to ``limit`` reports of ``client`` (the reported side), newest first."""
+        ...
+
+    async def count_reports_since(self, at: float) -> int:
+        """How many reports kept were filed at or after ``at``."""
+        ...
+
+    async def ban_history(self, client: str, limit: int) -> list[Ban]:
+        """Up to ``limit`` bans set on exactly ``client`` (an address group), newest first,
+        lifted or expired ones included."""
+        ...
+
+    async def add_moderator(self, moderator: Moderator) -> bool:
+        """Keep a new account; False if the name is taken."""
+        ...
+
+    async def moderator(self, name: str) -> Moderator | None: ...
+
+    async def moderators(self) -> list[Moderator]:
+        """Every account, by name."""
+        ...
+
+    async def remove_moderator(self, name: str) -> bool:
+        """Remove the account (its console sessions stop working); False if there was none."""
+        ...
+
+    async def open_console_session(self, key: str, session: ConsoleSession, idle_s: float) -> None:
+        """Keep ``session`` under ``key`` (a hash of its cookie) until idle for ``idle_s``."""
+        ...
+
+    async def console_session(self, key: str, idle_s: float) -> ConsoleSession | None:
+        """The session under ``key``, its idle expiry renewed; None if expired or unknown."""
+        ...
+
+    async def close_console_session(self, key: str) -> None: ...
+
+    async def add_activity(self, minute: int, counts: Mapping[str, int]) -> None:
+        """Add this server's ``counts`` (matches, call outcomes) to unix minute ``minute``
+        (kept ``ACTIVITY_KEPT_MINUTES``)."""
+        ...
+
+    async def activity(self, since_minute: int) -> dict[str, int]:
+        """The counts of every server, summed over the minutes from ``since_minute`` on."""
+        ...
+
+    async def append_audit(self, entry: AuditEntry) -> int:
+        """Append ``entry`` (its ``id`` is ignored) to the audit log; return the id given."""
+        ...
+
+    async def audit(self, limit: int, before: int | None = None) -> list[AuditEntry]:
+        """Up to ``limit`` audit entries, newest first, with ids below ``before`` if given."""
         ...
 
     # -- stats and delivery --------------------------------------------

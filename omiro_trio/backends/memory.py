@@ -35,21 +35,23 @@ from omiro_trio.backends.base import (
     Delivery,
     Ended,
     LocalView,
-    ReportRecord,
     SharedView,
     Stats,
 )
+from omiro_trio.backends.memory_records import MAX_REPORT_BYTES, MemoryRecords
 from omiro_trio.matchmaking import Match, Matchmaker, Preferences, Waiting
 
-MAX_REPORT_BYTES = 8 * 1024 * 1024
-"""The report store's bound (``ReportRecord.size_bytes`` summed); oldest dropped first."""
+DAY_S = 86400.0
 
 SWEEP_BUDGET = 100_000
 """The most expiry records (windows, reporter marks, bans) one ``sweep`` visits."""
 
 
-class MemoryBackend:
+class MemoryBackend(MemoryRecords):
     """Shared state kept in this process. See ``backends.base.Backend``.
+
+    The moderation records (reports, accounts, the audit log) are its base
+    class's, ``memory_records.MemoryRecords``.
 
     Args:
         interest_timeout_s, rematch_cooldown_s: the matching rules' timings.
@@ -60,6 +62,8 @@ class MemoryBackend:
         max_report_bytes: the report store's bound (oldest dropped first).
         ipv6_prefix: the size of an IPv6 client (``addresses.address_group``),
             for the exact ban lookup.
+        report_retention_s, audit_retention_s: how long reports (with their
+            transcripts) and the audit log are kept.
     """
 
     def __init__(
@@ -73,10 +77,17 @@ class MemoryBackend:
         new_match_id: Callable[[], str] = lambda: uuid.uuid4().hex,
         max_report_bytes: int = MAX_REPORT_BYTES,
         ipv6_prefix: int = 64,
+        report_retention_s: float = 30 * DAY_S,
+        audit_retention_s: float = 365 * DAY_S,
     ) -> None:
+        super().__init__(
+            wall=wall,
+            max_report_bytes=max_report_bytes,
+            report_retention_s=report_retention_s,
+            audit_retention_s=audit_retention_s,
+        )
         self._now = monotonic
         self._ipv6_prefix = ipv6_prefix
-        self._wall = wall
         self._mm = Matchmaker(
             interest_timeout_s=interest_timeout_s,
             rematch_cooldown_s=rematch_cooldown_s,
@@ -93,10 +104,6 @@ class MemoryBackend:
         # lookup), and the short list of wider networks (compared one by one).
         self._ban_index: dict[str, set[str]] = {}  # client -> targets covering it whole
         self._network_bans: dict[str, Network] = {}  # target -> network
-        self._reports: deque[ReportRecord] = deque()  # oldest first
-        self._report_bytes = 0
-        self._max_report_bytes = max_report_bytes
-        self._report_ids = 0
         self._reporters: dict[str, dict[str, float]] = {}  # reported ip -> reporter ip -> when
         self._reporter_marks: deque[tuple[float, str, str]] = deque()  # (when, reported, reporter)
         self._reporter_window_s = 0.0
@@ -206,6 +213,7 @@ class MemoryBackend:
             self._ban_index.setdefault(key, set()).add(ban.target)
         if ban.until is not None:
             heapq.heappush(self._ban_ends, (ban.until, ban.target))
+        self._note_ban(key if key is not None else ban.target, ban)
 
     async def remove_ban(self, target: str) -> bool:
         return self._forget_ban(target)
@@ -227,24 +235,6 @@ class MemoryBackend:
         now = self._wall()
         live = [b for b, _ in self._bans.values() if b.until is None or b.until > now]
         return live[::-1]
-
-    async def record_report(self, report: ReportRecord) -> int:
-        self._report_ids += 1
-        kept = dataclasses.replace(report, id=self._report_ids)
-        self._reports.append(kept)
-        self._report_bytes += kept.size_bytes()
-        while self._report_bytes > self._max_report_bytes and self._reports:
-            self._report_bytes -= self._reports.popleft().size_bytes()
-        return kept.id
-
-    async def reports(self, limit: int, before: int | None = None) -> list[ReportRecord]:
-        page: list[ReportRecord] = []
-        for report in reversed(self._reports):
-            if len(page) >= limit:
-                break
-            if before is None or report.id < before:
-                page.append(report)
-        return page
 
     async def count_reporter(self, reported_ip: str, reporter_ip: str, window_s: float) -> int:
         now = self._now()
@@ -286,6 +276,15 @@ class MemoryBackend:
 
     async def sync(self, views: Sequence[LocalView]) -> list[SharedView]:
         shared: list[SharedView] = []
+        # A match both of whose sides this server holds, that the shared state does
+        # not (a match resumed with its tickets after a restart): put back.
+        held = {view.session_id: view.match for view in views if view.match is not None}
+        for view in views:
+            match = view.match
+            if match is None or self._mm.match_of(view.session_id) == match:
+                continue
+            if held.get(match.partner_of(view.session_id)) == match:
+                self._mm.restore(match)  # (both are re-registered as live below)
         for view in views:
             state = self._mm.state_of(view.session_id)
             self._live[view.session_id] = view.ip
@@ -305,7 +304,9 @@ class MemoryBackend:
         for ends in self._window_ends.values():
             budget -= self._expire_windows(ends, now, budget)
         budget -= self._expire_reporter_marks(now, budget)
-        self._expire_bans(self._wall(), budget)
+        wall = self._wall()
+        self._expire_bans(wall, budget)
+        self._expire_records(wall)
         return []  # one server: none dies while this one runs
 
     def held_entries(self) -> int:
@@ -369,6 +370,9 @@ async def open_memory_backend(
     rematch_cooldown_s: float,
     block_ttl_s: float,
     ipv6_prefix: int = 64,
+    report_retention_s: float = 30 * DAY_S,
+    audit_retention_s: float = 365 * DAY_S,
+    wall: Callable[[], float] = time.time,
 ) -> AsyncIterator[MemoryBackend]:
     """Open the in-process backend; nothing to close."""
     yield MemoryBackend(
@@ -376,4 +380,7 @@ async def open_memory_backend(
         rematch_cooldown_s=rematch_cooldown_s,
         block_ttl_s=block_ttl_s,
         ipv6_prefix=ipv6_prefix,
+        report_retention_s=report_retention_s,
+        audit_retention_s=audit_retention_s,
+        wall=wall,
     )

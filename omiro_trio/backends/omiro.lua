@@ -59,7 +59,9 @@
 --   P.."bk:"..key      set    the bans covering one client whole (exact lookup)
 --   P.."netbans"       set    the bans of wider networks (checked one by one)
 --   P.."banidx"        string which index the bans have (the IPv6 group size)
---   P.."reports"       zset   report id -> "size|JSON"; P.."report_bytes", P.."report_id"
+--   P.."bh:"..key      list   the bans set on one client (or network), newest first: its
+--                             history for the moderators (records.lua reads it)
+-- Reports, accounts and the audit log are records.lua's.
 
 local op, P, offset, me = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local LIVE_MS = math.floor(tonumber(ARGV[5]) * 1000)
@@ -583,8 +585,13 @@ elseif op == 'retire' then
   return 1
 
 elseif op == 'add_ban' then
-  -- target, ban (JSON), until (unix ms) or "", index key or "" (a network)
+  -- target, ban (JSON), until (unix ms) or "", index key or "" (a network),
+  -- how long the history of bans is kept (s), how many of one client's
   local target, upto, key = A[1], A[3], A[4]
+  local history = P .. 'bh:' .. (key ~= '' and key or target)
+  redis.call('LPUSH', history, A[2])
+  redis.call('LTRIM', history, 0, tonumber(A[6]) - 1)
+  redis.call('PEXPIRE', history, ms(tonumber(A[5])))
   local ban = P .. 'ban:' .. target
   redis.call('SET', ban, A[2])
   if upto ~= '' then redis.call('PEXPIREAT', ban, tonumber(upto) + GRACE_MS) end
@@ -636,32 +643,6 @@ elseif op == 'bans' then
   for _, target in ipairs(redis.call('ZREVRANGE', P .. 'bans', 0, -1)) do
     local ban = redis.call('GET', P .. 'ban:' .. target)
     if ban then out[#out + 1] = ban else redis.call('ZREM', P .. 'bans', target) end
-  end
-  return out
-
-elseif op == 'report' then
-  -- report (JSON), its size, the store's bound in bytes, how long to keep it (s)
-  local key, bytes, size = P .. 'reports', P .. 'report_bytes', tonumber(A[2])
-  local id = redis.call('INCR', P .. 'report_id')
-  redis.call('ZADD', key, id, A[2] .. '|' .. A[1])
-  local total = redis.call('INCRBY', bytes, size)
-  while total > tonumber(A[3]) do -- the oldest go first
-    local oldest = redis.call('ZPOPMIN', key)
-    if #oldest == 0 then break end
-    total = redis.call('DECRBY', bytes, tonumber(string.match(oldest[1], '^(%d+)|')))
-  end
-  for _, k in ipairs({key, bytes, P .. 'report_id'}) do redis.call('PEXPIRE', k, ms(tonumber(A[4]))) end
-  return id
-
-elseif op == 'reports' then
-  -- limit, before ("" for none): {id, JSON, ...} newest first
-  local top = A[2] == '' and '+inf' or '(' .. A[2]
-  local page = redis.call('ZREVRANGEBYSCORE', P .. 'reports', top, '-inf', 'WITHSCORES', 'LIMIT', 0,
-    tonumber(A[1]))
-  local out = {}
-  for i = 1, #page, 2 do
-    out[#out + 1] = page[i + 1]
-    out[#out + 1] = string.match(page[i], '^%d+|(.*)$')
   end
   return out
 

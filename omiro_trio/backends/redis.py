@@ -82,10 +82,10 @@ from omiro_trio.backends.base import (
     Delivery,
     Ended,
     LocalView,
-    ReportRecord,
     SharedView,
     Stats,
 )
+from omiro_trio.backends.redis_records import RedisRecords
 from omiro_trio.errors import BackendUnavailable, SessionElsewhere
 from omiro_trio.matchmaking import Match, Preferences, Waiting, queue_names, split_common
 
@@ -108,8 +108,8 @@ BUS_PROBE_S = 1.0  # the listener publishes a probe to itself this often...
 BUS_SILENCE_PROBES = 3  # ...and rebuilds after this many probe periods without a message
 RESTORE_RETRY_S = 0.5
 PUBLISH_BATCH = 256  # PUBLISHes sent in one pipeline, at most
-MAX_REPORT_BYTES = 8 * 1024 * 1024  # the report store's bound, as the memory backend's
-REPORTS_KEPT_S = 30 * 86400
+BANS_REMEMBERED = 50  # the bans of one client kept in its history (the newest)
+DAY_S = 86400.0
 SYNC_BATCH = 200
 BAN_INDEX_VERSION = "1"
 BROADCAST = "all"
@@ -353,8 +353,11 @@ class _Outgoing:
     error: BaseException | None = None
 
 
-class RedisBackend:
+class RedisBackend(RedisRecords):
     """Shared state in Redis. See ``backends.base.Backend`` and ``omiro.lua``.
+
+    The moderation records (reports, accounts, the audit log) are its base
+    class's, ``redis_records.RedisRecords`` (``records.lua``).
 
     Build it with ``open_redis_backend``.
 
@@ -370,6 +373,8 @@ class RedisBackend:
             pool connection; one call is bounded by ``op_timeout(timeout_s)``.
         ipv6_prefix: the size of an IPv6 client, for the exact ban lookup.
         clock_offset: seconds added to Redis's clock (tests move time with it).
+        report_retention_s, audit_retention_s: how long reports (with their
+            transcripts) and the audit log are kept.
     """
 
     def __init__(
@@ -387,7 +392,12 @@ class RedisBackend:
         timeout_s: float = TIMEOUT_S,
         ipv6_prefix: int = 64,
         clock_offset: Callable[[], float] = lambda: 0.0,
+        report_retention_s: float = 30 * DAY_S,
+        audit_retention_s: float = 365 * DAY_S,
     ) -> None:
+        super().__init__(
+            client, report_retention_s=report_retention_s, audit_retention_s=audit_retention_s
+        )
         self._client = client
         # The same pool, never retrying: a PUBLISH sent twice would deliver twice.
         self._once: coredis.Redis[bytes] = coredis.Redis(
@@ -627,7 +637,9 @@ class RedisBackend:
     async def add_ban(self, ban: Ban) -> None:
         until = "" if ban.until is None else str(int(ban.until * 1000))
         encoded = msgspec.json.encode(ban)
-        await self._run("add_ban", ban.target, encoded, until, self._ban_key(ban.target))
+        key = self._ban_key(ban.target)
+        remembered = self._report_retention_s
+        await self._run("add_ban", ban.target, encoded, until, key, remembered, BANS_REMEMBERED)
 
     async def remove_ban(self, target: str) -> bool:
         return bool(await self._run("remove_ban", target, self._ban_key(target)))
@@ -648,18 +660,6 @@ class RedisBackend:
         for ban in await self.bans():
             args += [ban.target, self._ban_key(ban.target)]
         await self._run("index_bans", *args)
-
-    async def record_report(self, report: ReportRecord) -> int:
-        encoded = msgspec.json.encode(report)
-        size = report.size_bytes()
-        return int(await self._run("report", encoded, size, MAX_REPORT_BYTES, REPORTS_KEPT_S))
-
-    async def reports(self, limit: int, before: int | None = None) -> list[ReportRecord]:
-        raw = await self._run("reports", limit, "" if before is None else before)
-        return [
-            dataclasses.replace(msgspec.json.decode(encoded, type=ReportRecord), id=int(ident))
-            for ident, encoded in zip(raw[::2], raw[1::2], strict=True)
-        ]
 
     async def count_reporter(self, reported_ip: str, reporter_ip: str, window_s: float) -> int:
         return int(await self._run("reporter", reported_ip, reporter_ip, window_s))
@@ -958,6 +958,8 @@ async def open_redis_backend(
     clock_offset: Callable[[], float] = lambda: 0.0,
     server_id: str | None = None,
     replaces: str | None = None,
+    report_retention_s: float = 30 * DAY_S,
+    audit_retention_s: float = 365 * DAY_S,
 ) -> AsyncIterator[RedisBackend]:
     """Connect, register this server, heartbeat while open; unregister on exit.
 
@@ -990,6 +992,8 @@ async def open_redis_backend(
                 timeout_s=timeout_s,
                 ipv6_prefix=ipv6_prefix,
                 clock_offset=clock_offset,
+                report_retention_s=report_retention_s,
+                audit_retention_s=audit_retention_s,
             )
             if server_id:
                 backend._server_id = server_id

@@ -43,6 +43,8 @@ class HttpError(StrEnum):
 
     BAD_REQUEST = "bad_request"
     UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"  # signed in, but the role (or a missing CSRF token) does not allow it
+    CONFLICT = "conflict"  # someone else acted first (a report decided or claimed)
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     REQUEST_HEAD_TOO_LARGE = "request_head_too_large"

@@ -291,6 +291,9 @@ def test_text_contrast_at_every_phase(make_server, people, viewport):
     denied.wait_state("blocked")
     results += measure(denied, decoder, "camera denied")
 
+    # Carol waits alone when the server dies (in a call the page would keep it and resume).
+    bob.testid("stop").click()
+    carol.wait_state("waiting")
     server.crash()
     carol.wait_state("reconnecting")
     carol.wait("() => !document.querySelector('[data-testid=notice]').hidden")

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import coredis
+import httpx
 import msgspec
 import pytest
 import trio
@@ -283,3 +284,61 @@ async def test_a_relay_that_reaches_no_listener_keeps_the_match(
                     break
         assert_never_ended(first, second)
         assert "anyone there?" not in [c["message"] for c in second.seen("chat")]
+
+
+@pytest.mark.rule("protocol/console-reports", "protocol/console-auth")
+async def test_a_ban_from_the_console_on_one_server_closes_a_socket_on_the_other(
+    two_servers: Servers, nursery: trio.Nursery
+) -> None:
+    """Accounts, sessions, reports and the audit log are shared: any server serves the
+    console, and a ban made on one is in force on the other at once."""
+    a, b = two_servers
+    reporter = await connect(nursery, a, ip="192.0.2.60")
+    victim = await connect(nursery, b, ip="192.0.2.61")
+    await reporter.send("join_queue")
+    await reporter.expect("queued")
+    await victim.send("join_queue")
+    await reporter.expect("match_found")
+    await victim.expect("match_found")
+    await victim.send("chat", {"message": "<i>crossing servers</i>"})
+    await reporter.expect("chat")
+    await reporter.send("report", {"reason": "harassment"})
+    await victim.expect("partner_disconnected")
+
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with httpx.AsyncClient(headers=admin) as http:
+        made = await http.post(f"{b.url}/admin/moderators", json={"name": "ana"})
+        assert made.status_code == 201, made.text
+        password = made.json()["password"]
+    async with httpx.AsyncClient() as console:
+        signed = await console.post(
+            f"{a.url}/admin/session", json={"name": "ana", "password": password}
+        )
+        assert signed.status_code == 200, signed.text
+        csrf = {"X-CSRF-Token": signed.json()["csrf"]}
+        # The session signed in on a is good on b: any server serves the console.
+        queue = (await console.get(f"{b.url}/admin/queue")).json()["reports"]
+        assert [r["reported_ip"] for r in queue] == ["192.0.2.61"]
+        assert queue[0]["transcript"] == ["reported: <i>crossing servers</i>"]
+        report_id = queue[0]["id"]
+        banned = await console.post(
+            f"{a.url}/admin/reports/{report_id}/ban",
+            json={"duration_s": 600, "note": "cross-server"},
+            headers=csrf,
+        )
+        assert banned.status_code == 200, banned.text
+        assert (await victim.expect("error"))["code"] == "banned"
+        assert await victim.expect_closed() == 1008
+        seen = (await console.get(f"{b.url}/admin/reports/{report_id}")).json()
+        assert seen["status"]["state"] == "actioned"
+        again = await console.post(
+            f"{b.url}/admin/reports/{report_id}/dismiss", json={}, headers=csrf
+        )
+        assert again.status_code == 409
+        assert (await console.delete(f"{b.url}/admin/session", headers=csrf)).status_code == 204
+        assert (await console.get(f"{a.url}/admin/queue")).status_code == 401
+    async with httpx.AsyncClient(headers=admin) as http:
+        entries = (await http.get(f"{b.url}/admin/audit")).json()["entries"]
+    assert [(e["actor"], e["action"], e["report_id"]) for e in entries][:1] == [
+        ("ana", "ban", report_id)
+    ]

@@ -131,9 +131,10 @@ async def test_reports_are_listed_newest_first(admin_server: Harness) -> None:
 @pytest.mark.rule("protocol/admin-reports")
 async def test_reports_are_paginated(admin_server: Harness) -> None:
     backend = admin_server.ctx.backend
+    now = admin_server.ctx.wall()
     for n in range(5):
         await backend.record_report(
-            ReportRecord("192.0.2.1", f"bad{n}", f"good{n}", "192.0.2.2", "spam", 1e9 + n, ())
+            ReportRecord("192.0.2.1", f"bad{n}", f"good{n}", "192.0.2.2", "spam", now + n, ())
         )
     async with httpx.AsyncClient(base_url=admin_server.url, headers=AUTH) as http:
         first = (await http.get("/admin/reports", params={"limit": 2})).json()

@@ -37,7 +37,7 @@ import trio.testing
 from redis_support import RedisServer, new_prefix
 from trio.abc import Clock
 
-from omiro_trio.backends.base import Backend, Ban, ReportRecord, Stats
+from omiro_trio.backends.base import Backend, Ban, LocalView, ReportRecord, Stats
 from omiro_trio.backends.memory import MemoryBackend, open_memory_backend
 from omiro_trio.backends.redis import open_redis_backend
 from omiro_trio.matchmaking import GENERATIONS, Match, Preferences, Waiting
@@ -728,6 +728,9 @@ async def test_remove_ban_lifts_it_once(backend: Backend) -> None:
     assert await backend.remove_ban("198.51.100.0/24") is False
 
 
+REPORTED_AT = time.time()  # reports are kept for a retention counted from when they were filed
+
+
 def _report(n: int) -> ReportRecord:
     return ReportRecord(
         reported_ip="203.0.113.7",
@@ -735,7 +738,7 @@ def _report(n: int) -> ReportRecord:
         reporter=f"good{n}",
         reporter_ip="198.51.100.1",
         reason="spam",
-        at=1_700_000_000.0 + n,
+        at=REPORTED_AT + n,
         transcript=("hi", f"line {n}"),
     )
 
@@ -1054,3 +1057,21 @@ async def test_memory_ban_check_looks_at_the_address_and_the_network_bans_only(
         ban = await backend.ban_for(ip)
         assert (ban.target if ban else None) == target, ip
     assert compared <= 2 * len(checks)
+
+
+async def test_sync_puts_back_a_match_both_sides_hold_that_the_shared_state_lacks(
+    backend: Backend,
+) -> None:
+    """A match resumed with its tickets (issue 23): this server holds both sides, idle in
+    the shared state, each with the same match; ``sync`` puts it back for both."""
+    for sid in ("a", "b", "c"):
+        assert await backend.claim_session(sid, CLIENT)
+    resumed = Match("r1", "a", "b", "video", (), (backend.server_id, backend.server_id))
+    shared = await backend.sync([LocalView("a", CLIENT, resumed), LocalView("b", CLIENT, resumed)])
+    assert [(view.state, view.match) for view in shared] == [("matched", resumed)] * 2
+    # Matched for real: a third session does not find them, and leaving ends it for both.
+    await waits(backend, "c")
+    ended = await backend.leave("a")
+    assert ended is not None
+    assert ended.match_id == "r1"
+    assert await backend.leave("b") is None

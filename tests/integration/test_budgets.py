@@ -632,6 +632,27 @@ async def test_skip_budget(omiro: Server) -> None:
     assert await exceeded(omiro, "skips") == before + 1
 
 
+# -- match tickets (issue 23) ------------------------------------------------------------
+
+
+@pytest.mark.rule("protocol/resume")
+async def test_forged_tickets_budget(omiro: Server) -> None:
+    """Guessing tickets: each forged one costs a message and one HMAC of at most 512
+    characters, checked for shape first; it counts as a protocol error, so the guesser
+    is closed with 4000 after 20 in a minute."""
+    forged = "m1.a.b.c.video.9999999999." + "0" * 64
+    async with watched(omiro) as watch:
+        stream, frames = await hostile_session(omiro)
+
+        async def attack() -> None:
+            for _ in range(100):
+                await stream.send_all(message("resume", {"ticket": forged}))
+
+        assert await until_stopped(attack, frames.close_code) == 4000
+        await stream.aclose()
+    watch.check()
+
+
 # -- pending handshakes, pipelined requests --------------------------------------------------
 
 

@@ -150,10 +150,15 @@ async def test_disconnect_closes_1000_and_tells_partner(server: Harness) -> None
 
 @pytest.mark.rule("protocol/msg-partner-disconnected", "protocol/partner-reasons")
 async def test_socket_death_tells_partner(server: Harness) -> None:
+    """A socket that dies may come back with its ticket: its partner is told it is away,
+    and that it left once the grace (``server.resume_grace_s``, 30 s) has passed."""
     a, b = await server.pair()
     await a.ws._stream.aclose()  # the TCP connection drops without a close frame
-    assert await b.expect("partner_disconnected") == {"reason": "left"}
+    assert await b.expect("partner_away") == {"grace_ms": 30000}
+    away_at = trio.current_time()
     await wait_until(lambda: len(server.ctx.hub.sessions) == 1)
+    assert await b.expect("partner_disconnected", wait_s=35) == {"reason": "left"}
+    assert 30 - 0.5 <= trio.current_time() - away_at <= 30 + 2
 
 
 @pytest.mark.rule("protocol/relay-current-partner")
@@ -585,7 +590,8 @@ async def test_a_new_socket_of_the_session_spends_a_skip_to_join(
         await a.send("join_queue")
         await a.expect("match_found")
         await partner.expect("match_found")
-        await a.ws.aclose()  # leaves the match by going away, then comes back
+        await a.send("disconnect")  # leaves the match (as the page does), then comes back
+        await a.ws.aclose()
         assert await partner.expect("partner_disconnected") == {"reason": "left"}
         gone = a.session_id
         await wait_until(lambda: gone not in server.ctx.hub.sessions)  # noqa: B023
@@ -641,8 +647,9 @@ async def test_match_found_pair_tag_is_the_same_for_the_same_two_networks(
     assert int(tag, 16) >= 0  # hex: no address in it
     assert "198.51.100" not in tag
 
-    # A "reload": a's socket goes, a new session comes from the same address.
-    await a.ws.aclose()
+    # A "reload": the page leaves (`disconnect`, as it does on pagehide), a new
+    # session comes from the same address.
+    await a.send("disconnect")
     assert (await b.expect("partner_disconnected"))["reason"] == "left"
     # Its IPv6 neighbour in the same /64 counts as the same network.
     b2 = await server.connect(headers=via("2001:db8:5:6::99"))
@@ -653,7 +660,7 @@ async def test_match_found_pair_tag_is_the_same_for_the_same_two_networks(
     assert found_a2["pair"] == found_b2["pair"] == tag
 
     # Someone from another network: another tag.
-    await b2.ws.aclose()
+    await b2.send("disconnect")
     assert (await a2.expect("partner_disconnected"))["reason"] == "left"
     c = await server.connect(headers=via("192.0.2.1"))
     found_c, found_a3 = await match(c, a2)

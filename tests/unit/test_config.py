@@ -15,12 +15,14 @@ import pytest
 
 from omiro_trio.config import (
     AdminConfig,
+    AlertsConfig,
     BackendConfig,
     Config,
     IceConfig,
     LimitsConfig,
     LogConfig,
     MatchmakingConfig,
+    ModerationConfig,
     PageConfig,
     RedisConfig,
     ReportsConfig,
@@ -50,8 +52,11 @@ DESIGN_DEFAULTS: dict[str, dict[str, Any]] = {
         "drain_grace_s": 10,
         # Added after DESIGN.md: what server_draining tells clients.
         "reconnect_after_ms": 1000,
+        # Issue 23: the liveness bound of a call.
+        "lost_after_s": 15.0,
+        "resume_grace_s": 30.0,
     },
-    "session": {"secret": "", "token_ttl_s": 600},
+    "session": {"secret": "", "token_ttl_s": 600, "ticket_ttl_s": 7200},
     "backend": {"kind": "memory"},
     "redis": {
         "url": "redis://127.0.0.1:6379/0",
@@ -71,7 +76,18 @@ DESIGN_DEFAULTS: dict[str, dict[str, Any]] = {
         "reports_per_hour": 10,
         "max_chat_length": 1000,
     },
-    "reports": {"autoban_reporters": 3, "autoban_window_s": 3600, "autoban_s": 86400},
+    "reports": {
+        "autoban_reporters": 3,
+        "autoban_window_s": 3600,
+        "autoban_s": 86400,
+        "retention_days": 30,
+    },
+    "moderation": {
+        "audit_retention_days": 365,
+        "session_idle_s": 1800,
+        "moderator_max_ban_s": 604800,
+        "claim_s": 900,
+    },
     "ice": {
         "urls": ["stun:stun.l.google.com:19302"],
         "turn_urls": [],
@@ -81,6 +97,13 @@ DESIGN_DEFAULTS: dict[str, dict[str, Any]] = {
         "relay_only": "auto",
     },
     "admin": {"token": ""},
+    "alerts": {
+        "webhook_url": "",
+        "secret": "",
+        "reports_per_hour": 20,
+        "timeout_s": 5.0,
+        "retries": 3,
+    },
     "log": {"level": "info", "format": "text"},
     # Added after DESIGN.md: what the page tells people before they start.
     "page": {
@@ -134,8 +157,10 @@ def test_config_table_types_and_attribute_names() -> None:
         "matchmaking": MatchmakingConfig,
         "limits": LimitsConfig,
         "reports": ReportsConfig,
+        "moderation": ModerationConfig,
         "ice": IceConfig,
         "admin": AdminConfig,
+        "alerts": AlertsConfig,
         "log": LogConfig,
         "page": PageConfig,
     }
@@ -313,6 +338,13 @@ def test_config_int_accepted_for_float_seconds(tmp_path: Path) -> None:
         ("[session]\ntoken_ttl_s = 9999999999\n", "session.token_ttl_s"),
         ("[limits]\nsockets_per_ip = 1000001\n", "limits.sockets_per_ip"),
         ("[reports]\nautoban_s = 0\n", "reports.autoban_s"),
+        ("[reports]\nretention_days = 0\n", "reports.retention_days"),
+        ("[moderation]\nsession_idle_s = 10\n", "moderation.session_idle_s"),
+        ("[moderation]\nmoderator_max_ban_s = 0\n", "moderation.moderator_max_ban_s"),
+        ('[alerts]\nwebhook_url = "https://hooks.example/x"\n', "alerts.webhook_url"),
+        ('[alerts]\nwebhook_url = "ftp://x"\nsecret = "' + "s" * 32 + '"\n', "alerts.webhook_url"),
+        ('[alerts]\nsecret = "short"\n', "alerts.secret"),
+        ("[alerts]\nretries = 11\n", "alerts.retries"),
         ("[matchmaking]\ninterest_timeout_s = 1e9\n", "matchmaking.interest_timeout_s"),
         ('[session]\nsecret = "short"\n', "session.secret"),
         ('[admin]\ntoken = "0123456789012345678901234567890"\n', "admin.token"),

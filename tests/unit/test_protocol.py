@@ -21,11 +21,13 @@ from omiro_trio.protocol import (
     MAX_INTERESTS,
     MAX_LANGUAGE_LENGTH,
     MAX_LANGUAGES,
+    MAX_MATCH_ID_LENGTH,
     MAX_REPORT_REASON_LENGTH,
     MIN_LANGUAGE_LENGTH,
     MODES,
     OP_NAMES,
     RELAYED,
+    Alive,
     CallOutcome,
     CameraKind,
     Chat,
@@ -36,7 +38,9 @@ from omiro_trio.protocol import (
     LeaveQueue,
     Limits,
     Next,
+    PeerLost,
     Report,
+    Resume,
     Typing,
     WebrtcAnswer,
     WebrtcOffer,
@@ -156,6 +160,9 @@ def test_op_names_cover_every_message_class() -> None:
         CameraKind,
         Report,
         CallOutcome,
+        Alive,
+        PeerLost,
+        Resume,
     }
     assert OP_NAMES[WebrtcOffer] == "webrtc_offer"
     assert OP_NAMES[IceCandidate] == "ice_candidate"
@@ -173,6 +180,8 @@ def test_op_names_round_trip_through_parse(cls: type) -> None:
         IceCandidate: {"candidate": None},
         CameraKind: {"kind": "none"},
         CallOutcome: {"match_id": "m", "outcome": "failed"},
+        PeerLost: {"match_id": "m"},
+        Resume: {"ticket": "t"},
     }
     assert type(parse(frame(OP_NAMES[cls], samples.get(cls, {})))) is cls
 
@@ -840,3 +849,37 @@ def test_relay_frame_is_the_envelope_of_relay_data() -> None:
         assert relay_frame(op.name, op.relay(message, "S")) == encode_bytes(
             op.name, relay_data(message, "S")
         )
+
+
+# -- liveness: alive and peer_lost (issue 23) -------------------------------------------
+
+
+@pytest.mark.rule("protocol/liveness-op")
+def test_parse_alive_takes_no_data() -> None:
+    assert parse(frame("alive")) == Alive()
+    assert parse(frame("alive", with_data=False)) == Alive()
+    assert parse(frame("alive", {"extra": 1})) == Alive()
+    assert violation(frame("alive", [1])).code == "bad_request"
+
+
+@pytest.mark.rule("protocol/liveness-op")
+def test_parse_peer_lost_needs_a_match_id() -> None:
+    assert parse(frame("peer_lost", {"match_id": "m1"})) == PeerLost("m1")
+    for data, message in [
+        ({}, "data.match_id is required"),
+        ({"match_id": ""}, f"data.match_id must be 1 to {MAX_MATCH_ID_LENGTH} characters"),
+        ({"match_id": "m" * (MAX_MATCH_ID_LENGTH + 1)}, "data.match_id must be 1 to"),
+        ({"match_id": 7}, "data.match_id must be"),
+    ]:
+        error = violation(frame("peer_lost", data))
+        assert error.code == "bad_request"
+        assert error.op == "peer_lost"
+        assert message in error.message
+
+
+@pytest.mark.rule("protocol/op-resume")
+def test_parse_resume_needs_a_bounded_ticket() -> None:
+    assert parse(frame("resume", {"ticket": "abc"})) == Resume("abc")
+    for data in [{}, {"ticket": ""}, {"ticket": "t" * 513}, {"ticket": 5}]:
+        error = violation(frame("resume", data))
+        assert (error.code, error.op) == ("bad_request", "resume")

@@ -21,6 +21,7 @@ from typing import Any, get_args
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -32,6 +33,7 @@ from hypothesis.stateful import (
 )
 
 from omiro_trio import protocol
+from omiro_trio.backends.base import LocalView
 from omiro_trio.backends.memory import MemoryBackend
 from omiro_trio.budgets import Budget
 from omiro_trio.codes import CloseCode, ErrorCode, PartnerReason
@@ -76,9 +78,12 @@ from omiro_trio.session_events import (
     SkipCounted,
     Started,
     TimerFired,
+    Watch,
+    WatchFired,
     Widen,
     WidenWait,
 )
+from omiro_trio.tokens import Ticket, TicketSigner
 
 INTEREST_TIMEOUT_S = 10.0
 RATES = Rates(messages_per_second=10.0, message_burst=20)
@@ -109,6 +114,9 @@ OPS: dict[str, str] = {
     "report": frame("report", {"reason": "spam"}),
     "call_outcome": frame("call_outcome", {"match_id": "m1", "outcome": "failed"}),
     "camera_kind": frame("camera_kind", {"kind": "virtual"}),
+    "alive": frame("alive"),
+    "peer_lost": frame("peer_lost", {"match_id": "m1"}),
+    "resume": frame("resume", {"ticket": "m1.a.b.c.video.1.0"}),
 }
 RELAYED_OPS = ("chat", "typing", "webrtc_offer", "webrtc_answer", "ice_candidate", "camera_kind")
 
@@ -176,11 +184,22 @@ class Timers:
         else:
             self._world.timers[self._id] = (self._world.now + widen.delay_s, widen)
 
+    def watch(self, after_s: float | None) -> None:
+        if after_s is None:
+            self._world.watches.pop(self._id, None)
+        else:
+            self._world.watches[self._id] = self._world.now + after_s
+
 
 class World:
     """Session cores, the hub and the memory backend, pumped the way connections pump them."""
 
-    def __init__(self, pair_tag: Callable[[str, str], str] | None = None) -> None:
+    def __init__(
+        self,
+        rules: SessionRules | None = None,
+        pair_tag: Callable[[str, str], str] | None = None,
+    ) -> None:
+        self.rules = rules or RULES
         self.now = 0.0
         self.backend = RecordingBackend(lambda: self.now)
         self.mm = self.backend.matchmaker
@@ -188,6 +207,7 @@ class World:
         self.sessions: dict[str, Session] = {}
         self.clients: dict[str, Client] = {}
         self.timers: dict[str, tuple[float, Widen]] = {}
+        self.watches: dict[str, float] = {}  # the liveness timers: when each is due
         self.gone: set[str] = set()  # detached: closed and told the partner
         self.delivered: list[tuple[str, str]] = []  # (receiver, match_id)
 
@@ -206,7 +226,10 @@ class World:
     def connect(self, session_id: str) -> SessionCore:
         client = Client()
         session = Session(
-            session_id, "192.0.2.1", outlet=client, core=SessionCore(session_id, self.now, RULES)
+            session_id,
+            "192.0.2.1",
+            outlet=client,
+            core=SessionCore(session_id, self.now, self.rules),
         )
         session.timers = Timers(self, session_id)
         self.sessions[session_id] = session
@@ -228,6 +251,12 @@ class World:
 
     # -- the pump ---------------------------------------------------------
 
+    def run(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn`` in trio, whose clock (which the hub reads) shows the world's time."""
+        clock = trio.testing.MockClock()
+        clock.jump(self.now)
+        trio.run(fn, *args, clock=clock)
+
     def client(self, session_id: str, raw: str) -> Effects:
         """The client sends ``raw``: its core answers, the hub performs; the answer."""
         session = self.sessions[session_id]
@@ -236,14 +265,14 @@ class World:
             if isinstance(effect, Relay):
                 partner = effect.match.partner_of(session_id)
                 before = len(self.sent(partner))
-                trio.run(self.hub.perform, session, effects, self.now)
+                self.run(self.hub.perform, session, effects, self.now)
                 if len(self.sent(partner)) > before:
                     assert effect.match.match_id not in self.ended_matches
                     self.delivered.append((partner, effect.match.match_id))
                 break
         else:
             if effects:
-                trio.run(self.hub.perform, session, effects, self.now)
+                self.run(self.hub.perform, session, effects, self.now)
         self.reap()
         return effects
 
@@ -256,7 +285,7 @@ class World:
         async def close() -> None:
             self.hub.close(self.sessions[session_id], code, reason)
 
-        trio.run(close)
+        self.run(close)
         self.reap()
 
     def reap(self) -> None:
@@ -265,7 +294,7 @@ class World:
             if session.closed is not None and session_id not in self.gone:
                 assert session.core.state == "closing"
                 self.gone.add(session_id)
-                trio.run(self.hub.detach, session)
+                self.run(self.hub.detach, session)
 
     def advance(self, seconds: float) -> None:
         """Let time pass; fire the widen timers that are due."""
@@ -273,7 +302,11 @@ class World:
         for session_id, (due, widen) in sorted(self.timers.items()):
             if due <= self.now and self.timers.get(session_id) == (due, widen):
                 del self.timers[session_id]
-                trio.run(self.hub.widen, self.sessions[session_id], widen)
+                self.run(self.hub.widen, self.sessions[session_id], widen)
+        for session_id, due in sorted(self.watches.items()):
+            if due <= self.now and self.watches.get(session_id) == due:
+                del self.watches[session_id]
+                self.run(self.hub.watch_fired, self.sessions[session_id])
         self.reap()
 
 
@@ -290,9 +323,14 @@ def pair(world: World) -> Match:
 
 def in_state(state: State) -> tuple[World, SessionCore]:
     """A world where core "a" is in ``state`` ("b" is its partner when matched)."""
-    world = World()
+    world = World(TICKET_RULES)
     if state == "matched":
         pair(world)
+    elif state == "resuming":
+        old = World(TICKET_RULES)
+        _, ticket, _ = ticketed_pair(old)
+        world.connect("a")
+        resume(world, "a", ticket)
     else:
         world.connect("a")
         if state == "waiting":
@@ -489,8 +527,8 @@ def test_a_join_overtaken_by_a_match_is_not_announced() -> None:
 STATES: tuple[State, ...] = get_args(State)
 
 
-def test_states_are_the_four_of_the_design() -> None:
-    assert STATES == ("idle", "waiting", "matched", "closing")
+def test_states_are_the_five_of_the_design() -> None:
+    assert STATES == ("idle", "waiting", "matched", "resuming", "closing")
 
 
 @pytest.mark.parametrize("state", STATES)
@@ -518,6 +556,19 @@ def test_every_op_in_every_state(state: State, op: str) -> None:
         assert effects == (ReportPartner("spam"),)
         started = core.handle(Started(ReportPartner("spam")), world.now)
         assert (started == (BlockPartner("b", "spam"),)) == (state == "matched")
+    elif op == "alive":
+        assert decoded(effects[0]) == {"op": "alive", "data": {}}
+        watch = (Watch(RULES.lost_after_s),) if state == "matched" else ()
+        assert effects[1:] == watch
+    elif op == "peer_lost":  # "m1" is a's match only when it was matched
+        if state == "matched":
+            assert effects == (Leave(PartnerReason.LOST, "peer_lost", "m1"),)
+        else:
+            (reply,) = effects
+            assert decoded(reply)["data"]["code"] == ErrorCode.NOT_MATCHED
+    elif op == "resume":  # only an idle session resumes, and only with a good ticket
+        codes = [decoded(effect)["data"]["code"] for effect in effects if isinstance(effect, str)]
+        assert codes == (["bad_ticket"] if state == "idle" else ["bad_request"])
     elif op == "call_outcome":  # "m1" is a's match only when it was matched
         if state == "matched":
             assert effects == (CountCall("failed", None, None),)
@@ -645,6 +696,433 @@ def test_call_outcome_for_a_text_match_or_a_forgotten_one_is_refused() -> None:
 
 
 # -- rate and error thresholds -------------------------------------------------
+
+
+# -- liveness (issue 23) -------------------------------------------------------
+
+LOST_S = RULES.lost_after_s
+
+
+def beating_pair(world: World) -> Match:
+    """Match "a" with "b", both beating (they sent ``alive``)."""
+    world.connect("a")
+    world.connect("b")
+    world.op("a", "alive")
+    world.op("b", "alive")
+    assert world.watches == {}  # not matched yet: nothing to watch
+    world.op("a", "join_queue")
+    world.op("b", "join_queue")
+    match = world.cores["a"].match
+    assert match is not None
+    assert set(world.watches) == {"a", "b"}
+    return match
+
+
+@pytest.mark.rule("protocol/liveness-op")
+def test_alive_is_answered_and_arms_the_watch_only_while_matched() -> None:
+    world = World()
+    world.connect("a")
+    world.op("a", "alive")
+    assert world.last("a") == {"op": "alive", "data": {}}
+    assert world.watches == {}
+    world.connect("b")
+    world.op("a", "join_queue")
+    world.op("b", "join_queue")
+    assert world.watches == {"a": LOST_S}  # b never beat: its silence is not watched
+    # A second beat while watched does not restart the timer.
+    world.advance(1.0)
+    assert world.op("a", "alive")[1:] == ()
+
+
+@pytest.mark.rule("protocol/liveness-op")
+def test_a_silent_beating_client_loses_its_match_at_the_bound_not_before() -> None:
+    world = World()
+    match = beating_pair(world)
+    # b keeps beating, a goes silent.
+    while world.now + 2.5 < LOST_S:
+        world.advance(2.5)
+        world.op("b", "alive")
+    world.advance(LOST_S - world.now - 0.001)
+    assert world.cores["a"].match is match  # 15 s have not passed since a's last frame
+    world.advance(0.001)
+    assert world.cores["a"].match is None
+    assert world.cores["b"].match is None
+    assert match.match_id in world.ended_matches
+    lost = {"op": "partner_disconnected", "data": {"reason": "lost"}}
+    assert world.last("b") == lost  # told within the bound, not after the idle timeout
+    assert world.last("a") == lost  # the silent side hears it when its network comes back
+    # Nobody chose this end: each side's next way in spends no skip.
+    assert world.op("a", "join_queue") == (Join(DEFAULTS, "join_queue"),)
+    assert world.op("b", "join_queue") == (Join(DEFAULTS, "join_queue"),)
+
+
+@pytest.mark.rule("protocol/liveness-op")
+def test_every_frame_counts_as_life_and_the_watch_waits_for_the_rest() -> None:
+    world = World()
+    match = beating_pair(world)
+    world.advance(LOST_S - 1.0)
+    world.op("a", "chat")  # not a beat, but life all the same
+    world.op("b", "alive")
+    world.advance(1.0)  # the timer fires: a spoke 1 s ago
+    assert world.watches == {"a": world.now + LOST_S - 1.0, "b": world.now + LOST_S - 1.0}
+    assert world.cores["a"].match is match
+    world.advance(LOST_S - 1.0)
+    assert world.cores["a"].match is None
+    assert world.last("b")["data"] == {"reason": "lost"}
+
+
+def test_pings_and_pongs_count_as_life() -> None:
+    world = World()
+    match = beating_pair(world)
+    world.advance(LOST_S - 1.0)
+    core = world.cores["a"]
+    assert core.handle(Controls(1), world.now) == ()
+    world.op("b", "alive")
+    world.advance(1.0)
+    assert core.match is match
+
+
+def test_a_client_that_never_beats_is_never_lost() -> None:
+    world = World()
+    match = pair(world)
+    world.advance(10 * LOST_S)
+    assert world.watches == {}
+    assert world.cores["a"].match is match
+
+
+def test_a_watch_after_the_match_ended_does_nothing() -> None:
+    world = World()
+    beating_pair(world)
+    world.op("a", "leave_queue")
+    assert world.last("b")["data"] == {"reason": "left"}
+    world.advance(LOST_S)  # both timers fire; nobody is matched
+    assert world.ops("b")[-1] == "partner_disconnected"
+    assert world.cores["a"].handle(WatchFired(), world.now) == ()
+
+
+@pytest.mark.rule("protocol/liveness-op")
+def test_peer_lost_ends_the_match_as_lost_and_the_next_way_in_is_free() -> None:
+    world = World()
+    match = pair(world)
+    sent = len(world.sent("a"))
+    assert world.op("a", "peer_lost", {"match_id": match.match_id}) == (
+        Leave(PartnerReason.LOST, "peer_lost", match.match_id),
+    )
+    assert world.last("b") == {"op": "partner_disconnected", "data": {"reason": "lost"}}
+    assert len(world.sent("a")) == sent  # it asked: it is told nothing more
+    assert world.cores["a"].state == "idle"
+    assert world.op("a", "join_queue") == (Join(DEFAULTS, "join_queue"),)
+    assert world.op("b", "join_queue") == (Join(DEFAULTS, "join_queue"),)
+
+
+@pytest.mark.rule("protocol/liveness-op")
+def test_peer_lost_for_another_match_is_refused_and_ends_nothing() -> None:
+    world = World()
+    match = pair(world)
+    (reply,) = world.op("a", "peer_lost", {"match_id": "m-old"})
+    assert decoded(reply)["data"] == {
+        "code": "not_matched",
+        "message": "that is not your current match",
+        "op": "peer_lost",
+    }
+    assert world.cores["b"].match is match
+    # A peer_lost that waited for its turn while the match ended and another formed.
+    core = world.cores["a"]
+    stale = Leave(PartnerReason.LOST, "peer_lost", "m-old")
+    assert core.handle(Started(stale), world.now) == ()
+    assert core.match is match
+
+
+# -- resuming with match tickets (issue 23) --------------------------------------
+
+WALL = 1_700_000_000.0
+SIGNER = TicketSigner(b"k" * 32, 7200)
+TICKET_RULES = SessionRules(rates=RATES, tickets=SIGNER, wall=lambda: WALL)
+GRACE_S = TICKET_RULES.resume_grace_s
+
+
+def ticketed_pair(world: World) -> tuple[Match, str, str]:
+    """Match "a" (the caller) with "b"; their tickets, from match_found."""
+    match = pair(world)
+    (found_a,) = [f for f in world.sent("a") if f["op"] == "match_found"]
+    (found_b,) = [f for f in world.sent("b") if f["op"] == "match_found"]
+    return match, found_a["data"]["ticket"], found_b["data"]["ticket"]
+
+
+def resume(world: World, session_id: str, ticket: str) -> dict[str, Any]:
+    world.op(session_id, "resume", {"ticket": ticket})
+    return world.last(session_id)
+
+
+@pytest.mark.rule("protocol/match-tickets", "protocol/msg-match-found")
+def test_match_found_gives_each_side_its_own_ticket() -> None:
+    world = World(TICKET_RULES)
+    match, ticket_a, ticket_b = ticketed_pair(world)
+    assert ticket_a != ticket_b
+    assert SIGNER.verify(ticket_a, WALL) == Ticket(
+        match.match_id, "a", "b", "a", "video", int(WALL) + 7200
+    )
+    assert SIGNER.verify(ticket_b, WALL).seat == "callee"
+
+
+@pytest.mark.rule("protocol/match-tickets", "protocol/msg-match-found", "protocol/pair-tag")
+def test_a_voice_match_found_carries_its_pair_tag_languages_and_tickets_and_resumes() -> None:
+    old = World(TICKET_RULES, pair_tag=lambda x, y: "-".join(sorted((x, y))))
+    old.connect("a")
+    old.connect("b")
+    voice = {"mode": "voice", "interests": [], "languages": ["pt"]}
+    old.op("a", "join_queue", voice)
+    old.op("b", "join_queue", voice)
+    found = {side: old.last(side)["data"] for side in ("a", "b")}
+    for side, data in found.items():
+        assert data["mode"] == "voice"
+        assert data["pair"] == "192.0.2.1-192.0.2.1"
+        assert data["common_languages"] == ["pt"]
+        assert SIGNER.verify(data["ticket"], WALL).holder == side
+    fresh = World(TICKET_RULES)
+    fresh.connect("a2")
+    fresh.connect("b2")
+    assert resume(fresh, "a2", found["a"]["ticket"])["op"] == "resuming"
+    resumed = resume(fresh, "b2", found["b"]["ticket"])
+    assert resumed["op"] == "resumed"
+    assert resumed["data"]["mode"] == "voice"
+    assert "pair" not in resumed["data"]  # the page has it from match_found
+
+
+@pytest.mark.rule(
+    "protocol/resume", "protocol/op-resume", "protocol/msg-resumed", "protocol/msg-resuming"
+)
+def test_both_sides_resume_on_a_fresh_process_with_the_same_roles() -> None:
+    old = World(TICKET_RULES)
+    match, ticket_a, ticket_b = ticketed_pair(old)
+    fresh = World(TICKET_RULES)  # a restarted process: it knows nothing of the match
+    fresh.connect("a2")
+    fresh.connect("b2")
+    assert resume(fresh, "b2", ticket_b) == {"op": "resuming", "data": {"grace_ms": 30000}}
+    assert fresh.cores["b2"].state == "resuming"
+    fresh.advance(GRACE_S - 1)
+    last = resume(fresh, "a2", ticket_a)
+    assert last["op"] == "resumed"
+    again = fresh.cores["a2"].match
+    assert again is not None
+    assert (again.caller, again.callee) == ("a2", "b2")  # the roles are kept
+    assert again.match_id != match.match_id
+    assert last["data"]["partner"] == "b2"
+    assert last["data"]["should_call"] is True
+    assert last["data"]["resumed_from"] == match.match_id
+    told_b = fresh.last("b2")
+    assert told_b["op"] == "resumed"
+    assert told_b["data"]["partner"] == "a2"
+    assert told_b["data"]["should_call"] is False
+    assert SIGNER.verify(told_b["data"]["ticket"], WALL).match_id == again.match_id
+    assert (fresh.cores["a2"].state, fresh.cores["b2"].state) == ("matched", "matched")
+    # The shared state holds the match too: chat flows, and next ends it for both.
+    fresh.op("a2", "chat")
+    assert fresh.last("b2") == {"op": "chat", "data": {"message": "hello", "from": "a2"}}
+    fresh.advance(2.0)  # b2's grace timer, still armed, does nothing now
+    assert fresh.cores["b2"].match is again
+    fresh.op("b2", "next")
+    assert fresh.last("a2") == {"op": "partner_disconnected", "data": {"reason": "next"}}
+
+
+@pytest.mark.rule("protocol/resume", "protocol/match-tickets")
+def test_forged_expired_and_replayed_tickets_are_refused_clearly() -> None:
+    old = World(TICKET_RULES)
+    _, ticket_a, ticket_b = ticketed_pair(old)
+    fresh = World(TICKET_RULES)
+    for sid in ("a2", "b2", "c", "d"):
+        fresh.connect(sid)
+    forged = ticket_a.rsplit(".", 1)[0] + "." + "0" * 64
+    assert resume(fresh, "c", forged)["data"] == {
+        "code": "bad_ticket",
+        "message": "bad ticket signature",
+        "op": "resume",
+    }
+    later = World(SessionRules(rates=RATES, tickets=SIGNER, wall=lambda: WALL + 7200))
+    later.connect("a3")
+    assert resume(later, "a3", ticket_a)["data"]["code"] == "ticket_expired"
+    resume(fresh, "a2", ticket_a)
+    # The same seat again, by anyone (a replay, a third person): refused.
+    assert resume(fresh, "c", ticket_a)["data"] == {
+        "code": "ticket_used",
+        "message": "this ticket's seat was taken back already",
+        "op": "resume",
+    }
+    assert resume(fresh, "b2", ticket_b)["op"] == "resumed"
+    # Once paired, neither ticket joins a third person to the match.
+    for ticket in (ticket_a, ticket_b):
+        assert resume(fresh, "d", ticket)["data"]["code"] == "ticket_used"
+    assert fresh.cores["d"].state == "idle"
+    assert fresh.cores["a2"].match is fresh.cores["b2"].match
+    assert fresh.metric("omiro_protocol_errors_total", {"code": "ticket_used"}) == 3
+
+
+@pytest.mark.rule("protocol/resume")
+def test_a_ticket_of_a_match_still_going_on_joins_nobody() -> None:
+    world = World(TICKET_RULES)
+    _, ticket_a, _ = ticketed_pair(world)
+    world.connect("c")
+    assert resume(world, "c", ticket_a)["data"] == {
+        "code": "ticket_used",
+        "message": "that match is still going on",
+        "op": "resume",
+    }
+    assert world.cores["a"].state == "matched"
+
+
+@pytest.mark.rule("protocol/resume")
+def test_one_side_only_within_the_grace_hears_its_partner_left() -> None:
+    old = World(TICKET_RULES)
+    _, ticket_a, ticket_b = ticketed_pair(old)
+    fresh = World(TICKET_RULES)
+    fresh.connect("a2")
+    resume(fresh, "a2", ticket_a)
+    fresh.advance(GRACE_S - 0.001)
+    assert fresh.cores["a2"].state == "resuming"
+    fresh.advance(0.001)
+    assert fresh.last("a2") == {"op": "partner_disconnected", "data": {"reason": "left"}}
+    assert fresh.cores["a2"].state == "idle"
+    assert fresh.op("a2", "join_queue") == (Join(DEFAULTS, "join_queue"),)  # free: not chosen
+    # The partner coming back late finds the match over.
+    fresh.connect("b2")
+    assert resume(fresh, "b2", ticket_b)["data"]["code"] == "match_over"
+
+
+@pytest.mark.rule("protocol/resume")
+def test_resuming_after_the_partner_moved_on_is_refused_cleanly() -> None:
+    world = World(TICKET_RULES)
+    _, ticket_a, _ = ticketed_pair(world)
+    world.op("b", "next")  # b moved on: the match ended on this server
+    world.close("a", CloseCode.GOING_AWAY, "gone")  # a's old socket is gone as well
+    world.connect("a2")
+    assert resume(world, "a2", ticket_a)["data"] == {
+        "code": "match_over",
+        "message": "that match is over: your partner left or moved on",
+        "op": "resume",
+    }
+    assert world.cores["a2"].state == "idle"
+
+
+@pytest.mark.rule("protocol/resume")
+def test_a_way_in_or_a_closed_socket_while_resuming_frees_the_seat() -> None:
+    old = World(TICKET_RULES)
+    _, ticket_a, ticket_b = ticketed_pair(old)
+    fresh = World(TICKET_RULES)
+    fresh.connect("a2")
+    resume(fresh, "a2", ticket_a)
+    fresh.op("a2", "join_queue")  # gave up waiting for the partner
+    assert fresh.cores["a2"].state == "waiting"
+    fresh.connect("b2")
+    assert resume(fresh, "b2", ticket_b)["data"]["code"] == "match_over"
+    # The same through a socket that closes while resuming.
+    old2 = World(TICKET_RULES)
+    _, ticket_c, ticket_d = ticketed_pair(old2)
+    fresh.connect("c2")
+    resume(fresh, "c2", ticket_c)
+    fresh.close("c2", CloseCode.GOING_AWAY, "gone")
+    fresh.connect("d2")
+    assert resume(fresh, "d2", ticket_d)["data"]["code"] == "match_over"
+
+
+def test_resume_is_only_for_an_idle_session_on_a_server_that_signs() -> None:
+    world = World(TICKET_RULES)
+    _, ticket_a, _ = ticketed_pair(world)
+    (reply,) = world.cores["a"].receive(frame("resume", {"ticket": ticket_a}), 0.0)
+    assert decoded(reply)["data"]["code"] == "bad_request"
+    plain = World()
+    plain.connect("x")
+    (reply,) = plain.cores["x"].receive(frame("resume", {"ticket": ticket_a}), 0.0)
+    assert decoded(reply)["data"]["message"] == "this server resumes no matches"
+
+
+def drop(world: World, session_id: str) -> None:
+    """The client's socket breaks (no close code of the server's): its connection detaches."""
+    world.gone.add(session_id)
+    world.run(world.hub.detach, world.sessions[session_id])
+
+
+@pytest.mark.rule("protocol/msg-partner-away", "protocol/resume")
+def test_a_socket_that_breaks_leaves_its_partner_waiting_then_resumes() -> None:
+    world = World(TICKET_RULES)
+    match, ticket_a, _ = ticketed_pair(world)
+    drop(world, "a")
+    assert world.last("b") == {"op": "partner_away", "data": {"grace_ms": 30000}}
+    core_b = world.cores["b"]
+    assert core_b.match is match  # kept for a while here; the shared state ended it
+    assert match.match_id in world.ended_matches
+    (reply,) = world.op("b", "chat")
+    assert decoded(reply)["data"] == {
+        "code": "unavailable",
+        "message": "your partner is reconnecting: not delivered",
+        "op": "chat",
+    }
+    assert core_b.local_view("192.0.2.1") == LocalView("b", "192.0.2.1", None)
+    world.advance(GRACE_S - 1)
+    world.connect("a2")
+    assert resume(world, "a2", ticket_a)["op"] == "resumed"
+    again = core_b.match
+    assert again is not None
+    assert again.match_id != match.match_id
+    assert (again.caller, again.callee) == ("a2", "b")
+    assert world.last("b")["data"]["partner"] == "a2"
+    world.op("b", "chat")
+    assert world.last("a2") == {"op": "chat", "data": {"message": "hello", "from": "b"}}
+    world.advance(2.0)  # b's grace timer fires into a match that goes on
+    assert core_b.match is again
+    # The old ticket once more (a replay): refused.
+    world.connect("c")
+    assert resume(world, "c", ticket_a)["data"]["code"] == "ticket_used"
+
+
+@pytest.mark.rule("protocol/msg-partner-away", "protocol/resume")
+def test_a_partner_that_never_comes_back_has_left_after_the_grace() -> None:
+    world = World(TICKET_RULES)
+    _, ticket_a, _ = ticketed_pair(world)
+    drop(world, "a")
+    world.advance(GRACE_S - 0.001)
+    assert world.last("b")["op"] == "partner_away"
+    world.advance(0.001)
+    assert world.last("b") == {"op": "partner_disconnected", "data": {"reason": "left"}}
+    assert world.cores["b"].match is None
+    assert world.op("b", "join_queue") == (Join(DEFAULTS, "join_queue"),)  # free
+    world.connect("a2")
+    assert resume(world, "a2", ticket_a)["data"]["code"] == "match_over"
+
+
+def test_moving_on_from_an_away_partner_ends_its_ticket() -> None:
+    world = World(TICKET_RULES)
+    _, ticket_a, _ = ticketed_pair(world)
+    drop(world, "a")
+    world.op("b", "next")
+    assert world.cores["b"].state == "waiting"
+    assert world.cores["b"].match is None
+    world.connect("a2")
+    assert resume(world, "a2", ticket_a)["data"]["code"] == "match_over"
+
+
+def test_a_chosen_end_is_not_an_absence() -> None:
+    world = World(TICKET_RULES)
+    pair(world)
+    world.op("a", "disconnect")
+    assert world.last("b") == {"op": "partner_disconnected", "data": {"reason": "left"}}
+    # Without tickets there is nothing to come back with: a broken socket has left.
+    plain = World()
+    pair(plain)
+    drop(plain, "a")
+    assert plain.last("b") == {"op": "partner_disconnected", "data": {"reason": "left"}}
+
+
+def test_a_draining_server_tells_partners_to_wait_not_that_the_socket_left() -> None:
+    world = World(TICKET_RULES)
+    match = pair(world)
+
+    async def drain() -> None:
+        world.hub.start_drain()
+
+    world.run(drain)
+    world.close("a", CloseCode.RESTARTING, "server restarting")
+    assert world.last("b") == {"op": "partner_away", "data": {"grace_ms": 30000}}
+    assert match.match_id in world.ended_matches  # released in the shared state all the same
 
 
 def test_the_burst_passes_then_refusals_then_4029() -> None:

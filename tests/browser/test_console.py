@@ -1,0 +1,251 @@
+"""The moderator console in real Chromium, from a report in a real call to the audit log.
+
+Two strangers meet in a real video call; one reports the other from the
+page. A moderator signs in and works the report with the keyboard only: it
+shows with its transcript (a transcript holding HTML shows as text), the
+moderator bans the reported address group from it, and the reported page
+gets the banned notice. A second moderator, reading the same report, sees
+it actioned; an admin sees the action in the audit log. axe checks every
+state of the console, on a desk and on a 320 px phone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import AXE_OPTIONS
+
+pytestmark = pytest.mark.browser
+
+ADMIN_TOKEN = "browser-test-admin-token-of-32-bytes!!"
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+HOSTILE = '<img src=x onerror="document.body.dataset.pwned=1"><b>hi</b>'
+# Screenshots (docs/images/console-*.jpg are copies of these).
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+TABS_ALLOWED = 60
+
+
+class Moderator:
+    """One moderator's browser context on the console page."""
+
+    def __init__(self, page: Any, name: str) -> None:
+        self.page = page
+        self.name = name
+        self.errors: list[str] = []
+        page.on("pageerror", lambda err: self.errors.append(str(err)))
+        page.on(
+            "console",
+            lambda m: self.errors.append(m.text) if "Content Security Policy" in m.text else None,
+        )
+
+    def testid(self, name: str) -> Any:
+        return self.page.get_by_test_id(name)
+
+    def wait(self, predicate: str, arg: Any = None, timeout_ms: int = 15_000) -> Any:
+        return self.page.wait_for_function(predicate, arg=arg, timeout=timeout_ms, polling=100)
+
+    def tab_to(self, selector: str) -> None:
+        """Press Tab until the element ``selector`` has the focus (keyboard only)."""
+        for _ in range(TABS_ALLOWED):
+            if self.page.evaluate("s => document.activeElement?.matches(s) ?? false", selector):
+                return
+            self.page.keyboard.press("Tab")
+        raise AssertionError(f"{selector} never got the focus in {TABS_ALLOWED} tabs")
+
+    def sign_in_with_keyboard(self, password: str) -> None:
+        self.tab_to("#signin-name")
+        self.page.keyboard.type(self.name)
+        self.page.keyboard.press("Tab")
+        self.page.keyboard.type(password)
+        self.page.keyboard.press("Enter")
+        self.wait("() => document.body.dataset.view === 'desk'")
+
+    def axe(self, state: str) -> None:
+        from axe_playwright_python.sync_playwright import Axe
+
+        self.wait(
+            "() => document.getAnimations().filter(a => a instanceof CSSTransition"
+            " && a.playState === 'running').length === 0"
+        )
+        results = Axe().run(self.page, options=AXE_OPTIONS)
+        violations = [
+            {"id": v["id"], "nodes": [n["target"] for n in v["nodes"]][:5]}
+            for v in results.response["violations"]
+        ]
+        assert violations == [], f"{self.name}, {state}: {violations}"
+
+    def no_horizontal_scroll(self) -> None:
+        """The page reflows: nothing but a table's own scrolling region is wider than the
+        window (WCAG 1.4.10)."""
+        width = self.page.evaluate("() => document.documentElement.scrollWidth")
+        viewport = self.page.evaluate("() => window.innerWidth")
+        assert width <= viewport, f"{self.name}: the page scrolls sideways ({width} > {viewport})"
+
+
+@pytest.fixture
+def moderators(browser: Any, server_for_console: Any) -> Any:
+    opened: list[tuple[Any, Moderator]] = []
+
+    def open_console(name: str, *, width: int = 1280, height: int = 900) -> Moderator:
+        context = browser.new_context(
+            viewport={"width": width, "height": height}, reduced_motion="reduce"
+        )
+        page = context.new_page()
+        moderator = Moderator(page, name)
+        opened.append((context, moderator))
+        page.goto(server_for_console.url + "/console")
+        page.wait_for_function("() => window.omiroConsole !== undefined", timeout=10_000)
+        return moderator
+
+    yield open_console
+    errors = {m.name: m.errors for _, m in opened if m.errors}
+    for context, _ in opened:
+        context.close()
+    assert not errors, f"errors in the console: {errors}"
+
+
+@pytest.fixture
+def server_for_console(make_server: Any) -> Any:
+    return make_server(OMIRO_ADMIN_TOKEN=ADMIN_TOKEN)
+
+
+def add_account(server: Any, name: str, role: str = "moderator") -> str:
+    made = server.get_json(
+        "/admin/moderators", method="POST", headers=dict(AUTH), body={"name": name, "role": role}
+    )
+    assert "password" in made, made
+    return str(made["password"])
+
+
+@pytest.mark.rule("protocol/console-page", "protocol/console-reports", "protocol/console-auth")
+def test_a_report_from_a_real_call_is_banned_from_the_console_by_keyboard(
+    server_for_console: Any, people: Any, moderators: Any
+) -> None:
+    server = server_for_console
+    ana_password = add_account(server, "ana")
+    bo_password = add_account(server, "bo")
+    ada_password = add_account(server, "ada", "admin")
+
+    alice = people(server, "alice")
+    bob = people(server, "bob")
+    for person in (alice, bob):
+        person.start()
+    for person in (alice, bob):
+        person.wait_call_connected()
+    bob.testid("chat-input").fill(HOSTILE)
+    bob.testid("chat-input").press("Enter")
+    alice.wait(
+        "() => document.querySelector('[data-testid=chat-log]').textContent.includes('<b>hi')"
+    )
+    alice.testid("report").click()
+    alice.page.locator("#report-dialog").get_by_label("Looks under age").check()
+    alice.testid("report-confirm").click()
+    bob.wait_state("waiting")
+
+    ana = moderators("ana")
+    ana.axe("sign-in")
+    ana.tab_to("#signin-name")
+    ana.page.keyboard.type("ana")
+    ana.page.keyboard.press("Tab")
+    ana.page.keyboard.type("wrong password")
+    ana.page.keyboard.press("Enter")
+    ana.wait("() => document.querySelector('#signin-error').textContent.includes('Wrong')")
+    ana.axe("sign-in refused")
+    ana.page.locator("#signin-name").fill("")
+    ana.sign_in_with_keyboard(ana_password)
+    ana.wait("() => document.querySelectorAll('[data-testid=queue-item]').length === 1")
+    ana.axe("desk")
+    queue_text = ana.testid("queue-list").inner_text()
+    assert "Possible minor" in queue_text
+    assert "127.0.0.…" in queue_text  # the address group, truncated
+
+    bo = moderators("bo")
+    bo.sign_in_with_keyboard(bo_password)
+    bo.wait("() => document.querySelectorAll('[data-testid=queue-item]').length === 1")
+    bo.tab_to("[data-testid=queue-item]")
+    bo.page.keyboard.press("Enter")
+    bo.wait("() => !document.querySelector('#evidence').hidden")
+
+    # Ana opens the report with the keyboard and reads its evidence.
+    ana.tab_to("[data-testid=queue-item]")
+    ana.page.keyboard.press("Enter")
+    ana.wait("() => !document.querySelector('#evidence').hidden")
+    assert ana.page.evaluate("() => document.activeElement.id") == "evidence"
+    lines = ana.testid("transcript").inner_text()
+    assert HOSTILE in lines  # the HTML shows as the text it is
+    assert ana.page.locator("#transcript img, #transcript b").count() == 0
+    assert ana.page.evaluate("() => document.body.dataset.pwned") is None
+    assert "Possible minor" in ana.page.locator("#evidence-title").inner_text()
+    facts = ana.page.locator("#evidence-facts").inner_text()
+    assert "minor" in facts
+    assert "The match had lasted" in facts
+    ana.axe("evidence")
+
+    ana.tab_to("[data-testid=claim]")
+    ana.page.keyboard.press("Enter")
+    ana.wait(
+        "() => document.querySelector('#evidence-state').textContent.includes('Claimed by ana')"
+    )
+    ana.tab_to("[data-testid=ban-duration]")
+    ana.page.keyboard.press("ArrowUp")  # 1 day -> 1 hour
+    assert ana.page.locator("#ban-duration").input_value() == "3600"
+    ana.page.keyboard.press("Tab")
+    ana.page.keyboard.type("asked a child's age")
+    ana.tab_to("[data-testid=ban]")
+    ana.page.keyboard.press("Enter")
+    ana.wait(
+        "() => document.querySelector('#evidence-state').textContent.includes('Actioned by ana')"
+    )
+    ana.axe("actioned")
+
+    # The reported page is disconnected with the banned notice.
+    bob.wait_state("blocked")
+    assert "banned" in bob.testid("notice").inner_text()
+
+    # The second moderator's open report turns actioned without a reload.
+    bo.wait(
+        "() => document.querySelector('#evidence-state').textContent.includes('Actioned by ana')"
+    )
+    assert bo.page.locator("#actions").is_hidden()
+    assert bo.page.locator("[data-testid=queue-item]").count() == 0
+    assert "asked a child's age" in bo.testid("bans-body").inner_text()
+
+    ada = moderators("ada")
+    ada.sign_in_with_keyboard(ada_password)
+    ada.wait("() => document.querySelector('#audit-body').textContent.includes('ban')")
+    audit = ada.testid("audit-body").inner_text()
+    assert "ana" in audit
+    assert "3600 s; asked a child's age" in audit
+    ada.axe("admin with the audit log")
+    ARTIFACTS.mkdir(exist_ok=True)
+    ada.page.screenshot(path=str(ARTIFACTS / "console-desk.jpg"), full_page=True, quality=80)
+    bo.page.screenshot(path=str(ARTIFACTS / "console-report.jpg"), full_page=True, quality=80)
+
+    # Sign out with the keyboard: back to the sign-in, and the session is gone.
+    ana.tab_to("[data-testid=sign-out]")
+    ana.page.keyboard.press("Enter")
+    ana.wait("() => document.body.dataset.view === 'signin'")
+    assert ana.page.evaluate("async () => (await fetch('admin/queue')).status") == 401
+
+
+def test_the_console_fits_a_320_px_phone_in_every_state(
+    server_for_console: Any, moderators: Any
+) -> None:
+    server = server_for_console
+    password = add_account(server, "ana")
+    server.get_json(
+        "/admin/bans",
+        method="POST",
+        headers=dict(AUTH),
+        body={"target": "2001:db8:1:2::/64", "duration_s": 600, "reason": "a long reason " * 8},
+    )
+    phone = moderators("ana", width=320, height=640)
+    phone.no_horizontal_scroll()
+    phone.axe("phone sign-in")
+    phone.sign_in_with_keyboard(password)
+    phone.wait("() => document.querySelector('#bans-body').textContent.includes('2001:db8')")
+    phone.no_horizontal_scroll()
+    phone.axe("phone desk")
+    phone.page.screenshot(path=str(ARTIFACTS / "console-phone.jpg"), full_page=True, quality=80)
