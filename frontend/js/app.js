@@ -967,7 +967,10 @@ function linkUnstable(what) {
   if (before > 0 || state !== "connected") return;
   ui.body.dataset.link = "unstable";
   setState("connected", () => LINK_TEXT.unstable);
-  if (call) ui.overlayCaption.textContent = LINK_TEXT.unstableCaption;
+  if (call) {
+    ui.overlayCaption.dataset.i18n = "link.unstableCaption";
+    ui.overlayCaption.textContent = LINK_TEXT.unstableCaption;
+  }
 }
 
 function linkSteady(what) {
@@ -991,7 +994,7 @@ function callLost() {
   lastPartner = match.partner;
   returningPair = own ? null : match.pair; // their network dropped: they may reload
   endCall();
-  flasher.notify("Connection lost");
+  flasher.notify(t("title.lost"));
   if (!searching) return;
   partnerLeft = false;
   setState("waiting", waitingWords());
@@ -1445,6 +1448,7 @@ function retranslate() {
   writeLanguagePill();
   writeStatus();
   writePlaceholder();
+  chat.retranslate();
   if (noticeRender) {
     const countdownShown = !ui.noticeCountdown.hidden;
     showNotice(noticeRender);

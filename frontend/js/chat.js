@@ -4,7 +4,7 @@
 // Invariants: text from the network is only ever put into the page with
 // textContent, never parsed as HTML. A line of ours says "Sending…" until
 // the server confirmed it took it, and "Not sent" if it never did: nothing
-// is shown as sent that was not (DELIVERY_TEXT, one place for translation).
+// is shown as sent that was not (DELIVERY_TEXT, from the message catalog).
 //
 // Screen readers: the log itself is not a live region. What is news to the
 // user (a stranger's message, a line that the status line does not already
@@ -18,10 +18,16 @@ const TYPING_STALE_MS = 8_000; // a partner's "typing" that was never cleared ex
 const FLASH_INTERVAL_MS = 1_000;
 
 export const DELIVERY_TEXT = Object.freeze({
-  sending: "Sending…",
+  get sending() {
+    return t("delivery.sending");
+  },
   sent: "",
-  failed: "Not sent",
-  unknown: "May not have been sent",
+  get failed() {
+    return t("delivery.failed");
+  },
+  get unknown() {
+    return t("delivery.unknown");
+  },
 });
 
 export class ChatView {
@@ -115,6 +121,13 @@ export class ChatView {
     }
     status.textContent = DELIVERY_TEXT[delivery];
     status.hidden = delivery === "sent";
+  }
+
+  /** Say our lines' delivery again in the page's (new) language. */
+  retranslate() {
+    for (const item of this.#log.querySelectorAll(".msg-you[data-delivery]")) {
+      this.setDelivery(item, item.dataset.delivery);
+    }
   }
 
   /**
