@@ -8,9 +8,11 @@ one asset and for /healthz on a kept-alive connection, and a revalidation
 
 "Every asset it loads" is read from the served index.html (its stylesheet,
 module preloads, script, icon and manifest: every module the page imports at
-start is preloaded there). It also reports the bytes a first visit
-transfers (bodies as Chromium gets them, brotli), and what the nudity
-filter adds when a user turns it on (fetched only then).
+start is preloaded there), and the English message catalog that boot.js
+fetches at once. It also reports the bytes a first visit transfers (bodies
+as Chromium gets them, brotli), each language's catalog (a visit fetches
+only its own), and what the nudity filter adds when a user turns it on
+(fetched only then).
 
     .venv/bin/python benchmarks/page_load.py [--rounds 20] [--requests 500]
 """
@@ -31,6 +33,8 @@ from omiro_bench.server import start_server
 
 # What the page's head and body name: <link href>, <script src>.
 ASSET_RE = re.compile(r'<(?:link|script)\b[^>]*\b(?:href|src)="([^"#:?]+)"')
+# The languages boot.js lists: ["en", "English"], ...
+LANGUAGE_RE = re.compile(r'\["([a-z]{2,3})", "')
 # Fetched only when the user turns the nudity filter on.
 FILTER_ASSETS = [
     "/js/nudity-filter.js",
@@ -46,9 +50,21 @@ CHROMIUM_ACCEPT = {"Accept-Encoding": "gzip, deflate, br, zstd"}
 
 
 async def page_assets(http: httpx.AsyncClient) -> list[str]:
-    """The page and every file its markup loads, as paths from the site root."""
+    """The page and every file its markup loads, as paths from the site root,
+    with the message catalog an English visitor's boot.js fetches at once."""
     html = (await http.get("/")).text
-    return ["/", *dict.fromkeys("/" + path.lstrip("./") for path in ASSET_RE.findall(html))]
+    paths = ["/", *dict.fromkeys("/" + path.lstrip("./") for path in ASSET_RE.findall(html))]
+    if "/js/boot.js" in paths:
+        paths.append("/locales/en.json")
+    return paths
+
+
+async def catalogs(http: httpx.AsyncClient) -> list[str]:
+    """Every language's catalog (one of them is fetched per visit), from boot.js's list."""
+    response = await http.get("/js/boot.js")
+    if response.status_code != 200:
+        return []
+    return [f"/locales/{code}.json" for code in LANGUAGE_RE.findall(response.text)]
 
 
 async def wire_bytes(http: httpx.AsyncClient, paths: list[str]) -> int | None:
@@ -69,6 +85,9 @@ async def run(args: argparse.Namespace, url: str, server_pid: int) -> dict[str, 
             assets = await page_assets(http)
             results["page_files"] = len(assets)
             results["page_bytes_br"] = await wire_bytes(http, assets) or 0
+            for path in await catalogs(http):
+                code = path.rsplit("/", 1)[1].removesuffix(".json")
+                results[f"catalog_{code}_bytes_br"] = await wire_bytes(http, [path]) or 0
             extra = await wire_bytes(http, FILTER_ASSETS)
             if extra is not None:
                 results["filter_on_extra_bytes_br"] = extra

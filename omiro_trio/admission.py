@@ -2,8 +2,10 @@
 
 The handshake checks of PROTOCOL.md run here, in its order: 403 origin,
 403 banned, 429 rate limited, 401 token, 409 already connected (plus 503
-while draining). The answer is either the claimed session id or the
-refusal (a ``JsonAnswer``) the connection writes as a plain HTTP response.
+while draining); a malformed ``Sec-WebSocket-Protocol`` is refused with 400
+before them all (``subprotocol_refusal``, before the upgrade is accepted).
+The answer is either the claimed session id or the refusal (a
+``JsonAnswer``) the connection writes as a plain HTTP response.
 
 ``Admission`` is given what the checks need (the backend, the token
 signer, the settings, and callables for the hub's two parts in it: whether
@@ -30,7 +32,60 @@ from omiro_trio.tokens import TokenSigner
 
 CONCURRENT_LIMIT_RETRY_S: Final = 5
 
+SUBPROTOCOL: Final = "omiro"
+"""The WebSocket subprotocol the server speaks, echoed when the client offers it."""
+
+TOKEN_SUBPROTOCOL: Final = "omiro.token."
+"""What starts the offered subprotocol that carries the session token, its colons
+written as dots (a subprotocol is an HTTP token: no colons)."""
+
+# RFC 7230's tchar: what an HTTP token (and so a subprotocol) is made of.
+_TCHAR: Final = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
 _RETRY_CONCURRENT: Final = (("Retry-After", str(CONCURRENT_LIMIT_RETRY_S)),)
+
+
+def subprotocol_token(head: RequestHead) -> str | None:
+    """The session token offered as a subprotocol (``omiro.token.<token>``), if any.
+
+    The header may name several subprotocols, in one or more
+    ``Sec-WebSocket-Protocol`` headers, comma-separated. Linear in the
+    header's size.
+
+    Raises:
+        ValueError: the header is malformed (an empty or non-token entry), offers
+            two tokens, or a token without the ``omiro`` subprotocol (which the
+            server echoes: the token itself is never echoed); the message says
+            which, for a 400.
+    """
+    values = head.headers.get("sec-websocket-protocol")
+    if not values:
+        return None
+    offered = [name.strip(" \t") for value in values for name in value.split(",")]
+    if not all(name and _TCHAR.issuperset(name) for name in offered):
+        raise ValueError("Sec-WebSocket-Protocol must be a comma-separated list of tokens")
+    tokens = [name for name in offered if name.startswith(TOKEN_SUBPROTOCOL)]
+    if not tokens:
+        return None
+    if len(tokens) > 1:
+        raise ValueError("Sec-WebSocket-Protocol offers more than one session token")
+    if SUBPROTOCOL not in offered:
+        raise ValueError(
+            f'Sec-WebSocket-Protocol: a session token must come with the "{SUBPROTOCOL}"'
+            " subprotocol"
+        )
+    return tokens[0][len(TOKEN_SUBPROTOCOL) :].replace(".", ":")
+
+
+def subprotocol_refusal(head: RequestHead) -> JsonAnswer | None:
+    """The 400 for a malformed ``Sec-WebSocket-Protocol`` (``subprotocol_token``), if it is."""
+    try:
+        subprotocol_token(head)
+    except ValueError as exc:
+        return error(HTTPStatus.BAD_REQUEST, HttpError.BAD_REQUEST, str(exc))
+    return None
 
 
 class SocketSlot:
@@ -153,7 +208,13 @@ class Admission:
             await self._backend.release_socket(client)
 
     async def _check_token(self, head: RequestHead, client: str) -> str | JsonAnswer:
+        # Where proxies log nothing first: a header, then the subprotocol, then the URL.
         token = head.header("x-session-token")
+        if token is None:
+            try:
+                token = subprotocol_token(head)
+            except ValueError as exc:  # (refused before the upgrade was accepted)
+                return error(HTTPStatus.BAD_REQUEST, HttpError.BAD_REQUEST, str(exc))
         if token is None:
             tokens = parse_qs(urlsplit(head.target).query).get("token")
             token = tokens[0] if tokens else None

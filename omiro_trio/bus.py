@@ -40,6 +40,8 @@ class BusMessage(msgspec.Struct, frozen=True, omit_defaults=True):
     match: tuple[str, str, str, tuple[str, ...]] | None = None  # caller, callee, mode, common
     servers: tuple[str, str] = ("", "")  # "matched": the servers holding caller and callee
     reason: str = ""  # "ended": a PartnerReason
+    pair: str = ""  # "matched": the match's pair tag (match_found's "pair"), if known
+    languages: tuple[str, ...] = ()  # "matched": the languages the two share
     frame: str = ""
     chat: str | None = None
     target: str = ""  # "ban": the banned address or network
@@ -56,8 +58,8 @@ def relay(to: str, match_id: str, frame: bytes, chat: str | None) -> bytes:
     return _encoder.encode(message)
 
 
-def matched(to: str, match: Match) -> bytes:
-    """``match`` formed, with ``to`` in it."""
+def matched(to: str, match: Match, pair: str | None = None) -> bytes:
+    """``match`` formed, with ``to`` in it (``pair``: its pair tag, if known)."""
     common = match.common_interests
     message = BusMessage(
         to=to,
@@ -65,6 +67,8 @@ def matched(to: str, match: Match) -> bytes:
         match_id=match.match_id,
         match=(match.caller, match.callee, match.mode, common),
         servers=match.servers,
+        pair=pair or "",
+        languages=match.common_languages,
     )
     return _encoder.encode(message)
 
@@ -121,7 +125,10 @@ def dispatch(receiver: Receiver, raw: bytes) -> None:
             return
     elif message.match is not None:
         caller, callee, mode, common = message.match
-        event = MatchFormed(Match(message.match_id, caller, callee, mode, common, message.servers))
+        match = Match(
+            message.match_id, caller, callee, mode, common, message.servers, message.languages
+        )
+        event = MatchFormed(match, message.pair or None)
     else:
         return
     receiver.tell_partner(message.to, event)

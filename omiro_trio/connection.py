@@ -42,7 +42,7 @@ from websockets.http11 import Request
 
 from omiro_trio import wsengine
 from omiro_trio.addresses import Clients
-from omiro_trio.admission import Admission, SocketSlot
+from omiro_trio.admission import SUBPROTOCOL, Admission, SocketSlot, subprotocol_refusal
 from omiro_trio.budgets import Budget
 from omiro_trio.codes import CloseCode, PartnerReason
 from omiro_trio.context import ServerContext
@@ -135,13 +135,18 @@ async def _handshake(
     behind the request (frames the engine parses once the socket is open).
     A refused upgrade is answered here (plain HTTP) and gives None.
     """
-    proto = wsengine.new_protocol(ctx.config.server.max_frame_bytes)
+    proto = wsengine.new_protocol(ctx.config.server.max_frame_bytes, (SUBPROTOCOL,))
     read = await _read_request(stream, raw, proto)
     if read is None:
         return None
     request, behind = read
     if head is None:
         head = head_of(request)
+    refusal = subprotocol_refusal(head)
+    if refusal is not None:
+        ctx.metrics.rejections.labels(str(int(refusal.status))).inc()
+        await _write_refusal(raw, render(refusal))
+        return None
     response = proto.accept(request)
     if response.status_code != 101:
         await _write_refusal(raw, wsengine.response_bytes(proto, response))

@@ -226,6 +226,8 @@ class Hub:
         reports: how reports are limited and when they ban.
         watcher: told of each report kept and each automatic ban (the alerts).
         nexts_per_minute: the skips a session may spend a minute.
+        pair_tag: the tag of two clients' address groups (``TokenSigner.pair_tag``),
+            told in ``match_found``; None: matches are not tagged.
         wall: unix time, for reports and bans.
         seats: the seats of matches being resumed (``seats.py``).
     """
@@ -238,6 +240,7 @@ class Hub:
         reports: ReportPolicy | None = None,
         watcher: ReportWatcher | None = None,
         nexts_per_minute: int = 30,
+        pair_tag: Callable[[str, str], str] | None = None,
         wall: Callable[[], float] = time.time,
         seats: Seats | None = None,
     ):
@@ -254,6 +257,7 @@ class Hub:
             watcher=watcher,
         )
         self._nexts_per_minute = nexts_per_minute
+        self._pair_tag = pair_tag
         self.seats = seats or Seats(grace_s=30.0, keep_s=7200.0)
         self._wall = wall
         # Metric children looked up once, not per relayed frame.
@@ -505,7 +509,7 @@ class Hub:
                     answer = await self._claim_seat(session, effect, now)
                     await self._chain(session, session.core.handle(answer, now), now)
                 case AnnounceMatch():
-                    await self._announce_match(session.id, effect.match)
+                    await self._announce_match(session.id, effect.match, effect.pair)
                 case AnnounceAway():
                     await self._announce_away(session.id, effect.match)
                 case AnnounceEnd():
@@ -554,8 +558,8 @@ class Hub:
         match call:
             case CountSkip():
                 key = f"next:{session.id}"  # the session's, on every server it connects to
-                over = await backend.hit_rate_limit(key, self._nexts_per_minute, SKIP_WINDOW_S)
-                return SkipCounted(call, over is not None)
+                wait_s = await backend.hit_rate_limit(key, self._nexts_per_minute, SKIP_WINDOW_S)
+                return SkipCounted(call, wait_s)
             case MakeIdle():
                 return MadeIdle(call, await backend.leave(session.id))
             case Enqueue():
@@ -566,9 +570,14 @@ class Hub:
                     # does not know of (an answer lost to a fault).
                     log.info("join: %s was not idle in the backend; leaving first", session.id)
                     return NotIdle(call)
+                if isinstance(result, Match):
+                    return Enqueued(call, result, self._pair_tag_of(session, result))
                 return Enqueued(call, result)
             case WidenWait():
-                return Widened(call, await backend.widen(session.id, call.ticket))
+                match = await backend.widen(session.id, call.ticket)
+                if match is None:
+                    return Widened(call, None)
+                return Widened(call, match, self._pair_tag_of(session, match))
             case Release():
                 return Released(call, await backend.release_session(session.id))
             case BlockPartner():
@@ -747,7 +756,25 @@ class Hub:
 
     # -- delivery --------------------------------------------------------
 
-    async def _announce_match(self, session_id: str, match: Match) -> None:
+    def _pair_tag_of(self, session: Session, match: Match) -> str | None:
+        """The pair tag of ``session`` and its partner in ``match``; None when a client
+        is unknown.
+
+        No backend call: nothing may wait between a match formed and told. A
+        partner on another server is known by the client the backend gave
+        with the match it formed.
+        """
+        if self._pair_tag is None or not session.ip:
+            return None
+        partner_id = match.partner_of(session.id)
+        partner = self.sessions.get(partner_id)
+        if partner is not None:
+            theirs = partner.ip
+        else:
+            theirs = match.clients[0] if partner_id == match.caller else match.clients[1]
+        return self._pair_tag(session.ip, theirs) if theirs else None
+
+    async def _announce_match(self, session_id: str, match: Match, pair: str | None) -> None:
         """Tell the partner of ``session_id`` that ``match`` formed.
 
         A partner on another server hears of it before this session's client
@@ -756,11 +783,13 @@ class Hub:
         same if that fails: the partner's server finds it at its resync.
         """
         partner_id = match.partner_of(session_id)
-        if self.tell_partner(partner_id, MatchFormed(match)):
+        if self.tell_partner(partner_id, MatchFormed(match, pair)):
             return
         try:
             await self.backend.publish(
-                partner_id, bus.matched(partner_id, match), server=match.server_of(partner_id)
+                partner_id,
+                bus.matched(partner_id, match, pair),
+                server=match.server_of(partner_id),
             )
         except BackendUnavailable as exc:
             log.warning("could not tell %s of match %s: %s", partner_id, match.match_id, exc)

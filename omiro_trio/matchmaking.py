@@ -9,15 +9,21 @@ State and invariants:
 
 * A session is in at most one of: idle (unknown here), waiting (in
   ``_waiting``), matched (in ``_matches``). No session is in two matches.
-* Every waiting session is in exactly the queues its preferences name: each
-  ``(mode, interest)`` queue of its interests, and the ``(mode, "")`` general
-  queue if it has no interests or its interest timeout has passed
-  ("widened"). Queues are insertion-ordered dicts, oldest first.
+* Every waiting session is in exactly the queues its preferences name
+  (``queue_names``): each ``(mode, interest)`` queue of its interests, each
+  ``(mode, LANGUAGE_MARK + code)`` queue of its languages, and the
+  ``(mode, "")`` general queue if it has neither or its interest timeout
+  has passed ("widened"). Queues are insertion-ordered dicts, oldest first.
+  A language's queue name starts with a space, which no interest does
+  (interests are trimmed), so the two never share a queue.
 * "Find a compatible waiting partner, or wait" is one call (``join`` or
   ``widen``) that either forms a match or enqueues: nothing can run between.
 
 Compatibility: same mode (queues are per mode), not the same session, not
-blocked. A partner from the last ``rematch_cooldown_s`` seconds is taken only
+blocked. Before its interest timeout a session with interests or languages
+takes only a partner that shares one of them (a language is a preference
+like an interest, never a filter: after the timeout anyone in the mode
+will do). A partner from the last ``rematch_cooldown_s`` seconds is taken only
 when nobody else is available to the joiner at that moment. Two sessions that
 are both available to each other are always matched when the later of them
 becomes available, so no pair is left waiting side by side.
@@ -42,7 +48,7 @@ from array import array
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 GENERAL = ""
 """The interest name of each mode's general queue."""
@@ -53,12 +59,42 @@ SCAN_LIMIT = 256
 Keeps a match O(number of my interests) even with pathological queues."""
 
 
+LANGUAGE_MARK = " "
+"""What starts a language's queue name (and its name among a match's common
+names): a space, which no trimmed interest starts with."""
+
+
 @dataclass(frozen=True, slots=True)
 class Preferences:
-    """What a session asked for in ``join_queue``: already validated."""
+    """What a session asked for in ``join_queue``: already validated.
+
+    ``languages``: the languages the client speaks (ISO 639 codes), matched
+    like interests.
+    """
 
     mode: str = "video"
     interests: tuple[str, ...] = ()
+    languages: tuple[str, ...] = ()
+
+
+def queue_names(prefs: Preferences) -> tuple[str, ...]:
+    """The queues a session with ``prefs`` waits in before its interest timeout:
+    its interests, then its languages (marked with ``LANGUAGE_MARK``)."""
+    if not prefs.languages:
+        return prefs.interests
+    return prefs.interests + tuple(LANGUAGE_MARK + code for code in prefs.languages)
+
+
+def split_common(names: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Common queue names, as (common interests, common languages)."""
+    interests: list[str] = []
+    languages: list[str] = []
+    for name in names:
+        if name.startswith(LANGUAGE_MARK):
+            languages.append(name[len(LANGUAGE_MARK) :])
+        else:
+            interests.append(name)
+    return tuple(interests), tuple(languages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +109,16 @@ class Match:
     # The servers holding caller and callee when it formed ("" when one
     # server holds everything): where a relay to the partner goes.
     servers: tuple[str, str] = ("", "")
+    common_languages: tuple[str, ...] = ()
+    # The clients (address groups) of caller and callee as the backend that
+    # formed it knew them ("" unknown; a match read back has none): what the
+    # pair tag is made of. Not part of what a match is.
+    clients: tuple[str, str] = field(default=("", ""), compare=False)
+
+    @property
+    def common_names(self) -> tuple[str, ...]:
+        """The common interests and languages as queue names (``queue_names``)."""
+        return queue_names(Preferences(self.mode, self.common_interests, self.common_languages))
 
     def partner_of(self, session_id: str) -> str:
         """The other side of the match."""
@@ -318,8 +364,8 @@ class Matchmaker:
         """
         if self.state_of(session_id) != "idle":
             raise ValueError(f"{session_id} is {self.state_of(session_id)}, not idle")
-        widen_now = not prefs.interests or self._interest_timeout_s <= 0
-        names = list(prefs.interests)
+        names = list(queue_names(prefs))
+        widen_now = not names or self._interest_timeout_s <= 0
         if widen_now:
             names.append(GENERAL)
         partner = self._find(session_id, prefs.mode, names, now)
@@ -439,19 +485,28 @@ class Matchmaker:
         joiner_since: float | None = None,
     ) -> Match:
         self._unqueue(waiter)
-        common = tuple(i for i in joiner_prefs.interests if i in waiter.prefs.interests)
+        theirs = queue_names(waiter.prefs)
+        common, languages = split_common(n for n in queue_names(joiner_prefs) if n in theirs)
         waiter_first = joiner_since is None or waiter.since <= joiner_since
         caller, callee = (
             (waiter.session_id, joiner_id) if waiter_first else (joiner_id, waiter.session_id)
         )
-        match = Match(self._new_match_id(), caller, callee, joiner_prefs.mode, common)
+        match = Match(
+            self._new_match_id(),
+            caller,
+            callee,
+            joiner_prefs.mode,
+            common,
+            common_languages=languages,
+            clients=(self._clients.get(caller, ""), self._clients.get(callee, "")),
+        )
         self._matches[caller] = match
         self._matches[callee] = match
         return match
 
     def _unqueue(self, entry: _Entry) -> None:
         del self._waiting[entry.session_id]
-        names = list(entry.prefs.interests)
+        names = list(queue_names(entry.prefs))
         if entry.widened:
             names.append(GENERAL)
         for name in names:

@@ -15,6 +15,8 @@ Invariants:
   trimmed and 1..``max_chat_length`` characters; ``JoinQueue.mode`` is in
   ``MODES`` and its interests are trimmed, lower-cased, non-empty, unique,
   at most ``MAX_INTERESTS`` of at most ``MAX_INTEREST_LENGTH`` characters;
+  its languages are lower-cased, unique, at most ``MAX_LANGUAGES`` codes of
+  ``MIN_LANGUAGE_LENGTH``..``MAX_LANGUAGE_LENGTH`` ASCII letters;
   ``sdp`` is non-empty; an ICE candidate is ``None`` or an object whose
   ``candidate`` is a string, ``sdpMid`` string/null/absent and
   ``sdpMLineIndex`` integer/null/absent, other keys kept as sent;
@@ -53,8 +55,11 @@ __all__ = [
     "MAX_CONNECT_MS",
     "MAX_INTERESTS",
     "MAX_INTEREST_LENGTH",
+    "MAX_LANGUAGES",
+    "MAX_LANGUAGE_LENGTH",
     "MAX_MATCH_ID_LENGTH",
     "MAX_REPORT_REASON_LENGTH",
+    "MIN_LANGUAGE_LENGTH",
     "MODES",
     "OPS",
     "OP_NAMES",
@@ -99,9 +104,15 @@ __all__ = [
     "server_frame",
 ]
 
-MODES: Final[tuple[str, ...]] = ("video", "text")
+# Queues are per mode: a voice-only client meets only voice-only clients.
+MODES: Final[tuple[str, ...]] = ("video", "voice", "text")
 MAX_INTERESTS: Final = 10
 MAX_INTEREST_LENGTH: Final = 32
+# The languages a client speaks: ISO 639 codes (a language tag's first
+# subtag: "pt" of "pt-BR"), 2 or 3 letters.
+MAX_LANGUAGES: Final = 5
+MIN_LANGUAGE_LENGTH: Final = 2
+MAX_LANGUAGE_LENGTH: Final = 3
 MAX_REPORT_REASON_LENGTH: Final = 500
 CALL_OUTCOMES: Final[tuple[str, ...]] = ("connected", "failed")
 CALL_PATHS: Final[tuple[str, ...]] = ("direct", "relay")
@@ -135,6 +146,7 @@ class JoinQueue(msgspec.Struct, frozen=True, gc=False):
 
     mode: str = "video"
     interests: tuple[str, ...] = ()
+    languages: tuple[str, ...] = ()
 
 
 class LeaveQueue(msgspec.Struct, frozen=True, gc=False):
@@ -277,6 +289,8 @@ def _parse_join_queue(raw: msgspec.Raw, limits: Limits) -> JoinQueue:
         return JoinQueue()
     if message.mode not in MODES:
         raise _bad("join_queue", "data.mode must be " + " or ".join(f'"{m}"' for m in MODES))
+    if message.languages:
+        message = msgspec.structs.replace(message, languages=_languages(message.languages))
     if not message.interests:
         return message
     normalised = (interest.strip().lower() for interest in message.interests)
@@ -289,7 +303,26 @@ def _parse_join_queue(raw: msgspec.Raw, limits: Limits) -> JoinQueue:
                 "join_queue",
                 f"each of data.interests must be at most {MAX_INTEREST_LENGTH} characters long",
             )
-    return JoinQueue(mode=message.mode, interests=interests)
+    return JoinQueue(mode=message.mode, interests=interests, languages=message.languages)
+
+
+def _languages(codes: tuple[str, ...]) -> tuple[str, ...]:
+    """``join_queue``'s languages, lower-cased and unique (see the module invariants)."""
+    languages = tuple(dict.fromkeys(code.lower() for code in codes))
+    if len(languages) > MAX_LANGUAGES:
+        raise _bad("join_queue", f"data.languages must hold at most {MAX_LANGUAGES} languages")
+    for code in languages:
+        if not (
+            MIN_LANGUAGE_LENGTH <= len(code) <= MAX_LANGUAGE_LENGTH
+            and code.isascii()
+            and code.isalpha()
+        ):
+            raise _bad(
+                "join_queue",
+                f"each of data.languages must be a language code of {MIN_LANGUAGE_LENGTH}"
+                f' or {MAX_LANGUAGE_LENGTH} letters (ISO 639, such as "pt")',
+            )
+    return languages
 
 
 _LEAVE_QUEUE_DECODER: Final = _decoder_or_none(LeaveQueue)
@@ -696,9 +729,15 @@ def encode_bytes(op: str, data: Mapping[str, Any]) -> bytes:
     return _ENCODER.encode({"op": op, "data": data})
 
 
-def error_frame(code: ErrorCode, message: str, op: str | None) -> str:
-    """The ``error`` message for a PROTOCOL.md error code."""
-    return server_frame(Error(code, message, op))
+def error_frame(
+    code: ErrorCode, message: str, op: str | None, *, retry_after: int | None = None
+) -> str:
+    """The ``error`` message for a PROTOCOL.md error code.
+
+    ``retry_after``: whole seconds until ``op`` would be accepted (a refused
+    ``next`` or ``join_queue``), sent only when given.
+    """
+    return server_frame(Error(code, message, op, retry_after))
 
 
 # -- server messages -------------------------------------------------------------------
@@ -745,20 +784,29 @@ class AliveAnswer(ServerMessage, frozen=True):
     op: ClassVar[str] = "alive"
 
 
-class Queued(ServerMessage, frozen=True):
+class Queued(ServerMessage, frozen=True, omit_defaults=True):
+    """Waiting; ``languages`` is left out when the client stated none."""
+
     op: ClassVar[str] = "queued"
     mode: str
     interests: tuple[str, ...]
+    languages: tuple[str, ...] = ()
 
 
 class MatchFound(ServerMessage, frozen=True, omit_defaults=True):
+    """A match formed; ``pair`` (PROTOCOL.md "Pair tag") is left out when unknown,
+    ``common_languages`` when the two share none, ``ticket`` when the server
+    signs none."""
+
     op: ClassVar[str] = "match_found"
     partner: str
     match_id: str
     should_call: bool
     mode: str
     common_interests: tuple[str, ...]
-    ticket: str | None = None  # this side's match ticket (absent when the server signs none)
+    pair: str | None = None
+    common_languages: tuple[str, ...] = ()
+    ticket: str | None = None  # this side's match ticket
 
 
 class Resumed(ServerMessage, frozen=True, omit_defaults=True):
@@ -792,11 +840,14 @@ class PartnerDisconnected(ServerMessage, frozen=True):
     reason: PartnerReason
 
 
-class Error(ServerMessage, frozen=True):
+class Error(ServerMessage, frozen=True, omit_defaults=True):
+    """An error; ``retry_after`` only on a refused skip (left out otherwise)."""
+
     op: ClassVar[str] = "error"
     code: ErrorCode
     message: str
     op_: str | None = msgspec.field(name="op")
+    retry_after: int | None = None
 
 
 class ServerDraining(ServerMessage, frozen=True):

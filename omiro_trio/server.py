@@ -308,8 +308,15 @@ def _signers(config: Config) -> tuple[TokenSigner, TicketSigner]:
     return TokenSigner(secret, session.token_ttl_s), TicketSigner(secret, session.ticket_ttl_s)
 
 
-def _new_hub(wired: Parts, backend: Backend, metrics: Metrics, alerts: Alerts | None = None) -> Hub:
-    """The hub, with the report, autoban, skip and resume rules from the config."""
+def _new_hub(
+    wired: Parts,
+    backend: Backend,
+    metrics: Metrics,
+    signer: TokenSigner,
+    alerts: Alerts | None = None,
+) -> Hub:
+    """The hub, with the report, autoban, skip and resume rules from the config, and the
+    pair tags of ``match_found`` keyed with the session secret."""
     seats = Seats(grace_s=wired.session.resume_grace_s, keep_s=wired.ticket_ttl_s)
     return Hub(
         backend,
@@ -317,6 +324,7 @@ def _new_hub(wired: Parts, backend: Backend, metrics: Metrics, alerts: Alerts | 
         reports=wired.reports,
         watcher=alerts,
         nexts_per_minute=wired.nexts_per_minute,
+        pair_tag=signer.pair_tag,
         seats=seats,
     )
 
@@ -396,7 +404,7 @@ async def serve(
     wired = dataclasses.replace(wired, session=dataclasses.replace(wired.session, tickets=tickets))
     async with open_backend(config, server_id=server_id, replaces=replaces) as backend:
         alerts = None if wired.alerts is None else Alerts(wired.alerts, backend, metrics)
-        hub = _new_hub(wired, backend, metrics, alerts)
+        hub = _new_hub(wired, backend, metrics, signer, alerts)
         ctx = ServerContext(
             config=config,
             backend=backend,

@@ -397,7 +397,7 @@ class SessionCore:
             case Said():
                 return self._said(event.match_id, event.frame, event.chat)
             case MatchFormed():
-                return self._matched(event.match)
+                return self._matched(event.match, event.pair)
             case MatchEnded():
                 return self._ended(event.match_id, event.reason)
             case PartnerAway():
@@ -405,13 +405,14 @@ class SessionCore:
             case Started():
                 return self._start(event)
             case SkipCounted():
-                if event.over:
-                    return (CountExceeded(Budget.SKIPS), *self._refuse(event.call.then.op, now))
+                if event.retry_after_s is not None:
+                    refused = self._refuse(event.call.then.op, now, event.retry_after_s)
+                    return (CountExceeded(Budget.SKIPS), *refused)
                 return self._enter(event.call.then)
             case MadeIdle():
                 return self._made_idle(event.call, event.ended)
             case Enqueued():
-                return self._enqueued(event.call, event.result)
+                return self._enqueued(event.call, event.result, event.pair)
             case NotIdle():
                 if event.call.retried:
                     raise RuntimeError(f"the backend twice refused to queue {self.id}: not idle")
@@ -431,7 +432,7 @@ class SessionCore:
                 self.widen = None
                 return (WidenWait(event.widen.ticket),) if self.state == "waiting" else NOTHING
             case Widened():
-                return NOTHING if event.match is None else self._form(event.match)
+                return NOTHING if event.match is None else self._form(event.match, event.pair)
             case Delivered():
                 return self._delivered(event)
             case Unavailable():
@@ -515,7 +516,8 @@ class SessionCore:
     # -- client ops ----------------------------------------------------------
 
     def _join_queue(self, message: protocol.JoinQueue, now: float) -> Effects:
-        return self._way_in(Join(Preferences(message.mode, message.interests), "join_queue"))
+        prefs = Preferences(message.mode, message.interests, message.languages)
+        return self._way_in(Join(prefs, "join_queue"))
 
     def _next(self, message: protocol.Next, now: float) -> Effects:
         # Without an earlier join_queue, next searches with the defaults.
@@ -614,7 +616,7 @@ class SessionCore:
         return (MakeIdle(PartnerReason.LOST, None),)
 
     def _call_outcome(self, message: protocol.CallOutcome, now: float) -> Effects:
-        """Count how this side's call of a recent video match went, once per match.
+        """Count how this side's call of a recent video or voice match went, once per match.
 
         The match may already have ended (a failed call is often skipped
         before the page gives up on it), but it must be one of the client's
@@ -623,7 +625,7 @@ class SessionCore:
         match = self.recent_matches.get(message.match_id)
         if match is None:
             reason, code = "no recent match has this match_id", ErrorCode.NOT_MATCHED
-        elif match.mode != "video":
+        elif match.mode == "text":
             reason, code = "a text match has no call", ErrorCode.BAD_REQUEST
         elif message.match_id in self.outcomes_reported:
             reason = "this match's call outcome was already reported"
@@ -646,9 +648,14 @@ class SessionCore:
             return (self._draining_frame(),)
         return (join,)
 
-    def _refuse(self, op: str, now: float) -> Effects:
-        """Refuse ``op`` as over the allowance (the bucket, or the backend's skips)."""
-        reply = protocol.error_frame(ErrorCode.RATE_LIMITED, "slow down", op)
+    def _refuse(self, op: str, now: float, retry_after_s: float | None = None) -> Effects:
+        """Refuse ``op`` as over the allowance (the bucket, or the backend's skips).
+
+        ``retry_after_s``: when a refused skip would be accepted, told to the
+        client in whole seconds (rounded up, at least 1).
+        """
+        after = None if retry_after_s is None else max(1, math.ceil(retry_after_s))
+        reply = protocol.error_frame(ErrorCode.RATE_LIMITED, "slow down", op, retry_after=after)
         counted = CountError(ErrorCode.RATE_LIMITED)
         if self._violations.hit(now):
             return (counted, reply, *self._close(CloseCode.RATE_LIMITED, "rate limit exceeded"))
@@ -716,9 +723,9 @@ class SessionCore:
             effects.append(then)
         return tuple(effects)
 
-    def _enqueued(self, call: Enqueue, result: Match | Waiting) -> Effects:
+    def _enqueued(self, call: Enqueue, result: Match | Waiting, pair: str | None) -> Effects:
         if isinstance(result, Match):
-            return self._form(result)
+            return self._form(result, pair)
         if self.matches_applied != call.seen:
             # A match reached the session (another server matched it and
             # said so) before this answer came back: it no longer waits,
@@ -735,7 +742,8 @@ class SessionCore:
         if not call.announce:
             return (arm,)
         prefs = call.prefs
-        return (protocol.server_frame(protocol.Queued(prefs.mode, prefs.interests)), arm)
+        queued = protocol.Queued(prefs.mode, prefs.interests, prefs.languages)
+        return (protocol.server_frame(queued), arm)
 
     def _blocked(self, blocked: Blocked) -> Effects:
         """The pair is blocked: end the match, then keep the report with its transcript."""
@@ -750,15 +758,20 @@ class SessionCore:
 
     # -- matches -------------------------------------------------------------
 
-    def _form(self, match: Match) -> Effects:
+    def _form(self, match: Match, pair: str | None = None) -> Effects:
         """This session's operation formed ``match``: count it, tell the partner, then this
         client (a partner on another server must know the match before the caller's first
-        frame reaches it)."""
-        return (_COUNT_MATCH, AnnounceMatch(match), *self._matched(match))
+        frame reaches it). ``pair``: the match's pair tag, for both."""
+        return (_COUNT_MATCH, AnnounceMatch(match, pair), *self._matched(match, pair))
 
-    def _matched(self, match: Match, resumed_from: str | None = None) -> Effects:
+    def _matched(
+        self, match: Match, pair: str | None = None, resumed_from: str | None = None
+    ) -> Effects:
         """``match`` formed: ``match_found`` for the client, unless it is stale or known
-        (``resumed`` when it is a match resumed from ``resumed_from``)."""
+        (``resumed`` when it is a match resumed from ``resumed_from``).
+
+        ``pair``: the tag of the two clients' address groups, told when known.
+        """
         if match.match_id in self.ended_ids:
             return NOTHING
         current = self.match
@@ -792,6 +805,8 @@ class SessionCore:
                 match.should_call(self.id),
                 match.mode,
                 match.common_interests,
+                pair,
+                match.common_languages,
                 ticket,
             )
         else:

@@ -307,9 +307,10 @@ class Relay:
 
 @dataclass(frozen=True, slots=True)
 class AnnounceMatch:
-    """Tell the partner of ``match`` that it formed."""
+    """Tell the partner of ``match`` that it formed (with the match's ``pair`` tag)."""
 
     match: Match
+    pair: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,9 +373,14 @@ class Said:
 
 @dataclass(frozen=True, slots=True)
 class MatchFormed:
-    """Another session's operation, another server or the resync formed ``match``."""
+    """Another session's operation, another server or the resync formed ``match``.
+
+    ``pair``: the tag of the two clients' address groups (PROTOCOL.md "Pair
+    tag"), None when unknown (the resync does not look it up).
+    """
 
     match: Match
+    pair: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,7 +472,9 @@ class Synced:
 @dataclass(frozen=True, slots=True)
 class SkipCounted:
     call: CountSkip
-    over: bool  # the session has spent its skips
+    # The session has spent its skips: seconds until the window lets one
+    # through. None: not over.
+    retry_after_s: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,6 +487,7 @@ class MadeIdle:
 class Enqueued:
     call: Enqueue
     result: Match | Waiting
+    pair: str | None = None  # a match's pair tag, when its clients are known
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,6 +501,7 @@ class NotIdle:
 class Widened:
     call: WidenWait
     match: Match | None
+    pair: str | None = None  # the match's pair tag, when its clients are known
 
 
 @dataclass(frozen=True, slots=True)

@@ -191,9 +191,14 @@ def render_page(template: str, page: PageConfig, *, relayed: bool = False) -> st
         paragraphs = [p.strip() for p in re.split(r"\n\s*\n", page.notice.strip()) if p.strip()]
         text = "".join("<p>" + html.escape(p).replace("\n", "<br>") + "</p>" for p in paragraphs)
         template = _NOTICE.sub(lambda _: text, template)
+    # The labels are the page's own words (translated in the browser); the
+    # notice above, when the operator wrote one, is shown as written.
     links = [
-        f'<a href="{html.escape(url, quote=True)}" rel="noopener">{label}</a>'
-        for url, label in ((page.terms_url, "Terms of use"), (page.privacy_url, "Privacy"))
+        f'<a href="{html.escape(url, quote=True)}" rel="noopener" data-i18n="{key}">{label}</a>'
+        for url, label, key in (
+            (page.terms_url, "Terms of use", "welcome.terms"),
+            (page.privacy_url, "Privacy", "welcome.privacy"),
+        )
         if url
     ]
     template = _LINKS.sub(lambda _: "".join(links), template)

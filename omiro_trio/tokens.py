@@ -36,6 +36,7 @@ from omiro_trio.codes import ErrorCode
 from omiro_trio.errors import InvalidTicket, InvalidToken
 
 __all__ = [
+    "PAIR_TAG_CHARS",
     "IssuedToken",
     "Ticket",
     "TicketSigner",
@@ -43,6 +44,10 @@ __all__ = [
     "new_secret",
     "turn_credentials",
 ]
+
+# 64 bits in hex: two pairs of networks share a tag by chance once in 2**32
+# pairs (the birthday bound), far beyond the matches one page ever compares.
+PAIR_TAG_CHARS = 16
 
 SECRET_BYTES: Final = 32
 # Unix seconds stay below 10**12 for the next 30,000 years.
@@ -90,6 +95,21 @@ class TokenSigner:
         mac = self._keyed.copy()
         mac.update(payload.encode("ascii"))
         return mac.hexdigest()
+
+    def pair_tag(self, client_a: str, client_b: str) -> str:
+        """A short tag for the pair of clients (address groups), the same either way round.
+
+        What ``match_found`` carries as ``pair`` (PROTOCOL.md): two matches of
+        the same two networks have the same tag, so a page can tell that a
+        reload brought back the same stranger; without the secret the tag
+        says nothing of the addresses. Keyed with the session secret, set
+        apart from token signatures by its ``pair:`` prefix (a token's
+        payload starts with a uuid).
+        """
+        mac = self._keyed.copy()
+        first, second = sorted((client_a, client_b))
+        mac.update(f"pair:{first}\n{second}".encode())
+        return mac.hexdigest()[:PAIR_TAG_CHARS]
 
     def issue(self, now: float) -> IssuedToken:
         """Sign a token for a new session id that expires ``ttl_s`` after ``now``."""
@@ -139,7 +159,7 @@ _MAX_TICKET_LENGTH: Final = 3 * MAX_TICKET_ID_LENGTH + 1 + 5 + MAX_EXPIRY_DIGITS
 _ID: Final = rf"[0-9A-Za-z_-]{{1,{MAX_TICKET_ID_LENGTH}}}"
 _TICKET_RE: Final = re.compile(
     rf"(?P<match>{_ID})\.(?P<caller>{_ID})\.(?P<callee>{_ID})\.(?P<holder>[ce])"
-    rf"\.(?P<mode>video|text)\.(?P<expiry>[0-9]{{1,{MAX_EXPIRY_DIGITS}}})"
+    rf"\.(?P<mode>video|voice|text)\.(?P<expiry>[0-9]{{1,{MAX_EXPIRY_DIGITS}}})"
     r"\.(?P<signature>[0-9a-f]{64})"
 )
 

@@ -67,7 +67,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import Enum
 from typing import Final
@@ -77,6 +77,7 @@ from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
 from omiro_trio.budgets import MAX_MESSAGE_FRAGMENTS, PARSE_SLICE_BYTES, Budget
 
@@ -135,6 +136,17 @@ class EngineProtocol(ServerProtocol):
 
     pong: Frame | None = None
 
+    def select_subprotocol(self, subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
+        """The first of the server's subprotocols the client offers; None rather than a
+        refusal (websockets' own refuses a client that offers none of them).
+
+        A method of the class, not websockets' ``select_subprotocol`` argument:
+        that one is bound to each protocol, a reference cycle that would keep
+        every closed connection until the cyclic collector runs.
+        """
+        offered = set(subprotocols)
+        return next((name for name in self.available_subprotocols or () if name in offered), None)
+
     def send_frame(self, frame: Frame) -> None:
         if frame.opcode is _PONG:
             if self.close_sent is None:
@@ -164,9 +176,19 @@ def _forget_handshake(proto: EngineProtocol) -> None:
         next(proto.parser)
 
 
-def new_protocol(max_frame_bytes: int) -> EngineProtocol:
-    """A server protocol in the handshake state: no extensions (no deflate), no subprotocols."""
-    return EngineProtocol(max_size=max_frame_bytes, logger=_PROTOCOL_LOG)
+def new_protocol(max_frame_bytes: int, subprotocols: Sequence[str] = ()) -> EngineProtocol:
+    """A server protocol in the handshake state: no extensions (no deflate).
+
+    ``subprotocols``: the ones the server speaks. The first of them the
+    client offers is chosen and echoed in ``Sec-WebSocket-Protocol`` (RFC
+    6455, 4.2.2); when it offers none of them (or nothing), none is, and the
+    upgrade goes on: whether that is acceptable is the caller's to say.
+    """
+    return EngineProtocol(
+        max_size=max_frame_bytes,
+        logger=_PROTOCOL_LOG,
+        subprotocols=[Subprotocol(name) for name in subprotocols] or None,
+    )
 
 
 class Failure(Enum):

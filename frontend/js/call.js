@@ -52,6 +52,8 @@ export class Call extends EventTarget {
   #polite;
   #send;
   #localStream;
+  #kinds;
+  #relayOnly = false;
   #makingOffer = false;
   #ignoreOffer = false;
   #settingRemoteAnswer = false;
@@ -61,6 +63,8 @@ export class Call extends EventTarget {
   #disconnectedTimer = null;
   #closed = false;
   iceRestarts = 0;
+  offersSent = 0;
+  tracksReplaced = 0;
   candidatesBuffered = 0; // remote candidates that came before any remote description
   endOfCandidatesSent = false;
   endOfCandidatesReceived = false;
@@ -92,22 +96,28 @@ export class Call extends EventTarget {
     send,
     matchId = null,
     startedAt = performance.now(),
+    kinds = ["audio", "video"],
   }) {
     super();
     this.#polite = polite;
+    this.#kinds = kinds;
     this.#send = send;
     this.#localStream = localStream;
     this.#matchId = matchId;
     this.#startedAt = startedAt;
     this.remoteStream = new MediaStream();
+    this.#relayOnly = iceTransportPolicy === "relay";
     this.#pc = new RTCPeerConnection({ iceServers: iceServers ?? [], iceTransportPolicy });
     counts.created += 1;
 
     const pc = this.#pc;
     pc.onnegotiationneeded = () => this.#offer();
     pc.onicecandidate = ({ candidate }) => {
+      // Firefox ends each media section's gathering with a candidate whose
+      // `candidate` string is empty (before the final null): it is passed on
+      // (it means end-of-candidates for that section) but is no candidate.
       if (!candidate) this.endOfCandidatesSent = true;
-      else this.localCandidates += 1;
+      else if (candidate.candidate) this.localCandidates += 1;
       this.#send("ice_candidate", { candidate: candidate ? candidate.toJSON() : null });
     };
     pc.onicecandidateerror = ({ errorCode, errorText, url }) => {
@@ -148,6 +158,29 @@ export class Call extends EventTarget {
         if (!this.#closed) console.warn("omiro: signaling step failed", op, err);
       });
     return this.#inbox;
+  }
+
+  /**
+   * Send `track` instead of the current one of its kind (another camera or
+   * microphone) with RTCRtpSender.replaceTrack: no new offer, no new
+   * negotiation. Before our tracks are added (the polite side waiting for the
+   * first offer) there is nothing to replace: they are taken from the local
+   * stream when added.
+   */
+  async replaceTrack(track) {
+    if (this.#closed || !this.#tracksAdded) return false;
+    const sender = this.#pc
+      .getSenders()
+      .find((s) => s.track?.kind === track.kind || (!s.track && this.#senderKind(s) === track.kind));
+    if (!sender) return false;
+    await sender.replaceTrack(track);
+    this.tracksReplaced += 1;
+    return true;
+  }
+
+  #senderKind(sender) {
+    const transceiver = this.#pc.getTransceivers().find((t) => t.sender === sender);
+    return transceiver?.receiver.track?.kind ?? null;
   }
 
   /** Ask for a fresh ICE negotiation (also done automatically on failure). */
@@ -206,10 +239,11 @@ export class Call extends EventTarget {
       this.#pc.addTrack(track, stream);
       kinds.add(track.kind);
     }
-    // The offer must carry both kinds even when we lack one (no camera, say),
-    // or the stranger could not send it to us.
+    // The offer must carry every kind of the call even when we lack one (no
+    // camera, say), or the stranger could not send it to us. A voice call
+    // has audio alone.
     if (!this.#polite) {
-      for (const kind of ["audio", "video"]) {
+      for (const kind of this.#kinds) {
         if (!kinds.has(kind)) this.#pc.addTransceiver(kind, { direction: "recvonly" });
       }
     }
@@ -222,6 +256,7 @@ export class Call extends EventTarget {
       await pc.setLocalDescription();
       if (this.#closed) return;
       const { type, sdp } = pc.localDescription;
+      if (type === "offer") this.offersSent += 1;
       this.#send(type === "offer" ? "webrtc_offer" : "webrtc_answer", { sdp });
     } catch (err) {
       if (!this.#closed) console.warn("omiro: could not make an offer", err);
@@ -311,6 +346,10 @@ export class Call extends EventTarget {
   #fail(reason) {
     if (this.#closed || this.outcome || this.#connectedAt !== null) return;
     clearTimeout(this.#connectTimer);
+    // Relays only, and not one candidate of ours: whatever ended it (Firefox
+    // declares ICE failed before its gathering completes), the relay server
+    // could not be reached.
+    if (this.#relayOnly && this.localCandidates === 0 && reason !== "gave-up") reason = "no-candidates";
     const refused = this.candidateErrors.some((e) => e.errorCode === 401 || e.errorCode === 403);
     this.#settle({ outcome: "failed", connectMs: null, path: null, reason: refused ? "refused" : reason });
   }

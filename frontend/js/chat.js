@@ -4,17 +4,30 @@
 // Invariants: text from the network is only ever put into the page with
 // textContent, never parsed as HTML. A line of ours says "Sending…" until
 // the server confirmed it took it, and "Not sent" if it never did: nothing
-// is shown as sent that was not (DELIVERY_TEXT, one place for translation).
+// is shown as sent that was not (DELIVERY_TEXT, from the message catalog).
+//
+// Screen readers: the log itself is not a live region. What is news to the
+// user (a stranger's message, a line that the status line does not already
+// say) is written once into a separate polite region, `announce`; a match or
+// a departure is said by the status line alone, so it is heard once.
+
+import { formatNumber, t } from "./i18n.js";
 
 const TYPING_IDLE_MS = 3_000; // we stop "typing" after this long without a keystroke
 const TYPING_STALE_MS = 8_000; // a partner's "typing" that was never cleared expires
 const FLASH_INTERVAL_MS = 1_000;
 
 export const DELIVERY_TEXT = Object.freeze({
-  sending: "Sending…",
+  get sending() {
+    return t("delivery.sending");
+  },
   sent: "",
-  failed: "Not sent",
-  unknown: "May not have been sent",
+  get failed() {
+    return t("delivery.failed");
+  },
+  get unknown() {
+    return t("delivery.unknown");
+  },
 });
 
 export class ChatView {
@@ -23,11 +36,13 @@ export class ChatView {
   #sendButton;
   #typing;
   #counter;
+  #announce;
   #typingTimer = null;
   #maxLength = 1000;
 
-  constructor({ log, input, sendButton, typing, counter }) {
+  constructor({ log, input, sendButton, typing, counter, announce }) {
     this.#log = log;
+    this.#announce = announce;
     this.#input = input;
     this.#sendButton = sendButton;
     this.#typing = typing;
@@ -83,13 +98,15 @@ export class ChatView {
     item.className = `msg msg-${who}`;
     const author = document.createElement("span");
     author.className = "msg-author";
-    author.textContent = who === "you" ? "You" : "Stranger";
+    author.textContent = who === "you" ? t("chat.you") : t("chat.stranger");
     const body = document.createElement("span");
     body.className = "msg-text";
+    body.dir = "auto"; // a message keeps its own direction in a page of the other
     body.textContent = text;
     item.append(author, body);
     if (delivery) this.setDelivery(item, delivery);
     this.#append(item);
+    if (who === "stranger") this.say(t("chat.strangerSaid", { message: text }));
     return item;
   }
 
@@ -106,12 +123,29 @@ export class ChatView {
     status.hidden = delivery === "sent";
   }
 
-  /** A line from Omiro itself; tone: "info", "good" or "warn". */
-  addSystem(text, tone = "info") {
+  /** Say our lines' delivery again in the page's (new) language. */
+  retranslate() {
+    for (const item of this.#log.querySelectorAll(".msg-you[data-delivery]")) {
+      this.setDelivery(item, item.dataset.delivery);
+    }
+  }
+
+  /**
+   * A line from Omiro itself; tone: "info", "good" or "warn". `announce`:
+   * also say it to screen readers (for news the status line does not say).
+   */
+  addSystem(text, tone = "info", { announce = false } = {}) {
     const item = document.createElement("li");
     item.className = `msg msg-system tone-${tone}`;
     item.textContent = text;
     this.#append(item);
+    if (announce) this.say(text);
+  }
+
+  /** Say `text` once in the polite announcement region. */
+  say(text) {
+    if (!this.#announce) return;
+    this.#announce.textContent = text;
   }
 
   showTyping(on) {
@@ -194,6 +228,12 @@ export class TitleFlasher {
     });
   }
 
+  /** The title to come back to (it follows the page's language). */
+  set base(title) {
+    this.#base = title;
+    if (!this.#timer) document.title = title;
+  }
+
   get unread() {
     return this.#count;
   }
@@ -202,7 +242,7 @@ export class TitleFlasher {
   notify(label) {
     if (!document.hidden) return;
     this.#count += 1;
-    const text = this.#count > 1 ? `(${this.#count}) ${label}` : label;
+    const text = this.#count > 1 ? `(${formatNumber(this.#count)}) ${label}` : label;
     clearInterval(this.#timer);
     let on = true;
     document.title = text;

@@ -4,6 +4,8 @@
 // MAX_TAG_CHARS characters), are lower-cased and de-duplicated, and are
 // remembered in localStorage between visits.
 
+import { t } from "./i18n.js";
+
 export const MAX_TAGS = 10;
 export const MAX_TAG_CHARS = 32;
 const STORAGE_KEY = "omiro.interests";
@@ -56,6 +58,11 @@ export class InterestsField extends EventTarget {
     return [...this.#tags];
   }
 
+  /** Draw again (the page's language changed). */
+  render() {
+    this.#render();
+  }
+
   set disabled(value) {
     this.#disabled = value;
     this.#input.disabled = value;
@@ -105,12 +112,13 @@ export class InterestsField extends EventTarget {
       li.className = "chip";
       const label = document.createElement("span");
       label.textContent = tag;
+      label.dir = "auto";
       li.append(label);
       if (!this.#disabled) {
         const remove = document.createElement("button");
         remove.type = "button";
         remove.className = "chip-remove";
-        remove.setAttribute("aria-label", `Remove ${tag}`);
+        remove.setAttribute("aria-label", t("interests.remove", { tag }));
         remove.textContent = "×";
         remove.addEventListener("click", () => this.#remove(index));
         li.append(remove);
@@ -119,6 +127,8 @@ export class InterestsField extends EventTarget {
     });
     this.#chips.replaceChildren(...items);
     this.#input.placeholder =
-      this.#tags.length >= MAX_TAGS ? "" : this.#tags.length ? "Add more…" : "Add interests";
+      this.#tags.length >= MAX_TAGS
+        ? ""
+        : t(this.#tags.length ? "interests.more" : "interests.placeholder");
   }
 }

@@ -13,22 +13,45 @@
 // * The signaling socket's watch lives in signaling.js (it beats `alive`
 //   every `alive_ms` and hears whether anything comes back).
 //
-// Every string the user sees about it is in TEXT (one place, for translation).
+// Every string the user sees about it is in TEXT, each from the message
+// catalog (i18n.js).
+
+import { t } from "./i18n.js";
 
 export const TEXT = Object.freeze({
-  unstable: "Connection unstable… trying to restore it",
-  unstableCaption: "The connection is unstable. Trying to restore it…",
-  serverUnstable: "The connection to the server is unstable…",
-  callLost: "The connection to the stranger was lost, so this chat has ended.",
-  partnerLost: "The connection to the stranger was lost, so this chat has ended.",
-  ownLost: "Your connection dropped, so this chat has ended.",
-  steady: "The connection is back.",
-  resumingServer: "Reconnecting to the server… your call goes on",
-  resumingPartner: "Waiting for the stranger to reconnect…",
-  partnerAway: "The stranger's connection dropped. Waiting for them to come back…",
-  resumed: "Reconnected. Your chat goes on.",
-  resumeOver: "The stranger had already left, so this chat has ended.",
-  resumeFailed: "This chat could not be taken back after the reconnect, so it has ended.",
+  get unstable() {
+    return t("link.unstable");
+  },
+  get unstableCaption() {
+    return t("link.unstableCaption");
+  },
+  get callLost() {
+    return t("link.callLost");
+  },
+  get partnerLost() {
+    return t("link.partnerLost");
+  },
+  get ownLost() {
+    return t("link.ownLost");
+  },
+  get resumingServer() {
+    return t("link.resumingServer");
+  },
+  get resumingPartner() {
+    return t("link.resumingPartner");
+  },
+  get partnerAway() {
+    return t("link.partnerAway");
+  },
+  get resumed() {
+    return t("link.resumed");
+  },
+  get resumeOver() {
+    return t("link.resumeOver");
+  },
+  get resumeFailed() {
+    return t("link.resumeFailed");
+  },
 });
 
 export const DEFAULT_LIVENESS = Object.freeze({ alive_ms: 2500, unstable_ms: 3750, lost_ms: 15000 });

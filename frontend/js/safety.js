@@ -11,38 +11,59 @@
 // Invariant: the veil never stops the audio and never hides Next or Report;
 // it only changes the <video>'s filter and the overlay above it.
 //
-// Every string the user sees is in TEXT (one place, for translation).
+// Every string the user sees is in TEXT, each from the message catalog
+// (i18n.js).
+
+import { t } from "./i18n.js";
 
 export const TEXT = Object.freeze({
-  veilDefault: "The stranger's video is blurred until you choose to see it.",
-  veilFilter:
-    "Blurred: the nudity filter on your device thinks this video may show nudity. Show it only if you want to.",
-  announceShown: "The stranger's video is shown.",
-  announceBlurred: "The stranger's video is blurred.",
-  addressHidden:
-    "Your IP address is hidden from strangers: calls go through this site's relay server.",
-  addressVisible:
-    "Calls connect directly between browsers, so the stranger's browser can see your IP address (as any site you visit can).",
-  filterFlagged:
-    "The nudity filter blurred the stranger's video: it may show nudity. Nothing left your device.",
-  filterReport: "Report",
-  filterNext: "Next",
-  filterLoading: "Loading the nudity filter…",
-  filterFailed: "The nudity filter could not start on this browser, so it is off for now.",
-  blankVideo: (seconds) =>
-    `The stranger's camera has shown nothing for ${seconds} s (black, frozen or off).`,
-  blankSkipped: (seconds) =>
-    `Skipped: the stranger's camera showed nothing for ${seconds} s.`,
-  blankNext: "Next",
-  ownVirtual: (name) =>
-    `Your camera calls itself a virtual camera (${name}). You can use it, but strangers are told, and many skip them.`,
-  strangerVirtual:
-    "The stranger's video comes from a virtual camera: software that can show any video, not necessarily a live camera.",
-  strangerNoCamera: "The stranger has no camera: you can still talk and chat.",
+  get veilDefault() {
+    return t("veil.default");
+  },
+  get veilFilter() {
+    return t("veil.filter");
+  },
+  get announceShown() {
+    return t("veil.announceShown");
+  },
+  get announceBlurred() {
+    return t("veil.announceBlurred");
+  },
+  get addressHidden() {
+    return t("safety.addressHidden");
+  },
+  get addressVisible() {
+    return t("safety.addressVisible");
+  },
+  get filterFlagged() {
+    return t("safety.filterFlagged");
+  },
+  get filterReport() {
+    return t("action.report");
+  },
+  get filterNext() {
+    return t("action.next");
+  },
+  get filterFailed() {
+    return t("safety.filterFailed");
+  },
+  blankVideo: (seconds) => t("safety.blankVideo", { n: seconds }),
+  blankSkipped: (seconds) => t("safety.blankSkipped", { n: seconds }),
+  get blankNext() {
+    return t("action.next");
+  },
+  ownVirtual: (name) => t("safety.ownVirtual", { name: name ?? t("safety.virtualCameraName") }),
+  get strangerVirtual() {
+    return t("safety.strangerVirtual");
+  },
+  get strangerNoCamera() {
+    return t("safety.strangerNoCamera");
+  },
 });
 
 // Known virtual cameras, matched case-insensitively inside a track's label:
-// [pattern, the name shown]. Whole product names only: a short pattern such
+// [pattern, the name shown (null: "a virtual camera" in the page's
+// language)]. Whole product names only: a short pattern such
 // as "vcam" could match a real webcam's name.
 export const VIRTUAL_CAMERAS = Object.freeze([
   ["obs virtual camera", "OBS Virtual Camera"],
@@ -55,8 +76,8 @@ export const VIRTUAL_CAMERAS = Object.freeze([
   ["splitcam", "SplitCam"],
   ["camtwist", "CamTwist"],
   ["youcam", "YouCam"],
-  ["virtual camera", "a virtual camera"],
-  ["virtual cam", "a virtual camera"],
+  ["virtual camera", null],
+  ["virtual cam", null],
   ["v4l2loopback", "v4l2loopback"],
   ["dummy video device", "v4l2loopback"],
 ]);
@@ -186,6 +207,11 @@ export class Veil extends EventTarget {
     this.reason = reason;
     this.#render(byUser);
     if (hadFocus) this.#ui.show.focus({ preventScroll: true });
+  }
+
+  /** Write the words again (the page's language changed). */
+  refresh() {
+    this.#render(false);
   }
 
   toggle() {

@@ -19,6 +19,8 @@
 // * URLs are relative to the page (document.baseURI), so Omiro works behind a
 //   reverse proxy under a path prefix; the WebSocket URL is absolute because
 //   the WebSocket constructor needs ws:// or wss://.
+// * The token travels as a WebSocket subprotocol, never in the URL, so a
+//   reverse proxy's access log does not keep it.
 //
 // Events (all CustomEvent, details in `event.detail`):
 //   ready         {hello}                   hello received; send() works now
@@ -52,14 +54,24 @@ export function drainDelayMs(afterMs, random = Math.random) {
   return Math.round(base + random() * Math.max(DRAIN_JITTER_MIN_MS, base));
 }
 
-/** `ws://…/ws?token=…` next to the page, keeping any path prefix. */
-export function webSocketUrl(token, base = document.baseURI) {
+/** `ws://…/ws` next to the page, keeping any path prefix (the token is not in it). */
+export function webSocketUrl(base = document.baseURI) {
   const url = new URL("ws", base);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
   url.hash = "";
   url.search = "";
-  url.searchParams.set("token", token);
   return url.href;
+}
+
+export const SUBPROTOCOL = "omiro";
+
+/**
+ * The subprotocols to offer: `omiro`, which the server echoes, and the token
+ * as `omiro.token.…` with its colons written as dots (PROTOCOL.md, "Where the
+ * token goes"). Proxies log the URL, not this header.
+ */
+export function subprotocols(token) {
+  return [SUBPROTOCOL, `omiro.token.${token.replaceAll(":", ".")}`];
 }
 
 export class Signaling extends EventTarget {
@@ -233,7 +245,7 @@ export class Signaling extends EventTarget {
   #openSocket(token) {
     let ws;
     try {
-      ws = new WebSocket(webSocketUrl(token, this.#base));
+      ws = new WebSocket(webSocketUrl(this.#base), subprotocols(token));
     } catch {
       this.#backoff("lost");
       return;

@@ -39,8 +39,10 @@
 --   P.."beat"          string the heartbeat counter
 --   P.."boot"          string this Redis's incarnation (gone after an empty restart, or
 --                             when no server has beaten for the life of live records)
---   P.."w:"..sid       hash   a waiting entry: mode, ints, since, ticket, widened, req
---   P.."q:"..mode..":"..interest  zset  sid -> entry order ("" interest: the general queue)
+--   P.."w:"..sid       hash   a waiting entry: mode, ints (its queue names: interests, and
+--                             languages as " "..code), since, ticket, widened, req
+--   P.."q:"..mode..":"..interest  zset  sid -> entry order ("" interest: the general queue;
+--                             " "..code: a language's)
 --   P.."waiting"       set    waiting sessions (for stats)
 --   P.."m:"..sid       hash   the match a session is in: id, caller, callee, mode, common,
 --                             cs, es (the servers holding caller and callee), and
@@ -271,8 +273,10 @@ local function form(waiter, joiner, joiner_ints, joiner_since, id)
     caller, callee = joiner, waiter
   end
   local encoded = #common > 0 and cjson.encode(common) or '[]'
+  -- The two clients come along in the reply (not stored): the server that
+  -- formed the match tags the pair (match_found's "pair") without asking again.
   local m = {'match', id, caller, callee, w.mode, encoded, holder_of(caller) or '',
-    holder_of(callee) or ''}
+    holder_of(callee) or '', client_of(caller) or '', client_of(callee) or ''}
   store_match(caller, m)
   store_match(callee, m)
   return m

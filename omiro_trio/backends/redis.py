@@ -87,7 +87,7 @@ from omiro_trio.backends.base import (
 )
 from omiro_trio.backends.redis_records import RedisRecords
 from omiro_trio.errors import BackendUnavailable, SessionElsewhere
-from omiro_trio.matchmaking import Match, Preferences, Waiting
+from omiro_trio.matchmaking import Match, Preferences, Waiting, queue_names, split_common
 
 log = logging.getLogger(__name__)
 
@@ -317,16 +317,19 @@ def _text(value: Any) -> str:
 
 
 def _match(raw: Sequence[Any]) -> Match:
-    """``[kind, id, caller, callee, mode, common-json, caller's server, callee's server]``."""
+    """``[kind, id, caller, callee, mode, common-json, caller's server, callee's server]``,
+    and for a match just formed the two clients."""
     fields = [_text(v) for v in raw]
     _, match_id, caller, callee, mode, common = fields[:6]
     servers = (fields[6], fields[7]) if len(fields) >= 8 else ("", "")
-    interests = msgspec.json.decode(common)
-    return Match(match_id, caller, callee, mode, tuple(interests) if interests else (), servers)
+    clients = (fields[8], fields[9]) if len(fields) >= 10 else ("", "")
+    # The common queue names (interests, and languages marked as such: matchmaking.py).
+    interests, languages = split_common(msgspec.json.decode(common) or ())
+    return Match(match_id, caller, callee, mode, interests, servers, languages, clients)
 
 
 def _match_fields(match: Match) -> str:
-    common = msgspec.json.encode(list(match.common_interests)).decode()
+    common = msgspec.json.encode(list(match.common_names)).decode()
     caller_server, callee_server = match.servers
     return f"{match.caller}|{match.callee}|{match.mode}|{caller_server}|{callee_server}|{common}"
 
@@ -334,7 +337,7 @@ def _match_fields(match: Match) -> str:
 def _wait_fields(view: LocalView) -> str:
     if view.waiting is None:
         return ""
-    interests = msgspec.json.encode(list(view.waiting.interests)).decode()
+    interests = msgspec.json.encode(list(queue_names(view.waiting))).decode()
     ticket = -1 if view.ticket is None else view.ticket
     return f"{view.waiting.mode}|{ticket}|{interests}"
 
@@ -566,7 +569,8 @@ class RedisBackend(RedisRecords):
     # -- matching --------------------------------------------------------
 
     async def join(self, session_id: str, prefs: Preferences) -> Match | Waiting:
-        interests = msgspec.json.encode(list(prefs.interests)).decode()
+        # The script queues by name: interests and marked languages alike.
+        interests = msgspec.json.encode(list(queue_names(prefs))).decode()
         try:
             raw = await self._run(
                 "join",

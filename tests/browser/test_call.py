@@ -44,9 +44,10 @@ def test_call_two_pages_connect_with_audio_and_video(server, people):
         for name in TESTIDS:
             assert person.testid(name).count() == 1, name
 
-    # The online count comes from /stats.
+    # The online count comes from /stats, and counts the reader: nobody else
+    # is connected yet.
     alice.wait(
-        "() => document.querySelector('[data-testid=online-count]').textContent.includes('online')"
+        "() => document.querySelector('[data-testid=online-count]').textContent === 'Just you here'"
     )
 
     alice.start()
@@ -88,7 +89,8 @@ def test_call_two_pages_connect_with_audio_and_video(server, people):
 
     for person in (alice, bob):
         person.wait(
-            "() => document.querySelector('[data-testid=online-count]').textContent === '2 online'"
+            "() => document.querySelector('[data-testid=online-count]').textContent"
+            " === '2 people here'"
         )
 
     # Both ends of the trickle finished: end-of-candidates (null) went both ways.

@@ -310,8 +310,8 @@ def test_black_camera_is_noticed_within_the_stated_seconds(server, people):
     assert alice.js("() => window.omiro.blankVideo.reason") == "black"
     text = alice.js("() => document.getElementById('notice-text').textContent")
     assert (
-        text
-        == f"The stranger's camera has shown nothing for {BLANK_AFTER_S} s (black, frozen or off)."
+        text == f"The stranger's camera has shown nothing for {BLANK_AFTER_S} seconds"
+        " (black, frozen or off)."
     )
     # Bob's own camera is fine as far as Bob can tell (he sees Alice).
     assert bob.js("() => window.omiro.blankVideo.blank") is False

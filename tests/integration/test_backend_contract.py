@@ -360,6 +360,80 @@ async def test_join_shared_interest_matches_at_once(backend: Backend) -> None:
     assert match.common_interests == ("films", "music")
 
 
+def speaks(*languages: str, interests: tuple[str, ...] = (), mode: str = "video") -> Preferences:
+    return Preferences(mode=mode, interests=interests, languages=languages)
+
+
+@pytest.mark.rule("protocol/languages")
+async def test_join_prefers_a_shared_language_and_tells_it(
+    backend: Backend, clock: Clock | None, elapse: Elapse
+) -> None:
+    await waits(backend, "de", speaks("de"))
+    await elapse(1)
+    waiting = await waits(backend, "pt", speaks("pt", "es"))
+    assert waiting.widen_after_s == INTEREST_TIMEOUT_S
+    match = await matches(backend, "me", speaks("en", "es", "pt", interests=("jazz",)))
+    # "de" waited longest, but shares no language.
+    assert (match.caller, match.common_languages, match.common_interests) == (
+        "pt",
+        ("es", "pt"),
+        (),
+    )
+    assert (await backend.stats()).waiting == 1
+
+
+async def test_a_match_formed_carries_its_clients_for_the_pair_tag(
+    backend: Backend, clock: Clock | None, elapse: Elapse
+) -> None:
+    assert await backend.claim_session("a", "198.51.100.7")
+    assert await backend.claim_session("b", "2001:db8:5:6::/64")
+    await waits(backend, "a")
+    match = await matches(backend, "b")
+    assert match.clients == ("198.51.100.7", "2001:db8:5:6::/64")  # caller's, callee's
+    # Widened too; a session whose client is unknown gives "".
+    assert await backend.claim_session("c", "192.0.2.1")
+    first = await waits(backend, "c", prefs("chess"))
+    await elapse(1)
+    await waits(backend, "d")
+    await elapse(INTEREST_TIMEOUT_S)
+    widened = await backend.widen("c", first.ticket)
+    assert isinstance(widened, Match)
+    assert (widened.caller, widened.clients) == ("c", ("192.0.2.1", ""))
+
+
+async def test_a_language_and_an_interest_of_the_same_name_never_meet(backend: Backend) -> None:
+    await waits(backend, "a", prefs("pt"))
+    await waits(backend, "b", speaks("pt"))
+    assert (await backend.stats()).waiting == 2
+
+
+@pytest.mark.rule("protocol/languages")
+async def test_languages_are_a_preference_not_a_filter(
+    backend: Backend, clock: Clock | None, elapse: Elapse
+) -> None:
+    first = await waits(backend, "de", speaks("de"))
+    await elapse(1)
+    second = await waits(backend, "pt", speaks("pt", interests=("jazz",)))
+    await elapse(INTEREST_TIMEOUT_S)
+    assert await backend.widen("de", first.ticket) is None  # the first to the anyone line
+    match = await backend.widen("pt", second.ticket)
+    assert isinstance(match, Match)
+    assert (match.caller, match.common_languages, match.common_interests) == ("de", (), ())
+    # Leaving takes a speaker out of every line: nothing is left behind.
+    assert await backend.leave("de") == match
+    for n, p in enumerate((speaks("de"), speaks("pt"), prefs("jazz"), prefs())):
+        await waits(backend, f"late{n}", p)
+
+
+@pytest.mark.rule("protocol/modes")
+async def test_voice_only_meets_voice_only(backend: Backend) -> None:
+    await waits(backend, "v", prefs(mode="video"))
+    await waits(backend, "t", prefs(mode="text"))
+    await waits(backend, "voice", speaks("pt", mode="voice"))
+    match = await matches(backend, "voice2", speaks("pt", mode="voice"))
+    assert (match.caller, match.mode, match.common_languages) == ("voice", "voice", ("pt",))
+
+
 async def test_join_with_interests_does_not_take_a_no_interest_waiter(backend: Backend) -> None:
     await waits(backend, "a")
     waiting = await waits(backend, "b", prefs("music"))

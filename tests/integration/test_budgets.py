@@ -547,6 +547,43 @@ async def test_slow_reader_budget(omiro: Server) -> None:
     assert await exceeded(omiro, "send_queue") == before + 1
 
 
+# -- languages ---------------------------------------------------------------------------
+
+
+async def test_languages_budget(omiro: Server) -> None:
+    """Languages are bounded like interests: five codes of two or three letters. One at
+    the bound waits in its fifteen lines; more, or a longer code, is bad_request naming
+    the field each time, and a client that keeps sending them is closed 4000."""
+    five = ["pt", "es", "en", "fr", "de"]
+    async with watched(omiro) as watch:
+        legal, legal_frames = await hostile_session(omiro)
+        interests = [f"lines-{n}-{time.time()}" for n in range(10)]
+        await legal.send_all(
+            message("join_queue", {"interests": interests, "languages": [*five, "PT"]})
+        )
+        queued = await legal_frames.op()
+        assert queued["op"] == "queued"
+        assert queued["data"]["languages"] == five
+
+        stream, frames = await hostile_session(omiro)
+        too_many = message("join_queue", {"languages": [*five, "ar"]})
+        too_long = message("join_queue", {"languages": ["x" * 60000]})
+        for refused in (too_many, too_long):
+            await stream.send_all(refused)
+            error = (await frames.op())["data"]
+            assert (error["code"], error["op"]) == ("bad_request", "join_queue")
+            assert "data.languages" in error["message"]
+
+        async def attack() -> None:
+            while True:
+                await stream.send_all(too_long)
+
+        assert await until_stopped(attack, frames.close_code) == 4000
+        await stream.aclose()
+        await legal.aclose()
+    watch.check()
+
+
 # -- skips ------------------------------------------------------------------------------
 
 
@@ -575,7 +612,13 @@ async def test_skip_budget(omiro: Server) -> None:
                 assert (await partner_frames.op())["data"] == {"reason": "next"}
                 skips += 1
                 assert skips < 2 * LIMITS.nexts_per_minute, "never limited"
-        assert answer["data"] == {
+        refusal = dict(answer["data"])
+        # When a skip is allowed again: the rest of the minute's window, in
+        # whole seconds (the page says it and queues by itself then).
+        retry_after = refusal.pop("retry_after")
+        assert isinstance(retry_after, int)
+        assert 1 <= retry_after <= 60
+        assert refusal == {
             "code": "rate_limited",
             "message": "slow down",
             "op": "join_queue",

@@ -86,6 +86,22 @@ async def test_call_outcome_for_someone_elses_match_is_refused(server: Harness) 
     assert server.metric(CALLS, outcome="connected", path="direct") == 0
 
 
+@pytest.mark.rule("protocol/call-outcomes", "protocol/modes")
+async def test_a_voice_match_is_a_call_and_meets_only_voice(server: Harness) -> None:
+    video = await server.connect()
+    await video.send("join_queue", {"mode": "video", "languages": ["pt"]})
+    await video.expect("queued")
+    a, b, match_id = await matched(server, mode="voice", languages=["pt"])
+    await a.send("call_outcome", connected(match_id, 900, "direct"))
+    await a.send("chat", {"message": "after"})  # handled in order: the report was too
+    await b.expect("chat")
+    assert server.metric(CALLS, outcome="connected", path="direct") == 1
+    # The video client waits on: a voice-only client never meets a camera.
+    await video.send("leave_queue")
+    await video.send("join_queue", {"mode": "voice"})
+    assert (await video.expect("queued"))["mode"] == "voice"
+
+
 @pytest.mark.rule("protocol/call-outcomes")
 async def test_call_outcome_of_a_text_match_is_refused(server: Harness) -> None:
     a, _b, match_id = await matched(server, mode="text")

@@ -106,8 +106,11 @@ async def test_page_notice_and_links_from_config(start_server: StartServer) -> N
             builtin = (await other.get("/")).text
     assert "<p>Be kind &lt;b&gt;here&lt;/b&gt;.</p><p>Second &amp; last rule.</p>" in page
     assert "<b>here</b>" not in page
-    assert '<a href="https://example.org/terms?a=1&amp;b=2" rel="noopener">Terms of use</a>' in page
-    assert '<a href="privacy.html" rel="noopener">Privacy</a>' in page
+    assert (
+        '<a href="https://example.org/terms?a=1&amp;b=2" rel="noopener"'
+        ' data-i18n="welcome.terms">Terms of use</a>'
+    ) in page
+    assert '<a href="privacy.html" rel="noopener" data-i18n="welcome.privacy">Privacy</a>' in page
     assert "18" in builtin
     assert "Be kind" not in builtin
     assert "Terms of use" not in builtin

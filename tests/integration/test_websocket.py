@@ -534,7 +534,9 @@ async def test_join_queue_while_matched_spends_a_skip(
     a, b = await server.pair()  # a's join spent one
     await _spend_skips(server, a, b, 2)
     await a.send("join_queue")
-    assert await a.expect("error") == {
+    refusal = await a.expect("error")
+    assert 1 <= refusal.pop("retry_after") <= 60  # when the window lets one through
+    assert refusal == {
         "code": "rate_limited",
         "message": "slow down",
         "op": "join_queue",
@@ -565,7 +567,9 @@ async def test_leaving_then_joining_spends_a_skip(
     await a.send(leave_by, data)
     await another.expect("partner_disconnected")
     await a.send("join_queue")  # a third: one too many
-    assert await a.expect("error") == {
+    refusal = await a.expect("error")
+    assert 1 <= refusal.pop("retry_after") <= 60  # when the window lets one through
+    assert refusal == {
         "code": "rate_limited",
         "message": "slow down",
         "op": "join_queue",
@@ -614,3 +618,50 @@ async def test_rejoining_after_the_partner_left_spends_nothing(
     assert (await a.expect("error"))["code"] == "rate_limited"
     await b.send("join_queue")  # b left by itself: its way back is a skip
     assert (await b.expect("error"))["code"] == "rate_limited"
+
+
+@pytest.mark.rule("protocol/pair-tag", "protocol/msg-match-found")
+async def test_match_found_pair_tag_is_the_same_for_the_same_two_networks(
+    start_server: StartServer,
+) -> None:
+    """``pair`` in ``match_found``: equal on both sides, equal again after one side
+    reconnects with a new session from the same network (a reload), different for
+    another network, and made of no address."""
+    server = await start_server(server__trusted_proxies=["127.0.0.0/8"])
+
+    def via(ip: str) -> list[tuple[str, str]]:
+        return [("X-Forwarded-For", ip)]
+
+    async def match(x: Client, y: Client) -> tuple[dict[str, Any], dict[str, Any]]:
+        await x.send("join_queue")
+        await x.expect("queued")
+        await y.send("join_queue")
+        return await x.expect("match_found"), await y.expect("match_found")
+
+    a = await server.connect(headers=via("198.51.100.7"))
+    b = await server.connect(headers=via("2001:db8:5:6::1"))
+    found_a, found_b = await match(a, b)
+    tag = found_a["pair"]
+    assert found_b["pair"] == tag
+    assert len(tag) == 16
+    assert int(tag, 16) >= 0  # hex: no address in it
+    assert "198.51.100" not in tag
+
+    # A "reload": the page leaves (`disconnect`, as it does on pagehide), a new
+    # session comes from the same address.
+    await a.send("disconnect")
+    assert (await b.expect("partner_disconnected"))["reason"] == "left"
+    # Its IPv6 neighbour in the same /64 counts as the same network.
+    b2 = await server.connect(headers=via("2001:db8:5:6::99"))
+    a2 = await server.connect(headers=via("198.51.100.7"))
+    await b.ws.aclose()
+    found_a2, found_b2 = await match(a2, b2)
+    assert found_a2["partner"] == b2.session_id
+    assert found_a2["pair"] == found_b2["pair"] == tag
+
+    # Someone from another network: another tag.
+    await b2.send("disconnect")
+    assert (await a2.expect("partner_disconnected"))["reason"] == "left"
+    c = await server.connect(headers=via("192.0.2.1"))
+    found_c, found_a3 = await match(c, a2)
+    assert found_c["pair"] == found_a3["pair"] != tag

@@ -396,6 +396,20 @@ async def test_hub_applies_what_other_servers_say(hub: Hub) -> None:
     assert out_a.ops() == ["match_found", "typing", "partner_disconnected"]
 
 
+async def test_hub_tells_the_pair_tag_and_languages_a_match_brought_over_the_bus(
+    hub: Hub,
+) -> None:
+    _, out_a = connect(hub, "a")
+    match = Match("m8", "z", "a", "voice", (), ("far", "here"), ("pt",))
+    await hub.on_bus(bus.matched("a", match, "0011223344556677"))
+    data = out_a.last()["data"]
+    assert (data["mode"], data["common_languages"], data["pair"]) == (
+        "voice",
+        ["pt"],
+        "0011223344556677",
+    )
+
+
 async def test_hub_a_ban_closes_the_sockets_it_covers(hub: Hub, backend: Backend) -> None:
     a, out_a = connect(hub, "a", "192.0.2.7")
     b, _ = connect(hub, "b", "198.51.100.1")

@@ -403,6 +403,85 @@ def test_join_finds_a_widened_waiter_with_interests_by_a_shared_one() -> None:
 # -- blocks ----------------------------------------------------------------
 
 
+# -- languages ---------------------------------------------------------------
+
+
+def speaks(*languages: str, interests: tuple[str, ...] = (), mode: str = "video") -> Preferences:
+    return Preferences(mode=mode, interests=interests, languages=languages)
+
+
+@pytest.mark.rule("protocol/languages")
+def test_join_shared_language_matches_at_once_and_is_told() -> None:
+    mm = matchmaker()
+    waits(mm.join("a", speaks("pt", "es"), 0.0))
+    match = matched(mm.join("b", speaks("en", "es"), 1.0))
+    assert (match.caller, match.common_languages, match.common_interests) == ("a", ("es",), ())
+
+
+@pytest.mark.rule("protocol/languages")
+def test_join_prefers_a_shared_language_over_an_older_stranger() -> None:
+    mm = matchmaker()
+    waits(mm.join("de", speaks("de"), 0.0))  # waited longest, speaks another language
+    waits(mm.join("pt", speaks("pt"), 1.0))
+    match = matched(mm.join("me", speaks("pt"), 2.0))
+    assert match.partner_of("me") == "pt"
+    assert mm.state_of("de") == "waiting"
+
+
+@pytest.mark.rule("protocol/languages")
+def test_languages_are_a_preference_not_a_filter() -> None:
+    """After the interest timeout, anyone in the mode: no shared language needed."""
+    mm = matchmaker()
+    ticket = waits(mm.join("de", speaks("de"), 0.0)).ticket
+    assert waits(mm.join("pt", speaks("pt"), 1.0)).widen_after_s == INTEREST_TIMEOUT_S
+    assert mm.widen("de", ticket, INTEREST_TIMEOUT_S) is None  # nobody in the general line yet
+    match = matched(mm.widen("pt", 2, 1.0 + INTEREST_TIMEOUT_S))
+    assert (match.caller, match.callee) == ("de", "pt")
+    assert match.common_languages == ()
+
+
+def test_join_without_languages_or_interests_skips_an_unwidened_speaker() -> None:
+    mm = matchmaker()
+    waits(mm.join("pt", speaks("pt"), 0.0))
+    waits(mm.join("anyone", prefs(), 1.0))
+    assert mm.state_of("pt") == "waiting"
+
+
+def test_a_language_and_an_interest_of_the_same_name_never_meet() -> None:
+    mm = matchmaker()
+    waits(mm.join("a", prefs("pt"), 0.0))  # an interest called "pt"
+    waits(mm.join("b", speaks("pt"), 1.0))  # the language
+    assert mm.state_of("a") == mm.state_of("b") == "waiting"
+
+
+def test_a_shared_interest_or_a_shared_language_will_do_before_the_timeout() -> None:
+    mm = matchmaker()
+    waits(mm.join("a", speaks("de", interests=("chess",)), 0.0))
+    match = matched(mm.join("b", speaks("pt", interests=("chess",)), 1.0))
+    assert (match.common_interests, match.common_languages) == (("chess",), ())
+    waits(mm.join("c", speaks("pt", interests=("jazz",)), 2.0))
+    match = matched(mm.join("d", speaks("pt", "en", interests=("chess",)), 3.0))
+    assert (match.common_interests, match.common_languages) == ((), ("pt",))
+
+
+def test_voice_only_meets_voice_only() -> None:
+    mm = matchmaker()
+    waits(mm.join("video", prefs(), 0.0))
+    waits(mm.join("text", prefs(mode="text"), 0.0))
+    waits(mm.join("voice", prefs(mode="voice"), 1.0))
+    match = matched(mm.join("voice2", prefs(mode="voice"), 2.0))
+    assert (match.caller, match.mode) == ("voice", "voice")
+
+
+def test_leave_takes_a_speaker_out_of_its_language_lines() -> None:
+    mm = matchmaker()
+    ticket = waits(mm.join("a", speaks("pt", "es"), 0.0)).ticket
+    assert mm.widen("a", ticket, INTEREST_TIMEOUT_S) is None
+    assert mm.leave("a", INTEREST_TIMEOUT_S) is None
+    for p in (speaks("pt"), speaks("es"), prefs()):
+        waits(mm.join(f"joiner-{p.languages}", p, INTEREST_TIMEOUT_S))
+
+
 @pytest.mark.rule("protocol/matching-rules")
 def test_block_prevents_a_match_even_when_nobody_else_waits() -> None:
     mm = matchmaker()
@@ -665,6 +744,7 @@ SESSIONS = ("a", "b", "c", "d", "e", "f")
 # Mostly one mode and few interests, so that sessions meet often.
 MODES = ("video", "video", "video", "text")
 INTERESTS = ("x", "y")
+LANGUAGES = ("pt", "en")
 STEPS_S = (0.5, 1.0, INTEREST_TIMEOUT_S, COOLDOWN_S - 0.5, COOLDOWN_S, BLOCK_TTL_S + 1)
 
 
@@ -679,11 +759,24 @@ class _Wait:
     ticket: int
     widened: bool
 
-    def queues(self) -> set[str]:
-        names = set(self.prefs.interests)
+    def queues(self) -> set[tuple[str, str]]:
+        names = _names(self.prefs)
         if self.widened:
-            names.add(GENERAL)
+            names.add(_GENERAL_LINE)
         return names
+
+
+_GENERAL_LINE = ("general", GENERAL)
+
+
+def _names(p: Preferences) -> set[tuple[str, str]]:
+    """The model's lines a session's preferences put it in before its timeout: one
+    per interest and one per language, kept apart."""
+    return {("interest", i) for i in p.interests} | {("language", c) for c in p.languages}
+
+
+def _common(mine: tuple[str, ...], theirs: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(x for x in mine if x in theirs)
 
 
 class MatchmakerMachine(RuleBasedStateMachine):
@@ -732,7 +825,7 @@ class MatchmakerMachine(RuleBasedStateMachine):
     def recent(self, a: str, b: str) -> bool:
         return self.cooldowns.get(_pair(a, b), float("-inf")) > self.now
 
-    def candidates(self, sid: str, mode: str, names: set[str]) -> set[str]:
+    def candidates(self, sid: str, mode: str, names: set[tuple[str, str]]) -> set[str]:
         """Waiting sessions the matchmaker may give ``sid`` searching ``names``."""
         return {
             other
@@ -761,8 +854,8 @@ class MatchmakerMachine(RuleBasedStateMachine):
 
     def do_join(self, sid: str, p: Preferences) -> None:
         self.last_prefs[sid] = p
-        widen_now = not p.interests or self.interest_timeout_s <= 0
-        names = set(p.interests) | ({GENERAL} if widen_now else set())
+        widen_now = not (p.interests or p.languages) or self.interest_timeout_s <= 0
+        names = _names(p) | ({_GENERAL_LINE} if widen_now else set())
         candidates = self.candidates(sid, p.mode, names)
         result = self.mm.join(sid, p, self.now)
         if isinstance(result, Waiting):
@@ -776,8 +869,9 @@ class MatchmakerMachine(RuleBasedStateMachine):
         partner = result.partner_of(sid)
         self.check_partner(sid, partner, candidates)
         assert (result.caller, result.callee, result.mode) == (partner, sid, p.mode)
-        partner_interests = self.waiting[partner].prefs.interests
-        assert result.common_interests == tuple(i for i in p.interests if i in partner_interests)
+        theirs = self.waiting[partner].prefs
+        assert result.common_interests == _common(p.interests, theirs.interests)
+        assert result.common_languages == _common(p.languages, theirs.languages)
         self.unwait(partner)
         self.formed(result)
 
@@ -803,10 +897,13 @@ class MatchmakerMachine(RuleBasedStateMachine):
         data=st.data(),
         mode=st.sampled_from(MODES),
         interests=st.lists(st.sampled_from(INTERESTS), unique=True, max_size=2),
+        languages=st.lists(st.sampled_from(LANGUAGES), unique=True, max_size=2),
     )
-    def join(self, data: st.DataObject, mode: str, interests: list[str]) -> None:
+    def join(
+        self, data: st.DataObject, mode: str, interests: list[str], languages: list[str]
+    ) -> None:
         sid = data.draw(st.sampled_from(self.idle()), label="sid")
-        self.do_join(sid, Preferences(mode, tuple(interests)))
+        self.do_join(sid, Preferences(mode, tuple(interests), tuple(languages)))
 
     @precondition(lambda self: self.waiting or self.matches)
     @rule(data=st.data())
@@ -824,7 +921,7 @@ class MatchmakerMachine(RuleBasedStateMachine):
         if wait is None or wait.ticket != ticket or wait.widened:
             assert self.mm.widen(sid, ticket, self.now) is None
             return
-        candidates = self.candidates(sid, wait.prefs.mode, {GENERAL})
+        candidates = self.candidates(sid, wait.prefs.mode, {_GENERAL_LINE})
         result = self.mm.widen(sid, ticket, self.now)
         if result is None:
             assert not candidates, f"{sid} widened but left {candidates} waiting"
@@ -835,9 +932,8 @@ class MatchmakerMachine(RuleBasedStateMachine):
         other = self.waiting[partner]
         assert result.caller == (partner if other.since <= wait.since else sid)
         assert result.mode == wait.prefs.mode
-        assert result.common_interests == tuple(
-            i for i in wait.prefs.interests if i in other.prefs.interests
-        )
+        assert result.common_interests == _common(wait.prefs.interests, other.prefs.interests)
+        assert result.common_languages == _common(wait.prefs.languages, other.prefs.languages)
         self.unwait(sid)
         self.unwait(partner)
         self.formed(result)

@@ -19,8 +19,11 @@ from omiro_trio.protocol import (
     MAX_CONNECT_MS,
     MAX_INTEREST_LENGTH,
     MAX_INTERESTS,
+    MAX_LANGUAGE_LENGTH,
+    MAX_LANGUAGES,
     MAX_MATCH_ID_LENGTH,
     MAX_REPORT_REASON_LENGTH,
+    MIN_LANGUAGE_LENGTH,
     MODES,
     OP_NAMES,
     RELAYED,
@@ -420,7 +423,7 @@ def test_limits_reject_non_positive_values() -> None:
 def test_parse_client_frame_rejects_unknown_mode(mode: str) -> None:
     error = violation(frame("join_queue", {"mode": mode}))
     assert (error.code, error.op) == ("bad_request", "join_queue")
-    assert error.message == 'data.mode must be "video" or "text"'
+    assert error.message == 'data.mode must be "video" or "voice" or "text"'
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -457,6 +460,47 @@ def test_parse_client_frame_interest_length_limit_applies_after_trimming() -> No
     error = violation(frame("join_queue", {"interests": ["ok", longest + "x"]}))
     assert (error.code, error.op) == ("bad_request", "join_queue")
     assert f"{MAX_INTEREST_LENGTH} characters" in error.message
+
+
+def test_parse_client_frame_languages_are_lower_cased_and_unique() -> None:
+    joined = parse(frame("join_queue", {"languages": ["PT", "pt", "en", "Ar", "en"]}))
+    assert joined == JoinQueue(languages=("pt", "en", "ar"))
+    assert parse(frame("join_queue", {"languages": []})) == JoinQueue()
+    assert parse(frame("join_queue", {})) == JoinQueue()  # none stated: none preferred
+
+
+def test_parse_client_frame_language_count_limit_applies_after_normalising() -> None:
+    five = ["pt", "es", "en", "fr", "de"][:MAX_LANGUAGES]
+    assert parse(frame("join_queue", {"languages": [*five, "PT", "ES"]})).languages == tuple(five)
+    error = violation(frame("join_queue", {"languages": [*five, "ar"]}))
+    assert (error.code, error.op) == ("bad_request", "join_queue")
+    assert error.message == f"data.languages must hold at most {MAX_LANGUAGES} languages"
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["p", "port", "pt-BR", "pt_br", " pt", "p1", "", "日本", "\u0131t", "x" * 10_000],
+)
+def test_parse_client_frame_language_codes_are_two_or_three_ascii_letters(code: str) -> None:
+    assert MIN_LANGUAGE_LENGTH == 2
+    assert MAX_LANGUAGE_LENGTH == 3
+    error = violation(frame("join_queue", {"languages": ["en", code]}))
+    assert (error.code, error.op) == ("bad_request", "join_queue")
+    assert "2 or 3 letters" in error.message
+
+
+@pytest.mark.parametrize("languages", ["pt", 7, [7], {"pt": True}, [None]])
+def test_parse_client_frame_languages_of_the_wrong_type(languages: object) -> None:
+    error = violation(frame("join_queue", {"languages": languages}))
+    assert (error.code, error.op) == ("bad_request", "join_queue")
+    assert "data.languages" in error.message
+
+
+def test_parse_client_frame_voice_mode_keeps_interests_and_languages() -> None:
+    joined = parse(
+        frame("join_queue", {"mode": "voice", "interests": ["Jazz"], "languages": ["pt"]})
+    )
+    assert joined == JoinQueue(mode="voice", interests=("jazz",), languages=("pt",))
 
 
 # -- webrtc ----------------------------------------------------------------------------

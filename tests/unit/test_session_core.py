@@ -53,6 +53,7 @@ from omiro_trio.session_core import (
     State,
 )
 from omiro_trio.session_events import (
+    AnnounceMatch,
     Arm,
     BlockPartner,
     Close,
@@ -193,12 +194,16 @@ class Timers:
 class World:
     """Session cores, the hub and the memory backend, pumped the way connections pump them."""
 
-    def __init__(self, rules: SessionRules | None = None) -> None:
+    def __init__(
+        self,
+        rules: SessionRules | None = None,
+        pair_tag: Callable[[str, str], str] | None = None,
+    ) -> None:
         self.rules = rules or RULES
         self.now = 0.0
         self.backend = RecordingBackend(lambda: self.now)
         self.mm = self.backend.matchmaker
-        self.hub = Hub(self.backend, Metrics())
+        self.hub = Hub(self.backend, Metrics(), pair_tag=pair_tag)
         self.sessions: dict[str, Session] = {}
         self.clients: dict[str, Client] = {}
         self.timers: dict[str, tuple[float, Widen]] = {}
@@ -474,7 +479,13 @@ def test_over_the_skips_a_way_in_is_refused_and_the_match_goes_on() -> None:
     for _ in range(30):  # nexts_per_minute, spent by the backend's window
         trio.run(world.backend.hit_rate_limit, "next:a", 30, 60.0)
     assert world.op("a", "next") == skip(Preferences("video", ()), "next")
-    assert world.last("a")["data"] == {"code": "rate_limited", "message": "slow down", "op": "next"}
+    # The window began at 0 and the clock has not moved: a whole minute to wait.
+    assert world.last("a")["data"] == {
+        "code": "rate_limited",
+        "message": "slow down",
+        "op": "next",
+        "retry_after": 60,
+    }
     assert core.match is match
     assert world.mm.match_of("a") is match
     assert world.metric("omiro_budget_exceeded_total", {"budget": Budget.SKIPS.value}) == 1
@@ -854,6 +865,30 @@ def test_match_found_gives_each_side_its_own_ticket() -> None:
     assert SIGNER.verify(ticket_b, WALL).seat == "callee"
 
 
+@pytest.mark.rule("protocol/match-tickets", "protocol/msg-match-found", "protocol/pair-tag")
+def test_a_voice_match_found_carries_its_pair_tag_languages_and_tickets_and_resumes() -> None:
+    old = World(TICKET_RULES, pair_tag=lambda x, y: "-".join(sorted((x, y))))
+    old.connect("a")
+    old.connect("b")
+    voice = {"mode": "voice", "interests": [], "languages": ["pt"]}
+    old.op("a", "join_queue", voice)
+    old.op("b", "join_queue", voice)
+    found = {side: old.last(side)["data"] for side in ("a", "b")}
+    for side, data in found.items():
+        assert data["mode"] == "voice"
+        assert data["pair"] == "192.0.2.1-192.0.2.1"
+        assert data["common_languages"] == ["pt"]
+        assert SIGNER.verify(data["ticket"], WALL).holder == side
+    fresh = World(TICKET_RULES)
+    fresh.connect("a2")
+    fresh.connect("b2")
+    assert resume(fresh, "a2", found["a"]["ticket"])["op"] == "resuming"
+    resumed = resume(fresh, "b2", found["b"]["ticket"])
+    assert resumed["op"] == "resumed"
+    assert resumed["data"]["mode"] == "voice"
+    assert "pair" not in resumed["data"]  # the page has it from match_found
+
+
 @pytest.mark.rule(
     "protocol/resume", "protocol/op-resume", "protocol/msg-resumed", "protocol/msg-resuming"
 )
@@ -1130,7 +1165,7 @@ def test_tokens_come_back_with_time_and_violations_reset_with_the_window() -> No
 
 def test_the_backends_next_limit_counts_as_a_violation() -> None:
     core = SessionCore("a", 0.0, RULES)
-    over = SkipCounted(CountSkip(Join(Preferences(), "next")), over=True)
+    over = SkipCounted(CountSkip(Join(Preferences(), "next")), retry_after_s=30.0)
     for _ in range(RATE_VIOLATIONS_ALLOWED):
         exceeded, counted, _reply = core.handle(over, 0.0)
         assert exceeded == CountExceeded(Budget.SKIPS)
@@ -1333,3 +1368,49 @@ def test_random_op_sequences_keep_the_invariants() -> None:
     run_state_machine_as_test(
         SessionCores, settings=settings(max_examples=150, stateful_step_count=60, deadline=None)
     )
+
+
+def test_match_found_carries_the_pair_tag_only_when_known() -> None:
+    match = Match("m1", "z", "a", "video", ())
+    (_, tagged) = SessionCore("a", 0.0, RULES).handle(MatchFormed(match, "0123456789abcdef"), 0.0)
+    assert decoded(tagged)["data"]["pair"] == "0123456789abcdef"
+    (_, untagged) = SessionCore("a", 0.0, RULES).handle(MatchFormed(match), 0.0)
+    assert "pair" not in decoded(untagged)["data"]
+
+
+def test_a_match_this_session_formed_tells_both_sides_its_pair_tag() -> None:
+    core = SessionCore("a", 0.0, RULES)
+    asked = Enqueue(Preferences(), "join_queue", True, core.matches_applied)
+    match = Match("m1", "z", "a", "video", ())
+    effects = core.handle(Enqueued(asked, match, "00ff00ff00ff00ff"), 0.0)
+    assert AnnounceMatch(match, "00ff00ff00ff00ff") in effects  # the partner's
+    assert decoded(effects[-1])["data"]["pair"] == "00ff00ff00ff00ff"  # this client's
+
+
+def test_the_hub_tags_a_match_with_its_pair_of_clients() -> None:
+    world = World(pair_tag=lambda x, y: "-".join(sorted((x, y))))
+    world.connect("a")
+    world.connect("b")
+    world.op("a", "join_queue")
+    world.op("b", "join_queue")
+    assert world.last("a")["op"] == world.last("b")["op"] == "match_found"
+    assert world.last("a")["data"]["pair"] == world.last("b")["data"]["pair"]
+    assert world.last("a")["data"]["pair"] == "192.0.2.1-192.0.2.1"
+
+
+@pytest.mark.parametrize(("wait_s", "told"), [(0.2, 1), (1.0, 1), (41.3, 42), (60.0, 60)])
+def test_a_refused_skip_says_when_to_try_again(wait_s: float, told: int) -> None:
+    over = SkipCounted(CountSkip(Join(Preferences(), "next")), retry_after_s=wait_s)
+    exceeded, _counted, reply = SessionCore("a", 0.0, RULES).handle(over, 0.0)
+    assert exceeded == CountExceeded(Budget.SKIPS)
+    assert decoded(reply)["data"] == {
+        "code": "rate_limited",
+        "message": "slow down",
+        "op": "next",
+        "retry_after": told,
+    }
+
+
+def test_a_skip_within_the_allowance_is_taken() -> None:
+    join = Join(Preferences(), "next")
+    assert SessionCore("a", 0.0, RULES).handle(SkipCounted(CountSkip(join), None), 0.0) == (join,)

@@ -102,13 +102,15 @@ def test_load_assets_reads_no_vendored_file_at_start() -> None:
     assert all(not vendored.made for vendored in frontend.vendored.values())
     on_disk = sum(vendored.path.stat().st_size for vendored in frontend.vendored.values())
     assert on_disk > 6_000_000  # what start-up used to read and compress
-    # What start-up compressed and holds: the page's own files (about 160 KB), nothing more.
-    assert sum(size for _, size, _ in counted.calls) < 500_000
+    # What start-up compressed and holds: the page's own files (about 350 KB,
+    # its six message catalogs and the moderator console included, each
+    # compressed twice), nothing more.
+    assert sum(size for _, size, _ in counted.calls) < 900_000
     held = {
         id(asset): len(asset.body) + sum(len(r.body) for r in asset.encoded.values())
         for asset in frontend.assets.values()
     }
-    assert sum(held.values()) < 500_000
+    assert sum(held.values()) < 650_000
 
 
 async def test_vendored_file_made_on_first_request_per_encoding_then_reused(site: Path) -> None:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from omiro_trio.codes import ErrorCode
 from omiro_trio.errors import InvalidTicket
+from omiro_trio.protocol import MODES
 from omiro_trio.seats import MAX_RECORDS, Hold, Pair, Refuse, Seats
 from omiro_trio.tokens import Ticket, TicketSigner, TokenSigner
 
@@ -67,6 +68,14 @@ def test_an_expired_ticket_is_refused_as_expired_only_when_signed() -> None:
     assert refused(ticket, now=int(NOW) + TTL_S) == ErrorCode.TICKET_EXPIRED
     forged = ticket[:-1] + ("0" if ticket[-1] != "0" else "1")
     assert refused(forged, now=NOW + 10 * TTL_S) == ErrorCode.BAD_TICKET
+
+
+@pytest.mark.rule("protocol/match-tickets")
+def test_a_match_of_every_mode_gets_a_ticket() -> None:
+    # A voice call outlives its server like a video call: its mode fits a ticket.
+    for mode in MODES:
+        ticket = signer().issue(MATCH, A, B, A, mode, NOW)
+        assert signer().verify(ticket, NOW).mode == mode
 
 
 def test_issue_refuses_what_a_ticket_cannot_carry() -> None:

@@ -237,3 +237,17 @@ def test_turn_credentials_known_vector() -> None:
     ).decode()
     assert credential == expected
     assert len(base64.b64decode(credential)) == 20
+
+
+def test_pair_tag_is_symmetric_short_keyed_and_distinct() -> None:
+    signer = TokenSigner(b"secret-one", 60)
+    tag = signer.pair_tag("198.51.100.7", "2001:db8:5:6::/64")
+    assert tag == signer.pair_tag("2001:db8:5:6::/64", "198.51.100.7")  # either way round
+    assert len(tag) == 16
+    assert all(ch in "0123456789abcdef" for ch in tag)
+    assert tag != signer.pair_tag("198.51.100.7", "198.51.100.8")
+    # Without the secret the tag cannot be made (or checked against a guess).
+    assert tag != TokenSigner(b"secret-two", 60).pair_tag("198.51.100.7", "2001:db8:5:6::/64")
+    # Not a token signature of some payload: the "pair:" prefix sets it apart.
+    mac = hmac.new(b"secret-one", b"198.51.100.7\n2001:db8:5:6::/64", hashlib.sha256)
+    assert not mac.hexdigest().startswith(tag)
