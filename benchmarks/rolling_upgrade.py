@@ -34,7 +34,6 @@ import http.client
 import json
 import os
 import select
-import shutil
 import signal
 import socket
 import subprocess
@@ -46,37 +45,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+from cluster import free_port, start_redis
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 SECRET = "a rolling-upgrade secret, 32 bytes or more"
 STEP_DEADLINE_S = 90.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_redis() -> tuple[subprocess.Popen[bytes], str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed")
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return process, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise
-            time.sleep(0.05)  # bounded wait for the child to listen
 
 
 def start_omiro(redis_url: str, port: int) -> subprocess.Popen[bytes]:
@@ -260,7 +233,7 @@ async def _keep_call(base: str, side: Side, matched: trio.Event, step_done: Any)
 
 
 async def main(pairs: int) -> dict[str, Any]:
-    redis, redis_url = start_redis()
+    redis, redis_url = start_redis(pin=False)
     ports = [free_port(), free_port()]
     servers = [start_omiro(redis_url, port) for port in ports]
     balancer = Balancer(ports)
