@@ -249,10 +249,27 @@ def test_compose_stack_serves_across_replicas_and_survives_one_stopping(stack: S
             )
             assert "reconnect_after_ms" in await a.expect("server_draining", 15)
             assert await a.expect_closed(30) in (1012, 1001)
-            assert await b.expect("partner_disconnected", 30) == {"reason": "left"}
+            # A drain is not a wish to leave: b's match waits for a's seat.
+            assert await b.expect("partner_away", 30) == {"grace_ms": 30000}
 
             for _ in range(4):  # some would go to omiro1 if Caddy still sent it any
                 await trio.to_thread.run_sync(wait_http, stack.base_url + "/healthz")
+            # a comes back through Caddy, lands on omiro2 (b's server) and
+            # takes its seat back: the call goes on with the same roles.
+            a2 = await open_client(nursery, stack.base_url)
+            await a2.send("resume", {"ticket": found_a["ticket"]})
+            back_a = await a2.expect("resumed", 10)
+            back_b = await b.expect("resumed", 10)
+            assert back_a["partner"] == b.session_id
+            assert back_b["partner"] == a2.session_id
+            assert back_a["resumed_from"] == back_b["resumed_from"] == found_a["match_id"]
+            assert back_a["should_call"] == found_a["should_call"]
+            await chat(a2, b, "back through replica two")
+            await chat(b, a2, "welcome back")
+            await a2.send("disconnect")
+            assert await a2.expect_closed(10) == 1000
+            assert await b.expect("partner_disconnected", 10) == {"reason": "left"}
+
             c = await open_client(nursery, stack.base_url)
             await c.send("join_queue")
             await c.expect("queued", 10)
