@@ -15,6 +15,7 @@ import { formatNumber, t } from "./i18n.js";
 
 const TYPING_IDLE_MS = 3_000; // we stop "typing" after this long without a keystroke
 const TYPING_STALE_MS = 8_000; // a partner's "typing" that was never cleared expires
+const TYPING_RENEW_MS = 5_000; // while we keep typing, "true" again before it goes stale
 const FLASH_INTERVAL_MS = 1_000;
 
 export const DELIVERY_TEXT = Object.freeze({
@@ -175,11 +176,16 @@ export class ChatView {
   }
 }
 
-/** Sends typing true on the first keystroke and false when the user pauses. */
+/**
+ * Sends typing true on the first keystroke and false when the user pauses.
+ * A long message typed without a pause sends true again every few seconds,
+ * so the partner's page does not take it for a stale one.
+ */
 export class TypingReporter {
   #send;
   #typing = false;
   #timer = null;
+  #sentAt = 0;
 
   constructor(send) {
     this.#send = send;
@@ -191,8 +197,10 @@ export class TypingReporter {
       this.stop();
       return;
     }
-    if (!this.#typing) {
+    const now = performance.now();
+    if (!this.#typing || now - this.#sentAt >= TYPING_RENEW_MS) {
       this.#typing = true;
+      this.#sentAt = now;
       this.#send(true);
     }
     this.#timer = setTimeout(() => this.stop(), TYPING_IDLE_MS);

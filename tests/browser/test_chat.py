@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 pytestmark = pytest.mark.browser
@@ -93,3 +95,60 @@ def test_chat_both_ways_literal_text_and_typing_indicator(make_server, people):
     alice.wait(
         f"() => [...{LOG}.querySelectorAll('.msg-text')].some(e => e.textContent === 'two\\nlines')"
     )
+
+
+# Counts the "typing" frames a page hears.
+TYPING_HEARD_JS = """
+window.__typingHeard = [];
+const RealSocket = WebSocket;
+window.WebSocket = class extends RealSocket {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener("message", (event) => {
+      const frame = JSON.parse(event.data);
+      if (frame.op === "typing") window.__typingHeard.push(frame.data.typing);
+    });
+  }
+};
+"""
+
+
+def until(person, predicate: str, wait_s: float = 15) -> None:
+    """Polls from here: the page's own timers stand still under a paused clock."""
+    deadline = time.monotonic() + wait_s
+    while not person.js(predicate):
+        assert time.monotonic() < deadline, f"not true within {wait_s} s: {predicate}"
+        time.sleep(0.05)
+
+
+def test_a_long_message_typed_without_a_pause_keeps_the_indicator(make_server, people):
+    """The partner's page drops a "typing" that is not renewed within 8 s."""
+    server = make_server()
+    alice = people(server, "alice")
+    bob = people(server, "bob", init_script=TYPING_HEARD_JS)
+    alice.start(text=True)
+    bob.start(text=True)
+    for person in (alice, bob):
+        person.wait_state("connected")
+    # Both pages' timers are driven by hand from here on (the clock stands still).
+    for person in (alice, bob):
+        person.page.clock.install()
+        person.page.clock.pause_at(time.time() + 1)
+    shown = "() => !document.querySelector('[data-testid=typing-indicator]').hidden"
+    alice.testid("chat-input").press_sequentially("a")
+    until(bob, "() => window.__typingHeard.length === 1")
+    until(bob, shown)
+    # A key every 2.5 s for 12.5 s: never a pause, so never "false"; "true" again
+    # every 5 s, and Bob's page keeps showing it past its 8 s.
+    for step in range(1, 6):
+        for person in (alice, bob):
+            person.page.clock.run_for(2_500)
+        alice.testid("chat-input").press_sequentially("a")
+        heard = 1 + step // 2
+        until(bob, f"() => window.__typingHeard.length === {heard}")
+        assert bob.js("() => window.__typingHeard") == [True] * heard
+        assert bob.js(shown), f"hidden after {step * 2.5} s of typing"
+    # The pause: "false" after 3 s without a key, and the line goes.
+    alice.page.clock.run_for(3_000)
+    until(bob, "() => window.__typingHeard.at(-1) === false")
+    until(bob, "() => document.querySelector('[data-testid=typing-indicator]').hidden")
