@@ -9,6 +9,8 @@ refuses newcomers. Two servers on Redis: ``tests/cluster/test_gate_cluster.py``.
 from __future__ import annotations
 
 import functools
+import statistics
+from collections.abc import Callable
 from typing import Any
 
 import argon2
@@ -17,7 +19,11 @@ import pytest
 import trio
 from support import Harness, StartServer
 
+from omiro_trio import accounts
+from omiro_trio.config import GateConfig
 from omiro_trio.gate.passes import COOKIE
+
+TRIES_PER_MINUTE = GateConfig().tries_per_minute
 
 PHRASE = "the owl flies at midnight"
 ADMIN_TOKEN = "an-admin-token-that-is-long-enough!"
@@ -148,7 +154,8 @@ async def test_invite_codes_let_people_in_until_used_up_or_revoked(
     async with httpx.AsyncClient(base_url=server.url) as admin:
         two = await _invite(admin, uses=2, expires_s=3600, note="for the club")
         one = await _invite(admin, uses=1)
-        assert two["invite"]["left"] == 2 and len(two["code"]) >= 22
+        assert two["invite"]["left"] == 2
+        assert len(two["code"]) >= 22
         listed = (await admin.get("/admin/invites", headers=ADMIN)).json()["invites"]
         assert [i["id"] for i in listed] == [one["invite"]["id"], two["invite"]["id"]]
         assert all("code" not in i and "key" not in i for i in listed)
@@ -159,7 +166,8 @@ async def test_invite_codes_let_people_in_until_used_up_or_revoked(
             entered = await http.post("/gate/invite", json={"code": code})
             after = await http.get("/session/new")
             reason = entered.json()["reason"] if entered.status_code == 403 else ""
-            assert before.status_code == 401 and before.json()["gate"] == "invite"
+            assert before.status_code == 401
+            assert before.json()["gate"] == "invite"
             return entered.status_code, reason, after.status_code
 
     assert await visitor(two["code"]) == (204, "", 200)
@@ -175,7 +183,8 @@ async def test_invite_codes_let_people_in_until_used_up_or_revoked(
         assert [(i["id"], i["left"]) for i in left] == [(two["invite"]["id"], 0)]
         audit = (await admin.get("/admin/audit", headers=ADMIN)).json()
         actions = [e["action"] for e in audit["entries"]]
-        assert actions.count("add_invite") == 2 and "revoke_invite" in actions
+        assert actions.count("add_invite") == 2
+        assert "revoke_invite" in actions
     assert await visitor(one["code"]) == (403, "unknown", 401)
 
 
@@ -197,10 +206,13 @@ async def test_raid_mode_refuses_newcomers_while_a_pair_keeps_chatting(
     async with httpx.AsyncClient(base_url=server.url) as http:
         assert (await http.get("/admin/raid", headers=ADMIN)).json() == {"on": False}
         on = await http.put("/admin/raid", json={"on": True, "retry_after_s": 120}, headers=ADMIN)
-        assert on.status_code == 200 and on.json()["on"] is True and on.json()["by"] == "admin"
+        assert on.status_code == 200
+        assert on.json()["on"] is True
+        assert on.json()["by"] == "admin"
         paused = await http.get("/session/new")
         assert paused.status_code == 503
-        assert paused.json()["error"] == "paused" and paused.json()["retry_after"] == 120
+        assert paused.json()["error"] == "paused"
+        assert paused.json()["retry_after"] == 120
         assert paused.headers["retry-after"] == "120"
         for n in range(5):  # the pair already chatting is left alone
             await a.send("chat", {"message": f"still here {n}"})
@@ -216,3 +228,58 @@ async def test_raid_mode_refuses_newcomers_while_a_pair_keeps_chatting(
     with trio.fail_after(5):
         await a.send("chat", {"message": "after"})
         assert (await b.expect("chat"))["message"] == "after"
+
+
+async def _flood_while_a_pair_chats(
+    server: Harness, path: str, body: Callable[[int], dict[str, str]]
+) -> tuple[list[int], list[float]]:
+    """40 tries at once from one client while a matched pair chats 20 round trips."""
+    a, b = await server.pair()
+    statuses: list[int] = []
+    round_trips: list[float] = []
+    async with httpx.AsyncClient(base_url=server.url) as http:
+
+        async def guess(n: int) -> None:
+            statuses.append((await http.post(path, json=body(n))).status_code)
+
+        async with trio.open_nursery() as nursery:
+            for n in range(40):
+                nursery.start_soon(guess, n)
+            for n in range(20):
+                start = trio.current_time()
+                await a.send("chat", {"message": f"ping {n}"})
+                assert (await b.expect("chat"))["message"] == f"ping {n}"
+                round_trips.append(trio.current_time() - start)
+    assert statistics.median(round_trips) < 0.1, round_trips
+    assert max(round_trips) < 1.0, round_trips
+    return statuses, round_trips
+
+
+async def test_a_passphrase_flood_costs_a_bounded_number_of_hashes_while_a_pair_chats(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checks = 0
+    real_check = accounts.check_password
+
+    async def counted(password_hash: str | None, password: str) -> bool:
+        nonlocal checks
+        checks += 1
+        return await real_check(password_hash, password)
+
+    monkeypatch.setattr(accounts, "check_password", counted)
+    server = await passphrase_server(start_server)  # the default 5 tries a minute
+    statuses, _ = await _flood_while_a_pair_chats(
+        server, "/gate/passphrase", lambda n: {"passphrase": f"guess {n}"}
+    )
+    assert checks == TRIES_PER_MINUTE
+    assert sorted(statuses) == [403] * TRIES_PER_MINUTE + [429] * (40 - TRIES_PER_MINUTE)
+
+
+async def test_an_invite_code_flood_is_cut_at_the_tries_bound_while_a_pair_chats(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(gate__kind="invite")
+    statuses, _ = await _flood_while_a_pair_chats(
+        server, "/gate/invite", lambda n: {"code": f"guessed-code-{n}"}
+    )
+    assert sorted(statuses) == [403] * TRIES_PER_MINUTE + [429] * (40 - TRIES_PER_MINUTE)

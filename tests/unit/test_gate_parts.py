@@ -144,9 +144,11 @@ def test_new_invite_codes_are_unguessable_and_kept_as_hashes() -> None:
     codes = set()
     for _ in range(200):
         code, invite = new_invite(uses=2, expires_at=NOW + 60, now=NOW, by="admin")
-        assert len(code) >= 22 and code not in codes  # 128 random bits, URL-safe
+        assert len(code) >= 22
+        assert code not in codes
         codes.add(code)
-        assert invite.key == invite_key(code) and code not in invite.key
+        assert invite.key == invite_key(code)
+        assert code not in invite.key
         assert invite.id == invite.key[:16]
         assert (invite.uses, invite.left) == (2, 2)
 
@@ -155,7 +157,8 @@ async def test_invite_gate_wants_its_pass() -> None:
     async with open_memory_backend(**TIMINGS) as backend:
         gate = InviteGate(SECRET, backend, remember_s=60, tries_per_minute=5, wall=lambda: NOW)
         verdict = await gate.admit(GateRequest("192.0.2.1", {}, NOW))
-        assert isinstance(verdict, Refuse) and verdict.reason is RefuseReason.REQUIRED
+        assert isinstance(verdict, Refuse)
+        assert verdict.reason is RefuseReason.REQUIRED
         good = GatePasses(SECRET, "invite", 60).issue(Claims("invite", subject="abc"), NOW)
         assert await gate.admit(GateRequest("192.0.2.1", {COOKIE: good}, NOW)) == Admit(
             Claims("invite", subject="abc")
