@@ -24,6 +24,7 @@ from support import Harness, StartServer
 
 from omiro_trio import accounts
 from omiro_trio.config import GateConfig
+from omiro_trio.gate.invite import new_invite
 from omiro_trio.gate.passes import COOKIE
 
 TRIES_PER_MINUTE = GateConfig().tries_per_minute
@@ -331,3 +332,17 @@ async def test_invite_and_raid_commands_drive_the_api(start_server: StartServer)
     off = await _omiro("raid", "off", *common)
     assert b"raid mode is off" in off.stdout
     assert await server.ctx.backend.raid() is None
+
+
+@pytest.mark.rule("protocol/gate", "protocol/gate-entry")
+async def test_an_expired_invite_is_refused_with_its_reason(start_server: StartServer) -> None:
+    server = await start_server(gate__kind="invite")
+    now = server.ctx.wall()
+    code, invite = new_invite(uses=5, expires_at=now - 1, now=now - 3600, by="admin")
+    assert await server.ctx.backend.add_invite(invite)
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        answer = await http.post("/gate/invite", json={"code": code})
+        assert answer.status_code == 403
+        assert (answer.json()["gate"], answer.json()["reason"]) == ("invite", "expired")
+        assert COOKIE not in http.cookies
+        assert (await http.get("/session/new")).status_code == 401
