@@ -20,7 +20,7 @@ Rules (``docs/configuration.md`` is the user-facing version):
   ``OMIRO_DEBUG_TRACEMALLOC`` (diagnostic switches, read by
   ``diagnostics.py``).
 * Secrets (``session.secret``, ``admin.token``, ``ice.turn_secret``,
-  ``alerts.secret``) can also
+  ``alerts.secret``, ``gate.passphrase_hash``) can also
   come from a file named by ``OMIRO_<TABLE>_<KEY>_FILE`` (one trailing newline
   stripped, must not be empty). Setting both the variable and ``_FILE`` is an
   error. Secrets never appear in error messages, and :func:`config_as_dict`
@@ -58,6 +58,7 @@ __all__ = [
     "BackendConfig",
     "Config",
     "ConfigError",
+    "GateConfig",
     "IceConfig",
     "LimitsConfig",
     "LogConfig",
@@ -208,6 +209,18 @@ class PageConfig(_Table, frozen=True):
     nudity_filter: bool = False  # the on-device nudity filter is on unless the user turns it off
 
 
+class GateConfig(_Table, frozen=True):
+    """Who may have a session token (docs/gate.md)."""
+
+    kind: Literal["open", "passphrase", "invite", "oidc"] = "open"
+    # The shared phrase's argon2id hash (``omiro gate hash-passphrase``); kind "passphrase".
+    passphrase_hash: str = ""
+    # How long a person who passed the gate is remembered (the gate pass cookie).
+    remember_s: Annotated[int, msgspec.Meta(ge=60, le=365 * DAY_S)] = 30 * DAY_S
+    # Phrase or invite code tries per client per minute (each try of a phrase costs a hash).
+    tries_per_minute: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole configuration; one attribute per TOML table."""
 
@@ -224,10 +237,17 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     page: PageConfig = msgspec.field(default_factory=PageConfig)
+    gate: GateConfig = msgspec.field(default_factory=GateConfig)
 
 
 SECRET_KEYS: frozenset[tuple[str, str]] = frozenset(
-    {("session", "secret"), ("admin", "token"), ("ice", "turn_secret"), ("alerts", "secret")}
+    {
+        ("session", "secret"),
+        ("admin", "token"),
+        ("ice", "turn_secret"),
+        ("alerts", "secret"),
+        ("gate", "passphrase_hash"),
+    }
 )
 ENV_PREFIX = "OMIRO_"
 RESERVED_ENV: frozenset[str] = frozenset(
@@ -520,6 +540,14 @@ def _check_values(config: Config, sources: _Sources) -> None:
     if config.redis.dead_after_s <= config.redis.heartbeat_s:
         problem = "must be longer than redis.heartbeat_s (a live server would be swept)"
         raise _error(sources, "redis", "dead_after_s", problem)
+    gate = config.gate
+    if gate.kind == "passphrase" and not gate.passphrase_hash.startswith("$argon2"):
+        # Not echoed: the hash is kept like a secret.
+        problem = (
+            'kind = "passphrase" needs gate.passphrase_hash, an argon2 hash '
+            "(make one with: omiro gate hash-passphrase)"
+        )
+        raise _error(sources, "gate", "passphrase_hash", problem)
     if config.backend.kind != "memory" and not config.session.secret:
         # Every server must verify the tokens the others signed.
         problem = f"must be set with backend.kind = {config.backend.kind!r}: servers share tokens"
