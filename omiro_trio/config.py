@@ -562,12 +562,15 @@ def _check_values(config: Config, sources: _Sources) -> None:
         problem = "must be longer than redis.heartbeat_s (a live server would be swept)"
         raise _error(sources, "redis", "dead_after_s", problem)
     gate = config.gate
-    if gate.kind == "passphrase" and not gate.passphrase_hash.startswith("$argon2"):
-        # Not echoed: the hash is kept like a secret.
+    if gate.kind == "passphrase" and not gate.passphrase_hash:
         problem = (
-            'kind = "passphrase" needs gate.passphrase_hash, an argon2 hash '
+            'kind = "passphrase" needs gate.passphrase_hash '
             "(make one with: omiro gate hash-passphrase)"
         )
+        raise _error(sources, "gate", "kind", problem)
+    if gate.passphrase_hash and not gate.passphrase_hash.startswith("$argon2"):
+        # Not echoed: the hash is kept like a secret.
+        problem = "expected an argon2 hash (make one with: omiro gate hash-passphrase)"
         raise _error(sources, "gate", "passphrase_hash", problem)
     if gate.kind == "oidc":
         for key in ("oidc_issuer", "oidc_client_id", "oidc_client_secret"):

@@ -11,6 +11,8 @@ from omiro_trio import protocol
 from omiro_trio.addresses import Network, parse_networks
 from omiro_trio.backends.base import Backend
 from omiro_trio.config import Config
+from omiro_trio.gate import EntryGate, OpenGate
+from omiro_trio.gate.raid import RaidSwitch
 from omiro_trio.hub import Hub
 from omiro_trio.metrics import Metrics
 from omiro_trio.moderation import ModerationDesk
@@ -30,6 +32,8 @@ class ServerContext:
     rules: SessionRules  # what every session's core is held to (server.parts)
     moderation: ModerationDesk
     wall: Callable[[], float] = time.time
+    gate: EntryGate = field(default_factory=OpenGate)
+    raid: RaidSwitch | None = None  # None: raid mode cannot be turned on (tests without it)
     trusted_proxies: tuple[Network, ...] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -52,6 +52,8 @@ from omiro_trio.diagnostics import install_from_env as install_stall_monitor
 from omiro_trio.diagnostics import serve_memory_snapshots
 from omiro_trio.errors import BackendUnavailable, ConfigError
 from omiro_trio.front import FrontDoor
+from omiro_trio.gate.gates import build_gate
+from omiro_trio.gate.raid import RaidSwitch
 from omiro_trio.gc_tuning import run_gc_tuning
 from omiro_trio.http.deadlines import DEFAULT_DEADLINES, Deadlines
 from omiro_trio.http.routes import Router
@@ -293,17 +295,19 @@ async def _run_bus(
         backoff = min(backoff * 2, BUS_RETRY_MAX_S)
 
 
-def _signers(config: Config) -> tuple[TokenSigner, TicketSigner]:
-    """The token and ticket signers: the configured secret, or a random one for this
-    process."""
+def _session_secret(config: Config) -> bytes:
+    """The configured session secret, or a random one for this process."""
     if config.session.secret:
-        secret = config.session.secret.encode()
-    else:
-        secret = new_secret()
-        log.warning(
-            "no session.secret configured: using a random one for this process "
-            "(tokens die with it; a cluster must share one secret)"
-        )
+        return config.session.secret.encode()
+    log.warning(
+        "no session.secret configured: using a random one for this process "
+        "(tokens and gate passes die with it; a cluster must share one secret)"
+    )
+    return new_secret()
+
+
+def _signers(secret: bytes, config: Config) -> tuple[TokenSigner, TicketSigner]:
+    """The token and ticket signers, keyed with the session secret."""
     session = config.session
     return TokenSigner(secret, session.token_ttl_s), TicketSigner(secret, session.ticket_ttl_s)
 
@@ -373,6 +377,8 @@ def _router(ctx: ServerContext) -> Router:
         ctx.metrics,
         per_minute=ctx.config.limits.sessions_per_ip_per_minute,
         wall=ctx.wall,
+        gate=ctx.gate,
+        raid=ctx.raid,
     )
     return Router({("GET", SESSION_PATH): new_session})
 
@@ -398,7 +404,8 @@ async def serve(
     ``server_id`` and ``replaces``: see ``open_backend``.
     """
     install_stall_monitor()  # only with OMIRO_DEBUG_STALLS_MS (diagnostics.py)
-    signer, tickets = _signers(config)
+    secret = _session_secret(config)
+    signer, tickets = _signers(secret, config)
     metrics = Metrics()
     wired = parts(config)
     wired = dataclasses.replace(wired, session=dataclasses.replace(wired.session, tickets=tickets))
@@ -413,6 +420,8 @@ async def serve(
             metrics=metrics,
             rules=wired.session,
             moderation=ModerationDesk(backend, wired.moderation, put_ban=hub.ban, wall=time.time),
+            gate=build_gate(config.gate, secret, backend),
+            raid=RaidSwitch(backend),
         )
         clients = Clients(
             ctx.trusted_proxies, config.server.client_ip_header, config.server.ipv6_prefix

@@ -5,8 +5,9 @@ it costs more server CPU than the WebSocket upgrade and the match together
 (BENCHMARKS.md), so it is one of the HTTP layer's own endpoints
 (``http/routes.py``): answered with a response built directly as bytes,
 on a connection's first request without h11 at all. This is the one place
-that decides the answer: ban 403, rate limit 429, a backend that does not
-answer 503, else a token.
+that decides the answer: ban 403, raid mode 503 (``gate/raid.py``), rate
+limit 429, the entry gate 401/403 (``gate/``, docs/gate.md), a backend
+that does not answer 503, else a token.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from typing import Final
 
 from omiro_trio.backends.base import Backend
 from omiro_trio.errors import BackendUnavailable
+from omiro_trio.gate import EntryGate, GateRequest, OpenGate, Refuse
+from omiro_trio.gate.entry import refusal
+from omiro_trio.gate.passes import parse_cookies
+from omiro_trio.gate.raid import RaidSwitch
 from omiro_trio.http.answers import HttpError, JsonAnswer, error
 from omiro_trio.http.heads import RequestHead
 from omiro_trio.metrics import Metrics
@@ -37,9 +42,12 @@ class NewSession:
         metrics: counts the tokens issued.
         per_minute: ``limits.sessions_per_ip_per_minute``.
         wall: the wall clock (tokens expire in wall time).
+        gate: the entry gate (``OpenGate``, the default, asks nothing and
+            costs nothing).
+        raid: raid mode's switch (None: never paused).
     """
 
-    __slots__ = ("_backend", "_metrics", "_per_minute", "_signer", "_wall")
+    __slots__ = ("_backend", "_gate", "_metrics", "_per_minute", "_raid", "_signer", "_wall")
 
     def __init__(
         self,
@@ -49,8 +57,12 @@ class NewSession:
         *,
         per_minute: int,
         wall: Callable[[], float],
+        gate: EntryGate | None = None,
+        raid: RaidSwitch | None = None,
     ) -> None:
         self._backend = backend
+        self._gate = None if gate is None or isinstance(gate, OpenGate) else gate
+        self._raid = raid
         self._signer = signer
         self._metrics = metrics
         self._per_minute = per_minute
@@ -59,7 +71,7 @@ class NewSession:
     async def __call__(self, head: RequestHead, client: str) -> JsonAnswer:
         """The answer to ``GET /session/new`` from ``client``."""
         try:
-            return await self._answer(client)
+            return await self._answer(head, client)
         except BackendUnavailable:
             return error(
                 HTTPStatus.SERVICE_UNAVAILABLE,
@@ -67,7 +79,7 @@ class NewSession:
                 "the backend is not answering; try again shortly",
             )
 
-    async def _answer(self, client: str) -> JsonAnswer:
+    async def _answer(self, head: RequestHead, client: str) -> JsonAnswer:
         ban = await self._backend.ban_for(client)
         if ban is not None:
             return error(
@@ -75,6 +87,14 @@ class NewSession:
                 HttpError.BANNED,
                 "this address is banned",
                 until=ban.until,
+            )
+        if self._raid is not None and (raid := await self._raid.current()) is not None:
+            return error(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                HttpError.PAUSED,
+                "new chats are paused for a while; please come back soon",
+                headers=(("Retry-After", str(raid.retry_after_s)), ("Cache-Control", "no-store")),
+                retry_after=raid.retry_after_s,
             )
         retry = await self._backend.hit_rate_limit(
             f"sessions:{client}", self._per_minute, RATE_WINDOW_S
@@ -88,6 +108,11 @@ class NewSession:
                 headers=(("Retry-After", str(seconds)),),
                 retry_after=seconds,
             )
+        if self._gate is not None:
+            cookies = parse_cookies(head.headers.get("cookie", ()))
+            verdict = await self._gate.admit(GateRequest(client, cookies, self._wall()))
+            if isinstance(verdict, Refuse):
+                return refusal(verdict)
         issued = self._signer.issue(self._wall())
         self._metrics.sessions_issued.inc()
         body = {

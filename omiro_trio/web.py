@@ -24,6 +24,8 @@ from omiro_trio.budgets import MAX_BODY_BYTES, Budget
 from omiro_trio.console_api import register_console_api
 from omiro_trio.context import ServerContext
 from omiro_trio.errors import BackendUnavailable
+from omiro_trio.gate import EntryRequests
+from omiro_trio.gate.admin import register_gate_admin
 from omiro_trio.http.answers import SECURITY_HEADERS, HttpError, foreign_error
 from omiro_trio.metrics import CONTENT_TYPE, Metrics
 from omiro_trio.responses import json_error, json_response, not_found
@@ -48,6 +50,8 @@ def create_app(ctx: ServerContext, clients: Clients) -> QuartTrio:
     gate = Gate(ctx, _remote_ip_of(clients))
     register_admin(app, ctx, gate)
     register_console_api(app, ctx, gate)
+    register_gate_admin(app, ctx, gate)
+    ctx.gate.register(app, EntryRequests(gate.client, gate.secure))
     _add_page(app, frontend)
     _add_health_and_stats(app, ctx)
     return app

@@ -167,6 +167,50 @@ class LocalView:
     ticket: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Invite:
+    """An invite code of the entry gate (docs/gate.md), kept without the code itself.
+
+    ``key`` is the code's SHA-256 (hex): what the backend finds it by;
+    ``id``, its first ``INVITE_ID_CHARS`` characters, names it in lists and
+    to revoke it. ``left`` of ``uses`` entries remain until ``expires_at``
+    (unix time).
+    """
+
+    id: str
+    key: str
+    uses: int
+    left: int
+    expires_at: float
+    created_at: float
+    by: str = ""
+    note: str = ""
+
+
+INVITE_ID_CHARS = 16
+MAX_INVITES = 10_000
+"""Invites kept at once (unexpired); ``add_invite`` refuses more."""
+INVITE_KEPT_EXPIRED_S = 86_400
+"""How long an expired invite is still kept (listed, and answered ``expired``)."""
+
+InviteUse = Literal["admitted", "unknown", "expired", "used_up"]
+"""What ``use_invite`` made of a code: one entry taken, or why not. A revoked
+invite is gone: ``unknown``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Raid:
+    """Raid mode (docs/gate.md): new sessions are paused, service-wide.
+
+    ``retry_after_s``: what refused pages are told to wait before they try
+    again. Proof of work, when it exists, adds its difficulty here.
+    """
+
+    since: float  # unix time
+    by: str
+    retry_after_s: int = 300
+
+
 SharedState = Literal["idle", "waiting", "matched", "elsewhere", "ended", "formed"]
 """What the backend holds for a session, as ``sync`` answers it:
 
@@ -390,6 +434,34 @@ class Backend(Protocol):
 
     async def audit(self, limit: int, before: int | None = None) -> list[AuditEntry]:
         """Up to ``limit`` audit entries, newest first, with ids below ``before`` if given."""
+        ...
+
+    # -- the entry gate (docs/gate.md; time is unix time) ----------------
+
+    async def add_invite(self, invite: Invite) -> bool:
+        """Keep ``invite`` until ``INVITE_KEPT_EXPIRED_S`` past its expiry; False when
+        ``MAX_INVITES`` unexpired invites are kept already."""
+        ...
+
+    async def invites(self) -> list[Invite]:
+        """Every invite kept (expired ones for a while), newest first."""
+        ...
+
+    async def revoke_invite(self, invite_id: str) -> bool:
+        """Forget the invite of that id (its code stops working); False if there was none."""
+        ...
+
+    async def use_invite(self, key: str) -> InviteUse:
+        """Take one entry of the invite whose code hashes to ``key``, in one atomic step
+        (two servers never take the last entry twice)."""
+        ...
+
+    async def raid(self) -> Raid | None:
+        """Raid mode as set for the whole service, or None when it is off."""
+        ...
+
+    async def set_raid(self, raid: Raid | None) -> None:
+        """Turn raid mode on (``raid``) or off (None), for every server."""
         ...
 
     # -- stats and delivery --------------------------------------------

@@ -19,10 +19,16 @@ from collections.abc import Callable, Mapping, Sequence
 
 from omiro_trio.backends.base import (
     ACTIVITY_KEPT_MINUTES,
+    INVITE_ID_CHARS,
+    INVITE_KEPT_EXPIRED_S,
+    MAX_INVITES,
     AuditEntry,
     Ban,
     ConsoleSession,
+    Invite,
+    InviteUse,
     Moderator,
+    Raid,
     ReportRecord,
     ReportStatus,
 )
@@ -68,6 +74,8 @@ class MemoryRecords:
         self._audit: deque[AuditEntry] = deque()  # oldest first
         self._audit_ids = 0
         self._activity: dict[int, Counter[str]] = {}  # unix minute -> counts
+        self._invites: dict[str, Invite] = {}  # id -> invite, oldest first
+        self._raid: Raid | None = None
 
     # -- reports ---------------------------------------------------------
 
@@ -233,6 +241,49 @@ class MemoryRecords:
             if minute >= since_minute:
                 total.update(counts)
         return dict(total)
+
+    # -- the entry gate ------------------------------------------------------
+
+    def _drop_old_invites(self, now: float) -> None:
+        old = [i for i, v in self._invites.items() if v.expires_at + INVITE_KEPT_EXPIRED_S <= now]
+        for invite_id in old:
+            del self._invites[invite_id]
+
+    async def add_invite(self, invite: Invite) -> bool:
+        now = self._wall()
+        self._drop_old_invites(now)
+        if sum(1 for v in self._invites.values() if v.expires_at > now) >= MAX_INVITES:
+            return False
+        self._invites[invite.id] = invite
+        return True
+
+    async def invites(self) -> list[Invite]:
+        self._drop_old_invites(self._wall())
+        return sorted(self._invites.values(), key=lambda v: v.created_at, reverse=True)
+
+    async def revoke_invite(self, invite_id: str) -> bool:
+        return self._invites.pop(invite_id, None) is not None
+
+    async def use_invite(self, key: str) -> InviteUse:
+        now = self._wall()
+        invite = self._invites.get(key[:INVITE_ID_CHARS])
+        if invite is None or invite.key != key:
+            return "unknown"
+        if invite.expires_at + INVITE_KEPT_EXPIRED_S <= now:
+            del self._invites[invite.id]
+            return "unknown"
+        if invite.expires_at <= now:
+            return "expired"
+        if invite.left <= 0:
+            return "used_up"
+        self._invites[invite.id] = dataclasses.replace(invite, left=invite.left - 1)
+        return "admitted"
+
+    async def raid(self) -> Raid | None:
+        return self._raid
+
+    async def set_raid(self, raid: Raid | None) -> None:
+        self._raid = raid
 
     # -- the audit log ---------------------------------------------------
 

@@ -28,6 +28,11 @@
 --                             in that unix minute (the console's live view)
 --   P.."audit"         zset   entry id -> "at|JSON"
 --   P.."audit_id"      string the last audit id given
+--   P.."inv:"..id      hash   an invite of the entry gate: key (the code's SHA-256),
+--                             left (entries left), exp (expiry), json (the record);
+--                             kept until a day past its expiry (the caller's KEPT)
+--   P.."invites"       zset   invite id -> its expiry: the invites kept
+--   P.."raid"          string raid mode's record (JSON) while it is on; no TTL
 -- Reports outlive their retention by at most one call: each write drops the
 -- expired ones (EXPIRE_BATCH at a time) and every read skips them.
 
@@ -271,6 +276,60 @@ elseif op == 'audit' then
     out[#out + 1] = json
   end
   return out
+
+elseif op == 'inv_add' then
+  -- id, key, uses, expiry, JSON, kept-expired seconds, most unexpired: 1, or 0 if full
+  local exp, kept_s = tonumber(A[4]), tonumber(A[6])
+  redis.call('ZREMRANGEBYSCORE', P .. 'invites', '-inf', fmt(NOW - kept_s))
+  if redis.call('ZCOUNT', P .. 'invites', '(' .. fmt(NOW), '+inf') >= tonumber(A[7]) then
+    return 0
+  end
+  local k = P .. 'inv:' .. A[1]
+  redis.call('DEL', k)
+  redis.call('HSET', k, 'key', A[2], 'left', A[3], 'exp', A[4], 'json', A[5])
+  redis.call('PEXPIRE', k, ms(exp + kept_s - NOW) + 1000)
+  redis.call('ZADD', P .. 'invites', exp, A[1])
+  return 1
+
+elseif op == 'invs' then
+  -- kept-expired seconds: {JSON, left, ...}
+  redis.call('ZREMRANGEBYSCORE', P .. 'invites', '-inf', fmt(NOW - tonumber(A[1])))
+  local out = {}
+  for _, id in ipairs(redis.call('ZRANGE', P .. 'invites', 0, -1)) do
+    local v = redis.call('HMGET', P .. 'inv:' .. id, 'json', 'left')
+    if v[1] then
+      out[#out + 1] = v[1]
+      out[#out + 1] = v[2]
+    end
+  end
+  return out
+
+elseif op == 'inv_revoke' then
+  -- id: 1 if it was kept
+  redis.call('ZREM', P .. 'invites', A[1])
+  return redis.call('DEL', P .. 'inv:' .. A[1])
+
+elseif op == 'inv_use' then
+  -- id, key: "admitted", "unknown", "expired" or "used_up"; one entry taken if admitted
+  local k = P .. 'inv:' .. A[1]
+  local v = redis.call('HMGET', k, 'key', 'left', 'exp')
+  if not v[1] or v[1] ~= A[2] then return 'unknown' end
+  if tonumber(v[3]) <= NOW then return 'expired' end
+  if tonumber(v[2]) <= 0 then return 'used_up' end
+  redis.call('HINCRBY', k, 'left', -1)
+  return 'admitted'
+
+elseif op == 'raid_set' then
+  -- JSON, or "" to turn raid mode off
+  if A[1] == '' then
+    redis.call('DEL', P .. 'raid')
+  else
+    redis.call('SET', P .. 'raid', A[1])
+  end
+  return 1
+
+elseif op == 'raid' then
+  return redis.call('GET', P .. 'raid')
 end
 
 return redis.error_reply('unknown operation ' .. op)

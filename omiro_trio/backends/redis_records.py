@@ -19,10 +19,16 @@ import msgspec
 
 from omiro_trio.backends.base import (
     ACTIVITY_KEPT_MINUTES,
+    INVITE_ID_CHARS,
+    INVITE_KEPT_EXPIRED_S,
+    MAX_INVITES,
     AuditEntry,
     Ban,
     ConsoleSession,
+    Invite,
+    InviteUse,
     Moderator,
+    Raid,
     ReportRecord,
     ReportStatus,
 )
@@ -166,6 +172,45 @@ class RedisRecords:
         for name, count in zip(raw[::2], raw[1::2], strict=True):
             total[_text(name)] = total.get(_text(name), 0) + int(count)
         return total
+
+    # -- the entry gate ------------------------------------------------------
+
+    async def add_invite(self, invite: Invite) -> bool:
+        added = await self._records(
+            "inv_add",
+            invite.id,
+            invite.key,
+            invite.left,
+            repr(invite.expires_at),
+            _encode(invite),
+            INVITE_KEPT_EXPIRED_S,
+            MAX_INVITES,
+        )
+        return bool(int(added))
+
+    async def invites(self) -> list[Invite]:
+        raw = await self._records("invs", INVITE_KEPT_EXPIRED_S)
+        found = [
+            dataclasses.replace(msgspec.json.decode(encoded, type=Invite), left=int(left))
+            for encoded, left in zip(raw[::2], raw[1::2], strict=True)
+        ]
+        return sorted(found, key=lambda v: v.created_at, reverse=True)
+
+    async def revoke_invite(self, invite_id: str) -> bool:
+        return bool(int(await self._records("inv_revoke", invite_id)))
+
+    async def use_invite(self, key: str) -> InviteUse:
+        used = _text(await self._records("inv_use", key[:INVITE_ID_CHARS], key))
+        if used not in ("admitted", "unknown", "expired", "used_up"):
+            raise AssertionError(f"records.lua inv_use answered {used!r}")
+        return used  # type: ignore[return-value]
+
+    async def raid(self) -> Raid | None:
+        raw = await self._records("raid")
+        return msgspec.json.decode(raw, type=Raid) if raw else None
+
+    async def set_raid(self, raid: Raid | None) -> None:
+        await self._records("raid_set", b"" if raid is None else _encode(raid))
 
     # -- the audit log ---------------------------------------------------
 

@@ -38,6 +38,7 @@ __all__ = [
     "AgeBand",
     "Claims",
     "EntryGate",
+    "EntryRequests",
     "GateKind",
     "GateRequest",
     "OpenGate",
@@ -123,6 +124,21 @@ class GateRequest:
     now: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class EntryRequests:
+    """What an entry route may ask of the app's current request.
+
+    Attributes:
+        client: its client (address group, ``addresses.py``): the kind's
+            own limits are per client.
+        secure: whether it came over HTTPS (itself, or as a trusted proxy
+            says): the pass cookie is ``Secure`` then.
+    """
+
+    client: Callable[[], str]
+    secure: Callable[[], bool]
+
+
 class EntryGate(Protocol):
     """One kind of gate. Implementations satisfy it without inheriting."""
 
@@ -140,11 +156,11 @@ class EntryGate(Protocol):
         """
         ...
 
-    def register(self, app: QuartTrio, client: Callable[[], str]) -> None:
+    def register(self, app: QuartTrio, entry: EntryRequests) -> None:
         """Add the kind's entry routes (under ``/gate/<kind>``) to the app.
 
-        ``client`` gives the current request's client (address group), for
-        the kind's own limits.
+        ``entry`` says who the current request of the app comes from and
+        whether it came over HTTPS (for the pass cookie's ``Secure``).
         """
         ...
 
@@ -163,5 +179,5 @@ class OpenGate:
     async def admit(self, request: GateRequest) -> Verdict:
         return self._ADMIT
 
-    def register(self, app: QuartTrio, client: Callable[[], str]) -> None:
+    def register(self, app: QuartTrio, entry: EntryRequests) -> None:
         """The open gate has no entry routes."""

@@ -122,8 +122,3 @@ class GatePasses:
         if now >= int(expiry):
             return None
         return Claims(kind, subject, band or None)  # type: ignore[arg-type]
-
-    def set_cookie_header(self, value: str, *, secure: bool) -> str:
-        """The ``Set-Cookie`` value that stores the pass ``value``."""
-        flags = "; Secure" if secure else ""
-        return f"{COOKIE}={value}; Max-Age={self._ttl_s}; Path=/; HttpOnly; SameSite=Strict{flags}"

@@ -56,6 +56,8 @@ class HttpError(StrEnum):
     ALREADY_CONNECTED = "already_connected"
     DRAINING = "draining"
     UNAVAILABLE = "unavailable"  # the shared backend (Redis) is not answering: try again
+    GATE = "gate"  # the entry gate asks for something (401) or refused what was brought (403)
+    PAUSED = "paused"  # raid mode: new sessions are paused for a while (503)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ every wait.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import itertools
 import random
@@ -37,7 +38,16 @@ import trio.testing
 from redis_support import RedisServer, new_prefix
 from trio.abc import Clock
 
-from omiro_trio.backends.base import Backend, Ban, LocalView, ReportRecord, Stats
+from omiro_trio.backends.base import (
+    INVITE_ID_CHARS,
+    Backend,
+    Ban,
+    Invite,
+    LocalView,
+    Raid,
+    ReportRecord,
+    Stats,
+)
 from omiro_trio.backends.memory import MemoryBackend, open_memory_backend
 from omiro_trio.backends.redis import open_redis_backend
 from omiro_trio.matchmaking import GENERATIONS, Match, Preferences, Waiting
@@ -1105,3 +1115,77 @@ async def test_sync_puts_back_a_match_both_sides_hold_that_the_shared_state_lack
     assert ended is not None
     assert ended.match_id == "r1"
     assert await backend.leave("b") is None
+
+
+# -- the entry gate: invites and raid mode ---------------------------------------------
+
+
+def _invite(code: str, *, uses: int = 1, expires_in_s: float = 3600.0) -> Invite:
+    key = hashlib.sha256(code.encode()).hexdigest()
+    now = time.time()
+    return Invite(
+        id=key[:INVITE_ID_CHARS],
+        key=key,
+        uses=uses,
+        left=uses,
+        expires_at=now + expires_in_s,
+        created_at=now,
+        by="admin",
+        note="test",
+    )
+
+
+async def test_invite_gives_its_uses_then_is_used_up(backend: Backend) -> None:
+    invite = _invite("three-uses", uses=3)
+    assert await backend.add_invite(invite)
+    # Redis-pair: the calls alternate between the two servers, which share the count.
+    assert [await backend.use_invite(invite.key) for _ in range(4)] == [
+        "admitted",
+        "admitted",
+        "admitted",
+        "used_up",
+    ]
+    (listed,) = await backend.invites()
+    assert (listed.id, listed.uses, listed.left, listed.note) == (invite.id, 3, 0, "test")
+
+
+async def test_invite_unknown_expired_and_revoked(backend: Backend) -> None:
+    live, old = _invite("live"), _invite("old", expires_in_s=-1)
+    assert await backend.add_invite(live)
+    assert await backend.add_invite(old)
+    assert await backend.use_invite(hashlib.sha256(b"nobody").hexdigest()) == "unknown"
+    # Same id (the first characters), another code: not this invite.
+    assert await backend.use_invite(live.key[:INVITE_ID_CHARS] + "0" * 48) == "unknown"
+    assert await backend.use_invite(old.key) == "expired"
+    assert {i.id for i in await backend.invites()} == {live.id, old.id}
+    assert await backend.revoke_invite(live.id)
+    assert not await backend.revoke_invite(live.id)
+    assert await backend.use_invite(live.key) == "unknown"
+    assert [i.id for i in await backend.invites()] == [old.id]
+
+
+async def test_invite_last_use_is_taken_once_by_simultaneous_callers(backend: Backend) -> None:
+    invite = _invite("one-use", uses=5)
+    assert await backend.add_invite(invite)
+    outcomes: list[str] = []
+
+    async def use() -> None:
+        outcomes.append(await backend.use_invite(invite.key))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for _ in range(12):
+                nursery.start_soon(use)
+    assert Counter(outcomes) == {"admitted": 5, "used_up": 7}
+
+
+async def test_raid_mode_is_set_and_cleared_for_every_server(backend: Backend) -> None:
+    assert await backend.raid() is None
+    raid = Raid(since=time.time(), by="admin", retry_after_s=120)
+    await backend.set_raid(raid)
+    # Redis-pair: the reads alternate between the servers.
+    assert await backend.raid() == raid
+    assert await backend.raid() == raid
+    await backend.set_raid(None)
+    assert await backend.raid() is None
+    assert await backend.raid() is None

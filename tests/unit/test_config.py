@@ -18,6 +18,7 @@ from omiro_trio.config import (
     AlertsConfig,
     BackendConfig,
     Config,
+    GateConfig,
     IceConfig,
     LimitsConfig,
     LogConfig,
@@ -113,6 +114,13 @@ DESIGN_DEFAULTS: dict[str, dict[str, Any]] = {
         "blur_remote": True,
         "nudity_filter": False,
     },
+    # Added after DESIGN.md: who may have a session token (docs/gate.md).
+    "gate": {
+        "kind": "open",
+        "passphrase_hash": "",
+        "remember_s": 2592000,
+        "tries_per_minute": 5,
+    },
 }
 
 
@@ -163,6 +171,7 @@ def test_config_table_types_and_attribute_names() -> None:
         "alerts": AlertsConfig,
         "log": LogConfig,
         "page": PageConfig,
+        "gate": GateConfig,
     }
     for table, cls in tables.items():
         assert type(getattr(config, table)) is cls
@@ -345,6 +354,11 @@ def test_config_int_accepted_for_float_seconds(tmp_path: Path) -> None:
         ('[alerts]\nwebhook_url = "ftp://x"\nsecret = "' + "s" * 32 + '"\n', "alerts.webhook_url"),
         ('[alerts]\nsecret = "short"\n', "alerts.secret"),
         ("[alerts]\nretries = 11\n", "alerts.retries"),
+        ('[gate]\nkind = "passphrase"\n', "gate.passphrase_hash"),
+        ('[gate]\nkind = "passphrase"\npassphrase_hash = "plain"\n', "gate.passphrase_hash"),
+        ('[gate]\nkind = "closed"\n', "gate.kind"),
+        ("[gate]\nremember_s = 10\n", "gate.remember_s"),
+        ("[gate]\ntries_per_minute = 0\n", "gate.tries_per_minute"),
         ("[matchmaking]\ninterest_timeout_s = 1e9\n", "matchmaking.interest_timeout_s"),
         ('[session]\nsecret = "short"\n', "session.secret"),
         ('[admin]\ntoken = "0123456789012345678901234567890"\n', "admin.token"),

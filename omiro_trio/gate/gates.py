@@ -1,0 +1,53 @@
+"""Which gate a server runs: ``[gate] kind`` made into an ``EntryGate``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from omiro_trio.backends.base import Backend
+from omiro_trio.config import GateConfig
+from omiro_trio.errors import ConfigError
+from omiro_trio.gate import EntryGate, OpenGate
+from omiro_trio.gate.invite import InviteGate
+from omiro_trio.gate.passphrase import PassphraseGate
+
+__all__ = ["build_gate"]
+
+
+def build_gate(
+    config: GateConfig,
+    secret: bytes,
+    backend: Backend,
+    *,
+    wall: Callable[[], float] = time.time,
+) -> EntryGate:
+    """The gate of ``config.kind``.
+
+    Args:
+        secret: the session secret (signs the gate passes).
+        backend: keeps invites, counts tries.
+
+    Raises:
+        ConfigError: a kind this server cannot run.
+    """
+    if config.kind == "open":
+        return OpenGate()
+    if config.kind == "passphrase":
+        return PassphraseGate(
+            config.passphrase_hash,
+            secret,
+            backend,
+            remember_s=config.remember_s,
+            tries_per_minute=config.tries_per_minute,
+            wall=wall,
+        )
+    if config.kind == "invite":
+        return InviteGate(
+            secret,
+            backend,
+            remember_s=config.remember_s,
+            tries_per_minute=config.tries_per_minute,
+            wall=wall,
+        )
+    raise ConfigError(f'gate.kind: "{config.kind}" is not built into this server yet')
