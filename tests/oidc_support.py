@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urljoin
 
 import httpx
@@ -49,13 +50,13 @@ class Provider:
 
     issuer: str
 
-    def gate_env(self, **extra: str) -> dict[str, str]:
-        """``make_config`` overrides for an ``oidc`` gate at this provider."""
+    def gate_config(self, **extra: Any) -> dict[str, Any]:
+        """``start_server`` overrides (``table__key``) for an ``oidc`` gate at this provider."""
         return {
-            "gate.kind": "oidc",
-            "gate.oidc_issuer": self.issuer,
-            "gate.oidc_client_id": CLIENT_ID,
-            "gate.oidc_client_secret": CLIENT_SECRET,
+            "gate__kind": "oidc",
+            "gate__oidc_issuer": self.issuer,
+            "gate__oidc_client_id": CLIENT_ID,
+            "gate__oidc_client_secret": CLIENT_SECRET,
             **extra,
         }
 

@@ -52,7 +52,17 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from omiro_trio.backends.base import Backend
-from omiro_trio.gate import Admit, Claims, GateKind, GateRequest, Refuse, RefuseReason, Verdict
+from omiro_trio.gate import (
+    Admit,
+    Claims,
+    EntryRequests,
+    GateKind,
+    GateRequest,
+    Refuse,
+    RefuseReason,
+    Verdict,
+)
+from omiro_trio.gate.entry import Tries
 from omiro_trio.gate.oidc_rules import (
     AgeRules,
     AllowList,
@@ -128,6 +138,8 @@ class OidcGate:
         secret: the session secret: signs the login cookie and keys the
             account hashes.
         backend: spends each login's state once, cluster-wide.
+        tries_per_minute: sign-ins (callbacks) per client per minute: each
+            costs a request to the provider.
         wall: the wall clock.
         transport: for tests only: how httpx reaches the provider.
     """
@@ -139,9 +151,11 @@ class OidcGate:
         secret: bytes,
         backend: Backend,
         *,
+        tries_per_minute: int = 5,
         wall: Callable[[], float] = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        self._tries = Tries(backend, tries_per_minute)
         self._settings = settings
         self._passes = passes
         self._secret = bytes(secret)
@@ -164,18 +178,21 @@ class OidcGate:
             return Admit(claims)
         return Refuse("oidc", RefuseReason.REQUIRED, "sign in to chat")
 
-    def register(self, app: QuartTrio, client: Callable[[], str]) -> None:
+    def register(self, app: QuartTrio, entry: EntryRequests) -> None:
         @app.get(LOGIN_PATH)
         async def oidc_login() -> Response:
-            return await self._login()
+            return await self._login(secure=entry.secure())
 
         @app.get(CALLBACK_PATH)
         async def oidc_callback() -> Response:
-            return await self._callback()
+            refused = await self._tries.refused(entry.client())
+            if refused is not None:
+                return refused
+            return await self._callback(secure=entry.secure())
 
     # -- the two routes ---------------------------------------------------------------
 
-    async def _login(self) -> Response:
+    async def _login(self, *, secure: bool) -> Response:
         try:
             metadata = await self._discover()
         except ProviderError:
@@ -205,12 +222,12 @@ class OidcGate:
             max_age=LOGIN_TTL_S,
             path="/gate/oidc/",
             httponly=True,
-            secure=request.scheme == "https",
+            secure=secure,
             samesite="Lax",
         )
         return response
 
-    async def _callback(self) -> Response:
+    async def _callback(self, *, secure: bool) -> Response:
         login = self._unseal(request.cookies.get(LOGIN_COOKIE, ""))
         state = request.args.get("state", "")
         if login is None or not hmac.compare_digest(state.encode(), login.state.encode()):
@@ -227,9 +244,9 @@ class OidcGate:
             claims = await self._exchange(code, login)
         except ProviderError:
             return _page(HTTPStatus.BAD_GATEWAY, "The sign-in could not be checked", _LATER)
-        return self._admit_claims(claims)
+        return self._admit_claims(claims, secure=secure)
 
-    def _admit_claims(self, claims: dict[str, Any]) -> Response:
+    def _admit_claims(self, claims: dict[str, Any], *, secure: bool) -> Response:
         settings = self._settings
         allow = settings.allow
         if not email_allowed(claims, allow.email_domains) or not claim_allowed(
@@ -253,10 +270,15 @@ class OidcGate:
         subject = account_subject(self._secret, settings.issuer, str(claims["sub"]))
         passed = Claims("oidc", subject, band)
         response = _redirect("/", HTTPStatus.SEE_OTHER)
-        secure = request.scheme == "https"
-        response.headers.add(
-            "Set-Cookie",
-            self._passes.set_cookie_header(self._passes.issue(passed, self._wall()), secure=secure),
+        # As every gate pass (gate/entry.py): the page's own requests bring it.
+        response.set_cookie(
+            COOKIE,
+            self._passes.issue(passed, self._wall()),
+            max_age=self._passes.ttl_s,
+            httponly=True,
+            secure=secure,
+            samesite="Strict",
+            path="/",
         )
         response.delete_cookie(LOGIN_COOKIE, path="/gate/oidc/", httponly=True, samesite="Lax")
         return response

@@ -27,9 +27,10 @@ from joserfc import jwt
 from joserfc.jwk import OctKey, RSAKey
 from oidc_support import CLIENT_ID, CLIENT_SECRET, Provider, running_provider, sign_in
 from quart_trio import QuartTrio
+from support import StartServer
 
 from omiro_trio.backends.memory import MemoryBackend, open_memory_backend
-from omiro_trio.gate import Admit, GateRequest, Refuse, RefuseReason
+from omiro_trio.gate import Admit, EntryRequests, GateRequest, Refuse, RefuseReason
 from omiro_trio.gate.oidc import LOGIN_COOKIE, OidcGate, OidcSettings, ProviderError
 from omiro_trio.gate.oidc_rules import AgeRules, AllowList
 from omiro_trio.gate.passes import COOKIE, GatePasses
@@ -71,10 +72,15 @@ def make_gate(
         ages=ages or AgeRules(),
     )
     gate = OidcGate(
-        settings, GatePasses(SECRET, f"oidc:{issuer}", 3600), SECRET, backend, transport=transport
+        settings,
+        GatePasses(SECRET, f"oidc:{issuer}", 3600),
+        SECRET,
+        backend,
+        tries_per_minute=100,
+        transport=transport,
     )
     app = QuartTrio(__name__)
-    gate.register(app, lambda: "client")
+    gate.register(app, EntryRequests(lambda: "client", lambda: False))
     return gate, app
 
 
@@ -424,3 +430,60 @@ async def test_crafted_keys_are_fetched_again_at_most_once_a_minute(
             with pytest.raises(ProviderError):
                 await gate.verify_id_token(crafted.token(), NONCE)
         assert crafted.fetches == 1
+
+
+# -- one real server: signed in, given a token, matched by age band ------------------------
+
+
+def _sign_in_to_server(server_url: str, account: str) -> tuple[int, str]:
+    """A browser's whole sign-in against a real server; (the callback's status, a token or "")."""
+    with httpx.Client(follow_redirects=False, timeout=10) as web:
+        refused = web.get(server_url + "/session/new")
+        assert refused.status_code == 401
+        assert (refused.json()["gate"], refused.json()["reason"]) == ("oidc", "required")
+        callback = sign_in(web, server_url + "/gate/oidc/login", account)
+        assert callback.startswith(server_url + "/gate/oidc/callback?")
+        answer = web.get(callback)
+        if answer.status_code != 303:
+            return answer.status_code, ""
+        session = web.get(server_url + "/session/new")
+        assert session.status_code == 200, session.text
+        return 303, str(session.json()["token"])
+
+
+@pytest.mark.rule("protocol/age-bands")
+async def test_oidc_server_signs_in_and_matches_within_age_bands(
+    provider: Provider, start_server: StartServer
+) -> None:
+    server = await start_server(
+        **provider.gate_config(
+            gate__oidc_scopes=["openid", "email", "profile"],
+            gate__age_claim="birthdate",
+            gate__min_age=13,
+        )
+    )
+    tokens: dict[str, str] = {}
+    for account in ("adult-1", "adult-2", "minor-1"):
+        status, tokens[account] = await trio.to_thread.run_sync(
+            _sign_in_to_server, server.url, account
+        )
+        assert status == 303
+    assert tokens["adult-1"].split(":")[2] == "adult"
+    assert tokens["minor-1"].split(":")[2] == "minor"
+    status, _ = await trio.to_thread.run_sync(_sign_in_to_server, server.url, "child-1")
+    assert status == 403
+
+    minor = await server.connect(tokens["minor-1"])
+    adult = await server.connect(tokens["adult-1"])
+    adult2 = await server.connect(tokens["adult-2"])
+    await minor.send("join_queue", None)
+    await minor.expect("queued")
+    await adult.send("join_queue", None)
+    await adult.expect("queued")  # the minor waits alone, and is not taken
+    await adult2.send("join_queue", None)
+    found = await adult.expect("match_found")
+    assert found["partner"] == adult2.session_id
+    assert (await adult2.expect("match_found"))["partner"] == adult.session_id
+    await adult.send("chat", {"message": "hello"})
+    assert (await adult2.expect("chat"))["message"] == "hello"
+    await minor.expect_nothing()
