@@ -70,9 +70,7 @@ def chat_once(sender: Any, receiver: Any, text: str) -> None:
     )
 
 
-def test_passphrase_refused_without_it_then_admitted_remembered_and_calling(
-    make_server, people
-):
+def test_passphrase_refused_without_it_then_admitted_remembered_and_calling(make_server, people):
     server = make_server(
         OMIRO_GATE_KIND="passphrase",
         OMIRO_GATE_PASSPHRASE_HASH=argon2.PasswordHasher().hash(PHRASE),
@@ -113,9 +111,7 @@ def test_passphrase_refused_without_it_then_admitted_remembered_and_calling(
     assert bob.js("() => document.cookie") == ""  # the pass is HttpOnly: no script reads it
 
 
-def test_invite_link_admits_a_bad_code_is_explained_then_matched_and_chatting(
-    make_server, people
-):
+def test_invite_link_admits_a_bad_code_is_explained_then_matched_and_chatting(make_server, people):
     server = make_server(OMIRO_GATE_KIND="invite", OMIRO_ADMIN_TOKEN=ADMIN_TOKEN)
     made = admin(server, "POST", "/admin/invites", {"uses": 2, "note": "browser test"})
     code = made["code"]
@@ -131,7 +127,9 @@ def test_invite_link_admits_a_bad_code_is_explained_then_matched_and_chatting(
     bob.wait("() => document.querySelector('[data-testid=gate-error]').textContent !== ''")
     shown = gate_shown(bob)
     assert shown["title"] == "Open by invitation"
-    assert shown["error"] == "This invite code is not valid. Check the link, or ask for a new invite."
+    assert (
+        shown["error"] == "This invite code is not valid. Check the link, or ask for a new invite."
+    )
     assert (shown["type"], shown["focused"]) == ("text", "gate-input")
     bob.testid("gate-input").fill(code)
     bob.testid("gate-submit").click()

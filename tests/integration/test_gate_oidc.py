@@ -30,6 +30,7 @@ from quart_trio import QuartTrio
 from support import StartServer
 
 from omiro_trio.backends.memory import MemoryBackend, open_memory_backend
+from omiro_trio.config import GateConfig
 from omiro_trio.gate import Admit, EntryRequests, GateRequest, Refuse, RefuseReason
 from omiro_trio.gate.oidc import LOGIN_COOKIE, OidcGate, OidcSettings, ProviderError
 from omiro_trio.gate.oidc_rules import AgeRules, AllowList
@@ -145,6 +146,7 @@ async def refused_page(answer: Any, status: int, reason: str = "") -> str:
 # -- against the real provider -----------------------------------------------------------
 
 
+@pytest.mark.rule("protocol/gate-oidc")
 async def test_oidc_sign_in_admits_with_a_stable_account_key_and_age_band(
     provider: Provider,
 ) -> None:
@@ -166,6 +168,7 @@ async def test_oidc_sign_in_admits_with_a_stable_account_key_and_age_band(
         )
 
 
+@pytest.mark.rule("protocol/gate-oidc")
 async def test_oidc_login_asks_for_pkce_s256_state_and_nonce(provider: Provider) -> None:
     async with open_backend() as backend:
         _, app = make_gate(provider.issuer, backend)
@@ -182,6 +185,7 @@ async def test_oidc_login_asks_for_pkce_s256_state_and_nonce(provider: Provider)
         assert verifier not in url  # only its hash leaves the server
 
 
+@pytest.mark.rule("protocol/gate-oidc")
 async def test_oidc_callback_with_another_logins_state_is_refused(provider: Provider) -> None:
     async with open_backend() as backend:
         _, app = make_gate(provider.issuer, backend)
@@ -196,6 +200,7 @@ async def test_oidc_callback_with_another_logins_state_is_refused(provider: Prov
         await refused_page(answer, 400)
 
 
+@pytest.mark.rule("protocol/gate-oidc")
 async def test_oidc_replayed_callback_is_refused(provider: Provider) -> None:
     async with open_backend() as backend:
         gate, app = make_gate(provider.issuer, backend)
@@ -451,7 +456,7 @@ def _sign_in_to_server(server_url: str, account: str) -> tuple[int, str]:
         return 303, str(session.json()["token"])
 
 
-@pytest.mark.rule("protocol/age-bands")
+@pytest.mark.rule("protocol/age-bands", "protocol/gate-oidc", "protocol/session-token")
 async def test_oidc_server_signs_in_and_matches_within_age_bands(
     provider: Provider, start_server: StartServer
 ) -> None:
@@ -487,3 +492,53 @@ async def test_oidc_server_signs_in_and_matches_within_age_bands(
     await adult.send("chat", {"message": "hello"})
     assert (await adult2.expect("chat"))["message"] == "hello"
     await minor.expect_nothing()
+
+
+@pytest.mark.rule("protocol/gate-oidc")
+async def test_oidc_callback_flood_is_cut_at_the_tries_bound_while_a_pair_chats(
+    provider: Provider, start_server: StartServer
+) -> None:
+    """40 callbacks at once from one client, each of which would cost a request to
+    the provider: only ``tries_per_minute`` get past the bound; a pair keeps chatting."""
+    server = await start_server(**provider.gate_config())
+    a, b = await _signed_in_pair(server)
+    statuses: list[int] = []
+    round_trips: list[float] = []
+    async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
+        login = await http.get("/gate/oidc/login")
+        state = parse_qs(urlsplit(login.headers["location"]).query)["state"][0]
+
+        async def callback(n: int) -> None:
+            answer = await http.get(f"/gate/oidc/callback?state={state}&code=forged-{n}")
+            statuses.append(answer.status_code)
+
+        async with trio.open_nursery() as nursery:
+            for n in range(40):
+                nursery.start_soon(callback, n)
+            for n in range(20):
+                start = trio.current_time()
+                await a.send("chat", {"message": f"ping {n}"})
+                assert (await b.expect("chat"))["message"] == f"ping {n}"
+                round_trips.append(trio.current_time() - start)
+    # The pair's two sign-ins came from the same client: two of its tries.
+    tries = GateConfig().tries_per_minute - 2
+    assert statuses.count(429) == 40 - tries
+    # Past the bound's gate: one spends the state, the others find it spent.
+    assert sorted(s for s in statuses if s != 429) == [400] * (tries - 1) + [502]
+    assert max(round_trips) < 1.0, round_trips
+
+
+async def _signed_in_pair(server: Any) -> tuple[Any, Any]:
+    tokens = []
+    for account in ("adult-1", "adult-2"):
+        status, token = await trio.to_thread.run_sync(_sign_in_to_server, server.url, account)
+        assert status == 303
+        tokens.append(token)
+    a = await server.connect(tokens[0])
+    b = await server.connect(tokens[1])
+    await a.send("join_queue", None)
+    await a.expect("queued")
+    await b.send("join_queue", None)
+    await a.expect("match_found")
+    await b.expect("match_found")
+    return a, b
