@@ -48,7 +48,7 @@ def admin(server: Any, method: str, path: str, body: Any = None) -> Any:
 def gate_shown(person: Any) -> dict[str, Any]:
     person.wait(f"() => {DIALOG}.open")
     return person.js(
-        f"""() => ({{
+        """() => ({
           title: document.querySelector('[data-testid=gate-title]').textContent,
           error: document.querySelector('[data-testid=gate-error]').textContent,
           focused: document.activeElement?.dataset?.testid ?? null,
@@ -56,7 +56,7 @@ def gate_shown(person: Any) -> dict[str, Any]:
           type: document.querySelector('[data-testid=gate-input]').type,
           label: document.querySelector('#gate-field').textContent.trim(),
           field: !document.querySelector('#gate-field').hidden,
-        }})"""
+        })"""
     )
 
 
