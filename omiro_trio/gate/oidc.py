@@ -46,7 +46,7 @@ import trio
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri, prepare_token_request
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import jwt
-from joserfc.errors import JoseError
+from joserfc.errors import InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -78,6 +78,7 @@ __all__ = ["LOGIN_COOKIE", "OidcGate", "OidcSettings"]
 LOGIN_PATH: Final = "/gate/oidc/login"
 CALLBACK_PATH: Final = "/gate/oidc/callback"
 LOGIN_COOKIE: Final = "omiro_oidc"
+PAGE_FROM_CALLBACK: Final = "../../"  # the page, relative to the callback
 LOGIN_TTL_S: Final = 600  # from the sign-in's start to the provider's answer
 PROVIDER_TIMEOUT_S: Final = 10.0  # each request to the provider, whole
 METADATA_TTL_S: Final = 3600.0
@@ -232,6 +233,9 @@ class OidcGate:
         state = request.args.get("state", "")
         if login is None or not hmac.compare_digest(state.encode(), login.state.encode()):
             return _page(HTTPStatus.BAD_REQUEST, "This sign-in has expired", _AGAIN)
+        # RFC 9207: a provider that names itself must be ours (a mix-up defence).
+        if request.args.get("iss", self._settings.issuer) != self._settings.issuer:
+            return _page(HTTPStatus.BAD_REQUEST, "This sign-in has expired", _AGAIN)
         if request.args.get("error"):
             return _page(HTTPStatus.FORBIDDEN, "The sign-in was not completed", _AGAIN)
         code = request.args.get("code", "")
@@ -269,7 +273,8 @@ class OidcGate:
             )
         subject = account_subject(self._secret, settings.issuer, str(claims["sub"]))
         passed = Claims("oidc", subject, band)
-        response = _redirect("/", HTTPStatus.SEE_OTHER)
+        # Relative to /gate/oidc/callback: the page, also under a proxy's path prefix.
+        response = _redirect(PAGE_FROM_CALLBACK, HTTPStatus.SEE_OTHER)
         # As every gate pass (gate/entry.py): the page's own requests bring it.
         response.set_cookie(
             COOKIE,
@@ -397,9 +402,12 @@ class OidcGate:
             try:
                 decoded = jwt.decode(id_token, keys, algorithms=ID_TOKEN_ALGORITHMS)
                 break
-            except JoseError as exc:
-                if refresh or "key" not in type(exc).__name__.lower():
+            except InvalidKeyIdError as exc:
+                # A key the set does not hold: the provider may have rotated.
+                if refresh:
                     raise ProviderError(f"ID token: {exc!r}") from exc
+            except JoseError as exc:
+                raise ProviderError(f"ID token: {exc!r}") from exc
             except (ValueError, TypeError) as exc:
                 raise ProviderError(f"ID token: {exc!r}") from exc
         claims = dict(decoded.claims)
@@ -470,10 +478,10 @@ def _page(status: HTTPStatus, title: str, text: str, *, reason: str = "") -> Res
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)} · Omiro</title>"
-        '<link rel="stylesheet" href="/css/app.css"></head>'
+        '<link rel="stylesheet" href="../../css/app.css"></head>'
         f'<body><main class="gate-page" data-reason="{html.escape(reason)}">'
         f"<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p>"
-        '<p><a href="/">Back to the start page</a></p></main></body></html>'
+        '<p><a href="../../">Back to the start page</a></p></main></body></html>'
     )
     response = Response(body, status=status, content_type="text/html; charset=utf-8")
     response.headers["Cache-Control"] = "no-store"

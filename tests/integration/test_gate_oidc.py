@@ -18,11 +18,12 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
 import trio
+import trio.testing
 from joserfc import jwt
 from joserfc.jwk import OctKey, RSAKey
 from oidc_support import CLIENT_ID, CLIENT_SECRET, Provider, running_provider, sign_in
@@ -32,7 +33,13 @@ from support import StartServer
 from omiro_trio.backends.memory import MemoryBackend, open_memory_backend
 from omiro_trio.config import GateConfig
 from omiro_trio.gate import Admit, EntryRequests, GateRequest, Refuse, RefuseReason
-from omiro_trio.gate.oidc import LOGIN_COOKIE, OidcGate, OidcSettings, ProviderError
+from omiro_trio.gate.oidc import (
+    JWKS_REFRESH_S,
+    LOGIN_COOKIE,
+    OidcGate,
+    OidcSettings,
+    ProviderError,
+)
 from omiro_trio.gate.oidc_rules import AgeRules, AllowList
 from omiro_trio.gate.passes import COOKIE, GatePasses
 
@@ -128,7 +135,7 @@ def _set_cookie(headers: list[str], name: str) -> str:
 
 async def admitted(gate: OidcGate, answer: Any) -> Admit:
     assert answer.status_code == 303, await answer.get_data(as_text=True)
-    assert answer.headers["Location"] == "/"
+    assert answer.headers["Location"] == "../../"  # the page, from /gate/oidc/callback
     passed = _set_cookie(answer.headers.getlist("Set-Cookie"), COOKIE)
     verdict = await gate.admit(GateRequest("client", {COOKIE: passed}, time.time()))
     assert isinstance(verdict, Admit), verdict
@@ -201,6 +208,18 @@ async def test_oidc_callback_with_another_logins_state_is_refused(provider: Prov
 
 
 @pytest.mark.rule("protocol/gate-oidc")
+@pytest.mark.rule("protocol/gate-oidc")
+async def test_oidc_callback_from_another_issuer_is_refused(provider: Provider) -> None:
+    async with open_backend() as backend:
+        gate, app = make_gate(provider.issuer, backend)
+        browser = Browser(app)
+        callback, cookie = await browser.sign_in("adult-1")
+        assert f"iss={quote(provider.issuer, safe='')}" in callback  # RFC 9207
+        mixed = callback.replace(quote(provider.issuer, safe=""), quote("https://evil.example"))
+        await refused_page(await browser.callback(mixed, cookie), 400)
+        await admitted(gate, await browser.callback(callback, cookie))
+
+
 async def test_oidc_replayed_callback_is_refused(provider: Provider) -> None:
     async with open_backend() as backend:
         gate, app = make_gate(provider.issuer, backend)
@@ -341,8 +360,8 @@ class CraftedProvider:
         claims.update(changes)
         return {k: v for k, v in claims.items() if v is not None}
 
-    def token(self, key: Any = None, alg: str = "RS256", **changes: Any) -> str:
-        return jwt.encode({"alg": alg, "kid": "k1"}, self.claims(**changes), key or self.key)
+    def token(self, key: Any = None, alg: str = "RS256", kid: str = "k1", **changes: Any) -> str:
+        return jwt.encode({"alg": alg, "kid": kid}, self.claims(**changes), key or self.key)
 
 
 @pytest.fixture
@@ -422,7 +441,7 @@ def _tampered(token: str) -> str:
 
 
 async def test_crafted_keys_are_fetched_again_at_most_once_a_minute(
-    crafted: CraftedProvider,
+    crafted: CraftedProvider, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with open_backend() as backend:
         gate, _ = make_gate(ISSUER, backend, transport=crafted.transport())
@@ -433,8 +452,13 @@ async def test_crafted_keys_are_fetched_again_at_most_once_a_minute(
         crafted.key = RSAKey.generate_key(2048, parameters={"kid": "k2", "alg": "RS256"})
         for _ in range(5):
             with pytest.raises(ProviderError):
-                await gate.verify_id_token(crafted.token(), NONCE)
+                await gate.verify_id_token(crafted.token(kid="k2"), NONCE)
         assert crafted.fetches == 1
+        # A minute on, the provider's new key is fetched and its tokens check out.
+        await trio.sleep(JWKS_REFRESH_S)
+        claims = await gate.verify_id_token(crafted.token(kid="k2"), NONCE)
+        assert claims["sub"] == "account-1"
+        assert crafted.fetches == 2
 
 
 # -- one real server: signed in, given a token, matched by age band ------------------------
