@@ -28,7 +28,7 @@ from omiro_trio.backends.base import Backend
 from omiro_trio.errors import BackendUnavailable, InvalidToken
 from omiro_trio.http.answers import HttpError, JsonAnswer, error
 from omiro_trio.http.heads import RequestHead
-from omiro_trio.tokens import TokenSigner
+from omiro_trio.tokens import SessionClaims, TokenSigner
 
 CONCURRENT_LIMIT_RETRY_S: Final = 5
 
@@ -143,8 +143,11 @@ class Admission:
         self._release_claim = release_claim
         self._wall = wall
 
-    async def admit(self, head: RequestHead, client: str, slot: SocketSlot) -> str | JsonAnswer:
-        """Run the handshake checks; return the session id to accept, or the refusal.
+    async def admit(
+        self, head: RequestHead, client: str, slot: SocketSlot
+    ) -> SessionClaims | JsonAnswer:
+        """Run the handshake checks; return the session (its token's claims) to accept,
+        or the refusal.
 
         An accepted upgrade holds one of ``client``'s ``sockets_per_ip``
         slots in ``slot`` until ``release_slot``. A backend that does not
@@ -161,7 +164,9 @@ class Admission:
                 headers=_RETRY_CONCURRENT,
             )
 
-    async def _checks(self, head: RequestHead, client: str, slot: SocketSlot) -> str | JsonAnswer:
+    async def _checks(
+        self, head: RequestHead, client: str, slot: SocketSlot
+    ) -> SessionClaims | JsonAnswer:
         if not origin_allowed(head.header("origin"), head.header("host"), self._allowed_origins):
             return error(HTTPStatus.FORBIDDEN, HttpError.ORIGIN_NOT_ALLOWED, "origin not allowed")
         ban = await self._backend.ban_for(client)
@@ -207,7 +212,7 @@ class Admission:
         with trio.CancelScope(shield=True), suppress(BackendUnavailable):
             await self._backend.release_socket(client)
 
-    async def _check_token(self, head: RequestHead, client: str) -> str | JsonAnswer:
+    async def _check_token(self, head: RequestHead, client: str) -> SessionClaims | JsonAnswer:
         # Where proxies log nothing first: a header, then the subprotocol, then the URL.
         token = head.header("x-session-token")
         if token is None:
@@ -221,13 +226,14 @@ class Admission:
         if token is None:
             return error(HTTPStatus.UNAUTHORIZED, HttpError.INVALID_TOKEN, "missing session token")
         try:
-            session_id = self._signer.verify(token, self._wall())
+            claims = self._signer.verify_claims(token, self._wall())
         except InvalidToken as exc:
             return error(
                 HTTPStatus.UNAUTHORIZED,
                 HttpError.INVALID_TOKEN,
                 f"invalid session token: {exc}",
             )
+        session_id = claims.session_id
         try:
             claimed = await self._backend.claim_session(session_id, client)
         except BackendUnavailable:
@@ -241,4 +247,4 @@ class Admission:
                 HttpError.ALREADY_CONNECTED,
                 "this session is already connected",
             )
-        return session_id
+        return claims

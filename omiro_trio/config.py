@@ -20,7 +20,7 @@ Rules (``docs/configuration.md`` is the user-facing version):
   ``OMIRO_DEBUG_TRACEMALLOC`` (diagnostic switches, read by
   ``diagnostics.py``).
 * Secrets (``session.secret``, ``admin.token``, ``ice.turn_secret``,
-  ``alerts.secret``, ``gate.passphrase_hash``) can also
+  ``alerts.secret``, ``gate.passphrase_hash``, ``gate.oidc_client_secret``) can also
   come from a file named by ``OMIRO_<TABLE>_<KEY>_FILE`` (one trailing newline
   stripped, must not be empty). Setting both the variable and ``_FILE`` is an
   error. Secrets never appear in error messages, and :func:`config_as_dict`
@@ -219,6 +219,26 @@ class GateConfig(_Table, frozen=True):
     remember_s: Annotated[int, msgspec.Meta(ge=60, le=365 * DAY_S)] = 30 * DAY_S
     # Phrase or invite code tries per client per minute (each try of a phrase costs a hash).
     tries_per_minute: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+    # kind "oidc": the provider (its issuer URL, exactly as its discovery document says it),
+    # this service's client there, and the callback registered with it ("" : the
+    # request's origin + /gate/oidc/callback).
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: str = ""
+    oidc_redirect_url: str = ""
+    oidc_scopes: tuple[str, ...] = ("openid", "email")
+    # Allow-lists (empty: everyone the provider signs in): verified email domains;
+    # a claim (e.g. "groups") that must hold one of oidc_claim_values.
+    oidc_email_domains: tuple[str, ...] = ()
+    oidc_claim: str = ""
+    oidc_claim_values: tuple[str, ...] = ()
+    # Age bands: the claim holding the age ("" : bands unknown, not used), read as a
+    # "birthdate" (YYYY-MM-DD) or an "adult_flag" (a boolean, true: an adult).
+    age_claim: str = ""
+    age_claim_kind: Literal["birthdate", "adult_flag"] = "birthdate"
+    adult_age: Annotated[int, msgspec.Meta(ge=1, le=150)] = 18
+    min_age: Annotated[int, msgspec.Meta(ge=0, le=150)] = 0  # younger: refused
+    require_age: bool = False  # refuse an account whose age is unknown
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -247,6 +267,7 @@ SECRET_KEYS: frozenset[tuple[str, str]] = frozenset(
         ("ice", "turn_secret"),
         ("alerts", "secret"),
         ("gate", "passphrase_hash"),
+        ("gate", "oidc_client_secret"),
     }
 )
 ENV_PREFIX = "OMIRO_"
@@ -551,6 +572,18 @@ def _check_values(config: Config, sources: _Sources) -> None:
         # Not echoed: the hash is kept like a secret.
         problem = "expected an argon2 hash (make one with: omiro gate hash-passphrase)"
         raise _error(sources, "gate", "passphrase_hash", problem)
+    if gate.kind == "oidc":
+        for key in ("oidc_issuer", "oidc_client_id", "oidc_client_secret"):
+            if not getattr(gate, key):
+                raise _error(sources, "gate", key, 'must be set with kind = "oidc"')
+        issuer = urlsplit(gate.oidc_issuer)
+        local = issuer.hostname in ("127.0.0.1", "localhost", "::1")
+        if issuer.scheme != "https" and not (issuer.scheme == "http" and local):
+            problem = "must be an https:// URL (http:// only for a provider on this host)"
+            raise _error(sources, "gate", "oidc_issuer", problem)
+        if bool(gate.oidc_claim) != bool(gate.oidc_claim_values):
+            problem = "gate.oidc_claim and gate.oidc_claim_values go together"
+            raise _error(sources, "gate", "oidc_claim_values", problem)
     if config.backend.kind != "memory" and not config.session.secret:
         # Every server must verify the tokens the others signed.
         problem = f"must be set with backend.kind = {config.backend.kind!r}: servers share tokens"

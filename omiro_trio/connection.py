@@ -52,6 +52,7 @@ from omiro_trio.http.streams import ReplayStream, discard_unread
 from omiro_trio.hub import Hub, Session
 from omiro_trio.session_core import SessionCore
 from omiro_trio.session_events import Controls, Widen
+from omiro_trio.tokens import SessionClaims
 from omiro_trio.wsengine import Engine, EngineProtocol, Failure, WsConnection
 
 log = logging.getLogger(__name__)
@@ -128,10 +129,10 @@ async def _handshake(
     raw: socket.socket,
     head: RequestHead | None,
     slot: SocketSlot,
-) -> tuple[EngineProtocol, str, str, bytes] | None:
+) -> tuple[EngineProtocol, SessionClaims, str, bytes] | None:
     """Read the upgrade request and run the checks.
 
-    Returns the protocol, the session id, the client and the bytes read
+    Returns the protocol, the session (its token's claims), the client and the bytes read
     behind the request (frames the engine parses once the socket is open).
     A refused upgrade is answered here (plain HTTP) and gives None.
     """
@@ -234,13 +235,14 @@ async def _open_session(
     engine: Engine,
     raw: socket.socket,
     proto: EngineProtocol,
-    session_id: str,
+    claims: SessionClaims,
     ip: str,
     behind: bytes,
     *,
     slot: SocketSlot,
 ) -> None:
-    core = SessionCore(session_id, trio.current_time(), ctx.rules)
+    session_id = claims.session_id
+    core = SessionCore(session_id, trio.current_time(), ctx.rules, band=claims.band)
     session = Session(session_id, ip, core=core)
     conn = WsConnection(
         engine,

@@ -19,9 +19,12 @@ State and invariants:
 * "Find a compatible waiting partner, or wait" is one call (``join`` or
   ``widen``) that either forms a match or enqueues: nothing can run between.
 
-Compatibility: same mode (queues are per mode), not the same session, not
-blocked. Before its interest timeout a session with interests or languages
-takes only a partner that shares one of them (a language is a preference
+Compatibility: same mode and same age band (queues are per pool: the mode,
+and the band when the session has one, ``pool_of``), not the same session, not
+blocked. The band is a hard constraint like the mode, never widened: a
+session whose band is unknown (``""``) waits in its mode's own pool, which
+no session with a band ever enters. Before its interest timeout a session
+with interests or languages takes only a partner that shares one of them (a language is a preference
 like an interest, never a filter: after the timeout anyone in the mode
 will do). A partner from the last ``rematch_cooldown_s`` seconds is taken only
 when nobody else is available to the joiner at that moment. Two sessions that
@@ -59,6 +62,10 @@ SCAN_LIMIT = 256
 Keeps a match O(number of my interests) even with pathological queues."""
 
 
+BAND_MARK = "@"
+"""What joins a mode and an age band in a pool's name (``pool_of``): modes are
+plain words and bands come from the gate (``gate.AgeBand``), never a client."""
+
 LANGUAGE_MARK = " "
 """What starts a language's queue name (and its name among a match's common
 names): a space, which no trimmed interest starts with."""
@@ -69,12 +76,28 @@ class Preferences:
     """What a session asked for in ``join_queue``: already validated.
 
     ``languages``: the languages the client speaks (ISO 639 codes), matched
-    like interests.
+    like interests. ``band``: the age band the gate verified (the session
+    token's, never the client's say), ``""`` when unknown.
     """
 
     mode: str = "video"
     interests: tuple[str, ...] = ()
     languages: tuple[str, ...] = ()
+    band: str = ""
+
+
+def pool_of(prefs: Preferences) -> str:
+    """The pool a session with ``prefs`` waits in: its mode, and its band if it has one.
+
+    Sessions meet only within one pool, so two bands never meet, and an
+    unknown band (``""``) meets only other unknowns.
+    """
+    return f"{prefs.mode}{BAND_MARK}{prefs.band}" if prefs.band else prefs.mode
+
+
+def mode_of_pool(pool: str) -> str:
+    """The mode of a pool's name (``pool_of``)."""
+    return pool.partition(BAND_MARK)[0]
 
 
 def queue_names(prefs: Preferences) -> tuple[str, ...]:
@@ -368,14 +391,15 @@ class Matchmaker:
         widen_now = not names or self._interest_timeout_s <= 0
         if widen_now:
             names.append(GENERAL)
-        partner = self._find(session_id, prefs.mode, names, now)
+        pool = pool_of(prefs)
+        partner = self._find(session_id, pool, names, now)
         if partner is not None:
             return self._form(partner, session_id, prefs, now)
         self._tickets += 1
         entry = _Entry(session_id, prefs, now, self._tickets, widened=widen_now)
         self._waiting[session_id] = entry
         for name in names:
-            self._queues.setdefault((prefs.mode, name), {})[session_id] = None
+            self._queues.setdefault((pool, name), {})[session_id] = None
         return Waiting(entry.ticket, None if widen_now else self._interest_timeout_s)
 
     def widen(self, session_id: str, ticket: int, now: float) -> Match | None:
@@ -387,12 +411,13 @@ class Matchmaker:
         entry = self._waiting.get(session_id)
         if entry is None or entry.ticket != ticket or entry.widened:
             return None
-        partner = self._find(session_id, entry.prefs.mode, [GENERAL], now)
+        pool = pool_of(entry.prefs)
+        partner = self._find(session_id, pool, [GENERAL], now)
         if partner is not None:
             self._unqueue(entry)
             return self._form(partner, session_id, entry.prefs, now, joiner_since=entry.since)
         entry.widened = True
-        self._queues.setdefault((entry.prefs.mode, GENERAL), {})[session_id] = None
+        self._queues.setdefault((pool, GENERAL), {})[session_id] = None
         return None
 
     def leave(self, session_id: str, now: float) -> Match | None:
@@ -447,15 +472,15 @@ class Matchmaker:
 
     # -- internals -----------------------------------------------------
 
-    def _find(self, session_id: str, mode: str, names: list[str], now: float) -> _Entry | None:
-        """The oldest available partner in the named queues of ``mode``.
+    def _find(self, session_id: str, pool: str, names: list[str], now: float) -> _Entry | None:
+        """The oldest available partner in the named queues of ``pool`` (``pool_of``).
 
         A recent partner is returned only when no one else is available.
         """
         fresh: _Entry | None = None
         recent: _Entry | None = None
         for name in names:
-            queue = self._queues.get((mode, name))
+            queue = self._queues.get((pool, name))
             if not queue:
                 continue
             for scanned, other_id in enumerate(queue):
@@ -510,7 +535,7 @@ class Matchmaker:
         if entry.widened:
             names.append(GENERAL)
         for name in names:
-            key = (entry.prefs.mode, name)
+            key = (pool_of(entry.prefs), name)
             queue = self._queues.get(key)
             if queue is not None:
                 queue.pop(entry.session_id, None)

@@ -282,6 +282,7 @@ class SessionCore:
 
     __slots__ = (
         "_away",
+        "_band",
         "_beats",
         "_bucket",
         "_detached",
@@ -311,8 +312,13 @@ class SessionCore:
         "widen",
     )
 
-    def __init__(self, session_id: str, now: float, rules: SessionRules = _DEFAULT_RULES) -> None:
+    def __init__(
+        self, session_id: str, now: float, rules: SessionRules = _DEFAULT_RULES, *, band: str = ""
+    ) -> None:
         self.id = session_id
+        # The age band the gate verified (the session token's), "" unknown:
+        # every wish of this session carries it (matchmaking.pool_of).
+        self._band = band
         self.state: State = "idle"
         self.match: Match | None = None
         self.matched_at = now  # when ``match`` reached this session (for a report's evidence)
@@ -516,12 +522,12 @@ class SessionCore:
     # -- client ops ----------------------------------------------------------
 
     def _join_queue(self, message: protocol.JoinQueue, now: float) -> Effects:
-        prefs = Preferences(message.mode, message.interests, message.languages)
+        prefs = Preferences(message.mode, message.interests, message.languages, self._band)
         return self._way_in(Join(prefs, "join_queue"))
 
     def _next(self, message: protocol.Next, now: float) -> Effects:
         # Without an earlier join_queue, next searches with the defaults.
-        return self._way_in(Join(self.prefs or Preferences(), "next"))
+        return self._way_in(Join(self.prefs or Preferences(band=self._band), "next"))
 
     def _leave_queue(self, message: protocol.LeaveQueue, now: float) -> Effects:
         return (_LEAVE,)

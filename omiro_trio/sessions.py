@@ -108,12 +108,16 @@ class NewSession:
                 headers=(("Retry-After", str(seconds)),),
                 retry_after=seconds,
             )
+        band = subject = ""
         if self._gate is not None:
             cookies = parse_cookies(head.headers.get("cookie", ()))
             verdict = await self._gate.admit(GateRequest(client, cookies, self._wall()))
             if isinstance(verdict, Refuse):
                 return refusal(verdict)
-        issued = self._signer.issue(self._wall())
+            # The token carries what the gate knew: the age band that keeps
+            # matching apart, the subject that bans and reports may name.
+            band, subject = verdict.claims.age_band or "", verdict.claims.subject
+        issued = self._signer.issue(self._wall(), band=band, subject=subject)
         self._metrics.sessions_issued.inc()
         body = {
             "token": issued.token,

@@ -6,6 +6,16 @@ session id (``uuid.uuid4``) and ``new_secret``. It implements PROTOCOL.md
 
     token = "<session uuid4>:<expiry unix seconds>:<hex HMAC-SHA256(secret, "<uuid>:<expiry>")>"
 
+and, for a session the entry gate admitted with claims (an age band, a
+subject: docs/gate.md),
+
+    token = "<uuid>:<expiry>:<band>:<subject>:<hex HMAC-SHA256(secret, everything before)>"
+
+where ``band`` is ``adult``, ``minor`` or empty (unknown) and ``subject``
+0..64 of ``[A-Za-z0-9_-]``. Only ``:`` separates parts and every part is
+made of HTTP token characters, so a token still travels as a WebSocket
+subprotocol (``:`` written as ``.``).
+
 Invariants:
 
 * ``TokenSigner.verify`` accepts only what ``TokenSigner.issue`` produces with
@@ -38,6 +48,7 @@ from omiro_trio.errors import InvalidTicket, InvalidToken
 __all__ = [
     "PAIR_TAG_CHARS",
     "IssuedToken",
+    "SessionClaims",
     "Ticket",
     "TicketSigner",
     "TokenSigner",
@@ -52,15 +63,32 @@ PAIR_TAG_CHARS = 16
 SECRET_BYTES: Final = 32
 # Unix seconds stay below 10**12 for the next 30,000 years.
 MAX_EXPIRY_DIGITS: Final = 12
-# uuid (36) + ":" + expiry + ":" + signature (64)
-_MAX_TOKEN_LENGTH: Final = 36 + 1 + MAX_EXPIRY_DIGITS + 1 + 64
+MAX_SUBJECT_CHARS: Final = 64
+# uuid (36) + ":" + expiry + [":" + band + ":" + subject] + ":" + signature (64)
+_MAX_TOKEN_LENGTH: Final = 36 + 1 + MAX_EXPIRY_DIGITS + 1 + 5 + 1 + MAX_SUBJECT_CHARS + 1 + 64
 
 # [0-9a-f] rather than \d or \w: those also match non-ASCII digits and letters.
 _TOKEN_RE: Final = re.compile(
     r"(?P<session>[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12})"
     rf":(?P<expiry>[0-9]{{1,{MAX_EXPIRY_DIGITS}}})"
+    rf"(?::(?P<band>adult|minor|):(?P<subject>[A-Za-z0-9_-]{{0,{MAX_SUBJECT_CHARS}}}))?"
     r":(?P<signature>[0-9a-f]{64})"
 )
+_BANDS: Final = frozenset(("", "adult", "minor"))
+_SUBJECT_RE: Final = re.compile(rf"[A-Za-z0-9_-]{{0,{MAX_SUBJECT_CHARS}}}")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClaims:
+    """What a verified token says: its session, and what the gate knew of the person.
+
+    ``band``: ``"adult"``, ``"minor"`` or ``""`` (unknown); ``subject``: the
+    gate's key of the person (an account's salted hash), ``""`` if none.
+    """
+
+    session_id: str
+    band: str = ""
+    subject: str = ""
 
 
 @dataclass(frozen=True)
@@ -111,15 +139,29 @@ class TokenSigner:
         mac.update(f"pair:{first}\n{second}".encode())
         return mac.hexdigest()[:PAIR_TAG_CHARS]
 
-    def issue(self, now: float) -> IssuedToken:
-        """Sign a token for a new session id that expires ``ttl_s`` after ``now``."""
+    def issue(self, now: float, *, band: str = "", subject: str = "") -> IssuedToken:
+        """Sign a token for a new session id that expires ``ttl_s`` after ``now``.
+
+        ``band`` and ``subject``: what the entry gate knew (``SessionClaims``).
+
+        Raises:
+            ValueError: a band or subject a token cannot carry.
+        """
+        if band not in _BANDS or _SUBJECT_RE.fullmatch(subject) is None:
+            raise ValueError("a token carries a band of adult/minor and a subject of [A-Za-z0-9_-]")
         session_id = str(uuid.uuid4())
         expires_at = int(now) + self._ttl_s
         payload = f"{session_id}:{expires_at}"
+        if band or subject:
+            payload = f"{payload}:{band}:{subject}"
         return IssuedToken(f"{payload}:{self._sign(payload)}", session_id, expires_at)
 
     def verify(self, token: str, now: float) -> str:
-        """Check a token and return its session id.
+        """Check a token and return its session id (``verify_claims``)."""
+        return self.verify_claims(token, now).session_id
+
+    def verify_claims(self, token: str, now: float) -> SessionClaims:
+        """Check a token and return what it says.
 
         Raises:
             InvalidToken: the token is malformed, not signed with this secret,
@@ -133,12 +175,12 @@ class TokenSigner:
         if match is None:
             raise InvalidToken("malformed token")
         session_id, expiry, signature = match.group("session", "expiry", "signature")
-        expected = self._sign(f"{session_id}:{expiry}")
+        expected = self._sign(token[: -len(signature) - 1])
         if not hmac.compare_digest(signature, expected):
             raise InvalidToken("bad token signature")
         if now >= int(expiry):
             raise InvalidToken("token expired")
-        return session_id
+        return SessionClaims(session_id, match.group("band") or "", match.group("subject") or "")
 
 
 # -- match tickets ---------------------------------------------------------------------

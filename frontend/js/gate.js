@@ -13,6 +13,10 @@
 // `gate-error` (role="alert") and tied to the field (aria-describedby,
 // aria-invalid), with the focus back in the field.
 //
+// The `oidc` kind has no field: its screen's one button leaves the page for
+// `gate/oidc/login` (the operator's sign-in provider), which comes back to
+// the page with the pass set, or to the server's page saying why not.
+//
 // Events: "admitted" (the pass is set: start again), "dismissed" (closed
 // without getting in).
 
@@ -45,6 +49,9 @@ const SCREENS = {
     input: "text",
   },
 };
+
+// The sign-in screen of the `oidc` kind: a button, no field.
+const SIGN_IN = { title: "gate.signInTitle", text: "gate.signInText", button: "gate.signIn" };
 
 /** The invite code of the page's address (`?invite=CODE`), taken off the address bar. */
 export function takeInviteCode(location = window.location, history = window.history) {
@@ -95,7 +102,8 @@ export class EntryGate extends EventTarget {
     this.#pendingCode = inviteCode;
     this.#form.addEventListener("submit", (event) => {
       event.preventDefault();
-      this.#send(this.#input.value);
+      if (this.#kind === "oidc") window.location.assign(new URL("gate/oidc/login", this.#base));
+      else this.#send(this.#input.value);
     });
     this.#cancel.addEventListener("click", () => dialog.close("cancel"));
     dialog.addEventListener("close", () => {
@@ -122,6 +130,7 @@ export class EntryGate extends EventTarget {
       return;
     }
     if (reason === "required" && SCREENS[gate]) this.#show(gate, null);
+    else if (reason === "required" && gate === "oidc") this.#show("oidc", null);
     else if (SCREENS[gate] && REASON_KEYS[reason] && gate !== "oidc") this.#show(gate, REASON_KEYS[reason]);
     else this.#show("refused", REASON_KEYS[reason] ?? null);
   }
@@ -129,6 +138,16 @@ export class EntryGate extends EventTarget {
   /** Draw the words again (the page's language changed). */
   render() {
     if (this.#kind === null) return;
+    if (this.#kind === "oidc") {
+      this.#title.textContent = t(SIGN_IN.title);
+      this.#text.textContent = t(SIGN_IN.text);
+      this.#field.hidden = true;
+      this.#submit.hidden = false;
+      this.#submit.textContent = t(SIGN_IN.button);
+      this.#cancel.textContent = t("gate.cancel");
+      this.#error.textContent = "";
+      return;
+    }
     const screen = SCREENS[this.#kind];
     this.#title.textContent = t(screen ? screen.title : "gate.refusedTitle");
     this.#text.textContent = t(screen ? screen.text : "gate.refusedText");
@@ -156,7 +175,7 @@ export class EntryGate extends EventTarget {
     }
     this.render();
     if (!this.#dialog.open) this.#dialog.showModal();
-    (screen ? this.#input : this.#cancel).focus();
+    (screen ? this.#input : kind === "oidc" ? this.#submit : this.#cancel).focus();
   }
 
   #fail(key) {

@@ -40,7 +40,10 @@
 --   P.."boot"          string this Redis's incarnation (gone after an empty restart, or
 --                             when no server has beaten for the life of live records)
 --   P.."w:"..sid       hash   a waiting entry: mode, ints (its queue names: interests, and
---                             languages as " "..code), since, ticket, widened, req
+--                             languages as " "..code), since, ticket, widened, req.
+--                             "mode" here and below is the session's pool: its mode, and
+--                             "@"..band when the gate verified an age band (matchmaking.py
+--                             pool_of); sessions meet only within one pool
 --   P.."q:"..mode..":"..interest  zset  sid -> entry order ("" interest: the general queue;
 --                             " "..code: a language's)
 --   P.."waiting"       set    waiting sessions (for stats)

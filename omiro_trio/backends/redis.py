@@ -87,7 +87,15 @@ from omiro_trio.backends.base import (
 )
 from omiro_trio.backends.redis_records import RedisRecords
 from omiro_trio.errors import BackendUnavailable, SessionElsewhere
-from omiro_trio.matchmaking import Match, Preferences, Waiting, queue_names, split_common
+from omiro_trio.matchmaking import (
+    Match,
+    Preferences,
+    Waiting,
+    mode_of_pool,
+    pool_of,
+    queue_names,
+    split_common,
+)
 
 log = logging.getLogger(__name__)
 
@@ -325,6 +333,8 @@ def _match(raw: Sequence[Any]) -> Match:
     clients = (fields[8], fields[9]) if len(fields) >= 10 else ("", "")
     # The common queue names (interests, and languages marked as such: matchmaking.py).
     interests, languages = split_common(msgspec.json.decode(common) or ())
+    # The script knows a session's pool (its mode and age band) as its mode.
+    mode = mode_of_pool(mode)
     return Match(match_id, caller, callee, mode, interests, servers, languages, clients)
 
 
@@ -339,7 +349,7 @@ def _wait_fields(view: LocalView) -> str:
         return ""
     interests = msgspec.json.encode(list(queue_names(view.waiting))).decode()
     ticket = -1 if view.ticket is None else view.ticket
-    return f"{view.waiting.mode}|{ticket}|{interests}"
+    return f"{pool_of(view.waiting)}|{ticket}|{interests}"
 
 
 @dataclasses.dataclass(slots=True)
@@ -569,13 +579,14 @@ class RedisBackend(RedisRecords):
     # -- matching --------------------------------------------------------
 
     async def join(self, session_id: str, prefs: Preferences) -> Match | Waiting:
-        # The script queues by name: interests and marked languages alike.
+        # The script queues by name: interests and marked languages alike; and
+        # by pool as its "mode": the mode and the age band (matchmaking.pool_of).
         interests = msgspec.json.encode(list(queue_names(prefs))).decode()
         try:
             raw = await self._run(
                 "join",
                 session_id,
-                prefs.mode,
+                pool_of(prefs),
                 interests,
                 self._interest_timeout_s,
                 uuid.uuid4().hex,

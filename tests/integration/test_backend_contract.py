@@ -444,6 +444,36 @@ async def test_voice_only_meets_voice_only(backend: Backend) -> None:
     assert (match.caller, match.mode, match.common_languages) == ("voice", "voice", ("pt",))
 
 
+@pytest.mark.rule("protocol/age-bands")
+async def test_age_bands_never_meet_and_unknown_meets_only_unknown(backend: Backend) -> None:
+    await waits(backend, "adult", Preferences(band="adult"))
+    await waits(backend, "minor", Preferences(band="minor"))
+    await waits(backend, "unknown", Preferences())
+    await waits(backend, "minor-text", Preferences(mode="text", band="minor"))
+    adults = await matches(backend, "adult2", Preferences(band="adult"))
+    assert (adults.caller, adults.callee, adults.mode) == ("adult", "adult2", "video")
+    minors = await matches(backend, "minor2", Preferences(band="minor"))
+    assert (minors.caller, minors.callee, minors.mode) == ("minor", "minor2", "video")
+    unknown = await matches(backend, "unknown2", Preferences())
+    assert (unknown.caller, unknown.callee) == ("unknown", "unknown2")
+    # Read back from the backend, the match's mode is the mode alone.
+    ended = await backend.leave("adult2")
+    assert ended is not None
+    assert (ended.match_id, ended.mode) == (adults.match_id, "video")
+
+
+@pytest.mark.rule("protocol/age-bands")
+async def test_age_bands_are_never_widened(
+    backend: Backend, clock: Clock | None, elapse: Elapse
+) -> None:
+    adult = await waits(backend, "adult", Preferences(interests=("music",), band="adult"))
+    minor = await waits(backend, "minor", Preferences(interests=("music",), band="minor"))
+    await elapse(INTEREST_TIMEOUT_S)
+    assert await backend.widen("adult", adult.ticket) is None
+    assert await backend.widen("minor", minor.ticket) is None
+    assert (await backend.stats()).waiting == 2
+
+
 async def test_join_with_interests_does_not_take_a_no_interest_waiter(backend: Backend) -> None:
     await waits(backend, "a")
     waiting = await waits(backend, "b", prefs("music"))

@@ -17,7 +17,6 @@ from omiro_trio import accounts
 from omiro_trio.backends.base import Raid
 from omiro_trio.backends.memory import open_memory_backend
 from omiro_trio.config import GateConfig
-from omiro_trio.errors import ConfigError
 from omiro_trio.gate import Admit, Claims, GateRequest, OpenGate, Refuse, RefuseReason
 from omiro_trio.gate.commands import parse_duration
 from omiro_trio.gate.entry import refusal
@@ -174,8 +173,13 @@ async def test_build_gate_picks_the_kind() -> None:
         config = GateConfig(kind="passphrase", passphrase_hash=phrase_hash)
         assert build_gate(config, SECRET, backend).kind == "passphrase"
         assert build_gate(GateConfig(kind="invite"), SECRET, backend).kind == "invite"
-        with pytest.raises(ConfigError, match="oidc"):
-            build_gate(GateConfig(kind="oidc"), SECRET, backend)
+        config = GateConfig(
+            kind="oidc",
+            oidc_issuer="https://id.example",
+            oidc_client_id="omiro",
+            oidc_client_secret="s",
+        )
+        assert build_gate(config, SECRET, backend).kind == "oidc"
 
 
 def test_parse_duration() -> None:

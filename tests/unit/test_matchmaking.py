@@ -482,6 +482,69 @@ def test_leave_takes_a_speaker_out_of_its_language_lines() -> None:
         waits(mm.join(f"joiner-{p.languages}", p, INTEREST_TIMEOUT_S))
 
 
+def aged(band: str, *interests: str, mode: str = "video") -> Preferences:
+    return Preferences(mode=mode, interests=interests, band=band)
+
+
+@pytest.mark.rule("protocol/age-bands")
+def test_age_bands_two_adults_match() -> None:
+    mm = matchmaker()
+    waits(mm.join("a1", aged("adult"), 0.0))
+    match = matched(mm.join("a2", aged("adult"), 1.0))
+    assert (match.caller, match.callee, match.mode) == ("a1", "a2", "video")
+
+
+@pytest.mark.rule("protocol/age-bands")
+def test_age_bands_an_adult_and_a_minor_never_meet_even_after_widening() -> None:
+    mm = matchmaker()
+    adult = waits(mm.join("adult", aged("adult", "music"), 0.0))
+    minor = waits(mm.join("minor", aged("minor", "music"), 0.0))
+    assert mm.widen("adult", adult.ticket, INTEREST_TIMEOUT_S) is None
+    assert mm.widen("minor", minor.ticket, INTEREST_TIMEOUT_S) is None
+    minors = matched(mm.join("minor-plain", aged("minor"), INTEREST_TIMEOUT_S + 1))
+    assert (minors.caller, minors.callee) == ("minor", "minor-plain")
+    adults = matched(mm.join("adult-plain", aged("adult"), INTEREST_TIMEOUT_S + 2))
+    assert (adults.caller, adults.callee) == ("adult", "adult-plain")
+
+
+@pytest.mark.rule("protocol/age-bands")
+def test_age_bands_unknown_meets_only_unknown() -> None:
+    mm = matchmaker()
+    waits(mm.join("adult", aged("adult"), 0.0))
+    waits(mm.join("minor", aged("minor"), 0.0))
+    waits(mm.join("unknown", prefs(), 1.0))
+    match = matched(mm.join("unknown2", prefs(), 2.0))
+    assert (match.caller, match.callee) == ("unknown", "unknown2")
+    assert mm.waiting_count() == 2
+
+
+@pytest.mark.rule("protocol/age-bands")
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(("adult", "minor", "")), st.sampled_from(("video", "text"))),
+        min_size=2,
+        max_size=30,
+    )
+)
+def test_age_bands_randomized_no_match_crosses_bands(joins: list[tuple[str, str]]) -> None:
+    mm = matchmaker(interest_timeout_s=0.0)
+    pool_of_session: dict[str, tuple[str, str]] = {}
+    band_of: dict[str, str] = {}
+    for n, (band, mode) in enumerate(joins):
+        sid = f"s{n}"
+        band_of[sid] = band
+        pool_of_session[sid] = (band, mode)
+        result = mm.join(sid, aged(band, mode=mode), float(n))
+        if isinstance(result, Match):
+            assert band_of[result.caller] == band_of[result.callee] == band
+            assert result.mode == mode
+    # Everyone left waiting is alone in their pool: no pair was kept apart
+    # that the rules allowed to meet.
+    pools = [pool_of_session[s] for s in mm.waiting_ids()]
+    assert len(pools) == len(set(pools))
+
+
 @pytest.mark.rule("protocol/matching-rules")
 def test_block_prevents_a_match_even_when_nobody_else_waits() -> None:
     mm = matchmaker()
@@ -745,6 +808,8 @@ SESSIONS = ("a", "b", "c", "d", "e", "f")
 MODES = ("video", "video", "video", "text")
 INTERESTS = ("x", "y")
 LANGUAGES = ("pt", "en")
+# Age bands as a gate verifies them ("" unknown); each session keeps one.
+BANDS = ("adult", "minor", "")
 STEPS_S = (0.5, 1.0, INTEREST_TIMEOUT_S, COOLDOWN_S - 0.5, COOLDOWN_S, BLOCK_TTL_S + 1)
 
 
@@ -791,9 +856,13 @@ class MatchmakerMachine(RuleBasedStateMachine):
     ("excused"): a block that runs out does not rematch anyone by itself.
     """
 
-    @initialize(interest_timeout_s=st.sampled_from([0.0, INTEREST_TIMEOUT_S]))
-    def start(self, interest_timeout_s: float) -> None:
+    @initialize(
+        interest_timeout_s=st.sampled_from([0.0, INTEREST_TIMEOUT_S]),
+        bands=st.lists(st.sampled_from(BANDS), min_size=len(SESSIONS), max_size=len(SESSIONS)),
+    )
+    def start(self, interest_timeout_s: float, bands: list[str]) -> None:
         ids = itertools.count(1)
+        self.bands = dict(zip(SESSIONS, bands, strict=True))
         self.interest_timeout_s = interest_timeout_s
         self.mm = Matchmaker(
             interest_timeout_s=interest_timeout_s,
@@ -832,6 +901,7 @@ class MatchmakerMachine(RuleBasedStateMachine):
             for other, wait in self.waiting.items()
             if other != sid
             and wait.prefs.mode == mode
+            and wait.prefs.band == self.bands[sid]
             and wait.queues() & names
             and not self.blocked(sid, other)
         }
@@ -848,6 +918,9 @@ class MatchmakerMachine(RuleBasedStateMachine):
         self.excused = {p for p in self.excused if sid not in p}
 
     def formed(self, match: Match) -> None:
+        assert self.bands[match.caller] == self.bands[match.callee], (
+            f"{match} pairs age bands {self.bands[match.caller]!r} and {self.bands[match.callee]!r}"
+        )
         for side in (match.caller, match.callee):
             assert side not in self.matches, f"{side} already in {self.matches[side]}"
             self.matches[side] = match
@@ -903,7 +976,7 @@ class MatchmakerMachine(RuleBasedStateMachine):
         self, data: st.DataObject, mode: str, interests: list[str], languages: list[str]
     ) -> None:
         sid = data.draw(st.sampled_from(self.idle()), label="sid")
-        self.do_join(sid, Preferences(mode, tuple(interests), tuple(languages)))
+        self.do_join(sid, Preferences(mode, tuple(interests), tuple(languages), self.bands[sid]))
 
     @precondition(lambda self: self.waiting or self.matches)
     @rule(data=st.data())
@@ -1012,6 +1085,8 @@ class MatchmakerMachine(RuleBasedStateMachine):
                 wa, wb = self.waiting[a], self.waiting[b]
                 if wa.prefs.mode != wb.prefs.mode or not wa.queues() & wb.queues():
                     continue
+                if wa.prefs.band != wb.prefs.band:
+                    continue  # never available to each other (age bands)
                 if self.blocked(a, b):
                     self.excused.add(_pair(a, b))
                     continue

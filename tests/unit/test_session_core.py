@@ -1414,3 +1414,12 @@ def test_a_refused_skip_says_when_to_try_again(wait_s: float, told: int) -> None
 def test_a_skip_within_the_allowance_is_taken() -> None:
     join = Join(Preferences(), "next")
     assert SessionCore("a", 0.0, RULES).handle(SkipCounted(CountSkip(join), None), 0.0) == (join,)
+
+
+@pytest.mark.rule("protocol/age-bands")
+def test_a_sessions_age_band_goes_with_every_wish() -> None:
+    core = SessionCore("s", 0.0, band="minor")
+    assert core.receive(frame("next"), 0.0) == skip(Preferences(band="minor"), "next")
+    core = SessionCore("t", 0.0, band="adult")
+    wish = frame("join_queue", {"mode": "text", "interests": ["chess"]})
+    assert core.receive(wish, 0.0) == skip(Preferences("text", ("chess",), (), "adult"))

@@ -251,3 +251,41 @@ def test_pair_tag_is_symmetric_short_keyed_and_distinct() -> None:
     # Not a token signature of some payload: the "pair:" prefix sets it apart.
     mac = hmac.new(b"secret-one", b"198.51.100.7\n2001:db8:5:6::/64", hashlib.sha256)
     assert not mac.hexdigest().startswith(tag)
+
+
+# -- what the entry gate knew ------------------------------------------------------------
+
+
+def test_token_carries_the_gates_band_and_subject() -> None:
+    signer = TokenSigner(b"k" * 32, 600)
+    issued = signer.issue(1000.0, band="adult", subject="a" * 32)
+    assert issued.token.count(":") == 4
+    claims = signer.verify_claims(issued.token, 1001.0)
+    assert (claims.session_id, claims.band, claims.subject) == (
+        issued.session_id,
+        "adult",
+        "a" * 32,
+    )
+    plain = signer.issue(1000.0)
+    assert plain.token.count(":") == 2  # an open gate's token is as before
+    assert signer.verify_claims(plain.token, 1001.0).band == ""
+
+
+def test_token_band_cannot_be_changed_without_the_secret() -> None:
+    signer = TokenSigner(b"k" * 32, 600)
+    minor = signer.issue(1000.0, band="minor", subject="s").token
+    for forged in (
+        minor.replace(":minor:", ":adult:"),
+        minor.replace(":minor:", "::"),
+        minor.replace(":minor:s:", ":"),  # the claims dropped
+    ):
+        with pytest.raises(InvalidToken, match="signature"):
+            signer.verify_claims(forged, 1001.0)
+
+
+@pytest.mark.parametrize(
+    ("band", "subject"), [("teen", ""), ("adult", "a.b"), ("", "x" * 65), ("", "a:b")]
+)
+def test_token_refuses_claims_it_cannot_carry(band: str, subject: str) -> None:
+    with pytest.raises(ValueError, match="band"):
+        TokenSigner(b"k" * 32, 600).issue(0.0, band=band, subject=subject)
