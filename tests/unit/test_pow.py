@@ -98,7 +98,8 @@ async def test_pow_always_refuses_without_then_admits_a_solution_once(
     pow = pow_for(backend, gate_config(pow_mode="always"), Wall())
     missing = await pow.refused(None)
     assert reason(missing) == (401, "pow", "required")
-    assert missing is not None and missing.body["challenge"] == CHALLENGE_PATH
+    assert missing is not None
+    assert missing.body["challenge"] == CHALLENGE_PATH
     payload = await fresh_payload(pow)
     assert await pow.refused(payload) is None
     assert reason(await pow.refused(payload)) == (403, "pow", "used")
@@ -116,9 +117,7 @@ async def test_pow_challenge_is_signed_with_the_secrets_key_and_expires(
     assert parameters["expiresAt"] == int(wall.now) + config.pow_expiry_s
     assert parameters["data"] == {"max": MAX_NUMBER}
     # Another secret (another service) does not accept it.
-    other = ProofOfWork(
-        config, b"t" * 32, backend, PowSwitch(config, backend, None), wall=wall
-    )
+    other = ProofOfWork(config, b"t" * 32, backend, PowSwitch(config, backend, None), wall=wall)
     assert reason(await other.refused(solve(challenge))) == (403, "pow", "invalid")
     assert pow_key(SECRET) != pow_key(b"t" * 32)
 
