@@ -223,9 +223,9 @@ class GateConfig(_Table, frozen=True):
     # (on while new sessions per minute exceed pow_adaptive_per_minute, service-wide).
     pow_mode: Literal["off", "always", "adaptive"] = "off"
     # Difficulty: the solver tries up to this many numbers (half on average).
-    pow_max_number: Annotated[int, msgspec.Meta(ge=1000, le=100_000_000)] = 100_000
+    pow_max_number: Annotated[int, msgspec.Meta(ge=1000, le=100_000_000)] = 20_000
     # The difficulty while raid mode is on and lets people in with proof of work.
-    pow_raid_max_number: Annotated[int, msgspec.Meta(ge=1000, le=100_000_000)] = 1_000_000
+    pow_raid_max_number: Annotated[int, msgspec.Meta(ge=1000, le=100_000_000)] = 100_000
     # How long a challenge may be solved and used (each is good once).
     pow_expiry_s: Annotated[int, msgspec.Meta(ge=10, le=3600)] = 300
     # pow_mode = "adaptive": new sessions per minute, service-wide, that switch it on ...
