@@ -36,6 +36,7 @@ import { InterestsField } from "./interests.js";
 import { SpokenLanguages } from "./speaks.js";
 import { VoiceMeter } from "./voice-meter.js";
 import { SafetyNotice } from "./notice.js";
+import { EntryGate, takeInviteCode } from "./gate.js";
 import { TEXT as SAFETY_TEXT, SafetySettings, Veil, cameraKind } from "./safety.js";
 import { BlankVideoWatch } from "./blank-video.js";
 import {
@@ -132,6 +133,7 @@ const typing = new TypingReporter((on) => {
   if (!resuming && !partnerAway) signaling.send("typing", { typing: on });
 });
 const safety = new SafetyNotice({ dialog: $("welcome"), shortcuts: $("shortcuts") });
+const gate = new EntryGate({ dialog: $("gate-dialog"), inviteCode: takeInviteCode() });
 const settings = new SafetySettings({
   body: document.body,
   blur: $("blur-setting"),
@@ -1344,11 +1346,13 @@ signaling.addEventListener("reconnecting", ({ detail: { reason, delayMs } }) => 
       ? "reconnect.draining"
       : reason === "rate_limited"
         ? "reconnect.rateLimited"
-        : reason === "unreachable"
-          ? navigator.onLine === false
-            ? "reconnect.offline"
-            : "reconnect.unreachable"
-          : "reconnect.lost";
+        : reason === "paused"
+          ? "reconnect.paused"
+          : reason === "unreachable"
+            ? navigator.onLine === false
+              ? "reconnect.offline"
+              : "reconnect.unreachable"
+            : "reconnect.lost";
   setState("reconnecting", () => t("status.reconnecting", { what: t(key) }));
   showOffline();
   // The message is said once; only the (unannounced) countdown ticks, and
@@ -1380,6 +1384,23 @@ signaling.addEventListener("banned", ({ detail: { message, until } }) => {
   });
   ui.start.disabled = true;
   ui.body.dataset.banned = "true";
+});
+
+// The entry gate (gate.js): its screen asks, and once the pass is set the
+// page starts again by itself.
+signaling.addEventListener("gate", ({ detail }) => {
+  searching = false;
+  endCall();
+  endCooldown();
+  media.close();
+  hideLocalPreview();
+  hideNotice();
+  setState("idle", () => t("status.gate"));
+  gate.ask(detail);
+});
+gate.addEventListener("admitted", () => start());
+gate.addEventListener("dismissed", () => {
+  if (!searching) ui.start.focus();
 });
 
 signaling.addEventListener("closed", () => {
@@ -1461,6 +1482,7 @@ function retranslate() {
   if (ui.escHint.textContent) ui.escHint.textContent = t("chat.escAgain");
   updateShortcutHints();
   writeHeading();
+  gate.render();
   writeFullscreen();
   interests.render();
   speaks.pageLanguageChanged();
@@ -1589,7 +1611,7 @@ ui.chatInput.addEventListener("input", () => {
 ui.chatInput.addEventListener("blur", () => typing.stop());
 
 document.addEventListener("keydown", (event) => {
-  if (event.defaultPrevented || ui.reportDialog.open || ui.devicesDialog.open || safety.open) return;
+  if (event.defaultPrevented || ui.reportDialog.open || ui.devicesDialog.open || safety.open || gate.open) return;
   if (event.key === "Escape") {
     event.preventDefault();
     // The Esc that took the page out of full screen is the browser's.

@@ -30,10 +30,13 @@
 //   ready         {hello}                   hello received; send() works now
 //   message       {op, data}                any other server message
 //   reconnecting  {reason, delayMs, attempt} a new attempt is scheduled; reason is
-//                 draining, lost, silent, unreachable, rate_limited or server_error
+//                 draining, lost, silent, unreachable, rate_limited, paused or server_error
 //   unstable      {silentMs}                nothing heard from the server for unstable_ms
 //   steady        {}                        heard again after "unstable"
 //   banned        {message, until}          until: unix seconds or null
+//   gate          {gate, reason, message}   the entry gate asks for something, or
+//                                           refused; nothing retries
+//   (raid mode: "reconnecting" with reason "paused", after the server's Retry-After)
 //   closed        {code}                    socket closed and no retry follows
 
 import { CloseCode, ErrorCode } from "./constants.js";
@@ -240,6 +243,20 @@ export class Signaling extends EventTarget {
     if (response.status === 403 && body.error === ErrorCode.BANNED) {
       this.#wanted = false;
       this.#emit("banned", { message: body.message ?? "", until: body.until ?? null });
+      return null;
+    }
+    if ((response.status === 401 || response.status === 403) && body.error === "gate") {
+      // The entry gate (docs/protocol.md, "Entry gate"): nothing retries until
+      // the page has shown the gate's screen and the person got in.
+      this.#wanted = false;
+      this.#emit("gate", { gate: String(body.gate ?? ""), reason: String(body.reason ?? ""), message: body.message ?? "" });
+      return null;
+    }
+    if (response.status === 503 && body.error === "paused") {
+      // Raid mode: back soon. Retry when told, spread over a few seconds more.
+      const header = Number(response.headers.get("Retry-After"));
+      const seconds = Number(body.retry_after) || header || 60;
+      this.#schedule("paused", Math.round(seconds * 1000 + Math.random() * 5000));
       return null;
     }
     if (response.status === 429) {

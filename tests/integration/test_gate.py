@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import functools
 import statistics
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import argon2
@@ -24,6 +27,7 @@ from omiro_trio.config import GateConfig
 from omiro_trio.gate.passes import COOKIE
 
 TRIES_PER_MINUTE = GateConfig().tries_per_minute
+OMIRO = str(Path(sys.executable).with_name("omiro"))  # the installed console script
 
 PHRASE = "the owl flies at midnight"
 ADMIN_TOKEN = "an-admin-token-that-is-long-enough!"
@@ -283,3 +287,47 @@ async def test_an_invite_code_flood_is_cut_at_the_tries_bound_while_a_pair_chats
         server, "/gate/invite", lambda n: {"code": f"guessed-code-{n}"}
     )
     assert sorted(statuses) == [403] * TRIES_PER_MINUTE + [429] * (40 - TRIES_PER_MINUTE)
+
+
+async def _omiro(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return await trio.run_process(
+        [OMIRO, *args], capture_stdout=True, capture_stderr=True, check=False
+    )
+
+
+async def test_invite_and_raid_commands_drive_the_api(start_server: StartServer) -> None:
+    server = await start_server(gate__kind="invite", admin__token=ADMIN_TOKEN)
+    common = ("--url", server.url, "--token", ADMIN_TOKEN)
+    made = await _omiro(
+        "invite", "create", "--uses", "3", "--expires", "2d", "--note", "x", *common
+    )
+    assert made.returncode == 0, made.stderr
+    lines = made.stdout.decode().splitlines()
+    code = next(line for line in lines if line.startswith("code: ")).removeprefix("code: ")
+    link = next(line for line in lines if line.startswith("link: ")).removeprefix("link: ")
+    assert link == f"{server.url}/?invite={code}"
+    (invite,) = await server.ctx.backend.invites()
+    assert (invite.uses, invite.left, invite.note) == (3, 3, "x")
+    assert 2 * 86400 - 60 < invite.expires_at - server.ctx.wall() <= 2 * 86400
+    listed = await _omiro("invite", "list", *common)
+    assert f"{invite.id}\t3/3 left" in listed.stdout.decode()
+    assert code not in listed.stdout.decode()
+    bad = await _omiro("invite", "create", "--expires", "soon", *common)
+    assert bad.returncode == 2
+    revoked = await _omiro("invite", "revoke", invite.id, *common)
+    assert revoked.returncode == 0, revoked.stderr
+    assert await server.ctx.backend.invites() == []
+    again = await _omiro("invite", "revoke", invite.id, *common)
+    assert again.returncode == 1
+    assert b"no such invite" in again.stderr
+    on = await _omiro("raid", "on", "--retry-after", "2m", *common)
+    assert on.returncode == 0, on.stderr
+    assert b"raid mode is on" in on.stdout
+    raid = await server.ctx.backend.raid()
+    assert raid is not None
+    assert raid.retry_after_s == 120
+    status = await _omiro("raid", "status", *common)
+    assert b"retry after 120 s" in status.stdout
+    off = await _omiro("raid", "off", *common)
+    assert b"raid mode is off" in off.stdout
+    assert await server.ctx.backend.raid() is None
