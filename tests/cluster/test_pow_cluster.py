@@ -6,7 +6,7 @@ other: both derive the key from the shared secret). The adaptive switch is
 one switch: a flood from many addresses through one server makes both ask
 for proof of work. Its quiet period is the operator's default (ten
 minutes), not shortened here: the switch going off again runs on a fake
-clock in ``tests/unit/test_pow.py`` and on this Redis's clock (moved by an
+clock in ``tests/unit/test_pow_parts.py`` and on this Redis's clock (moved by an
 offset) in the backend contract suite.
 """
 

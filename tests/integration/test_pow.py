@@ -5,7 +5,7 @@
 switch under a flood from many addresses (believed through a trusted
 proxy's ``X-Forwarded-For``), raid mode asking for harder work instead of
 pausing, and a hostile client while a pair chats. The adaptive switch's
-quiet period runs on a fake clock in ``tests/unit/test_pow.py`` (its
+quiet period runs on a fake clock in ``tests/unit/test_pow_parts.py`` (its
 default is ten minutes); two servers on Redis: ``tests/cluster/test_pow_cluster.py``.
 """
 
