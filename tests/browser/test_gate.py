@@ -17,6 +17,7 @@ from typing import Any
 import argon2
 import pytest
 from i18n_support import LANGUAGES, english_leftovers
+from support import AXE_OPTIONS
 
 pytestmark = pytest.mark.browser
 
@@ -32,6 +33,17 @@ BROWSER_LOCALE = {
     "de": "de-DE",
     "ar": "ar-EG",
 }
+
+
+def axe_violations(person: Any) -> list[dict[str, Any]]:
+    """What axe-core (WCAG 2.x A/AA) finds on the page as it is now."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(person.page, options=AXE_OPTIONS)
+    return [
+        {"id": v["id"], "nodes": [n["target"] for n in v["nodes"]][:5]}
+        for v in results.response["violations"]
+    ]
 
 
 def admin(server: Any, method: str, path: str, body: Any = None) -> Any:
@@ -85,6 +97,7 @@ def test_passphrase_refused_without_it_then_admitted_remembered_and_calling(make
         assert shown["label"] == "Passphrase"
         assert person.state == "idle"  # refused: no session, no camera asked for
         assert person.probe()["gum"] == 0
+    assert axe_violations(alice) == [], "the passphrase screen"
     # A wrong phrase: said in the live region, the field marked, the focus kept.
     alice.testid("gate-input").fill("the owl sleeps")
     alice.testid("gate-submit").click()
@@ -92,6 +105,7 @@ def test_passphrase_refused_without_it_then_admitted_remembered_and_calling(make
     shown = gate_shown(alice)
     assert shown["error"] == "That is not the passphrase. Check it and try again."
     assert (shown["invalid"], shown["focused"]) == ("true", "gate-input")
+    assert axe_violations(alice) == [], "the passphrase screen with its error"
     # The right phrase, typed (Enter submits): in, matched, calling.
     for person in (alice, bob):
         person.testid("gate-input").fill(PHRASE)
@@ -131,6 +145,7 @@ def test_invite_link_admits_a_bad_code_is_explained_then_matched_and_chatting(ma
         "This invite code is not valid. Check the link, or ask for a new invite."
     )
     assert (shown["type"], shown["focused"]) == ("text", "gate-input")
+    assert axe_violations(bob) == [], "the invite screen with its error"
     bob.testid("gate-input").fill(code)
     bob.testid("gate-submit").click()
     for person in (alice, bob):
@@ -167,6 +182,7 @@ def test_raid_mode_says_back_soon_to_newcomers_while_a_pair_chats(make_server, p
     carol.wait_state("reconnecting")
     notice = carol.testid("notice")
     assert "New chats are paused for a moment. Back soon." in notice.inner_text()
+    assert axe_violations(carol) == [], "back soon"
     assert carol.js("() => window.omiro.reconnects.at(-1).reason") == "paused"
     assert carol.js("() => window.omiro.reconnects.at(-1).delayMs") >= 60_000
     chat_once(alice, bob, "still talking")
