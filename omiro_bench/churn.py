@@ -33,6 +33,8 @@ class ChurnOptions:
         sessions: sessions a round, in all.
         concurrency: users connecting at the same time, in all.
         pause: seconds between rounds (in the round's phase, after its sessions).
+        pow: each session first solves a proof-of-work challenge (the server
+            asks for it: ``omiro bench connect --pow``).
     """
 
     rounds: int = 10
@@ -40,6 +42,7 @@ class ChurnOptions:
     sessions: int = 2000
     concurrency: int = 100
     pause: float = 1.0
+    pow: bool = False
 
 
 @dataclass(frozen=True)
@@ -48,14 +51,22 @@ class ConnectOptions:
 
     sessions: int = 2000
     concurrency: int = 100
+    pow: bool = False  # each session solves a proof-of-work challenge first
+    pow_max_number: int = 1000  # its difficulty (the server's cost does not depend on it)
 
     def as_churn(self) -> ChurnOptions:
         return ChurnOptions(
-            rounds=1, sessions=self.sessions, concurrency=self.concurrency, pause=CONNECT_SETTLE_S
+            rounds=1,
+            sessions=self.sessions,
+            concurrency=self.concurrency,
+            pause=CONNECT_SETTLE_S,
+            pow=self.pow,
         )
 
 
-async def _round(sessions: int, concurrency: int, generator: LoadGenerator) -> Report:
+async def _round(
+    sessions: int, concurrency: int, generator: LoadGenerator, *, pow: bool = False
+) -> Report:
     """``sessions`` sessions, ``concurrency`` users at a time, each user's one after another.
 
     The lean client is used (``LeanSession``): the generator must cost less
@@ -64,7 +75,7 @@ async def _round(sessions: int, concurrency: int, generator: LoadGenerator) -> R
     matched = 0
     failures = 0
     todo = sessions
-    session = LeanSession(generator.host, generator.port)
+    session = LeanSession(generator.host, generator.port, pow=pow)
 
     async def one_user() -> None:
         nonlocal matched, failures, todo
@@ -89,7 +100,8 @@ async def generate(options: ChurnOptions, generator: LoadGenerator) -> Report:
     for _ in range(options.rounds):
         await generator.start_phase()
         sessions = generator.share(options.sessions)
-        rounds.append(await _round(sessions, generator.share(options.concurrency), generator))
+        concurrency = generator.share(options.concurrency)
+        rounds.append(await _round(sessions, concurrency, generator, pow=options.pow))
         await trio.sleep(options.pause)  # sockets close; the server settles
         await generator.end_phase()
         if generator.stopped():

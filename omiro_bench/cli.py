@@ -8,6 +8,7 @@ all. The group reaches ``omiro`` through the ``omiro.commands`` entry point
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -131,13 +132,39 @@ def bench_relay(
     show_default=True,
     help="Clients connecting at the same time, in all.",
 )
+@click.option(
+    "--pow",
+    "pow",
+    is_flag=True,
+    help="The server asks for proof of work ([gate] pow_mode = always); each session "
+    "fetches a challenge and solves it first (the generator's CPU, not the server's).",
+)
+@click.option(
+    "--pow-max-number",
+    type=click.IntRange(min=1000),
+    default=ConnectOptions.pow_max_number,
+    show_default=True,
+    help="With --pow: the difficulty. The server's cost per session does not depend on it.",
+)
 @_common
 def bench_connect(
-    sessions: int, concurrency: int, procs: int, as_json: bool, server_python: str | None
+    sessions: int,
+    concurrency: int,
+    pow: bool,
+    pow_max_number: int,
+    procs: int,
+    as_json: bool,
+    server_python: str | None,
 ) -> None:
     """New matched pairs a second: token, upgrade, join_queue, match_found, leave."""
-    options = ConnectOptions(sessions=sessions, concurrency=concurrency)
-    _print(run_scenario(CONNECT, options, _setup(procs, server_python)), as_json)
+    options = ConnectOptions(
+        sessions=sessions, concurrency=concurrency, pow=pow, pow_max_number=pow_max_number
+    )
+    setup = _setup(procs, server_python)
+    if pow:
+        env = {"OMIRO_GATE_POW_MODE": "always", "OMIRO_GATE_POW_MAX_NUMBER": str(pow_max_number)}
+        setup = dataclasses.replace(setup, server_env=env)
+    _print(run_scenario(CONNECT, options, setup), as_json)
 
 
 @bench.command("churn")

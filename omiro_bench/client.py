@@ -19,6 +19,7 @@ import struct
 import sys
 from collections.abc import Sequence
 
+import altcha
 import h11
 import msgspec
 import trio
@@ -250,11 +251,25 @@ class LeanSession:
         deflate_offer: offer permessage-deflate, as browsers do.
     """
 
-    __slots__ = ("_address", "_join", "_token_request", "_upgrade_head", "_upgrade_tail")
+    __slots__ = (
+        "_address",
+        "_challenge_request",
+        "_join",
+        "_pow",
+        "_token_request",
+        "_upgrade_head",
+        "_upgrade_tail",
+    )
 
-    def __init__(self, host: str, port: int, *, deflate_offer: bool = True) -> None:
+    def __init__(
+        self, host: str, port: int, *, deflate_offer: bool = True, pow: bool = False
+    ) -> None:
         self._address = (host, port)
+        self._pow = pow
         self._token_request = f"GET /session/new HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+        self._challenge_request = (
+            f"GET /gate/challenge HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+        )
         key = base64.b64encode(os.urandom(16)).decode()
         extra = f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n" if deflate_offer else ""
         self._upgrade_head = b"GET /ws?token="
@@ -292,15 +307,36 @@ class LeanSession:
             raise
         return sock
 
-    async def _token(self) -> bytes:
+    async def _ask(self, request: bytes) -> bytes:
         sock = await self._open()
         try:
-            await sock.send(self._token_request)
+            await sock.send(request)
             response = b""
             while chunk := await sock.recv(65536):  # the server closes after answering
                 response += chunk
         finally:
             sock.close()
+        return response
+
+    async def _solved_request(self) -> bytes:
+        """``GET /session/new`` with a solved challenge (``X-Omiro-Pow``)."""
+        response = await self._ask(self._challenge_request)
+        if not response.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"/gate/challenge answered {response[:200]!r}")
+        answer = msgspec.json.decode(response.split(b"\r\n\r\n", 1)[1])
+        if not answer.get("required"):
+            raise RuntimeError("the server asks for no proof of work")
+        challenge = altcha.Challenge.from_dict(answer["challenge"])
+        solution = altcha.solve_challenge(challenge)  # the client's cost: CPU, not I/O
+        if solution is None:
+            raise RuntimeError("the challenge was not solved in time")
+        payload = altcha.Payload(challenge, solution).to_base64()
+        head, blank = self._token_request[:-2], b"\r\n"
+        return head + b"X-Omiro-Pow: " + payload.encode() + b"\r\n" + blank
+
+    async def _token(self) -> bytes:
+        request = await self._solved_request() if self._pow else self._token_request
+        response = await self._ask(request)
         if not response.startswith(b"HTTP/1.1 200"):
             raise RuntimeError(f"/session/new answered {response[:200]!r}")
         start = response.find(b'"token":"')

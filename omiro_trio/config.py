@@ -239,6 +239,19 @@ class GateConfig(_Table, frozen=True):
     adult_age: Annotated[int, msgspec.Meta(ge=1, le=150)] = 18
     min_age: Annotated[int, msgspec.Meta(ge=0, le=150)] = 0  # younger: refused
     require_age: bool = False  # refuse an account whose age is unknown
+    # Proof of work (ALTCHA) before a session token: "off", "always", or "adaptive"
+    # (on while new sessions per minute exceed pow_adaptive_per_minute, service-wide).
+    pow_mode: Literal["off", "always", "adaptive"] = "off"
+    # Difficulty: the solver tries up to this many numbers (half on average).
+    pow_max_number: Annotated[int, msgspec.Meta(ge=1000, le=100_000_000)] = 20_000
+    # The difficulty while raid mode is on and lets people in with proof of work.
+    pow_raid_max_number: Annotated[int, msgspec.Meta(ge=1000, le=100_000_000)] = 100_000
+    # How long a challenge may be solved and used (each is good once).
+    pow_expiry_s: Annotated[int, msgspec.Meta(ge=10, le=3600)] = 300
+    # pow_mode = "adaptive": new sessions per minute, service-wide, that switch it on ...
+    pow_adaptive_per_minute: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 600
+    # ... and how long the rate must stay at or under that before it switches off.
+    pow_quiet_s: Annotated[int, msgspec.Meta(ge=60, le=DAY_S)] = 600
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -12,6 +12,7 @@ from omiro_trio.addresses import Network, parse_networks
 from omiro_trio.backends.base import Backend
 from omiro_trio.config import Config
 from omiro_trio.gate import EntryGate, OpenGate
+from omiro_trio.gate.pow import ProofOfWork
 from omiro_trio.gate.raid import RaidSwitch
 from omiro_trio.hub import Hub
 from omiro_trio.metrics import Metrics
@@ -34,6 +35,7 @@ class ServerContext:
     wall: Callable[[], float] = time.time
     gate: EntryGate = field(default_factory=OpenGate)
     raid: RaidSwitch | None = None  # None: raid mode cannot be turned on (tests without it)
+    pow: ProofOfWork | None = None  # None: proof of work is never asked for
     trusted_proxies: tuple[Network, ...] = field(init=False)
 
     def __post_init__(self) -> None:

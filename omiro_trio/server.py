@@ -53,10 +53,13 @@ from omiro_trio.diagnostics import serve_memory_snapshots
 from omiro_trio.errors import BackendUnavailable, ConfigError
 from omiro_trio.front import FrontDoor
 from omiro_trio.gate.gates import build_gate
+from omiro_trio.gate.pow import CHALLENGE_PATH, PowSwitch, ProofOfWork
 from omiro_trio.gate.raid import RaidSwitch
 from omiro_trio.gc_tuning import run_gc_tuning
+from omiro_trio.http.answers import JsonAnswer
 from omiro_trio.http.deadlines import DEFAULT_DEADLINES, Deadlines
-from omiro_trio.http.routes import Router
+from omiro_trio.http.heads import RequestHead
+from omiro_trio.http.routes import Endpoint, Router
 from omiro_trio.http.serve import HttpServer
 from omiro_trio.hub import Hub
 from omiro_trio.metrics import Metrics
@@ -347,6 +350,8 @@ async def _start_services(services: trio.Nursery, ctx: ServerContext) -> Engine:
     janitor_s = min(JANITOR_INTERVAL_S, config.redis.heartbeat_s)
     services.start_soon(_janitor, backend, metrics, hub, janitor_s)
     services.start_soon(run_resync, hub)
+    if ctx.pow is not None:
+        await services.start(ctx.pow.switch.run)
     services.start_soon(run_activity, backend, metrics, time.time)
     engine = Engine(config.server.idle_timeout_s)
     services.start_soon(partial(run_gc_tuning, population=engine.__len__))
@@ -379,8 +384,21 @@ def _router(ctx: ServerContext) -> Router:
         wall=ctx.wall,
         gate=ctx.gate,
         raid=ctx.raid,
+        pow=ctx.pow,
     )
-    return Router({("GET", SESSION_PATH): new_session})
+    endpoints: dict[tuple[str, str], Endpoint] = {("GET", SESSION_PATH): new_session}
+    if ctx.pow is not None:
+        endpoints["GET", CHALLENGE_PATH] = _challenge_endpoint(ctx.pow)
+    return Router(endpoints)
+
+
+def _challenge_endpoint(pow: ProofOfWork) -> Endpoint:
+    """``GET /gate/challenge`` (docs/protocol.md, "Proof of work")."""
+
+    async def challenge(head: RequestHead, client: str) -> JsonAnswer:
+        return await pow.challenge_answer()
+
+    return challenge
 
 
 async def serve(
@@ -421,7 +439,8 @@ async def serve(
             rules=wired.session,
             moderation=ModerationDesk(backend, wired.moderation, put_ban=hub.ban, wall=time.time),
             gate=build_gate(config.gate, secret, backend),
-            raid=RaidSwitch(backend),
+            raid=(raid := RaidSwitch(backend)),
+            pow=ProofOfWork(config.gate, secret, backend, PowSwitch(config.gate, backend, raid)),
         )
         clients = Clients(
             ctx.trusted_proxies, config.server.client_ip_header, config.server.ipv6_prefix

@@ -6,8 +6,9 @@ it costs more server CPU than the WebSocket upgrade and the match together
 (``http/routes.py``): answered with a response built directly as bytes,
 on a connection's first request without h11 at all. This is the one place
 that decides the answer: ban 403, raid mode 503 (``gate/raid.py``), rate
-limit 429, the entry gate 401/403 (``gate/``, docs/gate.md), a backend
-that does not answer 503, else a token.
+limit 429, the entry gate 401/403 (``gate/``, docs/gate.md), proof of work
+401/403 (``gate/pow.py``: after the gate, so a solution is used up only by a
+request the gate lets in), a backend that does not answer 503, else a token.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from omiro_trio.errors import BackendUnavailable
 from omiro_trio.gate import EntryGate, GateRequest, OpenGate, Refuse
 from omiro_trio.gate.entry import refusal
 from omiro_trio.gate.passes import parse_cookies
+from omiro_trio.gate.pow import HEADER as POW_HEADER
+from omiro_trio.gate.pow import ProofOfWork
 from omiro_trio.gate.raid import RaidSwitch
 from omiro_trio.http.answers import HttpError, JsonAnswer, error
 from omiro_trio.http.heads import RequestHead
@@ -45,9 +48,19 @@ class NewSession:
         gate: the entry gate (``OpenGate``, the default, asks nothing and
             costs nothing).
         raid: raid mode's switch (None: never paused).
+        pow: proof of work (None: never asked for).
     """
 
-    __slots__ = ("_backend", "_gate", "_metrics", "_per_minute", "_raid", "_signer", "_wall")
+    __slots__ = (
+        "_backend",
+        "_gate",
+        "_metrics",
+        "_per_minute",
+        "_pow",
+        "_raid",
+        "_signer",
+        "_wall",
+    )
 
     def __init__(
         self,
@@ -59,8 +72,10 @@ class NewSession:
         wall: Callable[[], float],
         gate: EntryGate | None = None,
         raid: RaidSwitch | None = None,
+        pow: ProofOfWork | None = None,
     ) -> None:
         self._backend = backend
+        self._pow = pow
         self._gate = None if gate is None or isinstance(gate, OpenGate) else gate
         self._raid = raid
         self._signer = signer
@@ -88,7 +103,8 @@ class NewSession:
                 "this address is banned",
                 until=ban.until,
             )
-        if self._raid is not None and (raid := await self._raid.current()) is not None:
+        raid = None if self._raid is None else await self._raid.current()
+        if raid is not None and raid.pause:
             return error(
                 HTTPStatus.SERVICE_UNAVAILABLE,
                 HttpError.PAUSED,
@@ -117,6 +133,11 @@ class NewSession:
             # The token carries what the gate knew: the age band that keeps
             # matching apart, the subject that bans and reports may name.
             band, subject = verdict.claims.age_band or "", verdict.claims.subject
+        if self._pow is not None:
+            refused = await self._pow.refused(head.header(POW_HEADER))
+            if refused is not None:
+                return refused
+            self._pow.switch.issued()
         issued = self._signer.issue(self._wall(), band=band, subject=subject)
         self._metrics.sessions_issued.inc()
         body = {

@@ -28,6 +28,7 @@
 
 import { ErrorCode } from "./constants.js";
 import { Signaling } from "./signaling.js";
+import { ProofOfWork } from "./pow.js";
 import { Call, peerConnectionCounts } from "./call.js";
 import { ChatView, TitleFlasher, TypingReporter } from "./chat.js";
 import { LocalMedia, describeMediaError } from "./media.js";
@@ -111,7 +112,10 @@ const ui = {
   callHeading: $("call-heading"),
 };
 
-const signaling = new Signaling();
+// Solved in the background while the notice is read (when the server asks).
+const pow = new ProofOfWork();
+pow.prepare();
+const signaling = new Signaling({ pow });
 const media = new LocalMedia();
 const flasher = new TitleFlasher();
 const interests = new InterestsField({ input: $("interests"), chips: $("interest-chips") });

@@ -16,6 +16,10 @@
 //   is given up (it may never close by itself) and reconnected ("silent").
 //   Every wait has a deadline: `session/new` SESSION_DEADLINE_MS, the
 //   upgrade until `hello` HELLO_DEADLINE_MS.
+// * Proof of work (pow.js): each `session/new` brings the solution prepared
+//   in the background, if the server asks for one; answered `pow` (none, or
+//   a used, expired or too easy one), a new challenge is solved and the
+//   request made again at once, POW_TRIES times in all, before backing off.
 // * URLs are relative to the page (document.baseURI), so Omiro works behind a
 //   reverse proxy under a path prefix; the WebSocket URL is absolute because
 //   the WebSocket constructor needs ws:// or wss://.
@@ -44,6 +48,8 @@ const DRAIN_JITTER_MIN_MS = 1_000;
 const SESSION_DEADLINE_MS = 10_000;
 const HELLO_DEADLINE_MS = 10_000;
 const WATCH_MS = 500;
+const POW_TRIES = 3;
+const POW_ERROR = "pow"; // docs/protocol.md, "Proof of work"
 
 /** Full-range jitter on an exponential step, never less than half the step. */
 export function backoffDelayMs(attempt, random = Math.random) {
@@ -95,10 +101,12 @@ export class Signaling extends EventTarget {
   #beatsSent = 0; // on the current socket
   #beatsAnswered = 0;
   #waiters = []; // {beat, resolve, reject}: frames waiting for the server to confirm
+  #pow; // pow.js ProofOfWork, or null
 
-  constructor({ base = document.baseURI } = {}) {
+  constructor({ base = document.baseURI, pow = null } = {}) {
     super();
     this.#base = base;
+    this.#pow = pow;
   }
 
   /** True once `hello` arrived on the current socket. */
@@ -212,18 +220,26 @@ export class Signaling extends EventTarget {
   /** GET session/new; returns the session, or null after handling the failure. */
   async #newSession() {
     let response;
-    try {
-      response = await fetch(new URL("session/new", this.#base), {
-        cache: "no-store",
-        credentials: "same-origin",
-        headers: { Accept: "application/json" },
-        signal: AbortSignal.timeout(SESSION_DEADLINE_MS),
-      });
-    } catch {
-      this.#backoff("unreachable");
-      return null;
+    let body;
+    for (let tries = 1; ; tries++) {
+      const payload = this.#pow ? await this.#pow.take() : null;
+      const headers = { Accept: "application/json" };
+      if (payload) headers["X-Omiro-Pow"] = payload;
+      try {
+        response = await fetch(new URL("session/new", this.#base), {
+          cache: "no-store",
+          credentials: "same-origin",
+          headers,
+          signal: AbortSignal.timeout(SESSION_DEADLINE_MS),
+        });
+      } catch {
+        this.#backoff("unreachable");
+        return null;
+      }
+      body = await response.json().catch(() => ({})); // (the deadline covers the body)
+      if (body.error !== POW_ERROR || !this.#pow || tries >= POW_TRIES) break;
+      this.#pow.reset();
     }
-    const body = await response.json().catch(() => ({})); // (the deadline covers the body)
     if (response.status === 403 && body.error === ErrorCode.BANNED) {
       this.#wanted = false;
       this.#emit("banned", { message: body.message ?? "", until: body.until ?? null });

@@ -193,6 +193,14 @@ MAX_INVITES = 10_000
 INVITE_KEPT_EXPIRED_S = 86_400
 """How long an expired invite is still kept (listed, and answered ``expired``)."""
 
+POW_RATE_STEP_S = 10
+"""New sessions are counted for adaptive proof of work in steps of this many
+seconds; ``note_new_sessions`` sums the last ``60 // POW_RATE_STEP_S`` steps."""
+
+PowUse = Literal["new", "used", "full"]
+"""What ``use_pow_solution`` made of a solved challenge: remembered now (its
+first use), already used, or refused because ``limit`` are remembered."""
+
 InviteUse = Literal["admitted", "unknown", "expired", "used_up"]
 """What ``use_invite`` made of a code: one entry taken, or why not. A revoked
 invite is gone: ``unknown``."""
@@ -200,15 +208,18 @@ invite is gone: ``unknown``."""
 
 @dataclass(frozen=True, slots=True)
 class Raid:
-    """Raid mode (docs/gate.md): new sessions are paused, service-wide.
+    """Raid mode (docs/gate.md): new sessions are paused, service-wide, or
+    (``pause`` false) let in only with proof of work at ``[gate]
+    pow_raid_max_number``, whatever ``pow_mode`` says.
 
     ``retry_after_s``: what refused pages are told to wait before they try
-    again. Proof of work, when it exists, adds its difficulty here.
+    again.
     """
 
     since: float  # unix time
     by: str
     retry_after_s: int = 300
+    pause: bool = True
 
 
 SharedState = Literal["idle", "waiting", "matched", "elsewhere", "ended", "formed"]
@@ -462,6 +473,20 @@ class Backend(Protocol):
 
     async def set_raid(self, raid: Raid | None) -> None:
         """Turn raid mode on (``raid``) or off (None), for every server."""
+        ...
+
+    async def use_pow_solution(self, key: str, expires_at: float, limit: int) -> PowUse:
+        """Remember the proof-of-work challenge ``key`` (its signature) as used until
+        ``expires_at`` (unix time), in one atomic step: ``"new"`` the first time,
+        ``"used"`` after (on every server), ``"full"`` when ``limit`` unexpired ones
+        are remembered already (nothing is remembered then)."""
+        ...
+
+    async def note_new_sessions(self, added: int, per_minute: int, quiet_s: float) -> bool:
+        """Add ``added`` new sessions to the service's count; while the count of the
+        last minute (in ``POW_RATE_STEP_S`` steps) exceeds ``per_minute``, adaptive
+        proof of work is on, and stays on ``quiet_s`` past the last such call.
+        Returns whether it is on now, for every server."""
         ...
 
     # -- stats and delivery --------------------------------------------

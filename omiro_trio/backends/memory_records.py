@@ -22,12 +22,14 @@ from omiro_trio.backends.base import (
     INVITE_ID_CHARS,
     INVITE_KEPT_EXPIRED_S,
     MAX_INVITES,
+    POW_RATE_STEP_S,
     AuditEntry,
     Ban,
     ConsoleSession,
     Invite,
     InviteUse,
     Moderator,
+    PowUse,
     Raid,
     ReportRecord,
     ReportStatus,
@@ -47,6 +49,8 @@ _DECIDED = ("actioned", "dismissed")
 
 class MemoryRecords:
     """Reports, their statuses, accounts, console sessions and the audit log, in memory."""
+
+    _now: Callable[[], float]  # the backend's monotonic clock (durations)
 
     def __init__(
         self,
@@ -76,6 +80,11 @@ class MemoryRecords:
         self._activity: dict[int, Counter[str]] = {}  # unix minute -> counts
         self._invites: dict[str, Invite] = {}  # id -> invite, oldest first
         self._raid: Raid | None = None
+        # Proof of work: used challenges (key -> expiry, in expiry order: one expiry_s
+        # for all), new sessions per POW_RATE_STEP_S step, and adaptive's end.
+        self._pow_used: dict[str, float] = {}
+        self._pow_steps: dict[int, int] = {}
+        self._pow_until = float("-inf")
 
     # -- reports ---------------------------------------------------------
 
@@ -284,6 +293,35 @@ class MemoryRecords:
 
     async def set_raid(self, raid: Raid | None) -> None:
         self._raid = raid
+
+    async def use_pow_solution(self, key: str, expires_at: float, limit: int) -> PowUse:
+        used, now = self._pow_used, self._wall()
+        # Oldest first (one expiry for all, give or take a changed setting): the
+        # expired ones are at the front.
+        while used:
+            oldest = next(iter(used))
+            if used[oldest] > now:
+                break
+            del used[oldest]
+        if key in used:
+            return "used"
+        if len(used) >= limit:
+            return "full"
+        used[key] = expires_at
+        return "new"
+
+    async def note_new_sessions(self, added: int, per_minute: int, quiet_s: float) -> bool:
+        now = self._now()
+        step = int(now // POW_RATE_STEP_S)
+        steps = self._pow_steps
+        if added:
+            steps[step] = steps.get(step, 0) + added
+        first = step - 60 // POW_RATE_STEP_S + 1
+        for old in [s for s in steps if s < first]:
+            del steps[old]
+        if sum(steps.values()) > per_minute:
+            self._pow_until = now + quiet_s
+        return now < self._pow_until
 
     # -- the audit log ---------------------------------------------------
 

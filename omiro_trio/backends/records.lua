@@ -33,6 +33,12 @@
 --                             kept until a day past its expiry (the caller's KEPT)
 --   P.."invites"       zset   invite id -> its expiry: the invites kept
 --   P.."raid"          string raid mode's record (JSON) while it is on; no TTL
+--   P.."pow_used"      zset   proof-of-work challenge signature -> its expiry: the
+--                             solutions used, dropped once expired; at most the
+--                             caller's limit (refused beyond it)
+--   P.."pow_rate"      hash   step (unix s / step length) -> new sessions in it;
+--                             steps older than a minute dropped at every call
+--   P.."pow_until"     string adaptive proof of work is on until this unix time
 -- Reports outlive their retention by at most one call: each write drops the
 -- expired ones (EXPIRE_BATCH at a time) and every read skips them.
 
@@ -330,6 +336,42 @@ elseif op == 'raid_set' then
 
 elseif op == 'raid' then
   return redis.call('GET', P .. 'raid')
+
+elseif op == 'pow_use' then
+  -- signature, expiry (unix s), limit: "new", "used" or "full"
+  local k = P .. 'pow_used'
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', fmt(NOW))
+  if redis.call('ZSCORE', k, A[1]) then return 'used' end
+  if redis.call('ZCARD', k) >= tonumber(A[3]) then return 'full' end
+  redis.call('ZADD', k, A[2], A[1])
+  local left = ms(tonumber(A[2]) - NOW)
+  if redis.call('PTTL', k) < left then redis.call('PEXPIRE', k, left) end
+  return 'new'
+
+elseif op == 'pow_note' then
+  -- added, per minute, quiet (s), step (s): 1 while adaptive proof of work is on
+  local added, per_minute, quiet, step_s = tonumber(A[1]), tonumber(A[2]), tonumber(A[3]), tonumber(A[4])
+  local rate, until_key = P .. 'pow_rate', P .. 'pow_until'
+  local step = math.floor(NOW / step_s)
+  local first = step - math.floor(60 / step_s) + 1
+  if added > 0 then redis.call('HINCRBY', rate, tostring(step), added) end
+  local raw = redis.call('HGETALL', rate)
+  local total = 0
+  for i = 1, #raw, 2 do
+    if tonumber(raw[i]) < first then
+      redis.call('HDEL', rate, raw[i])
+    else
+      total = total + tonumber(raw[i + 1])
+    end
+  end
+  redis.call('EXPIRE', rate, 120)
+  if total > per_minute then
+    redis.call('SET', until_key, fmt(NOW + quiet), 'PX', ms(quiet + 60))
+    return 1
+  end
+  local until_at = tonumber(redis.call('GET', until_key) or '0')
+  if until_at > NOW then return 1 end
+  return 0
 end
 
 return redis.error_reply('unknown operation ' .. op)

@@ -22,12 +22,14 @@ from omiro_trio.backends.base import (
     INVITE_ID_CHARS,
     INVITE_KEPT_EXPIRED_S,
     MAX_INVITES,
+    POW_RATE_STEP_S,
     AuditEntry,
     Ban,
     ConsoleSession,
     Invite,
     InviteUse,
     Moderator,
+    PowUse,
     Raid,
     ReportRecord,
     ReportStatus,
@@ -211,6 +213,16 @@ class RedisRecords:
 
     async def set_raid(self, raid: Raid | None) -> None:
         await self._records("raid_set", b"" if raid is None else _encode(raid))
+
+    async def use_pow_solution(self, key: str, expires_at: float, limit: int) -> PowUse:
+        used = _text(await self._records("pow_use", key, repr(expires_at), limit))
+        if used not in ("new", "used", "full"):
+            raise AssertionError(f"records.lua pow_use answered {used!r}")
+        return used  # type: ignore[return-value]
+
+    async def note_new_sessions(self, added: int, per_minute: int, quiet_s: float) -> bool:
+        on = await self._records("pow_note", added, per_minute, repr(quiet_s), POW_RATE_STEP_S)
+        return bool(int(on))
 
     # -- the audit log ---------------------------------------------------
 

@@ -9,7 +9,8 @@ errors. Each change is written to the audit log.
 * ``GET /admin/invites`` -> ``{"invites": [...]}``, newest first.
 * ``DELETE /admin/invites/<id>`` -> 204, or 404.
 * ``GET /admin/raid`` -> ``{"on": bool, "since", "by", "retry_after_s"}``.
-* ``PUT /admin/raid`` ``{"on": bool, "retry_after_s": N}`` -> the same.
+* ``PUT /admin/raid`` ``{"on": bool, "retry_after_s": N, "pause": bool}`` -> the same
+  (``pause`` false: newcomers are let in with proof of work at the raid difficulty).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class InviteRequest(msgspec.Struct, forbid_unknown_fields=True):
 class RaidRequest(msgspec.Struct, forbid_unknown_fields=True):
     on: bool
     retry_after_s: int = 300
+    pause: bool = True  # false: let newcomers in with proof of work at the raid difficulty
 
 
 def invite_json(invite: Invite) -> dict[str, Any]:
@@ -65,7 +67,13 @@ def raid_json(raid: Raid | None) -> dict[str, Any]:
     if raid is None:
         return {"on": False}
     since, by = int(raid.since), raid.by
-    return {"on": True, "since": since, "by": by, "retry_after_s": raid.retry_after_s}
+    return {
+        "on": True,
+        "since": since,
+        "by": by,
+        "retry_after_s": raid.retry_after_s,
+        "pause": raid.pause,
+    }
 
 
 def _bad(message: str) -> Response:
@@ -149,7 +157,9 @@ def register_gate_admin(app: QuartTrio, ctx: ServerContext, gate: Gate) -> None:
             return _bad(f"invalid raid switch: {exc}")
         if not 1 <= body.retry_after_s <= MAX_RETRY_AFTER_S:
             return _bad(f"retry_after_s must be 1 to {MAX_RETRY_AFTER_S}")
-        raid = Raid(ctx.wall(), caller.actor.name, body.retry_after_s) if body.on else None
+        raid = None
+        if body.on:
+            raid = Raid(ctx.wall(), caller.actor.name, body.retry_after_s, body.pause)
         if ctx.raid is not None:
             await ctx.raid.set(raid)
         else:

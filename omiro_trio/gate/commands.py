@@ -114,18 +114,38 @@ def invite_revoke(
     show_default=True,
     help="What refused pages are told to wait (on).",
 )
+@click.option(
+    "--pow-only",
+    "pow_only",
+    is_flag=True,
+    help="Do not pause: let newcomers in with proof of work at [gate] pow_raid_max_number (on).",
+)
 def raid(
-    config_path: Path | None, url: str | None, token: str | None, switch: str, retry_after: str
+    config_path: Path | None,
+    url: str | None,
+    token: str | None,
+    switch: str,
+    retry_after: str,
+    pow_only: bool,
 ) -> None:
     """Raid mode: pause new sessions service-wide (on), resume them (off), or show it."""
     if switch == "status":
         status, payload = _admin_call(config_path, url, token, "GET", "/admin/raid")
     else:
-        body = {"on": switch == "on", "retry_after_s": parse_duration(retry_after)}
+        body = {
+            "on": switch == "on",
+            "retry_after_s": parse_duration(retry_after),
+            "pause": not pow_only,
+        }
         status, payload = _admin_call(config_path, url, token, "PUT", "/admin/raid", body)
     if status != 200:
         _fail(status, payload)
-    if payload["on"]:
+    if payload["on"] and not payload.get("pause", True):
+        click.echo(
+            f"raid mode is on since {_unix(payload['since'])} (by {payload['by']}): "
+            "newcomers must bring proof of work at the raid difficulty"
+        )
+    elif payload["on"]:
         click.echo(
             f"raid mode is on since {_unix(payload['since'])} (by {payload['by']}): "
             f"new sessions are paused, told to retry after {payload['retry_after_s']} s"

@@ -58,6 +58,7 @@ class HttpError(StrEnum):
     UNAVAILABLE = "unavailable"  # the shared backend (Redis) is not answering: try again
     GATE = "gate"  # the entry gate asks for something (401) or refused what was brought (403)
     PAUSED = "paused"  # raid mode: new sessions are paused for a while (503)
+    POW = "pow"  # proof of work asked for (401) or what was brought refused (403)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1189,3 +1189,32 @@ async def test_raid_mode_is_set_and_cleared_for_every_server(backend: Backend) -
     await backend.set_raid(None)
     assert await backend.raid() is None
     assert await backend.raid() is None
+
+
+# -- proof of work: used challenges and the adaptive switch ----------------------------
+
+
+async def test_pow_solution_is_used_once_on_every_server(backend: Backend) -> None:
+    expires_at = time.time() + 300
+    # Redis-pair: the calls alternate between the two servers, which share the memory.
+    assert await backend.use_pow_solution("sig-a", expires_at, 2) == "new"
+    assert await backend.use_pow_solution("sig-a", expires_at, 2) == "used"
+    assert await backend.use_pow_solution("sig-b", expires_at, 2) == "new"
+    assert await backend.use_pow_solution("sig-c", expires_at, 2) == "full"
+    assert await backend.use_pow_solution("sig-b", expires_at, 2) == "used"
+
+
+async def test_pow_adaptive_switch_is_shared_and_ends_after_the_quiet_period(
+    backend: Backend, clock: Clock | None, elapse: Elapse
+) -> None:
+    # Redis-pair: each call is another server's; the count is the service's.
+    assert not await backend.note_new_sessions(6, 10, 120.0)
+    assert not await backend.note_new_sessions(4, 10, 120.0)
+    assert await backend.note_new_sessions(1, 10, 120.0)
+    assert await backend.note_new_sessions(0, 10, 120.0)
+    await elapse(61)  # the minute is over: the count is down, the quiet period runs
+    assert await backend.note_new_sessions(0, 10, 120.0)
+    await elapse(50)
+    assert await backend.note_new_sessions(0, 10, 120.0)
+    await elapse(10)  # 121 s after the last call that found the count over
+    assert not await backend.note_new_sessions(0, 10, 120.0)

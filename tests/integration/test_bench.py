@@ -55,6 +55,16 @@ def test_bench_connect_matches_every_session(tmp_path: Path, procs: str) -> None
     assert row["generator_cpu_ms_per_session"] > 0
 
 
+def test_bench_connect_with_pow_solves_a_challenge_per_session(tmp_path: Path) -> None:
+    """``--pow``: the server asks for proof of work; each session solves one (the
+    client refuses a server that asks for none, so a full count proves both)."""
+    report = bench(tmp_path, "connect", "--sessions", "20", "--concurrency", "4", "--pow")
+    (row,) = report["rounds"]
+    assert (row["sessions_matched"], row["failures"]) == (20, 0)
+    assert report["options"]["pow"] is True
+    assert row["server_cpu_ms_per_session"] > 0
+
+
 def test_bench_churn_reports_each_round(tmp_path: Path) -> None:
     report = bench(tmp_path, "churn", "--rounds", "3", "--sessions", "20", "--pause", "0.2")
     rounds = report["rounds"]

@@ -133,6 +133,12 @@ DESIGN_DEFAULTS: dict[str, dict[str, Any]] = {
         "adult_age": 18,
         "min_age": 0,
         "require_age": False,
+        "pow_mode": "off",
+        "pow_max_number": 20000,
+        "pow_raid_max_number": 100000,
+        "pow_expiry_s": 300,
+        "pow_adaptive_per_minute": 600,
+        "pow_quiet_s": 600,
     },
 }
 
@@ -372,6 +378,9 @@ def test_config_int_accepted_for_float_seconds(tmp_path: Path) -> None:
         ('[gate]\nkind = "closed"\n', "gate.kind"),
         ("[gate]\nremember_s = 10\n", "gate.remember_s"),
         ("[gate]\ntries_per_minute = 0\n", "gate.tries_per_minute"),
+        ('[gate]\npow_mode = "sometimes"\n', "gate.pow_mode"),
+        ("[gate]\npow_max_number = 10\n", "gate.pow_max_number"),
+        ("[gate]\npow_quiet_s = 1\n", "gate.pow_quiet_s"),
         ("[matchmaking]\ninterest_timeout_s = 1e9\n", "matchmaking.interest_timeout_s"),
         ('[session]\nsecret = "short"\n', "session.secret"),
         ('[admin]\ntoken = "0123456789012345678901234567890"\n', "admin.token"),
