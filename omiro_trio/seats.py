@@ -81,6 +81,11 @@ class Seats:
         self._keep_s = keep_s
         self._records: OrderedDict[str, _Record] = OrderedDict()
 
+    @property
+    def keep_s(self) -> float:
+        """How long a record is kept (the tickets' life)."""
+        return self._keep_s
+
     def __len__(self) -> int:
         return len(self._records)
 

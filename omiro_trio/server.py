@@ -343,6 +343,7 @@ async def _start_services(services: trio.Nursery, ctx: ServerContext) -> Engine:
     janitor_s = min(JANITOR_INTERVAL_S, config.redis.heartbeat_s)
     services.start_soon(_janitor, backend, metrics, hub, janitor_s)
     services.start_soon(run_resync, hub)
+    services.start_soon(hub.run_seat_drops)
     services.start_soon(run_activity, backend, metrics, time.time)
     engine = Engine(config.server.idle_timeout_s)
     services.start_soon(partial(run_gc_tuning, population=engine.__len__))

@@ -256,6 +256,7 @@ _AWAY_TEXT: Final = "your partner is reconnecting: not delivered"
 # How a socket may end without its client choosing to leave the match: it broke
 # or the client closed it without a word (None), or its server drained (1012).
 _NOT_CHOSEN: Final = (None, CloseCode.RESTARTING)
+_CLAIMING: Final = ("idle", "resuming")  # the states in which a claim may be answered
 _UNAVAILABLE_TEXT: Final = "the service is briefly unavailable; try again"
 _ELSEWHERE: Final = "connected elsewhere"
 
@@ -284,6 +285,7 @@ class SessionCore:
         "_away",
         "_beats",
         "_bucket",
+        "_claimed",
         "_detached",
         "_draining",
         "_errors",
@@ -343,6 +345,7 @@ class SessionCore:
         self._watching = False  # the liveness timer runs
         self._seat: str | None = None  # the match whose seat this session holds, resuming
         self._away: str | None = None  # the current match, whose partner is away
+        self._claimed: str | None = None  # the match whose seat this session claimed last
 
     # -- the two verbs -------------------------------------------------------
 
@@ -453,6 +456,12 @@ class SessionCore:
                     protocol.error_frame(event.code, event.text, "resume"),
                 )
             case Resumed():
+                taken = event.resumed_from
+                claimed = self._claimed == taken and self.match is None
+                if not (self._away == taken or (claimed and self.state in _CLAIMING)):
+                    # Paired on another server as this side moved on (its give-up was on
+                    # its way): the resync repairs the shared state.
+                    return (_SYNC_NOW,)
                 self._seat = None
                 return self._matched(event.match, resumed_from=event.resumed_from)
             case Controls():
@@ -674,6 +683,9 @@ class SessionCore:
             if self.state != "idle" or self.match is not None:
                 text = "resume only a session that is idle (before join_queue)"
                 return (protocol.error_frame(ErrorCode.BAD_REQUEST, text, "resume"),)
+            # Kept after the answer: a claim answered ``unavailable`` may have been
+            # made all the same (its answer lost), and paired later elsewhere.
+            self._claimed = operation.ticket.match_id
             return (ClaimSeat(operation.ticket),)
         if isinstance(operation, Join):
             return self._make_idle(PartnerReason.NEXT, operation.op, operation)
@@ -891,8 +903,13 @@ class SessionCore:
         self.partner_reason = partner_reason
         graceful = code != CloseCode.SLOW_CONSUMER and partner_reason is not PartnerReason.TIMEOUT
         away = self._away
-        if away is not None:  # nobody is left to come back to: the match is over
+        if away is not None:
             self._forget(away)
+            if code in _NOT_CHOSEN:
+                # This side goes too, not by its wish (its server restarts): both may
+                # come back with their tickets, and be paired by any server.
+                return (Close(code, reason, graceful),)
+            # Nobody is left to come back to: the match is over.
             return (EndSeats(away), Close(code, reason, graceful))
         return (Close(code, reason, graceful),)
 

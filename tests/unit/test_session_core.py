@@ -74,9 +74,11 @@ from omiro_trio.session_events import (
     Opened,
     Relay,
     ReportPartner,
+    Resumed,
     Said,
     SkipCounted,
     Started,
+    SyncNow,
     TimerFired,
     Watch,
     WatchFired,
@@ -1123,6 +1125,34 @@ def test_a_draining_server_tells_partners_to_wait_not_that_the_socket_left() -> 
     world.close("a", CloseCode.RESTARTING, "server restarting")
     assert world.last("b") == {"op": "partner_away", "data": {"grace_ms": 30000}}
     assert match.match_id in world.ended_matches  # released in the shared state all the same
+
+
+@pytest.mark.rule("protocol/resume")
+def test_a_server_that_drains_under_both_sides_keeps_the_match_for_both_tickets() -> None:
+    world = World(TICKET_RULES)
+    _, ticket_a, ticket_b = ticketed_pair(world)
+
+    async def drain() -> None:
+        world.hub.start_drain()
+
+    world.run(drain)
+    world.close("a", CloseCode.RESTARTING, "server restarting")
+    assert world.last("b")["op"] == "partner_away"
+    # b goes too, not by its wish: the match is not over for either ticket.
+    world.close("b", CloseCode.RESTARTING, "server restarting")
+    world.connect("a2")
+    assert resume(world, "a2", ticket_a)["op"] == "resuming"
+    world.connect("b2")
+    assert resume(world, "b2", ticket_b)["op"] == "resumed"
+    assert world.last("a2")["data"]["partner"] == "b2"
+
+
+def test_a_resumed_match_told_to_a_session_that_moved_on_only_asks_for_a_resync() -> None:
+    core = SessionCore("a", 0.0, TICKET_RULES)
+    match = Match("m2", "a", "b", "video", (), ("s1", "s2"))
+    assert core.handle(Resumed(match, "m1"), 0.0) == (SyncNow(),)
+    assert core.match is None
+    assert core.state == "idle"
 
 
 def test_the_burst_passes_then_refusals_then_4029() -> None:
