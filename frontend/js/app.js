@@ -186,6 +186,7 @@ let partnerAway = false; // the stranger's socket dropped; the server keeps the 
 let outbox = []; // [{text, item}]: our lines typed while resuming, sent once it is back
 let inFlight = []; // [{item, settled}]: our lines sent, not yet confirmed, oldest first
 const RESUME_DEADLINE_MS = 60_000; // how long the page waits for its server to come back
+const RESUME_RETRY_MS = 1_000; // a resume refused as `unavailable` (Redis away) is asked again
 const stateLog = [];
 const reconnects = []; // {reason, delayMs} of every scheduled reconnection
 
@@ -1014,6 +1015,10 @@ function startResuming() {
   setState("connected", () => LINK_TEXT.resumingServer);
 }
 
+function askToResume() {
+  if (resuming && match) signaling.send("resume", { ticket: resuming.ticket });
+}
+
 function resumeFailed(text) {
   if (!resuming || !match) return;
   chat.addSystem(text, "warn", { announce: true });
@@ -1260,6 +1265,8 @@ const handlers = {
           const reason = data.message || data.code;
           showNotice(() => [t("notice.refused", { reason })]);
         }
+        // Nothing was taken: ask again while the call waits (RESUME_DEADLINE_MS bounds it).
+        if (data.op === "resume") setTimeout(askToResume, RESUME_RETRY_MS);
         break;
       case ErrorCode.MESSAGE_TOO_LONG:
         chat.addSystem(t("system.tooLong", { n: chat.maxLength }), "warn", { announce: true });
@@ -1314,7 +1321,7 @@ signaling.addEventListener("ready", ({ detail: { hello } }) => {
   if (Number.isInteger(max)) chat.maxLength = max;
   renderAddressPrivacy(hello?.ice_transport_policy === "relay");
   hideNotice();
-  if (resuming && match) signaling.send("resume", { ticket: resuming.ticket });
+  if (resuming && match) askToResume();
   else if (searching) ready();
   refreshOnline();
 });
