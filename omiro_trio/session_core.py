@@ -243,6 +243,10 @@ class SessionRules:
         lost_ms = round(self.lost_after_s * 1000)
         return protocol.HelloLiveness(lost_ms // 6, lost_ms // 4, lost_ms)
 
+    def ticket_ttl_ms(self) -> int:
+        """What ``hello`` tells clients of a ticket's life (0: no tickets)."""
+        return 0 if self.tickets is None else self.tickets.ttl_s * 1000
+
 
 _DEFAULT_RULES: Final = SessionRules()
 _LEAVE: Final = Leave()
@@ -582,6 +586,37 @@ class SessionCore:
             return (CountError(exc.code), reply)
         return (TakeSeat(ticket),)
 
+    def _renew_ticket(self, message: protocol.RenewTicket, now: float) -> Effects:
+        """A fresh ticket of the current match, expiring a ticket's life from now."""
+        op = "renew_ticket"
+        match = self.match
+        if self._rules.tickets is None:
+            return (
+                protocol.error_frame(ErrorCode.BAD_REQUEST, "this server signs no tickets", op),
+            )
+        if match is None:
+            text = "you have no partner right now"
+            return (protocol.error_frame(ErrorCode.NOT_MATCHED, text, op),)
+        if self._away is not None:
+            return (protocol.error_frame(ErrorCode.UNAVAILABLE, _AWAY_TEXT, op),)
+        ticket = self._ticket_of(match)
+        if ticket is None:
+            text = "this match cannot be resumed"
+            return (protocol.error_frame(ErrorCode.BAD_REQUEST, text, op),)
+        return (protocol.server_frame(protocol.TicketMessage(match.match_id, ticket)),)
+
+    def _ticket_of(self, match: Match) -> str | None:
+        """This side's ticket of ``match``, issued now; None without tickets."""
+        tickets = self._rules.tickets
+        if tickets is None:
+            return None
+        try:
+            return tickets.issue(
+                match.match_id, match.caller, match.callee, self.id, match.mode, self._rules.wall()
+            )
+        except ValueError:  # an id no ticket can carry: this match cannot be resumed
+            return None
+
     def _partner_away(self, match_id: str) -> Effects:
         """The partner's socket ended without its wish: wait the grace for its ticket."""
         current = self.match
@@ -799,15 +834,7 @@ class SessionCore:
         self._away = None
         self._remember(match)
         self.transcript.clear()
-        tickets = self._rules.tickets
-        ticket = None
-        if tickets is not None:
-            caller, callee = match.caller, match.callee
-            mid, wall = match.match_id, self._rules.wall()
-            try:
-                ticket = tickets.issue(mid, caller, callee, self.id, match.mode, wall)
-            except ValueError:  # an id no ticket can carry: this match cannot be resumed
-                ticket = None
+        ticket = self._ticket_of(match)
         partner = match.partner_of(self.id)
         found: protocol.ServerMessage
         if resumed_from is None:
@@ -1007,6 +1034,7 @@ _RULES: Final[dict[type, Callable[[SessionCore, Any, float], Effects]]] = {
     protocol.Alive: SessionCore._alive,
     protocol.PeerLost: SessionCore._peer_lost,
     protocol.Resume: SessionCore._resume,
+    protocol.RenewTicket: SessionCore._renew_ticket,
 }
 assert set(_RULES) | set(_RELAYED) == set(protocol.OP_OF), "an op without a rule"
 assert not set(_RULES) & set(_RELAYED), "a relayed op with a rule of its own"

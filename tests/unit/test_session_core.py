@@ -1155,6 +1155,51 @@ def test_a_resumed_match_told_to_a_session_that_moved_on_only_asks_for_a_resync(
     assert core.state == "idle"
 
 
+@pytest.mark.rule(
+    "protocol/renew-ticket", "protocol/op-renew-ticket", "protocol/msg-ticket", "protocol/resume"
+)
+def test_a_call_longer_than_a_ticket_resumes_with_a_renewed_ticket() -> None:
+    elapsed = [0.0]  # unix time passing, as the tickets see it
+    world = World(SessionRules(rates=RATES, tickets=SIGNER, wall=lambda: WALL + elapsed[0]))
+    match, first_ticket, _ = ticketed_pair(world)
+    ticket = first_ticket
+    # A call three tickets' lives long; the page renews at each half-life.
+    for _ in range(6):
+        elapsed[0] += SIGNER.ttl_s / 2
+        world.op("a", "renew_ticket", {})
+        answer = world.last("a")
+        assert answer["op"] == "ticket"
+        assert answer["data"]["match_id"] == match.match_id
+        assert answer["data"]["ticket"] != ticket
+        ticket = answer["data"]["ticket"]
+    assert SIGNER.verify(ticket, WALL + elapsed[0]).holder == "a"
+    drop(world, "a")
+    world.connect("a2")
+    assert resume(world, "a2", first_ticket)["data"]["code"] == "ticket_expired"
+    world.connect("a3")
+    assert resume(world, "a3", ticket)["op"] == "resumed"
+    assert world.last("b")["data"]["partner"] == "a3"
+
+
+def test_renew_ticket_needs_a_match_that_goes_on_and_a_server_that_signs() -> None:
+    world = World(TICKET_RULES)
+    world.connect("x")
+    world.op("x", "renew_ticket", {})
+    assert world.last("x")["data"]["code"] == "not_matched"
+    _, _, _ = ticketed_pair(world)
+    drop(world, "a")
+    world.op("b", "renew_ticket", {})  # its partner is away: the match may not go on
+    assert world.last("b")["data"] == {
+        "code": "unavailable",
+        "message": "your partner is reconnecting: not delivered",
+        "op": "renew_ticket",
+    }
+    plain = World()
+    pair(plain)
+    plain.op("a", "renew_ticket", {})
+    assert plain.last("a")["data"]["code"] == "bad_request"
+
+
 def test_the_burst_passes_then_refusals_then_4029() -> None:
     core = SessionCore("a", 0.0, RULES)
     for _ in range(RATES.message_burst):
