@@ -19,6 +19,7 @@ from cluster_support import (
     ServeProcess,
     Watched,
     chat_both_ways,
+    until,
 )
 from redis_support import RedisServer
 
@@ -167,6 +168,35 @@ async def test_a_seat_held_on_a_server_that_dies_does_not_leave_its_partner_hang
     # It is idle and may look for someone else.
     await second2.send("join_queue")
     await second2.next("queued")
+
+
+async def test_a_seat_held_on_a_server_swept_as_dead_is_free_and_its_partner_waits_the_grace(
+    two_servers: Servers, nursery: trio.Nursery
+) -> None:
+    a, b = two_servers
+    first, second, tickets, _ = await matched(nursery, a, b)
+    await gone(first)
+    await second.next("partner_away")
+    await gone(second)
+    first2 = await Watched.open(nursery, a)
+    await first2.send("resume", {"ticket": tickets[first.id]})
+    await first2.next("resuming")
+    a.kill()
+    # B sweeps A: first2's session is gone from the shared state.
+    await until(lambda: stats_are(b, 0), DEATH_BOUND_S)
+    second2 = await Watched.open(nursery, b)
+    await second2.send("resume", {"ticket": tickets[second.id]})
+    held_at = trio.current_time()
+    assert await second2.next("resuming") == {"grace_ms": 30000}
+    left = await second2.next("partner_disconnected", GRACE_S + SLACK_S)
+    assert left == {"reason": "left"}
+    assert GRACE_S - 1.0 <= trio.current_time() - held_at <= GRACE_S + SLACK_S
+    assert not second2.seen("resumed")
+
+
+async def stats_are(server: ServeProcess, online: int) -> bool:
+    """``server`` counts ``online`` sockets over the whole service, none waiting."""
+    return await server.aget("/stats") == (200, {"online": online, "waiting": 0})
 
 
 async def test_a_resume_while_redis_is_frozen_is_refused_unavailable_then_works(
