@@ -20,6 +20,11 @@ Invariants:
 * A freshly started process knows nothing: the first claim of a seat it is
   shown is taken (tickets expire, and a pair needs both seats within the
   grace).
+
+With a shared backend (``backends.base.SharedSeats``: Redis) the hub asks
+the backend instead, which keeps the same rules for every server at once
+(``omiro.lua``'s ``seat``); these records then only follow this server's
+own sockets.
 """
 
 from __future__ import annotations

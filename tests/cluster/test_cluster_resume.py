@@ -19,6 +19,7 @@ from cluster_support import (
     ServeProcess,
     Watched,
     chat_both_ways,
+    shared_state_faults,
     until,
 )
 from redis_support import RedisServer
@@ -65,7 +66,7 @@ async def gone(client: Watched) -> None:
 
 
 async def test_both_sides_come_back_on_two_different_servers_and_are_paired(
-    two_servers: Servers, nursery: trio.Nursery
+    two_servers: Servers, redis_server: RedisServer, nursery: trio.Nursery
 ) -> None:
     a, b = two_servers
     first, second, tickets, old_id = await matched(nursery, a, b)
@@ -95,10 +96,11 @@ async def test_both_sides_come_back_on_two_different_servers_and_are_paired(
     await chat_both_ways(first2, second2, "still us")
     assert not first2.seen("partner_disconnected")
     assert not second2.seen("partner_disconnected")
+    assert await shared_state_faults(redis_server.url, a.env["OMIRO_REDIS_KEY_PREFIX"]) == []
 
 
 async def test_a_side_that_left_comes_back_on_another_server_than_its_partner(
-    two_servers: Servers, nursery: trio.Nursery
+    two_servers: Servers, redis_server: RedisServer, nursery: trio.Nursery
 ) -> None:
     a, b = two_servers
     stays, leaves, tickets, old_id = await matched(nursery, a, a)
@@ -126,6 +128,7 @@ async def test_a_side_that_left_comes_back_on_another_server_than_its_partner(
     assert (await replay.next("error"))["code"] == "ticket_used"
     await chat_both_ways(stays, back, "still")
     assert not stays.seen("partner_disconnected")
+    assert await shared_state_faults(redis_server.url, a.env["OMIRO_REDIS_KEY_PREFIX"]) == []
 
 
 async def test_a_partner_that_moved_on_is_refused_on_another_server(
