@@ -6,7 +6,7 @@ relayed a frame, or a match of it formed or ended), or about every server
 different versions during a rolling upgrade: fields are only ever added.
 
 Dispatch hands each message to the session it names as news (``Said``,
-``MatchFormed``, ``MatchEnded``): the session's core decides what its
+``MatchFormed``, ``MatchEnded``, ``PartnerAway``, ``Resumed``): the session's core decides what its
 client hears. A message that cannot be read is logged and dropped; one for
 a session no longer here is dropped.
 """
@@ -23,11 +23,18 @@ from omiro_trio.backends.base import Backend, Ban
 from omiro_trio.codes import PartnerReason
 from omiro_trio.errors import BackendUnavailable
 from omiro_trio.matchmaking import Match
-from omiro_trio.session_events import Event, MatchEnded, MatchFormed, PartnerAway, Said
+from omiro_trio.session_events import (
+    Event,
+    MatchEnded,
+    MatchFormed,
+    PartnerAway,
+    Resumed,
+    Said,
+)
 
 log = logging.getLogger(__name__)
 
-BusKind = Literal["matched", "ended", "away", "relay", "ban"]
+BusKind = Literal["matched", "resumed", "ended", "away", "relay", "ban"]
 """What a bus message says: ``ban`` goes to every server, the others to one session."""
 
 
@@ -46,6 +53,7 @@ class BusMessage(msgspec.Struct, frozen=True, omit_defaults=True):
     chat: str | None = None
     target: str = ""  # "ban": the banned address or network
     origin: str = ""  # "ban": the server that sent it
+    resumed: str = ""  # "resumed": the match it takes back (its tickets' match id)
 
 
 _encoder: Final = msgspec.json.Encoder()
@@ -69,6 +77,20 @@ def matched(to: str, match: Match, pair: str | None = None) -> bytes:
         servers=match.servers,
         pair=pair or "",
         languages=match.common_languages,
+    )
+    return _encoder.encode(message)
+
+
+def resumed(to: str, match: Match, resumed_from: str) -> bytes:
+    """``match`` took back ``resumed_from``, with ``to`` in it (the seats of the two sides
+    were taken back on two servers)."""
+    message = BusMessage(
+        to=to,
+        kind="resumed",
+        match_id=match.match_id,
+        match=(match.caller, match.callee, match.mode, match.common_interests),
+        servers=match.servers,
+        resumed=resumed_from,
     )
     return _encoder.encode(message)
 
@@ -128,7 +150,10 @@ def dispatch(receiver: Receiver, raw: bytes) -> None:
         match = Match(
             message.match_id, caller, callee, mode, common, message.servers, message.languages
         )
-        event = MatchFormed(match, message.pair or None)
+        if message.kind == "resumed":
+            event = Resumed(match, message.resumed)
+        else:
+            event = MatchFormed(match, message.pair or None)
     else:
         return
     receiver.tell_partner(message.to, event)

@@ -70,4 +70,5 @@ class ServerContext:
             "relay" if self.config.ice.relayed else "all",
             protocol.HelloLimits(limits.max_chat_length, limits.max_frame_bytes),
             self.rules.liveness(),
+            self.rules.ticket_ttl_ms(),
         )

@@ -55,7 +55,14 @@ import trio
 
 from omiro_trio import bus
 from omiro_trio.addresses import group_in_networks
-from omiro_trio.backends.base import Backend, Ban, Ended, LocalView, ReportRecord
+from omiro_trio.backends.base import (
+    Backend,
+    Ban,
+    Ended,
+    LocalView,
+    ReportRecord,
+    SharedSeats,
+)
 from omiro_trio.codes import CloseCode, ErrorCode, PartnerReason
 from omiro_trio.errors import BackendUnavailable, SessionElsewhere
 from omiro_trio.matchmaking import Match, Preferences
@@ -259,6 +266,11 @@ class Hub:
         self._nexts_per_minute = nexts_per_minute
         self._pair_tag = pair_tag
         self.seats = seats or Seats(grace_s=30.0, keep_s=7200.0)
+        # With a shared backend (Redis) the seats are every server's: any of them pairs
+        # the two sides. ``seats`` then only answers for this server's own sockets.
+        self._shared: SharedSeats | None = backend if isinstance(backend, SharedSeats) else None
+        self._seat_drops: list[tuple[str, str]] = []  # (match, session) for run_seat_drops
+        self._seat_drops_ready = trio.Event()
         self._wall = wall
         # Metric children looked up once, not per relayed frame.
         self._relayed = {op: metrics.relayed.labels(op) for op in OP_NAMES.values()}
@@ -669,8 +681,10 @@ class Hub:
                 self.sync.release_later(session.id)
             case GiveUpSeat():
                 self.seats.give_up(effect.match_id, session.id, now)
+                self._drop_shared_seat(effect.match_id, session.id)
             case EndSeats():
                 self.seats.ended(effect.match_id, now)
+                self._drop_shared_seat(effect.match_id, session.id)
             case _:
                 assert_never(effect)
 
@@ -702,6 +716,8 @@ class Hub:
         (``Backend.sync`` puts back a match both sides hold), and the partner
         is told at once. Else the seat is held for the grace, or refused.
         """
+        if self._shared is not None:
+            return await self._claim_shared_seat(session, call, self._shared)
         ticket = call.ticket
         for old in (ticket.caller, ticket.callee):
             held = self.sessions.get(old)
@@ -727,6 +743,76 @@ class Hub:
             return SeatRefused(call, ErrorCode.MATCH_OVER, "your partner is gone")
         async with partner.lock:
             return await self._pair(session, partner, call)
+
+    async def _claim_shared_seat(
+        self, session: Session, call: ClaimSeat, shared: SharedSeats
+    ) -> Event:
+        """Claim the seat in the shared state: the partner, held (or kept) on any server,
+        is paired there at once, and told here or through the bus."""
+        ticket = call.ticket
+        try:
+            answer = await shared.claim_seat(
+                ticket.match_id,
+                "caller" if ticket.seat == "caller" else "callee",
+                session.id,
+                (ticket.caller, ticket.callee),
+                ticket.mode,
+                grace_s=self.seats.grace_s,
+                keep_s=self.seats.keep_s,
+            )
+        except BackendUnavailable as exc:
+            log.warning("resume for %s failed: %s", session.id, exc)
+            text = "the service is briefly unavailable; try again"
+            return SeatRefused(call, ErrorCode.UNAVAILABLE, text)
+        if answer == "hold":
+            return SeatHeld(call, self.seats.grace_s)
+        if isinstance(answer, str):
+            code, text = _SHARED_REFUSALS[answer]
+            return SeatRefused(call, code, text)
+        resumed = Resumed(answer, ticket.match_id)
+        partner_id = answer.partner_of(session.id)
+        if self.tell_partner(partner_id, resumed):
+            return resumed
+        try:
+            message = bus.resumed(partner_id, answer, ticket.match_id)
+            await self.backend.publish(partner_id, message, server=answer.server_of(partner_id))
+        except BackendUnavailable as exc:  # its server finds the match at its resync
+            log.warning("could not tell %s its match resumed: %s", partner_id, exc)
+        return resumed
+
+    def _drop_shared_seat(self, match_id: str, session_id: str) -> None:
+        """Tell the shared state (soon, in order) that ``session_id`` gave up its seat."""
+        if self._shared is None:
+            return
+        if len(self._seat_drops) >= MAX_SEAT_DROPS:
+            log.warning("too many seat drops owed: forgetting the oldest")
+            del self._seat_drops[0]
+        self._seat_drops.append((match_id, session_id))
+        self._seat_drops_ready.set()
+
+    async def run_seat_drops(self) -> None:
+        """Write the seats given up to the shared state, until cancelled.
+
+        A drop the backend fails is tried once more a second later, then
+        forgotten: the shared record still ends with its grace.
+        """
+        shared = self._shared
+        if shared is None:
+            return
+        while True:
+            await self._seat_drops_ready.wait()
+            self._seat_drops_ready = trio.Event()
+            drops, self._seat_drops = self._seat_drops, []
+            for match_id, session_id in drops:
+                for attempt in (1, 2):
+                    try:
+                        await shared.drop_seat(match_id, session_id, keep_s=self.seats.keep_s)
+                        break
+                    except BackendUnavailable as exc:
+                        if attempt == 2:
+                            log.warning("could not give up a seat of %s: %s", session_id, exc)
+                        else:
+                            await trio.sleep(1.0)
 
     async def _pair(self, session: Session, partner: Session, call: ClaimSeat) -> Event:
         """Pair ``session`` (claiming ``call``'s seat) with ``partner`` (holding the other
@@ -801,6 +887,14 @@ class Hub:
         over, as before tickets.
         """
         partner_id = match.partner_of(session_id)
+        if self._shared is not None:  # any server may pair the partner with this side
+            try:
+                grace_s, keep_s = self.seats.grace_s, self.seats.keep_s
+                await self._shared.keep_seat(
+                    match.match_id, partner_id, grace_s=grace_s, keep_s=keep_s
+                )
+            except BackendUnavailable as exc:
+                log.warning("could not keep %s's match for its partner: %s", partner_id, exc)
         if self.tell_partner(partner_id, PartnerAway(match.match_id)):
             return
         try:
@@ -823,6 +917,12 @@ class Hub:
         await self.backend.publish(partner_id, message, server=match.server_of(partner_id))
 
 
+MAX_SEAT_DROPS: Final = 10_000  # seats given up, owed to the shared state (an outage)
+_SHARED_REFUSALS: Final = {
+    "used": (ErrorCode.TICKET_USED, "this ticket's seat was taken back already"),
+    "going": (ErrorCode.TICKET_USED, "that match is still going on"),
+    "over": (ErrorCode.MATCH_OVER, "that match is over: your partner left or moved on"),
+}
 _FRAME: Final = (str, bytes)
 _AWAITED: Final = (
     Relay,

@@ -87,12 +87,14 @@ __all__ = [
     "PartnerDisconnected",
     "PeerLost",
     "Queued",
+    "RenewTicket",
     "Report",
     "Resume",
     "Resumed",
     "Resuming",
     "ServerDraining",
     "ServerMessage",
+    "TicketMessage",
     "Typing",
     "WebrtcAnswer",
     "WebrtcOffer",
@@ -220,6 +222,10 @@ class Resume(msgspec.Struct, frozen=True, gc=False):
     ticket: str
 
 
+class RenewTicket(msgspec.Struct, frozen=True, gc=False):
+    """Ask for a fresh ticket of the current match: a call may outlive its ticket."""
+
+
 class CallOutcome(msgspec.Struct, frozen=True, gc=False):
     """How this side's call of one match went, for the call-success metric.
 
@@ -249,6 +255,7 @@ ClientMessage = (
     | Alive
     | PeerLost
     | Resume
+    | RenewTicket
 )
 
 # -- parsing ---------------------------------------------------------------------------
@@ -480,6 +487,15 @@ def _parse_peer_lost(raw: msgspec.Raw, limits: Limits) -> PeerLost:
     return message
 
 
+_RENEW_TICKET_DECODER: Final = _decoder_or_none(RenewTicket)
+_RENEW_TICKET: Final = RenewTicket()
+
+
+def _parse_renew_ticket(raw: msgspec.Raw, limits: Limits) -> RenewTicket:
+    _RENEW_TICKET_DECODER.decode(raw)
+    return _RENEW_TICKET
+
+
 MAX_TICKET_LENGTH: Final = 512
 _RESUME_DECODER: Final = _decoder_or_none(Resume)
 
@@ -584,6 +600,7 @@ OPS: Final[tuple[Op[Any], ...]] = (
     Op("alive", Alive, _parse_alive),
     Op("peer_lost", PeerLost, _parse_peer_lost),
     Op("resume", Resume, _parse_resume),
+    Op("renew_ticket", RenewTicket, _parse_renew_ticket),
 )
 """Every client op, once: adding an op is a row here (and, unless it is
 relayed, a rule in ``session_core``)."""
@@ -776,6 +793,7 @@ class Hello(ServerMessage, frozen=True):
     ice_transport_policy: str
     limits: HelloLimits
     liveness: HelloLiveness = HelloLiveness(2500, 3750, 15000)
+    ticket_ttl_ms: int = 0  # how long a match ticket lasts from its issue; 0: no tickets
 
 
 class AliveAnswer(ServerMessage, frozen=True):
@@ -819,6 +837,14 @@ class Resumed(ServerMessage, frozen=True, omit_defaults=True):
     mode: str
     resumed_from: str  # the match id the tickets named
     ticket: str | None = None
+
+
+class TicketMessage(ServerMessage, frozen=True):
+    """A fresh ticket of the current match ``match_id`` (the answer to ``renew_ticket``)."""
+
+    op: ClassVar[str] = "ticket"
+    match_id: str
+    ticket: str
 
 
 class PartnerAwayMessage(ServerMessage, frozen=True):

@@ -20,6 +20,11 @@ Invariants:
 * A freshly started process knows nothing: the first claim of a seat it is
   shown is taken (tickets expire, and a pair needs both seats within the
   grace).
+
+With a shared backend (``backends.base.SharedSeats``: Redis) the hub asks
+the backend instead, which keeps the same rules for every server at once
+(``omiro.lua``'s ``seat``); these records then only follow this server's
+own sockets.
 """
 
 from __future__ import annotations
@@ -80,6 +85,11 @@ class Seats:
         self.grace_s = grace_s
         self._keep_s = keep_s
         self._records: OrderedDict[str, _Record] = OrderedDict()
+
+    @property
+    def keep_s(self) -> float:
+        """How long a record is kept (the tickets' life)."""
+        return self._keep_s
 
     def __len__(self) -> int:
         return len(self._records)

@@ -352,6 +352,7 @@ async def _start_services(services: trio.Nursery, ctx: ServerContext) -> Engine:
     services.start_soon(run_resync, hub)
     if ctx.pow is not None:
         await services.start(ctx.pow.switch.run)
+    services.start_soon(hub.run_seat_drops)
     services.start_soon(run_activity, backend, metrics, time.time)
     engine = Engine(config.server.idle_timeout_s)
     services.start_soon(partial(run_gc_tuning, population=engine.__len__))

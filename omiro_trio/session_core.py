@@ -243,6 +243,10 @@ class SessionRules:
         lost_ms = round(self.lost_after_s * 1000)
         return protocol.HelloLiveness(lost_ms // 6, lost_ms // 4, lost_ms)
 
+    def ticket_ttl_ms(self) -> int:
+        """What ``hello`` tells clients of a ticket's life (0: no tickets)."""
+        return 0 if self.tickets is None else self.tickets.ttl_s * 1000
+
 
 _DEFAULT_RULES: Final = SessionRules()
 _LEAVE: Final = Leave()
@@ -256,6 +260,7 @@ _AWAY_TEXT: Final = "your partner is reconnecting: not delivered"
 # How a socket may end without its client choosing to leave the match: it broke
 # or the client closed it without a word (None), or its server drained (1012).
 _NOT_CHOSEN: Final = (None, CloseCode.RESTARTING)
+_CLAIMING: Final = ("idle", "resuming")  # the states in which a claim may be answered
 _UNAVAILABLE_TEXT: Final = "the service is briefly unavailable; try again"
 _ELSEWHERE: Final = "connected elsewhere"
 
@@ -285,6 +290,7 @@ class SessionCore:
         "_band",
         "_beats",
         "_bucket",
+        "_claimed",
         "_detached",
         "_draining",
         "_errors",
@@ -349,6 +355,7 @@ class SessionCore:
         self._watching = False  # the liveness timer runs
         self._seat: str | None = None  # the match whose seat this session holds, resuming
         self._away: str | None = None  # the current match, whose partner is away
+        self._claimed: str | None = None  # the match whose seat this session claimed last
 
     # -- the two verbs -------------------------------------------------------
 
@@ -459,6 +466,12 @@ class SessionCore:
                     protocol.error_frame(event.code, event.text, "resume"),
                 )
             case Resumed():
+                taken = event.resumed_from
+                claimed = self._claimed == taken and self.match is None
+                if not (self._away == taken or (claimed and self.state in _CLAIMING)):
+                    # Paired on another server as this side moved on (its give-up was on
+                    # its way): the resync repairs the shared state.
+                    return (_SYNC_NOW,)
                 self._seat = None
                 return self._matched(event.match, resumed_from=event.resumed_from)
             case Controls():
@@ -579,6 +592,37 @@ class SessionCore:
             return (CountError(exc.code), reply)
         return (TakeSeat(ticket),)
 
+    def _renew_ticket(self, message: protocol.RenewTicket, now: float) -> Effects:
+        """A fresh ticket of the current match, expiring a ticket's life from now."""
+        op = "renew_ticket"
+        match = self.match
+        if self._rules.tickets is None:
+            return (
+                protocol.error_frame(ErrorCode.BAD_REQUEST, "this server signs no tickets", op),
+            )
+        if match is None:
+            text = "you have no partner right now"
+            return (protocol.error_frame(ErrorCode.NOT_MATCHED, text, op),)
+        if self._away is not None:
+            return (protocol.error_frame(ErrorCode.UNAVAILABLE, _AWAY_TEXT, op),)
+        ticket = self._ticket_of(match)
+        if ticket is None:
+            text = "this match cannot be resumed"
+            return (protocol.error_frame(ErrorCode.BAD_REQUEST, text, op),)
+        return (protocol.server_frame(protocol.TicketMessage(match.match_id, ticket)),)
+
+    def _ticket_of(self, match: Match) -> str | None:
+        """This side's ticket of ``match``, issued now; None without tickets."""
+        tickets = self._rules.tickets
+        if tickets is None:
+            return None
+        try:
+            return tickets.issue(
+                match.match_id, match.caller, match.callee, self.id, match.mode, self._rules.wall()
+            )
+        except ValueError:  # an id no ticket can carry: this match cannot be resumed
+            return None
+
     def _partner_away(self, match_id: str) -> Effects:
         """The partner's socket ended without its wish: wait the grace for its ticket."""
         current = self.match
@@ -680,6 +724,9 @@ class SessionCore:
             if self.state != "idle" or self.match is not None:
                 text = "resume only a session that is idle (before join_queue)"
                 return (protocol.error_frame(ErrorCode.BAD_REQUEST, text, "resume"),)
+            # Kept after the answer: a claim answered ``unavailable`` may have been
+            # made all the same (its answer lost), and paired later elsewhere.
+            self._claimed = operation.ticket.match_id
             return (ClaimSeat(operation.ticket),)
         if isinstance(operation, Join):
             return self._make_idle(PartnerReason.NEXT, operation.op, operation)
@@ -793,15 +840,7 @@ class SessionCore:
         self._away = None
         self._remember(match)
         self.transcript.clear()
-        tickets = self._rules.tickets
-        ticket = None
-        if tickets is not None:
-            caller, callee = match.caller, match.callee
-            mid, wall = match.match_id, self._rules.wall()
-            try:
-                ticket = tickets.issue(mid, caller, callee, self.id, match.mode, wall)
-            except ValueError:  # an id no ticket can carry: this match cannot be resumed
-                ticket = None
+        ticket = self._ticket_of(match)
         partner = match.partner_of(self.id)
         found: protocol.ServerMessage
         if resumed_from is None:
@@ -897,8 +936,13 @@ class SessionCore:
         self.partner_reason = partner_reason
         graceful = code != CloseCode.SLOW_CONSUMER and partner_reason is not PartnerReason.TIMEOUT
         away = self._away
-        if away is not None:  # nobody is left to come back to: the match is over
+        if away is not None:
             self._forget(away)
+            if code in _NOT_CHOSEN:
+                # This side goes too, not by its wish (its server restarts): both may
+                # come back with their tickets, and be paired by any server.
+                return (Close(code, reason, graceful),)
+            # Nobody is left to come back to: the match is over.
             return (EndSeats(away), Close(code, reason, graceful))
         return (Close(code, reason, graceful),)
 
@@ -996,6 +1040,7 @@ _RULES: Final[dict[type, Callable[[SessionCore, Any, float], Effects]]] = {
     protocol.Alive: SessionCore._alive,
     protocol.PeerLost: SessionCore._peer_lost,
     protocol.Resume: SessionCore._resume,
+    protocol.RenewTicket: SessionCore._renew_ticket,
 }
 assert set(_RULES) | set(_RELAYED) == set(protocol.OP_OF), "an op without a rule"
 assert not set(_RULES) & set(_RELAYED), "a relayed op with a rule of its own"

@@ -239,6 +239,11 @@ class TicketSigner:
         self._keyed = hmac.new(bytes(secret), digestmod=hashlib.sha256)
         self._ttl_s = ttl_s
 
+    @property
+    def ttl_s(self) -> int:
+        """How long a ticket lasts from its issue."""
+        return self._ttl_s
+
     def _sign(self, payload: str) -> str:
         mac = self._keyed.copy()
         mac.update(b"ticket:" + payload.encode("ascii"))

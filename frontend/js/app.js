@@ -192,6 +192,11 @@ let partnerAway = false; // the stranger's socket dropped; the server keeps the 
 let outbox = []; // [{text, item}]: our lines typed while resuming, sent once it is back
 let inFlight = []; // [{item, settled}]: our lines sent, not yet confirmed, oldest first
 const RESUME_DEADLINE_MS = 60_000; // how long the page waits for its server to come back
+const RESUME_RETRY_MS = 1_000; // a resume refused as `unavailable` (Redis away) is asked again
+const RENEW_RETRY_MS = 60_000; // a ticket renewal not answered (a reconnect, a partner away) is asked again
+let ticketTtlMs = 0; // hello's ticket_ttl_ms: a ticket is renewed at half its life (0: no tickets)
+let renewTimer = null;
+let ticketsRenewed = 0; // fresh tickets received (`ticket`), for the tests
 const stateLog = [];
 const reconnects = []; // {reason, delayMs} of every scheduled reconnection
 
@@ -1020,6 +1025,24 @@ function startResuming() {
   setState("connected", () => LINK_TEXT.resumingServer);
 }
 
+/** Ask for a fresh ticket at half the current one's life: a long call outlives a ticket. */
+function renewLater() {
+  clearTimeout(renewTimer);
+  renewTimer = null;
+  if (match?.ticket && ticketTtlMs > 0) renewTimer = setTimeout(renewTicket, ticketTtlMs / 2);
+}
+
+function renewTicket() {
+  if (!match?.ticket) return;
+  if (!resuming) signaling.send("renew_ticket");
+  // The answer (`ticket`) re-arms this at half the new ticket's life; without one, ask again.
+  renewTimer = setTimeout(renewTicket, RENEW_RETRY_MS);
+}
+
+function askToResume() {
+  if (resuming && match) signaling.send("resume", { ticket: resuming.ticket });
+}
+
 function resumeFailed(text) {
   if (!resuming || !match) return;
   chat.addSystem(text, "warn", { announce: true });
@@ -1036,6 +1059,8 @@ function endCall() {
   partnerAway = false;
   clearTimeout(resumeTimer);
   resumeTimer = null;
+  clearTimeout(renewTimer);
+  renewTimer = null;
   for (const { item } of outbox) chat.setDelivery(item, "failed");
   outbox = [];
   mediaWatch?.stop();
@@ -1118,6 +1143,7 @@ const handlers = {
       commonLanguages: Array.isArray(data.common_languages) ? data.common_languages.map(String) : [],
       shouldCall: data.should_call === true,
     };
+    renewLater();
     const common = match.commonInterests;
     const mode = data.mode === "text" || data.mode === "voice" ? data.mode : "video";
     // The same person as last time: the same session (nobody else was
@@ -1159,6 +1185,13 @@ const handlers = {
     if (resuming && match) setState("connected", () => LINK_TEXT.resumingPartner);
   },
 
+  ticket(data) {
+    if (!match || data.match_id !== match.id || typeof data.ticket !== "string") return;
+    match.ticket = data.ticket;
+    ticketsRenewed += 1;
+    renewLater();
+  },
+
   partner_away() {
     if (!match || resuming) return;
     partnerAway = true;
@@ -1172,6 +1205,7 @@ const handlers = {
     match.id = data.match_id ?? match.id;
     match.partner = data.partner ?? match.partner;
     match.ticket = typeof data.ticket === "string" ? data.ticket : null;
+    renewLater();
     resuming = null;
     clearTimeout(resumeTimer);
     resumeTimer = null;
@@ -1266,6 +1300,8 @@ const handlers = {
           const reason = data.message || data.code;
           showNotice(() => [t("notice.refused", { reason })]);
         }
+        // Nothing was taken: ask again while the call waits (RESUME_DEADLINE_MS bounds it).
+        if (data.op === "resume") setTimeout(askToResume, RESUME_RETRY_MS);
         break;
       case ErrorCode.MESSAGE_TOO_LONG:
         chat.addSystem(t("system.tooLong", { n: chat.maxLength }), "warn", { announce: true });
@@ -1318,9 +1354,11 @@ signaling.addEventListener("message", ({ detail: { op, data } }) => {
 signaling.addEventListener("ready", ({ detail: { hello } }) => {
   const max = hello?.limits?.max_chat_length;
   if (Number.isInteger(max)) chat.maxLength = max;
+  const ttl = hello?.ticket_ttl_ms;
+  ticketTtlMs = Number.isInteger(ttl) && ttl > 0 ? ttl : 0;
   renderAddressPrivacy(hello?.ice_transport_policy === "relay");
   hideNotice();
-  if (resuming && match) signaling.send("resume", { ticket: resuming.ticket });
+  if (resuming && match) askToResume();
   else if (searching) ready();
   refreshOnline();
 });
@@ -1720,6 +1758,7 @@ window.omiro = Object.freeze({
       media: mediaWatch?.state ?? null,
       resuming: resuming !== null,
       partnerAway,
+      ticketsRenewed,
     };
   },
   get prefs() {

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from omiro_trio.matchmaking import Match, Preferences, Waiting
 
@@ -554,4 +554,45 @@ class Backend(Protocol):
         Returns the matches it ended because a dead server's session is gone:
         the caller tells each partner.
         """
+        ...
+
+
+SeatVerdict = Literal["hold", "used", "going", "over"]
+"""What ``SharedSeats.claim_seat`` answers when it pairs nobody: the seat is held
+for the grace; it (or the match's pairing) was taken already; the match still goes
+on (a third person); the match is over (``seats.py`` has the rules)."""
+
+
+@runtime_checkable
+class SharedSeats(Protocol):
+    """The seats of matches being resumed, shared by every server (the Redis backend).
+
+    A backend without it (memory) leaves them to each server (``seats.Seats``).
+    Each call is atomic, and may raise ``BackendUnavailable``.
+    """
+
+    async def claim_seat(
+        self,
+        match_id: str,
+        seat: Literal["caller", "callee"],
+        session_id: str,
+        old: tuple[str, str],
+        mode: str,
+        *,
+        grace_s: float,
+        keep_s: float,
+    ) -> SeatVerdict | Match:
+        """``session_id`` takes back ``seat`` of ``match_id`` (whose caller and callee were
+        ``old``); paired with the session holding the other seat, or keeping the match
+        for it, on any live server: the new match, already in the shared state."""
+        ...
+
+    async def keep_seat(self, match_id: str, keeper: str, *, grace_s: float, keep_s: float) -> None:
+        """``keeper``'s partner in ``match_id`` lost its socket: ``keeper`` keeps the match
+        for it for ``grace_s``."""
+        ...
+
+    async def drop_seat(self, match_id: str, session_id: str, *, keep_s: float) -> None:
+        """``session_id`` no longer holds its seat back (nor keeps the match): the match is
+        over for its tickets, unless it was paired again."""
         ...

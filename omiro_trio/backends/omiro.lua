@@ -64,6 +64,11 @@
 --   P.."banidx"        string which index the bans have (the IPv6 group size)
 --   P.."bh:"..key      list   the bans set on one client (or network), newest first: its
 --                             history for the moderators (records.lua reads it)
+--   P.."rs:"..id       hash   the seats of match id being taken back with tickets: c / e
+--                             (the session holding the caller's / callee's seat back),
+--                             until (a held seat's grace end), keep (the partner that kept
+--                             the match for the other seat) and keep_until, paired, over;
+--                             kept for a ticket's life (at most 9 short fields)
 -- Reports, accounts and the audit log are records.lua's.
 
 local op, P, offset, me = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
@@ -536,6 +541,89 @@ elseif op == 'deliver' then
     return {'gone'}
   end
   return {'sent', redis.call('PUBLISH', P .. 'bus:' .. holder, message)}
+
+elseif op == 'seat' then
+  -- match id, seat ("c" or "e"), claimant sid, grace, keep (a ticket's life),
+  -- the old caller, the old callee, mode, the new match's id. A client takes
+  -- back its seat in match id with its ticket (seats.py has the rules):
+  -- {'hold'}, {'used'}, {'going'} (the match goes on: a third person),
+  -- {'over'}, or the match re-formed with the partner holding (or keeping)
+  -- the other seat: both sessions are put in it here.
+  local id, seat, sid, grace_s, keep_s = A[1], A[2], A[3], tonumber(A[4]), tonumber(A[5])
+  local old_c, old_e, mode, new_id = A[6], A[7], A[8], A[9]
+  local key = P .. 'rs:' .. id
+  local r = hash(key) or {}
+  local function over()
+    redis.call('DEL', key)
+    redis.call('HSET', key, 'over', '1')
+    redis.call('PEXPIRE', key, ms(keep_s))
+    return {'over'}
+  end
+  if r[seat] == sid then -- this session's own claim again (its answer was lost)
+    if r.paired then return match_of(sid) or {'over'} end
+    return {'hold'}
+  end
+  if r.over then return {'over'} end
+  if r.paired or r[seat] then return {'used'} end
+  for _, old in ipairs({old_c, old_e}) do
+    if redis.call('HGET', P .. 'm:' .. old, 'id') == id then return {'going'} end
+  end
+  local other = seat == 'c' and 'e' or 'c'
+  local partner, kept = r[other], false
+  if partner then
+    if tonumber(r['until']) <= NOW then return over() end
+  elseif r.keep and r.keep == (seat == 'c' and old_e or old_c) then
+    if tonumber(r.keep_until) <= NOW then return over() end
+    partner, kept = r.keep, true
+  elseif redis.call('EXISTS', P .. 'me:' .. id) == 1 then
+    return over() -- it ended, and nobody kept it
+  end
+  if partner then
+    local server = holder_of(partner)
+    if server and not_dead(server) then
+      if redis.call('EXISTS', P .. 'm:' .. partner) == 1 or entry(partner) then
+        return over() -- the partner moved on
+      end
+      local caller, callee = sid, partner
+      if seat == 'e' then caller, callee = partner, sid end
+      local m = {'match', new_id, caller, callee, mode, '[]', holder_of(caller) or me,
+        holder_of(callee) or me}
+      store_match(caller, m)
+      store_match(callee, m)
+      redis.call('HSET', key, 'paired', '1', seat, sid)
+      redis.call('PEXPIRE', key, ms(keep_s))
+      return m
+    end
+    -- The partner's socket is gone (its server died or restarted): it may
+    -- come back with its own ticket, so this seat is held like a first one.
+    redis.call('HDEL', key, other, 'until', 'keep', 'keep_until')
+  end
+  redis.call('HSET', key, seat, sid, 'until', fmt(NOW + grace_s))
+  redis.call('PEXPIRE', key, ms(keep_s))
+  return {'hold'}
+
+elseif op == 'keep_seat' then
+  -- match id, keeper sid, grace, keep: the keeper's partner in match id lost
+  -- its socket; the keeper keeps the match for it for the grace.
+  local key = P .. 'rs:' .. A[1]
+  if redis.call('HEXISTS', key, 'over') == 1 or redis.call('HEXISTS', key, 'paired') == 1 then
+    return 0
+  end
+  redis.call('HSET', key, 'keep', A[2], 'keep_until', fmt(NOW + tonumber(A[3])))
+  redis.call('PEXPIRE', key, ms(tonumber(A[4])))
+  return 1
+
+elseif op == 'drop_seat' then
+  -- match id, sid, keep: sid no longer holds its seat (nor keeps the match)
+  -- back: the match is over for its tickets (unless it was paired again).
+  local key = P .. 'rs:' .. A[1]
+  local r = hash(key)
+  if r and (r.paired or r.over) then return 0 end
+  if r and r.c ~= A[2] and r.e ~= A[2] and r.keep ~= A[2] then return 0 end
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'over', '1')
+  redis.call('PEXPIRE', key, ms(tonumber(A[3])))
+  return 1
 
 elseif op == 'ping' then
   return fmt(NOW)

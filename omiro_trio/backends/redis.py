@@ -63,7 +63,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from importlib import resources
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import anyio
 import coredis
@@ -82,6 +82,7 @@ from omiro_trio.backends.base import (
     Delivery,
     Ended,
     LocalView,
+    SeatVerdict,
     SharedView,
     Stats,
 )
@@ -611,6 +612,42 @@ class RedisBackend(RedisRecords):
         token = self._claims.get(session_id, "")
         raw = await self._run("leave", session_id, self._cooldown_s, uuid.uuid4().hex, token)
         return _match(raw) if raw else None
+
+    # -- resuming (base.SharedSeats) -------------------------------------
+
+    async def claim_seat(
+        self,
+        match_id: str,
+        seat: Literal["caller", "callee"],
+        session_id: str,
+        old: tuple[str, str],
+        mode: str,
+        *,
+        grace_s: float,
+        keep_s: float,
+    ) -> SeatVerdict | Match:
+        raw = await self._run(
+            "seat",
+            match_id,
+            "c" if seat == "caller" else "e",
+            session_id,
+            grace_s,
+            keep_s,
+            old[0],
+            old[1],
+            mode,
+            uuid.uuid4().hex,
+        )
+        kind = _text(raw[0])
+        if kind == "match":
+            return _match(raw)
+        return cast("SeatVerdict", kind)
+
+    async def keep_seat(self, match_id: str, keeper: str, *, grace_s: float, keep_s: float) -> None:
+        await self._run("keep_seat", match_id, keeper, grace_s, keep_s)
+
+    async def drop_seat(self, match_id: str, session_id: str, *, keep_s: float) -> None:
+        await self._run("drop_seat", match_id, session_id, keep_s)
 
     async def block(self, a: str, b: str) -> None:
         await self._run("block", a, b, self._block_ttl_s)

@@ -126,3 +126,33 @@ def test_one_socket_that_breaks_comes_back_and_the_partner_waited(make_server, p
             assert person.probe()["created"] == 1
     finally:
         proxy.close()
+
+
+TICKET_TTL_S = 60  # the smallest session.ticket_ttl_s: the renewals come within a minute
+
+
+@pytest.mark.rule("protocol/renew-ticket", "protocol/resume")
+def test_a_call_longer_than_its_first_ticket_survives_a_restart(make_server, pair):
+    env = {"OMIRO_SESSION_SECRET": SECRET, "OMIRO_SESSION_TICKET_TTL_S": str(TICKET_TTL_S)}
+    first = make_server(**env)
+    alice, bob = pair(first)
+    # The page renews at half each ticket's life: twice within the first ticket's life,
+    # which is then over (only a renewed ticket can take the match back).
+    for person in (alice, bob):
+        person.wait(
+            "() => window.omiro.link.ticketsRenewed >= 2", timeout_ms=(TICKET_TTL_S + 15) * 1000
+        )
+    say(alice, "a minute in")
+    heard(bob, "a minute in")
+    assert first.proc is not None
+    first.proc.send_signal(signal.SIGTERM)
+    for person in (alice, bob):
+        person.wait("() => window.omiro.link.resuming", timeout_ms=5_000)
+    assert first.proc.wait(15) == 0
+    second = make_server(port=first.port, **env)
+    for person in (alice, bob):
+        person.wait("() => !window.omiro.link.resuming && window.omiro.signaling.ready", 30_000)
+        assert person.state == "connected"
+    say(bob, "after the restart")
+    heard(alice, "after the restart")
+    assert second.port == first.port

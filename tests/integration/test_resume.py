@@ -82,3 +82,33 @@ async def test_match_found_carries_a_ticket_the_server_accepts(server: Harness) 
         verified = tickets.verify(found["ticket"], wall)
         assert verified.match_id == found["match_id"]
         assert verified.holder == client.session_id
+
+
+@pytest.mark.rule("protocol/renew-ticket", "protocol/msg-ticket", "protocol/hello-data")
+async def test_a_renewed_ticket_resumes_on_a_fresh_server(start_server: StartServer) -> None:
+    first = await start_server(session__secret=SECRET)
+    a = await first.connect()
+    b = await first.connect()
+    assert a.hello["ticket_ttl_ms"] == 7_200_000  # session.ticket_ttl_s, the default
+    await a.send("join_queue")
+    await a.expect("queued")
+    await b.send("join_queue")
+    found = {client.session_id: await client.expect("match_found") for client in (a, b)}
+    renewed = {}
+    for client in (a, b):
+        await client.send("renew_ticket")
+        answer = await client.expect("ticket")
+        assert answer["match_id"] == found[client.session_id]["match_id"]
+        tickets = first.ctx.rules.tickets
+        assert tickets is not None
+        assert tickets.verify(answer["ticket"], first.ctx.wall()).holder == client.session_id
+        renewed[client.session_id] = answer["ticket"]
+    await drain(first, a, b)
+    second = await start_server(session__secret=SECRET)
+    a2 = await second.connect()
+    b2 = await second.connect()
+    await a2.send("resume", {"ticket": renewed[a.session_id]})
+    await a2.expect("resuming")
+    await b2.send("resume", {"ticket": renewed[b.session_id]})
+    assert (await b2.expect("resumed"))["partner"] == a2.session_id
+    assert (await a2.expect("resumed"))["partner"] == b2.session_id

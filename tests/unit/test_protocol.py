@@ -39,6 +39,7 @@ from omiro_trio.protocol import (
     Limits,
     Next,
     PeerLost,
+    RenewTicket,
     Report,
     Resume,
     Typing,
@@ -163,6 +164,7 @@ def test_op_names_cover_every_message_class() -> None:
         Alive,
         PeerLost,
         Resume,
+        RenewTicket,
     }
     assert OP_NAMES[WebrtcOffer] == "webrtc_offer"
     assert OP_NAMES[IceCandidate] == "ice_candidate"
@@ -883,3 +885,10 @@ def test_parse_resume_needs_a_bounded_ticket() -> None:
     for data in [{}, {"ticket": ""}, {"ticket": "t" * 513}, {"ticket": 5}]:
         error = violation(frame("resume", data))
         assert (error.code, error.op) == ("bad_request", "resume")
+
+
+@pytest.mark.rule("protocol/renew-ticket")
+def test_parse_renew_ticket_takes_no_data() -> None:
+    assert parse(frame("renew_ticket")) == RenewTicket()
+    assert parse(frame("renew_ticket", with_data=False)) == RenewTicket()
+    assert violation(frame("renew_ticket", [1])).code == "bad_request"

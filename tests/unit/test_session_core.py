@@ -74,9 +74,11 @@ from omiro_trio.session_events import (
     Opened,
     Relay,
     ReportPartner,
+    Resumed,
     Said,
     SkipCounted,
     Started,
+    SyncNow,
     TimerFired,
     Watch,
     WatchFired,
@@ -1123,6 +1125,79 @@ def test_a_draining_server_tells_partners_to_wait_not_that_the_socket_left() -> 
     world.close("a", CloseCode.RESTARTING, "server restarting")
     assert world.last("b") == {"op": "partner_away", "data": {"grace_ms": 30000}}
     assert match.match_id in world.ended_matches  # released in the shared state all the same
+
+
+@pytest.mark.rule("protocol/resume")
+def test_a_server_that_drains_under_both_sides_keeps_the_match_for_both_tickets() -> None:
+    world = World(TICKET_RULES)
+    _, ticket_a, ticket_b = ticketed_pair(world)
+
+    async def drain() -> None:
+        world.hub.start_drain()
+
+    world.run(drain)
+    world.close("a", CloseCode.RESTARTING, "server restarting")
+    assert world.last("b")["op"] == "partner_away"
+    # b goes too, not by its wish: the match is not over for either ticket.
+    world.close("b", CloseCode.RESTARTING, "server restarting")
+    world.connect("a2")
+    assert resume(world, "a2", ticket_a)["op"] == "resuming"
+    world.connect("b2")
+    assert resume(world, "b2", ticket_b)["op"] == "resumed"
+    assert world.last("a2")["data"]["partner"] == "b2"
+
+
+def test_a_resumed_match_told_to_a_session_that_moved_on_only_asks_for_a_resync() -> None:
+    core = SessionCore("a", 0.0, TICKET_RULES)
+    match = Match("m2", "a", "b", "video", (), ("s1", "s2"))
+    assert core.handle(Resumed(match, "m1"), 0.0) == (SyncNow(),)
+    assert core.match is None
+    assert core.state == "idle"
+
+
+@pytest.mark.rule(
+    "protocol/renew-ticket", "protocol/op-renew-ticket", "protocol/msg-ticket", "protocol/resume"
+)
+def test_a_call_longer_than_a_ticket_resumes_with_a_renewed_ticket() -> None:
+    elapsed = [0.0]  # unix time passing, as the tickets see it
+    world = World(SessionRules(rates=RATES, tickets=SIGNER, wall=lambda: WALL + elapsed[0]))
+    match, first_ticket, _ = ticketed_pair(world)
+    ticket = first_ticket
+    # A call three tickets' lives long; the page renews at each half-life.
+    for _ in range(6):
+        elapsed[0] += SIGNER.ttl_s / 2
+        world.op("a", "renew_ticket", {})
+        answer = world.last("a")
+        assert answer["op"] == "ticket"
+        assert answer["data"]["match_id"] == match.match_id
+        assert answer["data"]["ticket"] != ticket
+        ticket = answer["data"]["ticket"]
+    assert SIGNER.verify(ticket, WALL + elapsed[0]).holder == "a"
+    drop(world, "a")
+    world.connect("a2")
+    assert resume(world, "a2", first_ticket)["data"]["code"] == "ticket_expired"
+    world.connect("a3")
+    assert resume(world, "a3", ticket)["op"] == "resumed"
+    assert world.last("b")["data"]["partner"] == "a3"
+
+
+def test_renew_ticket_needs_a_match_that_goes_on_and_a_server_that_signs() -> None:
+    world = World(TICKET_RULES)
+    world.connect("x")
+    world.op("x", "renew_ticket", {})
+    assert world.last("x")["data"]["code"] == "not_matched"
+    _, _, _ = ticketed_pair(world)
+    drop(world, "a")
+    world.op("b", "renew_ticket", {})  # its partner is away: the match may not go on
+    assert world.last("b")["data"] == {
+        "code": "unavailable",
+        "message": "your partner is reconnecting: not delivered",
+        "op": "renew_ticket",
+    }
+    plain = World()
+    pair(plain)
+    plain.op("a", "renew_ticket", {})
+    assert plain.last("a")["data"]["code"] == "bad_request"
 
 
 def test_the_burst_passes_then_refusals_then_4029() -> None:

@@ -86,6 +86,7 @@ def test_a_partner_gone_silent_is_unstable_within_5_s_and_lost_within_15_s(
             "media": "steady",
             "resuming": False,
             "partnerAway": False,
+            "ticketsRenewed": 0,
         }
 
         to_server.freeze()
