@@ -306,7 +306,7 @@ class Hub:
             self.metrics.connections.dec()
             try:
                 now = trio.current_time()
-                await self._run_effects(session, session.core.handle(_DETACHED, now), now)
+                await self._chain(session, session.core.handle(_DETACHED, now), now)
             finally:
                 if not self.sessions:
                     self._no_sessions.set()
@@ -413,7 +413,7 @@ class Hub:
             return
         relay = effects[0]
         if type(relay) is not Relay:
-            await self._run_effects(session, effects, now)
+            await self._chain(session, effects, now)
             return
         match = relay.match
         partner_id = match.partner_of(session.id)
@@ -462,7 +462,7 @@ class Hub:
             now = trio.current_time()
             effects = session.core.handle(TimerFired(widen), now)
             with trio.CancelScope(shield=True):
-                await self._run_effects(session, effects, now)
+                await self._chain(session, effects, now)
 
     async def watch_fired(self, session: Session) -> None:
         """The connection's liveness timer fired: a silent client's match may end as lost.
@@ -473,7 +473,7 @@ class Hub:
             now = trio.current_time()
             effects = session.core.handle(_WATCH_FIRED, now)
             with trio.CancelScope(shield=True):
-                await self._run_effects(session, effects, now)
+                await self._chain(session, effects, now)
 
     async def repair(self, session: Session, effects: Effects, now: float) -> None:
         """Perform what the core made of a resync's answer (the resync holds the lock).
@@ -486,11 +486,7 @@ class Hub:
     async def _operate(self, session: Session, operation: Operation) -> None:
         async with session.lock:
             now = trio.current_time()
-            await self._run_effects(session, session.core.handle(Started(operation), now), now)
-
-    async def _run_effects(self, session: Session, effects: Effects, now: float) -> None:
-        with contextlib.suppress(_Abandoned):  # a failure the core was told of ended it
-            await self._chain(session, effects, now)
+            await self._chain(session, session.core.handle(Started(operation), now), now)
 
     # -- the interpreter -------------------------------------------------
 
@@ -499,65 +495,84 @@ class Hub:
     ) -> None:
         """Perform ``effects`` in order; each answer's effects at once, where it came.
 
+        One loop over a stack of the effects still to perform (an answer's
+        on top, the rest of the effects that asked beneath), not a call per
+        answer: a join's three answers cost no coroutine each.
+
         ``strict``: a failure raises ``BackendUnavailable`` instead of being
-        told to the core.
+        told to the core (which, told, ends the chain).
         """
-        for effect in effects:
-            if type(effect) not in _AWAITED_TYPES:  # most effects: skip the cases below
-                self._do(session, cast("Immediate", effect), now)
-                continue
-            match effect:
-                case Relay():
-                    await self.perform(session, (effect,), now)
-                case Join():
-                    await self.join(session, effect.prefs, op=effect.op)
-                case Leave():
-                    await self._operate(session, effect)
-                case ReportPartner():
-                    await self.report(session, effect.reason)
-                case TakeSeat():
-                    await self._operate(session, effect)
-                case ClaimSeat():
-                    answer = await self._claim_seat(session, effect, now)
-                    await self._chain(session, session.core.handle(answer, now), now)
-                case AnnounceMatch():
-                    await self._announce_match(session.id, effect.match, effect.pair)
-                case AnnounceAway():
-                    await self._announce_away(session.id, effect.match)
-                case AnnounceEnd():
-                    try:
-                        await self._announce_end(session.id, effect.match, effect.reason)
-                    except BackendUnavailable as exc:
-                        await self._failed(session, effect, exc, now, strict=strict)
-                case (
-                    CountSkip() | MakeIdle() | Enqueue() | WidenWait() | Release() | BlockPartner()
-                ) | FileReport():
-                    try:
-                        answer = await self._ask(session, effect, now)
-                    except BackendUnavailable as exc:
-                        await self._failed(session, effect, exc, now, strict=strict)
-                    else:
-                        answered = session.core.handle(answer, now)
-                        await self._chain(session, answered, now, strict=strict)
-                case (
-                    str()
-                    | bytes()
-                    | Arm()
-                    | Watch()
-                    | Close()
-                    | CountError()
-                    | CountCall()
-                    | CountExceeded()
-                    | CountMatch()
-                    | SyncNow()
-                    | SyncSoon()
-                    | ReleaseLater()
-                    | GiveUpSeat()
-                    | EndSeats()
-                ):
-                    self._do(session, effect, now)
-                case _:
-                    assert_never(effect)
+        core = session.core
+        stack = [iter(effects)]
+        try:
+            while stack:
+                for effect in stack[-1]:
+                    if type(effect) not in _AWAITED_TYPES:  # most effects: skip the cases below
+                        self._do(session, cast("Immediate", effect), now)
+                        continue
+                    answer: Event | None = None
+                    match effect:
+                        case Relay():
+                            await self.perform(session, (effect,), now)
+                        case Join():
+                            await self.join(session, effect.prefs, op=effect.op)
+                        case Leave():
+                            await self._operate(session, effect)
+                        case ReportPartner():
+                            await self.report(session, effect.reason)
+                        case TakeSeat():
+                            await self._operate(session, effect)
+                        case ClaimSeat():
+                            answer = await self._claim_seat(session, effect, now)
+                        case AnnounceMatch():
+                            await self._announce_match(session.id, effect.match, effect.pair)
+                        case AnnounceAway():
+                            await self._announce_away(session.id, effect.match)
+                        case AnnounceEnd():
+                            try:
+                                await self._announce_end(session.id, effect.match, effect.reason)
+                            except BackendUnavailable as exc:
+                                await self._failed(session, effect, exc, now, strict=strict)
+                        case (
+                            CountSkip()
+                            | MakeIdle()
+                            | Enqueue()
+                            | WidenWait()
+                            | Release()
+                            | BlockPartner()
+                            | FileReport()
+                        ):
+                            try:
+                                answer = await self._ask(session, effect, now)
+                            except BackendUnavailable as exc:
+                                await self._failed(session, effect, exc, now, strict=strict)
+                        case (
+                            str()
+                            | bytes()
+                            | Arm()
+                            | Watch()
+                            | Close()
+                            | CountError()
+                            | CountCall()
+                            | CountExceeded()
+                            | CountMatch()
+                            | SyncNow()
+                            | SyncSoon()
+                            | ReleaseLater()
+                            | GiveUpSeat()
+                            | EndSeats()
+                        ):
+                            self._do(session, effect, now)
+                        case _:
+                            assert_never(effect)
+                    if answer is not None:
+                        # The answer's effects first; the rest of these after them.
+                        stack.append(iter(core.handle(answer, now)))
+                        break
+                else:
+                    stack.pop()
+        except _Abandoned:  # a failure the core was told of ended it
+            return
 
     async def _ask(
         self,
