@@ -104,15 +104,45 @@ def address_group(ip: str, ipv6_prefix: int) -> str:
     return str(ipaddress.IPv6Network((address, ipv6_prefix), strict=False))
 
 
+ACCOUNT_PREFIX = "account:"
+"""How a ban target names an account: ``account:`` and the account key a session
+token carries (its subject: docs/gate.md), e.g. ``account:3f9a...``."""
+MAX_ACCOUNT_CHARS = 64
+_ACCOUNT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def account_target(account: str) -> str:
+    """The ban target naming ``account`` (an account key)."""
+    return ACCOUNT_PREFIX + account
+
+
+def banned_account(target: str) -> str | None:
+    """The account key a ban target names, or None when it names an address or network.
+
+    Raises:
+        ValueError: ``account:`` followed by something no token carries.
+    """
+    if not target.startswith(ACCOUNT_PREFIX):
+        return None
+    account = target[len(ACCOUNT_PREFIX) :]
+    if not 0 < len(account) <= MAX_ACCOUNT_CHARS or not _ACCOUNT_CHARS.issuperset(account):
+        raise ValueError(f"an account is 1-{MAX_ACCOUNT_CHARS} of A-Z, a-z, 0-9, '_', '-'")
+    return account
+
+
 def ban_key(target: str, ipv6_prefix: int) -> str | None:
     """The client a ban covers whole, as ``address_group`` writes it; None for a wider network.
+
+    A ban of an account (``account:KEY``) is found under its target as written.
 
     A ban of one IPv4 address is found under that address; a ban of an IPv6
     address or network within one group (``ipv6_prefix`` bits) under that
     group. Those are looked up exactly (O(1) per check); only the bans of
     wider networks (``None``) are compared one by one. Raises ``ValueError``
-    for a target that is not an address or a network.
+    for a target that is not an address, a network or an account.
     """
+    if banned_account(target) is not None:
+        return target
     network = ipaddress.ip_network(target.strip(), strict=False)
     address = str(network.network_address)
     if isinstance(network, ipaddress.IPv4Network):

@@ -36,7 +36,7 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
 from omiro_trio import accounts
-from omiro_trio.addresses import in_networks
+from omiro_trio.addresses import banned_account, in_networks
 from omiro_trio.backends.base import Ban, ReportRecord, ReportStatus
 from omiro_trio.context import ServerContext
 from omiro_trio.http.answers import HttpError
@@ -65,9 +65,16 @@ _ban_request = msgspec.json.Decoder(BanRequest)
 
 
 def canonical_target(text: str) -> str | None:
-    """An IP address or CIDR network in canonical form (an address stays bare)."""
+    """An IP address or CIDR network in canonical form (an address stays bare), or an
+    account (``account:KEY``) as written; None for anything else."""
+    text = text.strip()
     try:
-        network = ipaddress.ip_network(text.strip(), strict=False)
+        if banned_account(text) is not None:
+            return text
+    except ValueError:
+        return None
+    try:
+        network = ipaddress.ip_network(text, strict=False)
     except ValueError:
         return None
     if network.num_addresses == 1:
@@ -100,6 +107,7 @@ def report_json(report: ReportRecord, status: ReportStatus | None = None) -> dic
     answer: dict[str, Any] = {
         "id": report.id,
         "reported_ip": report.reported_ip,
+        "reported_account": report.reported_account,
         "reported": report.reported,
         "reporter": report.reporter,
         "reporter_ip": report.reporter_ip,
@@ -286,7 +294,7 @@ def register_admin(app: QuartTrio, ctx: ServerContext, gate: Gate) -> None:
             return json_error(
                 HTTPStatus.BAD_REQUEST,
                 HttpError.BAD_REQUEST,
-                "target must be an IP address or a CIDR network",
+                "target must be an IP address, a CIDR network or account:KEY",
             )
         if len(body.reason) > MAX_REASON_LENGTH:
             return json_error(

@@ -1,7 +1,8 @@
 """Before the upgrade: who is asking, and may they open a socket.
 
 The handshake checks of PROTOCOL.md run here, in its order: 403 origin,
-403 banned, 429 rate limited, 401 token, 409 already connected (plus 503
+403 banned, 429 rate limited, 401 token, 403 banned (the token's account),
+409 already connected (plus 503
 while draining); a malformed ``Sec-WebSocket-Protocol`` is refused with 400
 before them all (``subprotocol_refusal``, before the upgrade is accepted).
 The answer is either the claimed session id or the refusal (a
@@ -233,9 +234,18 @@ class Admission:
                 HttpError.INVALID_TOKEN,
                 f"invalid session token: {exc}",
             )
+        if claims.subject:
+            ban = await self._backend.account_ban(claims.subject)
+            if ban is not None:
+                return error(
+                    HTTPStatus.FORBIDDEN,
+                    HttpError.BANNED,
+                    "this account is banned",
+                    until=ban.until,
+                )
         session_id = claims.session_id
         try:
-            claimed = await self._backend.claim_session(session_id, client)
+            claimed = await self._backend.claim_session(session_id, client, claims.subject)
         except BackendUnavailable:
             # The claim may have been made and only its answer lost: undo it
             # (later, if the backend is away), or the session stays held.

@@ -307,7 +307,8 @@ def ban_add(
     duration_s: int | None,
     reason: str,
 ) -> None:
-    """Ban TARGET, an IP address or CIDR network; its open sockets are closed."""
+    """Ban TARGET, an IP address, a CIDR network or account:KEY (an account key a
+    report names); its open sockets are closed."""
     body = {"target": target, "duration_s": duration_s, "reason": reason}
     status, payload = _admin_call(config_path, url, token, "POST", "/admin/bans", body)
     if status != 201:
@@ -436,11 +437,13 @@ def report_show(
     click.echo(f"reason: {payload['reason']}")
     if payload.get("match_s") is not None:
         click.echo(f"the match had lasted {payload['match_s']} s")
+    if payload.get("reported_account"):
+        click.echo(f"reported account: account:{payload['reported_account']}")
     click.echo(f"reported by {payload['reporter_ip']}")
     for line in payload["transcript"]:
         click.echo(f"  {line}")
     click.echo(f"earlier reports of this client: {len(payload['earlier_reports'])}")
-    for ban_entry in payload["bans"]:
+    for ban_entry in payload["bans"] + payload.get("account_bans", []):
         click.echo(f"  banned {_describe_ban(ban_entry)}")
 
 
@@ -484,6 +487,11 @@ def report_claim(
     help="Seconds the ban lasts (default: permanent; admins only).",
 )
 @click.option("--note", default="", help="Why (kept with the ban and in the audit log).")
+@click.option(
+    "--account",
+    is_flag=True,
+    help="Ban the reported account (the report names one) instead of its address.",
+)
 def report_ban(
     config_path: Path | None,
     url: str | None,
@@ -491,9 +499,10 @@ def report_ban(
     report_id: int,
     duration_s: int | None,
     note: str,
+    account: bool,
 ) -> None:
-    """Ban the reported client; its open sockets are closed on every server."""
-    body = {"duration_s": duration_s, "note": note}
+    """Ban the reported client (or account); its open sockets are closed on every server."""
+    body = {"duration_s": duration_s, "note": note, "target": "account" if account else "address"}
     _report_action(config_path, url, token, report_id, "ban", body)
 
 

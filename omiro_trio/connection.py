@@ -243,7 +243,7 @@ async def _open_session(
 ) -> None:
     session_id = claims.session_id
     core = SessionCore(session_id, trio.current_time(), ctx.rules, band=claims.band)
-    session = Session(session_id, ip, core=core)
+    session = Session(session_id, ip, core=core, account=claims.subject)
     conn = WsConnection(
         engine,
         raw,

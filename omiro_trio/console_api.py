@@ -46,6 +46,7 @@ class SignIn(msgspec.Struct, forbid_unknown_fields=True):
 class BanFromReport(msgspec.Struct, forbid_unknown_fields=True):
     duration_s: int | None  # required: null is a permanent ban (admins only)
     note: str = ""
+    target: Literal["address", "account"] = "address"  # what of the reported to ban
 
 
 class Note(msgspec.Struct, forbid_unknown_fields=True):
@@ -203,6 +204,10 @@ def register_console_api(app: QuartTrio, ctx: ServerContext, gate: Gate) -> None
                 "earlier_reports": [report_json(r) for r in found.earlier_reports],
                 "bans": [ban_json(b) for b in found.bans],
                 "ban_now": None if found.ban_now is None else ban_json(found.ban_now),
+                "account_bans": [ban_json(b) for b in found.account_bans],
+                "account_ban_now": None
+                if found.account_ban_now is None
+                else ban_json(found.account_ban_now),
             }
         )
 
@@ -254,7 +259,11 @@ def register_console_api(app: QuartTrio, ctx: ServerContext, gate: Gate) -> None
             return body
         try:
             placed, status = await desk.ban_from_report(
-                caller.actor, report_id, body.duration_s, body.note
+                caller.actor,
+                report_id,
+                body.duration_s,
+                body.note,
+                account=body.target == "account",
             )
         except (Refused, NoSuchReport, ValueError) as exc:
             return refusal(exc)

@@ -54,7 +54,7 @@ from typing import Final, Protocol, assert_never, cast
 import trio
 
 from omiro_trio import bus
-from omiro_trio.addresses import group_in_networks
+from omiro_trio.addresses import banned_account, group_in_networks
 from omiro_trio.backends.base import (
     Backend,
     Ban,
@@ -175,6 +175,7 @@ class Session:
 
     __slots__ = (
         "__weakref__",
+        "account",
         "cancel_scope",
         "closed",
         "core",
@@ -192,9 +193,13 @@ class Session:
         *,
         outlet: Outlet | None = None,
         core: SessionCore | None = None,
+        account: str = "",
     ) -> None:
         self.id = session_id
         self.ip = ip
+        # The account key its token carries ("" none): server-side only, never
+        # sent to anyone; reports name it and account bans close its socket.
+        self.account = account
         self.outlet = outlet
         self.core = core or SessionCore(session_id, 0.0)
         self.lock = trio.Lock()  # one operation at a time
@@ -221,6 +226,7 @@ _DETACHED: Final = Detached()
 _WATCH_FIRED: Final = WatchFired()
 _DRAINING: Final = Draining()
 _BANNED: Final = Banned()
+_ACCOUNT_BANNED: Final = Banned(account=True)
 _SLOW_CONSUMER: Final = CloseAsked(CloseCode.SLOW_CONSUMER, "slow consumer")
 
 
@@ -350,17 +356,22 @@ class Hub:
         return await bus.put_ban_in_force(self.backend, ban, self.close_banned)
 
     def close_banned(self, target: str) -> int:
-        """Close the local sockets whose client ``target`` covers (an address or network).
+        """Close the local sockets ``target`` covers: those whose client it covers (an
+        address or network), or whose token carries its account (``account:KEY``).
 
         Returns how many there were.
 
         Raises:
-            ValueError: ``target`` is not an address or network.
+            ValueError: ``target`` is not an address, network or account.
         """
-        networks = (ipaddress.ip_network(target, strict=False),)
-        banned = [s for s in self.sessions.values() if group_in_networks(s.ip, networks)]
+        account = banned_account(target)
+        if account is not None:
+            banned = [s for s in self.sessions.values() if s.account == account]
+        else:
+            networks = (ipaddress.ip_network(target, strict=False),)
+            banned = [s for s in self.sessions.values() if group_in_networks(s.ip, networks)]
         for session in banned:
-            self.tell(session, _BANNED)
+            self.tell(session, _BANNED if account is None else _ACCOUNT_BANNED)
         return len(banned)
 
     # -- what arrives from outside the session ---------------------------
@@ -616,6 +627,11 @@ class Hub:
                     partner_ip = await backend.client_of(call.partner) or ""
                 return Blocked(call, partner_ip)
             case FileReport():
+                reported = self.sessions.get(call.reported)
+                if reported is not None:
+                    account = reported.account
+                else:  # on another server: the backend knows its account
+                    account = await backend.account_of(call.reported)
                 at = self._wall()
                 record = ReportRecord(
                     reported_ip=call.reported_ip,
@@ -626,6 +642,7 @@ class Hub:
                     at=at,
                     transcript=call.transcript,
                     match_s=call.match_s,
+                    reported_account=account,
                 )
                 return Filed(call, await self.reports.file(record, now=at))
             case _:

@@ -14,6 +14,7 @@ hears who was first.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import re
@@ -24,6 +25,7 @@ import msgspec
 import trio
 
 from omiro_trio import accounts
+from omiro_trio.addresses import account_target
 from omiro_trio.backends.base import (
     AuditEntry,
     Backend,
@@ -83,6 +85,9 @@ class Evidence:
     earlier_reports: list[ReportRecord]  # other reports of the same client, newest first
     bans: list[Ban]  # bans set on that client within the retention, newest first
     ban_now: Ban | None  # the ban in force on it, if any
+    # The same for the reported account, when the report names one.
+    account_bans: list[Ban] = dataclasses.field(default_factory=list)
+    account_ban_now: Ban | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,12 +159,19 @@ class ModerationDesk:
         earlier = [] if not client else await backend.reports_of(client, HISTORY_SHOWN + 1)
         bans = [] if not client else await backend.ban_history(client, HISTORY_SHOWN)
         ban_now = None if not client else await backend.ban_for(client)
+        account = report.reported_account
+        account_bans = (
+            await backend.ban_history(account_target(account), HISTORY_SHOWN) if account else []
+        )
+        account_ban_now = await backend.account_ban(account) if account else None
         return Evidence(
             report,
             status,
             [r for r in earlier if r.id != report_id][:HISTORY_SHOWN],
             bans,
             ban_now,
+            account_bans,
+            account_ban_now,
         )
 
     async def live(self) -> Live:
@@ -234,10 +246,17 @@ class ModerationDesk:
         return status
 
     async def ban_from_report(
-        self, actor: Actor, report_id: int, duration_s: int | None, note: str
+        self,
+        actor: Actor,
+        report_id: int,
+        duration_s: int | None,
+        note: str,
+        *,
+        account: bool = False,
     ) -> tuple[Ban, ReportStatus]:
-        """Ban the reported client for ``duration_s`` (None: permanent) and mark the
-        report actioned, in that order of checks: role, then the report's status.
+        """Ban the reported client (or with ``account``, the reported account) for
+        ``duration_s`` (None: permanent) and mark the report actioned, in that
+        order of checks: role, then the report's status.
 
         Raises:
             NoSuchReport, Refused; BackendUnavailable (then the report is as it was).
@@ -247,12 +266,20 @@ class ModerationDesk:
         report = await self._backend.report(report_id)
         if report is None:
             raise NoSuchReport(report_id)
-        if not report.reported_ip:
+        if account:
+            if not report.reported_account:
+                raise Refused("the report names no account: ban the address")
+            target = account_target(report.reported_account)
+        elif not report.reported_ip:
             raise Refused("the reported client is not known: ban its address by hand")
+        else:
+            target = report.reported_ip
         action = "ban " + ("permanent" if duration_s is None else f"{duration_s} s")
+        if account:
+            action += " (account)"
         before, status = await self._change(actor, report_id, "action", action=action, note=note)
         try:
-            ban = await self._ban(actor, report.reported_ip, duration_s, note, report_id)
+            ban = await self._ban(actor, target, duration_s, note, report_id)
         except BaseException:
             # Put the report back as it was, so someone can act on it again.
             await self._backend.swap_report_status(report_id, status, before)
@@ -271,6 +298,8 @@ class ModerationDesk:
         if report is None:
             raise NoSuchReport(report_id)
         ban = await self._backend.ban_for(report.reported_ip) if report.reported_ip else None
+        if ban is None and report.reported_account:
+            ban = await self._backend.account_ban(report.reported_account)
         if ban is None:
             raise Refused("no ban is in force on the reported client", conflict=True)
         if not may_lift(actor, ban, self.policy.moderator_max_ban_s):
@@ -292,7 +321,7 @@ class ModerationDesk:
             raise Refused(f"a moderator bans for at most {limit} s, never permanently")
 
     async def ban(self, actor: Actor, target: str, duration_s: int | None, note: str) -> Ban:
-        """Ban ``target`` (canonical address or network), as ``actor`` may.
+        """Ban ``target`` (canonical address or network, or ``account:KEY``), as ``actor`` may.
 
         Raises:
             ValueError: a bad duration or note. Refused: over the actor's limit.

@@ -489,8 +489,9 @@ class SessionCore:
                 return (self._draining_frame(),)
             case CloseAsked():
                 return self._close(event.code, event.reason, event.partner_reason)
-            case Banned():
-                banned = protocol.error_frame(ErrorCode.BANNED, "this address is banned", None)
+            case Banned(account=account):
+                what = "this account is banned" if account else "this address is banned"
+                banned = protocol.error_frame(ErrorCode.BANNED, what, None)
                 return (banned, *self._close(CloseCode.POLICY, "banned"))
             case Detached():
                 self._detached = True

@@ -446,7 +446,10 @@ class CloseAsked:
 
 @dataclass(frozen=True, slots=True)
 class Banned:
-    """The client's address is banned now: tell it, and close (1008)."""
+    """The client's address (or with ``account``, its account) is banned now: tell it,
+    and close (1008)."""
+
+    account: bool = False
 
 
 @dataclass(frozen=True, slots=True)

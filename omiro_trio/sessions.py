@@ -133,6 +133,14 @@ class NewSession:
             # The token carries what the gate knew: the age band that keeps
             # matching apart, the subject that bans and reports may name.
             band, subject = verdict.claims.age_band or "", verdict.claims.subject
+            ban = await self._backend.account_ban(subject) if subject else None
+            if ban is not None:
+                return error(
+                    HTTPStatus.FORBIDDEN,
+                    HttpError.BANNED,
+                    "this account is banned",
+                    until=ban.until,
+                )
         if self._pow is not None:
             refused = await self._pow.refused(head.header(POW_HEADER))
             if refused is not None:

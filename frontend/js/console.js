@@ -324,6 +324,16 @@ function renderEvidence(report) {
     ["Automatic ban", report.status.autoban ? "fired on this report" : "no"],
     ["Ban in force", report.ban_now ? describeBan(report.ban_now) : "none"],
   ];
+  if (report.reported_account) {
+    // The account the gate signed in (a salted key: it names nobody by itself).
+    facts.push(
+      ["Reported account", `account:${report.reported_account}`],
+      [
+        "Account ban in force",
+        report.account_ban_now ? describeBan(report.account_ban_now) : "none",
+      ],
+    );
+  }
   $("evidence-facts").replaceChildren(
     ...facts.flatMap(([term, value]) => {
       const wrap = el("div");
@@ -349,6 +359,9 @@ function renderEvidence(report) {
       (r) => `Report #${r.id} (${r.reason || "no reason"}) on ${when(r.at)}`,
     ),
     ...report.bans.map((b) => `Banned ${describeBan(b)}, set ${when(b.created_at)}`),
+    ...(report.account_bans ?? []).map(
+      (b) => `Account banned ${describeBan(b)}, set ${when(b.created_at)}`,
+    ),
   ];
   $("history").replaceChildren(
     ...(history.length ? history : ["No earlier reports or bans."]).map((text) => el("li", text)),
@@ -358,7 +371,8 @@ function renderEvidence(report) {
   // A decided report is final: its actions go (the state line says what was done).
   $("actions").hidden = !open;
   $("claim").hidden = mine;
-  $("lift").hidden = !report.ban_now;
+  $("lift").hidden = !report.ban_now && !report.account_ban_now;
+  $("ban-account").hidden = !report.reported_account;
 }
 
 function describeBan(ban) {
@@ -372,12 +386,14 @@ async function act(action) {
   const note = $("action-note").value.trim();
   let body = { note };
   if (action === "claim") body = {};
-  if (action === "ban") {
+  if (action === "ban" || action === "ban-account") {
     const value = $("ban-duration").value;
     body = { duration_s: value === "" ? null : Number(value), note };
+    if (action === "ban-account") body.target = "account";
   }
+  const path = action === "ban-account" ? "ban" : action;
   try {
-    const answer = await api("POST", `reports/${id}/${action}`, body);
+    const answer = await api("POST", `reports/${id}/${path}`, body);
     if (!answer.ok) {
       $("action-error").textContent = answer.data?.message ?? `Refused (${answer.status}).`;
       await loadEvidence(id, { quiet: true });
@@ -411,7 +427,7 @@ async function liftBan(target) {
 async function start() {
   $("signin-form").addEventListener("submit", (event) => signIn(event));
   $("sign-out").addEventListener("click", () => signOut());
-  for (const action of ["claim", "ban", "dismiss", "lift"]) {
+  for (const action of ["claim", "ban", "ban-account", "dismiss", "lift"]) {
     $(action).addEventListener("click", () => act(action));
   }
   $("actions").addEventListener("submit", (event) => event.preventDefault());

@@ -55,7 +55,7 @@ class Stats:
 
 @dataclass(frozen=True, slots=True)
 class Ban:
-    target: str  # an IP address or a CIDR network
+    target: str  # an IP address, a CIDR network, or "account:" and an account key
     reason: str
     until: float | None  # unix time; None: permanent
     created_at: float
@@ -73,10 +73,18 @@ class ReportRecord:
     transcript: tuple[str, ...]
     id: int = 0  # given by the backend when recorded: increasing, unique, > 0
     match_s: float | None = None  # how long the match had lasted; None if unknown
+    reported_account: str = ""  # the account key the reported session's token carried, or ""
 
     def size_bytes(self) -> int:
         """What the record costs the store (its text, UTF-8), for the byte bound."""
-        texts = (self.reported_ip, self.reported, self.reporter, self.reporter_ip, self.reason)
+        texts = (
+            self.reported_ip,
+            self.reported,
+            self.reporter,
+            self.reporter_ip,
+            self.reason,
+            self.reported_account,
+        )
         return REPORT_OVERHEAD_BYTES + sum(
             len(t.encode("utf-8", "replace")) for t in (*texts, *self.transcript)
         )
@@ -258,18 +266,24 @@ class Backend(Protocol):
 
     # -- sessions -------------------------------------------------------
 
-    async def claim_session(self, session_id: str, client: str) -> bool:
+    async def claim_session(self, session_id: str, client: str, account: str = "") -> bool:
         """Record that ``session_id`` has a live socket on this server, from ``client``.
 
         ``client`` is the socket's address group; the backend keeps it while
         the session is live (``client_of``) and uses it for ``block``.
-        Returns False if the session already has a socket anywhere (the
-        caller answers 409); the first claim's client is kept then.
+        ``account`` is the account key its token carries ("" none), kept the
+        same way (``account_of``: a report names it). Returns False if the
+        session already has a socket anywhere (the caller answers 409); the
+        first claim's client is kept then.
         """
         ...
 
     async def client_of(self, session_id: str) -> str | None:
         """The client (address group) a live session was claimed from, else None."""
+        ...
+
+    async def account_of(self, session_id: str) -> str:
+        """The account key a live session was claimed with; "" if none or not live."""
         ...
 
     async def release_session(self, session_id: str) -> Match | None:
@@ -332,6 +346,11 @@ class Backend(Protocol):
         bans of networks wider than one client: the number of bans does not
         slow it (``addresses.ban_key``).
         """
+        ...
+
+    async def account_ban(self, account: str) -> Ban | None:
+        """The ban in force for the account key ``account`` (a ban of
+        ``account:`` + it), if any: one exact lookup."""
         ...
 
     async def add_ban(self, ban: Ban) -> None:

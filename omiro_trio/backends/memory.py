@@ -28,7 +28,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from omiro_trio.addresses import Network, ban_key
+from omiro_trio.addresses import Network, account_target, ban_key, banned_account
 from omiro_trio.backends.base import (
     Ban,
     BusHandler,
@@ -95,11 +95,13 @@ class MemoryBackend(MemoryRecords):
             new_match_id=new_match_id,
         )
         self._live: dict[str, str] = {}  # session -> client
+        self._accounts: dict[str, str] = {}  # live session -> account key (if it has one)
         self._sockets: dict[str, int] = {}  # client -> open sockets reserved
         self._windows: dict[str, _Window] = {}  # key -> its current window
         # Per window length, the windows in the order they started: so in order of ending.
         self._window_ends: dict[float, deque[_Window]] = {}
-        self._bans: dict[str, tuple[Ban, Network]] = {}  # target -> ban, its network
+        # target -> ban, its network (None: a ban of an account, found by its target)
+        self._bans: dict[str, tuple[Ban, Network | None]] = {}
         # How a check finds them: by the client a ban covers whole (one
         # lookup), and the short list of wider networks (compared one by one).
         self._ban_index: dict[str, set[str]] = {}  # client -> targets covering it whole
@@ -122,18 +124,24 @@ class MemoryBackend(MemoryRecords):
     async def ping(self) -> None:
         return None
 
-    async def claim_session(self, session_id: str, client: str) -> bool:
+    async def claim_session(self, session_id: str, client: str, account: str = "") -> bool:
         if session_id in self._live:
             return False
         self._live[session_id] = client
+        if account:
+            self._accounts[session_id] = account
         self._mm.set_client(session_id, client)
         return True
 
     async def client_of(self, session_id: str) -> str | None:
         return self._live.get(session_id)
 
+    async def account_of(self, session_id: str) -> str:
+        return self._accounts.get(session_id, "")
+
     async def release_session(self, session_id: str) -> Match | None:
         self._live.pop(session_id, None)
+        self._accounts.pop(session_id, None)
         ended = self._mm.leave(session_id, self._now())
         self._mm.forget_client(session_id)
         return ended
@@ -202,11 +210,23 @@ class MemoryBackend(MemoryRecords):
                 return ban
         return None
 
+    async def account_ban(self, account: str) -> Ban | None:
+        kept = self._bans.get(account_target(account))
+        if kept is None or (kept[0].until is not None and kept[0].until <= self._wall()):
+            return None
+        return kept[0]
+
     async def add_ban(self, ban: Ban) -> None:
         self._forget_ban(ban.target)  # re-adding moves it to the newest
+        key = ban_key(ban.target, self._ipv6_prefix)
+        if banned_account(ban.target) is not None:
+            self._bans[ban.target] = (ban, None)  # looked up by its target: no index
+            if ban.until is not None:
+                heapq.heappush(self._ban_ends, (ban.until, ban.target))
+            self._note_ban(ban.target, ban)
+            return
         network = ipaddress.ip_network(ban.target, strict=False)
         self._bans[ban.target] = (ban, network)
-        key = ban_key(ban.target, self._ipv6_prefix)
         if key is None:
             self._network_bans[ban.target] = network
         else:

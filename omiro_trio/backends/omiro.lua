@@ -31,7 +31,8 @@
 -- P.."bk:"..key, P.."netbans") are kept until an operator lifts it.
 --
 -- Keys (P = prefix):
---   P.."s:"..sid       hash   a live socket: server, client, claim (token)
+--   P.."s:"..sid       hash   a live socket: server, client, claim (token), account (the
+--                             token's account key, when it has one: reports name it)
 --   P.."srv:"..server  set    the sessions a server holds
 --   P.."sk:"..server   hash   client -> open sockets this server reserved for it (sockets_per_ip)
 --   P.."servers"       zset   server -> the beat number of its last heartbeat (-1: stopped)
@@ -59,6 +60,7 @@
 --   P.."rep:"..ip      zset   reporter ip -> when, for autobans
 --   P.."seq"           string counter for tickets and queue order
 --   P.."bans"          zset   banned target -> when; P.."ban:"..target the ban (JSON)
+--                             (an account's ban: target "account:"..key, found by GET)
 --   P.."bk:"..key      set    the bans covering one client whole (exact lookup)
 --   P.."netbans"       set    the bans of wider networks (checked one by one)
 --   P.."banidx"        string which index the bans have (the IPv6 group size)
@@ -449,7 +451,7 @@ elseif op == 'release' then
   return ended
 
 elseif op == 'claim' then
-  -- sid, client, claim token
+  -- sid, client, claim token, account key or ""
   local sid, client, token = A[1], A[2], A[3]
   local claim = redis.call('HGET', P .. 's:' .. sid, 'claim')
   if claim then
@@ -459,6 +461,7 @@ elseif op == 'claim' then
     return 0
   end
   hold(sid, client, token)
+  if A[4] and A[4] ~= '' then redis.call('HSET', P .. 's:' .. sid, 'account', A[4]) end
   return 1
 
 elseif op == 'reserve' then

@@ -75,7 +75,7 @@ from coredis.connection import TCPConnection, UnixDomainSocketConnection
 from coredis.pool import ConnectionPool
 from coredis.retry import ConstantRetryPolicy, NoRetryPolicy
 
-from omiro_trio.addresses import ban_key
+from omiro_trio.addresses import account_target, ban_key
 from omiro_trio.backends.base import (
     Ban,
     BusHandler,
@@ -542,12 +542,12 @@ class RedisBackend(RedisRecords):
 
     # -- sessions --------------------------------------------------------
 
-    async def claim_session(self, session_id: str, client: str) -> bool:
+    async def claim_session(self, session_id: str, client: str, account: str = "") -> bool:
         if session_id in self._claims:
             return False  # held here already (or its release is still owed)
         token = uuid.uuid4().hex[:16]
         self._claims[session_id] = token  # kept if the answer is lost: a release can undo it
-        if not await self._run("claim", session_id, client, token):
+        if not await self._run("claim", session_id, client, token, account):
             del self._claims[session_id]
             return False
         return True
@@ -556,6 +556,11 @@ class RedisBackend(RedisRecords):
         key = f"{self._prefix}s:{session_id}"
         raw = await self._guard(lambda: self._client.hget(key, "client"))
         return _text(raw) if raw else None
+
+    async def account_of(self, session_id: str) -> str:
+        key = f"{self._prefix}s:{session_id}"
+        raw = await self._guard(lambda: self._client.hget(key, "account"))
+        return _text(raw) if raw else ""
 
     async def release_session(self, session_id: str) -> Match | None:
         token = self._claims.get(session_id, "")
@@ -681,6 +686,14 @@ class RedisBackend(RedisRecords):
             if self._ban_key(ban.target) and self._ban_key(ban.target) == self._ban_key(ip):
                 return ban  # e.g. an IPv4-mapped address's ban, found under its IPv4 client
         return None
+
+    async def account_ban(self, account: str) -> Ban | None:
+        key = f"{self._prefix}ban:{account_target(account)}"
+        raw = await self._guard(lambda: self._client.get(key))
+        if not raw:
+            return None
+        ban = msgspec.json.decode(raw, type=Ban)
+        return ban if ban.until is None or ban.until > time.time() else None
 
     async def add_ban(self, ban: Ban) -> None:
         until = "" if ban.until is None else str(int(ban.until * 1000))

@@ -10,6 +10,7 @@ the other server) work across servers; ``sockets_per_ip`` and
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,6 +22,7 @@ import pytest
 import trio
 from cluster_support import (
     ADMIN_TOKEN,
+    SECRET,
     ServeProcess,
     assert_never_ended,
     chat_both_ways,
@@ -33,6 +35,8 @@ from coredis.tokens import PureToken
 from redis_support import RedisServer, new_prefix
 from support import Client
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
+
+from omiro_trio.tokens import TokenSigner
 
 Servers = tuple[ServeProcess, ServeProcess]
 WAIT_S = 10.0
@@ -171,6 +175,52 @@ async def test_an_admin_ban_on_one_server_closes_a_socket_on_the_other(
     assert await victim.expect_closed() == 1008
     await bystander.send("join_queue")
     await bystander.expect("queued")
+
+
+def account_token(account: str) -> str:
+    """A token carrying ``account``, as ``/session/new`` signs one after an oidc sign-in."""
+    return TokenSigner(SECRET.encode(), 600).issue(time.time(), subject=account).token
+
+
+@pytest.mark.rule("protocol/admin-bans", "protocol/admin-reports")
+async def test_an_account_reported_and_banned_across_servers_is_closed_on_both(
+    two_servers: Servers, nursery: trio.Nursery
+) -> None:
+    """The report is filed on the reporter's server, which asks Redis the account of
+    the partner on the other; the account's ban closes its sockets on both servers
+    (whatever their addresses) and leaves its address alone."""
+    a, b = two_servers
+    reporter = await connect(nursery, a, ip="192.0.2.70")
+    victim = await connect(nursery, b, ip="192.0.2.71", token_=account_token("acct-v"))
+    elsewhere = await connect(nursery, a, ip="198.51.100.71", token_=account_token("acct-v"))
+    bystander = await connect(nursery, b, ip="192.0.2.71")
+    await reporter.send("join_queue")
+    await reporter.expect("queued")
+    await victim.send("join_queue")
+    await reporter.expect("match_found")
+    await victim.expect("match_found")
+    await reporter.send("report", {"reason": "spam"})
+    await victim.expect("partner_disconnected")
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with httpx.AsyncClient(headers=admin) as http:
+        (report,) = (await http.get(f"{b.url}/admin/reports")).json()["reports"]
+        assert (report["reported_ip"], report["reported_account"]) == ("192.0.2.71", "acct-v")
+        banned = await http.post(
+            f"{a.url}/admin/reports/{report['id']}/ban",
+            json={"duration_s": 600, "target": "account"},
+        )
+        assert banned.status_code == 200, banned.text
+    for client in (victim, elsewhere):
+        error = await client.expect("error")
+        assert (error["code"], error["message"]) == ("banned", "this account is banned")
+        assert await client.expect_closed() == 1008
+    await bystander.send("join_queue")
+    await bystander.expect("queued")
+    url = f"{b.ws_url}?token={account_token('acct-v')}"
+    with pytest.raises(ConnectionRejected) as rejected:
+        async with open_websocket_url(url, extra_headers=[("X-Forwarded-For", "203.0.113.9")]):
+            pass
+    assert rejected.value.status_code == 403
 
 
 @contextmanager

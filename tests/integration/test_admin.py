@@ -11,6 +11,7 @@ import httpx
 import pytest
 import trio
 from support import Harness, StartServer, wait_until
+from trio_websocket import ConnectionRejected, open_websocket_url
 
 from omiro_trio.backends.base import ReportRecord
 
@@ -77,6 +78,8 @@ async def test_ban_add_list_remove(admin_server: Harness) -> None:
     [
         {"target": "not an ip"},
         {"target": "300.1.1.1"},
+        {"target": "account:"},
+        {"target": "account:not/a/key"},
         {"target": "10.0.0.1", "duration_s": 0},
         {"target": "10.0.0.1", "duration_s": "soon"},
         {"target": "10.0.0.1", "reason": "x" * 501},
@@ -107,6 +110,83 @@ async def test_ban_closes_open_sockets_1008_and_refuses_new_ones(admin_server: H
         assert refused.json()["error"] == "banned"
         assert (await http.delete("/admin/bans/127.0.0.1")).status_code == 204
         assert (await http.get("/session/new")).status_code == 200
+
+
+def account_token(server: Harness, account: str) -> str:
+    """A session token carrying ``account`` as an ``oidc`` sign-in's would (the gate's
+    own path through a real provider: ``test_gate_oidc.py``)."""
+    return server.ctx.signer.issue(server.ctx.wall(), subject=account).token
+
+
+@pytest.mark.rule("protocol/admin-bans", "protocol/admin-reports", "protocol/close-codes")
+async def test_an_account_ban_closes_its_sockets_only_and_refuses_its_tokens(
+    admin_server: Harness,
+) -> None:
+    # All on one address: only the account tells them apart.
+    a = await admin_server.connect(account_token(admin_server, "acct-a"))
+    b = await admin_server.connect(account_token(admin_server, "acct-b"))
+    plain = await admin_server.connect()
+    assert "acct" not in str(a.hello) + str(b.hello)  # the key is the server's only
+    await a.send("join_queue")
+    await a.expect("queued")
+    await b.send("join_queue")
+    found = await b.expect("match_found")
+    assert "acct" not in str(found)
+    await a.expect("match_found")
+    await b.send("report", {"reason": "spam"})
+    await a.expect("partner_disconnected")
+    async with httpx.AsyncClient(base_url=admin_server.url, headers=AUTH) as http:
+        (report,) = (await http.get("/admin/reports")).json()["reports"]
+        assert (report["reported_ip"], report["reported_account"]) == ("127.0.0.1", "acct-a")
+        banned = await http.post(
+            f"/admin/reports/{report['id']}/ban",
+            json={"duration_s": 600, "note": "spam", "target": "account"},
+        )
+        assert banned.status_code == 200, banned.text
+        assert banned.json()["ban"]["target"] == "account:acct-a"
+        error = await a.expect("error")
+        assert (error["code"], error["message"]) == ("banned", "this account is banned")
+        assert await a.expect_closed() == 1008
+        # The others on the same address chat on.
+        await b.send("join_queue")
+        await b.expect("queued")
+        await plain.send("join_queue")
+        await plain.expect("match_found")
+        # A new token of the account is refused at the upgrade; the address is not banned.
+        url = f"{admin_server.ws_url}?token={account_token(admin_server, 'acct-a')}"
+        with pytest.raises(ConnectionRejected) as rejected:
+            async with open_websocket_url(url):
+                pass
+        assert rejected.value.status_code == 403
+        assert b'"this account is banned"' in (rejected.value.body or b"")
+        assert (await http.get("/session/new")).status_code == 200
+        evidence = (await http.get(f"/admin/reports/{report['id']}")).json()
+        assert evidence["account_ban_now"]["target"] == "account:acct-a"
+        assert evidence["ban_now"] is None
+        # The ban is listed and lifted like any other.
+        listed = (await http.get("/admin/bans", params={"q": "acct-a"})).json()["bans"]
+        assert [ban["target"] for ban in listed] == ["account:acct-a"]
+        assert (await http.delete("/admin/bans/account%3Aacct-a")).status_code == 204
+        again = await admin_server.connect(account_token(admin_server, "acct-a"))
+        assert again.session_id
+
+
+@pytest.mark.rule("protocol/admin-bans")
+async def test_a_report_naming_no_account_cannot_ban_one(admin_server: Harness) -> None:
+    a, b = await admin_server.pair()
+    await a.send("report", {"reason": "spam"})
+    await b.expect("partner_disconnected")
+    async with httpx.AsyncClient(base_url=admin_server.url, headers=AUTH) as http:
+        (report,) = (await http.get("/admin/reports")).json()["reports"]
+        assert report["reported_account"] == ""
+        refused = await http.post(
+            f"/admin/reports/{report['id']}/ban", json={"duration_s": 600, "target": "account"}
+        )
+        assert refused.status_code == 403, refused.text
+        assert "no account" in refused.json()["message"]
+        assert (await http.get("/admin/bans")).json()["bans"] == []
+    await b.send("join_queue")
+    await b.expect("queued")
 
 
 @pytest.mark.rule("protocol/admin-api")
@@ -178,6 +258,11 @@ async def test_ban_cli_drives_the_api(admin_server: Harness) -> None:
     again = await _omiro("ban", "remove", "203.0.113.0/24", *common)
     assert again.returncode == 1
     assert b"no such ban" in again.stderr
+    account = await _omiro("ban", "add", "account:acct-z", "--duration", "600", *common)
+    assert account.returncode == 0, account.stderr
+    assert await admin_server.ctx.backend.account_ban("acct-z") is not None
+    assert (await _omiro("ban", "remove", "account:acct-z", *common)).returncode == 0
+    assert await admin_server.ctx.backend.account_ban("acct-z") is None
     wrong = await _omiro("ban", "list", "--url", admin_server.url, "--token", "nope")
     assert wrong.returncode == 1
     assert b"401" in wrong.stderr

@@ -96,8 +96,11 @@ class Split:
         for server in self.servers:
             await server.ping()
 
-    async def claim_session(self, session_id: str, client: str) -> bool:
-        return bool(await self._for(session_id).claim_session(session_id, client))
+    async def claim_session(self, session_id: str, client: str, account: str = "") -> bool:
+        return bool(await self._for(session_id).claim_session(session_id, client, account))
+
+    async def account_of(self, session_id: str) -> str:
+        return str(await self._for(session_id).account_of(session_id))
 
     async def release_session(self, session_id: str) -> Match | None:
         return await self._for(session_id).release_session(session_id)  # type: ignore[no-any-return]
@@ -768,6 +771,41 @@ async def test_remove_ban_lifts_it_once(backend: Backend) -> None:
     assert await backend.remove_ban("198.51.100.0/24") is False
 
 
+async def test_an_account_ban_is_found_by_its_account_only(backend: Backend) -> None:
+    assert await backend.account_ban("acct-1") is None
+    ban = _ban("account:acct-1", until=time.time() + 3600)
+    await backend.add_ban(ban)
+    assert await backend.account_ban("acct-1") == ban
+    assert await backend.account_ban("acct-2") is None
+    assert await backend.ban_for(CLIENT) is None  # no address is banned by it
+    assert await backend.ban_for("account:acct-1") is None  # not an address
+    await backend.add_ban(_ban("0.0.0.0/0"))  # nor does an address ban name an account
+    assert await backend.account_ban("acct-2") is None
+    assert [b.target for b in await backend.bans()] == ["0.0.0.0/0", "account:acct-1"]
+    assert await backend.ban_history("account:acct-1", 5) == [ban]
+    assert await backend.remove_ban("account:acct-1") is True
+    assert await backend.account_ban("acct-1") is None
+    assert await backend.remove_ban("account:acct-1") is False
+
+
+async def test_an_expired_account_ban_is_not_in_force(backend: Backend) -> None:
+    await backend.add_ban(_ban("account:acct-1", until=time.time() - 1))
+    assert await backend.account_ban("acct-1") is None
+    assert await backend.bans() == []
+
+
+async def test_a_claim_keeps_the_sessions_account_while_it_is_live(backend: Backend) -> None:
+    assert await backend.claim_session("a", CLIENT, "acct-1")
+    assert await backend.claim_session("b", CLIENT)
+    assert await backend.account_of("a") == "acct-1"
+    assert await backend.account_of("b") == ""
+    assert await backend.account_of("nobody") == ""
+    assert not await backend.claim_session("a", CLIENT, "acct-2")  # the first claim's is kept
+    assert await backend.account_of("a") == "acct-1"
+    await backend.release_session("a")
+    assert await backend.account_of("a") == ""
+
+
 REPORTED_AT = time.time()  # reports are kept for a retention counted from when they were filed
 
 
@@ -791,6 +829,13 @@ async def test_record_report_keeps_reports_newest_first(backend: Backend) -> Non
     assert [r.reported for r in kept] == ["bad2", "bad1"]
     assert [r.id for r in kept] == [second, first]
     assert kept[1] == dataclasses.replace(_report(1), id=first)
+
+
+async def test_a_report_keeps_the_reported_account(backend: Backend) -> None:
+    report = dataclasses.replace(_report(1), reported_account="acct-1")
+    report_id = await backend.record_report(report)
+    assert await backend.report(report_id) == dataclasses.replace(report, id=report_id)
+    assert report.size_bytes() == _report(1).size_bytes() + len("acct-1")
 
 
 async def test_reports_are_read_a_page_at_a_time(backend: Backend) -> None:

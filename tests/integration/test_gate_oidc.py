@@ -518,6 +518,61 @@ async def test_oidc_server_signs_in_and_matches_within_age_bands(
     await minor.expect_nothing()
 
 
+def _sign_in_banned(server_url: str, account: str) -> httpx.Response:
+    """Sign in as ``account``; the answer of ``/session/new`` with the pass it was given."""
+    with httpx.Client(follow_redirects=False, timeout=10) as web:
+        callback = sign_in(web, server_url + "/gate/oidc/login", account)
+        assert web.get(callback).status_code == 303
+        return web.get(server_url + "/session/new")
+
+
+@pytest.mark.rule("protocol/gate-oidc", "protocol/admin-bans", "protocol/admin-reports")
+async def test_oidc_account_reported_and_banned_is_refused_at_sign_in_and_others_are_not(
+    provider: Provider, start_server: StartServer
+) -> None:
+    token = "s3cret-admin-token-of-at-least-32-bytes"
+    server = await start_server(**provider.gate_config(admin__token=token))
+    tokens: dict[str, str] = {}
+    for account in ("adult-1", "adult-2"):
+        status, tokens[account] = await trio.to_thread.run_sync(
+            _sign_in_to_server, server.url, account
+        )
+        assert status == 303
+    key = tokens["adult-1"].split(":")[3]
+    assert len(key) == 32
+    assert key != tokens["adult-2"].split(":")[3]
+    one = await server.connect(tokens["adult-1"])
+    two = await server.connect(tokens["adult-2"])
+    await one.send("join_queue", None)
+    await one.expect("queued")
+    await two.send("join_queue", None)
+    await two.expect("match_found")
+    await one.expect("match_found")
+    await two.send("report", {"reason": "spam"})
+    await one.expect("partner_disconnected")
+    auth = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=server.url, headers=auth) as http:
+        (report,) = (await http.get("/admin/reports")).json()["reports"]
+        assert report["reported_account"] == key
+        banned = await http.post(
+            f"/admin/reports/{report['id']}/ban", json={"duration_s": 3600, "target": "account"}
+        )
+        assert banned.status_code == 200, banned.text
+    assert (await one.expect("error"))["code"] == "banned"
+    assert await one.expect_closed() == 1008
+    # Signing in again (a new pass, any address) gives no token; the other account does.
+    refused = await trio.to_thread.run_sync(_sign_in_banned, server.url, "adult-1")
+    assert refused.status_code == 403
+    assert (refused.json()["error"], refused.json()["message"]) == (
+        "banned",
+        "this account is banned",
+    )
+    again = await trio.to_thread.run_sync(_sign_in_banned, server.url, "adult-2")
+    assert again.status_code == 200
+    await two.send("join_queue", None)
+    await two.expect("queued")
+
+
 @pytest.mark.rule("protocol/gate-oidc")
 async def test_oidc_callback_flood_is_cut_at_the_tries_bound_while_a_pair_chats(
     provider: Provider, start_server: StartServer

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 
 from omiro_trio.addresses import (
+    account_target,
     address_group,
+    ban_key,
+    banned_account,
     client_ip,
     group_in_networks,
     origin_allowed,
@@ -91,3 +94,22 @@ def test_group_in_networks_matches_overlapping_networks() -> None:
 def test_client_ip_reads_no_header_from_an_untrusted_peer() -> None:
     """A client cannot forge its address with any header when it talks to us directly."""
     assert client_ip("203.0.113.9", ["198.51.100.7"], (), "198.51.100.8") == "203.0.113.9"
+
+
+def test_an_account_ban_target_names_its_key_and_is_indexed_by_itself() -> None:
+    target = account_target("3f9a_B-0")
+    assert target == "account:3f9a_B-0"
+    assert banned_account(target) == "3f9a_B-0"
+    assert ban_key(target, 64) == target
+    assert banned_account("203.0.113.7") is None
+    assert ban_key("203.0.113.7", 64) == "203.0.113.7"
+
+
+@pytest.mark.parametrize(
+    "target", ["account:", "account:a b", "account:a/b", "account:" + "a" * 65, "account:é"]
+)
+def test_an_account_ban_target_no_token_carries_is_refused(target: str) -> None:
+    with pytest.raises(ValueError, match="account"):
+        banned_account(target)
+    with pytest.raises(ValueError, match="account"):
+        ban_key(target, 64)

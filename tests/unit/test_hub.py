@@ -116,9 +116,12 @@ def hub(backend: Backend) -> Hub:
     return Hub(backend, Metrics())
 
 
-def connect(hub: Hub, session_id: str, ip: str = "192.0.2.1") -> tuple[Session, Outlet]:
+def connect(
+    hub: Hub, session_id: str, ip: str = "192.0.2.1", account: str = ""
+) -> tuple[Session, Outlet]:
     outlet = Outlet()
-    session = Session(session_id, ip, outlet=outlet, core=SessionCore(session_id, NOW))
+    core = SessionCore(session_id, NOW)
+    session = Session(session_id, ip, outlet=outlet, core=core, account=account)
     session.timers = Timers()
     hub.attach(session)
     return session, outlet
@@ -425,6 +428,45 @@ async def test_hub_a_ban_closes_the_sockets_it_covers(hub: Hub, backend: Backend
     message = bus.BusMessage(to="", kind="ban", match_id="", target="198.51.100.1", origin="far")
     await hub.on_bus(bus._encoder.encode(message))
     assert b.closed == Close(CloseCode.POLICY, "banned")
+
+
+async def test_hub_an_account_ban_closes_that_accounts_sockets_only(
+    hub: Hub, backend: Backend
+) -> None:
+    a, out_a = connect(hub, "a", "192.0.2.7", account="acct-1")
+    b, _ = connect(hub, "b", "192.0.2.7", account="acct-2")  # the same address
+    c, _ = connect(hub, "c", "192.0.2.8")  # no account
+    d, _ = connect(hub, "d", "192.0.2.9", account="acct-1")  # the same account elsewhere
+    assert await hub.ban(Ban("account:acct-1", "spam", None, 0.0)) == 2
+    assert out_a.last()["data"] == {
+        "code": "banned",
+        "message": "this account is banned",
+        "op": None,
+    }
+    assert a.closed == d.closed == Close(CloseCode.POLICY, "banned")
+    assert b.closed is None
+    assert c.closed is None
+    assert await backend.account_ban("acct-1") is not None
+    assert await backend.ban_for("192.0.2.7") is None  # the address is not banned
+    # Another server's account ban arrives on the bus.
+    message = bus.BusMessage(to="", kind="ban", match_id="", target="account:acct-2", origin="far")
+    await hub.on_bus(bus._encoder.encode(message))
+    assert b.closed == Close(CloseCode.POLICY, "banned")
+    assert c.closed is None
+
+
+async def test_hub_a_report_names_the_reported_account_never_the_reporters_partner(
+    hub: Hub, backend: Backend
+) -> None:
+    a, _ = connect(hub, "a", account="reporter-acct")
+    b, out_b = connect(hub, "b", "192.0.2.2", account="reported-acct")
+    await send(hub, a, "join_queue")
+    await send(hub, b, "join_queue")
+    await send(hub, a, "report", {"reason": "spam"})
+    (report,) = await backend.reports(10)
+    assert (report.reported_ip, report.reported_account) == ("192.0.2.2", "reported-acct")
+    # No frame sent to anyone carries an account key.
+    assert "acct" not in json.dumps(out_b.frames)
 
 
 # -- the resync -------------------------------------------------------------------
