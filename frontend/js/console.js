@@ -25,6 +25,7 @@ const state = {
   selected: null, // the report id shown in the evidence panel
   evidence: null,
   timer: 0,
+  raid: null, // what GET raid answered (admins)
 };
 
 class SignedOut extends Error {}
@@ -118,6 +119,7 @@ function enterDesk(me) {
   $("who-name").textContent = me.name;
   $("who-role").textContent = me.role === "admin" ? "(admin)" : "(moderator)";
   $("audit").hidden = me.role !== "admin";
+  $("entry").hidden = me.role !== "admin";
   for (const option of $("ban-duration").options) {
     const seconds = option.value === "" ? Infinity : Number(option.value);
     option.hidden = me.role !== "admin" && seconds > me.moderator_max_ban_s;
@@ -136,6 +138,8 @@ function signedOut(message) {
   state.me = null;
   state.selected = null;
   document.body.dataset.role = "";
+  $("invite-made").hidden = true;
+  $("invite-link").value = "";
   $("evidence").hidden = true;
   show("signin");
   $("signin-error").textContent = message || "";
@@ -180,7 +184,14 @@ async function signOut() {
 
 async function refresh() {
   try {
-    await Promise.all([refreshLive(), refreshQueue(), refreshBans(), refreshAudit()]);
+    await Promise.all([
+      refreshLive(),
+      refreshQueue(),
+      refreshBans(),
+      refreshAudit(),
+      refreshRaid(),
+      refreshInvites(),
+    ]);
     if (state.selected !== null) await loadEvidence(state.selected, { quiet: true });
   } catch (err) {
     if (err instanceof SignedOut) signedOut("Your session ended: sign in again.");
@@ -282,6 +293,133 @@ async function refreshAudit() {
       return row;
     }),
   );
+}
+
+// -- who may come in: raid mode and invites (admins) -----------------------------
+
+async function refreshRaid() {
+  if (state.me?.role !== "admin") return;
+  const { data } = await api("GET", "raid");
+  showRaid(data);
+}
+
+function showRaid(raid) {
+  state.raid = raid;
+  const what = raid.pause ? "new chats are paused" : "newcomers solve harder proof of work";
+  $("raid-state").textContent = raid.on
+    ? `On since ${when(raid.since)} by ${raid.by}: ${what}; newcomers are told to come back in ${length(raid.retry_after_s)}.`
+    : "Off.";
+  $("raid-toggle").textContent = raid.on ? "Turn raid mode off" : "Turn raid mode on";
+  $("raid-options").hidden = raid.on;
+  $("raid-retry").closest(".field").hidden = raid.on;
+}
+
+async function toggleRaid(event) {
+  event.preventDefault();
+  const on = !state.raid?.on;
+  const body = on
+    ? { on, pause: $("raid-pause").checked, retry_after_s: Number($("raid-retry").value) }
+    : { on };
+  try {
+    const answer = await api("PUT", "raid", body);
+    if (!answer.ok) {
+      $("raid-error").textContent = answer.data?.message ?? `Refused (${answer.status}).`;
+      return;
+    }
+    $("raid-error").textContent = "";
+    showRaid(answer.data);
+    announce(on ? "Raid mode is on." : "Raid mode is off.");
+    $("raid-toggle").focus();
+    await refreshAudit();
+  } catch (err) {
+    if (err instanceof SignedOut) signedOut("Your session ended: sign in again.");
+    else throw err;
+  }
+}
+
+async function refreshInvites() {
+  if (state.me?.role !== "admin") return;
+  const { data } = await api("GET", "invites");
+  const focused = document.activeElement?.dataset?.invite;
+  const now = Date.now() / 1000;
+  const rows = data.invites.map((invite) => {
+    const row = el("tr");
+    const expired = invite.expires_at <= now;
+    row.append(
+      el("td", invite.id),
+      el("td", `${invite.left} of ${invite.uses}`),
+      el("td", expired ? `expired ${when(invite.expires_at)}` : when(invite.expires_at)),
+      el("td", invite.by || "—"),
+      el("td", invite.note),
+    );
+    const cell = el("td");
+    if (!expired && invite.left > 0) {
+      const revoke = el("button", "Revoke", "btn btn-small btn-ghost");
+      revoke.type = "button";
+      revoke.dataset.invite = invite.id;
+      revoke.setAttribute("aria-label", `Revoke the invite ${invite.id}`);
+      revoke.addEventListener("click", () => revokeInvite(invite.id));
+      cell.append(revoke);
+    }
+    row.append(cell);
+    return row;
+  });
+  if (rows.length === 0) {
+    const row = el("tr");
+    const cell = el("td", "No invites.");
+    cell.colSpan = 6;
+    row.append(cell);
+    rows.push(row);
+  }
+  $("invites-body").replaceChildren(...rows);
+  if (focused) $("invites-body").querySelector(`[data-invite="${CSS.escape(focused)}"]`)?.focus();
+}
+
+async function createInvite(event) {
+  event.preventDefault();
+  const uses = Number($("invite-uses").value);
+  if (!Number.isInteger(uses) || uses < 1 || uses > 1000000) {
+    $("invite-error").textContent = "People it lets in: a whole number from 1 to 1000000.";
+    $("invite-uses").focus();
+    return;
+  }
+  const body = {
+    uses,
+    expires_s: Number($("invite-expires").value),
+    note: $("invite-note").value.trim(),
+  };
+  try {
+    const answer = await api("POST", "invites", body);
+    if (!answer.ok) {
+      $("invite-error").textContent = answer.data?.message ?? `Refused (${answer.status}).`;
+      return;
+    }
+    $("invite-error").textContent = "";
+    $("invite-note").value = "";
+    // The code is shown this once: the server keeps only its hash.
+    const link = new URL(`./?invite=${encodeURIComponent(answer.data.code)}`, document.baseURI);
+    $("invite-link").value = link.href;
+    $("invite-made").hidden = false;
+    announce(`Invite ${answer.data.invite.id} created. Its link is shown only now.`);
+    $("invite-link").focus();
+    $("invite-link").select();
+    await Promise.all([refreshInvites(), refreshAudit()]);
+  } catch (err) {
+    if (err instanceof SignedOut) signedOut("Your session ended: sign in again.");
+    else throw err;
+  }
+}
+
+async function revokeInvite(id) {
+  try {
+    const answer = await api("DELETE", `invites/${encodeURIComponent(id)}`);
+    announce(answer.ok ? `Revoked the invite ${id}.` : answer.data?.message ?? "Refused.");
+    await Promise.all([refreshInvites(), refreshAudit()]);
+    $("invite-create").focus();
+  } catch (err) {
+    if (err instanceof SignedOut) signedOut("Your session ended: sign in again.");
+    else throw err;
+  }
 }
 
 // -- one report ------------------------------------------------------------------
@@ -431,6 +569,8 @@ async function start() {
     $(action).addEventListener("click", () => act(action));
   }
   $("actions").addEventListener("submit", (event) => event.preventDefault());
+  $("raid-form").addEventListener("submit", (event) => toggleRaid(event));
+  $("invite-form").addEventListener("submit", (event) => createInvite(event));
   let searching = 0;
   $("bans-search").addEventListener("input", () => {
     clearTimeout(searching);

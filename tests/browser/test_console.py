@@ -11,8 +11,12 @@ state of the console, on a desk and on a 320 px phone.
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from support import AXE_OPTIONS
@@ -249,3 +253,98 @@ def test_the_console_fits_a_320_px_phone_in_every_state(
     phone.no_horizontal_scroll()
     phone.axe("phone desk")
     phone.page.screenshot(path=str(ARTIFACTS / "console-phone.jpg"), full_page=True, quality=80)
+
+
+def _enter_with(server: Any, code: str) -> tuple[int, int]:
+    """A visitor brings ``code``: (the status of ``POST /gate/invite``, then of
+    ``GET /session/new`` with the pass it set)."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    statuses = []
+    for method, path, body in (
+        ("POST", "/gate/invite", json.dumps({"code": code}).encode()),
+        ("GET", "/session/new", None),
+    ):
+        request = urllib.request.Request(server.url + path, data=body, method=method)
+        request.add_header("Content-Type", "application/json")
+        try:
+            with opener.open(request, timeout=5) as response:
+                statuses.append(response.status)
+        except urllib.error.HTTPError as err:
+            statuses.append(err.code)
+    return statuses[0], statuses[1]
+
+
+@pytest.mark.rule("protocol/console-page", "protocol/console-roles", "protocol/gate")
+def test_an_admin_makes_and_revokes_an_invite_and_switches_raid_mode_by_keyboard(
+    make_server: Any, browser: Any
+) -> None:
+    server = make_server(OMIRO_ADMIN_TOKEN=ADMIN_TOKEN, OMIRO_GATE_KIND="invite")
+    ada_password = add_account(server, "ada", "admin")
+    mo_password = add_account(server, "mo")
+    opened = []
+    for name, width in (("mo", 1280), ("ada", 1280), ("ada", 320)):
+        context = browser.new_context(
+            viewport={"width": width, "height": 900}, reduced_motion="reduce"
+        )
+        page = context.new_page()
+        opened.append((context, Moderator(page, name)))
+        page.goto(server.url + "/console")
+        page.wait_for_function("() => window.omiroConsole !== undefined", timeout=10_000)
+    mo, ada, phone = (moderator for _, moderator in opened)
+    try:
+        # A moderator has no such section.
+        mo.sign_in_with_keyboard(mo_password)
+        assert mo.page.locator("#entry").is_hidden()
+
+        ada.sign_in_with_keyboard(ada_password)
+        ada.wait("() => document.querySelector('#invites-body').textContent.includes('No invites')")
+        assert ada.testid("raid-state").inner_text() == "Off."
+        ada.axe("who may come in")
+        ada.tab_to("#invite-uses")
+        ada.page.keyboard.press("Control+A")
+        ada.page.keyboard.type("2")
+        ada.tab_to("#invite-note")
+        ada.page.keyboard.type("for the club")
+        ada.page.keyboard.press("Enter")
+        ada.wait("() => !document.querySelector('#invite-made').hidden")
+        assert ada.page.evaluate("() => document.activeElement.id") == "invite-link"
+        link = ada.page.locator("#invite-link").input_value()
+        assert link.startswith(server.url + "/?invite=")
+        code = parse_qs(urlsplit(link).query)["invite"][0]
+        ada.wait("() => document.querySelector('#invites-body').textContent.includes('club')")
+        assert "2 of 2" in ada.testid("invites-body").inner_text()
+        ada.axe("an invite made")
+        assert _enter_with(server, code) == (204, 200)
+
+        # Raid mode on, with the keyboard: newcomers are paused, then let in again.
+        ada.tab_to("[data-testid=raid-toggle]")
+        ada.page.keyboard.press("Enter")
+        ada.wait("() => document.querySelector('#raid-state').textContent.startsWith('On since')")
+        assert "new chats are paused" in ada.testid("raid-state").inner_text()
+        assert ada.testid("raid-toggle").inner_text() == "Turn raid mode off"
+        ada.wait("() => document.querySelector('#announce').textContent === 'Raid mode is on.'")
+        ada.axe("raid mode on")
+        assert _enter_with(server, code) == (204, 503)
+        ada.page.keyboard.press("Enter")  # the button keeps the focus
+        ada.wait("() => document.querySelector('#raid-state').textContent === 'Off.'")
+
+        # Revoke it: the code lets nobody in any more.
+        ada.wait("() => document.querySelector('[data-invite]') !== null")
+        ada.tab_to("[data-invite]")
+        ada.page.keyboard.press("Enter")
+        ada.wait("() => document.querySelector('[data-invite]') === null")
+        assert _enter_with(server, code) == (403, 401)
+        ada.wait("() => document.querySelector('#audit-body').textContent.includes('revoke')")
+        audit = ada.testid("audit-body").inner_text()
+        for action in ("add invite", "raid on", "raid off", "revoke invite"):
+            assert action in audit, audit
+
+        phone.sign_in_with_keyboard(ada_password)
+        phone.wait("() => document.querySelector('#invites-body').textContent.includes('club')")
+        phone.no_horizontal_scroll()
+        phone.axe("phone, who may come in")
+    finally:
+        errors = {m.name: m.errors for _, m in opened if m.errors}
+        for context, _ in opened:
+            context.close()
+    assert not errors, f"errors in the console: {errors}"

@@ -62,6 +62,9 @@ class Console:
     async def delete(self, path: str) -> httpx.Response:
         return await self.http.delete(path, headers={"X-CSRF-Token": self.csrf})
 
+    async def put(self, path: str, body: Any = None) -> httpx.Response:
+        return await self.http.put(path, json=body or {}, headers={"X-CSRF-Token": self.csrf})
+
 
 @asynccontextmanager
 async def signed_in(server: Harness, name: str, password: str) -> AsyncIterator[Console]:
@@ -461,6 +464,79 @@ async def test_bans_are_searched_by_target_reason_and_setter(admin_server: Harne
 
 
 # -- the CLI does what the console does ------------------------------------------
+
+
+@pytest.mark.rule(
+    "protocol/console-roles", "protocol/console-auth", "protocol/gate", "protocol/raid"
+)
+async def test_an_admin_console_makes_and_revokes_invites_and_switches_raid_mode(
+    start_server: StartServer,
+) -> None:
+    """Invites and raid mode from a console session: admins only, each change with the
+    session's CSRF token, each in the audit log under the admin's name; a pair already
+    chatting is left alone by raid mode."""
+    server = await start_server(admin__token=TOKEN, gate__kind="invite")
+    admin_password = await add_account(server, "ada", "admin")
+    moderator_password = await add_account(server, "mo")
+
+    async def visitor(code: str) -> tuple[int, int]:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            entered = await http.post("/gate/invite", json={"code": code})
+            return entered.status_code, (await http.get("/session/new")).status_code
+
+    async with signed_in(server, "mo", moderator_password) as moderator:
+        for refused in (
+            await moderator.get("/admin/invites"),
+            await moderator.post("/admin/invites", {"uses": 1}),
+            await moderator.get("/admin/raid"),
+            await moderator.put("/admin/raid", {"on": True}),
+        ):
+            assert refused.status_code == 403, refused.text
+            assert refused.json()["error"] == "forbidden"
+    async with signed_in(server, "ada", admin_password) as console:
+        # Without the session's CSRF token nothing changes.
+        assert (await console.http.post("/admin/invites", json={})).status_code == 403
+        assert (await console.http.put("/admin/raid", json={"on": True})).status_code == 403
+        assert (await console.get("/admin/invites")).json()["invites"] == []
+        made = await console.post("/admin/invites", {"uses": 2, "expires_s": 86400, "note": "club"})
+        assert made.status_code == 201, made.text
+        code, invite = made.json()["code"], made.json()["invite"]
+        assert (invite["uses"], invite["left"], invite["by"], invite["note"]) == (
+            2,
+            2,
+            "ada",
+            "club",
+        )
+        listed = (await console.get("/admin/invites")).json()["invites"]
+        assert [i["id"] for i in listed] == [invite["id"]]
+        assert "code" not in listed[0]
+        assert await visitor(code) == (204, 200)
+
+        a, b = await server.pair()
+        switched = await console.put("/admin/raid", {"on": True, "retry_after_s": 60})
+        assert switched.status_code == 200, switched.text
+        assert (switched.json()["on"], switched.json()["by"], switched.json()["pause"]) == (
+            True,
+            "ada",
+            True,
+        )
+        assert (await console.get("/admin/raid")).json()["on"] is True
+        assert await visitor(code) == (204, 503)  # let in by the gate, paused by the raid
+        await a.send("chat", {"message": "still here"})
+        assert (await b.expect("chat"))["message"] == "still here"
+        off = await console.put("/admin/raid", {"on": False})
+        assert off.json() == {"on": False}
+
+        assert (await console.delete(f"/admin/invites/{invite['id']}")).status_code == 204
+        assert (await console.delete(f"/admin/invites/{invite['id']}")).status_code == 404
+        assert await visitor(code) == (403, 401)
+        entries = (await console.get("/admin/audit")).json()["entries"]
+    assert [(e["actor"], e["action"], e["target"]) for e in entries][:4] == [
+        ("ada", "revoke_invite", invite["id"]),
+        ("ada", "raid_off", ""),
+        ("ada", "raid_on", ""),
+        ("ada", "add_invite", invite["id"]),
+    ]
 
 
 async def _omiro(*args: str) -> subprocess.CompletedProcess[str]:
