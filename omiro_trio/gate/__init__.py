@@ -83,6 +83,7 @@ class RefuseReason(StrEnum):
     REVOKED = "revoked"  # 403: the invite was revoked
     NOT_ALLOWED = "not_allowed"  # 403: signed in, but not on the allow-list
     TOO_YOUNG = "too_young"  # 403: under the configured minimum age
+    AGE_UNKNOWN = "age_unknown"  # 403: require_age, and the provider did not state it
 
 
 @dataclass(frozen=True, slots=True)

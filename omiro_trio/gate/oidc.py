@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import html
 import secrets
 import time
 from collections.abc import Callable
@@ -67,10 +66,12 @@ from omiro_trio.gate.oidc_rules import (
     AgeRules,
     AllowList,
     account_subject,
+    age_known,
     band_for,
     claim_allowed,
     email_allowed,
 )
+from omiro_trio.gate.pages import gate_page
 from omiro_trio.gate.passes import COOKIE, GatePasses
 
 __all__ = ["LOGIN_COOKIE", "OidcGate", "OidcSettings"]
@@ -197,7 +198,7 @@ class OidcGate:
         try:
             metadata = await self._discover()
         except ProviderError:
-            return _page(HTTPStatus.BAD_GATEWAY, "The sign-in provider is not answering", _LATER)
+            return _page(HTTPStatus.BAD_GATEWAY, "gate.pageProviderDown", _LATER)
         now = int(self._wall())
         login = _Login(
             secrets.token_urlsafe(32),
@@ -232,22 +233,22 @@ class OidcGate:
         login = self._unseal(request.cookies.get(LOGIN_COOKIE, ""))
         state = request.args.get("state", "")
         if login is None or not hmac.compare_digest(state.encode(), login.state.encode()):
-            return _page(HTTPStatus.BAD_REQUEST, "This sign-in has expired", _AGAIN)
+            return _page(HTTPStatus.BAD_REQUEST, "gate.pageExpired", _AGAIN)
         # RFC 9207: a provider that names itself must be ours (a mix-up defence).
         if request.args.get("iss", self._settings.issuer) != self._settings.issuer:
-            return _page(HTTPStatus.BAD_REQUEST, "This sign-in has expired", _AGAIN)
+            return _page(HTTPStatus.BAD_REQUEST, "gate.pageExpired", _AGAIN)
         if request.args.get("error"):
-            return _page(HTTPStatus.FORBIDDEN, "The sign-in was not completed", _AGAIN)
+            return _page(HTTPStatus.FORBIDDEN, "gate.pageNotCompleted", _AGAIN)
         code = request.args.get("code", "")
         if not code or len(code) > MAX_PARAM_CHARS:
-            return _page(HTTPStatus.BAD_REQUEST, "This sign-in has expired", _AGAIN)
+            return _page(HTTPStatus.BAD_REQUEST, "gate.pageExpired", _AGAIN)
         # One use per state, on every server: a replayed callback is refused.
         if await self._backend.hit_rate_limit(f"oidc-state:{state}", 1, LOGIN_TTL_S) is not None:
-            return _page(HTTPStatus.BAD_REQUEST, "This sign-in was already used", _AGAIN)
+            return _page(HTTPStatus.BAD_REQUEST, "gate.pageUsed", _AGAIN)
         try:
             claims = await self._exchange(code, login)
         except ProviderError:
-            return _page(HTTPStatus.BAD_GATEWAY, "The sign-in could not be checked", _LATER)
+            return _page(HTTPStatus.BAD_GATEWAY, "gate.pageUnchecked", _LATER)
         return self._admit_claims(claims, secure=secure)
 
     def _admit_claims(self, claims: dict[str, Any], *, secure: bool) -> Response:
@@ -258,17 +259,25 @@ class OidcGate:
         ):
             return _page(
                 HTTPStatus.FORBIDDEN,
-                "This account may not use this service",
-                "The account you signed in with is not one this service admits.",
+                "gate.pageNotAllowedTitle",
+                "gate.pageNotAllowedText",
                 reason=RefuseReason.NOT_ALLOWED,
             )
         today = datetime.fromtimestamp(self._wall(), UTC).date()
         admitted, band = band_for(claims, settings.ages, today)
+        if not admitted and not age_known(claims, settings.ages, today):
+            # require_age: the provider did not say; nothing is guessed, nor said of it.
+            return _page(
+                HTTPStatus.FORBIDDEN,
+                "gate.pageRefusedTitle",
+                "gate.pageAgeUnknownText",
+                reason=RefuseReason.AGE_UNKNOWN,
+            )
         if not admitted:
             return _page(
                 HTTPStatus.FORBIDDEN,
-                "You cannot use this service",
-                "This service is not open to people of your age, as your account states it.",
+                "gate.pageRefusedTitle",
+                "gate.pageTooYoungText",
                 reason=RefuseReason.TOO_YOUNG,
             )
         subject = account_subject(self._secret, settings.issuer, str(claims["sub"]))
@@ -464,25 +473,15 @@ class OidcGate:
         return _Login(state, nonce, verifier, int(expiry))
 
 
-_AGAIN: Final = "Go back to the start page and sign in again."
-_LATER: Final = "Try again in a few minutes."
+_AGAIN: Final = "gate.pageAgain"  # the catalogs' keys (pages.py)
+_LATER: Final = "gate.pageLater"
 
 
 def _redirect(location: str, status: HTTPStatus) -> Response:
     return Response("", status=status, headers={"Location": location, "Cache-Control": "no-store"})
 
 
-def _page(status: HTTPStatus, title: str, text: str, *, reason: str = "") -> Response:
-    """A small page in the service's language for what ended a sign-in."""
-    body = (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(title)} · Omiro</title>"
-        '<link rel="stylesheet" href="../../css/app.css"></head>'
-        f'<body><main class="gate-page" data-reason="{html.escape(reason)}">'
-        f"<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p>"
-        '<p><a href="../../">Back to the start page</a></p></main></body></html>'
-    )
-    response = Response(body, status=status, content_type="text/html; charset=utf-8")
-    response.headers["Cache-Control"] = "no-store"
-    return response
+def _page(status: HTTPStatus, title_key: str, text_key: str, *, reason: str = "") -> Response:
+    """A small page, in the language the browser asks for, for what ended a sign-in."""
+    accept = request.headers.get("Accept-Language")
+    return gate_page(status, title_key, text_key, reason=reason, accept_language=accept)

@@ -35,6 +35,7 @@ __all__ = [
     "AgeRules",
     "AllowList",
     "account_subject",
+    "age_known",
     "age_of",
     "band_for",
     "claim_allowed",
@@ -161,6 +162,17 @@ def band_for(
     if band is None and rules.require:
         return False, None
     return True, band
+
+
+def age_known(claims: Mapping[str, Any], rules: AgeRules, today: date) -> bool:
+    """Whether the claims state the person's age the way ``rules`` read it (no claim
+    configured: False). What tells a refusal for an unknown age from one for too young."""
+    if not rules.claim:
+        return False
+    value = claims.get(rules.claim)
+    if rules.kind == "adult_flag":
+        return isinstance(value, bool)
+    return age_of(value, today) is not None
 
 
 def account_subject(secret: bytes, issuer: str, subject: str) -> str:

@@ -296,7 +296,11 @@ async def test_oidc_age_bands_and_the_minimum_age(
         gate, app = make_gate(provider.issuer, backend, ages=ages)
         browser = Browser(app)
         answer = await browser.callback(*await browser.sign_in(account))
-        if band is None:
+        if band is None and ages.require and account.startswith("ageless"):
+            text = await refused_page(answer, 403, RefuseReason.AGE_UNKNOWN)
+            assert "your account does not state it" in text
+            assert "not open to people of your age" not in text
+        elif band is None:
             text = await refused_page(answer, 403, RefuseReason.TOO_YOUNG)
             assert "not open to people of your age" in text
         else:
@@ -313,6 +317,38 @@ async def test_oidc_provider_not_answering_is_a_page_not_an_error() -> None:
             answer = await app.test_client().get("/gate/oidc/login")
         text = await refused_page(answer, 502)
         assert "not answering" in text
+        assert '<html lang="en" dir="ltr">' in text
+        french = await app.test_client().get(
+            "/gate/oidc/login", headers={"Accept-Language": "fr-CA,fr;q=0.9,en;q=0.5"}
+        )
+        text = await refused_page(french, 502)
+        assert '<html lang="fr" dir="ltr">' in text
+        assert "Le service de connexion ne répond pas" in text
+        assert "Retour à la page d\u2019accueil" in text
+        assert french.headers["Vary"] == "Accept-Language"
+
+
+@pytest.mark.rule("protocol/gate-oidc")
+async def test_oidc_refusal_pages_follow_the_browsers_language(provider: Provider) -> None:
+    """A person too young, signing in from a German and then an Arabic browser, is told
+    in that language (the page's own catalogs); a language the page lacks is English."""
+    async with open_backend() as backend:
+        _, app = make_gate(provider.issuer, backend, ages=AgeRules(claim="birthdate", min_age=13))
+        browser = Browser(app)
+        for accept, lang, direction, words in (
+            ("de-DE,de;q=0.9,en;q=0.8", "de", "ltr", "Du kannst diesen Dienst nicht nutzen"),
+            ("ja,ar;q=0.8", "ar", "rtl", "لا يمكنك استخدام هذه الخدمة"),
+            ("ja,zh;q=0.5", "en", "ltr", "You cannot use this service"),
+        ):
+            callback, cookie = await browser.sign_in("child-1")
+            parts = urlsplit(callback)
+            answer = await app.test_client().get(
+                f"{parts.path}?{parts.query}",
+                headers={"Cookie": f"{LOGIN_COOKIE}={cookie}", "Accept-Language": accept},
+            )
+            text = await refused_page(answer, 403, RefuseReason.TOO_YOUNG)
+            assert f'<html lang="{lang}" dir="{direction}">' in text
+            assert f"<h1>{words}</h1>" in text
 
 
 # -- crafted ID tokens -------------------------------------------------------------------

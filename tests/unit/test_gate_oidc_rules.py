@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from omiro_trio.gate.oidc_rules import (
     AgeRules,
     account_subject,
+    age_known,
     age_of,
     band_for,
     claim_allowed,
@@ -71,6 +72,23 @@ def test_age_of_whole_years_or_none(birthdate: Any, age: int | None) -> None:
 )
 def test_band_for(claims: dict[str, Any], rules: AgeRules, expected: tuple[bool, Any]) -> None:
     assert band_for(claims, rules, TODAY) == expected
+
+
+@pytest.mark.parametrize(
+    ("claims", "rules", "known"),
+    [
+        ({"birthdate": "2016-01-01"}, AgeRules(claim="birthdate", min_age=13), True),
+        ({}, AgeRules(claim="birthdate", require=True), False),
+        ({"birthdate": "2016"}, AgeRules(claim="birthdate", require=True), False),
+        ({"over_18": False}, AgeRules(claim="over_18", kind="adult_flag"), True),
+        ({"over_18": "no"}, AgeRules(claim="over_18", kind="adult_flag"), False),
+        ({"birthdate": "1990-01-01"}, AgeRules(), False),  # no claim read: nothing known
+    ],
+)
+def test_age_known_tells_an_unknown_age_from_a_young_one(
+    claims: dict[str, Any], rules: AgeRules, known: bool
+) -> None:
+    assert age_known(claims, rules, TODAY) is known
 
 
 @pytest.mark.parametrize(

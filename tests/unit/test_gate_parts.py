@@ -22,6 +22,7 @@ from omiro_trio.gate.commands import parse_duration
 from omiro_trio.gate.entry import refusal
 from omiro_trio.gate.gates import build_gate
 from omiro_trio.gate.invite import InviteGate, invite_key, new_invite
+from omiro_trio.gate.pages import LANGUAGES, _catalog, pick_language
 from omiro_trio.gate.passes import COOKIE, MAX_COOKIES, GatePasses, parse_cookies
 from omiro_trio.gate.passphrase import PassphraseGate, epoch_of
 from omiro_trio.gate.raid import REFRESH_S, RaidSwitch
@@ -213,3 +214,33 @@ async def test_raid_switch_reads_the_backend_at_most_once_per_refresh(
         assert await here.current() == raid  # within REFRESH_S everywhere
         await here.set(None)
         assert await here.current() is None
+
+
+@pytest.mark.parametrize(
+    ("header", "language"),
+    [
+        (None, "en"),
+        ("", "en"),
+        ("de", "de"),
+        ("pt-BR,pt;q=0.9", "pt"),
+        ("ja, fr;q=0.4, es;q=0.6", "es"),  # the highest q the page has
+        ("fr;q=0.5, de;q=0.5", "fr"),  # equal q: the first
+        ("ar;q=0", "en"),  # not acceptable
+        ("de;q=nan, es;q=2, fr;q=1e999, pt;q=0.1", "pt"),  # bad q values are skipped
+        ("zh-Hant-TW, *;q=0.1", "en"),
+        ("x" * 600 + ", de", "en"),  # read bounded: past 512 characters is not looked at
+        (",".join(["ja"] * 16 + ["de"]), "en"),  # at most 16 tags
+        (";;;,,,==", "en"),
+    ],
+)
+def test_gate_pages_pick_the_language_from_accept_language(
+    header: str | None, language: str
+) -> None:
+    assert pick_language(header) == language
+
+
+def test_gate_pages_every_language_has_every_page_message() -> None:
+    keys = [k for k in _catalog("en") if str(k).startswith("gate.page")]
+    assert len(keys) == 13
+    for code in LANGUAGES:
+        assert all(isinstance(_catalog(code).get(k), str) for k in keys), code
