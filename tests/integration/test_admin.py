@@ -268,6 +268,33 @@ async def test_ban_cli_drives_the_api(admin_server: Harness) -> None:
     assert b"401" in wrong.stderr
 
 
+async def test_report_ban_cli_bans_the_reported_account(admin_server: Harness) -> None:
+    reporter = await admin_server.connect()
+    reported = await admin_server.connect(account_token(admin_server, "acct-cli"))
+    await reporter.send("join_queue")
+    await reporter.expect("queued")
+    await reported.send("join_queue")
+    await reporter.expect("match_found")
+    await reported.expect("match_found")
+    await reporter.send("report", {"reason": "spam"})
+    await reported.expect("partner_disconnected")
+    (report,) = await admin_server.ctx.backend.reports(10)
+    common = ("--url", admin_server.url, "--token", TOKEN)
+    shown = await _omiro("report", "show", str(report.id), *common)
+    assert shown.returncode == 0, shown.stderr
+    assert b"reported account: account:acct-cli" in shown.stdout
+    banned = await _omiro(
+        "report", "ban", str(report.id), "--account", "--duration", "600", *common
+    )
+    assert banned.returncode == 0, banned.stderr
+    assert b"actioned (ban 600 s (account))" in banned.stdout
+    assert (await reported.expect("error"))["message"] == "this account is banned"
+    assert await admin_server.ctx.backend.account_ban("acct-cli") is not None
+    assert await admin_server.ctx.backend.ban_for("127.0.0.1") is None
+    await reporter.send("join_queue")
+    await reporter.expect("queued")
+
+
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 @pytest.mark.rule("protocol/front-door")
 async def test_a_body_over_the_budget_is_413(admin_server: Harness, chunked: bool) -> None:
