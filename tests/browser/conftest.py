@@ -285,7 +285,19 @@ class Person:
         if interests:
             self.testid("interests").fill(interests)
         if text:
-            self.testid("text-mode").check(force=True)
+            from playwright.sync_api import Error as PlaywrightError
+
+            # The hidden switch's box can move while a language's catalog is
+            # applied: a click that landed beside it is made again.
+            toggle = self.testid("text-mode")
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    toggle.check(force=True, timeout=2_000)
+                    break
+                except PlaywrightError:
+                    if time.monotonic() > deadline:
+                        raise
         self.testid("start").click()
 
     def wait_state(self, state: str, timeout_ms: int = 15_000) -> None:
