@@ -10,7 +10,9 @@ same constant:
   size is checked before any parsing, on every request of a connection, and
   a head over it is answered 431 whether it is complete or not. Every head
   parser on client bytes (the fast path's ``simple_get``, h11, the
-  WebSocket handshake) costs time linear in the head's size.
+  WebSocket handshake) costs time linear in the head's size. A head begun
+  and not whole within ``Deadlines.head_s`` (``http/deadlines.py``) is a
+  pending handshake past its budget: the connection is closed.
 * **A request body** (``web.py``): at most ``MAX_BODY_BYTES``, or 413.
   Nothing the HTTP app serves takes a body larger than a ban request.
 * **A WebSocket message being assembled** (``wsengine.py``): at most
@@ -51,6 +53,7 @@ class Budget(StrEnum):
     """The label of ``omiro_budget_exceeded_total`` for each budget."""
 
     HEAD = "head"  # 431
+    HANDSHAKE = "handshake"  # a head begun and not whole by its deadline: closed
     BODY = "body"  # 413
     MESSAGE_SIZE = "message_size"  # 1009
     FRAGMENTS = "fragments"  # 1009

@@ -51,8 +51,9 @@ parses it). The handler closes the stream and gives back what it reserved."""
 
 async def read_head(
     stream: trio.SocketStream, timeout_s: float = DEFAULT_DEADLINES.head_s
-) -> bytes:
-    """The bytes of a connection's first request head, read within ``timeout_s``.
+) -> tuple[bytes, bool]:
+    """The bytes of a connection's first request head, read within ``timeout_s``,
+    and whether the deadline passed first.
 
     Reads until the blank line that ends a head, more than
     ``MAX_HEAD_BYTES``, end of file or the deadline, and returns everything
@@ -64,10 +65,10 @@ async def read_head(
     try:
         data += os.read(stream.socket.fileno(), RECEIVE_BYTES)
         if not data or head_complete(data):
-            return bytes(data)
+            return bytes(data), False
     except BlockingIOError:
         pass
-    with trio.move_on_after(timeout_s):
+    with trio.move_on_after(timeout_s) as waiting:
         while True:
             chunk = await stream.receive_some(RECEIVE_BYTES)
             if not chunk:
@@ -76,7 +77,7 @@ async def read_head(
             data += chunk
             if head_end(data, searched) >= 0 or len(data) > MAX_HEAD_BYTES:
                 break
-    return bytes(data)
+    return bytes(data), waiting.cancelled_caught
 
 
 class _AnsweringApp:
@@ -156,9 +157,11 @@ class HttpServer:
         answered for the last time, or went to the WebSocket path (which
         closes it); the caller closes the socket.
         """
-        data = await read_head(stream, self._deadlines.head_s)
+        data, stalled = await read_head(stream, self._deadlines.head_s)
         end = head_end(data)
         if end < 0 and len(data) <= MAX_HEAD_BYTES:
+            if stalled and data:  # begun, and not whole by the deadline
+                self._on_budget(Budget.HANDSHAKE)
             return  # ended or stalled before a whole head: nothing to answer
         if head_too_large(data, end):
             # Before any parser sees it, whether it is complete or not.

@@ -264,6 +264,8 @@ class HttpStream(trio.abc.HalfCloseableStream):
                 return None
             data = await self._receive(min(idle_deadline, head_deadline))
             if not data:
+                if trio.current_time() >= head_deadline and self._on_budget is not None:
+                    self._on_budget(Budget.HANDSHAKE)  # begun, and not whole by the deadline
                 return None
             if math.isinf(head_deadline):
                 head_deadline = trio.current_time() + self._deadlines.head_s

@@ -477,6 +477,7 @@ async def test_frame_rate_budget(
 ) -> None:
     """Floods of small frames: closed by the message bucket (4029) or the error count (4000)
     within the first slices, also when they come in the upgrade request's own packet."""
+    closes_before = await omiro.metric("omiro_socket_closes_total", code=str(code))
     async with watched(omiro) as watch:
         stream, frames = await hostile_session(
             omiro, behind_the_upgrade=burst if behind_the_upgrade else b""
@@ -489,6 +490,7 @@ async def test_frame_rate_budget(
         assert await until_stopped(attack, frames.close_code) == code
         await stream.aclose()
     watch.check()
+    assert await omiro.metric("omiro_socket_closes_total", code=str(code)) == closes_before + 1
 
 
 # -- a slow reader ------------------------------------------------------------------------
@@ -658,8 +660,10 @@ async def test_forged_tickets_budget(omiro: Server) -> None:
 
 async def test_pending_handshakes_budget(omiro: Server) -> None:
     """connections_per_ip half-sent heads (HTTP and /ws), one byte a second: the next
-    connection is shed at once, and every one of them is closed at the head deadline."""
+    connection is shed at once, and every one of them is closed at the head deadline
+    (and counted there)."""
     shed_before = await omiro.metric("omiro_connections_shed_total")
+    pending_before = await exceeded(omiro, "handshake")
     heads = [b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ", b"GET /ws HTTP/1.1\r\nHost: x\r\nX-Slow: "]
     async with watched(omiro) as watch:
         held = []
@@ -694,6 +698,8 @@ async def test_pending_handshakes_budget(omiro: Server) -> None:
         for stream in held:
             await stream.aclose()
     watch.check()
+    # The shed ones were closed before a byte was read: only the held heads count.
+    assert await exceeded(omiro, "handshake") == pending_before + DEFAULTS.connections_per_ip
 
 
 async def test_pipelined_requests_budget(omiro: Server) -> None:

@@ -45,13 +45,32 @@ async def test_announced_body_never_sent_is_cut_at_the_body_deadline(
 async def test_slow_head_is_cut_at_the_head_deadline(
     start_server: StartServer, caplog: pytest.LogCaptureFixture, head: bytes
 ) -> None:
-    """Item 6: slowloris heads (and a silent connection) are closed at the deadline."""
+    """Item 6: slowloris heads (and a silent connection) are closed at the deadline; a head
+    begun and not whole is counted as a pending handshake past its budget."""
     server = await start_server(deadlines=Deadlines(head_s=0.5))
     stream = await open_raw(server)
     await stream.send_all(head)
     assert await read_until_closed(stream, WAIT_S) == b""
     await assert_healthy(server)
     assert tracebacks(caplog) == []
+    counted = server.metric("omiro_budget_exceeded_total", budget="handshake")
+    assert counted == (1 if head else 0)
+
+
+async def test_a_later_head_not_whole_by_the_deadline_is_counted(
+    start_server: StartServer,
+) -> None:
+    """On a kept-alive connection too: idle between requests is not counted, a head begun
+    and left unfinished is."""
+    server = await start_server(deadlines=Deadlines(head_s=0.5))
+    stream = await open_raw(server)
+    await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, _ = await read_response_head(stream)
+    assert status == 200
+    await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-a: ")
+    await read_until_closed(stream, WAIT_S)
+    assert server.metric("omiro_budget_exceeded_total", budget="handshake") == 1
+    assert server.metric("omiro_budget_exceeded_total", budget="head") == 0
 
 
 async def test_idle_keep_alive_connection_is_closed(start_server: StartServer) -> None:
