@@ -8,7 +8,7 @@ Two ways in, for every route:
   /admin/session`` (``HttpOnly``, ``SameSite=Strict``, ``Path=/admin``,
   ``Secure`` when the request came over HTTPS), expiring once idle for
   ``moderation.session_idle_s``. Every request that changes something
-  (``POST``, ``DELETE``) must also carry the session's CSRF token in
+  (any method but ``GET`` and ``HEAD``) must also carry the session's CSRF token in
   ``X-CSRF-Token``, and every request body must be JSON.
 
 With no admin token configured the whole API answers 404, as if it did not

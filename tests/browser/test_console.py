@@ -5,7 +5,9 @@ page. A moderator signs in and works the report with the keyboard only: it
 shows with its transcript (a transcript holding HTML shows as text), the
 moderator bans the reported address group from it, and the reported page
 gets the banned notice. A second moderator, reading the same report, sees
-it actioned; an admin sees the action in the audit log. axe checks every
+it actioned; an admin sees the action in the audit log. The live view
+counts a real call and its report without a reload; the bans list is
+searched; an automatic ban is lifted from its report. axe checks every
 state of the console, on a desk and on a 320 px phone.
 """
 
@@ -29,6 +31,8 @@ HOSTILE = '<img src=x onerror="document.body.dataset.pwned=1"><b>hi</b>'
 # Screenshots (docs/images/console-*.jpg are copies of these).
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 TABS_ALLOWED = 60
+ALICE = "192.0.2.10"
+BOB = "192.0.2.11"
 
 
 class Moderator:
@@ -89,17 +93,18 @@ class Moderator:
 
 
 @pytest.fixture
-def moderators(browser: Any, server_for_console: Any) -> Any:
+def moderators(browser: Any) -> Any:
+    """Factory: moderators(server, name, width=..., height=...) opens ``server``'s console."""
     opened: list[tuple[Any, Moderator]] = []
 
-    def open_console(name: str, *, width: int = 1280, height: int = 900) -> Moderator:
+    def open_console(server: Any, name: str, *, width: int = 1280, height: int = 900) -> Moderator:
         context = browser.new_context(
             viewport={"width": width, "height": height}, reduced_motion="reduce"
         )
         page = context.new_page()
         moderator = Moderator(page, name)
         opened.append((context, moderator))
-        page.goto(server_for_console.url + "/console")
+        page.goto(server.url + "/console")
         page.wait_for_function("() => window.omiroConsole !== undefined", timeout=10_000)
         return moderator
 
@@ -148,7 +153,7 @@ def test_a_report_from_a_real_call_is_banned_from_the_console_by_keyboard(
     alice.testid("report-confirm").click()
     bob.wait_state("waiting")
 
-    ana = moderators("ana")
+    ana = moderators(server, "ana")
     ana.axe("sign-in")
     ana.tab_to("#signin-name")
     ana.page.keyboard.type("ana")
@@ -165,7 +170,7 @@ def test_a_report_from_a_real_call_is_banned_from_the_console_by_keyboard(
     assert "Possible minor" in queue_text
     assert "127.0.0.…" in queue_text  # the address group, truncated
 
-    bo = moderators("bo")
+    bo = moderators(server, "bo")
     bo.sign_in_with_keyboard(bo_password)
     bo.wait("() => document.querySelectorAll('[data-testid=queue-item]').length === 1")
     bo.tab_to("[data-testid=queue-item]")
@@ -216,7 +221,7 @@ def test_a_report_from_a_real_call_is_banned_from_the_console_by_keyboard(
     assert bo.page.locator("[data-testid=queue-item]").count() == 0
     assert "asked a child's age" in bo.testid("bans-body").inner_text()
 
-    ada = moderators("ada")
+    ada = moderators(server, "ada")
     ada.sign_in_with_keyboard(ada_password)
     ada.wait("() => document.querySelector('#audit-body').textContent.includes('ban')")
     audit = ada.testid("audit-body").inner_text()
@@ -245,7 +250,7 @@ def test_the_console_fits_a_320_px_phone_in_every_state(
         headers=dict(AUTH),
         body={"target": "2001:db8:1:2::/64", "duration_s": 600, "reason": "a long reason " * 8},
     )
-    phone = moderators("ana", width=320, height=640)
+    phone = moderators(server, "ana", width=320, height=640)
     phone.no_horizontal_scroll()
     phone.axe("phone sign-in")
     phone.sign_in_with_keyboard(password)
@@ -348,3 +353,133 @@ def test_an_admin_makes_and_revokes_an_invite_and_switches_raid_mode_by_keyboard
         for context, _ in opened:
             context.close()
     assert not errors, f"errors in the console: {errors}"
+
+
+def _session_status(server: Any, address: str) -> int:
+    """The status of ``GET /session/new`` for a visitor at ``address`` (as the trusted
+    proxy on 127.0.0.1 says)."""
+    request = urllib.request.Request(
+        server.url + "/session/new", headers={"X-Forwarded-For": address}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+@pytest.mark.rule("protocol/console-page", "protocol/console-reports")
+def test_the_live_view_refreshes_and_an_automatic_ban_is_found_and_lifted_by_keyboard(
+    make_server: Any, people: Any, moderators: Any
+) -> None:
+    """The live view counts a real call, its report and the ban it fired without a
+    reload; the bans list shows each ban's expiry and who set it and is searched; the
+    automatic ban is lifted from its report with the keyboard and lets the address in
+    again."""
+    # Each stranger comes from an address of their own, as a trusted proxy on 127.0.0.1
+    # says (one address cannot report itself away); one reporter is enough for a ban.
+    server = make_server(
+        OMIRO_ADMIN_TOKEN=ADMIN_TOKEN,
+        OMIRO_REPORTS_AUTOBAN_REPORTERS="1",
+        OMIRO_SERVER_TRUSTED_PROXIES='["127.0.0.1/32"]',
+    )
+    password = add_account(server, "ana")
+    server.get_json(
+        "/admin/bans",
+        method="POST",
+        headers=dict(AUTH),
+        body={"target": "192.0.2.77", "duration_s": 600, "reason": "spam bot"},
+    )
+    ana = moderators(server, "ana")
+    ana.sign_in_with_keyboard(password)
+    ana.wait("() => document.querySelector('#live-bans').textContent === '1'")
+    assert ana.testid("live").locator("#live-reports").inner_text() == "0"
+    assert ana.page.locator("#live-calls").inner_text() == "no calls"
+
+    alice = people(server, "alice", extra_http_headers={"X-Forwarded-For": ALICE})
+    bob = people(server, "bob", extra_http_headers={"X-Forwarded-For": BOB})
+    for person in (alice, bob):
+        person.start()
+    for person in (alice, bob):
+        person.wait_call_connected()
+    # The page refreshes itself: two people online, then the match and the call counted
+    # (matches and calls are added up every 10 s, over the last 5 minutes).
+    ana.wait("() => document.querySelector('#live-online').textContent === '2'")
+    ana.wait(
+        "() => document.querySelector('#live-matches').textContent === '0.2'"
+        " && document.querySelector('#live-calls').textContent === '100 %'",
+        timeout_ms=30_000,
+    )
+    alice.testid("report").click()
+    alice.page.locator("#report-dialog").get_by_label("Spam").check()
+    alice.testid("report-confirm").click()
+    bob.wait_state("blocked")  # the automatic ban fired and closed Bob's socket
+    assert "banned" in bob.testid("notice").inner_text()
+    assert _session_status(server, BOB) == 403
+    assert _session_status(server, ALICE) == 200
+
+    ana.wait(
+        "() => document.querySelector('#live-reports').textContent === '1'"
+        " && document.querySelector('#live-open').textContent === '1'"
+        " && document.querySelector('#live-bans').textContent === '2'"
+    )
+    assert "auto-banned" in ana.testid("queue-list").inner_text()
+    # Each ban with its expiry and who set it (the cells: target, until, reason, by).
+    rows = ana.page.locator("#bans-body tr").evaluate_all(
+        "rows => rows.map(r => [...r.cells].slice(0, 4).map(c => c.textContent))"
+    )
+    by_target = {row[0]: row for row in rows}
+    assert set(by_target) == {BOB, "192.0.2.77"}, rows
+    assert by_target[BOB][3] == "auto"
+    assert by_target["192.0.2.77"][2:] == ["spam bot", "admin"]
+    assert all(row[1] not in ("", "permanent") for row in rows), rows
+    ana.axe("an automatic ban in the queue")
+
+    # Search the bans with the keyboard: by who set it, then by reason.
+    ana.tab_to("#bans-search")
+    ana.page.keyboard.type("auto")
+    ana.wait("() => !document.querySelector('#bans-body').textContent.includes('192.0.2.77')")
+    assert BOB in ana.testid("bans-body").inner_text()
+    ana.page.keyboard.press("Control+A")
+    ana.page.keyboard.type("spam bot")
+    ana.wait("b => !document.querySelector('#bans-body').textContent.includes(b)", BOB)
+    assert "192.0.2.77" in ana.testid("bans-body").inner_text()
+    ana.page.keyboard.press("Control+A")
+    ana.page.keyboard.type("nobody")
+    ana.wait("() => document.querySelector('#bans-body').textContent.includes('No ban matches')")
+    ana.axe("bans searched")
+    ana.page.keyboard.press("Control+A")
+    ana.page.keyboard.press("Delete")
+    ana.wait("() => document.querySelector('#bans-body').textContent.includes('192.0.2.77')")
+
+    # The report shows the automatic ban; lifting it from there dismisses the report.
+    ana.tab_to("[data-testid=queue-item]")
+    ana.page.keyboard.press("Enter")
+    ana.wait("() => !document.querySelector('#evidence').hidden")
+    facts = ana.page.locator("#evidence-facts").inner_text()
+    assert "fired on this report" in facts
+    assert "by auto" in facts
+    assert ana.testid("lift").is_visible()
+    ana.tab_to("[data-testid=action-note]")
+    ana.page.keyboard.type("a misunderstanding")
+    ana.tab_to("[data-testid=lift]")
+    ana.page.keyboard.press("Enter")
+    ana.wait(
+        "() => document.querySelector('#evidence-state').textContent.includes('Dismissed by ana')"
+    )
+    assert ana.page.locator("#actions").is_hidden()
+    ana.wait(
+        "() => document.querySelector('#live-bans').textContent === '1'"
+        " && document.querySelector('#live-open').textContent === '0'"
+    )
+    assert BOB not in ana.testid("bans-body").inner_text()
+    assert ana.page.locator("[data-testid=queue-item]").count() == 0
+    ana.axe("the automatic ban lifted")
+    assert _session_status(server, BOB) == 200  # the address may come in again
+
+    audit = server.get_json("/admin/audit", headers=dict(AUTH))["entries"]
+    assert [(e["actor"], e["action"], e["target"]) for e in audit[:2]] == [
+        ("ana", "lift_ban", BOB),
+        ("auto", "ban", BOB),
+    ]
+    assert audit[0]["note"] == "a misunderstanding"

@@ -394,6 +394,58 @@ async def test_a_report_from_a_real_match_is_banned_from_and_the_second_moderato
 
 
 @pytest.mark.rule("protocol/console-reports")
+async def test_a_claim_is_released_and_the_report_dismissed_with_a_note(
+    admin_server: Harness,
+) -> None:
+    """Claim, release (the other moderator may claim then), dismiss with a note: the
+    report leaves the queue, nobody is banned, each step is in the audit log."""
+    a, _b = await reported_pair(admin_server, "spam", "a joke")
+    ana = await add_account(admin_server, "ana")
+    bo = await add_account(admin_server, "bo")
+    async with (
+        signed_in(admin_server, "ana", ana) as first,
+        signed_in(admin_server, "bo", bo) as second,
+    ):
+        report_id = await one_report_id(first)
+        assert (await first.post(f"/admin/reports/{report_id}/claim")).status_code == 200
+        refused = await second.post(f"/admin/reports/{report_id}/release")
+        assert refused.status_code == 409
+        released = await first.post(f"/admin/reports/{report_id}/release")
+        assert released.status_code == 200, released.text
+        assert (released.json()["status"]["state"], released.json()["status"]["by"]) == ("open", "")
+        assert (await second.post(f"/admin/reports/{report_id}/claim")).status_code == 200
+        dismissed = await second.post(
+            f"/admin/reports/{report_id}/dismiss", {"note": "a joke between friends"}
+        )
+        assert dismissed.status_code == 200, dismissed.text
+        status = dismissed.json()["status"]
+        assert (status["state"], status["by"], status["note"]) == (
+            "dismissed",
+            "bo",
+            "a joke between friends",
+        )
+        assert (await first.get("/admin/queue")).json()["reports"] == []
+        seen = (await first.get(f"/admin/reports/{report_id}")).json()
+        assert seen["status"]["state"] == "dismissed"
+        assert seen["ban_now"] is None
+        assert (await first.get("/admin/bans")).json()["bans"] == []
+        final = await first.post(f"/admin/reports/{report_id}/claim")
+        assert final.status_code == 409
+        assert "dismissed by bo" in final.json()["message"]
+    # Nobody was banned: the two may chat again.
+    await a.send("join_queue")
+    await a.expect("queued")
+    async with httpx.AsyncClient(base_url=admin_server.url, headers=AUTH) as admin:
+        entries = (await admin.get("/admin/audit")).json()["entries"]
+    assert [(e["actor"], e["action"], e["report_id"], e["note"]) for e in entries[:4]] == [
+        ("bo", "dismiss", report_id, "a joke between friends"),
+        ("bo", "claim", report_id, ""),
+        ("ana", "release", report_id, ""),
+        ("ana", "claim", report_id, ""),
+    ]
+
+
+@pytest.mark.rule("protocol/console-reports")
 async def test_the_queue_puts_possible_minors_first(admin_server: Harness) -> None:
     backend = admin_server.ctx.backend
     now = admin_server.ctx.wall()
