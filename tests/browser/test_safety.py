@@ -8,9 +8,10 @@
   Omiro server, classifies frames of the fake camera off the main thread,
   and a confident verdict (forced through the test hook) blurs the video
   and preselects the report reason.
-* A camera that shows nothing (a canvas painted black, sent as the camera)
-  is noticed within the stated seconds; a virtual-camera label is noticed
-  on both sides, and nothing is blocked.
+* A camera that shows nothing (a canvas painted black, or one showing the
+  same still picture, sent as the camera) is noticed within the stated
+  seconds, and the notice goes once the picture moves; a virtual-camera
+  label is noticed on both sides, and nothing is blocked.
 """
 
 from __future__ import annotations
@@ -43,6 +44,40 @@ BLACK_CAMERA_JS = """
     canvas.height = 480;
     const context = canvas.getContext("2d");
     const paint = () => { context.fillStyle = "#000"; context.fillRect(0, 0, 640, 480); };
+    paint();
+    setInterval(paint, 100);
+    const video = canvas.captureStream(10).getVideoTracks()[0];
+    return new MediaStream([...real.getAudioTracks(), video]);
+  };
+})();
+"""
+
+# The camera is a still picture (bright, patterned: never black), repainted
+# the same so frames keep coming, as from a frozen camera or a still photo
+# sent as one; window.__moving = true makes it move (a frame counter).
+FROZEN_CAMERA_JS = """
+(() => {
+  const devices = navigator.mediaDevices;
+  const original = devices.getUserMedia.bind(devices);
+  window.__moving = false;
+  devices.getUserMedia = async (constraints) => {
+    const real = await original({ audio: constraints.audio || false, video: false });
+    if (!constraints.video) return real;
+    const canvas = document.createElement("canvas");
+    canvas.width = 640;
+    canvas.height = 480;
+    const context = canvas.getContext("2d");
+    let tick = 0;
+    const paint = () => {
+      if (window.__moving) tick += 1;
+      const gradient = context.createLinearGradient(0, 0, 640, 480);
+      gradient.addColorStop(0, "#c0e0ff");
+      gradient.addColorStop(1, "#ffd080");
+      context.fillStyle = gradient;
+      context.fillRect(0, 0, 640, 480);
+      context.fillStyle = "#203040";
+      context.fillRect((tick * 37) % 560, 160, 80, 160);
+    };
     paint();
     setInterval(paint, 100);
     const video = canvas.captureStream(10).getVideoTracks()[0];
@@ -320,6 +355,37 @@ def test_black_camera_is_noticed_within_the_stated_seconds(server, people):
     alice.testid("blank-next").click()
     alice.wait("(old) => window.omiro.matchId !== old", old)
     assert alice.js("() => document.querySelector('[data-testid=notice]').hidden") is True
+
+
+def test_frozen_camera_is_noticed_and_the_notice_goes_when_it_moves(server, people):
+    alice = people(server, "alice")
+    bob = people(server, "bob", init_script=FROZEN_CAMERA_JS)
+    alice.start()
+    bob.start()
+    alice.wait_call_connected()
+    alice.wait("() => document.getElementById('remote-video').videoWidth > 0")
+    started = time.monotonic()
+    alice.wait(
+        "() => document.getElementById('notice-text').textContent.includes('shown nothing')",
+        timeout_ms=(BLANK_AFTER_S + 5 * SAMPLE_S) * 1000,
+    )
+    elapsed = time.monotonic() - started
+    # A frozen picture needs one sample to compare with, then the stated
+    # seconds of identical ones (the black stream's bound plus that sample).
+    assert elapsed <= BLANK_AFTER_S + 3 * SAMPLE_S, elapsed
+    # Not black: bright, and the same picture second after second.
+    assert alice.js("() => window.omiro.blankVideo.reason") == "frozen"
+    assert alice.testid("blank-next").is_visible()
+    # The picture moves again: the notice goes, the call stays.
+    old = alice.js("() => window.omiro.matchId")
+    bob.js("() => { window.__moving = true; }")
+    alice.wait(
+        "() => document.querySelector('[data-testid=notice]').hidden",
+        timeout_ms=5 * SAMPLE_S * 1000,
+    )
+    assert alice.js("() => window.omiro.blankVideo.blank") is False
+    assert alice.js("() => window.omiro.matchId") == old
+    assert alice.state == "connected"
 
 
 def test_black_camera_skipped_automatically_when_asked(server, people):
