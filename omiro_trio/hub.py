@@ -49,7 +49,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Final, Protocol, assert_never, cast
+from typing import Final, Protocol, assert_never
 
 import trio
 
@@ -376,17 +376,21 @@ class Hub:
 
     # -- what arrives from outside the session ---------------------------
 
-    def tell(self, session: Session, event: Event) -> None:
-        """News for ``session`` that needs no lock (its effects are all immediate)."""
-        now = trio.current_time()
+    def tell(self, session: Session, event: Event, now: float | None = None) -> None:
+        """News for ``session`` that needs no lock (its effects are all immediate).
+
+        ``now``: the clock's time, when the caller has it already.
+        """
+        if now is None:
+            now = trio.current_time()
         self._apply(session, session.core.handle(event, now), now)
 
-    def tell_partner(self, session_id: str, event: Event) -> bool:
+    def tell_partner(self, session_id: str, event: Event, now: float | None = None) -> bool:
         """News for the session ``session_id`` if it is here; False when it is not."""
         session = self.sessions.get(session_id)
         if session is None:
             return False
-        self.tell(session, event)
+        self.tell(session, event, now)
         return True
 
     async def on_bus(self, raw: bytes) -> None:
@@ -519,14 +523,36 @@ class Hub:
             while stack:
                 for effect in stack[-1]:
                     if type(effect) not in _AWAITED_TYPES:  # most effects: skip the cases below
-                        self._do(session, cast("Immediate", effect), now)
+                        self._do(session, effect, now)  # type: ignore[arg-type]  # (not awaited)
                         continue
                     answer: Event | None = None
-                    match effect:
-                        case Relay():
-                            await self.perform(session, (effect,), now)
+                    match effect:  # the cases in the order a join and a detach meet them
+                        case (
+                            CountSkip()
+                            | MakeIdle()
+                            | Enqueue()
+                            | Release()
+                            | WidenWait()
+                            | BlockPartner()
+                            | FileReport()
+                        ):
+                            try:
+                                answer = await self._ask(session, effect, now)
+                            except BackendUnavailable as exc:
+                                await self._failed(session, effect, exc, now, strict=strict)
                         case Join():
                             await self.join(session, effect.prefs, op=effect.op)
+                        case AnnounceMatch():
+                            match = effect.match
+                            await self._announce_match(session.id, match, effect.pair, now)
+                        case AnnounceEnd():
+                            try:
+                                match, reason = effect.match, effect.reason
+                                await self._announce_end(session.id, match, reason, now)
+                            except BackendUnavailable as exc:
+                                await self._failed(session, effect, exc, now, strict=strict)
+                        case Relay():
+                            await self.perform(session, (effect,), now)
                         case Leave():
                             await self._operate(session, effect)
                         case ReportPartner():
@@ -535,28 +561,8 @@ class Hub:
                             await self._operate(session, effect)
                         case ClaimSeat():
                             answer = await self._claim_seat(session, effect, now)
-                        case AnnounceMatch():
-                            await self._announce_match(session.id, effect.match, effect.pair)
                         case AnnounceAway():
                             await self._announce_away(session.id, effect.match)
-                        case AnnounceEnd():
-                            try:
-                                await self._announce_end(session.id, effect.match, effect.reason)
-                            except BackendUnavailable as exc:
-                                await self._failed(session, effect, exc, now, strict=strict)
-                        case (
-                            CountSkip()
-                            | MakeIdle()
-                            | Enqueue()
-                            | WidenWait()
-                            | Release()
-                            | BlockPartner()
-                            | FileReport()
-                        ):
-                            try:
-                                answer = await self._ask(session, effect, now)
-                            except BackendUnavailable as exc:
-                                await self._failed(session, effect, exc, now, strict=strict)
                         case (
                             str()
                             | bytes()
@@ -685,7 +691,7 @@ class Hub:
         """Perform an effect that needs no await."""
         match effect:
             case str() | bytes():
-                self._apply(session, (effect,), now)
+                self._send(session, effect, now)
             case Arm():
                 timers = session.timers
                 if timers is not None:
@@ -727,7 +733,7 @@ class Hub:
         outbox means the client stopped reading, and closes it with 4008.
         """
         for effect in effects:
-            if isinstance(effect, _FRAME):  # the hot path: a relayed frame
+            if isinstance(effect, _FRAME):  # the hot path: a relayed frame (``_send`` inline)
                 outlet = session.outlet
                 if outlet is not None and not outlet.push(
                     effect.encode() if isinstance(effect, str) else effect
@@ -737,6 +743,14 @@ class Hub:
                 raise AssertionError(f"news for {session.id} asked for {effect!r}")
             else:
                 self._do(session, effect, now)
+
+    def _send(self, session: Session, frame: str | bytes, now: float) -> None:
+        """Queue ``frame`` on the client's outbox; a full outbox closes it with 4008."""
+        outlet = session.outlet
+        if outlet is not None and not outlet.push(
+            frame.encode() if isinstance(frame, str) else frame
+        ):
+            self._apply(session, session.core.handle(_SLOW_CONSUMER, now), now)
 
     # -- resuming ----------------------------------------------------------
 
@@ -892,8 +906,10 @@ class Hub:
             theirs = match.clients[0] if partner_id == match.caller else match.clients[1]
         return self._pair_tag(session.ip, theirs) if theirs else None
 
-    async def _announce_match(self, session_id: str, match: Match, pair: str | None) -> None:
-        """Tell the partner of ``session_id`` that ``match`` formed.
+    async def _announce_match(
+        self, session_id: str, match: Match, pair: str | None, now: float
+    ) -> None:
+        """Tell the partner of ``session_id`` that ``match`` formed (at ``now``).
 
         A partner on another server hears of it before this session's client
         does (the core orders it so): its client must know the match before
@@ -901,7 +917,7 @@ class Hub:
         same if that fails: the partner's server finds it at its resync.
         """
         partner_id = match.partner_of(session_id)
-        if self.tell_partner(partner_id, MatchFormed(match, pair)):
+        if self.tell_partner(partner_id, MatchFormed(match, pair), now):
             return
         try:
             await self.backend.publish(
@@ -935,15 +951,19 @@ class Hub:
         except BackendUnavailable as exc:
             log.warning("could not tell %s its partner is away: %s", partner_id, exc)
 
-    async def _announce_end(self, session_id: str, match: Match, reason: PartnerReason) -> None:
-        """Tell the partner of ``session_id`` that ``match`` ended.
+    async def _announce_end(
+        self, session_id: str, match: Match, reason: PartnerReason, now: float | None = None
+    ) -> None:
+        """Tell the partner of ``session_id`` that ``match`` ended (at ``now``, if known).
 
         Raises:
             BackendUnavailable: the partner's server could not be told.
         """
-        self.seats.ended(match.match_id, trio.current_time())
+        if now is None:
+            now = trio.current_time()
+        self.seats.ended(match.match_id, now)
         partner_id = match.partner_of(session_id)
-        if self.tell_partner(partner_id, MatchEnded(match.match_id, reason)):
+        if self.tell_partner(partner_id, MatchEnded(match.match_id, reason), now):
             return
         message = bus.ended(partner_id, match.match_id, reason)
         await self.backend.publish(partner_id, message, server=match.server_of(partner_id))

@@ -407,14 +407,8 @@ class SessionCore:
                 if chat is not None:
                     self.transcript.append((current.partner_of(self.id), chat))
                 return (event.frame,)
-            case Said():
+            case Said():  # the partner, on another server, said something
                 return self._said(event.match_id, event.frame, event.chat)
-            case MatchFormed():
-                return self._matched(event.match, event.pair)
-            case MatchEnded():
-                return self._ended(event.match_id, event.reason)
-            case PartnerAway():
-                return self._partner_away(event.match_id)
             case Started():
                 return self._start(event)
             case SkipCounted():
@@ -426,6 +420,32 @@ class SessionCore:
                 return self._made_idle(event.call, event.ended)
             case Enqueued():
                 return self._enqueued(event.call, event.result, event.pair)
+            case Opened():
+                self._draining = self._draining or event.draining
+                hello = protocol.server_frame(event.hello)
+                return (hello, self._draining_frame()) if self._draining else (hello,)
+            case MatchFormed():
+                return self._matched(event.match, event.pair)
+            case Detached():
+                self._detached = True
+                self.widen = None
+                if self._seat is not None:
+                    seat, self._seat = self._seat, None
+                    return (_DISARM, GiveUpSeat(seat), _RELEASE)
+                return (_DISARM, _RELEASE)
+            case Released():
+                if event.ended is None:
+                    return NOTHING
+                self._forget(event.ended.match_id)
+                if self._rules.tickets is not None and self.close_code in _NOT_CHOSEN:
+                    # The socket broke, or its server drained: not the client's wish.
+                    # The partner keeps the match for a while; this side may resume it.
+                    return (AnnounceAway(event.ended),)
+                return (AnnounceEnd(event.ended, self.partner_reason, None),)
+            case MatchEnded():
+                return self._ended(event.match_id, event.reason)
+            case PartnerAway():
+                return self._partner_away(event.match_id)
             case NotIdle():
                 if event.call.retried:
                     raise RuntimeError(f"the backend twice refused to queue {self.id}: not idle")
@@ -480,10 +500,6 @@ class SessionCore:
                     if not self._bucket.take(now) and self._violations.hit(now):
                         return self._close(CloseCode.RATE_LIMITED, "rate limit exceeded")
                 return NOTHING
-            case Opened():
-                self._draining = self._draining or event.draining
-                hello = protocol.server_frame(event.hello)
-                return (hello, self._draining_frame()) if self._draining else (hello,)
             case Draining():
                 self._draining = True
                 return (self._draining_frame(),)
@@ -493,22 +509,6 @@ class SessionCore:
                 what = "this account is banned" if account else "this address is banned"
                 banned = protocol.error_frame(ErrorCode.BANNED, what, None)
                 return (banned, *self._close(CloseCode.POLICY, "banned"))
-            case Detached():
-                self._detached = True
-                self.widen = None
-                if self._seat is not None:
-                    seat, self._seat = self._seat, None
-                    return (_DISARM, GiveUpSeat(seat), _RELEASE)
-                return (_DISARM, _RELEASE)
-            case Released():
-                if event.ended is None:
-                    return NOTHING
-                self._forget(event.ended.match_id)
-                if self._rules.tickets is not None and self.close_code in _NOT_CHOSEN:
-                    # The socket broke, or its server drained: not the client's wish.
-                    # The partner keeps the match for a while; this side may resume it.
-                    return (AnnounceAway(event.ended),)
-                return (AnnounceEnd(event.ended, self.partner_reason, None),)
             case Synced():
                 return self._synced(event.local, event.shared)
         raise AssertionError(f"no rule for {type(event).__name__}")  # pragma: no cover
