@@ -239,8 +239,14 @@ def _admin_call(
     method: str,
     path: str,
     body: Any = None,
-) -> tuple[int, Any]:
-    """Call the admin API; return (status, decoded JSON or None). Exits 1 when unreachable."""
+    *,
+    expect: int,
+) -> Any:
+    """Call the admin API; return its decoded JSON (or None) when it answers ``expect``.
+
+    Exits 1 when the server is unreachable or answers another status (saying
+    what it answered), 2 when there is no admin token.
+    """
     if url is None or token is None:
         config = _load(config_path)
         host = config.server.host
@@ -267,13 +273,11 @@ def _admin_call(
         click.echo(f"omiro: cannot reach {url}: {exc}", err=True)
         sys.exit(1)
     payload = msgspec.json.decode(body_bytes) if body_bytes else None
-    return status, payload
-
-
-def _fail(status: int, payload: Any) -> None:
-    message = payload.get("message") if isinstance(payload, dict) else None
-    click.echo(f"omiro: the server answered {status}: {message or payload}", err=True)
-    sys.exit(1)
+    if status != expect:
+        message = payload.get("message") if isinstance(payload, dict) else None
+        click.echo(f"omiro: the server answered {status}: {message or payload}", err=True)
+        sys.exit(1)
+    return payload
 
 
 def _describe_ban(entry: dict[str, Any]) -> str:
@@ -310,9 +314,7 @@ def ban_add(
     """Ban TARGET, an IP address, a CIDR network or account:KEY (an account key a
     report names); its open sockets are closed."""
     body = {"target": target, "duration_s": duration_s, "reason": reason}
-    status, payload = _admin_call(config_path, url, token, "POST", "/admin/bans", body)
-    if status != 201:
-        _fail(status, payload)
+    payload = _admin_call(config_path, url, token, "POST", "/admin/bans", body, expect=201)
     click.echo(f"banned {_describe_ban(payload)}")
 
 
@@ -322,9 +324,7 @@ def ban_add(
 def ban_list(config_path: Path | None, url: str | None, token: str | None, search: str) -> None:
     """List the bans in force, newest first."""
     path = "/admin/bans" + (f"?{urllib.parse.urlencode({'q': search})}" if search else "")
-    status, payload = _admin_call(config_path, url, token, "GET", path)
-    if status != 200:
-        _fail(status, payload)
+    payload = _admin_call(config_path, url, token, "GET", path, expect=200)
     for entry in payload["bans"]:
         click.echo(_describe_ban(entry))
 
@@ -335,9 +335,7 @@ def ban_list(config_path: Path | None, url: str | None, token: str | None, searc
 def ban_remove(config_path: Path | None, url: str | None, token: str | None, target: str) -> None:
     """Lift the ban of TARGET (exactly as it was banned)."""
     path = "/admin/bans/" + urllib.parse.quote(target, safe="")
-    status, payload = _admin_call(config_path, url, token, "DELETE", path)
-    if status != 204:
-        _fail(status, payload)
+    _admin_call(config_path, url, token, "DELETE", path, expect=204)
     click.echo(f"lifted the ban of {target}")
 
 
@@ -363,9 +361,7 @@ def moderator_add(
 ) -> None:
     """Make the account NAME and print its password (shown this once, kept only as a hash)."""
     body = {"name": name, "role": role}
-    status, payload = _admin_call(config_path, url, token, "POST", "/admin/moderators", body)
-    if status != 201:
-        _fail(status, payload)
+    payload = _admin_call(config_path, url, token, "POST", "/admin/moderators", body, expect=201)
     click.echo(f"made the {role} account {name}")
     click.echo(f"password: {payload['password']}")
     click.echo("sign in at /console on the server; the password is not shown again")
@@ -375,9 +371,7 @@ def moderator_add(
 @_admin_options
 def moderator_list(config_path: Path | None, url: str | None, token: str | None) -> None:
     """List the accounts."""
-    status, payload = _admin_call(config_path, url, token, "GET", "/admin/moderators")
-    if status != 200:
-        _fail(status, payload)
+    payload = _admin_call(config_path, url, token, "GET", "/admin/moderators", expect=200)
     for entry in payload["moderators"]:
         click.echo(f"{entry['name']}\t{entry['role']}\tsince {_unix(entry['created_at'])}")
 
@@ -390,9 +384,7 @@ def moderator_remove(
 ) -> None:
     """Remove the account NAME; its console sessions end with it."""
     path = "/admin/moderators/" + urllib.parse.quote(name, safe="")
-    status, payload = _admin_call(config_path, url, token, "DELETE", path)
-    if status != 204:
-        _fail(status, payload)
+    _admin_call(config_path, url, token, "DELETE", path, expect=204)
     click.echo(f"removed the account {name}")
 
 
@@ -416,9 +408,7 @@ def _describe_report(entry: dict[str, Any]) -> str:
 @_admin_options
 def report_queue(config_path: Path | None, url: str | None, token: str | None) -> None:
     """List the open reports, most urgent first."""
-    status, payload = _admin_call(config_path, url, token, "GET", "/admin/queue")
-    if status != 200:
-        _fail(status, payload)
+    payload = _admin_call(config_path, url, token, "GET", "/admin/queue", expect=200)
     for entry in payload["reports"]:
         click.echo(_describe_report(entry))
 
@@ -430,9 +420,7 @@ def report_show(
     config_path: Path | None, url: str | None, token: str | None, report_id: int
 ) -> None:
     """Show one report with its transcript and its client's history."""
-    status, payload = _admin_call(config_path, url, token, "GET", f"/admin/reports/{report_id}")
-    if status != 200:
-        _fail(status, payload)
+    payload = _admin_call(config_path, url, token, "GET", f"/admin/reports/{report_id}", expect=200)
     click.echo(_describe_report(payload))
     click.echo(f"reason: {payload['reason']}")
     if payload.get("match_s") is not None:
@@ -456,9 +444,7 @@ def _report_action(
     body: dict[str, Any],
 ) -> None:
     path = f"/admin/reports/{report_id}/{action}"
-    status, payload = _admin_call(config_path, url, token, "POST", path, body)
-    if status != 200:
-        _fail(status, payload)
+    payload = _admin_call(config_path, url, token, "POST", path, body, expect=200)
     state = payload["status"]
     click.echo(
         f"report #{report_id}: {state['state']}"
@@ -551,9 +537,7 @@ def audit_export(
     while True:
         query = {"limit": "1000"} | ({"before": str(before)} if before else {})
         path = "/admin/audit?" + urllib.parse.urlencode(query)
-        status, payload = _admin_call(config_path, url, token, "GET", path)
-        if status != 200:
-            _fail(status, payload)
+        payload = _admin_call(config_path, url, token, "GET", path, expect=200)
         entries += msgspec.convert(payload["entries"], list[AuditEntry])
         before = payload["next_before"]
         if before is None:

@@ -16,13 +16,13 @@ errors. Each change is written to the audit log.
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
-from omiro_trio.admin import Gate
+from omiro_trio.admin import Caller, Gate
 from omiro_trio.backends.base import MAX_INVITES, AuditEntry, Invite, Raid
 from omiro_trio.context import ServerContext
 from omiro_trio.gate.invite import new_invite
@@ -44,11 +44,30 @@ class InviteRequest(msgspec.Struct, forbid_unknown_fields=True):
     expires_s: int = DEFAULT_INVITE_S
     note: str = ""
 
+    def problem(self) -> str | None:
+        """What is wrong with the request (the 400's message), or None."""
+        if not 1 <= self.uses <= MAX_INVITE_USES:
+            return f"uses must be 1 to {MAX_INVITE_USES}"
+        if not 60 <= self.expires_s <= MAX_INVITE_S:
+            return f"expires_s must be 60 to {MAX_INVITE_S}"
+        if len(self.note) > MAX_NOTE_CHARS:
+            return f"note is longer than {MAX_NOTE_CHARS}"
+        return None
+
 
 class RaidRequest(msgspec.Struct, forbid_unknown_fields=True):
     on: bool
     retry_after_s: int = 300
     pause: bool = True  # false: let newcomers in with proof of work at the raid difficulty
+
+    def problem(self) -> str | None:
+        """What is wrong with the request (the 400's message), or None."""
+        if not 1 <= self.retry_after_s <= MAX_RETRY_AFTER_S:
+            return f"retry_after_s must be 1 to {MAX_RETRY_AFTER_S}"
+        return None
+
+
+_Body = TypeVar("_Body", InviteRequest, RaidRequest)
 
 
 def invite_json(invite: Invite) -> dict[str, Any]:
@@ -87,21 +106,25 @@ def register_gate_admin(app: QuartTrio, ctx: ServerContext, gate: Gate) -> None:
     async def audit(actor: str, action: str, target: str, note: str = "") -> None:
         await backend.append_audit(AuditEntry(ctx.wall(), actor, action, target, 0, note))
 
-    @app.post("/admin/invites")
-    async def create_invite() -> Response:
+    async def admin_body(what: str, shape: type[_Body]) -> tuple[Caller, _Body] | Response:
+        """An admin's request and its good body, or the answer that refuses it."""
         caller = await gate.caller(role="admin")
         if isinstance(caller, Response):
             return caller
         try:
-            body = msgspec.json.decode(await request.get_data(as_text=False), type=InviteRequest)
+            body = msgspec.json.decode(await request.get_data(as_text=False), type=shape)
         except msgspec.DecodeError as exc:
-            return _bad(f"invalid invite: {exc}")
-        if not 1 <= body.uses <= MAX_INVITE_USES:
-            return _bad(f"uses must be 1 to {MAX_INVITE_USES}")
-        if not 60 <= body.expires_s <= MAX_INVITE_S:
-            return _bad(f"expires_s must be 60 to {MAX_INVITE_S}")
-        if len(body.note) > MAX_NOTE_CHARS:
-            return _bad(f"note is longer than {MAX_NOTE_CHARS}")
+            return _bad(f"invalid {what}: {exc}")
+        if (problem := body.problem()) is not None:
+            return _bad(problem)
+        return caller, body
+
+    @app.post("/admin/invites")
+    async def create_invite() -> Response:
+        asked = await admin_body("invite", InviteRequest)
+        if isinstance(asked, Response):
+            return asked
+        caller, body = asked
         now = ctx.wall()
         code, invite = new_invite(
             uses=body.uses,
@@ -148,15 +171,10 @@ def register_gate_admin(app: QuartTrio, ctx: ServerContext, gate: Gate) -> None:
 
     @app.put("/admin/raid")
     async def set_raid() -> Response:
-        caller = await gate.caller(role="admin")
-        if isinstance(caller, Response):
-            return caller
-        try:
-            body = msgspec.json.decode(await request.get_data(as_text=False), type=RaidRequest)
-        except msgspec.DecodeError as exc:
-            return _bad(f"invalid raid switch: {exc}")
-        if not 1 <= body.retry_after_s <= MAX_RETRY_AFTER_S:
-            return _bad(f"retry_after_s must be 1 to {MAX_RETRY_AFTER_S}")
+        asked = await admin_body("raid switch", RaidRequest)
+        if isinstance(asked, Response):
+            return asked
+        caller, body = asked
         raid = None
         if body.on:
             raid = Raid(ctx.wall(), caller.actor.name, body.retry_after_s, body.pause)

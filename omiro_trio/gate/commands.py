@@ -18,7 +18,7 @@ import click
 import trio
 
 from omiro_trio import accounts
-from omiro_trio.cli import _admin_call, _admin_options, _fail, _unix
+from omiro_trio.cli import _admin_call, _admin_options, _unix
 
 __all__ = ["gate", "invite", "parse_duration", "raid"]
 
@@ -68,9 +68,7 @@ def invite_create(
 ) -> None:
     """Make an invite code; print it (shown this once) and its link."""
     body = {"uses": uses, "expires_s": parse_duration(expires), "note": note}
-    status, payload = _admin_call(config_path, url, token, "POST", "/admin/invites", body)
-    if status != 201:
-        _fail(status, payload)
+    payload = _admin_call(config_path, url, token, "POST", "/admin/invites", body, expect=201)
     code = payload["code"]
     click.echo(f"invite {_describe(payload['invite'])}")
     click.echo(f"code: {code}")
@@ -83,9 +81,7 @@ def invite_create(
 @_admin_options
 def invite_list(config_path: Path | None, url: str | None, token: str | None) -> None:
     """List the invites (expired ones for a day), newest first."""
-    status, payload = _admin_call(config_path, url, token, "GET", "/admin/invites")
-    if status != 200:
-        _fail(status, payload)
+    payload = _admin_call(config_path, url, token, "GET", "/admin/invites", expect=200)
     for entry in payload["invites"]:
         click.echo(_describe(entry))
 
@@ -98,9 +94,7 @@ def invite_revoke(
 ) -> None:
     """Revoke the invite INVITE_ID: its code stops letting people in."""
     path = "/admin/invites/" + urllib.parse.quote(invite_id, safe="")
-    status, payload = _admin_call(config_path, url, token, "DELETE", path)
-    if status != 204:
-        _fail(status, payload)
+    _admin_call(config_path, url, token, "DELETE", path, expect=204)
     click.echo(f"revoked the invite {invite_id}")
 
 
@@ -130,16 +124,14 @@ def raid(
 ) -> None:
     """Raid mode: pause new sessions service-wide (on), resume them (off), or show it."""
     if switch == "status":
-        status, payload = _admin_call(config_path, url, token, "GET", "/admin/raid")
+        payload = _admin_call(config_path, url, token, "GET", "/admin/raid", expect=200)
     else:
         body = {
             "on": switch == "on",
             "retry_after_s": parse_duration(retry_after),
             "pause": not pow_only,
         }
-        status, payload = _admin_call(config_path, url, token, "PUT", "/admin/raid", body)
-    if status != 200:
-        _fail(status, payload)
+        payload = _admin_call(config_path, url, token, "PUT", "/admin/raid", body, expect=200)
     if payload["on"] and not payload.get("pause", True):
         click.echo(
             f"raid mode is on since {_unix(payload['since'])} (by {payload['by']}): "

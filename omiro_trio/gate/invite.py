@@ -24,7 +24,6 @@ from quart import Response, request
 
 from omiro_trio.backends.base import INVITE_ID_CHARS, Backend, Invite
 from omiro_trio.gate import (
-    Admit,
     Claims,
     EntryRequests,
     GateKind,
@@ -34,7 +33,7 @@ from omiro_trio.gate import (
     Verdict,
 )
 from omiro_trio.gate.entry import Tries, admitted, bad_body, refused
-from omiro_trio.gate.passes import COOKIE, GatePasses
+from omiro_trio.gate.passes import GatePasses
 
 if TYPE_CHECKING:
     from quart_trio import QuartTrio
@@ -114,10 +113,7 @@ class InviteGate:
         return "invite"
 
     async def admit(self, request: GateRequest) -> Verdict:
-        claims = self._passes.check(request.cookies.get(COOKIE), request.now)
-        if claims is not None and claims.kind == "invite":
-            return Admit(claims)
-        return Refuse("invite", RefuseReason.REQUIRED, "this service is open by invitation")
+        return self._passes.admit(request, "invite", "this service is open by invitation")
 
     async def enter(self, body: bytes | str, client: str, *, secure: bool) -> Response:
         """The answer to one try of a code (``POST /gate/invite``)."""

@@ -52,12 +52,10 @@ from quart_trio import QuartTrio
 
 from omiro_trio.backends.base import Backend
 from omiro_trio.gate import (
-    Admit,
     Claims,
     EntryRequests,
     GateKind,
     GateRequest,
-    Refuse,
     RefuseReason,
     Verdict,
 )
@@ -175,10 +173,7 @@ class OidcGate:
         return "oidc"
 
     async def admit(self, request: GateRequest) -> Verdict:
-        claims = self._passes.check(request.cookies.get(COOKIE), request.now)
-        if claims is not None and claims.kind == "oidc":
-            return Admit(claims)
-        return Refuse("oidc", RefuseReason.REQUIRED, "sign in to chat")
+        return self._passes.admit(request, "oidc", "sign in to chat")
 
     def register(self, app: QuartTrio, entry: EntryRequests) -> None:
         @app.get(LOGIN_PATH)

@@ -24,7 +24,16 @@ import string
 from collections.abc import Iterable
 from typing import Final, get_args
 
-from omiro_trio.gate import AgeBand, Claims, GateKind
+from omiro_trio.gate import (
+    Admit,
+    AgeBand,
+    Claims,
+    GateKind,
+    GateRequest,
+    Refuse,
+    RefuseReason,
+    Verdict,
+)
 
 __all__ = ["COOKIE", "MAX_COOKIE_CHARS", "GatePasses", "parse_cookies"]
 
@@ -122,3 +131,14 @@ class GatePasses:
         if now >= int(expiry):
             return None
         return Claims(kind, subject, band or None)  # type: ignore[arg-type]
+
+    def admit(self, request: GateRequest, kind: GateKind, message: str) -> Verdict:
+        """A gate's answer to ``GET /session/new``: its own kind's good pass admits.
+
+        Anything else (no pass, a bad one, another kind's) is refused as
+        ``REQUIRED`` with ``message``, what the gate's screen says.
+        """
+        claims = self.check(request.cookies.get(COOKIE), request.now)
+        if claims is not None and claims.kind == kind:
+            return Admit(claims)
+        return Refuse(kind, RefuseReason.REQUIRED, message)

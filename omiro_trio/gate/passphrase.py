@@ -25,7 +25,6 @@ from quart import Response, request
 from omiro_trio import accounts
 from omiro_trio.backends.base import Backend
 from omiro_trio.gate import (
-    Admit,
     Claims,
     EntryRequests,
     GateKind,
@@ -35,7 +34,7 @@ from omiro_trio.gate import (
     Verdict,
 )
 from omiro_trio.gate.entry import Tries, admitted, bad_body, refused
-from omiro_trio.gate.passes import COOKIE, GatePasses
+from omiro_trio.gate.passes import GatePasses
 
 if TYPE_CHECKING:
     from quart_trio import QuartTrio
@@ -90,10 +89,7 @@ class PassphraseGate:
         return "passphrase"
 
     async def admit(self, request: GateRequest) -> Verdict:
-        claims = self._passes.check(request.cookies.get(COOKIE), request.now)
-        if claims is not None and claims.kind == "passphrase":
-            return Admit(claims)
-        return Refuse("passphrase", RefuseReason.REQUIRED, "this service asks for its passphrase")
+        return self._passes.admit(request, "passphrase", "this service asks for its passphrase")
 
     async def enter(self, body: bytes | str, client: str, *, secure: bool) -> Response:
         """The answer to one try of the phrase (``POST /gate/passphrase``)."""

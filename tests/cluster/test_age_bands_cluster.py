@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 
 import pytest
 import trio
-from cluster_support import SECRET, ServeProcess, cluster_env, connect
-from redis_support import RedisServer
+from cluster_support import SECRET, ServeProcess, connect
 from support import Client
 
 from omiro_trio.tokens import TokenSigner
@@ -27,28 +25,14 @@ pytestmark = pytest.mark.rule("protocol/age-bands")
 WAIT_S = 10.0
 
 
-@pytest.fixture
-def servers(redis_server: RedisServer) -> Iterator[tuple[ServeProcess, ServeProcess]]:
-    env = cluster_env(redis_server)
-    a = ServeProcess(env).start()
-    try:
-        b = ServeProcess(env).start()
-    except BaseException:
-        a.kill()
-        raise
-    yield a, b
-    for server in (a, b):
-        server.kill()
-
-
 def banded_token(band: str) -> str:
     return TokenSigner(SECRET.encode(), 600).issue(time.time(), band=band, subject="s").token
 
 
 async def test_age_bands_two_servers_keep_adults_and_minors_apart(
-    nursery: trio.Nursery, servers: tuple[ServeProcess, ServeProcess]
+    nursery: trio.Nursery, two_servers: tuple[ServeProcess, ServeProcess]
 ) -> None:
-    a, b = servers
+    a, b = two_servers
     minor = await connect(nursery, a, token_=banded_token("minor"))
     adult = await connect(nursery, b, token_=banded_token("adult"))
     await minor.send("join_queue", {"mode": "text"})
@@ -65,7 +49,7 @@ async def test_age_bands_two_servers_keep_adults_and_minors_apart(
 
 
 async def test_age_bands_two_servers_randomized_never_cross(
-    nursery: trio.Nursery, servers: tuple[ServeProcess, ServeProcess]
+    nursery: trio.Nursery, two_servers: tuple[ServeProcess, ServeProcess]
 ) -> None:
     """Sessions of random bands join in turn on either server; every match any of
     them is told of pairs two sessions of one band."""
@@ -74,7 +58,7 @@ async def test_age_bands_two_servers_randomized_never_cross(
     clients: list[Client] = []
     for n in range(16):
         band = rng.choice(("adult", "minor", ""))
-        server = rng.choice(servers)
+        server = rng.choice(two_servers)
         # Each its own client (a socket allowance is per client), told by the header.
         client = await connect(nursery, server, ip=f"198.51.100.{n + 1}", token_=banded_token(band))
         band_of[client.session_id] = band

@@ -147,10 +147,9 @@ async def test_a_partner_that_moved_on_is_refused_on_another_server(
     assert not back.seen("resumed")
 
 
-async def test_a_seat_held_on_a_server_that_dies_does_not_leave_its_partner_hanging(
-    two_servers: Servers, nursery: trio.Nursery
-) -> None:
-    a, b = two_servers
+async def a_seat_held_on(a: ServeProcess, b: ServeProcess, nursery: trio.Nursery) -> str:
+    """A pair on A and B whose sides both went; the first is back on A and its seat
+    held there (``resuming``): the second's ticket, not yet used."""
     first, second, tickets, _ = await matched(nursery, a, b)
     await gone(first)
     await second.next("partner_away")
@@ -158,10 +157,18 @@ async def test_a_seat_held_on_a_server_that_dies_does_not_leave_its_partner_hang
     first2 = await Watched.open(nursery, a)
     await first2.send("resume", {"ticket": tickets[first.id]})
     await first2.next("resuming")
+    return tickets[second.id]
+
+
+async def test_a_seat_held_on_a_server_that_dies_does_not_leave_its_partner_hanging(
+    two_servers: Servers, nursery: trio.Nursery
+) -> None:
+    a, b = two_servers
+    ticket = await a_seat_held_on(a, b, nursery)
     a.kill()
     second2 = await Watched.open(nursery, b)
     claimed_at = trio.current_time()
-    await second2.send("resume", {"ticket": tickets[second.id]})
+    await second2.send("resume", {"ticket": ticket})
     # Paired with the dead server's session (not yet known dead) and then told it left
     # by the sweep, or held and told at the grace's end: either way, within the grace.
     left = await second2.next("partner_disconnected", GRACE_S + SLACK_S)
@@ -177,18 +184,12 @@ async def test_a_seat_held_on_a_server_swept_as_dead_is_free_and_its_partner_wai
     two_servers: Servers, nursery: trio.Nursery
 ) -> None:
     a, b = two_servers
-    first, second, tickets, _ = await matched(nursery, a, b)
-    await gone(first)
-    await second.next("partner_away")
-    await gone(second)
-    first2 = await Watched.open(nursery, a)
-    await first2.send("resume", {"ticket": tickets[first.id]})
-    await first2.next("resuming")
+    ticket = await a_seat_held_on(a, b, nursery)
     a.kill()
-    # B sweeps A: first2's session is gone from the shared state.
+    # B sweeps A: the held seat's session is gone from the shared state.
     await until(lambda: stats_are(b, 0), DEATH_BOUND_S)
     second2 = await Watched.open(nursery, b)
-    await second2.send("resume", {"ticket": tickets[second.id]})
+    await second2.send("resume", {"ticket": ticket})
     held_at = trio.current_time()
     assert await second2.next("resuming") == {"grace_ms": 30000}
     left = await second2.next("partner_disconnected", GRACE_S + SLACK_S)
