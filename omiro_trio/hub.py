@@ -304,7 +304,8 @@ class Hub:
         """
         if self.sessions.get(session.id) is not session:
             return
-        async with session.lock:  # first, so nothing runs between forgetting and releasing
+        await _take(session.lock)  # first, so nothing runs between forgetting and releasing
+        try:
             if self.sessions.get(session.id) is not session:
                 return
             del self.sessions[session.id]
@@ -316,6 +317,8 @@ class Hub:
             finally:
                 if not self.sessions:
                     self._no_sessions.set()
+        finally:
+            session.lock.release()
 
     async def release_claim(self, session_id: str) -> None:
         """Give back a claim whose socket never opened; retried later if the backend is down."""
@@ -499,9 +502,12 @@ class Hub:
         await self._chain(session, effects, now, strict=True)
 
     async def _operate(self, session: Session, operation: Operation) -> None:
-        async with session.lock:
+        await _take(session.lock)
+        try:
             now = trio.current_time()
             await self._chain(session, session.core.handle(Started(operation), now), now)
+        finally:
+            session.lock.release()
 
     # -- the interpreter -------------------------------------------------
 
@@ -995,6 +1001,19 @@ _AWAITED: Final = (
     FileReport,
 )
 _AWAITED_TYPES: Final = frozenset(_AWAITED)
+
+
+async def _take(lock: trio.Lock) -> None:
+    """Take ``lock`` as ``trio.Lock.acquire`` does, less its schedule point when the
+    lock is free: a session's operation and its detach take their session's
+    lock, and the yield would cost each a pass of the scheduler. Still a
+    cancel point; a lock held or waited for is waited for in turn.
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()
 
 
 def _what(effect: Effect) -> str:
