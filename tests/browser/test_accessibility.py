@@ -227,11 +227,20 @@ def test_keyboard_only_chat_next_report_stop(server, people):
     assert focused(alice)["id"] == "start"
 
 
+# No entrance animation is under way: a chip that pops in (re-rendered when
+# a language's words are applied) starts see-through for a frame or two.
+SETTLED_JS = """
+() => document.getAnimations().every(
+  (a) => a.playState !== "running" || a.effect.getComputedTiming().iterations === Infinity)
+"""
+
+
 def test_tab_order_skips_what_cannot_be_seen(server, people):
     alice = people(server, "alice")
     seen = []
     for _ in range(12):
         alice.page.keyboard.press("Tab")
+        alice.wait(SETTLED_JS)
         info = alice.js(FOCUS_JS)
         if info is None:
             break
