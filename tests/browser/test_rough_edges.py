@@ -245,8 +245,18 @@ def test_a_match_and_a_departure_are_said_once(server, people):
     assert len(gone) == 1, said
 
 
+# The page's level-1 headings, as the accessibility tree has them (the
+# welcome's leaves it once its panel has faded out).
+H1_TEXTS_JS = """
+() => [...document.querySelectorAll("h1")]
+  .filter((h) => h.checkVisibility({ visibilityProperty: true }))
+  .map((h) => h.textContent)
+"""
+
+
 def test_a_heading_during_a_call(server, people):
     alice, _ = started(server, people)
+    alice.wait(f"() => ({H1_TEXTS_JS})().length === 1", timeout_ms=5_000)
     headings = alice.page.get_by_role("heading", level=1)
     assert headings.count() == 1
     assert headings.first.inner_text() == "Video chat with a stranger"
