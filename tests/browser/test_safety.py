@@ -328,9 +328,11 @@ def test_filter_runs_offline_classifies_and_a_confident_verdict_blurs(server, pe
     assert alice.js("() => document.querySelector('[data-testid=notice]').hidden") is True
 
 
-def test_black_camera_is_noticed_within_the_stated_seconds(server, people):
+def blank_notice_after(server, people, camera_js, wait_s):
+    """Alice and Bob (his camera made by ``camera_js``) in a call, and the seconds from
+    Bob's picture reaching Alice to her "shown nothing" notice (waited for ``wait_s``)."""
     alice = people(server, "alice")
-    bob = people(server, "bob", init_script=BLACK_CAMERA_JS)
+    bob = people(server, "bob", init_script=camera_js)
     alice.start()
     bob.start()
     alice.wait_call_connected()
@@ -338,9 +340,15 @@ def test_black_camera_is_noticed_within_the_stated_seconds(server, people):
     started = time.monotonic()
     alice.wait(
         "() => document.getElementById('notice-text').textContent.includes('shown nothing')",
-        timeout_ms=(BLANK_AFTER_S + 3 * SAMPLE_S) * 1000,
+        timeout_ms=wait_s * 1000,
     )
-    elapsed = time.monotonic() - started
+    return alice, bob, time.monotonic() - started
+
+
+def test_black_camera_is_noticed_within_the_stated_seconds(server, people):
+    alice, bob, elapsed = blank_notice_after(
+        server, people, BLACK_CAMERA_JS, BLANK_AFTER_S + 3 * SAMPLE_S
+    )
     assert elapsed <= BLANK_AFTER_S + 2 * SAMPLE_S, elapsed
     assert alice.js("() => window.omiro.blankVideo.reason") == "black"
     text = alice.js("() => document.getElementById('notice-text').textContent")
@@ -358,18 +366,9 @@ def test_black_camera_is_noticed_within_the_stated_seconds(server, people):
 
 
 def test_frozen_camera_is_noticed_and_the_notice_goes_when_it_moves(server, people):
-    alice = people(server, "alice")
-    bob = people(server, "bob", init_script=FROZEN_CAMERA_JS)
-    alice.start()
-    bob.start()
-    alice.wait_call_connected()
-    alice.wait("() => document.getElementById('remote-video').videoWidth > 0")
-    started = time.monotonic()
-    alice.wait(
-        "() => document.getElementById('notice-text').textContent.includes('shown nothing')",
-        timeout_ms=(BLANK_AFTER_S + 5 * SAMPLE_S) * 1000,
+    alice, bob, elapsed = blank_notice_after(
+        server, people, FROZEN_CAMERA_JS, BLANK_AFTER_S + 5 * SAMPLE_S
     )
-    elapsed = time.monotonic() - started
     # A frozen picture needs one sample to compare with, then the stated
     # seconds of identical ones (the black stream's bound plus that sample).
     assert elapsed <= BLANK_AFTER_S + 3 * SAMPLE_S, elapsed
