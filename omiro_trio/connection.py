@@ -35,10 +35,10 @@ import logging
 import socket
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Final
+from typing import Final, NamedTuple
 
 import trio
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 
 from omiro_trio import wsengine
 from omiro_trio.addresses import Clients
@@ -47,7 +47,7 @@ from omiro_trio.budgets import Budget
 from omiro_trio.codes import CloseCode, PartnerReason
 from omiro_trio.context import ServerContext
 from omiro_trio.http.answers import HttpError, JsonAnswer, error, render
-from omiro_trio.http.heads import RequestHead, head_end
+from omiro_trio.http.heads import RequestHead, head_end, simple_upgrade
 from omiro_trio.http.streams import ReplayStream, discard_unread
 from omiro_trio.hub import Hub, Session
 from omiro_trio.session_core import SessionCore
@@ -121,6 +121,16 @@ def _raw_socket(stream: ReplayStream) -> socket.socket:
     return raw
 
 
+class _Accepted(NamedTuple):
+    """An upgrade the checks let through."""
+
+    proto: EngineProtocol
+    claims: SessionClaims
+    client: str
+    behind: bytes  # what the client sent behind the request, not parsed yet
+    greeting: bytes  # the 101 answer, when the protocol was made open (else it holds it)
+
+
 async def _handshake(
     ctx: ServerContext,
     admission: Admission,
@@ -129,28 +139,36 @@ async def _handshake(
     raw: socket.socket,
     head: RequestHead | None,
     slot: SocketSlot,
-) -> tuple[EngineProtocol, SessionClaims, str, bytes] | None:
+) -> _Accepted | None:
     """Read the upgrade request and run the checks.
 
-    Returns the protocol, the session (its token's claims), the client and the bytes read
-    behind the request (frames the engine parses once the socket is open).
-    A refused upgrade is answered here (plain HTTP) and gives None.
+    A plain upgrade already read whole (the usual first request) is read
+    once, by ``simple_upgrade``, and accepted by ``wsengine.plain_upgrade``;
+    any other is ``websockets``' to read, accept or refuse. The checks run
+    in the same order either way. A refused upgrade is answered here (plain
+    HTTP) and gives None.
     """
-    proto = wsengine.new_protocol(ctx.config.server.max_frame_bytes, (SUBPROTOCOL,))
-    read = await _read_request(stream, raw, proto)
-    if read is None:
-        return None
-    request, behind = read
-    if head is None:
-        head = head_of(request)
+    prefix = stream.take_prefix()
+    plain = None if head is not None else simple_upgrade(prefix)
+    upgrade = None if plain is None else wsengine.plain_upgrade(plain[0].headers, (SUBPROTOCOL,))
+    theirs: tuple[EngineProtocol, Response] | None = None  # websockets' protocol and answer
+    if plain is not None and upgrade is not None:
+        head, behind = plain[0], prefix[plain[1] :]
+    else:
+        proto = wsengine.new_protocol(ctx.config.server.max_frame_bytes, (SUBPROTOCOL,))
+        read = await _read_request(stream, raw, proto, prefix)
+        if read is None:
+            return None
+        request, behind = read
+        head = head or head_of(request)
+        theirs = proto, proto.accept(request)  # (nothing written yet)
     refusal = subprotocol_refusal(head)
     if refusal is not None:
         ctx.metrics.rejections.labels(str(int(refusal.status))).inc()
         await _write_refusal(raw, render(refusal))
         return None
-    response = proto.accept(request)
-    if response.status_code != 101:
-        await _write_refusal(raw, wsengine.response_bytes(proto, response))
+    if theirs is not None and theirs[1].status_code != 101:
+        await _write_refusal(raw, wsengine.response_bytes(*theirs))
         return None
     client = stream.client or clients.of(stream.peer, head.headers)
     verdict = await admission.admit(head, client, slot)
@@ -158,22 +176,27 @@ async def _handshake(
         ctx.metrics.rejections.labels(str(int(verdict.status))).inc()
         await _write_refusal(raw, render(verdict))
         return None
-    proto.send_response(response)  # written by the engine, before hello
-    return proto, verdict, client, behind
+    if theirs is not None:
+        proto, response = theirs
+        proto.send_response(response)  # written by the engine, before hello
+        return _Accepted(proto, verdict, client, behind, b"")
+    assert upgrade is not None
+    max_frame_bytes = ctx.config.server.max_frame_bytes
+    proto = wsengine.open_protocol(max_frame_bytes, upgrade[1], head.header("origin"))
+    return _Accepted(proto, verdict, client, behind, wsengine.switching_protocols(*upgrade))
 
 
 async def _read_request(
-    stream: ReplayStream, raw: socket.socket, proto: EngineProtocol
+    stream: ReplayStream, raw: socket.socket, proto: EngineProtocol, prefix: bytes
 ) -> tuple[Request, bytes] | None:
     """The upgrade request, parsed by ``proto`` within ``HANDSHAKE_TIMEOUT_S``, or None.
 
-    What the front door already read usually holds the whole request: it is
-    parsed first, with no read to wait for, and what came behind it is
-    returned unparsed (the engine parses it a slice at a time, under the
-    session's budgets). A request the parser refuses is answered here (a
-    plain HTTP 4xx).
+    What the front door already read (``prefix``) usually holds the whole
+    request: it is parsed first, with no read to wait for, and what came
+    behind it is returned unparsed (the engine parses it a slice at a time,
+    under the session's budgets). A request the parser refuses is answered
+    here (a plain HTTP 4xx).
     """
-    prefix = stream.take_prefix()
     request = None
     behind = b""
     if prefix:
@@ -238,6 +261,7 @@ async def _open_session(
     claims: SessionClaims,
     ip: str,
     behind: bytes,
+    greeting: bytes,
     *,
     slot: SocketSlot,
 ) -> None:
@@ -252,6 +276,7 @@ async def _open_session(
         send_queue_bytes=ctx.config.server.send_queue_bytes,
         on_fail=_closer(ctx.hub, session),
         unparsed=behind,
+        greeting=greeting,
     )
     del proto
     session.outlet = conn

@@ -64,22 +64,27 @@ Invariants:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import socket
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from enum import Enum
 from typing import Final
 
 import trio
+from websockets.datastructures import Headers
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
-from websockets.typing import Subprotocol
+from websockets.typing import Origin, Subprotocol
+from websockets.utils import accept_key
 
 from omiro_trio.budgets import MAX_MESSAGE_FRAGMENTS, PARSE_SLICE_BYTES, Budget
+from omiro_trio.http.dates import http_date
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +152,28 @@ class EngineProtocol(ServerProtocol):
         offered = set(subprotocols)
         return next((name for name in self.available_subprotocols or () if name in offered), None)
 
+    def accept(self, request: Request) -> Response:
+        """websockets' ``accept``, its ``Date`` formatted once a second, not per handshake.
+
+        A request ``process_request`` refuses goes to websockets' own
+        ``accept``, which checks it again and answers the refusal.
+        """
+        try:
+            accept_key, extensions, subprotocol = self.process_request(request)
+        except Exception:
+            return super().accept(request)
+        self.accept_called = True
+        headers = Headers()
+        headers["Date"] = http_date()
+        headers["Upgrade"] = "websocket"
+        headers["Connection"] = "Upgrade"
+        headers["Sec-WebSocket-Accept"] = accept_key
+        if extensions is not None:
+            headers["Sec-WebSocket-Extensions"] = extensions
+        if subprotocol is not None:
+            headers["Sec-WebSocket-Protocol"] = subprotocol
+        return Response(101, "Switching Protocols", headers)
+
     def send_frame(self, frame: Frame) -> None:
         if frame.opcode is _PONG:
             if self.close_sent is None:
@@ -191,6 +218,77 @@ def new_protocol(max_frame_bytes: int, subprotocols: Sequence[str] = ()) -> Engi
     )
 
 
+_TCHAR: Final = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
+
+def _tokens(values: Sequence[str]) -> list[str] | None:
+    """The comma-separated tokens of a header's values; None if any entry is not one."""
+    items = [item.strip(" \t") for value in values for item in value.split(",")]
+    return items if all(item and _TCHAR.issuperset(item) for item in items) else None
+
+
+def plain_upgrade(
+    headers: Mapping[str, Sequence[str]], subprotocols: Sequence[str] = ()
+) -> tuple[str, str | None] | None:
+    """``Sec-WebSocket-Accept`` and the chosen subprotocol for a plain upgrade; else None.
+
+    ``headers``: an upgrade request's (lower-case names; ``http.heads.
+    simple_upgrade`` read it). Accepts only a strict subset of what
+    ``websockets``' ``ServerProtocol.process_request`` accepts, with the
+    same outcome (a property test holds it): a ``Connection`` with the
+    ``upgrade`` token, one ``Upgrade: websocket``, one 16-byte
+    ``Sec-WebSocket-Key``, one ``Sec-WebSocket-Version: 13``, at most one
+    ``Origin``, subprotocols that are all tokens (the first of the server's
+    ``subprotocols`` the client offers is chosen, as ``EngineProtocol``
+    chooses); extensions are not negotiated. Anything else (None) is for
+    ``websockets`` to accept or refuse as ever. Linear in the headers' size.
+    """
+    connection = _tokens(headers.get("connection", ()))
+    if not connection or not any(token.lower() == "upgrade" for token in connection):
+        return None
+    upgrade = _tokens(headers.get("upgrade", ()))
+    if upgrade is None or len(upgrade) != 1 or upgrade[0].lower() != "websocket":
+        return None
+    keys = headers.get("sec-websocket-key", ())
+    if len(keys) != 1 or len(keys[0]) != 24 or headers.get("sec-websocket-version") != ["13"]:
+        return None
+    try:
+        if len(base64.b64decode(keys[0].encode(), validate=True)) != 16:
+            return None
+    except (binascii.Error, UnicodeEncodeError):
+        return None
+    if len(headers.get("origin", ())) > 1:
+        return None
+    offered = _tokens(headers.get("sec-websocket-protocol", ()))
+    if offered is None:
+        return None
+    chosen = next((name for name in subprotocols if name in offered), None)
+    return accept_key(keys[0]), chosen
+
+
+def open_protocol(
+    max_frame_bytes: int, subprotocol: str | None, origin: str | None = None
+) -> EngineProtocol:
+    """A server protocol already open: the handshake was ``plain_upgrade``'s."""
+    proto = EngineProtocol(max_size=max_frame_bytes, logger=_PROTOCOL_LOG, state=_OPEN)
+    proto.subprotocol = None if subprotocol is None else Subprotocol(subprotocol)
+    proto.origin = None if origin is None else Origin(origin)
+    return proto
+
+
+def switching_protocols(accept: str, subprotocol: str | None) -> bytes:
+    """The 101 answer to a plain upgrade, as ``websockets`` writes it."""
+    chosen = "" if subprotocol is None else f"Sec-WebSocket-Protocol: {subprotocol}\r\n"
+    return (
+        "HTTP/1.1 101 Switching Protocols\r\n"
+        f"Date: {http_date()}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept}\r\n{chosen}\r\n"
+    ).encode("latin-1")
+
+
 class Failure(Enum):
     """Why the engine gave up on a connection."""
 
@@ -228,6 +326,8 @@ class WsConnection:
             (no pong): outside the reader, which may be waiting.
         unparsed: bytes the client sent behind its upgrade request, read
             already: parsed first, like any read.
+        greeting: the handshake's response when ``proto`` was made open
+            (``open_protocol``): sent first.
 
     The reader (``receive``) finds the protocol's failures itself: then
     ``failure`` says which. ``exceeded`` names the budget the connection
@@ -274,6 +374,7 @@ class WsConnection:
         send_queue_bytes: int,
         on_fail: Callable[[Failure], None],
         unparsed: bytes = b"",
+        greeting: bytes = b"",
     ) -> None:
         self._engine: Engine | None = engine
         self.sock: socket.socket | None = sock
@@ -283,8 +384,8 @@ class WsConnection:
         self._on_fail: Callable[[Failure], None] | None = on_fail
         self.exceeded: Budget | None = None
         # A list, not a deque: an empty list holds no block of its own.
-        self.out: list[bytes] = []
-        self.queued_bytes = 0  # waiting for the socket: the frames in out and pending
+        self.out: list[bytes] = [greeting] if greeting else []
+        self.queued_bytes = len(greeting)  # waiting for the socket: the frames in out and pending
         self.pending: memoryview | None = None  # the unsent rest of the last send
         self._queued = False  # in the engine's dirty list
         self._draining = False  # a _drain task owns writing

@@ -10,8 +10,6 @@ Bodies are JSON with sorted keys, compact, and a final newline, as quart's
 
 from __future__ import annotations
 
-import email.utils
-import time
 from dataclasses import dataclass
 from enum import StrEnum
 from http import HTTPStatus
@@ -20,6 +18,7 @@ from typing import Any, Final
 import msgspec
 
 from omiro_trio.budgets import MAX_HEAD_BYTES
+from omiro_trio.http.dates import http_date
 
 __all__ = [
     "SECURITY_HEADERS",
@@ -92,15 +91,6 @@ def foreign_error(status: int, code: str, message: str) -> JsonAnswer:
 
 _encoder = msgspec.json.Encoder(order="sorted")  # as quart's jsonify: sorted keys, compact
 _SECURITY_LINES = "".join(f"{name}: {value}\r\n" for name, value in SECURITY_HEADERS.items())
-_date = (0, "")  # (unix second, its HTTP date): one formatting a second
-
-
-def _http_date() -> str:
-    global _date
-    now = int(time.time())
-    if _date[0] != now:
-        _date = (now, email.utils.formatdate(now, usegmt=True))
-    return _date[1]
 
 
 def render(answer: JsonAnswer, *, keep_alive: bool = False) -> bytes:
@@ -117,7 +107,7 @@ def render(answer: JsonAnswer, *, keep_alive: bool = False) -> bytes:
         f"HTTP/1.1 {status.value} {status.phrase}\r\n"
         "content-type: application/json\r\n"
         f"content-length: {len(payload)}\r\n"
-        f"date: {_http_date()}\r\n"
+        f"date: {http_date()}\r\n"
         f"{ending}{extra}{_SECURITY_LINES}\r\n"
     )
     return head.encode("latin-1") + payload

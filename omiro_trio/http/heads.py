@@ -1,18 +1,22 @@
-"""Request heads: their end, their budget, and the two readers of them.
+"""Request heads: their end, their budget, and the three readers of them.
 
 ``parse_head`` and ``HttpStream`` (``streams.py``) read heads with h11;
 ``simple_get`` reads, without h11, only a plain ``GET`` head that h11 would
 read the same way (a property test holds it), so that the usual first
-request needs no h11. Every head is held to ``budgets.MAX_HEAD_BYTES``
-before anything parses it (``head_too_large``), and every reader here costs
-time linear in the head's size: ``simple_get`` and ``head_end`` scan with
-``bytes`` methods only (no regular expression on client bytes), and h11's
-own reader is linear (a property test holds all three).
+request needs no h11; ``simple_upgrade`` reads a plain upgrade head as
+``websockets`` would (a property test holds that too), so that the usual
+upgrade is parsed once. Every head is held to ``budgets.MAX_HEAD_BYTES``
+before anything parses it (``head_too_large``), and every reader here
+costs time linear in the head's size: ``simple_get``, ``simple_upgrade``
+and ``head_end`` scan with ``bytes`` methods only (no regular expression
+on client bytes), and h11's own reader is linear (a property test holds
+them all).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 import h11
 
@@ -26,6 +30,7 @@ __all__ = [
     "head_too_large",
     "parse_head",
     "simple_get",
+    "simple_upgrade",
 ]
 
 
@@ -105,7 +110,11 @@ _TARGET_CHARS = bytes(range(0x21, 0x7F))  # visible ASCII, as h11's request targ
 _VALUE_CHARS = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 _SIMPLE_START = b"GET /"
 _SIMPLE_VERSION = b" HTTP/1.1"
-_NOT_SIMPLE = frozenset({"content-length", "transfer-encoding", "upgrade"})
+_BODY = frozenset({"content-length", "transfer-encoding"})
+_NOT_SIMPLE = _BODY | {"upgrade"}
+MAX_UPGRADE_LINES: Final = 128  # websockets' MAX_NUM_HEADERS (the request line aside)
+MAX_UPGRADE_LINE_BYTES: Final = 8192  # websockets' MAX_LINE_LENGTH, its CRLF included
+_MAX_LINE = MAX_UPGRADE_LINE_BYTES - 2
 
 
 def simple_get(data: bytes) -> RequestHead | None:
@@ -120,6 +129,28 @@ def simple_get(data: bytes) -> RequestHead | None:
     ``split``, ``partition``, ``translate``, ``strip``) and one pass over
     its lines; nothing backtracks. A head over ``MAX_HEAD_BYTES`` is None.
     """
+    read = _simple(data)
+    if read is None or not _NOT_SIMPLE.isdisjoint(read[0].headers):
+        return None
+    return read[0]
+
+
+def simple_upgrade(data: bytes) -> tuple[RequestHead, int] | None:
+    """A plain WebSocket upgrade head at the start of ``data`` and where it ends; else None.
+
+    The same strict subset as ``simple_get`` (an ``Upgrade`` header
+    allowed, no more lines than ``MAX_UPGRADE_LINES`` and none longer than
+    ``MAX_UPGRADE_LINE_BYTES``: ``websockets``' own limits), read the same
+    way ``websockets`` reads it (a property test holds it). Anything else
+    (None) is for ``websockets``, which accepts or refuses it as ever.
+    """
+    read = _simple(data)
+    if read is None or not _BODY.isdisjoint(read[0].headers):
+        return None
+    return read
+
+
+def _simple(data: bytes) -> tuple[RequestHead, int] | None:
     if not data.startswith(_SIMPLE_START):
         return None
     end = data.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES)
@@ -129,8 +160,10 @@ def simple_get(data: bytes) -> RequestHead | None:
     crlf = head.count(b"\r\n")
     if head.count(b"\n") != crlf or head.count(b"\r") != crlf:
         return None  # a bare CR or LF: h11's to read (or refuse)
+    if crlf > MAX_UPGRADE_LINES:
+        return None
     request_line, *lines = head.split(b"\r\n")
-    if not request_line.endswith(_SIMPLE_VERSION):
+    if not request_line.endswith(_SIMPLE_VERSION) or len(request_line) > _MAX_LINE:
         return None
     target = request_line[4 : -len(_SIMPLE_VERSION)]
     if target.translate(None, _TARGET_CHARS):
@@ -141,15 +174,16 @@ def simple_get(data: bytes) -> RequestHead | None:
         if (
             not colon
             or not name
+            or len(line) > _MAX_LINE
             or name.translate(None, _TOKEN_CHARS)
             or value.translate(None, _VALUE_CHARS)
         ):
             return None
         values = headers.setdefault(name.decode("ascii").lower(), [])
         values.append(value.strip(b" \t").decode("latin-1"))
-    if len(headers.get("host", ())) != 1 or not _NOT_SIMPLE.isdisjoint(headers):
+    if len(headers.get("host", ())) != 1:
         return None
-    return RequestHead(target.decode("ascii"), headers, method="GET")
+    return RequestHead(target.decode("ascii"), headers, method="GET"), end + 4
 
 
 def ends_connection(head: RequestHead) -> bool:

@@ -1,6 +1,7 @@
 """Request heads (``http/heads.py``): ``simple_get`` (the h11-free read of a plain GET)
-agrees with h11, every head parser costs time linear in the head's size, and the head's
-budget."""
+agrees with h11, every head parser costs time linear in the head's size (the plain
+upgrade's included: tests/unit/test_plain_upgrade.py holds it to websockets), and the
+head's budget."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from omiro_trio.budgets import MAX_HEAD_BYTES
-from omiro_trio.http.heads import head_end, head_too_large, parse_head, simple_get
+from omiro_trio.http.heads import head_end, head_too_large, parse_head, simple_get, simple_upgrade
+from omiro_trio.wsengine import plain_upgrade
 
 
 def test_reads_a_plain_get_as_h11_does() -> None:
@@ -129,6 +131,10 @@ _PLACES = {
     "target": (b"GET /", b" HTTP/1.1\r\nHost: a\r\n\r\n"),
     "name": (b"GET / HTTP/1.1\r\nHost: a\r\n", b": x\r\n\r\n"),
     "lines": (b"GET / HTTP/1.1\r\nHost: a\r\n", b"\r\n\r\n"),
+    "token list": (
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nSec-WebSocket-Protocol: a",
+        b"a\r\nConnection: Upgrade\r\n\r\n",
+    ),
 }
 SMALL_HEAD = 1024
 FACTOR = 16  # a linear parser takes about FACTOR times as long on the larger head
@@ -144,6 +150,11 @@ def _line_filled(unit: bytes, size: int) -> bytes:
     before, after = _PLACES["lines"]
     line = b"x: " + unit + b"\r\n"
     return before + line * ((size - len(before) - len(after)) // len(line)) + after
+
+
+def _plain_upgrade(data: bytes) -> object:
+    read = simple_upgrade(data)
+    return read and plain_upgrade(read[0].headers, ("omiro",))
 
 
 def _best_time(parse: Callable[[bytes], object], data: bytes) -> float:
@@ -172,6 +183,6 @@ def test_head_parsing_cost_grows_linearly_with_the_head(place: str, unit: bytes)
     fill = _line_filled if place == "lines" else partial(_filled, place)
     small, large = fill(unit, SMALL_HEAD), fill(unit, SMALL_HEAD * FACTOR)
     assert len(large) <= MAX_HEAD_BYTES
-    for parse in (simple_get, parse_head, head_end):
+    for parse in (simple_get, simple_upgrade, _plain_upgrade, parse_head, head_end):
         small_s, large_s = _best_time(parse, small), _best_time(parse, large)
         assert large_s <= 4 * FACTOR * small_s + 0.002, (parse.__name__, small_s, large_s)

@@ -104,3 +104,45 @@ def test_what_release_clears_is_still_where_the_engine_clears_it() -> None:
     assert isinstance(proto.writes, list)
     assert isinstance(proto, ServerProtocol)
     assert {"close_sent", "close_rcvd", "eof_sent", "state"} <= set(dir(proto))
+
+
+def test_a_protocol_can_still_be_made_open_and_parses_frames_at_once() -> None:
+    """The plain upgrade (``wsengine.open_protocol``) makes its protocol past the handshake
+    through the constructor's ``state``; the subprotocol and origin are the attributes
+    ``process_request`` sets."""
+    assert "state" in inspect.signature(ServerProtocol.__init__).parameters
+    proto = wsengine.open_protocol(65536, "omiro", "http://a")
+    assert proto.state is State.OPEN
+    assert (proto.subprotocol, proto.origin) == ("omiro", "http://a")
+    proto.receive_data(_client_frames(Frame(Opcode.TEXT, b"first")))
+    assert [bytes(e.data) for e in proto.events_received() if isinstance(e, Frame)] == [b"first"]
+    proto.send_text(b"out")
+    assert proto.data_to_send() == [b"\x81\x03out"]
+
+
+def test_accept_is_still_process_request_and_a_101() -> None:
+    """``EngineProtocol.accept`` is websockets' own but for the date's cache: it relies on
+    ``process_request`` returning the three headers' values, and on ``accept`` building
+    nothing else for a 101."""
+    assert "process_request" in vars(ServerProtocol)
+    ours, theirs = wsengine.new_protocol(65536), wsengine.new_protocol(65536)
+    for proto in (ours, theirs):
+        proto.receive_data(REQUEST)
+    ours_request = wsengine.handshake_request(ours)
+    theirs_request = wsengine.handshake_request(theirs)
+    assert ours_request is not None
+    assert theirs_request is not None
+    mine = ours.accept(ours_request)
+    own = ServerProtocol.accept(theirs, theirs_request)
+    assert (
+        (mine.status_code, mine.reason_phrase)
+        == (own.status_code, own.reason_phrase)
+        == (
+            101,
+            "Switching Protocols",
+        )
+    )
+    assert [(k, v) for k, v in mine.headers.raw_items() if k != "Date"] == [
+        (k, v) for k, v in own.headers.raw_items() if k != "Date"
+    ]
+    assert [k for k, _ in mine.headers.raw_items()] == [k for k, _ in own.headers.raw_items()]
