@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from http import HTTPStatus
 from typing import Final
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 import trio
 
@@ -222,7 +222,7 @@ class Admission:
             except ValueError as exc:  # (refused before the upgrade was accepted)
                 return error(HTTPStatus.BAD_REQUEST, HttpError.BAD_REQUEST, str(exc))
         if token is None:
-            tokens = parse_qs(urlsplit(head.target).query).get("token")
+            tokens = parse_qs(head.query).get("token")
             token = tokens[0] if tokens else None
         if token is None:
             return error(HTTPStatus.UNAUTHORIZED, HttpError.INVALID_TOKEN, "missing session token")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Final
+from urllib.parse import urlsplit
 
 import h11
 
@@ -52,6 +53,14 @@ class RequestHead:
     def path(self) -> str:
         """The target without its query."""
         return self.target.split("?", 1)[0]
+
+    @property
+    def query(self) -> str:
+        """The target's query, as ``urllib.parse.urlsplit`` finds it."""
+        target = self.target
+        if target.isascii() and target.isprintable() and " " not in target:
+            return target.partition("#")[0].partition("?")[2]  # what urlsplit does with it
+        return urlsplit(target).query  # (it drops some characters first)
 
 
 def head_end(data: bytes | bytearray, start: int = 0) -> int:

@@ -10,13 +10,21 @@ import re
 import time
 from collections.abc import Callable
 from functools import partial
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from omiro_trio.budgets import MAX_HEAD_BYTES
-from omiro_trio.http.heads import head_end, head_too_large, parse_head, simple_get, simple_upgrade
+from omiro_trio.http.heads import (
+    RequestHead,
+    head_end,
+    head_too_large,
+    parse_head,
+    simple_get,
+    simple_upgrade,
+)
 from omiro_trio.wsengine import plain_upgrade
 
 
@@ -186,3 +194,11 @@ def test_head_parsing_cost_grows_linearly_with_the_head(place: str, unit: bytes)
     for parse in (simple_get, simple_upgrade, _plain_upgrade, parse_head, head_end):
         small_s, large_s = _best_time(parse, small), _best_time(parse, large)
         assert large_s <= 4 * FACTOR * small_s + 0.002, (parse.__name__, small_s, large_s)
+
+
+@given(st.text(alphabet="/?#&=:;@ \t\r\n\x00\x7f%aé", max_size=20))
+@example("/ws#x?token=1")
+@example("/ws?to\tken=1")
+@example("//host?token=1#f")
+def test_a_heads_query_is_urlsplits(target: str) -> None:
+    assert RequestHead(target, {}).query == urlsplit(target).query
