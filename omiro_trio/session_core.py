@@ -398,15 +398,15 @@ class SessionCore:
     def handle(self, event: Event, now: float) -> Effects:
         """Anything but a client frame: what to do about it."""
         self._now = now
+        if type(event) is Relay:  # the partner, on this server, said something (the hot path)
+            current = self.match
+            if current is None or current.match_id != event.match.match_id:
+                return NOTHING  # a late message from a match that ended: it reaches nobody
+            chat = event.chat
+            if chat is not None:
+                self.transcript.append((current.partner_of(self.id), chat))
+            return (event.frame,)
         match event:
-            case Relay():  # the partner, on this server, said something (the hot path)
-                current = self.match
-                if current is None or current.match_id != event.match.match_id:
-                    return NOTHING  # a late message from a match that ended: it reaches nobody
-                chat = event.chat
-                if chat is not None:
-                    self.transcript.append((current.partner_of(self.id), chat))
-                return (event.frame,)
             case Said():  # the partner, on another server, said something
                 return self._said(event.match_id, event.frame, event.chat)
             case Started():
