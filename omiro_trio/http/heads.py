@@ -114,11 +114,10 @@ def parse_head(data: bytes) -> RequestHead | None:
     return head_from_h11(event)
 
 
-_TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_TARGET_CHARS = bytes(range(0x21, 0x7F))  # visible ASCII, as h11's request target
 _VALUE_CHARS = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
+_HEAD_CHARS = _VALUE_CHARS + b"\r\n"  # a value's characters, and line ends
 _SIMPLE_START = b"GET /"
-_SIMPLE_VERSION = b" HTTP/1.1"
+_SIMPLE_VERSION = " HTTP/1.1"
 _BODY = frozenset({"content-length", "transfer-encoding"})
 _NOT_SIMPLE = _BODY | {"upgrade"}
 MAX_UPGRADE_LINES: Final = 128  # websockets' MAX_NUM_HEADERS (the request line aside)
@@ -130,13 +129,15 @@ def simple_get(data: bytes) -> RequestHead | None:
     """A plain ``GET`` head at the start of ``data``, read without h11; else None.
 
     Reads only a strict subset of what h11 reads the same way: HTTP/1.1,
-    CRLF line ends, token header names, values of visible characters, exactly
-    one ``Host``, and nothing that announces a body or a protocol switch.
+    CRLF line ends, a target of visible ASCII, header names of letters,
+    digits and dashes, values of visible characters, exactly one ``Host``,
+    and nothing that announces a body or a protocol switch.
     Anything else (None) is for h11, which accepts or refuses it as ever.
 
-    Linear in the head's size: ``bytes`` scans (``find``, ``count``,
-    ``split``, ``partition``, ``translate``, ``strip``) and one pass over
-    its lines; nothing backtracks. A head over ``MAX_HEAD_BYTES`` is None.
+    Linear in the head's size: ``bytes`` and ``str`` scans (``find``,
+    ``count``, ``translate``, ``decode``, ``split``, ``partition``,
+    ``strip``) and one pass over its lines; nothing backtracks. A head over
+    ``MAX_HEAD_BYTES`` is None.
     """
     read = _simple(data)
     if read is None or not _NOT_SIMPLE.isdisjoint(read[0].headers):
@@ -171,28 +172,28 @@ def _simple(data: bytes) -> tuple[RequestHead, int] | None:
         return None  # a bare CR or LF: h11's to read (or refuse)
     if crlf > MAX_UPGRADE_LINES:
         return None
-    request_line, *lines = head.split(b"\r\n")
+    if head.translate(None, _HEAD_CHARS):
+        return None  # a control character (a value's are refused; a target's too)
+    request_line, *lines = head.decode("latin-1").split("\r\n")
     if not request_line.endswith(_SIMPLE_VERSION) or len(request_line) > _MAX_LINE:
         return None
     target = request_line[4 : -len(_SIMPLE_VERSION)]
-    if target.translate(None, _TARGET_CHARS):
+    if not target.isascii() or " " in target or "\t" in target:
         return None
     headers: dict[str, list[str]] = {}
     for line in lines:
-        name, colon, value = line.partition(b":")
-        if (
-            not colon
-            or not name
-            or len(line) > _MAX_LINE
-            or name.translate(None, _TOKEN_CHARS)
-            or value.translate(None, _VALUE_CHARS)
-        ):
+        name, colon, value = line.partition(":")
+        # A name of letters, digits and dashes (any other token character: h11's to read).
+        if not colon or len(line) > _MAX_LINE or not _is_plain_name(name):
             return None
-        values = headers.setdefault(name.decode("ascii").lower(), [])
-        values.append(value.strip(b" \t").decode("latin-1"))
+        headers.setdefault(name.lower(), []).append(value.strip(" \t"))
     if len(headers.get("host", ())) != 1:
         return None
-    return RequestHead(target.decode("ascii"), headers, method="GET"), end + 4
+    return RequestHead(target, headers, method="GET"), end + 4
+
+
+def _is_plain_name(name: str) -> bool:
+    return name.isascii() and name.replace("-", "").isalnum()
 
 
 def ends_connection(head: RequestHead) -> bool:
