@@ -9,10 +9,11 @@ same constant:
   ``MAX_HEAD_BYTES`` from its first byte to the end of its blank line. The
   size is checked before any parsing, on every request of a connection, and
   a head over it is answered 431 whether it is complete or not. Every head
-  parser on client bytes (the fast path's ``simple_get``, h11, the
-  WebSocket handshake) costs time linear in the head's size. A head begun
-  and not whole within ``Deadlines.head_s`` (``http/deadlines.py``) is a
-  pending handshake past its budget: the connection is closed.
+  parser on client bytes (the plain readers ``simple_get`` and
+  ``simple_upgrade``, h11, the WebSocket handshake's) costs time linear in
+  the head's size. A head begun and not whole within ``Deadlines.head_s``
+  (``http/deadlines.py``) is a pending handshake past its budget: the
+  connection is closed.
 * **A request body** (``web.py``): at most ``MAX_BODY_BYTES``, or 413.
   Nothing the HTTP app serves takes a body larger than a ban request.
 * **A WebSocket message being assembled** (``wsengine.py``): at most
