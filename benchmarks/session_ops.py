@@ -6,6 +6,10 @@ process, with no sockets, HTTP or WebSocket engine around it: the work
 `omiro bench connect` measures minus the transport. Prints the CPU time a
 session costs (µs; the least and the median of the rounds).
 
+Runs against a build from before the session machine too (whose read loop
+handed a join to ``Hub.join``): ``PYTHONPATH=$BUILD python
+benchmarks/session_ops.py``.
+
 Its instruction count is the same whatever else the machine runs: run it
 under callgrind at two sizes and divide the difference by the sessions
 between them (``BENCHMARKS.md``, "The house, finished")::
@@ -23,6 +27,7 @@ import gc
 import json
 import statistics
 import time
+from typing import Any
 
 import trio
 
@@ -30,7 +35,6 @@ from omiro_trio.backends.memory import MemoryBackend
 from omiro_trio.hub import Hub, Session
 from omiro_trio.metrics import Metrics
 from omiro_trio.session_core import SessionCore
-from omiro_trio.session_events import Widen
 
 JOIN = json.dumps({"op": "join_queue", "data": {}})
 ROUNDS = 7  # measured, after one round to warm up: 8 rounds of sessions in all
@@ -42,7 +46,7 @@ class _Outlet:
 
 
 class _Timers:
-    def want(self, widen: Widen | None) -> None:
+    def want(self, widen: object) -> None:
         pass
 
     def watch(self, after_s: float | None) -> None:
@@ -60,7 +64,11 @@ async def _round(hub: Hub, sessions: int, first: int) -> None:
         hub.attach(session)
         attached.append(session)
         now = trio.current_time()
-        await hub.perform(session, core.receive(JOIN, now), now)
+        if hasattr(hub, "perform"):
+            await hub.perform(session, core.receive(JOIN, now), now)
+        else:  # before the session machine: the join as its read loop made it
+            action: Any = core.receive(JOIN, now)
+            await hub.join(session, action.prefs, ended_reason="next")
     for session in attached:
         await hub.detach(session)
 
