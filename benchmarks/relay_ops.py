@@ -23,46 +23,18 @@ import gc
 import json
 import statistics
 import time
-from typing import Any
 
 import trio
+from ops_support import attach_and_join
 
 from omiro_trio.backends.memory import MemoryBackend
 from omiro_trio.hub import Hub, Session
 from omiro_trio.metrics import Metrics
-from omiro_trio.session_core import SessionCore, TokenBucket
+from omiro_trio.session_core import TokenBucket
 
-JOIN = json.dumps({"op": "join_queue", "data": {}})
 CHAT = json.dumps({"op": "chat", "data": {"message": "hello there, how are you today?"}})
 TYPING = json.dumps({"op": "typing", "data": {"typing": True}})
 ROUNDS = 7  # measured, after one round to warm up
-
-
-class _Outlet:
-    def push(self, payload: bytes) -> bool:
-        return True
-
-
-class _Timers:
-    def want(self, widen: object) -> None:
-        pass
-
-    def watch(self, after_s: float | None) -> None:
-        pass
-
-
-async def _attach(hub: Hub, session_id: str, ip: str) -> Session:
-    core = SessionCore(session_id, trio.current_time())
-    session = Session(session_id, ip, outlet=_Outlet(), core=core)
-    session.timers = _Timers()  # type: ignore[assignment]  # (a stand-in)
-    hub.attach(session)
-    now = trio.current_time()
-    if hasattr(hub, "perform"):
-        await hub.perform(session, core.receive(JOIN, now), now)
-    else:  # before the session machine: the join as its read loop made it
-        action: Any = core.receive(JOIN, now)
-        await hub.join(session, action.prefs, ended_reason="next")
-    return session
 
 
 async def _send(hub: Hub, session: Session, frames: int) -> None:
@@ -86,8 +58,8 @@ async def _send(hub: Hub, session: Session, frames: int) -> None:
 async def _measure(frames: int) -> list[float]:
     backend = MemoryBackend(interest_timeout_s=5, rematch_cooldown_s=0, block_ttl_s=60)
     hub = Hub(backend, Metrics())
-    sender = await _attach(hub, "a", "10.0.0.1")
-    receiver = await _attach(hub, "b", "10.0.0.2")
+    sender = await attach_and_join(hub, "a", "10.0.0.1")
+    receiver = await attach_and_join(hub, "b", "10.0.0.2")
     assert sender.core.match is not None
     assert receiver.core.match is not None
     # The sender's message budget out of the way, as omiro bench raises it (still taken).

@@ -27,48 +27,22 @@ import gc
 import json
 import statistics
 import time
-from typing import Any
 
 import trio
+from ops_support import attach_and_join
 
 from omiro_trio.backends.memory import MemoryBackend
-from omiro_trio.hub import Hub, Session
+from omiro_trio.hub import Hub
 from omiro_trio.metrics import Metrics
-from omiro_trio.session_core import SessionCore
 
-JOIN = json.dumps({"op": "join_queue", "data": {}})
 ROUNDS = 7  # measured, after one round to warm up: 8 rounds of sessions in all
-
-
-class _Outlet:
-    def push(self, payload: bytes) -> bool:
-        return True
-
-
-class _Timers:
-    def want(self, widen: object) -> None:
-        pass
-
-    def watch(self, after_s: float | None) -> None:
-        pass
 
 
 async def _round(hub: Hub, sessions: int, first: int) -> None:
     attached = []
     for n in range(first, first + sessions):
-        session_id = f"s{n}"
         ip = f"10.0.{n // 250 % 250}.{n % 250}"
-        core = SessionCore(session_id, trio.current_time())
-        session = Session(session_id, ip, outlet=_Outlet(), core=core)
-        session.timers = _Timers()
-        hub.attach(session)
-        attached.append(session)
-        now = trio.current_time()
-        if hasattr(hub, "perform"):
-            await hub.perform(session, core.receive(JOIN, now), now)
-        else:  # before the session machine: the join as its read loop made it
-            action: Any = core.receive(JOIN, now)
-            await hub.join(session, action.prefs, ended_reason="next")
+        attached.append(await attach_and_join(hub, f"s{n}", ip))
     for session in attached:
         await hub.detach(session)
 
