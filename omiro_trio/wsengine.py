@@ -159,7 +159,7 @@ class EngineProtocol(ServerProtocol):
         ``accept``, which checks it again and answers the refusal.
         """
         try:
-            accept_key, extensions, subprotocol = self.process_request(request)
+            accept, extensions, subprotocol = self.process_request(request)
         except Exception:
             return super().accept(request)
         self.accept_called = True
@@ -167,7 +167,7 @@ class EngineProtocol(ServerProtocol):
         headers["Date"] = http_date()
         headers["Upgrade"] = "websocket"
         headers["Connection"] = "Upgrade"
-        headers["Sec-WebSocket-Accept"] = accept_key
+        headers["Sec-WebSocket-Accept"] = accept
         if extensions is not None:
             headers["Sec-WebSocket-Extensions"] = extensions
         if subprotocol is not None:

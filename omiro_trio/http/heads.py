@@ -8,9 +8,9 @@ request needs no h11; ``simple_upgrade`` reads a plain upgrade head as
 upgrade is parsed once. Every head is held to ``budgets.MAX_HEAD_BYTES``
 before anything parses it (``head_too_large``), and every reader here
 costs time linear in the head's size: ``simple_get``, ``simple_upgrade``
-and ``head_end`` scan with ``bytes`` methods only (no regular expression
-on client bytes), and h11's own reader is linear (a property test holds
-them all).
+and ``head_end`` scan with ``bytes`` and ``str`` methods only (no regular
+expression on client bytes), and h11's own reader is linear (a property
+test holds them all).
 """
 
 from __future__ import annotations
