@@ -438,11 +438,7 @@ class Hub:
         self._relayed[relay.op].inc()
         partner = self.sessions.get(partner_id)
         if partner is not None:
-            heard = partner.core.handle(relay, now)
-            if len(heard) == 1 and type(heard[0]) is bytes:  # the frame alone: the hot path
-                self._send(partner, heard[0], now)
-            else:
-                self._apply(partner, heard, now)
+            self._apply(partner, partner.core.handle(relay, now), now)
             return
         message = bus.relay(partner_id, match.match_id, relay.frame, relay.chat)
         try:
@@ -743,12 +739,12 @@ class Hub:
         outbox means the client stopped reading, and closes it with 4008.
         """
         for effect in effects:
-            if isinstance(effect, _FRAME):  # the hot path: a relayed frame (``_send`` inline)
+            if type(effect) is bytes:  # the hot path: a relayed frame (``_send`` inline)
                 outlet = session.outlet
-                if outlet is not None and not outlet.push(
-                    effect.encode() if isinstance(effect, str) else effect
-                ):
+                if outlet is not None and not outlet.push(effect):
                     self._apply(session, session.core.handle(_SLOW_CONSUMER, now), now)
+            elif isinstance(effect, str):
+                self._send(session, effect, now)
             elif isinstance(effect, _AWAITED):
                 raise AssertionError(f"news for {session.id} asked for {effect!r}")
             else:
@@ -985,7 +981,6 @@ _SHARED_REFUSALS: Final = {
     "going": (ErrorCode.TICKET_USED, "that match is still going on"),
     "over": (ErrorCode.MATCH_OVER, "that match is over: your partner left or moved on"),
 }
-_FRAME: Final = (str, bytes)
 _AWAITED: Final = (
     Relay,
     AnnounceAway,
