@@ -28,7 +28,7 @@ from omiro_trio.addresses import origin_allowed
 from omiro_trio.backends.base import Backend
 from omiro_trio.errors import BackendUnavailable, InvalidToken
 from omiro_trio.http.answers import HttpError, JsonAnswer, error
-from omiro_trio.http.heads import RequestHead
+from omiro_trio.http.heads import RequestHead, header_tokens
 from omiro_trio.tokens import SessionClaims, TokenSigner
 
 CONCURRENT_LIMIT_RETRY_S: Final = 5
@@ -39,11 +39,6 @@ SUBPROTOCOL: Final = "omiro"
 TOKEN_SUBPROTOCOL: Final = "omiro.token."
 """What starts the offered subprotocol that carries the session token, its colons
 written as dots (a subprotocol is an HTTP token: no colons)."""
-
-# RFC 7230's tchar: what an HTTP token (and so a subprotocol) is made of.
-_TCHAR: Final = frozenset(
-    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
 
 _RETRY_CONCURRENT: Final = (("Retry-After", str(CONCURRENT_LIMIT_RETRY_S)),)
 
@@ -64,8 +59,8 @@ def subprotocol_token(head: RequestHead) -> str | None:
     values = head.headers.get("sec-websocket-protocol")
     if not values:
         return None
-    offered = [name.strip(" \t") for value in values for name in value.split(",")]
-    if not all(name and _TCHAR.issuperset(name) for name in offered):
+    offered = header_tokens(values)
+    if offered is None:
         raise ValueError("Sec-WebSocket-Protocol must be a comma-separated list of tokens")
     tokens = [name for name in offered if name.startswith(TOKEN_SUBPROTOCOL)]
     if not tokens:

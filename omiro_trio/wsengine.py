@@ -72,7 +72,7 @@ import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from enum import Enum
-from typing import Final
+from typing import Final, TypeVar
 
 import trio
 from websockets.datastructures import Headers
@@ -85,8 +85,11 @@ from websockets.utils import accept_key
 
 from omiro_trio.budgets import MAX_MESSAGE_FRAGMENTS, PARSE_SLICE_BYTES, Budget
 from omiro_trio.http.dates import http_date
+from omiro_trio.http.heads import header_tokens
 
 log = logging.getLogger(__name__)
+
+_S = TypeVar("_S", bound=str)  # a subprotocol: websockets' Subprotocol, or a plain str
 
 # websockets logs every open and close at INFO: far too chatty for a server
 # holding thousands of sockets. Its warnings and errors still get through.
@@ -149,8 +152,7 @@ class EngineProtocol(ServerProtocol):
         that one is bound to each protocol, a reference cycle that would keep
         every closed connection until the cyclic collector runs.
         """
-        offered = set(subprotocols)
-        return next((name for name in self.available_subprotocols or () if name in offered), None)
+        return _first_offered(self.available_subprotocols or (), subprotocols)
 
     def accept(self, request: Request) -> Response:
         """websockets' ``accept``, its ``Date`` formatted once a second, not per handshake.
@@ -218,15 +220,10 @@ def new_protocol(max_frame_bytes: int, subprotocols: Sequence[str] = ()) -> Engi
     )
 
 
-_TCHAR: Final = frozenset(
-    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
-
-
-def _tokens(values: Sequence[str]) -> list[str] | None:
-    """The comma-separated tokens of a header's values; None if any entry is not one."""
-    items = [item.strip(" \t") for value in values for item in value.split(",")]
-    return items if all(item and _TCHAR.issuperset(item) for item in items) else None
+def _first_offered(available: Sequence[_S], offered: Sequence[str]) -> _S | None:
+    """The first of the server's subprotocols the client offers (RFC 6455, 4.2.2), or None."""
+    chosen = set(offered)
+    return next((name for name in available if name in chosen), None)
 
 
 def plain_upgrade(
@@ -245,10 +242,10 @@ def plain_upgrade(
     chooses); extensions are not negotiated. Anything else (None) is for
     ``websockets`` to accept or refuse as ever. Linear in the headers' size.
     """
-    connection = _tokens(headers.get("connection", ()))
+    connection = header_tokens(headers.get("connection", ()))
     if not connection or not any(token.lower() == "upgrade" for token in connection):
         return None
-    upgrade = _tokens(headers.get("upgrade", ()))
+    upgrade = header_tokens(headers.get("upgrade", ()))
     if upgrade is None or len(upgrade) != 1 or upgrade[0].lower() != "websocket":
         return None
     keys = headers.get("sec-websocket-key", ())
@@ -261,11 +258,10 @@ def plain_upgrade(
         return None
     if len(headers.get("origin", ())) > 1:
         return None
-    offered = _tokens(headers.get("sec-websocket-protocol", ()))
+    offered = header_tokens(headers.get("sec-websocket-protocol", ()))
     if offered is None:
         return None
-    chosen = next((name for name in subprotocols if name in offered), None)
-    return accept_key(keys[0]), chosen
+    return accept_key(keys[0]), _first_offered(subprotocols, offered)
 
 
 def open_protocol(

@@ -15,6 +15,7 @@ test holds them all).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
@@ -29,6 +30,7 @@ __all__ = [
     "head_end",
     "head_from_h11",
     "head_too_large",
+    "header_tokens",
     "parse_head",
     "simple_get",
     "simple_upgrade",
@@ -194,6 +196,18 @@ def _simple(data: bytes) -> tuple[RequestHead, int] | None:
 
 def _is_plain_name(name: str) -> bool:
     return name.isascii() and name.replace("-", "").isalnum()
+
+
+_TCHAR: Final = frozenset(  # RFC 9110's tchar: what a token is made of
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
+
+def header_tokens(values: Iterable[str]) -> list[str] | None:
+    """The comma-separated tokens of a header's values, in order; None if an entry is empty
+    or not a token (RFC 9110's ``#token``, blanks around entries allowed). Linear."""
+    items = [item.strip(" \t") for value in values for item in value.split(",")]
+    return items if all(item and _TCHAR.issuperset(item) for item in items) else None
 
 
 def ends_connection(head: RequestHead) -> bool:

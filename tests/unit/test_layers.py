@@ -20,7 +20,7 @@ PACKAGE = Path(importlib.util.find_spec("omiro_trio").origin).parent  # type: ig
 
 ALLOWED = {
     "http": {"omiro_trio.http", "omiro_trio.budgets", "omiro_trio.addresses"},
-    "wsengine.py": {"omiro_trio.budgets", "omiro_trio.http.dates"},
+    "wsengine.py": {"omiro_trio.budgets", "omiro_trio.http.dates", "omiro_trio.http.heads"},
     "front.py": {"omiro_trio.addresses", "omiro_trio.metrics"},
 }
 
