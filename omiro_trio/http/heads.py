@@ -122,9 +122,11 @@ _SIMPLE_START = b"GET /"
 _SIMPLE_VERSION = " HTTP/1.1"
 _BODY = frozenset({"content-length", "transfer-encoding"})
 _NOT_SIMPLE = _BODY | {"upgrade"}
-MAX_UPGRADE_LINES: Final = 128  # websockets' MAX_NUM_HEADERS (the request line aside)
-MAX_UPGRADE_LINE_BYTES: Final = 8192  # websockets' MAX_LINE_LENGTH, its CRLF included
-_MAX_LINE = MAX_UPGRADE_LINE_BYTES - 2
+# What the plain readers take at most: websockets' own limits (so that a plain
+# upgrade is one websockets would read too), well within any plain GET.
+MAX_PLAIN_LINES: Final = 128  # websockets' MAX_NUM_HEADERS (the request line aside)
+MAX_PLAIN_LINE_BYTES: Final = 8192  # websockets' MAX_LINE_LENGTH, its CRLF included
+_MAX_LINE = MAX_PLAIN_LINE_BYTES - 2
 
 
 def simple_get(data: bytes) -> RequestHead | None:
@@ -133,7 +135,9 @@ def simple_get(data: bytes) -> RequestHead | None:
     Reads only a strict subset of what h11 reads the same way: HTTP/1.1,
     CRLF line ends, a target of visible ASCII, header names of letters,
     digits and dashes, values of visible characters, exactly one ``Host``,
-    and nothing that announces a body or a protocol switch.
+    no more lines than ``MAX_PLAIN_LINES`` and none longer than
+    ``MAX_PLAIN_LINE_BYTES``, and nothing that announces a body or a
+    protocol switch.
     Anything else (None) is for h11, which accepts or refuses it as ever.
 
     Linear in the head's size: ``bytes`` and ``str`` scans (``find``,
@@ -150,10 +154,9 @@ def simple_get(data: bytes) -> RequestHead | None:
 def simple_upgrade(data: bytes) -> tuple[RequestHead, int] | None:
     """A plain WebSocket upgrade head at the start of ``data`` and where it ends; else None.
 
-    The same strict subset as ``simple_get`` (an ``Upgrade`` header
-    allowed, no more lines than ``MAX_UPGRADE_LINES`` and none longer than
-    ``MAX_UPGRADE_LINE_BYTES``: ``websockets``' own limits), read the same
-    way ``websockets`` reads it (a property test holds it). Anything else
+    The same strict subset as ``simple_get``, an ``Upgrade`` header
+    allowed, read the same way ``websockets`` reads it (a property test
+    holds it; the line limits are ``websockets``' own). Anything else
     (None) is for ``websockets``, which accepts or refuses it as ever.
     """
     read = _simple(data)
@@ -172,7 +175,7 @@ def _simple(data: bytes) -> tuple[RequestHead, int] | None:
     crlf = head.count(b"\r\n")
     if head.count(b"\n") != crlf or head.count(b"\r") != crlf:
         return None  # a bare CR or LF: h11's to read (or refuse)
-    if crlf > MAX_UPGRADE_LINES:
+    if crlf > MAX_PLAIN_LINES:
         return None
     if head.translate(None, _HEAD_CHARS):
         return None  # a control character (a value's are refused; a target's too)
