@@ -19,13 +19,10 @@ it under callgrind at two sizes, as ``session_ops.py`` says.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import statistics
-import time
 
 import trio
-from ops_support import attach_and_join
+from ops_support import attach_and_join, cpu_per_unit, print_costs
 
 from omiro_trio.backends.memory import MemoryBackend
 from omiro_trio.hub import Hub, Session
@@ -34,7 +31,6 @@ from omiro_trio.session_core import TokenBucket
 
 CHAT = json.dumps({"op": "chat", "data": {"message": "hello there, how are you today?"}})
 TYPING = json.dumps({"op": "typing", "data": {"typing": True}})
-ROUNDS = 7  # measured, after one round to warm up
 
 
 async def _send(hub: Hub, session: Session, frames: int) -> None:
@@ -64,27 +60,14 @@ async def _measure(frames: int) -> list[float]:
     assert receiver.core.match is not None
     # The sender's message budget out of the way, as omiro bench raises it (still taken).
     sender.core._bucket = TokenBucket(1e9, 10**9, trio.current_time())
-    await _send(hub, sender, frames)  # warm up
-    gc.collect()
-    gc.disable()
-    costs = []
-    try:
-        for _ in range(ROUNDS):
-            started = time.process_time()
-            await _send(hub, sender, frames)
-            costs.append((time.process_time() - started) / frames * 1e6)
-    finally:
-        gc.enable()
-    return costs
+    return await cpu_per_unit(lambda _: _send(hub, sender, frames), frames)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=20000, help="frames a round")
     args = parser.parse_args()
-    costs = trio.run(_measure, args.frames)
-    least, median = min(costs), statistics.median(costs)
-    print(json.dumps({"cpu_us_per_frame": {"least": round(least, 2), "median": round(median, 2)}}))
+    print_costs("cpu_us_per_frame", trio.run(_measure, args.frames), 2)
 
 
 if __name__ == "__main__":

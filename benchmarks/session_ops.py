@@ -23,19 +23,13 @@ between them (``BENCHMARKS.md``, "The house, finished")::
 from __future__ import annotations
 
 import argparse
-import gc
-import json
-import statistics
-import time
 
 import trio
-from ops_support import attach_and_join
+from ops_support import attach_and_join, cpu_per_unit, print_costs
 
 from omiro_trio.backends.memory import MemoryBackend
 from omiro_trio.hub import Hub
 from omiro_trio.metrics import Metrics
-
-ROUNDS = 7  # measured, after one round to warm up: 8 rounds of sessions in all
 
 
 async def _round(hub: Hub, sessions: int, first: int) -> None:
@@ -50,28 +44,14 @@ async def _round(hub: Hub, sessions: int, first: int) -> None:
 async def _measure(sessions: int) -> list[float]:
     backend = MemoryBackend(interest_timeout_s=5, rematch_cooldown_s=0, block_ttl_s=60)
     hub = Hub(backend, Metrics())
-    await _round(hub, sessions, 0)  # warm up
-    gc.collect()
-    gc.disable()
-    costs = []
-    try:
-        for n in range(1, ROUNDS + 1):
-            started = time.process_time()
-            await _round(hub, sessions, n * sessions)
-            costs.append((time.process_time() - started) / sessions * 1e6)
-    finally:
-        gc.enable()
-    return costs
+    return await cpu_per_unit(lambda n: _round(hub, sessions, n * sessions), sessions)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=4000, help="sessions a round")
     args = parser.parse_args()
-    costs = trio.run(_measure, args.sessions)
-    least, median = min(costs), statistics.median(costs)
-    cost = {"least": round(least, 1), "median": round(median, 1)}
-    print(json.dumps({"cpu_us_per_session": cost}))
+    print_costs("cpu_us_per_session", trio.run(_measure, args.sessions), 1)
 
 
 if __name__ == "__main__":
