@@ -67,6 +67,9 @@ def test_switch_and_choose_devices_without_a_new_negotiation(server, people):
     switch.click()
     wait_for_colour(bob, "back")  # what the stranger receives is the new camera
     assert alice.js("() => window.omiro.devices.video") == "back"
+    # The count goes up when replaceTrack's promise settles on Alice's page, a
+    # task that may run after Bob's picture has already changed.
+    alice.wait("() => window.omiro.call.tracksReplaced >= 1")
     assert alice.js("() => window.omiro.call.tracksReplaced") == 1
     # The same RTCPeerConnection, still connected, and no offer or answer sent.
     assert alice.js("() => window.omiro.pc === window.__pc")
