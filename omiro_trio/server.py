@@ -95,6 +95,18 @@ class Running:
 
 
 @dataclass(frozen=True, slots=True)
+class BackendTimings:
+    """What the configuration gives the backend, memory or Redis alike."""
+
+    interest_timeout_s: float  # the matching rules: how long interests are tried alone
+    rematch_cooldown_s: float  # the matching rules: how soon a pair may meet again
+    block_ttl_s: float  # how long a report keeps a pair apart
+    ipv6_prefix: int  # the size of an IPv6 client, for bans
+    report_retention_s: float  # how long reports (with their transcripts) are kept
+    audit_retention_s: float  # how long the moderators' audit log is kept
+
+
+@dataclass(frozen=True, slots=True)
 class Parts:
     """What the configuration gives each part of the server, worked out once (``parts``)."""
 
@@ -103,7 +115,7 @@ class Parts:
     moderation: ModerationPolicy  # the moderators' desk
     alerts: AlertPolicy | None  # the webhook, if one is configured
     nexts_per_minute: int  # the hub: skips a session may spend a minute
-    block_ttl_s: float  # the backend: how long a report keeps a pair apart
+    backend: BackendTimings  # the backend's timings (``open_backend``)
     ticket_ttl_s: float  # the hub's seats: how long a claim is remembered
 
 
@@ -141,9 +153,16 @@ def parts(config: Config) -> Parts:
             retries=config.alerts.retries,
         ),
         nexts_per_minute=limits.nexts_per_minute,
-        # A block outlives both sessions: a session lives at most its token's
-        # life plus one connection.
-        block_ttl_s=max(config.session.token_ttl_s * 2, 86400),
+        backend=BackendTimings(
+            interest_timeout_s=config.matchmaking.interest_timeout_s,
+            rematch_cooldown_s=config.matchmaking.rematch_cooldown_s,
+            # A block outlives both sessions: a session lives at most its
+            # token's life plus one connection.
+            block_ttl_s=max(config.session.token_ttl_s * 2, DAY_S),
+            ipv6_prefix=config.server.ipv6_prefix,
+            report_retention_s=config.reports.retention_days * DAY_S,
+            audit_retention_s=config.moderation.audit_retention_days * DAY_S,
+        ),
         ticket_ttl_s=config.session.ticket_ttl_s,
     )
 
@@ -158,18 +177,9 @@ async def open_backend(
     random id), and ``replaces`` names a server known to be dead (a worker
     this one replaces): it is swept at once.
     """
-    block_ttl_s = parts(config).block_ttl_s
-    report_retention_s = config.reports.retention_days * DAY_S
-    audit_retention_s = config.moderation.audit_retention_days * DAY_S
+    timings = dataclasses.asdict(parts(config).backend)
     if config.backend.kind == "memory":
-        async with open_memory_backend(
-            interest_timeout_s=config.matchmaking.interest_timeout_s,
-            rematch_cooldown_s=config.matchmaking.rematch_cooldown_s,
-            block_ttl_s=block_ttl_s,
-            ipv6_prefix=config.server.ipv6_prefix,
-            report_retention_s=report_retention_s,
-            audit_retention_s=audit_retention_s,
-        ) as backend:
+        async with open_memory_backend(**timings) as backend:
             yield backend
     else:
         from omiro_trio.backends.redis import open_redis_backend  # imports coredis
@@ -184,12 +194,7 @@ async def open_backend(
                 heartbeat_s=redis.heartbeat_s,
                 dead_after_s=redis.dead_after_s,
                 timeout_s=redis.timeout_s,
-                interest_timeout_s=config.matchmaking.interest_timeout_s,
-                rematch_cooldown_s=config.matchmaking.rematch_cooldown_s,
-                block_ttl_s=block_ttl_s,
-                ipv6_prefix=config.server.ipv6_prefix,
-                report_retention_s=report_retention_s,
-                audit_retention_s=audit_retention_s,
+                **timings,
                 server_id=server_id,
                 replaces=replaces,
             ) as backend:
