@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 import trio
-from redis_support import new_prefix
 from support import WAIT_S, Client, Harness, StartServer, wait_until
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
@@ -510,20 +509,6 @@ async def _spend_skips(server: Harness, skipper: Client, partner: Client, skips:
         await partner.send("join_queue")
         await partner.expect("match_found")
         await skipper.expect("match_found")
-
-
-@pytest.fixture(params=["memory", "redis"])
-def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Config overrides for each backend (the skip window is the backend's)."""
-    if request.param == "memory":
-        return {}
-    redis = request.getfixturevalue("redis_server")
-    return {
-        "backend__kind": "redis",
-        "redis__url": redis.url,
-        "redis__key_prefix": new_prefix(),
-        "session__secret": "a-shared-secret-of-at-least-32-bytes",
-    }
 
 
 @pytest.mark.rule("protocol/rate-limits")
