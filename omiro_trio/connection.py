@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import Final, NamedTuple
 
@@ -280,12 +280,14 @@ async def _open_session(
     )
     del proto
     session.outlet = conn
+    session.left_ahead = reading = _Reading(conn, core)
     try:
-        await _run_session(ctx, admission, conn, session, slot)
+        await _run_session(ctx, admission, conn, session, slot, reading)
     finally:
         conn.release()
         session.close_outbox()
-        session.timers = None
+        session.timers = session.left_ahead = None
+        reading.release()
 
 
 def _closer(hub: Hub, session: Session) -> Callable[[Failure], None]:
@@ -314,6 +316,41 @@ async def _write_refusal(raw: socket.socket, data: bytes) -> None:
         except OSError:
             return
         discard_unread(raw)  # so that the close does not reset the answer away
+
+
+class _Reading:
+    """Whether the client has already left behind the frame being handled (``Session.left_ahead``).
+
+    The hub asks before a way into the queue: a client already leaving
+    would be matched there only as a ghost. It has left when a
+    ``disconnect`` is among the frames read and not yet handled, or behind
+    them, in what the socket already holds (``WsConnection.read_ahead``:
+    one step, without waiting), or when its socket has closed or ended.
+    Only ways into the queue ask, and they are bounded (the frame rate and
+    the skips), so this costs nothing on the relay's path and little
+    elsewhere: one ``recv`` that finds nothing, most of the time.
+    """
+
+    __slots__ = ("_conn", "_core", "frames")
+
+    def __init__(self, conn: WsConnection, core: SessionCore) -> None:
+        self._conn: WsConnection | None = conn
+        self._core = core
+        self.frames: Sequence[str | bytes] = ()  # the read loop's frames, not all handled
+
+    def __call__(self) -> bool:
+        conn = self._conn
+        if conn is None:
+            return True
+        would_end = self._core.would_end
+        if any(would_end(frame) for frame in self.frames):
+            return True
+        conn.read_ahead()
+        return not conn.open or any(would_end(frame) for frame in conn.ahead)
+
+    def release(self) -> None:
+        self._conn = None
+        self.frames = ()
 
 
 class _Timers:
@@ -382,6 +419,7 @@ async def _run_session(
     conn: WsConnection,
     session: Session,
     slot: SocketSlot,
+    reading: _Reading,
 ) -> None:
     """Attach ``session`` to the hub, read its frames until it ends, then detach and close.
 
@@ -396,7 +434,7 @@ async def _run_session(
                 session.timers = _Timers(hub, session, nursery)
                 with conn.writing_in(nursery):  # no writer may start in a closing nursery
                     hub.attach(session, ctx.hello(session.id))
-                    await _read_loop(ctx, conn, session)
+                    await _read_loop(ctx, conn, session, reading)
                     nursery.cancel_scope.cancel()
     except Exception:
         # A bug: the client hears 1011, its partner is told, and the error
@@ -436,12 +474,14 @@ async def _end_session(
         await conn.close(code, reason, graceful=graceful)
 
 
-async def _read_loop(ctx: ServerContext, conn: WsConnection, session: Session) -> None:
+async def _read_loop(
+    ctx: ServerContext, conn: WsConnection, session: Session, reading: _Reading
+) -> None:
     """Read frames until the client leaves or the session is closed.
 
     Each frame goes to the core, and what it answers to the hub; the loop
     stops as soon as a close was performed (the frames behind it are not
-    read).
+    read). ``reading`` shows the hub the frames read and not yet handled.
     """
     hub = ctx.hub
     core = session.core
@@ -457,6 +497,7 @@ async def _read_loop(ctx: ServerContext, conn: WsConnection, session: Session) -
                 await hub.perform(session, effects, now)
                 if session.closed is not None:
                     return
+        reading.frames = frames
         if not frames and not controls:
             failure = conn.failure
             if failure is not None:

@@ -181,6 +181,7 @@ class Session:
         "core",
         "id",
         "ip",
+        "left_ahead",
         "lock",
         "outlet",
         "timers",
@@ -206,6 +207,9 @@ class Session:
         self.cancel_scope = trio.CancelScope()
         self.closed: Close | None = None  # the close the core decided, if it did
         self.timers: Timers | None = None  # set by the connection that owns it
+        # Set by the connection too: whether the client has already left behind
+        # what is being performed (read, or read ahead, and not yet handled).
+        self.left_ahead: Callable[[], bool] | None = None
 
     @property
     def match(self) -> Match | None:
@@ -547,6 +551,11 @@ class Hub:
                             except BackendUnavailable as exc:
                                 await self._failed(session, effect, exc, now, strict=strict)
                         case Join():
+                            left_ahead = session.left_ahead
+                            if left_ahead is not None and left_ahead():
+                                # Its client left behind it: in the queue it could only
+                                # be matched as a ghost. Its leaving ends the rest.
+                                continue
                             await self.join(session, effect.prefs, op=effect.op)
                         case AnnounceMatch():
                             match = effect.match

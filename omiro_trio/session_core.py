@@ -269,6 +269,7 @@ _RELAYED: Final[dict[type, tuple[str, Callable[[Any, str], protocol.RelayedData]
     op.message: (op.name, op.relay) for op in protocol.OPS if op.relay is not None
 }
 _CHAT: Final = protocol.Chat
+_DISCONNECT: Final = protocol.Disconnect
 _relay_frame: Final = protocol.relay_frame
 
 
@@ -375,7 +376,7 @@ class SessionCore:
                 )
             return (CountError(exc.code), reply)
         kind = type(message)
-        if not self._bucket.take(now):
+        if not self._bucket.take(now) and kind is not _DISCONNECT:  # leaving is never refused
             return self._refuse(protocol.OP_NAMES[kind], now)
         relayed = _RELAYED.get(kind)
         if relayed is not None:  # the hot path: chat, typing, signaling
@@ -394,6 +395,22 @@ class SessionCore:
                 self.transcript.append((self.id, chat))
             return (Relay(op, _relay_frame(op, data(message, self.id)), chat, match),)
         return _RULES[kind](self, message, now)
+
+    def would_end(self, frame: str | bytes) -> bool:
+        """Whether receiving ``frame`` would end the session: it is a ``disconnect``.
+
+        For a shell that looks at frames read and not yet received (the hub
+        then leaves out a way into the queue the client has left behind). A
+        ``disconnect`` is never refused, so it is exact; cheap for any other
+        frame (only a text naming the op is parsed).
+        """
+        if type(frame) is not str or "disconnect" not in frame:
+            return False
+        try:
+            message = protocol.parse_client_frame(frame, self._rules.limits)
+        except ProtocolViolation:
+            return False
+        return type(message) is _DISCONNECT
 
     def handle(self, event: Event, now: float) -> Effects:
         """Anything but a client frame: what to do about it."""

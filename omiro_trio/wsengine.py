@@ -32,9 +32,11 @@ Design (numbers in ``docs/decisions/0001-websocket-engine.md``):
 * **Budgets** (``budgets.py``): the protocol parses what a read brought
   ``PARSE_SLICE_BYTES`` at a time, and ``receive`` returns after each slice
   that completed a message or carried a control frame, so the session's
-  rules act before the next slice is parsed. Pings are answered once per
-  slice (the latest; RFC 6455, 5.5.3), so a ping flood queues one pong, not
-  thousands. A message's fragments are joined into one buffer as they
+  rules act before the next slice is parsed (``read_ahead`` takes one such
+  step early, without waiting, for a caller about to do something that
+  what comes next may make moot; no more while its messages wait). Pings
+  are answered once per slice (the latest; RFC 6455, 5.5.3), so a ping
+  flood queues one pong, not thousands. A message's fragments are joined into one buffer as they
   come, at most ``MAX_MESSAGE_FRAGMENTS`` of them (an empty one counts)
   within the protocol's size limit; over either, close 1009.
 * **Text** is decoded (strict UTF-8, 1007 otherwise) here.
@@ -332,6 +334,7 @@ class WsConnection:
 
     __slots__ = (
         "__weakref__",
+        "_ahead",
         "_closing",
         "_control_frames",
         "_draining",
@@ -398,6 +401,7 @@ class WsConnection:
         self._fragments_text = False
         self._unparsed = unparsed  # the last read, parsed a slice at a time
         self._unparsed_at = 0
+        self._ahead: list[str | bytes] = []  # messages parsed by read_ahead, for receive
         _forget_handshake(proto)
         self._slot = engine.add(self)
         self.take_protocol_writes()
@@ -631,8 +635,13 @@ class WsConnection:
         with no failure of the engine's to report). Parses at most
         ``PARSE_SLICE_BYTES`` of what was read per step, and returns after
         any step that gave messages or control frames, so the caller's
-        rules run before more is parsed.
+        rules run before more is parsed. Messages ``read_ahead`` parsed
+        come first.
         """
+        ahead = self._ahead
+        if ahead:
+            self._ahead = []
+            return ahead
         while True:
             sock, proto = self.sock, self.proto
             if sock is None or proto is None or proto.state is not _OPEN:
@@ -644,13 +653,7 @@ class WsConnection:
                     return messages
             unparsed = self._unparsed
             if unparsed:
-                at = self._unparsed_at
-                end = at + PARSE_SLICE_BYTES
-                if end >= len(unparsed):
-                    self._unparsed = b""
-                else:
-                    self._unparsed_at = end
-                proto.receive_data(unparsed[at:end])
+                self._parse_slice(proto, unparsed)
                 messages = self._messages(proto)
                 self.take_protocol_writes()
                 if messages or self._control_frames or proto.state is not _OPEN:
@@ -687,6 +690,58 @@ class WsConnection:
             self.take_protocol_writes()
             if messages or self._control_frames or proto.state is not _OPEN:
                 return messages
+
+    def _parse_slice(self, proto: EngineProtocol, unparsed: bytes) -> None:
+        """Parse the next ``PARSE_SLICE_BYTES`` of the last read (``unparsed``)."""
+        at = self._unparsed_at
+        end = at + PARSE_SLICE_BYTES
+        if end >= len(unparsed):
+            self._unparsed = b""
+        else:
+            self._unparsed_at = end
+        proto.receive_data(unparsed[at:end])
+
+    def read_ahead(self) -> None:
+        """Take one step of ``receive`` now if it needs no wait, keeping its messages for it.
+
+        For a caller about to do something that what the peer sent next may
+        make moot: the step is a slice of the last read, or else one read
+        of what the socket already holds (its end included). The messages
+        wait in ``ahead`` and ``receive`` returns them first. Nothing is
+        read ahead while messages wait there, so at most one step is ever
+        parsed before the caller's rules have seen what came before it.
+        """
+        sock, proto = self.sock, self.proto
+        if self._ahead or sock is None or proto is None or proto.state is not _OPEN:
+            return
+        if not proto.events:
+            unparsed = self._unparsed
+            if not unparsed:
+                try:
+                    unparsed = sock.recv(RECEIVE_BYTES)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except _CLOSED_SOCKET_ERRORS:
+                    unparsed = b""
+                self._heard = True
+                if not unparsed:
+                    proto.receive_eof()
+                self._unparsed, self._unparsed_at = unparsed, 0
+            if unparsed:
+                self._parse_slice(proto, unparsed)
+        self._ahead = self._messages(proto)
+        self.take_protocol_writes()
+
+    @property
+    def ahead(self) -> Sequence[str | bytes]:
+        """The messages ``read_ahead`` parsed, which ``receive`` returns next."""
+        return self._ahead
+
+    @property
+    def open(self) -> bool:
+        """The WebSocket is open: neither side has closed it, and its stream has not ended."""
+        proto = self.proto
+        return proto is not None and proto.state is _OPEN
 
     def _messages(self, proto: EngineProtocol) -> list[str | bytes]:
         messages: list[str | bytes] = []

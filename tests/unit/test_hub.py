@@ -327,6 +327,38 @@ async def test_hub_a_skip_the_backend_cannot_count_limits_nothing(
     assert out_a.ops() == ["queued"]
 
 
+async def test_hub_a_way_in_the_client_left_behind_is_not_taken(hub: Hub, backend: Backend) -> None:
+    a, out_a, _b, out_b = await matched_pair(hub)
+    waiting, out_w = connect(hub, "w", "192.0.2.7")
+    await send(hub, waiting, "join_queue")
+    asked: list[str] = []
+
+    def left_ahead() -> bool:
+        asked.append("asked")
+        return True
+
+    a.left_ahead = left_ahead
+    backend.calls.clear()
+    await send(hub, a, "next")  # a disconnect is behind it
+    assert asked == ["asked"]
+    assert "join" not in backend.calls
+    assert "leave" not in backend.calls
+    assert a.match is not None
+    assert out_b.ops()[-1] == "match_found"
+    assert out_a.ops()[-1] == "match_found"  # no answer: the client has left
+    await hub.detach(a)
+    assert out_b.last() == {"op": "partner_disconnected", "data": {"reason": "left"}}
+    assert out_w.ops() == ["queued"]  # the one waiting was never matched with a ghost
+    assert (await backend.stats()).waiting == 1
+
+    # A client that has not left goes in as always.
+    c, out_c = connect(hub, "c", "192.0.2.3")
+    c.left_ahead = lambda: False
+    await send(hub, c, "join_queue")
+    assert out_c.ops() == ["match_found"]
+    assert out_w.ops() == ["queued", "match_found"]
+
+
 async def test_hub_report_blocks_keeps_and_ends(hub: Hub, backend: Backend) -> None:
     a, _, _, out_b = await matched_pair(hub)
     await send(hub, a, "chat", {"message": "rude"})

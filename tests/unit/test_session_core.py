@@ -1222,6 +1222,36 @@ def test_the_burst_passes_then_refusals_then_4029() -> None:
     assert core.close_code == CloseCode.RATE_LIMITED
 
 
+def test_a_disconnect_is_never_refused() -> None:
+    core = SessionCore("a", 0.0, RULES)
+    for _ in range(RATES.message_burst):
+        core.receive(OPS["typing"], 0.0)
+    assert core.receive(OPS["typing"], 0.0)[0] == CountError(ErrorCode.RATE_LIMITED)
+    (close,) = core.receive(OPS["disconnect"], 0.0)  # the bucket is empty: it leaves all the same
+    assert close == Close(CloseCode.NORMAL, "")
+
+
+@pytest.mark.parametrize(
+    ("frame", "ends"),
+    [
+        (OPS["disconnect"], True),
+        ('{"op":"disconnect","data":null}', True),
+        ('{ "data": {}, "op": "disconnect" }', True),
+        (OPS["next"], False),
+        (frame("chat", {"message": "I will disconnect now"}), False),
+        ('{"op":"disconnect","data":[1]}', False),  # refused as a bad request: nothing ends
+        ('{"op":"disconnect"', False),
+        (b'{"op":"disconnect"}', False),  # binary: refused
+        ("disconnect", False),
+    ],
+)
+def test_would_end_is_what_receiving_the_frame_would_do(frame: str | bytes, ends: bool) -> None:
+    core = SessionCore("a", 0.0, RULES)
+    assert core.would_end(frame) is ends
+    effects = core.receive(frame, 0.0)
+    assert (core.close_code is not None) is ends, effects
+
+
 def test_tokens_come_back_with_time_and_violations_reset_with_the_window() -> None:
     core = SessionCore("a", 0.0, RULES)
     for _ in range(RATES.message_burst + RATE_VIOLATIONS_ALLOWED):

@@ -252,3 +252,59 @@ async def test_frames_read_behind_the_upgrade_are_parsed_a_slice_at_a_time(
         total += len(await conn.receive())
     assert total == 1000
     conn.release()
+
+
+# -- reading ahead --------------------------------------------------------------------
+
+
+async def test_read_ahead_takes_one_step_without_waiting(sock: socket.socket) -> None:
+    conn, _ = _open(sock)
+    conn.write_now()
+    conn.read_ahead()  # nothing there: it returns at once, having read nothing
+    assert list(conn.ahead) == []
+    assert conn.open
+    frame = _client_text(b'{"op":"typing","data":{"typing":true}}')
+    _PEERS[sock].sendall(frame * 1000)
+    conn.read_ahead()
+    ahead = list(conn.ahead)
+    assert 0 < len(ahead) <= wsengine.PARSE_SLICE_BYTES // len(frame) + 1  # one slice
+    conn.read_ahead()  # nothing more while those wait
+    assert list(conn.ahead) == ahead
+    assert await conn.receive() == ahead  # they come first, in order
+    assert list(conn.ahead) == []
+    total = len(ahead)
+    while total < 1000:  # and the rest after them: nothing lost, nothing twice
+        total += len(await conn.receive())
+    assert total == 1000
+    conn.release()
+
+
+async def test_read_ahead_sees_the_end_behind_the_last_messages(sock: socket.socket) -> None:
+    conn, _ = _open(sock)
+    conn.write_now()
+    peer = _PEERS[sock]
+    peer.sendall(_client_text(b"first") + _client_text(b"last"))
+    peer.shutdown(socket.SHUT_WR)  # the stream ends behind them, without a close frame
+    assert await conn.receive() == ["first", "last"]
+    assert conn.open
+    conn.read_ahead()
+    assert not conn.open  # the end, read ahead
+    assert list(conn.ahead) == []
+    assert await conn.receive() == []
+    assert conn.failure is None  # the peer went; nothing of the engine's to report
+    conn.release()
+
+
+async def test_read_ahead_keeps_messages_before_a_close_frame(sock: socket.socket) -> None:
+    conn, _ = _open(sock)
+    conn.write_now()
+    closing = Protocol(Side.CLIENT)
+    closing.send_text(b"bye")
+    closing.send_close(1000)
+    _PEERS[sock].sendall(b"".join(closing.data_to_send()))
+    conn.read_ahead()
+    assert list(conn.ahead) == ["bye"]
+    assert not conn.open  # the peer's close frame came with it
+    assert await conn.receive() == ["bye"]  # handled all the same
+    assert await conn.receive() == []
+    conn.release()
