@@ -343,8 +343,9 @@ class _Reading:
         if conn is None:
             return True
         would_end = self._core.would_end
-        if any(would_end(frame) for frame in self.frames):
-            return True
+        for frame in self.frames:
+            if would_end(frame):
+                return True
         conn.read_ahead()
         return not conn.open or any(would_end(frame) for frame in conn.ahead)
 
