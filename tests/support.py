@@ -237,7 +237,7 @@ class ServeProcess:
         env: dict[str, str],
         *,
         preexec_fn: Callable[[], Any] | None = None,
-        start_s: float = 20.0,
+        start_s: float = 60.0,
     ) -> None:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("OMIRO_")}
         full_env.update(OMIRO_ICE_URLS="[]", OMIRO_LOG_LEVEL="info")
@@ -257,6 +257,7 @@ class ServeProcess:
         self._listening = threading.Event()
         threading.Thread(target=self._read_log, daemon=True).start()
         assert self._listening.wait(start_s), "".join(self.log)
+        assert self.url, "it ended before listening:\n" + "".join(self.log)
         self.port = int(self.url.rsplit(":", 1)[1])
 
     def _read_log(self) -> None:
@@ -266,6 +267,7 @@ class ServeProcess:
             if "listening on " in line and not self.url:
                 self.url = line.split("listening on ", 1)[1].split()[0]
                 self._listening.set()
+        self._listening.set()  # it ended: no need to wait any longer
 
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.process.pid}/fd"))
