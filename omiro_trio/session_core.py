@@ -270,6 +270,7 @@ _RELAYED: Final[dict[type, tuple[str, Callable[[Any, str], protocol.RelayedData]
 }
 _CHAT: Final = protocol.Chat
 _DISCONNECT: Final = protocol.Disconnect
+_REFUSED: Final = CountError(ErrorCode.RATE_LIMITED)
 _relay_frame: Final = protocol.relay_frame
 
 
@@ -512,11 +513,17 @@ class SessionCore:
                 self._seat = None
                 return self._matched(event.match, resumed_from=event.resumed_from)
             case Controls():
+                # Each ping or pong takes a token; one refused is counted like a
+                # refused message, but answered with nothing.
                 self._heard = now
+                over = 0
                 for _ in range(event.count):
-                    if not self._bucket.take(now) and self._violations.hit(now):
-                        return self._close(CloseCode.RATE_LIMITED, "rate limit exceeded")
-                return NOTHING
+                    if not self._bucket.take(now):
+                        over += 1
+                        if self._violations.hit(now):
+                            closing = self._close(CloseCode.RATE_LIMITED, "rate limit exceeded")
+                            return (*(_REFUSED,) * over, *closing)
+                return (_REFUSED,) * over
             case Draining():
                 self._draining = True
                 return (self._draining_frame(),)

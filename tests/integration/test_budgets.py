@@ -44,6 +44,7 @@ from trio_websocket import WebSocketConnection, connect_websocket_url
 from omiro_trio.budgets import MAX_HEAD_BYTES, MAX_MESSAGE_FRAGMENTS
 from omiro_trio.config import LimitsConfig, ServerConfig
 from omiro_trio.http.deadlines import DEFAULT_DEADLINES
+from omiro_trio.session_core import RATE_VIOLATIONS_ALLOWED
 from omiro_trio.static import frontend_dir
 from omiro_trio.tokens import TokenSigner
 
@@ -481,6 +482,7 @@ async def test_frame_rate_budget(
     """Floods of small frames: closed by the message bucket (4029) or the error count (4000)
     within the first slices, also when they come in the upgrade request's own packet."""
     closes_before = await omiro.metric("omiro_socket_closes_total", code=str(code))
+    refused_before = await omiro.metric("omiro_protocol_errors_total", code="rate_limited")
     async with watched(omiro) as watch:
         stream, frames = await hostile_session(
             omiro, behind_the_upgrade=burst if behind_the_upgrade else b""
@@ -494,6 +496,9 @@ async def test_frame_rate_budget(
         await stream.aclose()
     watch.check()
     assert await omiro.metric("omiro_socket_closes_total", code=str(code)) == closes_before + 1
+    if code == 4029:  # every refusal counted, pings and pongs as much as messages
+        refused = await omiro.metric("omiro_protocol_errors_total", code="rate_limited")
+        assert refused == refused_before + RATE_VIOLATIONS_ALLOWED + 1
 
 
 # -- a slow reader ------------------------------------------------------------------------

@@ -1282,8 +1282,12 @@ def test_the_backends_next_limit_counts_as_a_violation() -> None:
 
 def test_pings_cost_a_message_each() -> None:
     core = SessionCore("a", 0.0, RULES)
-    assert core.handle(Controls(RATES.message_burst + RATE_VIOLATIONS_ALLOWED), 0.0) == ()
-    (close,) = core.handle(Controls(1), 0.0)
+    assert core.handle(Controls(RATES.message_burst), 0.0) == ()
+    # Refused: counted like a refused message, answered with nothing.
+    refused = (CountError(ErrorCode.RATE_LIMITED),) * RATE_VIOLATIONS_ALLOWED
+    assert core.handle(Controls(RATE_VIOLATIONS_ALLOWED), 0.0) == refused
+    counted, close = core.handle(Controls(1), 0.0)
+    assert counted == CountError(ErrorCode.RATE_LIMITED)
     assert isinstance(close, Close)
     assert close.code == CloseCode.RATE_LIMITED
     assert core.state == "closing"
