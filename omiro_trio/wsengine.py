@@ -36,9 +36,10 @@ Design (numbers in ``docs/decisions/0001-websocket-engine.md``):
   step early, without waiting, for a caller about to do something that
   what comes next may make moot; no more while its messages wait). Pings
   are answered once per slice (the latest; RFC 6455, 5.5.3), so a ping
-  flood queues one pong, not thousands. A message's fragments are joined into one buffer as they
-  come, at most ``MAX_MESSAGE_FRAGMENTS`` of them (an empty one counts)
-  within the protocol's size limit; over either, close 1009.
+  flood queues one pong, not thousands. A message's fragments are joined
+  into one buffer as they come, at most ``MAX_MESSAGE_FRAGMENTS`` of them
+  (an empty one counts) within the protocol's size limit; over either,
+  close 1009.
 * **Text** is decoded (strict UTF-8, 1007 otherwise) here.
 * **Failures** are the engine's own words (``Failure``): the peer broke
   the protocol, sent text that is not UTF-8 or a message too big, stopped
