@@ -53,6 +53,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from omiro_trio.records import record
+
 GENERAL = ""
 """The interest name of each mode's general queue."""
 
@@ -120,7 +122,7 @@ def split_common(names: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]
     return tuple(interests), tuple(languages)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Match:
     """A formed match. ``caller`` waited longest and sends the offer."""
 
@@ -159,7 +161,7 @@ class Match:
         return self.servers[0] if session_id == self.caller else self.servers[1]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Waiting:
     """``join`` found nobody: the session waits.
 

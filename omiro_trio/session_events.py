@@ -36,29 +36,15 @@ Everything here is plain data: no I/O, no trio.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, TypeVar, dataclass_transform
+from typing import Final
 
 from omiro_trio import protocol
 from omiro_trio.backends.base import Delivery, LocalView, SharedView
 from omiro_trio.budgets import Budget
 from omiro_trio.codes import CloseCode, ErrorCode, PartnerReason
 from omiro_trio.matchmaking import Match, Preferences, Waiting
+from omiro_trio.records import record
 from omiro_trio.tokens import Ticket
-
-_T = TypeVar("_T")
-
-
-@dataclass_transform(frozen_default=True)
-def record(cls: type[_T]) -> type[_T]:
-    """A frozen dataclass for the type checker, built as a plain slotted one.
-
-    Cores make several events and effects per operation, and a frozen
-    dataclass's ``__init__`` costs about three times a plain one's (each field
-    set through ``object.__setattr__``). Nothing assigns to a record (the type
-    checker refuses it); records compare by value and are not hashed.
-    """
-    return dataclass(slots=True)(cls)
-
 
 Frame = str | bytes
 """A frame for this session's client (text, or its UTF-8 bytes): the effect "send it"."""

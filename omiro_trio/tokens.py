@@ -44,6 +44,7 @@ from typing import Final
 
 from omiro_trio.codes import ErrorCode
 from omiro_trio.errors import InvalidTicket, InvalidToken
+from omiro_trio.records import record
 
 __all__ = [
     "PAIR_TAG_CHARS",
@@ -78,7 +79,7 @@ _BANDS: Final = frozenset(("", "adult", "minor"))
 _SUBJECT_RE: Final = re.compile(rf"[A-Za-z0-9_-]{{0,{MAX_SUBJECT_CHARS}}}")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SessionClaims:
     """What a verified token says: its session, and what the gate knew of the person.
 
@@ -206,7 +207,7 @@ _TICKET_RE: Final = re.compile(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Ticket:
     """What a verified match ticket says: one seat (``holder``) of match ``match_id``."""
 
