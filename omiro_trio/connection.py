@@ -328,7 +328,9 @@ class _Reading:
     one step, without waiting), or when its socket has closed or ended.
     Only ways into the queue ask, and they are bounded (the frame rate and
     the skips), so this costs nothing on the relay's path and little
-    elsewhere: one ``recv`` that finds nothing, most of the time.
+    elsewhere: one ``recv`` that finds nothing, most of the time. Every way
+    in comes of a frame the read loop handed over, so it is asked in the
+    read loop's task, between two of its reads.
     """
 
     __slots__ = ("_conn", "_core", "frames")

@@ -711,6 +711,8 @@ class WsConnection:
         wait in ``ahead`` and ``receive`` returns them first. Nothing is
         read ahead while messages wait there, so at most one step is ever
         parsed before the caller's rules have seen what came before it.
+        Called by the task that calls ``receive``, between two of its calls
+        (a ``receive`` waiting for the socket would not see them).
         """
         sock, proto = self.sock, self.proto
         if self._ahead or sock is None or proto is None or proto.state is not _OPEN:
