@@ -26,6 +26,10 @@ pytestmark = pytest.mark.browser
 
 BLANK_AFTER_S = 5  # js/blank-video.js BLANK_AFTER_MS
 SAMPLE_S = 1  # js/blank-video.js SAMPLE_MS
+# A sample still waiting for its stats when the next one is due makes the
+# watch skip that one (never two at once): on a loaded machine a notice may
+# come one sample later than the samples' own rhythm says.
+SKIPPED_S = SAMPLE_S
 TEST_HOOKS_JS = "window.__omiroTestHooks = true;"
 FILTER_ON_JS = "localStorage.setItem('omiro.nudity-filter', 'on');"
 SKIP_BLANK_JS = "localStorage.setItem('omiro.skip-blank', 'on');"
@@ -349,7 +353,7 @@ def test_black_camera_is_noticed_within_the_stated_seconds(server, people):
     alice, bob, elapsed = blank_notice_after(
         server, people, BLACK_CAMERA_JS, BLANK_AFTER_S + 3 * SAMPLE_S
     )
-    assert elapsed <= BLANK_AFTER_S + 2 * SAMPLE_S, elapsed
+    assert elapsed <= BLANK_AFTER_S + 2 * SAMPLE_S + SKIPPED_S, elapsed
     assert alice.js("() => window.omiro.blankVideo.reason") == "black"
     text = alice.js("() => document.getElementById('notice-text').textContent")
     assert (
@@ -371,7 +375,7 @@ def test_frozen_camera_is_noticed_and_the_notice_goes_when_it_moves(server, peop
     )
     # A frozen picture needs one sample to compare with, then the stated
     # seconds of identical ones (the black stream's bound plus that sample).
-    assert elapsed <= BLANK_AFTER_S + 3 * SAMPLE_S, elapsed
+    assert elapsed <= BLANK_AFTER_S + 3 * SAMPLE_S + SKIPPED_S, elapsed
     # Not black: bright, and the same picture second after second.
     assert alice.js("() => window.omiro.blankVideo.reason") == "frozen"
     assert alice.testid("blank-next").is_visible()
