@@ -15,10 +15,15 @@ from typing import Any
 
 import pytest
 import trio
-from hostile import capture_logs, open_session, read_until_closed, text, tracebacks, ws_frame
+from hostile import (
+    capture_logs,  # noqa: F401  (an autouse fixture)
+    open_session,
+    read_until_closed,
+    text,
+    tracebacks,
+    ws_frame,
+)
 from support import Client, Harness, StartServer, wait_until
-
-__all__ = ["capture_logs"]
 
 CLOSE_FRAME = ws_frame(0x8, struct.pack("!H", 1000))
 JOIN = text("join_queue", {"mode": "video"})
