@@ -93,7 +93,9 @@ async def test_passphrase_gate_refuses_then_admits_with_the_pass(
         assert (await http.get("/healthz")).status_code == 200
         assert (await http.get("/session/new")).status_code == 200
     async with httpx.AsyncClient(base_url=server.url) as stranger:
-        stranger.cookies.set(COOKIE, right.cookies[COOKIE][:-1] + "0")  # forged
+        good = right.cookies[COOKIE]
+        # Forged: its signature's last hex digit changed (to one it is not).
+        stranger.cookies.set(COOKIE, good[:-1] + ("1" if good.endswith("0") else "0"))
         assert (await stranger.get("/session/new")).status_code == 401
 
 
